@@ -1,0 +1,17 @@
+"""multilevel-em: the Multilevel Euler-Maruyama method (ML-EM) for SDEs, ODEs and diffusion models.
+
+The public API::
+
+    from multilevel_em import Ladder, BrownianPath, solve
+
+    ladder = Ladder([f_small, f_medium, f_big], costs=[1, 8, 64])
+    sol = solve(ladder, x0, t0=0.0, t1=1.0, steps=256, diffusion=0.5,
+                method="mlem", rates=[20.0, 5.0])
+    sol.x, sol.cost, sol.top_equivalents
+"""
+
+from .engine import BrownianPath, Ladder, Solution, solve
+
+__version__ = "0.1.0"
+
+__all__ = ["BrownianPath", "Ladder", "Solution", "solve", "__version__"]

@@ -1,0 +1,1 @@
+"""Experiments: the main demo job and the benchmarks behind ``mlem bench``."""

@@ -1,0 +1,59 @@
+"""Shared helpers for the experiments: errors, Pareto fronts, slope fits, JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+def rms_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Root mean square over samples of the Euclidean error, ``sqrt(mean_b |x_b - ref_b|^2)``."""
+    diff = (x - ref).reshape(x.shape[0], -1)
+    return float(diff.pow(2).sum(1).mean().sqrt())
+
+
+def pareto_front(points: Iterable[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    """The (cost, error) points not dominated by a cheaper-and-more-accurate one, by cost."""
+    front, best = [], math.inf
+    for cost, err in sorted(points):
+        if err < best:
+            front.append((cost, err))
+            best = err
+    return front
+
+
+def fit_slope(costs: Sequence[float], errors: Sequence[float]) -> Tuple[float, float]:
+    """Least-squares slope of log(cost) against log(1/error), with its standard error."""
+    x = np.log(1.0 / np.asarray(errors, dtype=float))
+    y = np.log(np.asarray(costs, dtype=float))
+    if len(x) < 3:
+        raise ValueError(f"fit_slope: expected at least 3 points, got {len(x)}")
+    A = np.vstack([x, np.ones_like(x)]).T
+    coef, res, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    dof = max(len(x) - 2, 1)
+    s2 = float(resid @ resid) / dof
+    se = math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))
+    return float(coef[0]), se
+
+
+def write_json(path: str, data) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,1 @@
+"""The ``mlem`` command line."""

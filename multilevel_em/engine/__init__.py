@@ -1,0 +1,10 @@
+"""The solver engine: drift ladders, Brownian paths, EM and ML-EM.
+
+Knows nothing of calibration, diffusion models or the command line.
+"""
+
+from .brownian import BrownianPath
+from .ladder import Drift, Ladder
+from .solver import Rate, Solution, evaluate_rates, solve
+
+__all__ = ["BrownianPath", "Drift", "Ladder", "Rate", "Solution", "evaluate_rates", "solve"]

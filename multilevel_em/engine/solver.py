@@ -1,0 +1,395 @@
+"""Euler-Maruyama (EM) and Multilevel Euler-Maruyama (ML-EM) on a drift ladder.
+
+For dX = f(X, t) dt + g dW on a uniform grid t_n = t0 + n h, EM with level L is
+
+    X_{n+1} = X_n + h f^L(X_n, t_n) + g (W(t_{n+1}) - W(t_n)),
+
+and ML-EM replaces f^L by the randomized telescoping estimate (METHOD.md, section 2)
+
+    F_n = f^1 + sum_{l=2..K} (B_{n,l} / p_{n,l}) (f^l - f^{l-1}),   B_{n,l} ~ Bernoulli(p_{n,l}),
+
+with p_{n,l} = min(1, lambda_l(t_n) h), so that E[F_n | X_n] = f^K(X_n, t_n).  On a step,
+each needed level ({1} and {l, l-1} for every fired l) is evaluated once, and with
+``draws="per_sample"`` only on the rows of the batch that need it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+
+from .brownian import BrownianPath
+from .ladder import Ladder
+
+__all__ = ["solve", "Solution", "Rate", "resolve_diffusion", "evaluate_rates"]
+
+#: A rate lambda_l for one level: a number (per unit time) or a callable of t.
+Rate = Union[float, Callable[[float], float]]
+Diffusion = Union[None, float, Callable]
+
+
+@dataclass
+class Solution:
+    """The result of :func:`solve`.
+
+    Attributes:
+        x: final state, shape ``(batch, *state_shape)``.
+        ts: saved times, shape ``(n_saved,)`` (float64), or None when ``save_every`` was None.
+        xs: saved states, shape ``(n_saved, batch, *state_shape)``, or None.
+        evaluations: sample-evaluations per level (level l evaluated on m samples counts m).
+        costs: the ladder's cost of one evaluation per level.
+        batch_size: number of samples.
+        steps: number of steps.
+        method: "em" or "mlem".
+    """
+
+    x: torch.Tensor
+    ts: Optional[torch.Tensor]
+    xs: Optional[torch.Tensor]
+    evaluations: tuple
+    costs: tuple
+    batch_size: int
+    steps: int
+    method: str
+    probabilities: Optional[List[List[float]]] = field(default=None, repr=False)
+
+    @property
+    def cost(self) -> float:
+        """Mean cost per sample, in the ladder's cost units."""
+        return sum(e * c for e, c in zip(self.evaluations, self.costs)) / max(self.batch_size, 1)
+
+    @property
+    def top_equivalents(self) -> float:
+        """Mean cost per sample in evaluations of the top level (EM with N steps: N)."""
+        return self.cost / self.costs[-1]
+
+    def to_dict(self) -> dict:
+        """Cost report as plain JSON-serialisable data (no tensors)."""
+        return {
+            "method": self.method,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "evaluations": list(self.evaluations),
+            "costs": list(self.costs),
+            "cost": self.cost,
+            "top_equivalents": self.top_equivalents,
+        }
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_time(name: str, t) -> float:
+    if isinstance(t, bool) or not isinstance(t, (Real, torch.Tensor)):
+        raise TypeError(f"{name}: expected a number, got {type(t).__name__}")
+    t = float(t)
+    if not math.isfinite(t):
+        raise ValueError(f"{name}: expected a finite time, got {t}")
+    return t
+
+
+def _check_positive_int(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
+    return v
+
+
+def _rate_value(j: int, r, t: float) -> float:
+    """Evaluate rates[j] at time t and check it is a finite number >= 0."""
+    v = r(t) if callable(r) else r
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"rates[{j}] (level {j + 2}): expected a number, got {type(v).__name__} at t={t}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"rates[{j}] (level {j + 2}): expected a finite rate >= 0, got {v} at t={t}")
+    return v
+
+
+def evaluate_rates(rates: Sequence[Rate], t: float) -> List[float]:
+    """The rates lambda_2..lambda_K at time t, validated."""
+    return [_rate_value(j, r, t) for j, r in enumerate(rates)]
+
+
+def _check_rates(rates, n_levels: int, t0: float) -> list:
+    if rates is None:
+        raise ValueError(
+            "rates: method='mlem' needs the rates lambda_2..lambda_K (numbers or callables of t); "
+            "use multilevel_em.calibrate(...).rates(mu) to choose them, or method='em'"
+        )
+    if isinstance(rates, (Real, torch.Tensor)) or callable(rates):
+        raise TypeError(f"rates: expected a sequence of {n_levels - 1} rates (levels 2..{n_levels}), got one value")
+    rates = list(rates)
+    if len(rates) != n_levels - 1:
+        raise ValueError(
+            f"rates: expected {n_levels - 1} rates (one for each of levels 2..{n_levels}), got {len(rates)}"
+        )
+    for j, r in enumerate(rates):
+        _rate_value(j, r, t0)  # fail early on bad constants or callables
+    return rates
+
+
+def resolve_diffusion(diffusion: Diffusion) -> Optional[Callable[[torch.Tensor, float], object]]:
+    """Normalise ``diffusion`` to ``g(x, t)`` (or None for an ODE)."""
+    if diffusion is None:
+        return None
+    if isinstance(diffusion, (Real, torch.Tensor)) and not isinstance(diffusion, bool):
+        if isinstance(diffusion, Real):
+            if not math.isfinite(float(diffusion)):
+                raise ValueError(f"diffusion: expected a finite number, got {diffusion}")
+        return lambda x, t: diffusion
+    if not callable(diffusion):
+        raise TypeError(f"diffusion: expected None, a number, g(t) or g(x, t), got {type(diffusion).__name__}")
+    try:
+        params = [
+            p
+            for p in inspect.signature(diffusion).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        n_args = len(params)
+    except (TypeError, ValueError):
+        n_args = 1
+    if n_args >= 2:
+        return diffusion
+    return lambda x, t: diffusion(t)
+
+
+# ----------------------------------------------------------------------------- the solver
+
+
+class _LevelCaller:
+    """Evaluates levels on (sub-)batches, checks shapes on first use and counts evaluations."""
+
+    def __init__(self, ladder: Ladder, x0: torch.Tensor):
+        self.ladder = ladder
+        self.evaluations = [0] * len(ladder)
+        self._checked = [False] * len(ladder)
+        self._like = (x0.dtype, x0.device)
+
+    def __call__(self, j: int, x: torch.Tensor, t: float) -> torch.Tensor:
+        out = self.ladder[j](x, t)
+        if not self._checked[j]:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"level {j + 1} ({self.ladder.names[j]}): expected a Tensor, got {type(out).__name__}")
+            if out.shape != x.shape:
+                raise ValueError(
+                    f"level {j + 1} ({self.ladder.names[j]}): output shape {tuple(out.shape)} differs from "
+                    f"the state's shape {tuple(x.shape)}"
+                )
+            if (out.dtype, out.device) != self._like:
+                raise TypeError(
+                    f"level {j + 1} ({self.ladder.names[j]}): output dtype/device {out.dtype}/{out.device} differs "
+                    f"from the state's {self._like[0]}/{self._like[1]}"
+                )
+            self._checked[j] = True
+        self.evaluations[j] += x.shape[0]
+        return out
+
+
+def _non_finite_error(caller: _LevelCaller, outputs: dict, t: float) -> FloatingPointError:
+    for j in sorted(outputs):
+        if not bool(torch.isfinite(outputs[j]).all()):
+            return FloatingPointError(
+                f"level {j + 1} ({caller.ladder.names[j]}) produced NaN or Inf at t={t:.6g}; "
+                "pass check_finite=False to continue anyway"
+            )
+    return FloatingPointError(f"the drift estimate is NaN or Inf at t={t:.6g}; pass check_finite=False to continue")
+
+
+def _mlem_drift(
+    call: _LevelCaller,
+    x: torch.Tensor,
+    t: float,
+    probs: List[float],
+    draws: str,
+    generator: Optional[torch.Generator],
+    check_finite: bool,
+) -> torch.Tensor:
+    """One randomized telescoping estimate of f^K(x, t); probs[j] is p for level j + 2."""
+    K = len(probs) + 1
+    batch = x.shape[0]
+    gen_device = generator.device if generator is not None else x.device
+    if draws == "shared":
+        u = torch.rand(K - 1, generator=generator, device=gen_device).tolist()
+        fired = [u[j] < probs[j] for j in range(K - 1)]
+        needed = [j == 0 or fired[j - 1] or (j < K - 1 and fired[j]) for j in range(K)]
+        out = {j: call(j, x, t) for j in range(K) if needed[j]}
+        drift = out[0]
+        for l in range(1, K):
+            if fired[l - 1]:
+                drift = drift + (out[l] - out[l - 1]) / probs[l - 1]
+    else:
+        u = torch.rand((K - 1, batch), generator=generator, device=gen_device).to(x.device)
+        fired = u < torch.tensor(probs, dtype=u.dtype, device=x.device).unsqueeze(1)  # (K-1, batch)
+        needed = torch.zeros((K, batch), dtype=torch.bool, device=x.device)
+        needed[0] = True
+        needed[1:] |= fired
+        needed[:-1] |= fired
+        counts = needed.sum(1).tolist()
+        fired_counts = fired.sum(1).tolist()
+        out = {}
+        for j in range(K):
+            if counts[j] == batch:
+                out[j] = call(j, x, t)
+            elif counts[j] > 0:
+                rows = needed[j].nonzero().squeeze(1)
+                full = x.new_zeros(x.shape)
+                full.index_copy_(0, rows, call(j, x.index_select(0, rows), t))
+                out[j] = full
+        drift = out[0]
+        for l in range(1, K):
+            n = fired_counts[l - 1]
+            if n == batch:
+                drift = drift + (out[l] - out[l - 1]) / probs[l - 1]
+            elif n > 0:
+                rows = fired[l - 1].nonzero().squeeze(1)
+                corr = (out[l].index_select(0, rows) - out[l - 1].index_select(0, rows)) / probs[l - 1]
+                drift = drift.index_add(0, rows, corr)
+    if check_finite and not bool(torch.isfinite(drift).all()):
+        raise _non_finite_error(call, out, t)
+    return drift
+
+
+def solve(
+    ladder: Ladder,
+    x0: torch.Tensor,
+    *,
+    t0: float,
+    t1: float,
+    steps: int,
+    diffusion: Diffusion = None,
+    method: str = "mlem",
+    level: int = -1,
+    rates: Optional[Sequence[Rate]] = None,
+    noise: Optional[BrownianPath] = None,
+    generator: Optional[torch.Generator] = None,
+    draws: str = "per_sample",
+    save_every: Optional[int] = None,
+    check_finite: bool = True,
+    progress: bool = False,
+) -> Solution:
+    """Integrate dX = f(X, t) dt + g dW from t0 to t1 with EM or ML-EM.
+
+    Args:
+        ladder: the drift levels f^1..f^K and their costs.
+        x0: initial state, shape ``(batch, *state_shape)``, a floating tensor on any device.
+        t0, t1: start and end time, ``t1 > t0``.
+        steps: number of uniform steps, h = (t1 - t0) / steps.
+        diffusion: None (an ODE), a number, ``g(t)`` or ``g(x, t)``; the result multiplies
+            the Brownian increment elementwise, so it must broadcast against ``x``
+            (additive/diagonal noise).
+        method: ``"em"`` (``ladder[level]`` at every step) or ``"mlem"``.
+        level: the level EM uses (Python index, default the top level).
+        rates: for ``"mlem"``, the rates lambda_2..lambda_K per unit time, numbers or
+            callables of t; p = min(1, lambda h). Infinite accuracy costs infinite rate:
+            a rate with lambda h >= 1 evaluates that correction at every step.
+        noise: the Brownian path; by default a fresh :class:`BrownianPath` seeded from
+            ``generator`` (tree depth fitted to ``steps``). Pass one path to several solves
+            to compare them on the same Brownian motion. Must have ``x0``'s shape, dtype and device and cover [t0, t1].
+        generator: a ``torch.Generator`` for the Bernoulli level draws (and the default
+            noise); None uses torch's global generator.
+        draws: ``"per_sample"`` (each sample draws its own levels; a level runs only on the
+            sub-batch that needs it) or ``"shared"`` (one draw per step for the batch).
+        save_every: save the state every this many steps (and at the end) into
+            ``Solution.ts`` / ``Solution.xs``.
+        check_finite: raise ``FloatingPointError`` naming the level and time when a level
+            produces NaN or Inf.
+        progress: show a progress bar over the steps.
+
+    Returns:
+        A :class:`Solution` with the final state and the cost actually spent.
+    """
+    if not isinstance(ladder, Ladder):
+        raise TypeError(f"ladder: expected a multilevel_em.Ladder, got {type(ladder).__name__}")
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")
+    if x0.ndim < 1 or not x0.dtype.is_floating_point:
+        raise ValueError(f"x0: expected a floating tensor of shape (batch, *state_shape), got {x0.dtype} {tuple(x0.shape)}")
+    t0, t1 = _check_time("t0", t0), _check_time("t1", t1)
+    if not t1 > t0:
+        raise ValueError(f"t1: expected t1 > t0, got t0={t0}, t1={t1}")
+    steps = _check_positive_int("steps", steps)
+    if method not in ("em", "mlem"):
+        raise ValueError(f"method: expected 'em' or 'mlem', got {method!r}")
+    if draws not in ("per_sample", "shared"):
+        raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+    if save_every is not None:
+        save_every = _check_positive_int("save_every", save_every)
+    K = len(ladder)
+    if method == "em":
+        if isinstance(level, bool) or not isinstance(level, int) or not -K <= level < K:
+            raise ValueError(f"level: expected an int in [{-K}, {K - 1}] for a ladder of {K} levels, got {level!r}")
+        level = level % K
+    elif K > 1:
+        rates = _check_rates(rates, K, t0)
+    g = resolve_diffusion(diffusion)
+    if g is not None:
+        if noise is None:
+            # Leaves narrower than h/2: grid times fall in distinct leaves (exact law), at
+            # about three normal draws per step.
+            depth = max(1, math.ceil(math.log2(steps)) + 1)
+            noise = BrownianPath(x0.shape, t0, t1, generator=generator, dtype=x0.dtype, device=x0.device, depth=depth)
+        elif not isinstance(noise, BrownianPath):
+            raise TypeError(f"noise: expected a BrownianPath, got {type(noise).__name__}")
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise: shape {tuple(noise.shape)} differs from x0's {tuple(x0.shape)}")
+        if noise.dtype != x0.dtype or noise.device != x0.device:
+            raise ValueError(
+                f"noise: dtype/device {noise.dtype}/{noise.device} differs from x0's {x0.dtype}/{x0.device}"
+            )
+        if noise.t0 > t0 or noise.t1 < t1:
+            raise ValueError(f"noise: covers [{noise.t0}, {noise.t1}], which does not contain [t0, t1] = [{t0}, {t1}]")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+
+    call = _LevelCaller(ladder, x0)
+    h = (t1 - t0) / steps
+    x = x0
+    w_prev = noise._value(t0) if g is not None else None
+    saved_t, saved_x = ([t0], [x0]) if save_every else ([], [])
+    probs_log = [] if method == "mlem" and K > 1 else None
+    iterator = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"{method} ({steps} steps)", leave=False)
+    for n in iterator:
+        t = t0 + n * h
+        t_next = t1 if n == steps - 1 else t0 + (n + 1) * h
+        h_n = t_next - t
+        if method == "em" or K == 1:
+            j = level if method == "em" else 0
+            drift = call(j, x, t)
+            if check_finite and not bool(torch.isfinite(drift).all()):
+                raise _non_finite_error(call, {j: drift}, t)
+        else:
+            probs = [min(1.0, lam * h_n) for lam in evaluate_rates(rates, t)]
+            probs_log.append(probs)
+            drift = _mlem_drift(call, x, t, probs, draws, generator, check_finite)
+        if g is None:
+            x = x + h_n * drift
+        else:
+            w_next = noise._value(t_next)
+            x = x + h_n * drift + g(x, t) * (w_next - w_prev)
+            w_prev = w_next
+        if save_every and ((n + 1) % save_every == 0 or n == steps - 1):
+            saved_t.append(t_next)
+            saved_x.append(x)
+    return Solution(
+        x=x,
+        ts=torch.tensor(saved_t, dtype=torch.float64) if save_every else None,
+        xs=torch.stack(saved_x) if save_every else None,
+        evaluations=tuple(call.evaluations),
+        costs=ladder.costs,
+        batch_size=x0.shape[0],
+        steps=steps,
+        method=method,
+        probabilities=probs_log,
+    )
