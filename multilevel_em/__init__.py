@@ -2,16 +2,21 @@
 
 The public API::
 
-    from multilevel_em import Ladder, BrownianPath, solve
+    from multilevel_em import Ladder, BrownianPath, solve, calibrate
 
     ladder = Ladder([f_small, f_medium, f_big], costs=[1, 8, 64])
     sol = solve(ladder, x0, t0=0.0, t1=1.0, steps=256, diffusion=0.5,
                 method="mlem", rates=[20.0, 5.0])
     sol.x, sol.cost, sol.top_equivalents
+
+    cal = calibrate(ladder, x0, t0=0.0, t1=1.0, diffusion=0.5, timing="given")
+    sol = solve(ladder, x0, t0=0.0, t1=1.0, steps=256, diffusion=0.5, rates=cal.rates(mu=50.0))
+    plan = cal.plan(target=0.01)    # levels, mu, steps, predicted cost and speedup over EM
 """
 
+from .calibration import Calibration, calibrate
 from .engine import BrownianPath, Ladder, Solution, solve
 
 __version__ = "0.1.0"
 
-__all__ = ["BrownianPath", "Ladder", "Solution", "solve", "__version__"]
+__all__ = ["BrownianPath", "Calibration", "Ladder", "Solution", "calibrate", "solve", "__version__"]

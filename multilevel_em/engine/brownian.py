@@ -4,8 +4,12 @@ A :class:`BrownianPath` is a *virtual Brownian tree*: W is defined at the dyadic
 points of [t0, t1] by the Levy (midpoint bridge) construction, each midpoint drawn
 from a generator seeded by a hash of ``(seed, depth, index)``.  A query at a
 non-dyadic time t descends to a leaf interval [a, b] of width (t1 - t0) / 2**depth
-and samples W(t) from the Brownian bridge between W(a) and W(b), seeded by
-``(seed, leaf, t)``.  Consequences:
+and samples W(t) from the Brownian bridge between W(a) and W(b).  The bridge's unit
+normal Z(t) is continuous in t: the leaf is cut into 2**_LEAF_BITS cells, each cell edge q
+gets a normal Z_q seeded by ``(seed, leaf, q)``, and inside a cell Z(t) = cos(theta) Z_q +
+sin(theta) Z_{q+1} with theta going from 0 to pi/2 (unit variance everywhere).  So times
+that differ only by rounding (``t0 + 3 * (1/15)`` vs ``t0 + 1/5``) give values that agree to
+rounding.  Consequences:
 
 * ``W(t)`` is a deterministic function of ``(seed, t)``: the result does not depend on
   the order of queries, and increments over a fine grid sum to the increment over a
@@ -13,7 +17,8 @@ and samples W(t) from the Brownian bridge between W(a) and W(b), seeded by
 * the joint law of W at any set of query times is exactly Brownian as long as no two
   distinct query times fall strictly inside the same leaf interval (the default depth
   12 allows uniform grids of up to 4096 steps); inside one leaf the two bridge draws
-  are conditionally independent, an O(leaf width) approximation;
+  are correlated (conditionally independent if they are cells apart), an O(leaf width)
+  approximation;
 * grid times that are dyadic (``steps`` a power of two) stop the descent early, so a
   uniform grid of 2**k steps costs about one new normal draw per step.
 """
@@ -21,7 +26,6 @@ and samples W(t) from the Brownian bridge between W(a) and W(b), seeded by
 from __future__ import annotations
 
 import math
-import struct
 from collections import OrderedDict
 from typing import Optional, Sequence, Union
 
@@ -47,11 +51,9 @@ def _mix(*parts: int) -> int:
     return h >> 1
 
 
-def _float_bits(t: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", float(t)))[0]
-
-
 _TAG_ROOT, _TAG_NODE, _TAG_LEAF = 1, 2, 3
+#: Each leaf is cut into 2**_LEAF_BITS cells for the continuous bridge noise Z(t).
+_LEAF_BITS = 4
 
 
 class BrownianPath:
@@ -102,6 +104,8 @@ class BrownianPath:
             raise ValueError(f"t1: expected t1 > t0, got t0={t0}, t1={t1}")
         if seed is not None and generator is not None:
             raise ValueError("seed, generator: give at most one of them")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 52:
             raise ValueError(f"depth: expected an int in [1, 52], got {depth!r}")
         dtype = dtype if dtype is not None else torch.get_default_dtype()
@@ -180,10 +184,16 @@ class BrownianPath:
             else:
                 a, wa, i = m, wm, 2 * i + 1
         # Inside a leaf: Brownian bridge between W(a) and W(b).
+        # The unit normal rotates continuously from Z_q to Z_{q+1} across cell q, so that W
+        # is continuous in t: a time perturbed by rounding gives W perturbed by rounding.
         frac = (t - a) / (b - a)
         std = math.sqrt((t - a) * (b - t) / (b - a))
-        w = self._normal(_mix(self.seed, _TAG_LEAF, i, _float_bits(t)))
-        return w.mul_(std).add_(wa, alpha=1.0 - frac).add_(wb, alpha=frac)
+        cell = frac * 2**_LEAF_BITS
+        q = min(int(cell), 2**_LEAF_BITS - 1)
+        theta = 0.5 * math.pi * (cell - q)
+        w = self._normal(_mix(self.seed, _TAG_LEAF, i, q)).mul_(std * math.cos(theta))
+        w.add_(self._normal(_mix(self.seed, _TAG_LEAF, i, q + 1)), alpha=std * math.sin(theta))
+        return w.add_(wa, alpha=1.0 - frac).add_(wb, alpha=frac)
 
     def increment(self, s: float, t: float) -> torch.Tensor:
         """W(t) - W(s) for t0 <= s < t <= t1, shape ``self.shape``; variance t - s per entry."""

@@ -124,7 +124,7 @@ def _check_rates(rates, n_levels: int, t0: float) -> list:
             "rates: method='mlem' needs the rates lambda_2..lambda_K (numbers or callables of t); "
             "use multilevel_em.calibrate(...).rates(mu) to choose them, or method='em'"
         )
-    if isinstance(rates, (Real, torch.Tensor)) or callable(rates):
+    if isinstance(rates, Real) or (isinstance(rates, torch.Tensor) and rates.ndim == 0) or callable(rates):
         raise TypeError(f"rates: expected a sequence of {n_levels - 1} rates (levels 2..{n_levels}), got one value")
     rates = list(rates)
     if len(rates) != n_levels - 1:
@@ -169,28 +169,46 @@ class _LevelCaller:
 
     def __init__(self, ladder: Ladder, x0: torch.Tensor):
         self.ladder = ladder
+        self._levels = tuple(ladder)
         self.evaluations = [0] * len(ladder)
         self._checked = [False] * len(ladder)
         self._like = (x0.dtype, x0.device)
 
     def __call__(self, j: int, x: torch.Tensor, t: float) -> torch.Tensor:
-        out = self.ladder[j](x, t)
+        out = self._levels[j](x, t)
         if not self._checked[j]:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"level {j + 1} ({self.ladder.names[j]}): expected a Tensor, got {type(out).__name__}")
-            if out.shape != x.shape:
-                raise ValueError(
-                    f"level {j + 1} ({self.ladder.names[j]}): output shape {tuple(out.shape)} differs from "
-                    f"the state's shape {tuple(x.shape)}"
-                )
-            if (out.dtype, out.device) != self._like:
-                raise TypeError(
-                    f"level {j + 1} ({self.ladder.names[j]}): output dtype/device {out.dtype}/{out.device} differs "
-                    f"from the state's {self._like[0]}/{self._like[1]}"
-                )
-            self._checked[j] = True
+            self._check(j, x, out)
         self.evaluations[j] += x.shape[0]
         return out
+
+    def _check(self, j: int, x: torch.Tensor, out) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"level {j + 1} ({self.ladder.names[j]}): expected a Tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(
+                f"level {j + 1} ({self.ladder.names[j]}): output shape {tuple(out.shape)} differs from "
+                f"the state's shape {tuple(x.shape)}"
+            )
+        if (out.dtype, out.device) != self._like:
+            raise TypeError(
+                f"level {j + 1} ({self.ladder.names[j]}): output dtype/device {out.dtype}/{out.device} differs "
+                f"from the state's {self._like[0]}/{self._like[1]}"
+            )
+        self._checked[j] = True
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry of ``x`` is finite, in one reduction in the common case.
+
+    A NaN or an infinity makes the sum NaN or infinite, so a finite sum proves every entry
+    finite; a non-finite sum (which finite entries can also give, by overflow) falls back to
+    the exact elementwise test.  ``torch.isfinite(x).all()`` makes several elementwise
+    passes: on small batches it cost more than all the rest of an ML-EM step's bookkeeping.
+    """
+    s = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
+    if math.isfinite(s.item()):
+        return True
+    return bool(torch.isfinite(x).all())
 
 
 def _non_finite_error(caller: _LevelCaller, outputs: dict, t: float) -> FloatingPointError:
@@ -203,56 +221,95 @@ def _non_finite_error(caller: _LevelCaller, outputs: dict, t: float) -> Floating
     return FloatingPointError(f"the drift estimate is NaN or Inf at t={t:.6g}; pass check_finite=False to continue")
 
 
+#: Rows selector meaning "every row of the batch" (no gather or scatter needed).
+_ALL = "all"
+#: ML-EM draws the Bernoulli variables of this many (steps x levels x samples) at a time.
+_DRAWS_PER_CHUNK = 1 << 16
+
+
+def _plan_draws(
+    probs: List[List[float]], batch: int, draws: str, generator: Optional[torch.Generator], device: torch.device
+) -> List[tuple]:
+    """Draw B_{n,l} ~ Bernoulli(p_{n,l}) for a run of steps; per step, return (fired, needed).
+
+    ``probs[n][l - 2]`` is p_l at step n of the run.  ``fired[l - 2]`` selects the rows where
+    the correction of level l fired, ``needed[j]`` the rows where level j + 1 must be
+    evaluated (level 1: all rows; level l < K: where correction l or l + 1 fired; level K:
+    where correction K fired), each as None (no row), ``_ALL`` or an increasing index tensor.
+    The draws do not depend on the state, so drawing a run of steps at once has the same law
+    as drawing step by step, and costs one random call and one host sync per run instead of
+    several per step.  Uniforms are float64 so that P(u < p) = p to 2^-53.
+    """
+    C, K1 = len(probs), len(probs[0])
+    W = 2 * K1 - 1  # per step: K1 fired masks, then K1 - 1 masks of the levels 2..K-1
+    gen_device = generator.device if generator is not None else device
+    pieces = None
+    if draws == "shared" or batch == 0:
+        u = torch.rand((C, K1), generator=generator, device=gen_device, dtype=torch.float64).tolist()
+        counts = []
+        for un, pn in zip(u, probs):
+            f = [un[k] < pn[k] for k in range(K1)]
+            counts.append([batch if b else 0 for b in f] + [batch if f[k] or f[k + 1] else 0 for k in range(K1 - 1)])
+    else:
+        u = torch.rand((C, K1, batch), generator=generator, device=gen_device, dtype=torch.float64)
+        p = torch.tensor(probs, dtype=torch.float64, device=gen_device).unsqueeze(2)
+        fired = (u < p).to(device)
+        mask = torch.cat([fired, fired[:, :-1] | fired[:, 1:]], dim=1)  # (C, W, batch)
+        counts = mask.sum(2).tolist()
+        cols = mask.view(C * W, batch).nonzero(as_tuple=True)[1]  # row-major: by step, mask, row
+        pieces = cols.split([c for cn in counts for c in cn])
+    plan = []
+    for n, cn in enumerate(counts):
+        sel = [None if c == 0 else (_ALL if c == batch else pieces[n * W + k]) for k, c in enumerate(cn)]
+        fired_n = sel[:K1]
+        plan.append((fired_n, [_ALL] + sel[K1:] + [fired_n[-1]]))
+    return plan
+
+
 def _mlem_drift(
     call: _LevelCaller,
     x: torch.Tensor,
     t: float,
     probs: List[float],
-    draws: str,
-    generator: Optional[torch.Generator],
+    fired: list,
+    needed: list,
     check_finite: bool,
 ) -> torch.Tensor:
-    """One randomized telescoping estimate of f^K(x, t); probs[j] is p for level j + 2."""
+    """One randomized telescoping estimate of f^K(x, t) given this step's draws.
+
+    ``probs[l - 2]`` is p_l; ``fired`` and ``needed`` come from :func:`_plan_draws`.  Each
+    needed level is evaluated once, on its rows only, and the correction of level l is
+    added on the rows where it fired: F = f^1 + sum_l (B_l / p_l) (f^l - f^{l-1}).
+    """
     K = len(probs) + 1
-    batch = x.shape[0]
-    gen_device = generator.device if generator is not None else x.device
-    if draws == "shared":
-        u = torch.rand(K - 1, generator=generator, device=gen_device).tolist()
-        fired = [u[j] < probs[j] for j in range(K - 1)]
-        needed = [j == 0 or fired[j - 1] or (j < K - 1 and fired[j]) for j in range(K)]
-        out = {j: call(j, x, t) for j in range(K) if needed[j]}
-        drift = out[0]
-        for l in range(1, K):
-            if fired[l - 1]:
-                drift = drift + (out[l] - out[l - 1]) / probs[l - 1]
-    else:
-        u = torch.rand((K - 1, batch), generator=generator, device=gen_device).to(x.device)
-        fired = u < torch.tensor(probs, dtype=u.dtype, device=x.device).unsqueeze(1)  # (K-1, batch)
-        needed = torch.zeros((K, batch), dtype=torch.bool, device=x.device)
-        needed[0] = True
-        needed[1:] |= fired
-        needed[:-1] |= fired
-        counts = needed.sum(1).tolist()
-        fired_counts = fired.sum(1).tolist()
-        out = {}
-        for j in range(K):
-            if counts[j] == batch:
-                out[j] = call(j, x, t)
-            elif counts[j] > 0:
-                rows = needed[j].nonzero().squeeze(1)
-                full = x.new_zeros(x.shape)
-                full.index_copy_(0, rows, call(j, x.index_select(0, rows), t))
-                out[j] = full
-        drift = out[0]
-        for l in range(1, K):
-            n = fired_counts[l - 1]
-            if n == batch:
-                drift = drift + (out[l] - out[l - 1]) / probs[l - 1]
-            elif n > 0:
-                rows = fired[l - 1].nonzero().squeeze(1)
-                corr = (out[l].index_select(0, rows) - out[l - 1].index_select(0, rows)) / probs[l - 1]
-                drift = drift.index_add(0, rows, corr)
-    if check_finite and not bool(torch.isfinite(drift).all()):
+    out = {0: call(0, x, t)}  # each level's output on its own rows
+    full = [out[0]] + [None] * (K - 1)  # the same, indexed by batch row (valid on needed rows)
+    for j in range(1, K):
+        rows = needed[j]
+        if rows is None:
+            continue
+        if rows is _ALL:
+            out[j] = full[j] = call(j, x, t)
+        else:
+            out[j] = o = call(j, x.index_select(0, rows), t)
+            if j < K - 1:  # the top level's rows are exactly those of its correction: no scatter
+                full[j] = torch.empty_like(x).index_copy_(0, rows, o)
+    # F += (f^l - f^{l-1}) * (1 / p_l) on the fired rows; the scaling rides on the add's alpha.
+    drift, owned = out[0], False  # never modify a level's output in place
+    for l in range(1, K):
+        rows = fired[l - 1]
+        if rows is None:
+            continue
+        w = 1.0 / probs[l - 1]
+        if rows is _ALL:
+            diff = full[l] - full[l - 1]
+            drift = drift.add_(diff, alpha=w) if owned else torch.add(drift, diff, alpha=w)
+        else:
+            hi = out[l] if l == K - 1 else full[l].index_select(0, rows)
+            diff = hi - full[l - 1].index_select(0, rows)
+            drift = drift.index_add_(0, rows, diff, alpha=w) if owned else drift.index_add(0, rows, diff, alpha=w)
+        owned = True
+    if check_finite and not _all_finite(drift):
         raise _non_finite_error(call, out, t)
     return drift
 
@@ -322,6 +379,8 @@ def solve(
         raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
     if save_every is not None:
         save_every = _check_positive_int("save_every", save_every)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
     K = len(ladder)
     if method == "em":
         if isinstance(level, bool) or not isinstance(level, int) or not -K <= level < K:
@@ -346,39 +405,57 @@ def solve(
             )
         if noise.t0 > t0 or noise.t1 < t1:
             raise ValueError(f"noise: covers [{noise.t0}, {noise.t1}], which does not contain [t0, t1] = [{t0}, {t1}]")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
 
     call = _LevelCaller(ladder, x0)
     h = (t1 - t0) / steps
+    batch = x0.shape[0]
     x = x0
     w_prev = noise._value(t0) if g is not None else None
     saved_t, saved_x = ([t0], [x0]) if save_every else ([], [])
-    probs_log = [] if method == "mlem" and K > 1 else None
+    mlem = method == "mlem" and K > 1
+    probs_log = [] if mlem else None
+    j_em = level if method == "em" else 0
+    if mlem:
+        chunk = max(1, _DRAWS_PER_CHUNK // ((K - 1) * max(batch, 1))) if draws == "per_sample" else 1024
+        plan, pos = [], 0
+
+    def times(n: int):
+        t = t0 + n * h
+        return t, (t1 if n == steps - 1 else t0 + (n + 1) * h)
+
     iterator = range(steps)
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=f"{method} ({steps} steps)", leave=False)
     for n in iterator:
-        t = t0 + n * h
-        t_next = t1 if n == steps - 1 else t0 + (n + 1) * h
+        t, t_next = times(n)
         h_n = t_next - t
-        if method == "em" or K == 1:
-            j = level if method == "em" else 0
-            drift = call(j, x, t)
-            if check_finite and not bool(torch.isfinite(drift).all()):
-                raise _non_finite_error(call, {j: drift}, t)
+        if not mlem:
+            drift = call(j_em, x, t)
+            if check_finite and not _all_finite(drift):
+                raise _non_finite_error(call, {j_em: drift}, t)
         else:
-            probs = [min(1.0, lam * h_n) for lam in evaluate_rates(rates, t)]
-            probs_log.append(probs)
-            drift = _mlem_drift(call, x, t, probs, draws, generator, check_finite)
-        if g is None:
-            x = x + h_n * drift
-        else:
+            if pos == len(plan):  # draw the levels of the next run of steps
+                new = []
+                for m in range(n, min(steps, n + chunk)):
+                    tm, tm_next = times(m)
+                    new.append([min(1.0, lam * (tm_next - tm)) for lam in evaluate_rates(rates, tm)])
+                plan, pos = _plan_draws(new, batch, draws, generator, x.device), 0
+                probs_log.extend(new)
+            fired, needed = plan[pos]
+            pos += 1
+            drift = _mlem_drift(call, x, t, probs_log[n], fired, needed, check_finite)
+        x_next = torch.add(x, drift, alpha=h_n)
+        if g is not None:
             w_next = noise._value(t_next)
-            x = x + h_n * drift + g(x, t) * (w_next - w_prev)
+            gx = g(x, t)
+            if isinstance(gx, Real) and not isinstance(gx, bool):
+                x_next.add_(w_next - w_prev, alpha=float(gx))
+            else:
+                x_next = x_next + gx * (w_next - w_prev)
             w_prev = w_next
+        x = x_next
         if save_every and ((n + 1) % save_every == 0 or n == steps - 1):
             saved_t.append(t_next)
             saved_x.append(x)

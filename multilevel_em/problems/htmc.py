@@ -102,7 +102,7 @@ def htmc(
     diffusion: float = 0.5,
     t0: float = 0.0,
     t1: float = 1.0,
-    frequency: float = 1.0,
+    frequency: float = 6.0,
     time_profile: float = 0.0,
     extra: int = 12,
     dtype: torch.dtype = torch.float64,

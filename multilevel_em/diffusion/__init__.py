@@ -1,0 +1,32 @@
+"""Diffusion-model sampling with ML-EM: VP schedules, multilevel denoisers, samplers, metrics.
+
+    from multilevel_em.diffusion import VPSchedule, MultilevelDenoiser, sample
+
+    schedule = VPSchedule.linear()
+    denoiser = MultilevelDenoiser([small, medium, big], costs=[1, 8, 64], rates=[20.0, 5.0])
+    out = sample(denoiser, torch.randn(16, 3, 64, 64), schedule=schedule, steps=100, sampler="em")
+    out.x, out.cost, out.evaluations
+
+Builds on the engine (:mod:`multilevel_em.engine`); the engine does not import this package.
+The "ddpm", "ddim" and "dpmpp_2m" samplers need diffusers (``pip install 'multilevel-em[diffusion]'``).
+"""
+
+from .denoisers import DiffusersUNetAdapter, MultilevelDenoiser, TStitchDenoiser, as_eps_model
+from .metrics import median_bandwidth, mmd2_unbiased, sliced_wasserstein
+from .samplers import SAMPLERS, Samples, make_scheduler, sample
+from .schedule import VPSchedule
+
+__all__ = [
+    "DiffusersUNetAdapter",
+    "MultilevelDenoiser",
+    "SAMPLERS",
+    "Samples",
+    "TStitchDenoiser",
+    "VPSchedule",
+    "as_eps_model",
+    "make_scheduler",
+    "median_bandwidth",
+    "mmd2_unbiased",
+    "sample",
+    "sliced_wasserstein",
+]

@@ -1,0 +1,306 @@
+"""Denoisers: eps-prediction models of continuous time, alone or combined across a ladder.
+
+A *denoiser* is a callable ``eps = model(x, t)`` with ``x`` of shape ``(batch, ...)`` and ``t``
+a float or a ``(batch,)`` tensor of continuous times (see :mod:`.schedule`); it returns the
+predicted noise, shaped like ``x``.
+
+Samplers talk to a denoiser through one optional method, called before every evaluation::
+
+    denoiser.set_step(h, index=n, steps=N)   # step n of N, of size h > 0 in continuous time
+
+A plain model has no ``set_step`` and is simply called.  :class:`MultilevelDenoiser` needs h
+for its probabilities p_l = min(1, lambda_l(t) h); :class:`TStitchDenoiser` needs the step
+index to pick its model.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..engine import Ladder, evaluate_rates
+# The engine's one-step ML-EM estimator (draw plan, gather/evaluate/scatter, cost counting).
+# Private names: _telescoping_estimate below is the only place that uses them.
+from ..engine.solver import _LevelCaller, _mlem_drift, _plan_draws
+from .schedule import VPSchedule
+
+__all__ = ["DiffusersUNetAdapter", "MultilevelDenoiser", "TStitchDenoiser", "as_eps_model"]
+
+EpsModel = Callable[[torch.Tensor, Union[float, torch.Tensor]], torch.Tensor]
+
+
+class DiffusersUNetAdapter(torch.nn.Module):
+    """A diffusers UNet (``UNet2DModel`` or any model taking integer timesteps) as a denoiser of continuous t.
+
+    ``adapter(x, t)`` calls ``unet(x, k).sample`` with ``k = schedule.timestep(t)`` broadcast to
+    the batch (int64), i.e. k = round(t T) - 1: the integer timestep the UNet was trained with.
+
+    Args:
+        unet: the diffusers model; its output's ``.sample`` (or first element) is returned.
+        schedule: gives T (``num_train_timesteps``); default a 1000-step schedule.
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: Optional[VPSchedule] = None):
+        super().__init__()
+        if not callable(unet):
+            raise TypeError(f"unet: expected a diffusers model, got {type(unet).__name__}")
+        self.unet = unet
+        self.schedule = schedule if schedule is not None else VPSchedule.linear()
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        k = self.schedule.timestep(t).to(x.device)
+        k = k.expand(x.shape[0]) if k.ndim == 0 else k
+        out = self.unet(x, k)
+        if hasattr(out, "sample"):
+            return out.sample
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _is_diffusers_model(m) -> bool:
+    return isinstance(m, torch.nn.Module) and type(m).__module__.startswith("diffusers.")
+
+
+def as_eps_model(model, schedule: Optional[VPSchedule] = None) -> EpsModel:
+    """``model`` as a callable (x, t) -> eps: diffusers models get a :class:`DiffusersUNetAdapter`."""
+    if _is_diffusers_model(model):
+        return DiffusersUNetAdapter(model, schedule)
+    if not callable(model):
+        raise TypeError(f"expected a callable eps model (x, t) -> eps or a diffusers model, got {type(model).__name__}")
+    return model
+
+
+def _telescoping_estimate(call: _LevelCaller, x, t: float, probs, draws, generator, check_finite) -> torch.Tensor:
+    """One draw of eps^1 + sum_l (B_l / p_l)(eps^l - eps^{l-1}) at (x, t), by the engine's estimator."""
+    ((fired, needed),) = _plan_draws([probs], x.shape[0], draws, generator, x.device)
+    return _mlem_drift(call, x, t, probs, fired, needed, check_finite)
+
+
+def _single_time(t) -> float:
+    """t as one float: a number, a one-element tensor, or a (batch,) tensor of equal times."""
+    if isinstance(t, torch.Tensor):
+        flat = t.detach().reshape(-1)
+        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
+            raise ValueError(
+                "t: a MultilevelDenoiser draws its levels for one time per call; got a tensor of different times "
+                "(call it once per time, as the samplers do)"
+            )
+        return float(flat[0])
+    if isinstance(t, bool) or not isinstance(t, Real):
+        raise TypeError(f"t: expected a float or a (batch,) tensor, got {type(t).__name__}")
+    return float(t)
+
+
+class _LadderDenoiser:
+    """Shared part: a ladder of eps models, cost accounting, the first-call shape check."""
+
+    def __init__(self, models, costs, names, schedule):
+        if isinstance(models, Ladder):
+            costs = models.costs if costs is None else costs
+            names = models.names if names is None else names
+            models = list(models)
+        elif callable(models) and not isinstance(models, (list, tuple)):
+            raise TypeError("models: expected a sequence of eps models (cheapest first), got a single model; wrap it as [model]")
+        models = [as_eps_model(m, schedule) for m in models]
+        if costs is None:
+            if len(models) != 1:
+                raise ValueError(f"costs: expected {len(models)} costs (one per model, any unit), got None")
+            costs = [1.0]
+        self.ladder = Ladder(models, costs, names)
+        self._caller: Optional[_LevelCaller] = None
+        self._h: Optional[float] = None
+        self._index: Optional[int] = None
+        self._steps: Optional[int] = None
+
+    # --- accounting
+    @property
+    def costs(self) -> tuple:
+        """Cost of one sample-evaluation of each level (the units given at construction)."""
+        return self.ladder.costs
+
+    @property
+    def evaluations(self) -> tuple:
+        """Sample-evaluations of each level since construction or :meth:`reset` (a row of a batch counts 1)."""
+        return tuple(self._caller.evaluations) if self._caller is not None else (0,) * len(self.ladder)
+
+    @property
+    def cost(self) -> float:
+        """Total cost spent, sum_l evaluations_l * costs_l."""
+        return float(sum(e * c for e, c in zip(self.evaluations, self.costs)))
+
+    def reset(self) -> None:
+        """Zero the evaluation counters."""
+        if self._caller is not None:
+            self._caller.evaluations = [0] * len(self.ladder)
+
+    # --- sampler protocol
+    def set_step(self, h: float, index: Optional[int] = None, steps: Optional[int] = None) -> None:
+        """Tell the denoiser the step it is evaluated for: size h > 0 (continuous time), step index of steps."""
+        h = float(h)
+        if not (math.isfinite(h) and h >= 0):
+            raise ValueError(f"h: expected a finite step size >= 0, got {h}")
+        self._h, self._index, self._steps = h, index, steps
+
+    # --- evaluation
+    def _prepare(self, x: torch.Tensor, t) -> _LevelCaller:
+        if not isinstance(x, torch.Tensor) or x.ndim < 1:
+            raise TypeError(f"x: expected a tensor of shape (batch, ...), got {type(x).__name__}")
+        if self._caller is None:
+            self._check_levels(x, t)
+            self._caller = _LevelCaller(self.ladder, x)
+        return self._caller
+
+    def _check_levels(self, x: torch.Tensor, t) -> None:
+        """Run every level once on one row, so that a model of the wrong shape fails now, named."""
+        x1 = x[:1]
+        t1 = t[:1] if isinstance(t, torch.Tensor) and t.ndim == 1 else t
+        for j, f in enumerate(self.ladder):
+            label = f"level {j + 1} ({self.ladder.names[j]})"
+            try:
+                out = f(x1, t1)
+            except Exception as e:  # a model built for another input shape fails inside; name it
+                raise ValueError(f"{label}: failed on an input of shape {tuple(x1.shape)}: {e}") from e
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"{label}: expected a Tensor output, got {type(out).__name__}")
+            if out.shape != x1.shape:
+                raise ValueError(
+                    f"{label}: output shape {tuple(out.shape[1:])} differs from the input shape {tuple(x1.shape[1:])} "
+                    "(per sample); every level must map x to an eps of x's shape"
+                )
+
+
+class MultilevelDenoiser(_LadderDenoiser):
+    """The randomized telescoping estimate of the top model's eps, used like one eps model.
+
+    ``denoiser(x, t)`` returns
+
+        eps^1(x, t) + sum_{l=2..K} (B_l / p_l) (eps^l - eps^{l-1})(x, t),   B_l ~ Bernoulli(p_l),
+
+    with p_l = min(1, lambda_l(t) h) and h the step size last given to :meth:`set_step`; its
+    expectation over the draws is eps^K(x, t).  Each needed level ({1} and {l-1, l} for every
+    fired l) runs once; with ``draws="per_sample"`` only on the rows that need it (the
+    engine's ML-EM estimator, :mod:`multilevel_em.engine.solver`).
+
+    Args:
+        models: eps models cheapest first (callables ``(x, t) -> eps``, ``torch.nn.Module``, diffusers
+            ``UNet2DModel``), or a :class:`~multilevel_em.Ladder` (which brings its costs and names).
+        costs: cost of one sample-evaluation per model, nondecreasing, any unit.
+        rates: lambda_2..lambda_K per unit of continuous time: numbers or callables of t (K - 1 of them).
+        draws: ``"per_sample"`` (each row draws its own B's) or ``"shared"`` (one draw per call).
+        generator: for the Bernoulli draws (keep it apart from the sampler's noise generator to
+            compare runs on the same noise); None uses torch's global generator.
+        schedule: gives T to the adapter that wraps diffusers models.
+        names: level names for messages.
+        check_finite: raise ``FloatingPointError`` naming the level that produced NaN or Inf.
+
+    Attributes ``evaluations``, ``cost``, ``costs`` and :meth:`reset` report the work done.
+    On its first call every level runs once on one row (not counted) to check its output shape.
+    """
+
+    def __init__(
+        self,
+        models,
+        *,
+        costs: Optional[Sequence[float]] = None,
+        rates: Optional[Sequence] = None,
+        draws: str = "per_sample",
+        generator: Optional[torch.Generator] = None,
+        schedule: Optional[VPSchedule] = None,
+        names: Optional[Sequence[str]] = None,
+        check_finite: bool = True,
+    ):
+        super().__init__(models, costs, names, schedule)
+        K = len(self.ladder)
+        if draws not in ("per_sample", "shared"):
+            raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        if rates is None:
+            if K > 1:
+                raise ValueError(f"rates: expected {K - 1} rates (lambda_2..lambda_{K}, numbers or callables of t), got None")
+            rates = []
+        if isinstance(rates, (Real, torch.Tensor)) or callable(rates):
+            raise TypeError(f"rates: expected a sequence of {K - 1} rates (levels 2..{K}), got one value")
+        rates = list(rates)
+        if len(rates) != K - 1:
+            raise ValueError(f"rates: expected {K - 1} rates (one for each of levels 2..{K}), got {len(rates)}")
+        evaluate_rates(rates, 1.0)  # fail early on bad numbers or callables
+        self.rates = rates
+        self.draws = draws
+        self.generator = generator
+        self.check_finite = check_finite
+
+    def probabilities(self, t: float, h: Optional[float] = None) -> list:
+        """p_2..p_K = min(1, lambda_l(t) h) at time t (h: the last step size given)."""
+        h = self._h if h is None else h
+        if h is None:
+            raise RuntimeError(
+                "MultilevelDenoiser: the step size h is unknown; samplers call set_step(h) before each "
+                "evaluation: call denoiser.set_step(h) yourself when you use it directly"
+            )
+        return [min(1.0, lam * h) for lam in evaluate_rates(self.rates, t)]
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        call = self._prepare(x, t)
+        if len(self.ladder) == 1:
+            return call(0, x, t)
+        t = _single_time(t)
+        return _telescoping_estimate(call, x, t, self.probabilities(t), self.draws, self.generator, self.check_finite)
+
+    def __repr__(self) -> str:
+        return f"MultilevelDenoiser({self.ladder!r}, draws={self.draws!r})"
+
+
+class TStitchDenoiser(_LadderDenoiser):
+    """T-Stitch (Pan et al. 2024): model i for its fraction of the steps, cheapest first, the last for the rest.
+
+    With ``fractions = [0.4]`` and 10 steps, ``models[0]`` runs steps 0..3 (the noisiest) and
+    ``models[1]`` steps 4..9.  Step n of N uses model i for
+    round(N * sum(fractions[:i])) <= n < round(N * sum(fractions[:i+1])) (halves rounded up).
+    A biased baseline: early errors of the small model are never corrected.
+
+    Args:
+        models: K eps models cheapest first, or a :class:`~multilevel_em.Ladder`.
+        fractions: K - 1 fractions in [0, 1] of the steps for models[0..K-2], summing to <= 1.
+        costs: cost per sample-evaluation of each model; defaults to all 1 for a plain list
+            (pass a Ladder or costs to get costs in top-level equivalents).
+    """
+
+    def __init__(self, models, fractions: Sequence[float], *, costs=None, schedule=None, names=None):
+        if costs is None and not isinstance(models, Ladder):
+            costs = [1.0] * len(models)
+        super().__init__(models, costs, names, schedule)
+        K = len(self.ladder)
+        try:
+            fractions = [float(f) for f in fractions]
+        except (TypeError, ValueError):
+            raise TypeError(f"fractions: expected a sequence of {K - 1} numbers, got {fractions!r}") from None
+        if len(fractions) != K - 1:
+            raise ValueError(f"fractions: expected {K - 1} fractions (one for each model but the last), got {len(fractions)}")
+        if any(not (0 <= f <= 1) for f in fractions) or sum(fractions) > 1 + 1e-12:
+            raise ValueError(f"fractions: expected numbers in [0, 1] summing to at most 1, got {fractions}")
+        self.fractions = fractions
+
+    def level_for_step(self, index: int, steps: int) -> int:
+        """The 0-based model used at step ``index`` of ``steps``."""
+        acc, j = 0.0, 0
+        for f in self.fractions:
+            acc += f
+            if index < math.floor(steps * acc + 0.5):
+                return j
+            j += 1
+        return j
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        call = self._prepare(x, t)
+        if self._index is None or self._steps is None:
+            raise RuntimeError(
+                "TStitchDenoiser: the step index is unknown; samplers call set_step(h, index, steps) before each "
+                "evaluation: call it yourself when you use the denoiser directly"
+            )
+        return call(self.level_for_step(self._index, self._steps), x, t)
+
+    def __repr__(self) -> str:
+        return f"TStitchDenoiser({self.ladder!r}, fractions={self.fractions})"

@@ -1,0 +1,282 @@
+"""Sampling loops over a denoiser: reverse-SDE EM, DDPM, DDIM, probability-flow Euler, DPM-Solver++ 2M.
+
+Every sampler here evaluates the denoiser once per step, and every step is affine in that
+output given the past (METHOD.md, section 5), so a :class:`MultilevelDenoiser` keeps each
+step unbiased for its top model.  Before each evaluation the loop calls
+``denoiser.set_step(h, index=n, steps=N)`` where the denoiser has it.
+
+* ``"em"`` and ``"euler_ode"`` are written here, on a uniform grid in t from
+  ``schedule.t_max`` down to ``t_min``; "em" draws its Brownian increments from a
+  :class:`~multilevel_em.BrownianPath` (pass ``noise=`` to share one between runs).
+* ``"ddpm"``, ``"ddim"`` and ``"dpmpp_2m"`` drive diffusers' ``DDPMScheduler``,
+  ``DDIMScheduler`` and ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
+  ``solver_order=2``) exactly as a diffusers pipeline does (``set_timesteps(steps)``, then
+  ``step(eps, k, x, generator=...)``), built from ``schedule.diffusers_config()`` with
+  ``clip_sample=False``, ``thresholding=False`` and ``timestep_spacing="trailing"`` (the first
+  evaluation is at t = 1).  They evaluate the denoiser at t = schedule.time(k) and end at the
+  clean sample, as diffusers does; ``t_min`` does not apply to them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from ..engine import BrownianPath
+from .denoisers import MultilevelDenoiser, TStitchDenoiser, _LadderDenoiser
+from .schedule import VPSchedule
+
+__all__ = ["sample", "Samples", "SAMPLERS", "make_scheduler"]
+
+SAMPLERS = ("em", "ddpm", "ddim", "euler_ode", "dpmpp_2m")
+
+# Options each sampler takes besides the common ones.
+_OPTIONS = {
+    "em": {"noise"},
+    "euler_ode": set(),
+    "ddpm": {"scheduler_config"},
+    "ddim": {"scheduler_config", "eta"},
+    "dpmpp_2m": {"scheduler_config"},
+}
+_COMMON = {"stitch", "clip_sample", "thresholding", "guidance_rescale", "force"}
+_SCHEDULER_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+# Scheduler settings that would change the noise schedule or the algorithm behind a sampler's name.
+_FIXED_KEYS = {
+    "num_train_timesteps": "it comes from `schedule`",
+    "beta_start": "it comes from `schedule`",
+    "beta_end": "it comes from `schedule`",
+    "beta_schedule": "it comes from `schedule`",
+    "trained_betas": "it comes from `schedule`",
+    "rescale_betas_zero_snr": "it would change `schedule`",
+    "prediction_type": "the denoiser predicts eps",
+    "algorithm_type": "the sampler name fixes it",
+    "solver_order": "the sampler name fixes it",
+}
+
+
+@dataclass
+class Samples:
+    """The result of :func:`sample`.
+
+    Attributes:
+        x: the samples, shape of ``x_T``.
+        cost: mean cost per sample in top-level equivalents (one evaluation of the most
+            expensive level per sample = 1; a single model with N steps costs N).
+        evaluations: sample-evaluations of each level during this run.
+        costs: the levels' costs (units of the denoiser; a single model has cost 1).
+        times: the continuous times at which the denoiser was evaluated, float64, one per step.
+        sampler: the sampler's name.
+        steps: the number of steps (= denoiser evaluations per sample).
+    """
+
+    x: torch.Tensor
+    cost: float
+    evaluations: Tuple[int, ...]
+    costs: Tuple[float, ...]
+    times: torch.Tensor
+    sampler: str
+    steps: int
+
+
+def _refuse(name: str, why: str, force: bool) -> None:
+    if not force:
+        raise ValueError(
+            f"{name}: refused because {why}; a step is then no longer affine in the network output, so a "
+            "MultilevelDenoiser is no longer unbiased for its top model. Pass force=True to use it anyway."
+        )
+
+
+def _denoiser(denoiser, stitch, schedule: VPSchedule) -> _LadderDenoiser:
+    if stitch is not None:
+        if denoiser is not None:
+            raise ValueError("stitch: T-Stitch brings its own models; pass denoiser=None with stitch=(models, fractions)")
+        try:
+            models, fractions = stitch
+        except (TypeError, ValueError):
+            raise TypeError("stitch: expected a pair (models, fractions)") from None
+        if isinstance(models, _LadderDenoiser):
+            return TStitchDenoiser(models.ladder, fractions, schedule=schedule)
+        return TStitchDenoiser(models, fractions, schedule=schedule)
+    if isinstance(denoiser, _LadderDenoiser):
+        return denoiser
+    if denoiser is None:
+        raise TypeError("denoiser: expected an eps model, a MultilevelDenoiser or a diffusers model, got None")
+    # One model: the same bookkeeping (shape check, counting) as a one-level ladder, whose call is the model's.
+    return MultilevelDenoiser([denoiser], costs=[1.0], schedule=schedule)
+
+
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    *,
+    schedule: VPSchedule,
+    steps: int,
+    sampler: str,
+    generator: Optional[torch.Generator] = None,
+    t_min: float = 1e-3,
+    **opts,
+) -> Samples:
+    """Generate samples by integrating from t = 1 (pure noise ``x_T``) down to the data.
+
+    Args:
+        denoiser: an eps model ``(x, t) -> eps`` of continuous t, a diffusers ``UNet2DModel``
+            (wrapped in :class:`DiffusersUNetAdapter`), a :class:`MultilevelDenoiser` or a
+            :class:`TStitchDenoiser`; None with ``stitch=``.
+        x_T: the initial noise, shape ``(batch, ...)``, usually standard normal.
+        schedule: the :class:`VPSchedule` the models were trained with.
+        steps: number of steps (one denoiser evaluation each).
+        sampler: one of ``"em"``, ``"ddpm"``, ``"ddim"``, ``"euler_ode"``, ``"dpmpp_2m"``.
+        generator: for the sampler's noise ("em"'s Brownian path, the schedulers' variance
+            noise). The MultilevelDenoiser's level draws use its own generator.
+        t_min: where "em" and "euler_ode" stop (their drifts are singular at t = 0).
+
+    Options (``**opts``):
+        noise: ("em") a :class:`~multilevel_em.BrownianPath` of x_T's shape covering
+            [t_min, schedule.t_max]; runs sharing it share their Brownian motion.
+        eta: ("ddim") 0 for deterministic DDIM (default), 1 for DDPM-like noise.
+        scheduler_config: (scheduler samplers) extra diffusers scheduler settings, e.g.
+            ``{"timestep_spacing": "leading"}`` or ``{"variance_type": "fixed_large"}``.
+        stitch: ``(models, fractions)``: the T-Stitch baseline (see :class:`TStitchDenoiser`);
+            models may be a Ladder or a MultilevelDenoiser to bring their costs.
+        clip_sample, thresholding, guidance_rescale: refused (ValueError), because they make
+            a step nonlinear in eps, unless ``force=True``.
+
+    Returns:
+        :class:`Samples` with the samples and the cost actually spent.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")
+    unknown = set(opts) - _OPTIONS[sampler] - _COMMON
+    if unknown:
+        valid = sorted(_OPTIONS[sampler] | _COMMON)
+        raise TypeError(f"sample: unknown option(s) {sorted(unknown)} for sampler {sampler!r}; expected some of {valid}")
+    if not isinstance(schedule, VPSchedule):
+        raise TypeError(f"schedule: expected a VPSchedule, got {type(schedule).__name__}")
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1 or not x_T.dtype.is_floating_point:
+        raise ValueError("x_T: expected a floating tensor of shape (batch, ...)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+
+    force = bool(opts.pop("force", False))
+    # Explicit clip_sample / thresholding win over scheduler_config's.
+    overrides = dict(opts.pop("scheduler_config", None) or {})
+    overrides.update({key: opts.pop(key) for key in ("clip_sample", "thresholding") if key in opts})
+    for key, what in (("clip_sample", "clipping"), ("thresholding", "dynamic thresholding")):
+        if overrides.get(key):
+            _refuse(f"{key}=True", f"{what} of the predicted x0 is nonlinear in eps", force)
+            if sampler not in _SCHEDULER_SAMPLERS:
+                raise ValueError(f"{key}: sampler {sampler!r} predicts no x0 to clip")
+    if opts.pop("guidance_rescale", 0.0):
+        _refuse("guidance_rescale", "rescaling the guided eps by its standard deviation is nonlinear in eps", force)
+        raise NotImplementedError("guidance_rescale: these samplers have no classifier-free guidance to rescale")
+
+    model = _denoiser(denoiser, opts.pop("stitch", None), schedule)
+    before = model.evaluations
+    with torch.no_grad():
+        if sampler in _SCHEDULER_SAMPLERS:
+            x, times = _run_scheduler(model, x_T, schedule, steps, sampler, generator, overrides, opts)
+        else:
+            x, times = _run_continuous(model, x_T, schedule, steps, sampler, generator, t_min, opts)
+    evaluations = tuple(a - b for a, b in zip(model.evaluations, before))
+    costs = model.costs
+    cost = sum(e * c for e, c in zip(evaluations, costs)) / costs[-1] / x_T.shape[0]
+    return Samples(x=x, cost=cost, evaluations=evaluations, costs=costs, times=times, sampler=sampler, steps=len(times))
+
+
+# ----------------------------------------------------------------------------- continuous-time samplers
+
+
+def _run_continuous(model, x, schedule: VPSchedule, steps, sampler, generator, t_min, opts):
+    t_max = schedule.t_max
+    if not (isinstance(t_min, (int, float)) and 0 < t_min < t_max):
+        raise ValueError(f"t_min: expected a time in (0, t_max = {t_max}), got {t_min!r}")
+    h = (t_max - t_min) / steps
+    grid = [t_max - n * h for n in range(steps)] + [t_min]
+    noise = None
+    if sampler == "em":
+        noise = opts.pop("noise", None)
+        if noise is None:
+            depth = max(1, math.ceil(math.log2(steps)) + 1)  # grid times in distinct leaves: exact Brownian law
+            noise = BrownianPath(x.shape, t_min, t_max, generator=generator, dtype=x.dtype, device=x.device, depth=depth)
+        elif not isinstance(noise, BrownianPath):
+            raise TypeError(f"noise: expected a BrownianPath, got {type(noise).__name__}")
+        elif noise.shape != x.shape or noise.t0 > t_min or noise.t1 < t_max:
+            raise ValueError(
+                f"noise: expected a path of shape {tuple(x.shape)} covering [t_min, t_max] = [{t_min}, {t_max}], "
+                f"got shape {tuple(noise.shape)} on [{noise.t0}, {noise.t1}]"
+            )
+    for n in range(steps):
+        t, t_next = grid[n], grid[n + 1]
+        model.set_step(t - t_next, index=n, steps=steps)
+        eps = model(x, t)
+        beta, sigma = float(schedule.beta(t)), float(schedule.sigma(t))
+        if sampler == "em":
+            # Reverse SDE backwards in time: x <- x - dt * (-beta/2 x + beta eps / sigma) + sqrt(beta) dW.
+            dW = noise.increment(t_next, t)
+            x = x + (t - t_next) * beta * (0.5 * x - eps / sigma) + math.sqrt(beta) * dW
+        else:
+            x = x + (t - t_next) * 0.5 * beta * (x - eps / sigma)
+    return x, torch.tensor(grid[:-1], dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- diffusers-driven samplers
+
+
+def make_scheduler(sampler: str, schedule: VPSchedule, **overrides):
+    """The diffusers scheduler behind ``sampler`` for ``schedule``, with our defaults and ``overrides``.
+
+    Defaults: ``clip_sample=False``, ``thresholding=False``, ``timestep_spacing="trailing"``;
+    "dpmpp_2m" adds ``algorithm_type="dpmsolver++"``, ``solver_order=2``.
+    """
+    try:
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            f"sampler {sampler!r} drives a diffusers scheduler: pip install 'multilevel-em[diffusion]'"
+        ) from e
+    for key in overrides:
+        if key in _FIXED_KEYS:
+            raise ValueError(f"scheduler_config[{key!r}]: not settable here, because {_FIXED_KEYS[key]}")
+    config = dict(schedule.diffusers_config(), thresholding=False, timestep_spacing="trailing")
+    if sampler == "ddpm":
+        cls = DDPMScheduler
+        config["clip_sample"] = False
+    elif sampler == "ddim":
+        cls = DDIMScheduler
+        config["clip_sample"] = False
+    elif sampler == "dpmpp_2m":
+        cls = DPMSolverMultistepScheduler
+        config.update(algorithm_type="dpmsolver++", solver_order=2)
+    else:
+        raise ValueError(f"sampler: {sampler!r} does not use a diffusers scheduler")
+    accepted = inspect.signature(cls.__init__).parameters
+    for key in overrides:
+        if key not in accepted:
+            raise ValueError(f"scheduler_config[{key!r}]: {cls.__name__} has no such setting")
+    config.update(overrides)
+    return cls(**config)
+
+
+def _run_scheduler(model, x, schedule: VPSchedule, steps, sampler, generator, overrides, opts):
+    scheduler = make_scheduler(sampler, schedule, **overrides)
+    step_kwargs = {"generator": generator}
+    if sampler == "ddim":
+        eta = float(opts.pop("eta", 0.0))
+        if not (math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta: expected a number >= 0, got {eta}")
+        step_kwargs["eta"] = eta
+    scheduler.set_timesteps(steps, device=x.device)
+    timesteps = scheduler.timesteps
+    times = schedule.time(timesteps.cpu()).tolist() + [0.0]  # the last step lands on the clean sample
+    N = len(timesteps)
+    for n, k in enumerate(timesteps):
+        model.set_step(times[n] - times[n + 1], index=n, steps=N)
+        eps = model(x, times[n])
+        x = scheduler.step(eps, k, x, **step_kwargs).prev_sample
+    return x, torch.tensor(times[:-1], dtype=torch.float64)

@@ -1,0 +1,234 @@
+"""Variance-preserving (VP) noise schedules in continuous time, compatible with diffusers.
+
+Forward process on t in [0, 1]:  x_t = alpha(t) x_0 + sigma(t) eps,  eps ~ N(0, I),
+with alpha(t)^2 = alpha_bar(t), sigma(t)^2 = 1 - alpha_bar(t), and the SDE
+
+    dX = -1/2 beta(t) X dt + sqrt(beta(t)) dW,     beta(t) = -d/dt log alpha_bar(t).
+
+Time convention shared with diffusers (T = ``num_train_timesteps``, 1000 by default):
+the integer timestep k = 0..T-1 of a diffusers scheduler sits at continuous time
+
+    t_k = (k + 1) / T          (``time(k)``),   and   k = round(t T) - 1, clipped to [0, T-1]   (``timestep(t)``),
+
+so that ``alpha_bar(t_k)`` is the continuum limit of ``DDPMScheduler.alphas_cumprod[k]``:
+
+* ``VPSchedule.linear(beta_min, beta_max)`` is the VP-SDE of Song et al. (2021),
+  log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2); it matches diffusers'
+  ``beta_schedule="linear"`` with ``beta_start = beta_min / T``, ``beta_end = beta_max / T``
+  to |alpha_bar(t_k) - alphas_cumprod[k]| < 1e-3 and |sigma(t_k) - sqrt(1 - alphas_cumprod[k])| < 2e-3
+  for the default (0.1, 20) (the gap is the O(beta^2 / T) term of log(1 - beta_k));
+* ``VPSchedule.cosine()`` is the schedule of Nichol & Dhariwal (2021),
+  alpha_bar(t) = f(t) / f(0) with f(t) = cos^2(pi/2 (t + s) / (1 + s)), up to t = 1 - 1/T; on the
+  last interval log alpha_bar falls linearly to alpha_bar(1 - 1/T) (1 - 0.999), diffusers' cap
+  of the last beta (f(1) = 0 would give alpha_bar(1) = 0). It matches
+  ``beta_schedule="squaredcos_cap_v2"`` at every k to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+
+__all__ = ["VPSchedule", "Time"]
+
+_MAX_BETA = 0.999  # diffusers' cap on a discrete beta (betas_for_alpha_bar)
+
+#: A continuous time: a number or a tensor of shape () or (batch,).
+Time = Union[float, torch.Tensor]
+
+
+def _as_time(t: Time) -> torch.Tensor:
+    """t as a float64 tensor of shape () or (batch,), clipped to [0, 1]."""
+    if isinstance(t, bool):
+        raise TypeError("t: expected a number or a tensor, got a bool")
+    tt = torch.as_tensor(t, dtype=torch.float64)
+    if tt.ndim > 1:
+        raise ValueError(f"t: expected a number or a (batch,) tensor, got shape {tuple(tt.shape)}")
+    return tt.clamp(0.0, 1.0)
+
+
+def _per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A () or (batch,) coefficient shaped to broadcast against x (batch, ...) in x's dtype."""
+    v = v.to(dtype=x.dtype, device=x.device)
+    if v.ndim == 1:
+        v = v.reshape(-1, *([1] * (x.ndim - 1)))
+    return v
+
+
+@dataclass(frozen=True)
+class VPSchedule:
+    """A VP noise schedule over continuous time t in [0, 1]; build it with :meth:`linear` or :meth:`cosine`.
+
+    All coefficient methods accept t as a float or a (batch,) tensor and return float64
+    tensors of t's shape; methods that also take ``x`` (shape ``(batch, ...)``) return x's
+    dtype and broadcast a (batch,) t over rows.
+
+    Attributes:
+        kind: ``"linear"`` or ``"cosine"``.
+        beta_min, beta_max: the linear schedule's beta(0) and beta(1) (per unit time).
+        s: the cosine schedule's offset.
+        num_train_timesteps: T of the matching diffusers schedulers.
+        t_max: where the continuous-time samplers ("em", "euler_ode") start. 1 for the
+            linear schedule; 0.9946 for the cosine one, whose beta(t) grows like 2 / (1 - t)
+            near t = 1 (the cut-off of DPM-Solver's NoiseScheduleVP; alpha_bar(0.9946) ~ 7e-5).
+    """
+
+    kind: str
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    s: float = 0.008
+    num_train_timesteps: int = 1000
+    t_max: float = 1.0
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0, num_train_timesteps: int = 1000) -> "VPSchedule":
+        """beta(t) = beta_min + t (beta_max - beta_min); diffusers ``"linear"`` with beta_start = beta_min / T."""
+        beta_min, beta_max = float(beta_min), float(beta_max)
+        if not (math.isfinite(beta_min) and math.isfinite(beta_max) and 0 <= beta_min <= beta_max and beta_max > 0):
+            raise ValueError(f"beta_min, beta_max: expected 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
+        return cls("linear", beta_min=beta_min, beta_max=beta_max, num_train_timesteps=_check_T(num_train_timesteps))
+
+    @classmethod
+    def cosine(cls, s: float = 0.008, num_train_timesteps: int = 1000, t_max: float = 0.9946) -> "VPSchedule":
+        """alpha_bar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t + s) / (1 + s)); diffusers ``"squaredcos_cap_v2"``."""
+        s, t_max = float(s), float(t_max)
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"s: expected a positive offset, got {s}")
+        if not 0 < t_max <= 1:
+            raise ValueError(f"t_max: expected a time in (0, 1], got {t_max}")
+        return cls("cosine", s=s, num_train_timesteps=_check_T(num_train_timesteps), t_max=t_max)
+
+    @classmethod
+    def from_diffusers(cls, config) -> "VPSchedule":
+        """The schedule of a diffusers scheduler (or its ``config``): "linear" or "squaredcos_cap_v2" betas only."""
+        config = getattr(config, "config", config)
+        get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+        T = int(get("num_train_timesteps", 1000))
+        if get("trained_betas", None) is not None or get("rescale_betas_zero_snr", False):
+            raise ValueError("config: trained_betas / rescale_betas_zero_snr have no continuous VP schedule here")
+        kind = get("beta_schedule", "linear")
+        if kind == "linear":
+            return cls.linear(float(get("beta_start", 1e-4)) * T, float(get("beta_end", 0.02)) * T, T)
+        if kind == "squaredcos_cap_v2":
+            return cls.cosine(num_train_timesteps=T)
+        raise ValueError(f"config: beta_schedule {kind!r} is not a VP schedule we model; expected 'linear' or 'squaredcos_cap_v2'")
+
+    def diffusers_config(self) -> dict:
+        """The diffusers scheduler arguments that give the same betas (and nothing else)."""
+        T = self.num_train_timesteps
+        if self.kind == "linear":
+            return dict(num_train_timesteps=T, beta_schedule="linear", beta_start=self.beta_min / T, beta_end=self.beta_max / T)
+        return dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
+
+    # ------------------------------------------------------------------ coefficients
+
+    def _cos_arg(self, t: torch.Tensor) -> torch.Tensor:
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    @property
+    def _cos_cap(self):
+        """(t_c, slope): beyond t_c = 1 - 1/T, log alpha_bar falls at rate -T log(1 - 0.999) (diffusers' beta cap)."""
+        T = self.num_train_timesteps
+        return 1.0 - 1.0 / T, -T * math.log1p(-_MAX_BETA)
+
+    def log_alpha_bar(self, t: Time) -> torch.Tensor:
+        """log alpha_bar(t)."""
+        t = _as_time(t)
+        if self.kind == "linear":
+            return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
+        t_c, slope = self._cos_cap
+        log_f0 = 2 * math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+        return 2 * torch.log(torch.cos(self._cos_arg(t.clamp_max(t_c)))) - log_f0 - slope * (t - t_c).clamp_min(0.0)
+
+    def alpha_bar(self, t: Time) -> torch.Tensor:
+        """alpha_bar(t) = alpha(t)^2, the signal variance fraction."""
+        return self.log_alpha_bar(t).exp()
+
+    def alpha(self, t: Time) -> torch.Tensor:
+        """alpha(t) = sqrt(alpha_bar(t)), the signal coefficient."""
+        return (0.5 * self.log_alpha_bar(t)).exp()
+
+    def sigma(self, t: Time) -> torch.Tensor:
+        """sigma(t) = sqrt(1 - alpha_bar(t)), the noise standard deviation."""
+        return (-torch.expm1(self.log_alpha_bar(t))).clamp_min(0.0).sqrt()
+
+    def beta(self, t: Time) -> torch.Tensor:
+        """beta(t) = -d/dt log alpha_bar(t), per unit time (about 2000 at t = 1 - 1/T for the cosine schedule)."""
+        t = _as_time(t)
+        if self.kind == "linear":
+            return self.beta_min + t * (self.beta_max - self.beta_min)
+        t_c, slope = self._cos_cap
+        return torch.where(t <= t_c, math.pi / (1 + self.s) * torch.tan(self._cos_arg(t.clamp_max(t_c))), slope)
+
+    def diffusion(self, t: Time) -> torch.Tensor:
+        """g(t) = sqrt(beta(t)), the forward SDE's noise scale."""
+        return self.beta(t).sqrt()
+
+    def log_snr(self, t: Time) -> torch.Tensor:
+        """lambda(t) = log(alpha^2 / sigma^2)."""
+        la = self.log_alpha_bar(t)
+        return la - torch.log(-torch.expm1(la))
+
+    # ------------------------------------------------------------------ conversions
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: Time) -> torch.Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps (the forward marginal)."""
+        return _per_row(self.alpha(t), x0) * x0 + _per_row(self.sigma(t), x0) * eps
+
+    def eps_to_score(self, eps: torch.Tensor, t: Time) -> torch.Tensor:
+        """score = grad log p_t = -eps / sigma(t)."""
+        return -eps / _per_row(self.sigma(t), eps)
+
+    def score_to_eps(self, score: torch.Tensor, t: Time) -> torch.Tensor:
+        """eps = -sigma(t) score."""
+        return -_per_row(self.sigma(t), score) * score
+
+    def eps_to_x0(self, eps: torch.Tensor, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """Predicted clean sample x0 = (x - sigma eps) / alpha (Tweedie's estimate when eps is exact)."""
+        return (x - _per_row(self.sigma(t), x) * eps) / _per_row(self.alpha(t), x)
+
+    def x0_to_eps(self, x0: torch.Tensor, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """eps = (x - alpha x0) / sigma."""
+        return (x - _per_row(self.alpha(t), x) * x0) / _per_row(self.sigma(t), x)
+
+    # ------------------------------------------------------------------ drifts
+
+    def reverse_sde_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable]) -> torch.Tensor:
+        """Drift of the reverse-time SDE, f - g^2 score = -beta/2 x + beta eps / sigma.
+
+        The reverse SDE runs from t = 1 to 0: dX = (reverse drift) dt + g dW-bar with dt < 0.
+        ``eps`` is the network output at (x, t) or an eps model ``eps(x, t)``.
+        """
+        if callable(eps):
+            eps = eps(x, t)
+        b, s = _per_row(self.beta(t), x), _per_row(self.sigma(t), x)
+        return -0.5 * b * x + (b / s) * eps
+
+    def probability_flow_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable]) -> torch.Tensor:
+        """Velocity of the probability-flow ODE, f - g^2/2 score = -beta/2 x + beta eps / (2 sigma)."""
+        if callable(eps):
+            eps = eps(x, t)
+        b, s = _per_row(self.beta(t), x), _per_row(self.sigma(t), x)
+        return -0.5 * b * x + (0.5 * b / s) * eps
+
+    # ------------------------------------------------------------------ diffusers' integer timesteps
+
+    def timestep(self, t: Time) -> torch.Tensor:
+        """The diffusers timestep k = round(t T) - 1, clipped to [0, T - 1] (int64, t's shape)."""
+        T = self.num_train_timesteps
+        return (torch.round(_as_time(t) * T) - 1).clamp(0, T - 1).to(torch.int64)
+
+    def time(self, k) -> torch.Tensor:
+        """The continuous time t_k = (k + 1) / T of diffusers timestep k (float64)."""
+        return (torch.as_tensor(k, dtype=torch.float64) + 1) / self.num_train_timesteps
+
+
+def _check_T(T) -> int:
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise ValueError(f"num_train_timesteps: expected an int >= 2, got {T!r}")
+    return T
