@@ -220,7 +220,7 @@ def test_plan_predicts_cost_and_error_of_the_run(cal4, problem4):
     P, target, n = problem4, 0.02, 400
     plan = cal4.plan(target=target)
     assert isinstance(plan, Plan) and plan.levels[-1] == 4
-    assert plan.helps and plan.speedup > 1 and "speedup" in plan.message
+    assert plan.helps and plan.speedup > 1 and "predicted speedup" in plan.message
     assert plan.error == pytest.approx(target, rel=1e-3)
     assert plan.error ** 2 == pytest.approx(plan.bias**2 + plan.step_error**2 + plan.randomization**2)
     assert plan.em_top_equivalents == plan.em_steps and plan.speedup == pytest.approx(plan.em_cost / plan.cost)

@@ -128,7 +128,7 @@ class Plan:
             (predicted by the same model, without randomization).
         speedup: ``em_cost / cost``.
         helps: ``speedup > 1``.
-        message: a sentence saying the above, for humans.
+        message: a sentence saying the above, for humans (levels numbered from 1 there).
         prediction: the full :class:`Prediction` of the chosen configuration.
     """
 
@@ -471,7 +471,8 @@ class Calibration:
                         break  # the base level alone costs more than the best plan so far
                     d_true, rpm, w, h = self._profile(lv, n, False, _PLAN_POINTS)
                     v_room = room - (a * h) ** 2
-                    mu = _search_mu(lambda m: _added_variance(m, d_true, rpm, w, h) <= v_room, rpm * h, smallest=True)
+                    fits = lambda m: _added_variance(m, d_true, rpm, w, h) <= v_room  # noqa: E731
+                    mu = _search_mu(fits, rpm * h, smallest=True)
                     cost = float(_mean_cost(np.array([mu]), rpm, w, h, c)[0])
                     if best is None or cost < best[0]:
                         best = (cost, lv, n, mu)
@@ -501,7 +502,8 @@ class Calibration:
                 stalled, sub_best = 0, math.inf
                 for n in grid:
                     d_true, rpm, w, h = self._profile(lv, n, False, _PLAN_POINTS)
-                    mu = _search_mu(lambda m: _mean_cost(m, rpm, w, h, c) <= limit, rpm * h, smallest=False)
+                    affordable = lambda m: _mean_cost(m, rpm, w, h, c) <= limit  # noqa: E731
+                    mu = _search_mu(affordable, rpm * h, smallest=False)
                     err2 = b**2 + (a * h) ** 2 + float(_added_variance(np.array([mu]), d_true, rpm, w, h)[0])
                     if best is None or err2 < best[0]:
                         best = (err2, lv, n, mu)
@@ -531,18 +533,18 @@ class Calibration:
         dropped = tuple(l for l in range(self.n_levels) if l not in lv)
         kept = ", ".join(str(l + 1) for l in lv)
         what = f"target {target:.4g}" if target is not None else f"budget {budget:.4g} top-level equivalents"
+        em = f"EM with the top level needs {em_steps} steps ({em_cost / c_top:.4g} top-level equivalents)"
         if helps:
             message = (
-                f"ML-EM with levels {kept}, mu={mu:.4g}, steps={n} is predicted to cost "
-                f"{pred.top_equivalents:.4g} top-level equivalents per sample for RMS error {error:.4g} ({what}), "
-                f"against {em_steps} steps ({em_cost / c_top:.4g}) of EM with the top level: speedup {speedup:.3g}x"
+                f"ML-EM with levels {kept}, mu={mu:.4g}, steps={n} is predicted to reach RMS error {error:.4g} "
+                f"({what}) for {pred.top_equivalents:.4g} top-level equivalents per sample; {em}: "
+                f"predicted speedup {speedup:.3g}x"
             )
         else:
             message = (
                 f"ML-EM is not predicted to help here ({what}): its best plan (levels {kept}, mu={mu:.4g}, "
-                f"steps={n}) costs {pred.top_equivalents:.4g} top-level equivalents per sample, EM with the top "
-                f"level needs {em_steps} steps ({em_cost / c_top:.4g}) for the same error {error:.4g}: "
-                f"speedup {speedup:.3g}x <= 1; use EM"
+                f"steps={n}) costs {pred.top_equivalents:.4g} top-level equivalents per sample for RMS error "
+                f"{error:.4g}; {em}: speedup {speedup:.3g}x <= 1, use EM"
             )
         return Plan(
             levels=tuple(lv),
