@@ -57,3 +57,16 @@ def write_json(path: str, data) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class single_thread:
+    """Context manager: run torch on one intra-op thread (small tensors: threads only add overhead)."""
+
+    def __enter__(self):
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self._threads)
+        return False

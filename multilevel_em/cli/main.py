@@ -38,5 +38,86 @@ def demo(quick: bool, n_paths: int, seed: int, as_json: bool) -> None:
         click.echo()
 
 
+def _parse_floats(name: str, text: str) -> list:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+    if not values:
+        raise click.BadParameter("expected at least one number", param_hint=name)
+    return values
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that write results/*.json and plots."""
+
+
+@bench.command("htmc")
+@click.option("--gammas", default="1.5,2.5,4", show_default=True, help="Comma-separated cost exponents.")
+@click.option("--quick", is_flag=True, help="A reduced sweep (under 2 minutes on 2 CPU cores).")
+@click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=16), help="Sample paths.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default="results/htmc.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", default="results/htmc.png", show_default=True, type=click.Path(dir_okay=False))
+def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot_path: str) -> None:
+    """Cost-vs-error fronts and fitted cost exponents of EM and ML-EM on the synthetic HTMC family."""
+    from ..bench.htmc import run_bench
+
+    values = _parse_floats("--gammas", gammas)
+    if any(g <= 0 for g in values):
+        raise click.BadParameter(f"expected positive exponents, got {gammas!r}", param_hint="--gammas")
+    run_bench(gammas=values, quick=quick, out=out, plot_path=plot_path, n_paths=n_paths, seed=seed, echo=click.echo)
+    click.echo(f"wrote {out} and {plot_path}")
+
+
+@main.command()
+@click.option("--problem", type=click.Choice(["htmc"]), default="htmc", show_default=True,
+              help="The built-in ladder to calibrate.")
+@click.option("--gamma", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
+@click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
+@click.option("--timing", type=click.Choice(["given", "wall", "flops"]), default="given", show_default=True,
+              help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs.")
+@click.option("--target", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Plan for this RMS pathwise error.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Plan for this cost per sample, in top-level equivalents.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Save the calibration as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
+def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out, as_json) -> None:
+    """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
+    import torch
+
+    from .. import calibrate as run_calibration
+    from ..problems import htmc
+
+    if target is not None and budget is not None:
+        raise click.UsageError("give at most one of --target and --budget")
+    P = htmc(gamma, levels=levels, seed=seed)
+    x0 = P.initial_state(n_paths, seed=seed + 1)
+    cal = run_calibration(P.ladder, x0, t0=P.t0, t1=P.t1, diffusion=P.diffusion, reference=P.true_drift,
+                          timing=timing, generator=torch.Generator().manual_seed(seed + 2))
+    plan = None
+    if target is not None or budget is not None:
+        try:
+            plan = cal.plan(target=target, budget=budget)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    if out:
+        cal.save(out)
+    if as_json:
+        json.dump({"calibration": cal.to_dict(), "plan": plan.to_dict() if plan else None}, sys.stdout, indent=2)
+        click.echo()
+        return
+    click.echo(cal.summary())
+    if plan is not None:
+        click.echo()
+        click.echo(plan.message)
+    if out:
+        click.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":
     main()

@@ -112,7 +112,8 @@ class BrownianPath:
         if not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
         if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+            gen_device = generator.device if generator is not None else "cpu"
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device).item())
         elif isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed: expected an int, got {seed!r}")
 

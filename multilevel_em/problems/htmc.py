@@ -70,27 +70,48 @@ class HTMCProblem:
 
 
 class _SeriesDrift:
-    """-x + sum of the first ``n_blocks`` blocks; a picklable callable."""
+    """-x + the rough blocks + the first ``n_blocks`` ladder blocks; a picklable callable.
+
+    Evaluated as two matrix products: ``waves = sin(x @ Omega^T + nu t + phi)`` with all
+    blocks' frequency vectors stacked in ``Omega`` ((n dim, dim)), then a block-diagonal
+    weighting that sums each output coordinate's blocks.
+    """
 
     def __init__(self, params: dict, n_blocks: int, name: str):
         self.p = params
-        self.n = n_blocks
+        self.n = params["n_rough"] + n_blocks
         self.__name__ = name
+        self._cache: dict = {}
+
+    def _tensors(self, like: torch.Tensor):
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            p, n = self.p, self.n
+            dim = p["omega"].shape[-1]
+            eye = torch.eye(dim, dtype=torch.float64)
+            # weights[(l, i), j] = sqrt(2) amp_l [i == j]: sums block l's coordinate i into output i.
+            weights = math.sqrt(2.0) * (p["amp"][:n].view(n, 1, 1) * eye).reshape(n * dim, dim)
+            r = p["n_rough"] * dim
+            self._cache[key] = tuple(
+                a.to(dtype=like.dtype, device=like.device)
+                for a in (p["omega"][:n].reshape(n * dim, dim).T.contiguous(), p["nu"][:n].reshape(-1),
+                          p["phi"][:n].reshape(-1), weights[:r], weights[r:])
+            )
+        return self._cache[key]
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        p = self.p
-        omega = p["omega"][: self.n].to(x)  # (n, dim, dim)
-        nu = p["nu"][: self.n].to(x)  # (n, dim)
-        phi = p["phi"][: self.n].to(x)  # (n, dim)
-        amp = p["amp"][: self.n].to(x)  # (n,)
+        omega_t, nu, phi, w_rough, w_series = self._tensors(x)
+        r = w_rough.shape[0]
         t_ = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        t_b = t_.reshape(-1, 1, 1) if t_.ndim else t_
-        arg = torch.einsum("bd,lid->bli", x, omega) + nu * t_b + phi  # (batch, n, dim)
-        series = math.sqrt(2.0) * torch.einsum("bli,l->bi", torch.sin(arg), amp)
-        envelope = p["envelope"](t_)
+        shift = nu * t_.reshape(-1, 1) + phi if t_.ndim else nu * t_ + phi
+        waves = torch.sin(x @ omega_t + shift)  # (batch, n dim)
+        envelope = self.p["envelope"](t_)
         if envelope.ndim:
-            envelope = envelope.reshape(-1, *([1] * (x.ndim - 1)))
-        return -x + envelope * series
+            envelope = envelope.reshape(-1, 1)
+        return -x + waves[:, :r] @ w_rough + envelope * (waves[:, r:] @ w_series)
+
+    def __getstate__(self):
+        return {"p": self.p, "n": self.n, "__name__": self.__name__, "_cache": {}}
 
 
 def htmc(
@@ -102,7 +123,9 @@ def htmc(
     diffusion: float = 0.5,
     t0: float = 0.0,
     t1: float = 1.0,
-    frequency: float = 6.0,
+    frequency: float = 1.0,
+    roughness: float = 0.5,
+    rough_frequency: float = 8.0,
     time_profile: float = 0.0,
     extra: int = 12,
     dtype: torch.dtype = torch.float64,
@@ -116,7 +139,9 @@ def htmc(
         seed: seed of the random frequencies and phases.
         diffusion: constant noise scale g (0 gives an ODE).
         t0, t1: time interval.
-        frequency: base frequency scale of the blocks (block l has frequencies ~ frequency * 2^(l/2)).
+        frequency: frequency scale of the ladder blocks (block l: ~ frequency * 2^(l/4)).
+        roughness: RMS amplitude of the rough part shared by all levels (0: none).
+        rough_frequency: its frequency scale in x (and twice that in t).
         time_profile: kappa; block amplitudes vary like exp(kappa t) (0: constant in time).
         extra: how many blocks beyond the ladder the true drift keeps.
         dtype: dtype of the parameters and of ``initial_state``.
@@ -130,13 +155,24 @@ def htmc(
     if not t1 > t0:
         raise ValueError(f"t1: expected t1 > t0, got t0={t0}, t1={t1}")
     n_total = levels + extra
+    n_rough = 2 if roughness > 0 else 0
     g = torch.Generator().manual_seed(seed)
-    scale = frequency * 2.0 ** (0.5 * torch.arange(1, n_total + 1, dtype=torch.float64))
+    # Ladder blocks: smooth (frequencies ~ frequency * 2^(l/4)), so a level's drift error
+    # is felt by the path instead of averaging out. Rough blocks: fast in x and t, shared by
+    # every level, so EM needs many steps whichever level it uses.
+    scale = torch.cat([
+        torch.full((n_rough,), rough_frequency, dtype=torch.float64),
+        frequency * 2.0 ** (0.25 * torch.arange(1, n_total + 1, dtype=torch.float64)),
+    ])
     # omega_{l,i} ~ N(0, I) * scale_l / sqrt(dim): |<omega, x>| ~ scale_l for |x| ~ sqrt(dim).
-    omega = torch.randn((n_total, dim, dim), generator=g, dtype=torch.float64) * (scale / math.sqrt(dim)).view(-1, 1, 1)
-    nu = torch.randn((n_total, dim), generator=g, dtype=torch.float64) * scale.view(-1, 1) * 2.0
-    phi = 2 * math.pi * torch.rand((n_total, dim), generator=g, dtype=torch.float64)
-    amp = 2.0 ** -torch.arange(1, n_total + 1, dtype=torch.float64)
+    omega = torch.randn((n_rough + n_total, dim, dim), generator=g, dtype=torch.float64)
+    omega = omega * (scale / math.sqrt(dim)).view(-1, 1, 1)
+    nu = torch.randn((n_rough + n_total, dim), generator=g, dtype=torch.float64) * scale.view(-1, 1) * 2.0
+    phi = 2 * math.pi * torch.rand((n_rough + n_total, dim), generator=g, dtype=torch.float64)
+    amp = torch.cat([
+        torch.full((n_rough,), roughness / math.sqrt(max(n_rough, 1)), dtype=torch.float64),
+        2.0 ** -torch.arange(1, n_total + 1, dtype=torch.float64),
+    ])
     if time_profile == 0.0:
         envelope: Callable = lambda t: torch.ones_like(t)  # noqa: E731
     else:
@@ -144,7 +180,8 @@ def htmc(
         # a(t) = exp(k (t - t0)) / sqrt(mean of exp(2 k (t - t0)) over [t0, t1])
         norm = math.sqrt((math.exp(2 * k * span) - 1) / (2 * k * span))
         envelope = lambda t: torch.exp(k * (t - t0)) / norm  # noqa: E731
-    params = dict(omega=omega.to(dtype), nu=nu.to(dtype), phi=phi.to(dtype), amp=amp.to(dtype), envelope=envelope)
+    params = dict(omega=omega.to(dtype), nu=nu.to(dtype), phi=phi.to(dtype), amp=amp.to(dtype), envelope=envelope,
+                  n_rough=n_rough)
     drifts = [_SeriesDrift(params, l, f"f{l}") for l in range(1, levels + 1)]
     costs = [2.0 ** (gamma * (l - 1)) for l in range(1, levels + 1)]
     return HTMCProblem(
