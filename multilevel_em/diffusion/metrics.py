@@ -29,7 +29,12 @@ def _flat_pair(x: torch.Tensor, y: torch.Tensor, min_rows: int):
 
 
 def sliced_wasserstein(
-    x: torch.Tensor, y: torch.Tensor, *, projections: int = 256, p: float = 2.0, generator: Optional[torch.Generator] = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    projections: int = 256,
+    p: float = 2.0,
+    generator: Optional[torch.Generator] = None,
 ) -> float:
     """Sliced p-Wasserstein distance, (E_theta W_p^p(<theta, X>, <theta, Y>))^(1/p), theta uniform on the sphere.
 

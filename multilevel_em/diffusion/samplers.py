@@ -93,7 +93,9 @@ def _refuse(name: str, why: str, force: bool) -> None:
 def _denoiser(denoiser, stitch, schedule: VPSchedule) -> _LadderDenoiser:
     if stitch is not None:
         if denoiser is not None:
-            raise ValueError("stitch: T-Stitch brings its own models; pass denoiser=None with stitch=(models, fractions)")
+            raise ValueError(
+                "stitch: T-Stitch brings its own models; pass denoiser=None with stitch=(models, fractions)"
+            )
         try:
             models, fractions = stitch
         except (TypeError, ValueError):
@@ -153,7 +155,9 @@ def sample(
     unknown = set(opts) - _OPTIONS[sampler] - _COMMON
     if unknown:
         valid = sorted(_OPTIONS[sampler] | _COMMON)
-        raise TypeError(f"sample: unknown option(s) {sorted(unknown)} for sampler {sampler!r}; expected some of {valid}")
+        raise TypeError(
+            f"sample: unknown option(s) {sorted(unknown)} for sampler {sampler!r}; expected some of {valid}"
+        )
     if not isinstance(schedule, VPSchedule):
         raise TypeError(f"schedule: expected a VPSchedule, got {type(schedule).__name__}")
     if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1 or not x_T.dtype.is_floating_point:
@@ -203,7 +207,9 @@ def _run_continuous(model, x, schedule: VPSchedule, steps, sampler, generator, t
         noise = opts.pop("noise", None)
         if noise is None:
             depth = max(1, math.ceil(math.log2(steps)) + 1)  # grid times in distinct leaves: exact Brownian law
-            noise = BrownianPath(x.shape, t_min, t_max, generator=generator, dtype=x.dtype, device=x.device, depth=depth)
+            noise = BrownianPath(
+                x.shape, t_min, t_max, generator=generator, dtype=x.dtype, device=x.device, depth=depth
+            )
         elif not isinstance(noise, BrownianPath):
             raise TypeError(f"noise: expected a BrownianPath, got {type(noise).__name__}")
         elif noise.shape != x.shape or noise.t0 > t_min or noise.t1 < t_max:

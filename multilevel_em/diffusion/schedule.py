@@ -83,6 +83,10 @@ class VPSchedule:
     num_train_timesteps: int = 1000
     t_max: float = 1.0
 
+    def __post_init__(self):
+        if self.kind not in ("linear", "cosine"):
+            raise ValueError(f"kind: expected 'linear' or 'cosine' (use VPSchedule.linear() / .cosine()), got {self.kind!r}")
+
     # ------------------------------------------------------------------ constructors
 
     @classmethod
@@ -90,7 +94,9 @@ class VPSchedule:
         """beta(t) = beta_min + t (beta_max - beta_min); diffusers ``"linear"`` with beta_start = beta_min / T."""
         beta_min, beta_max = float(beta_min), float(beta_max)
         if not (math.isfinite(beta_min) and math.isfinite(beta_max) and 0 <= beta_min <= beta_max and beta_max > 0):
-            raise ValueError(f"beta_min, beta_max: expected 0 <= beta_min <= beta_max, beta_max > 0, got {beta_min}, {beta_max}")
+            raise ValueError(
+                f"beta_min, beta_max: expected 0 <= beta_min <= beta_max and beta_max > 0, got {beta_min}, {beta_max}"
+            )
         return cls("linear", beta_min=beta_min, beta_max=beta_max, num_train_timesteps=_check_T(num_train_timesteps))
 
     @classmethod
@@ -116,13 +122,17 @@ class VPSchedule:
             return cls.linear(float(get("beta_start", 1e-4)) * T, float(get("beta_end", 0.02)) * T, T)
         if kind == "squaredcos_cap_v2":
             return cls.cosine(num_train_timesteps=T)
-        raise ValueError(f"config: beta_schedule {kind!r} is not a VP schedule we model; expected 'linear' or 'squaredcos_cap_v2'")
+        raise ValueError(
+            f"config: beta_schedule {kind!r} is not a VP schedule we model; expected 'linear' or 'squaredcos_cap_v2'"
+        )
 
     def diffusers_config(self) -> dict:
         """The diffusers scheduler arguments that give the same betas (and nothing else)."""
         T = self.num_train_timesteps
         if self.kind == "linear":
-            return dict(num_train_timesteps=T, beta_schedule="linear", beta_start=self.beta_min / T, beta_end=self.beta_max / T)
+            return dict(
+                num_train_timesteps=T, beta_schedule="linear", beta_start=self.beta_min / T, beta_end=self.beta_max / T
+            )
         return dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
 
     # ------------------------------------------------------------------ coefficients
