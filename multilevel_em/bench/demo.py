@@ -86,18 +86,20 @@ def _run(*, quick: bool, n_paths: int, seed: int, echo: Callable) -> Dict:
             r["best_em_cost_at_equal_error"] = min(best) if best else None
             r["speedup_vs_best_em"] = min(best) / r["top_equivalents"] if best else None
     echo("")
-    echo(f"{'method':<7}{'levels':>10}{'steps':>7}{'cost':>9}{'RMS error':>11}"
+    echo(f"{'method':<7}{'levels':>10}{'steps':>7}{'target':>8}{'planned':>9}{'cost':>9}{'RMS error':>11}"
          f"{'EM-top cost':>13}{'speedup':>9}{'best-EM cost':>14}{'speedup':>9}")
 
     def fmt(v, spec):
         return "" if v is None else format(v, spec)
 
     for r in rows:
-        echo(f"{r['method']:<7}{r['levels']:>10}{r['steps']:>7}{r['top_equivalents']:>9.2f}{r['error']:>11.4f}"
+        echo(f"{r['method']:<7}{r['levels']:>10}{r['steps']:>7}{fmt(r.get('target'), 'g'):>8}"
+             f"{fmt(r.get('predicted_top_equivalents'), '.2f'):>9}{r['top_equivalents']:>9.2f}{r['error']:>11.4f}"
              f"{fmt(r.get('em_cost_at_equal_error'), '.1f'):>13}{fmt(r.get('speedup'), '.1f'):>9}"
              f"{fmt(r.get('best_em_cost_at_equal_error'), '.1f'):>14}{fmt(r.get('speedup_vs_best_em'), '.1f'):>9}")
     echo("")
-    echo("cost: evaluations of the top level per sample (level l counts 2^(4(l-6))). RMS error: over "
+    echo("target, planned: the error asked of Calibration.plan and the cost it predicted. "
+         "cost: evaluations of the top level per sample (level l counts 2^(4(l-6))). RMS error: over "
          f"{n_paths} paths against a {ref_steps}-step run of the true drift on the same Brownian paths.")
     echo("EM-top cost: EM with the top level at ML-EM's error (log-log interpolation between step counts); "
          f"best-EM cost: the cheapest of EM with levels {K - 2}..{K}. speedup: that cost / ML-EM's cost.")

@@ -27,12 +27,18 @@ def version() -> None:
 @click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=2), help="Sample paths.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead of text.")
-def demo(quick: bool, n_paths: int, seed: int, as_json: bool) -> None:
-    """ML-EM vs EM with the top level on a built-in HTMC problem: a cost/error table."""
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table as JSON here.")
+def demo(quick: bool, n_paths: int, seed: int, as_json: bool, out) -> None:
+    """Calibrate a gamma = 4 HTMC ladder, plan ML-EM for a few target errors, and compare
+    its cost with EM at equal error (a cost/error table)."""
+    from ..bench.common import write_json
     from ..bench.demo import run_demo
 
     echo = (lambda *_: None) if as_json else click.echo
     result = run_demo(quick=quick, n_paths=n_paths, seed=seed, echo=echo)
+    result["command"] = "mlem demo" + (" --quick" if quick else "") + (f" --paths {n_paths}" if n_paths != 256 else "")
+    if out:
+        write_json(out, result)
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         click.echo()

@@ -39,7 +39,7 @@ _OPTIONS = {
     "em": {"noise"},
     "euler_ode": set(),
     "ddpm": {"scheduler_config"},
-    "ddim": {"scheduler_config", "eta"},
+    "ddim": {"scheduler_config", "eta", "noise"},
     "dpmpp_2m": {"scheduler_config"},
 }
 _COMMON = {"stitch", "clip_sample", "thresholding", "guidance_rescale", "force"}
@@ -139,7 +139,12 @@ def sample(
     Options (``**opts``):
         noise: ("em") a :class:`~multilevel_em.BrownianPath` of x_T's shape covering
             [t_min, schedule.t_max]; runs sharing it share their Brownian motion.
-        eta: ("ddim") 0 for deterministic DDIM (default), 1 for DDPM-like noise.
+        eta: ("ddim") 0 for deterministic DDIM (default), 1 for DDPM-like noise.  With eta = 1
+            and the same timesteps a DDIM step is DDPM's ancestral step (fixed_small variance).
+        noise: ("ddim" with eta > 0) a :class:`~multilevel_em.BrownianPath` of x_T's shape
+            covering [t_end, 1] for some t_end > 0: step n from t_n to t_{n+1} takes its variance
+            noise (W(t_n) - W(t_{n+1})) / sqrt(t_n - t_{n+1}) (t_{n+1} raised to t_end), so
+            that runs sharing the path share their Brownian motion with the "em" sampler.
         scheduler_config: (scheduler samplers) extra diffusers scheduler settings, e.g.
             ``{"timestep_spacing": "leading"}`` or ``{"variance_type": "fixed_large"}``.
         stitch: ``(models, fractions)``: the T-Stitch baseline (see :class:`TStitchDenoiser`);
@@ -277,6 +282,15 @@ def _run_scheduler(model, x, schedule: VPSchedule, steps, sampler, generator, ov
         if not (math.isfinite(eta) and eta >= 0):
             raise ValueError(f"eta: expected a number >= 0, got {eta}")
         step_kwargs["eta"] = eta
+    noise = opts.pop("noise", None)
+    if noise is not None:
+        if not isinstance(noise, BrownianPath):
+            raise TypeError(f"noise: expected a BrownianPath, got {type(noise).__name__}")
+        if noise.shape != x.shape or noise.t1 < 1.0 or noise.t0 <= 0:
+            raise ValueError(
+                f"noise: expected a path of shape {tuple(x.shape)} covering [t_end, 1] with t_end > 0, "
+                f"got shape {tuple(noise.shape)} on [{noise.t0}, {noise.t1}]"
+            )
     scheduler.set_timesteps(steps, device=x.device)
     timesteps = scheduler.timesteps
     times = schedule.time(timesteps.cpu()).tolist() + [0.0]  # the last step lands on the clean sample
@@ -284,5 +298,9 @@ def _run_scheduler(model, x, schedule: VPSchedule, steps, sampler, generator, ov
     for n, k in enumerate(timesteps):
         model.set_step(times[n] - times[n + 1], index=n, steps=N)
         eps = model(x, times[n])
+        if noise is not None:
+            t, t_next = min(times[n], noise.t1), max(times[n + 1], noise.t0)
+            z = noise.increment(t_next, t) / math.sqrt(t - t_next) if t > t_next else torch.zeros_like(x)
+            step_kwargs["variance_noise"] = z.to(x.dtype)
         x = scheduler.step(eps, k, x, **step_kwargs).prev_sample
     return x, torch.tensor(times[:-1], dtype=torch.float64)
