@@ -495,3 +495,30 @@ def test_solve_never_modifies_inputs_or_level_outputs_in_place(method, draws, ra
           generator=_gen(32), save_every=5)
     assert torch.equal(x0, keep_x0), "x0 was modified in place"
     assert torch.equal(cached, keep_cached), "a level's output was modified in place"
+
+
+def test_telescoping_estimate_is_unbiased_and_counts():
+    """The public one-step estimator: mean over 20000 rows equals f^3 within 5 standard errors;
+    counted evaluations match the rows that ran."""
+    from multilevel_em.engine import LevelEvaluator, telescoping_estimate
+
+    fs = [lambda x, t, a=a: -x + a * torch.sin(3 * x + t) for a in (0.5, 0.2, 0.0)]
+    ladder = Ladder(fs, [1, 4, 16])
+    x = torch.full((20000, 1), 0.7, dtype=torch.float64)
+    ev = LevelEvaluator(ladder, x)
+    est = telescoping_estimate(ev, x, 0.3, [0.4, 0.2], generator=torch.Generator().manual_seed(0))
+    top = fs[-1](x[:1], 0.3).item()
+    mean, se = est.mean().item(), est.std().item() / math.sqrt(x.shape[0])
+    assert abs(mean - top) < 5 * se, (mean, top, se)
+    assert ev.evaluations[0] == x.shape[0]
+    assert 0 < ev.evaluations[2] < ev.evaluations[1] < x.shape[0]
+
+
+@pytest.mark.parametrize("probs, match", [([0.5], "expected 2 probabilities"), ([0.5, 1.5], "in \\[0, 1\\]")])
+def test_telescoping_estimate_rejects_bad_probabilities(probs, match):
+    from multilevel_em.engine import LevelEvaluator, telescoping_estimate
+
+    ladder = Ladder([lambda x, t: -x] * 3, [1, 2, 3])
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=match):
+        telescoping_estimate(LevelEvaluator(ladder, x), x, 0.0, probs)

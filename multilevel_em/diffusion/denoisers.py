@@ -22,10 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..engine import Ladder, evaluate_rates
-# The engine's one-step ML-EM estimator (draw plan, gather/evaluate/scatter, cost counting).
-# Private names: _telescoping_estimate below is the only place that uses them.
-from ..engine.solver import _LevelCaller, _mlem_drift, _plan_draws
+from ..engine import Ladder, LevelEvaluator, evaluate_rates, telescoping_estimate
 from .schedule import VPSchedule
 
 __all__ = ["DiffusersUNetAdapter", "MultilevelDenoiser", "TStitchDenoiser", "as_eps_model"]
@@ -73,12 +70,6 @@ def as_eps_model(model, schedule: Optional[VPSchedule] = None) -> EpsModel:
     return model
 
 
-def _telescoping_estimate(call: _LevelCaller, x, t: float, probs, draws, generator, check_finite) -> torch.Tensor:
-    """One draw of eps^1 + sum_l (B_l / p_l)(eps^l - eps^{l-1}) at (x, t), by the engine's estimator."""
-    ((fired, needed),) = _plan_draws([probs], x.shape[0], draws, generator, x.device)
-    return _mlem_drift(call, x, t, probs, fired, needed, check_finite)
-
-
 def _single_time(t) -> float:
     """t as one float: a number, a one-element tensor, or a (batch,) tensor of equal times."""
     if isinstance(t, torch.Tensor):
@@ -113,7 +104,7 @@ class _LadderDenoiser:
             costs = [1.0]
         self.ladder = Ladder(models, costs, names)
         self._step_aware = [f for f in models if callable(getattr(f, "set_step", None))]
-        self._caller: Optional[_LevelCaller] = None
+        self._caller: Optional[LevelEvaluator] = None
         self._h: Optional[float] = None
         self._index: Optional[int] = None
         self._steps: Optional[int] = None
@@ -150,12 +141,12 @@ class _LadderDenoiser:
             f.set_step(h, index=index, steps=steps)
 
     # --- evaluation
-    def _prepare(self, x: torch.Tensor, t) -> _LevelCaller:
+    def _prepare(self, x: torch.Tensor, t) -> LevelEvaluator:
         if not isinstance(x, torch.Tensor) or x.ndim < 1:
             raise TypeError(f"x: expected a tensor of shape (batch, ...), got {type(x).__name__}")
         if self._caller is None:
             self._check_levels(x, t)
-            self._caller = _LevelCaller(self.ladder, x)
+            self._caller = LevelEvaluator(self.ladder, x)
         return self._caller
 
     def _check_levels(self, x: torch.Tensor, t) -> None:
@@ -255,7 +246,8 @@ class MultilevelDenoiser(_LadderDenoiser):
         if len(self.ladder) == 1:
             return call(0, x, t)
         t = _single_time(t)
-        return _telescoping_estimate(call, x, t, self.probabilities(t), self.draws, self.generator, self.check_finite)
+        return telescoping_estimate(call, x, t, self.probabilities(t), draws=self.draws, generator=self.generator,
+                                    check_finite=self.check_finite)
 
     def __repr__(self) -> str:
         return f"MultilevelDenoiser({self.ladder!r}, draws={self.draws!r})"

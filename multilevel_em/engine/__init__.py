@@ -5,6 +5,9 @@ Knows nothing of calibration, diffusion models or the command line.
 
 from .brownian import BrownianPath
 from .ladder import Drift, Ladder
-from .solver import Rate, Solution, evaluate_rates, solve
+from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, telescoping_estimate
 
-__all__ = ["BrownianPath", "Drift", "Ladder", "Rate", "Solution", "evaluate_rates", "solve"]
+__all__ = [
+    "BrownianPath", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "solve",
+    "telescoping_estimate",
+]

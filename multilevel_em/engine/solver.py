@@ -26,7 +26,7 @@ import torch
 from .brownian import BrownianPath
 from .ladder import Ladder
 
-__all__ = ["solve", "Solution", "Rate", "resolve_diffusion", "evaluate_rates"]
+__all__ = ["solve", "Solution", "Rate", "resolve_diffusion", "evaluate_rates", "LevelEvaluator", "telescoping_estimate"]
 
 #: A rate lambda_l for one level: a number (per unit time) or a callable of t.
 Rate = Union[float, Callable[[float], float]]
@@ -164,8 +164,13 @@ def resolve_diffusion(diffusion: Diffusion) -> Optional[Callable[[torch.Tensor, 
 # ----------------------------------------------------------------------------- the solver
 
 
-class _LevelCaller:
-    """Evaluates levels on (sub-)batches, checks shapes on first use and counts evaluations."""
+class LevelEvaluator:
+    """Evaluates a ladder's levels on (sub-)batches, checks each level's output (shape, dtype,
+    device) on first use and counts sample-evaluations per level in ``evaluations``.
+
+    ``evaluator(j, x, t)`` returns ``ladder[j](x, t)`` (0-based j); ``x0`` fixes the expected
+    dtype and device.
+    """
 
     def __init__(self, ladder: Ladder, x0: torch.Tensor):
         self.ladder = ladder
@@ -211,7 +216,7 @@ def _all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
-def _non_finite_error(caller: _LevelCaller, outputs: dict, t: float) -> FloatingPointError:
+def _non_finite_error(caller: LevelEvaluator, outputs: dict, t: float) -> FloatingPointError:
     for j in sorted(outputs):
         if not bool(torch.isfinite(outputs[j]).all()):
             return FloatingPointError(
@@ -268,7 +273,7 @@ def _plan_draws(
 
 
 def _mlem_drift(
-    call: _LevelCaller,
+    call: LevelEvaluator,
     x: torch.Tensor,
     t: float,
     probs: List[float],
@@ -316,6 +321,39 @@ def _mlem_drift(
     if check_finite and not _all_finite(drift):
         raise _non_finite_error(call, out, t)
     return drift
+
+
+def telescoping_estimate(
+    evaluator: LevelEvaluator,
+    x: torch.Tensor,
+    t: float,
+    probs: Sequence[float],
+    *,
+    draws: str = "per_sample",
+    generator: Optional[torch.Generator] = None,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """One draw of the ML-EM estimate f^1 + sum_{l=2..K} (B_l / p_l)(f^l - f^{l-1}) at (x, t).
+
+    The building block of :func:`solve`, public for integrators that are not EM (diffusion
+    samplers): ``probs[l - 2]`` is p_l in [0, 1] for l = 2..K; the levels are evaluated through
+    ``evaluator`` (which counts them), each needed level once, on the rows that need it with
+    ``draws="per_sample"``. Shape of the result: ``x.shape``.
+    """
+    probs = [float(p) for p in probs]
+    if len(probs) != len(evaluator.ladder) - 1:
+        raise ValueError(f"probs: expected {len(evaluator.ladder) - 1} probabilities, got {len(probs)}")
+    if any(not 0.0 <= p <= 1.0 for p in probs):
+        raise ValueError(f"probs: expected probabilities in [0, 1], got {probs}")
+    if draws not in ("per_sample", "shared"):
+        raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+    if not probs:
+        out = evaluator(0, x, t)
+        if check_finite and not _all_finite(out):
+            raise _non_finite_error(evaluator, {0: out}, t)
+        return out
+    ((fired, needed),) = _plan_draws([probs], x.shape[0], draws, generator, x.device)
+    return _mlem_drift(evaluator, x, t, probs, fired, needed, check_finite)
 
 
 def solve(
@@ -410,7 +448,7 @@ def solve(
         if noise.t0 > t0 or noise.t1 < t1:
             raise ValueError(f"noise: covers [{noise.t0}, {noise.t1}], which does not contain [t0, t1] = [{t0}, {t1}]")
 
-    call = _LevelCaller(ladder, x0)
+    call = LevelEvaluator(ladder, x0)
     h = (t1 - t0) / steps
     batch = x0.shape[0]
     x = x0
