@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from .._io import write_json  # noqa: F401  (re-exported for the benchmarks)
 
 
 def rms_error(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -41,22 +40,6 @@ def fit_slope(costs: Sequence[float], errors: Sequence[float]) -> Tuple[float, f
     s2 = float(resid @ resid) / dof
     se = math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))
     return float(coef[0]), se
-
-
-def write_json(path: str, data) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class single_thread:

@@ -33,12 +33,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .._io import write_json
 
 __all__ = ["Calibration", "Plan", "Prediction", "PiecewiseLinearRate"]
 
@@ -710,18 +711,7 @@ class Calibration:
 
     def save(self, path) -> None:
         """Write :meth:`to_dict` as JSON, atomically (a temporary file, then ``os.replace``)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".calibration-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, allow_nan=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_json(path, self.to_dict(), indent=1, allow_nan=False)
 
     @classmethod
     def load(cls, path) -> "Calibration":
