@@ -303,3 +303,12 @@ def test_brownian_other_arguments():
         BrownianPath((2, -1), 0.0, 1.0, seed=0)
     with pytest.raises(TypeError, match=r"shape: expected a sequence of ints"):
         BrownianPath("ab", 0.0, 1.0, seed=0)
+
+
+def test_noise_without_diffusion_warns():
+    ladder = Ladder([lambda x, t: -x], [1.0])
+    x0 = torch.ones(2, 1, dtype=torch.float64)
+    W = BrownianPath(x0.shape, 0.0, 1.0, seed=0, dtype=x0.dtype)
+    with pytest.warns(UserWarning, match="noise: ignored"):
+        sol = solve(ladder, x0, t0=0.0, t1=1.0, steps=4, method="em", noise=W)
+    assert torch.allclose(sol.x, x0 * 0.75**4)

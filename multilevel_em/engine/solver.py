@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Callable, List, Optional, Sequence, Union
@@ -431,6 +432,8 @@ def solve(
     elif K > 1:
         rates = _check_rates(rates, K, t0)
     g = resolve_diffusion(diffusion)
+    if g is None and noise is not None:
+        warnings.warn("noise: ignored, since diffusion is None (an ODE has no Brownian term)", stacklevel=2)
     if g is not None:
         if noise is None:
             # Leaves narrower than h/2: grid times fall in distinct leaves (exact law), at
