@@ -709,6 +709,12 @@ class Calibration:
             top_bias_source=str(d.get("top_bias_source", "none")),
         )
 
+    def plot(self, path) -> None:
+        """Write a PNG of delta_l(t) and of error against cost with the gamma fit."""
+        from .plot import plot_calibration
+
+        plot_calibration(self, path)
+
     def save(self, path) -> None:
         """Write :meth:`to_dict` as JSON, atomically (a temporary file, then ``os.replace``)."""
         write_json(path, self.to_dict(), indent=1, allow_nan=False)
