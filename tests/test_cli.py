@@ -76,13 +76,13 @@ def test_bench_htmc_rejects_bad_gammas(tmp_path):
 
 
 def test_calibrate_command_plans(tmp_path):
-    out = tmp_path / "cal.json"
+    out, png = tmp_path / "cal.json", tmp_path / "cal.png"
     r = CliRunner().invoke(main, ["calibrate", "--gamma", "4", "--levels", "4", "--paths", "16",
-                                  "--target", "0.1", "--out", str(out), "--json"])
+                                  "--target", "0.1", "--out", str(out), "--plot", str(png), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["plan"]["target"] == 0.1 and data["plan"]["steps"] >= 1
-    assert out.exists()
+    assert out.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_calibrate_command_unreachable_target():

@@ -77,6 +77,79 @@ def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot
     click.echo(f"wrote {out} and {plot_path}")
 
 
+def _command_line(ctx: click.Context, prefix: str) -> str:
+    """The command as typed, rebuilt from the options that differ from their defaults (for results files)."""
+    parts = [prefix]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or value == param.default or value is None:
+            continue
+        parts.append(param.opts[0] if param.is_flag else f"{param.opts[0]} {value}")
+    return " ".join(parts)
+
+
+@bench.command("diffusion")
+@click.option("--quick", is_flag=True, help="A reduced sweep (under 2 minutes on 2 CPU cores).")
+@click.option("--ladders", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Load the ladders from DIR/gaussian and DIR/mixture (folders written by train-mlp) instead of training.")
+@click.option("--save-ladders", default=None, type=click.Path(file_okay=False), help="Save the trained ladders here.")
+@click.option("--train-steps", default=None, type=click.IntRange(min=1), help="Override the training steps per level.")
+@click.option("--paths", "n_paths", default=None, type=click.IntRange(min=16),
+              help="Override the samples per run (both problems).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default="results/diffusion.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", default="results/diffusion.png", show_default=True, type=click.Path(dir_okay=False))
+def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, out, plot_path) -> None:
+    """Cost-error Pareto fronts of EM, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM with trained MLP ladders
+    on a Gaussian (pathwise error) and a Gaussian mixture (sliced Wasserstein, MMD)."""
+    from ..bench.diffusion import run_bench
+
+    overrides = {}
+    if train_steps is not None:
+        overrides["train_steps"] = train_steps
+    if n_paths is not None:
+        overrides["n_gauss"] = overrides["n_mix"] = n_paths
+    command = _command_line(click.get_current_context(), "mlem bench diffusion")
+    run_bench(quick=quick, out=out, plot_path=plot_path, ladders=ladders, save_ladders=save_ladders, seed=seed,
+              overrides=overrides, command=command, echo=click.echo)
+    click.echo(f"wrote {out} and {plot_path}")
+
+
+@main.command("train-mlp")
+@click.option("--problem", type=click.Choice(["gaussian", "mixture"]), required=True,
+              help="Gaussian with a full covariance, or a Gaussian mixture (4 components).")
+@click.option("--dim", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for config.json and level_k.safetensors.")
+@click.option("--steps", default=2000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps per level.")
+@click.option("--widths", default="32,64,128,256", show_default=True, help="Comma-separated hidden widths, cheapest first.")
+@click.option("--batch", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the problem, the weights and the data.")
+def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
+    """Train a ladder of MLP noise predictors on exact samples of a problem, save it, report its gamma."""
+    from tqdm import tqdm
+
+    from ..bench.common import single_thread
+    from ..diffusion.mlp import measure_gamma, train_mlp_ladder
+    from ..problems.gaussian import gaussian, gaussian_mixture
+
+    ws = [int(w) for w in _parse_floats("--widths", widths)]
+    if any(w < 1 for w in ws):
+        raise click.BadParameter(f"expected positive widths, got {widths!r}", param_hint="--widths")
+    P = gaussian(dim, seed=seed) if problem == "gaussian" else gaussian_mixture(dim, seed=seed)
+    # Small layers: one thread is as fast as several and does not fight other work for the cores.
+    with single_thread(), tqdm(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:
+        mlp = train_mlp_ladder(P, ws, steps=steps, batch=batch, lr=lr, seed=seed, progress=bar.update)
+    mlp.save(out)
+    with single_thread():
+        g = measure_gamma(mlp, P)
+    for w, c, e in zip(g["widths"], g["costs"], g["errors"]):
+        click.echo(f"width {w:>5}: {c:>10.0f} FLOPs/sample, RMS eps error {e:.4f}")
+    if g["gamma"] is not None:
+        click.echo(f"gamma (slope of log cost vs log 1/error) = {g['gamma']:.2f} ± {g['gamma_stderr']:.2f}")
+    click.echo(f"wrote {out}")
+
+
 @main.command()
 @click.option("--problem", type=click.Choice(["htmc"]), default="htmc", show_default=True,
               help="The built-in ladder to calibrate.")
@@ -92,7 +165,9 @@ def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Save the calibration as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
-def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out, as_json) -> None:
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Write a PNG of delta_l(t) and of error against cost.")
+def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out, as_json, plot_path) -> None:
     """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
     import torch
 
@@ -113,6 +188,8 @@ def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out
             raise click.ClickException(str(e)) from None
     if out:
         cal.save(out)
+    if plot_path:
+        cal.plot(plot_path)
     if as_json:
         json.dump({"calibration": cal.to_dict(), "plan": plan.to_dict() if plan else None}, sys.stdout, indent=2)
         click.echo()
@@ -121,8 +198,18 @@ def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out
     if plan is not None:
         click.echo()
         click.echo(plan.message)
-    if out:
-        click.echo(f"wrote {out}")
+    for path in (out, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
+
+
+# Image commands (UNet ladders): `mlem train`, `mlem sample`, kept in their own module.
+from .images import bench_images_cmd, sample_cmd, train_classifier_cmd, train_cmd  # noqa: E402
+
+main.add_command(train_cmd)
+main.add_command(sample_cmd)
+main.add_command(train_classifier_cmd)
+bench.add_command(bench_images_cmd)
 
 
 if __name__ == "__main__":

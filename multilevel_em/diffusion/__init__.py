@@ -13,20 +13,25 @@ The "ddpm", "ddim" and "dpmpp_2m" samplers need diffusers (``pip install 'multil
 
 from .denoisers import DiffusersUNetAdapter, MultilevelDenoiser, TStitchDenoiser, as_eps_model
 from .metrics import median_bandwidth, mmd2_unbiased, sliced_wasserstein
+from .mlp import EpsMLP, MLPLadder, load_mlp_ladder, train_mlp_ladder
 from .samplers import SAMPLERS, Samples, make_scheduler, sample
 from .schedule import VPSchedule
 
 __all__ = [
     "DiffusersUNetAdapter",
+    "EpsMLP",
+    "MLPLadder",
     "MultilevelDenoiser",
     "SAMPLERS",
     "Samples",
     "TStitchDenoiser",
     "VPSchedule",
     "as_eps_model",
+    "load_mlp_ladder",
     "make_scheduler",
     "median_bandwidth",
     "mmd2_unbiased",
     "sample",
     "sliced_wasserstein",
+    "train_mlp_ladder",
 ]

@@ -25,12 +25,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
+from .._io import write_json
 from ..engine import Ladder
 from .schedule import VPSchedule, _as_time
 
-__all__ = ["EpsMLP", "MLPLadder", "eps_error", "load_mlp_ladder", "problem_from_spec", "train_mlp_ladder"]
+__all__ = ["EpsMLP", "MLPLadder", "eps_error", "load_mlp_ladder", "measure_gamma", "problem_spec", "train_mlp_ladder"]
 
 FORMAT = "multilevel-em/mlp-ladder"
 VERSION = 1
@@ -98,21 +100,11 @@ class EpsMLP(torch.nn.Module):
 
 
 def problem_spec(problem) -> Dict:
-    """A JSON-able description of a Gaussian / mixture problem (its parameters, exactly)."""
-    from ..problems.gaussian import GaussianProblem
-
-    kind = "gaussian" if isinstance(problem, GaussianProblem) else "mixture"
+    """A JSON-able description of a Gaussian / mixture problem (its parameters, exactly); read it back with
+    :func:`multilevel_em.problems.gaussian.problem_from_spec`."""
+    kind = "gaussian" if callable(getattr(problem, "ode_flow", None)) else "mixture"
     return {"kind": kind, "dim": problem.dim, "weights": problem.weights.tolist(), "means": problem.means.tolist(),
             "covs": problem.covs.tolist()}
-
-
-def problem_from_spec(spec: Dict, schedule: Optional[VPSchedule] = None):
-    """The problem :func:`problem_spec` described."""
-    from ..problems.gaussian import GaussianMixtureProblem, GaussianProblem
-
-    if spec["kind"] == "gaussian":
-        return GaussianProblem(spec["means"][0], spec["covs"][0], schedule)
-    return GaussianMixtureProblem(spec["weights"], spec["means"], spec["covs"], schedule)
 
 
 def _schedule_spec(s: VPSchedule) -> Dict:
@@ -134,7 +126,8 @@ class MLPLadder:
     """Trained EpsMLPs cheapest first, with their FLOP costs and the config that rebuilds them.
 
     ``ladder()`` gives a :class:`~multilevel_em.Ladder` (costs in FLOPs per sample) for
-    :class:`~multilevel_em.diffusion.MultilevelDenoiser` and friends.
+    :class:`~multilevel_em.diffusion.MultilevelDenoiser` and friends;
+    ``multilevel_em.problems.gaussian.problem_from_spec(config["problem"], schedule)`` rebuilds the problem.
     """
 
     models: List[EpsMLP]
@@ -152,9 +145,6 @@ class MLPLadder:
     def schedule(self) -> VPSchedule:
         return _schedule_from_spec(self.config["schedule"])
 
-    def problem(self):
-        return problem_from_spec(self.config["problem"], self.schedule)
-
     def ladder(self) -> Ladder:
         return Ladder(list(self.models), self.costs, names=[f"width {w}" for w in self.widths])
 
@@ -170,8 +160,6 @@ class MLPLadder:
         cfg = dict(self.config, format=FORMAT, version=VERSION, levels=len(self.models), widths=self.widths,
                    costs=self.costs, cost_unit="FLOPs per sample",
                    files=[f"level_{k}.safetensors" for k in range(1, len(self.models) + 1)])
-        from ..bench.common import write_json
-
         write_json(os.path.join(directory, "config.json"), cfg)
 
 
@@ -228,13 +216,13 @@ def train_mlp_ladder(
     widths: Sequence[int] = (32, 64, 128, 256),
     schedule: Optional[VPSchedule] = None,
     *,
-    steps: int = 1500,
+    steps: int = 2000,
     batch: int = 512,
     lr: float = 2e-3,
     seed: int = 0,
-    depth: int = 2,
+    depth: int = 3,
     time_features: int = 32,
-    t_min: float = 1e-3,
+    t_min: float = 1e-4,
     progress: Optional[Callable[[int], None]] = None,
 ) -> MLPLadder:
     """Train one :class:`EpsMLP` per width on exact samples of ``problem`` (denoising score matching).
@@ -287,7 +275,7 @@ def train_mlp_ladder(
 # ----------------------------------------------------------------------------- errors and gamma
 
 
-def eps_error(model, problem, *, n: int = 1024, times: int = 32, t_min: float = 1e-3, seed: int = 0) -> float:
+def eps_error(model, problem, *, n: int = 1024, times: int = 32, t_min: float = 1e-4, seed: int = 0) -> float:
     """RMS over t on a uniform grid in [t_min, 1] and x ~ p_t of |model(x, t) - eps_exact(x, t)| (per sample)."""
     g = torch.Generator().manual_seed(seed)
     x0 = problem.sample(n, generator=g)
@@ -299,13 +287,21 @@ def eps_error(model, problem, *, n: int = 1024, times: int = 32, t_min: float = 
     return math.sqrt(total / times)
 
 
-def measure_gamma(mlp: MLPLadder, problem=None, **kw) -> Dict:
+def measure_gamma(mlp: MLPLadder, problem, **kw) -> Dict:
     """Each level's eps error vs the exact eps and its cost; gamma = slope of log(cost) vs log(1/error)."""
-    from ..bench.common import fit_slope
-
-    problem = problem if problem is not None else mlp.problem()
     errors = [eps_error(m, problem, **kw) for m in mlp.models]
     out = {"widths": mlp.widths, "costs": mlp.costs, "errors": errors, "gamma": None, "gamma_stderr": None}
     if len(errors) >= 3:
-        out["gamma"], out["gamma_stderr"] = fit_slope(mlp.costs, errors)
+        out["gamma"], out["gamma_stderr"] = _fit_slope(mlp.costs, errors)
     return out
+
+
+def _fit_slope(costs: Sequence[float], errors: Sequence[float]):
+    """Least-squares slope of log(cost) against log(1/error) and its standard error (>= 3 points)."""
+    x = np.log(1.0 / np.asarray(errors, dtype=float))
+    y = np.log(np.asarray(costs, dtype=float))
+    A = np.vstack([x, np.ones_like(x)]).T
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    s2 = float(resid @ resid) / max(len(x) - 2, 1)
+    return float(coef[0]), math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))

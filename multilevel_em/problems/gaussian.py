@@ -25,7 +25,8 @@ import torch
 from ..diffusion.schedule import VPSchedule, _as_time
 from ..engine import Ladder
 
-__all__ = ["GaussianMixtureProblem", "GaussianProblem", "gaussian", "gaussian_mixture", "perturbed_ladder"]
+__all__ = ["GaussianMixtureProblem", "GaussianProblem", "gaussian", "gaussian_mixture", "perturbed_ladder",
+           "problem_from_spec"]
 
 
 class GaussianMixtureProblem:
@@ -188,6 +189,15 @@ def gaussian_mixture(
     covs = torch.stack([_random_cov(dim, var_lo, var_hi, g, torch.float64) for _ in range(components)])
     weights = 0.5 + 0.5 * torch.rand(components, generator=g, dtype=torch.float64)
     return GaussianMixtureProblem(weights.to(dtype), means.to(dtype), covs.to(dtype), schedule, dtype=dtype)
+
+
+def problem_from_spec(spec: dict, schedule: Optional[VPSchedule] = None) -> GaussianMixtureProblem:
+    """The problem that :func:`multilevel_em.diffusion.mlp.problem_spec` described (kind, weights, means, covs)."""
+    if spec.get("kind") == "gaussian":
+        return GaussianProblem(spec["means"][0], spec["covs"][0], schedule)
+    if spec.get("kind") == "mixture":
+        return GaussianMixtureProblem(spec["weights"], spec["means"], spec["covs"], schedule)
+    raise ValueError(f"spec: expected kind 'gaussian' or 'mixture', got {spec.get('kind')!r}")
 
 
 def _check_dim(dim) -> None:

@@ -1,0 +1,305 @@
+"""A ladder of diffusers ``UNet2DModel`` noise predictors of increasing width, on disk and in memory.
+
+Folder layout (like a diffusers pipeline: one sub-folder per model, config as JSON next to
+safetensors weights)::
+
+    DIR/model_index.json                                 the ladder: levels, schedule, costs, training settings
+    DIR/level_1/config.json                              UNet2DModel config (+ "_mlem": width, schedule, FLOPs)
+    DIR/level_1/diffusion_pytorch_model.safetensors      weights used for sampling (EMA when trained with EMA)
+    DIR/level_1/training_state.safetensors               optional: raw weights + AdamW state, to resume training
+    DIR/level_1/training_state.json                      optional: iteration count, losses, settings
+    DIR/level_2/...                                      (cheapest level first)
+    DIR/calibration.json                                 optional: a multilevel_em.Calibration of the ladder
+
+Each ``level_k`` folder loads with ``diffusers.UNet2DModel.from_pretrained(DIR/level_k)``.
+Level costs are FLOPs per sample of one forward pass, counted by ``torch.utils.flop_counter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..diffusion import DiffusersUNetAdapter, VPSchedule
+from ..engine import Ladder
+
+__all__ = [
+    "CheckpointError",
+    "UNetLadder",
+    "build_unet",
+    "unet_flops",
+    "load_ladder",
+    "schedule_to_dict",
+    "schedule_from_dict",
+    "INDEX",
+    "WEIGHTS",
+]
+
+INDEX = "model_index.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+UNET_CONFIG = "config.json"
+FORMAT = "multilevel_em.images.UNetLadder"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or inconsistent; the message names the file."""
+
+
+def schedule_to_dict(s: VPSchedule) -> Dict:
+    return dataclasses.asdict(s)
+
+
+def schedule_from_dict(d: Dict, where: str = "schedule") -> VPSchedule:
+    try:
+        return VPSchedule(**{k: d[k] for k in ("kind", "beta_min", "beta_max", "s", "num_train_timesteps", "t_max")})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: malformed schedule {d!r} ({e})") from None
+
+
+def build_unet(width: int, *, sample_size: int = 16, channels: int = 1, layers_per_block: int = 1, norm_groups: int = 4):
+    """A ``UNet2DModel`` with ``block_out_channels = (width, 2 width, 2 width)``, no attention.
+
+    Three resolutions (size, size/2, size/4); FLOPs grow about as width^2.
+    """
+    from diffusers import UNet2DModel
+
+    if isinstance(width, bool) or not isinstance(width, int) or width < norm_groups or width % norm_groups:
+        raise ValueError(f"width: expected an int multiple of norm_groups={norm_groups}, got {width!r}")
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(width, 2 * width, 2 * width),
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+        norm_num_groups=norm_groups,
+    )
+
+
+def unet_flops(unet, sample_size: int, channels: int) -> float:
+    """FLOPs of one forward pass on one sample (``torch.utils.flop_counter``: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    x = torch.zeros(1, channels, sample_size, sample_size)
+    with counter, torch.no_grad():
+        unet(x, torch.zeros(1, dtype=torch.int64))
+    return float(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str, write) -> None:
+    """Write through ``write(tmp_path)`` then rename over ``path``: a crash leaves the old file intact."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, data) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+
+    atomic_write_bytes(path, w)
+
+
+def save_tensors(path: str, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_json(path: str) -> Dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON (truncated or corrupt?): {e}") from None
+
+
+def load_tensors(path: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; CheckpointError naming the file if it is missing or corrupt."""
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises SafetensorError / OSError / ValueError on bad headers and sizes
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+# ----------------------------------------------------------------------------- the ladder
+
+
+class UNetLadder:
+    """K UNet noise predictors sharing one sample size, channel count and VP schedule, cheapest first.
+
+    Attributes:
+        unets: the ``UNet2DModel`` s, in eval mode.
+        widths: their base widths.
+        costs: FLOPs per sample of one forward pass, nondecreasing.
+        schedule: the :class:`VPSchedule` all were trained with.
+        sample_size, channels: the image shape ``(channels, sample_size, sample_size)``.
+        info: the rest of ``model_index.json`` (dataset, training settings).
+    """
+
+    def __init__(self, unets: Sequence, widths: Sequence[int], costs: Sequence[float], schedule: VPSchedule,
+                 info: Optional[Dict] = None):
+        if len(unets) < 1 or not (len(unets) == len(widths) == len(costs)):
+            raise ValueError("unets, widths, costs: expected the same nonzero number of each")
+        self.unets = list(unets)
+        self.widths = [int(w) for w in widths]
+        self.costs = [float(c) for c in costs]
+        self.schedule = schedule
+        first = self.unets[0].config
+        self.sample_size, self.channels = int(first.sample_size), int(first.in_channels)
+        for k, u in enumerate(self.unets):
+            c = u.config
+            if (int(c.sample_size), int(c.in_channels), int(c.out_channels)) != (self.sample_size, self.channels, self.channels):
+                raise ValueError(
+                    f"level {k + 1}: UNet for {c.in_channels}->{c.out_channels} channels at {c.sample_size}px, but level 1 is "
+                    f"{self.channels}->{self.channels} channels at {self.sample_size}px; a ladder's levels must agree"
+                )
+            u.eval()
+        self.info = dict(info or {})
+
+    def __len__(self) -> int:
+        return len(self.unets)
+
+    @property
+    def names(self) -> List[str]:
+        return [f"width {w}" for w in self.widths]
+
+    @property
+    def shape(self):
+        return (self.channels, self.sample_size, self.sample_size)
+
+    def eps_models(self) -> List[DiffusersUNetAdapter]:
+        """The UNets as eps models of continuous time ``(x, t) -> eps``."""
+        return [DiffusersUNetAdapter(u, self.schedule) for u in self.unets]
+
+    def ladder(self) -> Ladder:
+        """An engine :class:`~multilevel_em.Ladder` of eps models, costs in FLOPs per sample."""
+        return Ladder(self.eps_models(), self.costs, self.names)
+
+    def index(self) -> Dict:
+        return {
+            "_class_name": "MultilevelPipeline",
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "levels": [f"level_{k + 1}" for k in range(len(self))],
+            "widths": self.widths,
+            "costs": self.costs,
+            "cost_unit": "FLOPs per sample",
+            "sample_size": self.sample_size,
+            "channels": self.channels,
+            "schedule": schedule_to_dict(self.schedule),
+            **{k: v for k, v in self.info.items() if k not in _INDEX_KEYS},
+        }
+
+    def save(self, directory: str) -> None:
+        """Write the folder layout of the module docstring (weights and configs only; no training state)."""
+        for k, u in enumerate(self.unets):
+            save_level(os.path.join(directory, f"level_{k + 1}"), u, self.widths[k], self.costs[k], self.schedule)
+        write_json_atomic(os.path.join(directory, INDEX), self.index())
+
+    def __repr__(self) -> str:
+        return f"UNetLadder(widths={self.widths}, {self.channels}x{self.sample_size}x{self.sample_size})"
+
+
+_INDEX_KEYS = {"_class_name", "format", "version", "levels", "widths", "costs", "cost_unit", "sample_size", "channels",
+               "schedule"}
+
+
+def unet_config(unet, width: int, cost: float, schedule: VPSchedule) -> Dict:
+    config = {"_class_name": "UNet2DModel", **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
+    config["_mlem"] = {"width": width, "flops": cost, "schedule": schedule_to_dict(schedule)}
+    return config
+
+
+def save_level(directory: str, unet, width: int, cost: float, schedule: VPSchedule, state_dict=None) -> None:
+    """Write ``config.json`` and the sampling weights (``state_dict`` or the UNet's own) of one level."""
+    write_json_atomic(os.path.join(directory, UNET_CONFIG), unet_config(unet, width, cost, schedule))
+    save_tensors(os.path.join(directory, WEIGHTS), state_dict if state_dict is not None else unet.state_dict(),
+                 metadata={"format": "pt"})
+
+
+def load_unet(directory: str, schedule: Optional[VPSchedule] = None):
+    """One level: (unet, width, flops, schedule). CheckpointError naming the file if anything is wrong."""
+    from diffusers import UNet2DModel
+
+    cfg_path = os.path.join(directory, UNET_CONFIG)
+    config = read_json(cfg_path)
+    mlem = config.pop("_mlem", None)
+    if not isinstance(mlem, dict) or "schedule" not in mlem:
+        raise CheckpointError(f"{cfg_path}: no \"_mlem\" entry (width, flops, schedule); not written by multilevel_em")
+    level_schedule = schedule_from_dict(mlem["schedule"], cfg_path)
+    if schedule is not None and level_schedule != schedule:
+        raise CheckpointError(
+            f"{cfg_path}: this UNet was trained with schedule {level_schedule}, but the ladder uses {schedule}; "
+            "levels with different noise schedules cannot be combined"
+        )
+    try:
+        unet = UNet2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except Exception as e:
+        raise CheckpointError(f"{cfg_path}: not a valid UNet2DModel config: {e}") from None
+    weights_path = os.path.join(directory, WEIGHTS)
+    state = load_tensors(weights_path)
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights_path}: weights do not fit the config in {cfg_path}: {e}") from None
+    unet.eval()
+    return unet, int(mlem["width"]), float(mlem["flops"]), level_schedule
+
+
+def load_ladder(directory: str) -> UNetLadder:
+    """Load a ladder folder; refuses levels that disagree on sample size, channels or schedule."""
+    index_path = os.path.join(directory, INDEX)
+    index = read_json(index_path)
+    if index.get("format") != FORMAT:
+        raise CheckpointError(f"{index_path}: not a UNet ladder (expected \"format\": \"{FORMAT}\")")
+    if index.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{index_path}: unsupported version {index.get('version')!r} (expected {FORMAT_VERSION})")
+    schedule = schedule_from_dict(index.get("schedule", {}), index_path)
+    unets, widths, costs = [], [], []
+    for k, name in enumerate(index.get("levels", [])):
+        unet, w, c, _ = load_unet(os.path.join(directory, name), schedule)
+        c_ = unet.config
+        if (int(c_.sample_size), int(c_.in_channels), int(c_.out_channels)) != (
+            int(index["sample_size"]), int(index["channels"]), int(index["channels"])
+        ):
+            raise CheckpointError(
+                f"{os.path.join(directory, name, UNET_CONFIG)}: UNet for {c_.in_channels} channels at {c_.sample_size}px, "
+                f"but {index_path} says {index['channels']} channels at {index['sample_size']}px; levels must agree"
+            )
+        unets.append(unet)
+        widths.append(w)
+        costs.append(c)
+    if not unets:
+        raise CheckpointError(f"{index_path}: no levels")
+    info = {k: v for k, v in index.items() if k not in _INDEX_KEYS}
+    return UNetLadder(unets, widths, costs, schedule, info)

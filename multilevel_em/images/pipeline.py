@@ -1,0 +1,352 @@
+"""``MultilevelPipeline``: sample images from a UNet ladder with ML-EM or a one-model baseline.
+
+Diffusers-style front door::
+
+    pipe = MultilevelPipeline.from_pretrained("multilevel_em/images/pretrained/digits")
+    out = pipe(16, method="mlem", budget=100, generator=torch.Generator().manual_seed(0))
+    out.images      # numpy (n, H, W, C) float32 in [0, 1]
+    out.pil         # list of PIL images
+    out.report      # cost per level, top-level equivalents, FLOPs and wall-clock seconds
+    pipe.save_pretrained("my-ladder")
+
+Calibration (:meth:`MultilevelPipeline.calibrate`) treats sampling as an SDE in reverse time
+s = t_max - t on [0, t_max - t_min], whose drift levels are the reverse-SDE drifts
+
+    f^l(x, s) = beta(t) (x / 2 - eps^l(x, t) / sigma(t)),   g(s) = sqrt(beta(t)),
+
+i.e. exactly what the "em" sampler integrates; its rates (per unit time) are mapped back to t.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..calibration import Calibration, calibrate
+from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
+from ..engine import Ladder
+from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
+
+__all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
+
+METHODS = ("mlem", "em", "ddim", "dpmpp_2m", "stitch")
+CALIBRATION = "calibration.json"
+DEFAULT_STEPS = {"em": 250, "ddim": 50, "dpmpp_2m": 20, "stitch": 50}
+#: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
+DEFAULT_MLEM_BUDGET = 100.0
+T_MIN = 1e-3  # where the continuous-time samplers stop
+
+
+class ReverseTimeRate:
+    """A rate of reverse time s = t_max - t (from a Calibration) as a rate of diffusion time t."""
+
+    def __init__(self, rate: Callable[[float], float], t_max: float):
+        self.rate, self.t_max = rate, float(t_max)
+
+    def __call__(self, t) -> float:
+        return self.rate(self.t_max - float(t))
+
+    def __repr__(self) -> str:
+        return f"ReverseTimeRate({self.rate!r}, t_max={self.t_max})"
+
+
+class _ReverseDrift:
+    """f^l(x, s) = beta(t) (x / 2 - eps(x, t) / sigma(t)) at t = t_max - s (a picklable level)."""
+
+    def __init__(self, eps_model, schedule):
+        self.eps_model, self.schedule = eps_model, schedule
+
+    def __call__(self, x, s):
+        t = self.schedule.t_max - float(s)
+        beta, sigma = float(self.schedule.beta(t)), float(self.schedule.sigma(t))
+        return beta * (0.5 * x - self.eps_model(x, t) / sigma)
+
+
+@dataclass
+class PipelineOutput:
+    """Images and what they cost.
+
+    Attributes:
+        images: numpy float32 ``(n, H, W, C)`` in [0, 1].
+        pil: the same as PIL images (mode "L" or "RGB").
+        x: the raw samples, a tensor ``(n, C, H, W)`` in the data scale [-1, 1] (not clipped).
+        report: method, steps, per-level evaluations and cost shares, cost in top-level
+            equivalents and FLOPs per sample, wall-clock seconds.
+    """
+
+    images: np.ndarray
+    pil: list
+    x: torch.Tensor
+    report: Dict = field(default_factory=dict)
+
+
+def to_numpy_images(x: torch.Tensor) -> np.ndarray:
+    """(n, C, H, W) in [-1, 1] -> (n, H, W, C) float32 in [0, 1] (clipped)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_pil(images: np.ndarray) -> list:
+    from PIL import Image
+
+    u8 = np.round(images * 255).astype(np.uint8)
+    return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
+
+
+def image_grid(images: np.ndarray, ncols: Optional[int] = None, scale: int = 1, pad: int = 1):
+    """A PIL image tiling ``images`` (n, H, W, C) in [0, 1], ``ncols`` per row, upscaled by ``scale``."""
+    from PIL import Image
+
+    n, H, W, C = images.shape
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    grid = np.ones((nrows * (H + pad) + pad, ncols * (W + pad) + pad, C), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = images[i]
+    u8 = np.round(grid * 255).astype(np.uint8)
+    im = Image.fromarray(u8[..., 0], "L") if C == 1 else Image.fromarray(u8, "RGB")
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
+
+
+class MultilevelPipeline:
+    """A UNet ladder + its calibration; ``pipe(n, method=...)`` samples images and reports the cost.
+
+    Args:
+        ladder: a :class:`UNetLadder` (cheapest level first).
+        calibration: a :class:`~multilevel_em.Calibration` of the ladder in reverse time (see
+            :meth:`calibrate`), needed for ``method="mlem"`` without explicit ``rates``.
+    """
+
+    def __init__(self, ladder: UNetLadder, calibration: Optional[Calibration] = None):
+        if not isinstance(ladder, UNetLadder):
+            raise TypeError(f"ladder: expected a UNetLadder, got {type(ladder).__name__}")
+        self.ladder = ladder
+        self.calibration = calibration
+        if calibration is not None:
+            self._check_calibration(calibration)
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "MultilevelPipeline":
+        """Load a ladder folder (and its ``calibration.json`` if present)."""
+        path = os.fspath(path)
+        ladder = load_ladder(path)
+        cal_path = os.path.join(path, CALIBRATION)
+        calibration = None
+        if os.path.exists(cal_path):
+            try:
+                calibration = Calibration.from_dict(read_json(cal_path))
+            except ValueError as e:
+                raise CheckpointError(f"{cal_path}: {e}") from None
+        return cls(ladder, calibration)
+
+    def save_pretrained(self, path: str) -> None:
+        """Write the ladder (configs + sampling weights) and the calibration, if any."""
+        self.ladder.save(os.fspath(path))
+        if self.calibration is not None:
+            self.save_calibration(path)
+
+    def save_calibration(self, path: str) -> None:
+        if self.calibration is None:
+            raise ValueError("no calibration to save: run pipe.calibrate() first")
+        self.calibration.save(os.path.join(os.fspath(path), CALIBRATION))
+
+    def _check_calibration(self, cal: Calibration) -> None:
+        if cal.n_levels != len(self.ladder) or list(cal.names) != self.ladder.names:
+            raise ValueError(
+                f"calibration: made for levels {list(cal.names)}, but the ladder has {self.ladder.names}"
+            )
+
+    # ------------------------------------------------------------------ calibration
+
+    def drift_ladder(self) -> Ladder:
+        """The reverse-time SDE drifts of the levels (module docstring), costs in FLOPs per sample."""
+        s = self.ladder.schedule
+        return Ladder([_ReverseDrift(m, s) for m in self.ladder.eps_models()], self.ladder.costs, self.ladder.names)
+
+    def calibrate(self, n: int = 16, steps: int = 144, generator: Optional[torch.Generator] = None,
+                  t_min: float = T_MIN) -> Calibration:
+        """Measure the ladder along reverse-SDE trajectories of the top level; stores and returns it.
+
+        ``n`` noise images, ``steps`` EM steps (and 8 ``steps`` for the step-error estimate);
+        12 calibration times, denser near the data end where the drifts differ most.
+        """
+        sch = self.ladder.schedule
+        S = sch.t_max - t_min
+        h = S / steps
+        idx = sorted({int(round(f * steps)) for f in (0, 1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9,
+                                                       0.94, 0.97)} | {steps - 1})
+        times = [i * h for i in idx]
+        x = torch.randn((n, *self.ladder.shape), generator=generator)
+        noise_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        with torch.no_grad():
+            cal = calibrate(self.drift_ladder(), x, t0=0.0, t1=S, times=times, steps=steps, timing="flops",
+                            diffusion=lambda s: math.sqrt(float(sch.beta(sch.t_max - float(s)))),
+                            generator=noise_gen, fit_gamma=len(self.ladder) >= 3)
+        self.calibration = cal
+        return cal
+
+    def plan(self, budget: float, steps: Optional[int] = None):
+        """``Calibration.plan(budget=..., steps=...)``: levels, steps (unless given) and rate scale for ``budget``
+        top-level equivalents per sample."""
+        if self.calibration is None:
+            raise ValueError(
+                "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
+                "or pass rates="
+            )
+        self._check_budget(budget)
+        return self.calibration.plan(budget=float(budget), steps=steps)
+
+    def _check_budget(self, budget) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+            raise ValueError(f"budget: expected a positive number of top-level equivalents per sample, got {budget!r}")
+        cheapest = self.ladder.costs[0] / self.ladder.costs[-1]
+        if budget < cheapest:
+            raise ValueError(
+                f"budget {budget:.4g} top-level equivalents per sample is too small: one step of the cheapest level "
+                f"({self.ladder.names[0]}) alone costs {cheapest:.4g}"
+            )
+
+    # ------------------------------------------------------------------ sampling
+
+    def __call__(
+        self,
+        batch_size: int = 16,
+        *,
+        method: str = "mlem",
+        steps: Optional[int] = None,
+        rates: Optional[Sequence] = None,
+        budget: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        sampler: Optional[str] = None,
+        fractions: Optional[Sequence[float]] = None,
+        draws: str = "per_sample",
+        t_min: float = T_MIN,
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> PipelineOutput:
+        """Sample ``batch_size`` images.
+
+        Args:
+            method: ``"mlem"`` (all levels, randomized telescoping eps), ``"em"`` / ``"ddim"`` /
+                ``"dpmpp_2m"`` (the top level alone with that sampler), ``"stitch"`` (T-Stitch:
+                the cheapest level for ``fractions`` of the steps, default 40%, then the top).
+            steps: step count. "mlem" with a budget (or the calibration's default): fixes the plan's
+                step count (default: planned); "mlem" with rates: required. One-model methods:
+                default ``floor(budget)`` with a budget, else 250 (em), 50 (ddim, stitch), 20 (dpmpp_2m).
+            rates: "mlem": lambda_2..lambda_K per unit of diffusion time (numbers or callables of t);
+                overrides the calibration.
+            budget: cost per sample in top-level equivalents: "mlem" plans levels, steps and rates
+                with the stored calibration; the one-model methods take ``floor(budget)`` steps.
+                Default for "mlem" without rates: 100.
+            generator: seeds the initial noise, the sampler noise and the level draws.
+            sampler: for "mlem" and "stitch": the sampling loop (``"em"`` default for mlem,
+                ``"ddim"`` for stitch; any of :data:`multilevel_em.diffusion.SAMPLERS`).
+            draws: "mlem": ``"per_sample"`` or ``"shared"`` level draws.
+            progress: called with 1 after every step.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        if rates is not None and budget is not None:
+            raise ValueError("give at most one of rates= and budget=")
+        if rates is not None and method != "mlem":
+            raise ValueError(f"rates: only method='mlem' uses rates, got method={method!r}")
+        if sampler is not None and method not in ("mlem", "stitch"):
+            raise ValueError(f"sampler: method={method!r} is its own sampler; sampler= is for 'mlem' and 'stitch'")
+        L = self.ladder
+        models = L.eps_models()
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        g_noise = torch.Generator().manual_seed(seed)
+        g_draws = torch.Generator().manual_seed(seed + 1)
+        x_T = torch.randn((batch_size, *L.shape), generator=g_noise)
+        plan = None
+        levels = list(range(len(L)))
+        if method == "mlem":
+            sampler = sampler or "em"
+            if rates is None:
+                plan = self.plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps)
+                levels = list(plan.levels)
+                rates = [ReverseTimeRate(r, L.schedule.t_max) for r in plan.rates]
+                steps = plan.steps
+            elif steps is None:
+                raise ValueError("steps: required for method='mlem' with explicit rates")
+            denoiser = MultilevelDenoiser([models[i] for i in levels], costs=[L.costs[i] for i in levels], rates=rates,
+                                          draws=draws, generator=g_draws, schedule=L.schedule,
+                                          names=[L.names[i] for i in levels])
+        elif method == "stitch":
+            sampler = sampler or "ddim"
+            K = len(L)
+            fr = [0.4] + [0.0] * (K - 2) if fractions is None else list(fractions)
+            denoiser = TStitchDenoiser(models, fr, costs=L.costs, schedule=L.schedule, names=L.names)
+        else:
+            sampler = method
+            levels = [len(L) - 1]
+            denoiser = MultilevelDenoiser([models[-1]], costs=[L.costs[-1]], schedule=L.schedule, names=L.names[-1:])
+        if steps is None:
+            if budget is not None and method != "mlem":
+                self._check_budget(budget)
+                per_step = 1.0 if method != "stitch" else None
+                if per_step is None:
+                    raise ValueError("budget: not supported for method='stitch'; pass steps")
+                steps = int(math.floor(budget + 1e-9))
+                if steps < 1:
+                    raise ValueError(
+                        f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
+                        "one step of the top level costs 1"
+                    )
+            else:
+                steps = DEFAULT_STEPS[method]
+        if progress is not None:
+            inner = denoiser.set_step
+
+            def set_step(h, index=None, steps=None, _inner=inner):
+                _inner(h, index=index, steps=steps)
+                progress(1)
+
+            denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
+        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
+        start = time.perf_counter()
+        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
+        wall = time.perf_counter() - start
+        images = to_numpy_images(out.x)
+        report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
+        return PipelineOutput(images=images, pil=to_pil(images), x=out.x, report=report)
+
+    def _report(self, method, sampler, out, levels, wall, n, plan, budget) -> Dict:
+        L = self.ladder
+        per_level = []
+        total_flops = 0.0
+        for j, i in enumerate(levels):
+            evals = out.evaluations[j] / n
+            flops = evals * L.costs[i]
+            total_flops += flops
+            per_level.append({"level": i + 1, "name": L.names[i], "width": L.widths[i], "flops": L.costs[i],
+                              "evaluations_per_sample": evals, "top_equivalents": flops / L.costs[-1]})
+        report = {
+            "method": method,
+            "sampler": sampler,
+            "steps": out.steps,
+            "n": n,
+            "levels": per_level,
+            "top_equivalents_per_sample": total_flops / L.costs[-1],
+            "flops_per_sample": total_flops,
+            "wall_seconds": wall,
+            "wall_seconds_per_sample": wall / n,
+        }
+        if budget is not None:
+            report["budget"] = budget
+        if plan is not None:
+            report["plan"] = {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps,
+                              "predicted_top_equivalents": plan.top_equivalents, "message": plan.message}
+        return report
+
+    def __repr__(self) -> str:
+        return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"

@@ -1,0 +1,134 @@
+"""MLP noise-prediction ladders (training, safetensors round trip, errors), `mlem train-mlp`, `mlem bench diffusion`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from multilevel_em import BrownianPath
+from multilevel_em.cli.main import main
+from multilevel_em.diffusion import VPSchedule, sample
+from multilevel_em.diffusion.mlp import EpsMLP, load_mlp_ladder, measure_gamma, train_mlp_ladder
+from multilevel_em.problems.gaussian import gaussian, gaussian_mixture, problem_from_spec
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    P = gaussian_mixture(3, components=2, seed=1)
+    return P, train_mlp_ladder(P, (4, 8, 16), steps=30, batch=64, seed=5)
+
+
+def test_eps_mlp_shapes_and_flops():
+    m = EpsMLP(5, 16, depth=2, time_features=8)
+    x = torch.randn(7, 5, dtype=torch.float64)
+    assert m(x, 0.3).shape == (7, 5) and m(x, 0.3).dtype == torch.float64
+    assert m(x, torch.full((7,), 0.3)).shape == (7, 5)
+    # (5 + 8) -> 16 -> 16 -> 5: 2 in out + out per layer, 4 per hidden unit, 3 per time feature.
+    assert m.flops() == (2 * 13 * 16 + 16) + (2 * 16 * 16 + 16) + (2 * 16 * 5 + 5) + 4 * 32 + 3 * 8
+    with pytest.raises(ValueError, match="x: expected shape"):
+        m(torch.randn(7, 4), 0.3)
+
+
+def test_training_is_deterministic_and_costs_grow(tiny):
+    P, mlp = tiny
+    again = train_mlp_ladder(P, (4, 8, 16), steps=30, batch=64, seed=5)
+    for a, b in zip(mlp.models, again.models):
+        for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert na == nb and torch.equal(ta, tb)
+    assert mlp.costs == sorted(mlp.costs) and mlp.widths == [4, 8, 16]
+    g = measure_gamma(mlp, P, n=64, times=4)
+    assert len(g["errors"]) == 3 and all(math.isfinite(e) and e > 0 for e in g["errors"])
+
+
+def test_save_load_round_trip(tiny, tmp_path):
+    P, mlp = tiny
+    mlp.save(str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["widths"] == [4, 8, 16] and cfg["costs"] == mlp.costs
+    assert set(cfg) >= {"schedule", "problem", "depth", "time_features", "training", "files"}
+    assert sorted(os.listdir(tmp_path)) == ["config.json"] + [f"level_{k}.safetensors" for k in (1, 2, 3)]
+    back = load_mlp_ladder(str(tmp_path))
+    x = torch.randn(9, 3, dtype=torch.float64)
+    for a, b in zip(mlp.models, back.models):
+        for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert na == nb and torch.equal(ta, tb)
+        assert torch.equal(a(x, 0.4), b(x, 0.4))
+    Q = problem_from_spec(back.config["problem"], back.schedule)
+    assert torch.equal(Q.means, P.means) and torch.equal(Q.covs, P.covs) and back.schedule == P.schedule
+
+
+def test_corrupted_or_mismatched_checkpoint_names_the_file(tiny, tmp_path):
+    _, mlp = tiny
+    mlp.save(str(tmp_path))
+    # Swapping two levels' weights: shapes no longer match the config's widths.
+    a, b = tmp_path / "level_1.safetensors", tmp_path / "level_2.safetensors"
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    with pytest.raises(ValueError, match=r"level_1\.safetensors: does not match config\.json"):
+        load_mlp_ladder(str(tmp_path))
+    a.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match=r"level_1\.safetensors: not a readable safetensors file"):
+        load_mlp_ladder(str(tmp_path))
+    a.unlink()
+    with pytest.raises(FileNotFoundError, match=r"level_1\.safetensors: missing"):
+        load_mlp_ladder(str(tmp_path))
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        load_mlp_ladder(str(tmp_path))
+
+
+def test_ddim_eta_one_is_ddpm_and_shared_noise_converges():
+    P = gaussian(3, seed=2)
+    S = VPSchedule.linear()
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = sample(P.eps, x, schedule=S, steps=20, sampler="ddpm", generator=torch.Generator().manual_seed(1))
+    b = sample(P.eps, x, schedule=S, steps=20, sampler="ddim", eta=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a.x, b.x, atol=1e-4)
+    # With its noise from a Brownian path shared with "em", DDPM approaches the same reverse-SDE path.
+    W = BrownianPath(x.shape, 1e-4, 1.0, seed=3, dtype=x.dtype, depth=13)
+    ref = sample(P.eps, x, schedule=S, steps=2000, sampler="em", noise=W, t_min=1e-4).x
+    errs = [float((sample(P.eps, x, schedule=S, steps=n, sampler="ddim", eta=1.0, noise=W).x - ref)
+                  .pow(2).sum(1).mean().sqrt()) for n in (10, 1000)]
+    assert errs[1] < 0.25 * errs[0], errs
+
+
+def test_cli_train_mlp(tmp_path):
+    out = tmp_path / "lad"
+    r = CliRunner().invoke(main, ["train-mlp", "--problem", "gaussian", "--dim", "2", "--out", str(out),
+                                  "--steps", "20", "--widths", "4,8,16", "--batch", "32"])
+    assert r.exit_code == 0, r.output
+    assert "gamma" in r.output and (out / "level_3.safetensors").exists()
+    assert load_mlp_ladder(str(out)).widths == [4, 8, 16]
+
+
+def test_bench_diffusion_quick(tmp_path):
+    out, png = tmp_path / "d.json", tmp_path / "d.png"
+    r = CliRunner().invoke(main, ["bench", "diffusion", "--quick", "--train-steps", "60", "--paths", "48",
+                                  "--out", str(out), "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert png.exists() and data["benchmark"] == "diffusion" and data["command"].startswith("mlem bench diffusion --quick --train-steps 60 --paths 48 ")
+    assert [p["problem"] for p in data["problems"]] == ["gaussian", "mixture"]
+    for p in data["problems"]:
+        assert set(p) >= {"gamma", "runs", "fronts", "fronts_seconds", "table", "deltas", "ladder", "metric"}
+        assert set(p["fronts"]) == {"em_top", "ddpm_top", "ddim_top", "dpmpp_top", "tstitch_em", "tstitch_dpmpp",
+                                    "mlem_em", "mlem_dpmpp"}
+        for run in p["runs"]:
+            assert math.isfinite(run["error"]) and run["error"] >= 0 and run["cost"] > 0
+            if run["method"].endswith("_top"):
+                assert run["cost"] == pytest.approx(run["steps"])  # one top-model evaluation per step
+            elif run["method"].startswith("mlem"):
+                c = p["ladder"]["costs_flops"]
+                assert run["cost"] >= run["steps"] * c[0] / c[-1] * (1 - 1e-9)  # level 1 runs at every step
+        for row in p["table"]:
+            assert set(row["cost"]) == set(p["fronts"])
+    gauss = data["problems"][0]
+    em = sorted((r["steps"], r["error"]) for r in gauss["runs"] if r["method"] == "em_top")
+    assert em[0][1] > em[-1][1], f"EM error should fall with more steps: {em}"
+    assert "ML-EM" in r.output and "DPM-Solver++" in r.output
