@@ -202,3 +202,19 @@ def test_kid_is_unbiased_near_zero_for_data_and_large_for_noise(digits):
     assert noise["kid"] > 50 * abs(same["kid"]) and noise["sliced_wasserstein"] > 5 * same["sliced_wasserstein"]
     f = torch.randn(50, 8, generator=g)
     assert kid_unbiased(f, f + 0.0) < kid_unbiased(f, f + 1.0)
+
+
+def test_bench_summary_uses_paired_standard_errors():
+    from multilevel_em.bench.images import _summary
+
+    def run(method, cost, chunks, **knob):
+        return {"method": method, **knob, "steps_run": knob.get("steps", 10), "top_equivalents": cost,
+                "wall_seconds_per_sample": cost / 1000, "kid": sum(chunks) / len(chunks), "kid_se": 1.0,
+                "kid_chunks": chunks}
+
+    ref = run("em", 1000, [10.0, 30.0, 20.0, 40.0], steps=1000)
+    close = run("mlem", 100, [11.0, 31.0, 21.0, 41.0], budget=100)  # +1 everywhere: se 0, diff 1 > 0: refused
+    noisy = run("mlem", 200, [12.0, 28.0, 23.0, 41.0], budget=200)  # diff +1 with a paired se of ~1.2: accepted
+    s = _summary([ref, close, noisy])
+    assert s["mlem"]["budget"] == 200 and s["mlem"]["cost_ratio"] == pytest.approx(5.0)
+    assert s["em"] is None

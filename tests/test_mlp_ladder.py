@@ -132,3 +132,15 @@ def test_bench_diffusion_quick(tmp_path):
     em = sorted((r["steps"], r["error"]) for r in gauss["runs"] if r["method"] == "em_top")
     assert em[0][1] > em[-1][1], f"EM error should fall with more steps: {em}"
     assert "ML-EM" in r.output and "DPM-Solver++" in r.output
+
+
+def test_bench_diffusion_records_the_command(monkeypatch):
+    import multilevel_em.bench.diffusion as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.append(kw["command"]))
+    for args, expected in (([], "mlem bench diffusion"),
+                           (["--seed", "3", "--paths", "64"], "mlem bench diffusion --paths 64 --seed 3")):
+        r = CliRunner().invoke(main, ["bench", "diffusion", *args])
+        assert r.exit_code == 0, r.output
+        assert seen[-1] == expected

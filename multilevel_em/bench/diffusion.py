@@ -324,6 +324,9 @@ def table_lines(results: Dict) -> List[str]:
             sp = [_fmt(row[f"{ml}_speedup_vs_{ref}"]) for ml in ("mlem_em", "mlem_dpmpp") for ref in ("em_top", "best_single")]
             lines.append(f"  {row['error']:>9.3g} {cells}  {sp[0]}x / {sp[1]}x; {sp[2]}x / {sp[3]}x"
                          f" (best single: {LABELS.get(row['best_single'], 'none')}; target {row['target']})")
+        if r.get("table_mmd2"):
+            lines.append("  MMD^2 (Gaussian kernel, fixed bandwidth) barely sees rare far outliers, such as ML-EM's "
+                         "blow-ups at small rates: read these rows with the SW rows above")
         for row in r.get("table_mmd2", []):
             cells = " ".join(f"{_fmt(row['cost'][m]):>14}" for m in LABELS)
             lines.append(f"  {row['mmd2']:>9.2g} {cells}  (MMD^2 target {row['target']})")

@@ -111,7 +111,7 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, seed, scale, threads,
     with tqdm(desc=f"sample {method}", unit="step") as bar:
         try:
             result = pipe(n, method=method, steps=steps, budget=budget, generator=torch.Generator().manual_seed(seed),
-                          progress=bar.update)
+                          progress=bar)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
     directory = os.path.dirname(os.path.abspath(out))

@@ -82,9 +82,12 @@ def _command_line(ctx: click.Context, prefix: str) -> str:
     parts = [prefix]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if not isinstance(param, click.Option) or value == param.default or value is None:
+        if not isinstance(param, click.Option) or value is None or value is False:
             continue
-        parts.append(param.opts[0] if param.is_flag else f"{param.opts[0]} {value}")
+        if param.is_flag:
+            parts.append(param.opts[0])
+        elif ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT:
+            parts.append(f"{param.opts[0]} {value}")
     return " ".join(parts)
 
 

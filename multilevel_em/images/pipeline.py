@@ -249,7 +249,7 @@ class MultilevelPipeline:
             sampler: for "mlem" and "stitch": the sampling loop (``"em"`` default for mlem,
                 ``"ddim"`` for stitch; any of :data:`multilevel_em.diffusion.SAMPLERS`).
             draws: "mlem": ``"per_sample"`` or ``"shared"`` level draws.
-            progress: called with 1 after every step.
+            progress: called with 1 after every step; or a tqdm bar (its total is set to the step count).
         """
         if method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
@@ -306,10 +306,15 @@ class MultilevelPipeline:
                 steps = DEFAULT_STEPS[method]
         if progress is not None:
             inner = denoiser.set_step
+            bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
+            tick = bar.update if bar is not None else progress
 
             def set_step(h, index=None, steps=None, _inner=inner):
                 _inner(h, index=index, steps=steps)
-                progress(1)
+                if bar is not None and index == 0 and steps is not None:
+                    bar.total = steps
+                    bar.refresh()
+                tick(1)
 
             denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
         opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
