@@ -111,7 +111,7 @@ def test_conversions_and_drifts():
     torch.testing.assert_close(s.x0_to_eps(x0, x, t), eps)
     torch.testing.assert_close(s.eps_to_x0(eps, x, t), x0)
     torch.testing.assert_close(s.score_to_eps(s.eps_to_score(eps, t), t), eps)
-    b, sg = s.beta(t)[:, None], s.sigma(t)[:, None]
+    b = s.beta(t)[:, None]
     score = s.eps_to_score(eps, t)
     # f - g^2 score and f - g^2/2 score with f = -beta/2 x, g^2 = beta.
     torch.testing.assert_close(s.reverse_sde_drift(x, t, eps), -0.5 * b * x - b * score)
