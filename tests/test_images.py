@@ -218,3 +218,30 @@ def test_bench_summary_uses_paired_standard_errors():
     s = _summary([ref, close, noisy])
     assert s["mlem"]["budget"] == 200 and s["mlem"]["cost_ratio"] == pytest.approx(5.0)
     assert s["em"] is None
+
+
+def test_finished_level_restores_missing_weights_and_drops_stale_calibration(tmp_path, digits):
+    """A crash after a level's training state but before its sampling weights: the rerun
+    rewrites the weights instead of failing; training new weights removes an old calibration."""
+    kw = dict(widths=[4], iters=2, batch=4, save_every=2, loss_plot=False)
+    out = tmp_path / "l"
+    first = train_ladder(digits, str(out), **kw)
+    for f in (out / "level_1").iterdir():
+        if f.name.startswith("diffusion_pytorch_model") or f.name == "config.json":
+            f.unlink()
+    again = train_ladder(digits, str(out), **kw)
+    for wa, wb in zip(_weights(first), _weights(again)):
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    (out / "calibration.json").write_text("{}")
+    train_ladder(digits, str(out), **dict(kw, iters=3))  # resumes and trains one more iteration
+    assert not (out / "calibration.json").exists()
+
+
+def test_chunked_kid_needs_two_samples_per_chunk(digits):
+    from multilevel_em.bench.images import CHUNKS, _chunk_kids
+
+    clf = load_digit_classifier()
+    ref = clf.features(digits.x[:200])
+    assert len(_chunk_kids(clf, digits.x[:2 * CHUNKS + 3], ref)) == CHUNKS  # uneven sizes, none below 2
+    with pytest.raises(ValueError, match="at least"):
+        _chunk_kids(clf, digits.x[: 2 * CHUNKS - 1], ref)

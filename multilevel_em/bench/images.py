@@ -37,7 +37,9 @@ def _chunk_kids(clf, x, ref_feats, chunks: int = CHUNKS) -> List[float]:
     """KID of each of ``chunks`` disjoint, equal parts of the samples against the reference."""
     with torch.no_grad():
         f = clf.features(x.clamp(-1, 1))
-    return [kid_unbiased(p, ref_feats) for p in torch.chunk(f, chunks)]
+    if f.shape[0] < 2 * chunks:
+        raise ValueError(f"n: expected at least {2 * chunks} samples ({chunks} chunks of 2 or more), got {f.shape[0]}")
+    return [kid_unbiased(p, ref_feats) for p in torch.tensor_split(f, chunks)]
 
 
 def run_images_bench(

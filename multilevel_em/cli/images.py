@@ -148,7 +148,7 @@ def train_classifier_cmd(out, epochs, seed):
 @click.command("images")
 @click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
               help="A ladder folder (default: the shipped digits ladder).")
-@click.option("--n", "n", default=256, show_default=True, type=click.IntRange(min=8), help="Samples per run.")
+@click.option("--n", "n", default=256, show_default=True, type=click.IntRange(min=16), help="Samples per run.")
 @click.option("--quick", is_flag=True, help="A reduced sweep (n=64, fewer settings; a few minutes).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default="results/images.json", show_default=True, type=click.Path(dir_okay=False))

@@ -142,9 +142,13 @@ def train_ladder(
         index["training"]["command"] = command
     write_json_atomic(index_path, index)
 
+    trained = False
     for level, width in enumerate(widths):
-        _train_level(data, os.path.join(out, f"level_{level + 1}"), level, width, costs[level], iters, seed, batch,
-                     lr, ema_decay, save_every, schedule, shapes, progress)
+        trained |= _train_level(data, os.path.join(out, f"level_{level + 1}"), level, width, costs[level], iters, seed,
+                                batch, lr, ema_decay, save_every, schedule, shapes, progress)
+    stale = os.path.join(out, "calibration.json")
+    if trained and os.path.exists(stale):  # it describes the old weights
+        os.unlink(stale)
     if loss_plot:
         plot_losses(out)
     return load_ladder(out)
@@ -152,16 +156,20 @@ def train_ladder(
 
 def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, ema_decay, save_every, schedule,
                  shapes, progress):
-    torch.manual_seed(_seed(seed, level, 0xC0FFEE))
-    unet = build_unet(width, **shapes)
+    with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
+        torch.manual_seed(_seed(seed, level, 0xC0FFEE))
+        unet = build_unet(width, **shapes)
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
     start, losses = _resume(directory, unet, opt, ema)
     if start >= iters:
+        # Finished earlier; rewrite the sampling weights in case a crash came between the
+        # training state and them.
+        save_level(directory, unet, width, cost, schedule, state_dict=ema)
         if progress:
             progress(0)
-        return
+        return False
     x_all = data.x
     n, T = x_all.shape[0], schedule.num_train_timesteps
     alphas = schedule.alpha(schedule.time(torch.arange(T))).float()
@@ -195,6 +203,7 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
             _checkpoint(directory, unet, opt, ema, losses, done, width, cost, schedule)
         if progress:
             progress(1)
+    return True
 
 
 def _checkpoint(directory, unet, opt, ema, losses, iteration, width, cost, schedule):
@@ -206,10 +215,11 @@ def _checkpoint(directory, unet, opt, ema, losses, iteration, width, cost, sched
             tensors[f"optim.{i}.{key}"] = torch.as_tensor(v)
     tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
     os.makedirs(directory, exist_ok=True)
+    # Sampling weights first: the training state is what marks the iteration as done.
+    save_level(directory, unet, width, cost, schedule, state_dict=ema)
     save_tensors(os.path.join(directory, TRAIN_STATE + ".safetensors"), tensors, metadata={"iteration": str(iteration)})
     write_json_atomic(os.path.join(directory, TRAIN_STATE + ".json"),
                       {"iteration": iteration, "last_loss": losses[-1] if losses else None, "ema": ema is not None})
-    save_level(directory, unet, width, cost, schedule, state_dict=ema)
 
 
 def _resume(directory, unet, opt, ema):
