@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Iterable, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
+from .._fit import loglog_slope
 from .._io import write_json  # noqa: F401  (re-exported for the benchmarks)
 
 
@@ -28,18 +28,10 @@ def pareto_front(points: Iterable[Tuple[float, float]]) -> List[Tuple[float, flo
 
 
 def fit_slope(costs: Sequence[float], errors: Sequence[float]) -> Tuple[float, float]:
-    """Least-squares slope of log(cost) against log(1/error), with its standard error."""
-    x = np.log(1.0 / np.asarray(errors, dtype=float))
-    y = np.log(np.asarray(costs, dtype=float))
-    if len(x) < 3:
-        raise ValueError(f"fit_slope: expected at least 3 points, got {len(x)}")
-    A = np.vstack([x, np.ones_like(x)]).T
-    coef, res, *_ = np.linalg.lstsq(A, y, rcond=None)
-    resid = y - A @ coef
-    dof = max(len(x) - 2, 1)
-    s2 = float(resid @ resid) / dof
-    se = math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))
-    return float(coef[0]), se
+    """Least-squares slope of log(cost) against log(1/error), with its standard error (>= 3 points)."""
+    if len(costs) < 3:
+        raise ValueError(f"fit_slope: expected at least 3 points, got {len(costs)}")
+    return loglog_slope(costs, errors)
 
 
 class single_thread:

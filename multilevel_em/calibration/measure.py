@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .._fit import loglog_slope as _fit_gamma
 from ..engine import BrownianPath, Ladder, solve
 from .model import Calibration
 
@@ -134,24 +135,6 @@ def _flop_costs(ladder: Ladder, x: torch.Tensor, t: float) -> List[float]:
 
 
 # ----------------------------------------------------------------------------- gamma
-
-
-def _fit_gamma(costs: Sequence[float], errors: Sequence[float]):
-    """Least squares of log(cost) = gamma log(1/error) + c; returns (gamma, standard error).
-
-    The standard error is nan with exactly 2 points (the line goes through both).
-    """
-    x = np.log(1.0 / np.asarray(errors, dtype=np.float64))
-    y = np.log(np.asarray(costs, dtype=np.float64))
-    sxx = float(((x - x.mean()) ** 2).sum())
-    if sxx == 0.0:
-        raise ValueError("fitting gamma: the levels used for the fit all have the same error")
-    gamma = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
-    if len(x) < 3:
-        return gamma, math.nan
-    resid = y - (y.mean() + gamma * (x - x.mean()))
-    s2 = float(resid @ resid) / (len(x) - 2)
-    return gamma, math.sqrt(s2 / sxx)
 
 
 # ----------------------------------------------------------------------------- calibrate

@@ -25,10 +25,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
-from .._io import write_json
+from .._io import atomic_write, write_json
+from .._fit import loglog_slope
 from ..engine import Ladder
 from .schedule import VPSchedule, _as_time
 
@@ -155,8 +155,9 @@ class MLPLadder:
         os.makedirs(directory, exist_ok=True)
         for k, m in enumerate(self.models, start=1):
             tensors = {name: p.detach().contiguous().cpu() for name, p in m.state_dict().items()}
-            save_file(tensors, os.path.join(directory, f"level_{k}.safetensors"),
-                      metadata={"format": FORMAT, "level": str(k), "width": str(m.width)})
+            meta = {"format": FORMAT, "level": str(k), "width": str(m.width)}
+            atomic_write(os.path.join(directory, f"level_{k}.safetensors"),
+                         lambda tmp, t=tensors, md=meta: save_file(t, tmp, metadata=md))
         cfg = dict(self.config, format=FORMAT, version=VERSION, levels=len(self.models), widths=self.widths,
                    costs=self.costs, cost_unit="FLOPs per sample",
                    files=[f"level_{k}.safetensors" for k in range(1, len(self.models) + 1)])
@@ -292,16 +293,7 @@ def measure_gamma(mlp: MLPLadder, problem, **kw) -> Dict:
     errors = [eps_error(m, problem, **kw) for m in mlp.models]
     out = {"widths": mlp.widths, "costs": mlp.costs, "errors": errors, "gamma": None, "gamma_stderr": None}
     if len(errors) >= 3:
-        out["gamma"], out["gamma_stderr"] = _fit_slope(mlp.costs, errors)
+        out["gamma"], out["gamma_stderr"] = loglog_slope(mlp.costs, errors)
     return out
 
 
-def _fit_slope(costs: Sequence[float], errors: Sequence[float]):
-    """Least-squares slope of log(cost) against log(1/error) and its standard error (>= 3 points)."""
-    x = np.log(1.0 / np.asarray(errors, dtype=float))
-    y = np.log(np.asarray(costs, dtype=float))
-    A = np.vstack([x, np.ones_like(x)]).T
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    resid = y - A @ coef
-    s2 = float(resid @ resid) / max(len(x) - 2, 1)
-    return float(coef[0]), math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))

@@ -20,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .._io import atomic_write, write_json
 from ..diffusion import DiffusersUNetAdapter, VPSchedule
 from ..engine import Ladder
 
@@ -97,36 +97,11 @@ def unet_flops(unet, sample_size: int, channels: int) -> float:
 # ----------------------------------------------------------------------------- atomic files
 
 
-def atomic_write_bytes(path: str, write) -> None:
-    """Write through ``write(tmp_path)`` then rename over ``path``: a crash leaves the old file intact."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str, data) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-
-    atomic_write_bytes(path, w)
-
-
 def save_tensors(path: str, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_json(path: str) -> Dict:
@@ -224,7 +199,7 @@ class UNetLadder:
         """Write the folder layout of the module docstring (weights and configs only; no training state)."""
         for k, u in enumerate(self.unets):
             save_level(os.path.join(directory, f"level_{k + 1}"), u, self.widths[k], self.costs[k], self.schedule)
-        write_json_atomic(os.path.join(directory, INDEX), self.index())
+        write_json(os.path.join(directory, INDEX), self.index())
 
     def __repr__(self) -> str:
         return f"UNetLadder(widths={self.widths}, {self.channels}x{self.sample_size}x{self.sample_size})"
@@ -242,7 +217,7 @@ def unet_config(unet, width: int, cost: float, schedule: VPSchedule) -> Dict:
 
 def save_level(directory: str, unet, width: int, cost: float, schedule: VPSchedule, state_dict=None) -> None:
     """Write ``config.json`` and the sampling weights (``state_dict`` or the UNet's own) of one level."""
-    write_json_atomic(os.path.join(directory, UNET_CONFIG), unet_config(unet, width, cost, schedule))
+    write_json(os.path.join(directory, UNET_CONFIG), unet_config(unet, width, cost, schedule))
     save_tensors(os.path.join(directory, WEIGHTS), state_dict if state_dict is not None else unet.state_dict(),
                  metadata={"format": "pt"})
 

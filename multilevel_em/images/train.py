@@ -22,6 +22,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from .._io import write_json
 from ..diffusion import VPSchedule
 from .data import ImageData
 from .ladder import (
@@ -36,7 +37,6 @@ from .ladder import (
     save_tensors,
     schedule_to_dict,
     unet_flops,
-    write_json_atomic,
 )
 
 __all__ = ["train_ladder", "plot_losses", "TRAIN_STATE"]
@@ -140,7 +140,7 @@ def train_ladder(
     index["training"] = dict(settings, iters=int(iters))
     if command:
         index["training"]["command"] = command
-    write_json_atomic(index_path, index)
+    write_json(index_path, index)
 
     trained = False
     for level, width in enumerate(widths):
@@ -218,7 +218,7 @@ def _checkpoint(directory, unet, opt, ema, losses, iteration, width, cost, sched
     # Sampling weights first: the training state is what marks the iteration as done.
     save_level(directory, unet, width, cost, schedule, state_dict=ema)
     save_tensors(os.path.join(directory, TRAIN_STATE + ".safetensors"), tensors, metadata={"iteration": str(iteration)})
-    write_json_atomic(os.path.join(directory, TRAIN_STATE + ".json"),
+    write_json(os.path.join(directory, TRAIN_STATE + ".json"),
                       {"iteration": iteration, "last_loss": losses[-1] if losses else None, "ema": ema is not None})
 
 
