@@ -8,6 +8,7 @@ import sys
 import time
 
 import click
+import numpy as np
 
 
 def _int_list(name: str, text: str) -> list:
@@ -81,21 +82,81 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
 @click.option("--ladder", "ladder_path", required=True, type=click.Path(file_okay=False, exists=True),
               help="A ladder folder (from `mlem train` or save_pretrained).")
 @click.option("--method", type=click.Choice(["mlem", "em", "ddim", "dpmpp_2m", "stitch"]), default="mlem", show_default=True)
-@click.option("--n", "n", default=64, show_default=True, type=click.IntRange(min=1), help="Number of images.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The image grid (PNG); the cost report goes to OUT.json.")
+@click.option("--n", "n", default=64, show_default=True, type=int, help="Number of images (>= 1).")
+@click.option("--out", required=True, type=click.Path(),
+              help="A folder of shards (a sampling job, resumable), or a file ending in .png for one image grid "
+                   "(its cost report goes to OUT.json).")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Steps (default: the method's or the plan's).")
 @click.option("--budget", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Cost per sample in top-level equivalents (mlem: plans levels, steps and rates).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--rates", default=None,
+              help="mlem: comma-separated rates lambda_2..lambda_K per unit of diffusion time (with --steps), "
+                   "instead of a planned budget.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Sample i's random numbers are keyed by (seed, i), whatever the batch or worker.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Samples per batch (per shard for a job folder).")
+@click.option("--ray", "ray_address", default=None,
+              help="Run the job on Ray: 'local' (start a local instance), 'auto' or HOST:PORT (join a cluster). "
+                   "Needs pip install 'multilevel-em[distributed]'.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: all CPUs).")
+@click.option("--png", "write_png", is_flag=True, help="Job folder: also write one PNG per sample under OUT/png.")
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(min=1), help="Upscale the grid by this factor.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def sample_cmd(ladder_path, method, n, out, steps, budget, seed, scale, threads, overwrite):
-    """Sample N images from a UNet ladder; write an image grid and a JSON cost report next to it."""
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="torch threads (grid only; job workers use 1 each).")
+@click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
+def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, write_png, scale,
+               threads, overwrite):
+    """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
+    into one image grid when OUT ends in .png."""
+    if n < 1:
+        raise click.BadParameter(f"expected the number of images, an int >= 1, got {n}", param_hint="--n")
+    if rates is not None:
+        from .main import _parse_floats
+
+        rates = _parse_floats("--rates", rates)
+        if any(r < 0 for r in rates):
+            raise click.BadParameter(f"expected rates >= 0, got {rates}", param_hint="--rates")
+    if out.lower().endswith(".png"):
+        for flag, value in (("--ray", ray_address), ("--workers", workers), ("--png", write_png or None)):
+            if value is not None:
+                raise click.BadParameter("only for a job folder; OUT ends in .png (one image grid)", param_hint=flag)
+        _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, scale, threads, overwrite)
+    else:
+        if overwrite:
+            raise click.BadParameter("a job folder is resumed, never overwritten; delete it or choose another "
+                                     "folder to start over", param_hint="--overwrite")
+        if workers is not None and ray_address is None:
+            raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
+        _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, write_png)
+
+
+def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, write_png):
+    from ..images import CheckpointError
+    from ..jobs import JobError, SamplingJob, run_job
+
+    try:
+        job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
+                          steps=steps, budget=budget, rates=rates, png=write_png)
+        report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
+    except (JobError, CheckpointError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    tput = report["throughput_samples_per_second"]
+    click.echo(f"{method}: {report['samples']} samples in {report['shards']} shards, {report['steps']} steps, "
+               f"{report['top_equivalents_per_sample']:.4g} top-level equivalents per sample; "
+               f"{report['computed_this_run']} computed in this run on {report['executor']}"
+               + (f", {tput:.3g} samples/s" if tput else ""))
+    for lv in report["levels"]:
+        click.echo(f"  level {lv['level']}: {lv['evaluations_per_sample']:.4g} evaluations per sample")
+    click.echo(f"wrote {out}")
+
+
+def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, scale, threads, overwrite):
     import torch
     from tqdm import tqdm
 
-    from ..bench.common import write_json
+    from .._io import atomic_write, write_json
+    from ..engine import sample_generators
     from ..images import CheckpointError, MultilevelPipeline, image_grid
 
     report_path = os.path.splitext(out)[0] + ".json"
@@ -108,18 +169,33 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, seed, scale, threads,
         pipe = MultilevelPipeline.from_pretrained(ladder_path)
     except (CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    with tqdm(desc=f"sample {method}", unit="step") as bar:
-        try:
-            result = pipe(n, method=method, steps=steps, budget=budget, generator=torch.Generator().manual_seed(seed),
-                          progress=bar)
-        except ValueError as e:
-            raise click.ClickException(str(e)) from None
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    image_grid(result.images, scale=scale).save(out)
-    report = dict(result.report, ladder=os.fspath(ladder_path), seed=seed, command=_command_line(), grid=os.fspath(out))
+    images, reports = [], []
+    with tqdm(total=n, desc=f"sample {method}", unit="img") as bar:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            try:
+                result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
+                              generator=sample_generators(seed, range(start, stop)))
+            except ValueError as e:
+                raise click.ClickException(str(e)) from None
+            images.append(result.images)
+            reports.append(result.report)
+            bar.update(stop - start)
+    r = dict(reports[0])
+    r["n"] = n
+    r["levels"] = [dict(lv, evaluations_per_sample=sum(rep["levels"][j]["evaluations_per_sample"] * rep["n"]
+                                                       for rep in reports) / n,
+                        top_equivalents=sum(rep["levels"][j]["top_equivalents"] * rep["n"] for rep in reports) / n)
+                   for j, lv in enumerate(r["levels"])]
+    for key in ("top_equivalents_per_sample", "flops_per_sample"):
+        r[key] = sum(rep[key] * rep["n"] for rep in reports) / n
+    r["wall_seconds"] = wall = sum(rep["wall_seconds"] for rep in reports)
+    r["wall_seconds_per_sample"] = wall / n
+    grid = image_grid(np.concatenate(images), scale=scale)
+    atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
+    report = dict(r, ladder=os.fspath(ladder_path), seed=seed, batch_size=batch_size, command=_command_line(),
+                  grid=os.fspath(out))
     write_json(report_path, report)
-    r = result.report
     click.echo(f"{method}: {r['steps']} steps, {r['top_equivalents_per_sample']:.4g} top-level equivalents per sample, "
                f"{r['wall_seconds']:.2f} s wall-clock")
     for lv in r["levels"]:

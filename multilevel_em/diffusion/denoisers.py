@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..engine import Ladder, LevelEvaluator, evaluate_rates, telescoping_estimate
+from ..engine.random import check_generators, is_per_sample
 from .schedule import VPSchedule
 
 __all__ = ["DiffusersUNetAdapter", "MultilevelDenoiser", "TStitchDenoiser", "as_eps_model"]
@@ -187,7 +188,9 @@ class MultilevelDenoiser(_LadderDenoiser):
         rates: lambda_2..lambda_K per unit of continuous time: numbers or callables of t (K - 1 of them).
         draws: ``"per_sample"`` (each row draws its own B's) or ``"shared"`` (one draw per call).
         generator: for the Bernoulli draws (keep it apart from the sampler's noise generator to
-            compare runs on the same noise); None uses torch's global generator.
+            compare runs on the same noise); None uses torch's global generator; a list of
+            generators (one per sample, ``draws="per_sample"``) draws row b from ``generator[b]``,
+            so a sample's draws do not depend on the batch it is in.
         schedule: gives T to the adapter that wraps diffusers models.
         names: level names for messages.
         check_finite: raise ``FloatingPointError`` naming the level that produced NaN or Inf.
@@ -212,8 +215,9 @@ class MultilevelDenoiser(_LadderDenoiser):
         K = len(self.ladder)
         if draws not in ("per_sample", "shared"):
             raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        check_generators(generator)
+        if is_per_sample(generator) and draws == "shared":
+            raise ValueError("generator: a list of per-sample generators needs draws='per_sample'")
         if rates is None:
             if K > 1:
                 raise ValueError(

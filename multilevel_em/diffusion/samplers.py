@@ -27,6 +27,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..engine import BrownianPath
+from ..engine.random import check_generators, is_per_sample, randn
 from .denoisers import MultilevelDenoiser, TStitchDenoiser, _LadderDenoiser
 from .schedule import VPSchedule
 
@@ -133,7 +134,10 @@ def sample(
         steps: number of steps (one denoiser evaluation each).
         sampler: one of ``"em"``, ``"ddpm"``, ``"ddim"``, ``"euler_ode"``, ``"dpmpp_2m"``.
         generator: for the sampler's noise ("em"'s Brownian path, the schedulers' variance
-            noise). The MultilevelDenoiser's level draws use its own generator.
+            noise); or a list of generators, one per sample (diffusers' convention): row b's
+            noise then comes from ``generator[b]`` alone ("em" draws its increments
+            step by step, without a BrownianPath). The MultilevelDenoiser's level draws use
+            its own generator.
         t_min: where "em" and "euler_ode" stop (their drifts are singular at t = 0).
 
     Options (``**opts``):
@@ -169,8 +173,11 @@ def sample(
         raise ValueError("x_T: expected a floating tensor of shape (batch, ...)")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    check_generators(generator, x_T.shape[0])
+    if is_per_sample(generator):
+        if opts.get("noise") is not None:
+            raise ValueError("noise: a shared BrownianPath and per-sample generators exclude each other; give one")
+        generator = list(generator)  # diffusers' schedulers take per-sample generators as a list
 
     force = bool(opts.pop("force", False))
     # Explicit clip_sample / thresholding win over scheduler_config's.
@@ -208,7 +215,9 @@ def _run_continuous(model, x, schedule: VPSchedule, steps, sampler, generator, t
     h = (t_max - t_min) / steps
     grid = [t_max - n * h for n in range(steps)] + [t_min]
     noise = None
-    if sampler == "em":
+    if sampler == "em" and is_per_sample(generator):
+        noise = _PerSampleIncrements(generator, x)
+    elif sampler == "em":
         noise = opts.pop("noise", None)
         if noise is None:
             depth = max(1, math.ceil(math.log2(steps)) + 1)  # grid times in distinct leaves: exact Brownian law
@@ -234,6 +243,17 @@ def _run_continuous(model, x, schedule: VPSchedule, steps, sampler, generator, t
         else:
             x = x + (t - t_next) * 0.5 * beta * (x - eps / sigma)
     return x, torch.tensor(grid[:-1], dtype=torch.float64)
+
+
+class _PerSampleIncrements:
+    """Brownian increments drawn step by step, row b from ``generators[b]`` (exact law on any grid)."""
+
+    def __init__(self, generators, x: torch.Tensor):
+        self.generators, self.shape, self.dtype, self.device = generators, tuple(x.shape), x.dtype, x.device
+
+    def increment(self, s: float, t: float) -> torch.Tensor:
+        z = randn(self.shape, self.generators, dtype=self.dtype, device=self.device)
+        return math.sqrt(t - s) * z
 
 
 # ----------------------------------------------------------------------------- diffusers-driven samplers

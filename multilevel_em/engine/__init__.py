@@ -5,9 +5,10 @@ Knows nothing of calibration, diffusion models or the command line.
 
 from .brownian import BrownianPath
 from .ladder import Drift, Ladder
+from .random import rand, randn, sample_generators
 from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, telescoping_estimate
 
 __all__ = [
-    "BrownianPath", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "solve",
-    "telescoping_estimate",
+    "BrownianPath", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
+    "sample_generators", "solve", "telescoping_estimate",
 ]

@@ -26,6 +26,7 @@ import torch
 
 from .brownian import BrownianPath
 from .ladder import Ladder
+from .random import Generators, check_generators, is_per_sample, rand
 
 __all__ = ["solve", "Solution", "Rate", "resolve_diffusion", "evaluate_rates", "LevelEvaluator", "telescoping_estimate"]
 
@@ -235,7 +236,7 @@ _DRAWS_PER_CHUNK = 1 << 20
 
 
 def _plan_draws(
-    probs: List[List[float]], batch: int, draws: str, generator: Optional[torch.Generator], device: torch.device
+    probs: List[List[float]], batch: int, draws: str, generator: Generators, device: torch.device
 ) -> List[tuple]:
     """Draw B_{n,l} ~ Bernoulli(p_{n,l}) for a run of steps; per step, return (fired, needed).
 
@@ -245,11 +246,16 @@ def _plan_draws(
     where correction K fired), each as None (no row), ``_ALL`` or an increasing index tensor.
     The draws do not depend on the state, so drawing a run of steps at once has the same law
     as drawing step by step, and costs one random call and one host sync per run instead of
-    several per step.  Uniforms are float64 so that P(u < p) = p to 2^-53.
+    several per step.  Uniforms are float64 so that P(u < p) = p to 2^-53.  With per-sample
+    generators (a list, ``draws="per_sample"``) row b's uniforms come from ``generator[b]``.
     """
     C, K1 = len(probs), len(probs[0])
     W = 2 * K1 - 1  # per step: K1 fired masks, then K1 - 1 masks of the levels 2..K-1
-    gen_device = generator.device if generator is not None else device
+    if is_per_sample(generator):
+        if draws == "shared":
+            raise ValueError("draws='shared' draws once for the whole batch: it cannot use per-sample generators")
+        check_generators(generator, batch)
+    gen_device = generator.device if isinstance(generator, torch.Generator) else device
     pieces = None
     if draws == "shared" or batch == 0:
         u = torch.rand((C, K1), generator=generator, device=gen_device, dtype=torch.float64).tolist()
@@ -258,7 +264,10 @@ def _plan_draws(
             f = [un[k] < pn[k] for k in range(K1)]
             counts.append([batch if b else 0 for b in f] + [batch if f[k] or f[k + 1] else 0 for k in range(K1 - 1)])
     else:
-        u = torch.rand((C, K1, batch), generator=generator, device=gen_device, dtype=torch.float64)
+        if is_per_sample(generator):
+            u = rand((batch, C, K1), generator, dtype=torch.float64, device=gen_device).permute(1, 2, 0)
+        else:
+            u = torch.rand((C, K1, batch), generator=generator, device=gen_device, dtype=torch.float64)
         p = torch.tensor(probs, dtype=torch.float64, device=gen_device).unsqueeze(2)
         fired = (u < p).to(device)
         mask = torch.cat([fired, fired[:, :-1] | fired[:, 1:]], dim=1)  # (C, W, batch)
@@ -331,7 +340,7 @@ def telescoping_estimate(
     probs: Sequence[float],
     *,
     draws: str = "per_sample",
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     check_finite: bool = True,
 ) -> torch.Tensor:
     """One draw of the ML-EM estimate f^1 + sum_{l=2..K} (B_l / p_l)(f^l - f^{l-1}) at (x, t).
@@ -339,7 +348,9 @@ def telescoping_estimate(
     The building block of :func:`solve`, public for integrators that are not EM (diffusion
     samplers): ``probs[l - 2]`` is p_l in [0, 1] for l = 2..K; the levels are evaluated through
     ``evaluator`` (which counts them), each needed level once, on the rows that need it with
-    ``draws="per_sample"``. Shape of the result: ``x.shape``.
+    ``draws="per_sample"``. ``generator``: None, a ``torch.Generator``, or (per-sample draws)
+    one generator per row of ``x`` (see :mod:`multilevel_em.engine.random`). Shape of the
+    result: ``x.shape``.
     """
     probs = [float(p) for p in probs]
     if len(probs) != len(evaluator.ladder) - 1:

@@ -30,7 +30,8 @@ import torch
 
 from ..calibration import Calibration, calibrate
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
-from ..engine import Ladder
+from ..engine import Ladder, randn
+from ..engine.random import Generators, check_generators, is_per_sample
 from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
@@ -41,6 +42,20 @@ DEFAULT_STEPS = {"em": 250, "ddim": 50, "dpmpp_2m": 20, "stitch": 50}
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
+
+
+def _derived(generator: Optional[torch.Generator]) -> tuple:
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+
+
+def _split_generator(generator: Generators, batch_size: int) -> tuple:
+    """Two independent streams from ``generator``: (noise, level draws); per sample for a list."""
+    check_generators(generator, batch_size)
+    if not is_per_sample(generator):
+        return _derived(generator)
+    pairs = [_derived(g) for g in generator]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 class ReverseTimeRate:
@@ -224,7 +239,7 @@ class MultilevelPipeline:
         steps: Optional[int] = None,
         rates: Optional[Sequence] = None,
         budget: Optional[float] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: Generators = None,
         sampler: Optional[str] = None,
         fractions: Optional[Sequence[float]] = None,
         draws: str = "per_sample",
@@ -245,7 +260,11 @@ class MultilevelPipeline:
             budget: cost per sample in top-level equivalents: "mlem" plans levels, steps and rates
                 with the stored calibration; the one-model methods take ``floor(budget)`` steps.
                 Default for "mlem" without rates: 100.
-            generator: seeds the initial noise, the sampler noise and the level draws.
+            generator: seeds the initial noise, the sampler noise and the level draws; or a list
+                of ``batch_size`` generators, one per image (diffusers' convention): image b's
+                random numbers then come from ``generator[b]`` alone, whatever the batch
+                (:func:`multilevel_em.engine.sample_generators` keys them by (seed, index);
+                needs ``draws="per_sample"``).
             sampler: for "mlem" and "stitch": the sampling loop (``"em"`` default for mlem,
                 ``"ddim"`` for stitch; any of :data:`multilevel_em.diffusion.SAMPLERS`).
             draws: "mlem": ``"per_sample"`` or ``"shared"`` level draws.
@@ -263,10 +282,8 @@ class MultilevelPipeline:
             raise ValueError(f"sampler: method={method!r} is its own sampler; sampler= is for 'mlem' and 'stitch'")
         L = self.ladder
         models = L.eps_models()
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        g_noise = torch.Generator().manual_seed(seed)
-        g_draws = torch.Generator().manual_seed(seed + 1)
-        x_T = torch.randn((batch_size, *L.shape), generator=g_noise)
+        g_noise, g_draws = _split_generator(generator, batch_size)
+        x_T = randn((batch_size, *L.shape), g_noise)
         plan = None
         levels = list(range(len(L)))
         if method == "mlem":

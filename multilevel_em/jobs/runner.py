@@ -1,0 +1,390 @@
+"""Run a :class:`SamplingJob` in this process or on Ray; resume after an interruption.
+
+    from multilevel_em.jobs import SamplingJob, run_job
+    job = SamplingJob(ladder="multilevel_em/images/pretrained/digits", n=50_000, batch_size=256,
+                      seed=0, method="mlem", budget=100, out="samples/")
+    report = run_job(job)                       # one process
+    report = run_job(job, ray="local", workers=2)   # a local Ray instance with 2 workers
+    report = run_job(job, ray="10.0.0.5:6379")      # join a running cluster
+
+The driver (this process) owns the output folder: it writes ``job.json``, receives each
+finished shard from a worker and writes it atomically (temporary file, then rename), so
+workers need no shared file system, and a crash anywhere leaves only complete shards.
+Each worker (a :class:`ShardWorker`; on Ray an actor) loads the ladder once, from the bytes the
+driver put in Ray's object store, and samples shards with one torch thread.  A worker process
+that dies mid-shard is restarted and the shard retried (``max_restarts``/``max_task_retries``);
+the shard's samples do not depend on which worker computes it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+
+from .._io import atomic_write, write_json
+from .job import JOB_FILE, REPORT_FILE, JobError, SamplingJob, png_path, read_ladder_bundle, shard_path
+
+__all__ = ["ShardWorker", "run_job", "completed_shards", "load_samples"]
+
+#: Fault injection for tests: with MLEM_JOBS_CRASH_DIR set, a worker exits abruptly (as if
+#: killed) the first time it starts each shard listed in MLEM_JOBS_CRASH_SHARDS (comma-separated);
+#: a marker file in MLEM_JOBS_CRASH_DIR records the crash, so the retry goes through.
+CRASH_DIR_ENV, CRASH_SHARDS_ENV = "MLEM_JOBS_CRASH_DIR", "MLEM_JOBS_CRASH_SHARDS"
+
+
+def _maybe_crash(k: int) -> None:
+    directory = os.environ.get(CRASH_DIR_ENV)
+    shards = os.environ.get(CRASH_SHARDS_ENV, "")
+    if not directory or str(k) not in [s.strip() for s in shards.split(",")]:
+        return
+    try:
+        fd = os.open(os.path.join(directory, f"crashed-{k}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os._exit(137)  # no cleanup, no exception: like SIGKILL
+
+
+class ShardWorker:
+    """Samples shards of one job; loads the ladder once.
+
+    Args:
+        job: the :class:`SamplingJob` (its ``out`` is not used here).
+        bundle: ``{relative path: bytes}`` of the ladder's files (:func:`read_ladder_bundle`);
+            None loads ``job.ladder`` from this machine's disk.
+    """
+
+    def __init__(self, job: SamplingJob, bundle: Optional[Dict[str, bytes]] = None):
+        import torch
+
+        from ..images import MultilevelPipeline
+
+        self.job = job
+        torch.set_num_threads(1)  # the same numerics on every worker; small UNets gain nothing from threads
+        if bundle is None:
+            self.pipe = MultilevelPipeline.from_pretrained(job.ladder)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mlem-ladder-") as tmp:
+                for rel, data in bundle.items():
+                    os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+                    with open(os.path.join(tmp, rel), "wb") as f:
+                        f.write(data)
+                self.pipe = MultilevelPipeline.from_pretrained(tmp)
+
+    def run(self, k: int) -> Dict:
+        """Sample shard ``k``: returns its arrays (see :mod:`multilevel_em.jobs.job`) and ``shard``."""
+        import torch
+
+        from ..engine import sample_generators
+
+        _maybe_crash(k)
+        start, stop = self.job.shard_range(k)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            out = self.pipe(stop - start, generator=sample_generators(self.job.seed, range(start, stop)),
+                            **self.job.pipeline_kwargs())
+            wall = time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(threads)
+        r = out.report
+        return {
+            "shard": k,
+            "x": out.x.detach().float().cpu().numpy(),
+            "images": np.round(out.images * 255).astype(np.uint8),
+            "indices": np.arange(start, stop, dtype=np.int64),
+            "evaluations": np.array([lv["evaluations_per_sample"] * (stop - start) for lv in r["levels"]]),
+            "level_numbers": np.array([lv["level"] for lv in r["levels"]], dtype=np.int64),
+            "top_equivalents": np.float64(r["top_equivalents_per_sample"] * (stop - start)),
+            "wall_seconds": np.float64(wall),
+            "steps": np.int64(r["steps"]),
+        }
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+_SHARD_KEYS = ("x", "images", "indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
+
+
+def _read_shard(job: SamplingJob, path: str, k: int) -> Optional[Dict]:
+    """The shard's arrays if the file is a complete shard ``k`` of ``job``, else None."""
+    try:
+        with np.load(path) as z:
+            data = {key: z[key] for key in _SHARD_KEYS}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    start, stop = job.shard_range(k)
+    if not np.array_equal(data["indices"], np.arange(start, stop)) or data["x"].shape[0] != stop - start:
+        return None
+    return data
+
+
+def completed_shards(job: SamplingJob) -> List[int]:
+    """Indices of the shards already complete in ``job.out``."""
+    return [k for k in range(job.n_shards) if os.path.exists(shard_path(job.out, k))
+            and _read_shard(job, shard_path(job.out, k), k) is not None]
+
+
+def load_samples(out: str) -> Dict[str, np.ndarray]:
+    """All complete shards of the job in ``out``, concatenated in sample order: ``x``, ``images``,
+    ``indices``.  Raises :class:`JobError` if the folder holds no job."""
+    manifest = _read_manifest(out)
+    if manifest is None:
+        raise JobError(f"{out}: no {JOB_FILE}; not a sampling job folder")
+    parts = {"x": [], "images": [], "indices": []}
+    for path in sorted(glob.glob(os.path.join(os.fspath(out), "shard-*.npz"))):
+        with np.load(path) as z:
+            for key in parts:
+                parts[key].append(z[key])
+    if not parts["x"]:
+        raise JobError(f"{out}: no complete shard yet")
+    return {key: np.concatenate(v) for key, v in parts.items()}
+
+
+def _read_manifest(out: str) -> Optional[Dict]:
+    import json
+
+    path = os.path.join(os.fspath(out), JOB_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise JobError(f"{path}: unreadable ({e}); not resuming into {out}") from None
+
+
+def _prepare_folder(job: SamplingJob, manifest: Dict) -> None:
+    """Create ``job.out`` with its job.json, or check that it holds this same job."""
+    out = os.fspath(job.out)
+    old = _read_manifest(out)
+    if old is None:
+        if os.path.isdir(out) and os.listdir(out):
+            raise JobError(f"out: {out} exists and is not empty, but holds no {JOB_FILE}; choose another folder")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise JobError(f"out: {out} exists and is not a folder")
+        write_json(os.path.join(out, JOB_FILE), manifest)
+        return
+    if old.get("fingerprint") != manifest["fingerprint"]:
+        before, now = old.get("job", {}), manifest["job"]
+        changed = sorted(k for k in set(before) | set(now) if k != "ladder" and before.get(k) != now.get(k))
+        what = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed) or "its fingerprint"
+        raise JobError(
+            f"out: {out} holds a different job ({what}); refusing to resume into it. Use another folder, "
+            "or delete this one to start over."
+        )
+
+
+def _clean_temporaries(out: str) -> None:
+    """Remove temporary files that a killed run left behind (never complete shards)."""
+    for tmp in glob.glob(os.path.join(out, ".*.tmp")) + glob.glob(os.path.join(out, "png", ".*.tmp")):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _write_shard(job: SamplingJob, result: Dict) -> None:
+    """PNGs first (if asked), then the shard file: its presence marks the shard complete."""
+    if job.png:
+        from ..images.pipeline import to_pil
+
+        for i, im in zip(result["indices"].tolist(), to_pil(result["images"].astype(np.float32) / 255)):
+            atomic_write(png_path(job.out, i), lambda tmp, im=im: im.save(tmp, format="PNG"))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{key: result[key] for key in _SHARD_KEYS})
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(shard_path(job.out, result["shard"]), write)
+
+
+# ----------------------------------------------------------------------------- executors
+
+def _run_local(job: SamplingJob, pending: List[int]) -> Iterator[Dict]:
+    worker = ShardWorker(job)
+    for k in pending:
+        yield worker.run(k)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, before anything is written, if nothing listens at a Ray address host:port."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise JobError(f"ray: expected 'local', 'auto' or an address HOST:PORT (or ray://HOST:PORT), got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise JobError(f"ray: cannot reach a Ray cluster at {address} ({e}); nothing was written") from None
+
+
+def _ray_init(address: str, workers: Optional[int]):
+    try:
+        import ray
+    except ImportError:
+        raise JobError("ray: Ray is not installed: pip install 'multilevel-em[distributed]'") from None
+    if ray.is_initialized():
+        return ray, False
+    env = {k: os.environ[k] for k in (CRASH_DIR_ENV, CRASH_SHARDS_ENV) if k in os.environ}
+    kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+    try:
+        if address == "local":
+            ray.init(num_cpus=workers or os.cpu_count() or 1, **kw)
+        else:
+            ray.init(address=address, **kw)
+    except Exception as e:  # Ray raises ConnectionError, RuntimeError, ... depending on the address
+        raise JobError(f"ray: cannot connect to {address}: {e}") from None
+    return ray, True
+
+
+def _run_ray(job: SamplingJob, pending: List[int], bundle: Dict[str, bytes], ray_mod, workers: int) -> Iterator[Dict]:
+    from ray.util import ActorPool
+
+    remote = ray_mod.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(ShardWorker)
+    bundle_ref = ray_mod.put(bundle)
+    actors = [remote.remote(job, bundle_ref) for _ in range(max(1, min(workers, len(pending))))]
+    pool = ActorPool(actors)
+    for k in pending:
+        pool.submit(lambda actor, k: actor.run.remote(k), k)
+    try:
+        while pool.has_next():
+            yield pool.get_next_unordered()
+    finally:
+        for a in actors:
+            ray_mod.kill(a)
+
+
+# ----------------------------------------------------------------------------- the job
+
+def run_job(
+    job: SamplingJob,
+    *,
+    ray: Optional[str] = None,
+    workers: Optional[int] = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Dict:
+    """Run (or resume) ``job``; returns the final report, also written to ``out/report.json``.
+
+    Args:
+        job: the :class:`SamplingJob`.
+        ray: None (this process), ``"local"`` (start a local Ray instance with ``workers`` CPUs),
+            ``"auto"`` or ``"HOST:PORT"`` / ``"ray://HOST:PORT"`` (join a running cluster).
+        workers: number of Ray workers (default: the local CPU count, or the cluster's CPUs).
+        progress: show a progress bar over the job's samples.
+        echo: where to print messages.
+
+    Raises:
+        JobError: the folder holds another job, Ray cannot be reached (nothing written), or a
+            shard could not be written (the job stops; complete shards stay, rerun to resume).
+        CheckpointError: the ladder cannot be read.
+    """
+    from tqdm import tqdm
+
+    if not isinstance(job, SamplingJob):
+        raise TypeError(f"job: expected a SamplingJob, got {type(job).__name__}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
+    if ray is not None and (not isinstance(ray, str) or not ray):
+        raise ValueError(f"ray: expected 'local', 'auto' or HOST:PORT, got {ray!r}")
+    bundle, digest = read_ladder_bundle(job.ladder)
+    if ray is not None:
+        _check_reachable(ray)
+    manifest = job.manifest(digest)
+    out = os.fspath(job.out)
+    created = not os.path.exists(out)
+    ray_mod, started = (None, False)
+    t_start = time.perf_counter()
+    try:
+        if ray is not None:
+            ray_mod, started = _ray_init(ray, workers)
+        _prepare_folder(job, manifest)
+    except JobError:
+        if created and os.path.isdir(out) and not os.listdir(out):
+            shutil.rmtree(out, ignore_errors=True)
+        if started:
+            ray_mod.shutdown()
+        raise
+    _clean_temporaries(out)
+    done = completed_shards(job)
+    pending = [k for k in range(job.n_shards) if k not in set(done)]
+    n_done = sum(job.shard_range(k)[1] - job.shard_range(k)[0] for k in done)
+    if done:
+        echo(f"resuming {out}: {len(done)} of {job.n_shards} shards ({n_done} samples) already complete")
+    if ray_mod is not None:
+        n_workers = workers or int(ray_mod.cluster_resources().get("CPU", 1))
+        results = _run_ray(job, pending, bundle, ray_mod, n_workers) if pending else iter(())
+        where = f"Ray ({ray}, {n_workers} workers)"
+    else:
+        n_workers = 1
+        results = _run_local(job, pending) if pending else iter(())
+        where = "this process"
+    t_compute = time.perf_counter()
+    computed = 0
+    try:
+        with tqdm(total=job.n, initial=n_done, desc="sample", unit="img", disable=not progress) as bar:
+            for result in results:
+                k = int(result["shard"])
+                try:
+                    _write_shard(job, result)
+                except OSError as e:
+                    complete = len(completed_shards(job))
+                    raise JobError(
+                        f"writing {shard_path(out, k)} failed: {e.strerror or e}; that shard was not written. "
+                        f"The job stopped with {complete} of {job.n_shards} shards complete; rerun the same "
+                        "command to resume"
+                    ) from e
+                computed += len(result["indices"])
+                bar.update(len(result["indices"]))
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+        if started:
+            ray_mod.shutdown()
+    wall = time.perf_counter() - t_start
+    report = _report(job, manifest, computed, wall, time.perf_counter() - t_compute, where, n_workers)
+    write_json(os.path.join(out, REPORT_FILE), report)
+    return report
+
+
+def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Dict:
+    evaluations, top, levels, steps, shard_seconds = None, 0.0, None, None, 0.0
+    for k in range(job.n_shards):
+        data = _read_shard(job, shard_path(job.out, k), k)
+        if data is None:
+            raise JobError(f"{shard_path(job.out, k)}: missing or unreadable after the run")
+        evaluations = data["evaluations"] if evaluations is None else evaluations + data["evaluations"]
+        top += float(data["top_equivalents"])
+        levels, steps = data["level_numbers"].tolist(), int(data["steps"])
+        shard_seconds += float(data["wall_seconds"])
+    return {
+        "job": manifest["job"],
+        "fingerprint": manifest["fingerprint"],
+        "samples": job.n,
+        "shards": job.n_shards,
+        "steps": steps,
+        "levels": [{"level": lv, "evaluations_per_sample": float(e) / job.n} for lv, e in zip(levels, evaluations)],
+        "top_equivalents_per_sample": top / job.n,
+        "computed_this_run": computed,
+        "executor": where,
+        "workers": n_workers,
+        "wall_seconds": wall,
+        "sampling_wall_seconds": compute_wall,
+        "throughput_samples_per_second": computed / compute_wall if computed and compute_wall > 0 else None,
+        "worker_seconds_per_sample": shard_seconds / job.n,
+    }

@@ -1,0 +1,284 @@
+"""Per-sample randomness and sampling jobs: shards, resume, Ray workers, failures."""
+
+import errno
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+
+from click.testing import CliRunner  # noqa: E402
+from conftest import three_level_ladder  # noqa: E402
+
+from multilevel_em.cli.main import main  # noqa: E402
+from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample  # noqa: E402
+from multilevel_em.engine import (  # noqa: E402
+    LevelEvaluator,
+    rand,
+    randn,
+    sample_generators,
+    telescoping_estimate,
+)
+from multilevel_em.images import MultilevelPipeline, load_digits, train_ladder  # noqa: E402
+from multilevel_em.jobs import (  # noqa: E402
+    JobError,
+    SamplingJob,
+    completed_shards,
+    load_samples,
+    run_job,
+)
+from multilevel_em.jobs import runner as job_runner  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 3-level ladder trained for 3 iterations, calibrated (a folder)."""
+    torch.set_num_threads(1)
+    out = str(tmp_path_factory.mktemp("tiny") / "ladder")
+    ladder = train_ladder(load_digits(16), out, widths=[4, 8, 12], iters=3, batch=4, save_every=3, loss_plot=False)
+    pipe = MultilevelPipeline(ladder)
+    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
+    pipe.save_calibration(out)
+    return out
+
+
+def _job(ladder, out, **kw):
+    args = dict(ladder=ladder, n=10, out=str(out), method="mlem", batch_size=3, seed=7, steps=12, rates=(6.0, 3.0))
+    args.update(kw)
+    return SamplingJob(**args)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, tmp_path_factory):
+    """The job run in this process, uninterrupted: its samples."""
+    out = tmp_path_factory.mktemp("ref") / "job"
+    run_job(_job(tiny, out), progress=False, echo=lambda *_: None)
+    return load_samples(str(out))
+
+
+def _same_samples(out, ref):
+    got = load_samples(str(out))
+    assert got["indices"].tolist() == list(range(len(ref["indices"])))  # every sample once, in order
+    assert np.array_equal(got["x"], ref["x"]) and np.array_equal(got["images"], ref["images"])  # bit-identical
+
+
+# ----------------------------------------------------------------------------- per-sample generators
+
+def test_per_sample_draws_use_only_their_own_generator():
+    gens = sample_generators(3, [5, 9])
+    z = randn((2, 4), gens, dtype=torch.float64)
+    for row, i in zip(z, (5, 9)):
+        assert torch.equal(row, torch.randn(4, generator=sample_generators(3, [i])[0], dtype=torch.float64))
+    assert not torch.equal(z[0], z[1])
+    u = rand((2, 3), sample_generators(3, [5, 9]))
+    assert u.shape == (2, 3) and bool(((u >= 0) & (u < 1)).all())
+    assert not torch.equal(randn((1, 4), sample_generators(4, [5])), randn((1, 4), sample_generators(3, [5])))
+
+
+def test_per_sample_generator_errors():
+    with pytest.raises(ValueError, match="one generator per sample"):
+        randn((3, 2), sample_generators(0, range(2)))
+    with pytest.raises(TypeError, match="list of torch.Generator"):
+        randn((1, 2), [object()])
+    with pytest.raises(ValueError, match="indices"):
+        sample_generators(0, [-1])
+    with pytest.raises(ValueError, match="per_sample"):
+        MultilevelDenoiser([lambda x, t: x, lambda x, t: x], costs=[1, 2], rates=[1.0], draws="shared",
+                           generator=sample_generators(0, range(2)))
+
+
+def test_telescoping_estimate_rows_do_not_depend_on_the_batch():
+    """Closed-form levels act row by row, so the estimate of a row is bit-identical in any batch."""
+    ladder = three_level_ladder()
+    x = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(6, 2)
+    probs = [0.4, 0.3]
+    whole = telescoping_estimate(LevelEvaluator(ladder, x), x, 0.2, probs, generator=sample_generators(1, range(6)))
+    parts = [telescoping_estimate(LevelEvaluator(ladder, x[a:b]), x[a:b], 0.2, probs,
+                                  generator=sample_generators(1, range(a, b))) for a, b in ((0, 1), (1, 4), (4, 6))]
+    assert torch.equal(whole, torch.cat(parts))
+
+
+def test_per_sample_draws_fire_at_their_probability():
+    """Bernoulli draws from per-sample generators: fired fraction within 5 standard errors of p."""
+    n, p = 4000, 0.3
+    x = torch.zeros(n, 1, dtype=torch.float64)
+    evaluator = LevelEvaluator(three_level_ladder(), x)
+    telescoping_estimate(evaluator, x, 0.0, [1.0, p], generator=sample_generators(2, range(n)))
+    frac = evaluator.evaluations[2] / n  # the top level runs exactly where its correction fired
+    assert abs(frac - p) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("sampler", ["em", "ddpm", "ddim", "euler_ode", "dpmpp_2m"])
+def test_samplers_with_per_sample_generators_split_batches_exactly(sampler):
+    sch = VPSchedule.linear()
+    x_T = randn((5, 3), sample_generators(0, range(5)), dtype=torch.float64)
+    opts = {"eta": 1.0} if sampler == "ddim" else {}
+
+    def run(a, b):
+        den = MultilevelDenoiser([lambda x, t: 0.2 * x, lambda x, t: 0.3 * x], costs=[1, 4], rates=[30.0],
+                                 generator=sample_generators(9, range(a, b)))
+        return sample(den, x_T[a:b], schedule=sch, steps=8, sampler=sampler, generator=sample_generators(5, range(a, b)),
+                      **opts).x
+
+    assert torch.equal(run(0, 5), torch.cat([run(0, 2), run(2, 5)]))
+
+
+def test_pipeline_per_sample_generators(tiny):
+    """Same batch: bit-identical; other batch sizes: the same random numbers, so equal up to the
+    networks' float32 rounding on a differently sized batch (tolerance 1e-5 of the samples' largest magnitude; measured ~1e-6)."""
+    pipe = MultilevelPipeline.from_pretrained(tiny)
+    kw = dict(method="mlem", steps=12, rates=[6.0, 3.0])
+    a = pipe(5, generator=sample_generators(0, range(5)), **kw).x
+    assert torch.equal(a, pipe(5, generator=sample_generators(0, range(5)), **kw).x)
+    b = torch.cat([pipe(2, generator=sample_generators(0, range(2)), **kw).x,
+                   pipe(3, generator=sample_generators(0, range(2, 5)), **kw).x])
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    with pytest.raises(ValueError, match="one generator per sample"):
+        pipe(3, generator=sample_generators(0, range(2)), **kw)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+def test_job_writes_shards_manifest_and_report(tiny, tmp_path, reference):
+    out = tmp_path / "job"
+    report = run_job(_job(tiny, out, png=True), progress=False, echo=lambda *_: None)
+    assert sorted(os.listdir(out)) == ["job.json", "png", "report.json"] + [f"shard-{k:06d}.npz" for k in range(4)]
+    assert len(os.listdir(out / "png")) == 10
+    _same_samples(out, reference)  # png=True changes the files written, not the samples
+    manifest = json.loads((out / "job.json").read_text())
+    assert manifest["n_shards"] == 4 and manifest["job"]["seed"] == 7 and len(manifest["fingerprint"]) == 64
+    assert report["samples"] == 10 and report["computed_this_run"] == 10 and report["steps"] == 12
+    assert [lv["level"] for lv in report["levels"]] == [1, 2, 3]
+    assert report["levels"][0]["evaluations_per_sample"] == 12  # level 1 runs at every step
+    costs = MultilevelPipeline.from_pretrained(tiny).ladder.costs
+    spent = sum(lv["evaluations_per_sample"] * c for lv, c in zip(report["levels"], costs)) / costs[-1]
+    assert report["top_equivalents_per_sample"] == pytest.approx(spent, rel=1e-12)
+    assert report["levels"][2]["evaluations_per_sample"] < 12  # the top level fires at some steps only
+    # A rerun of the finished job computes nothing.
+    again = run_job(_job(tiny, out, png=True), progress=False, echo=lambda *_: None)
+    assert again["computed_this_run"] == 0
+
+
+def test_two_ray_workers_match_one_process(tiny, tmp_path, reference):
+    pytest.importorskip("ray")
+    out = tmp_path / "job"
+    report = run_job(_job(tiny, out), ray="local", workers=2, progress=False, echo=lambda *_: None)
+    assert report["workers"] == 2 and report["computed_this_run"] == 10
+    _same_samples(out, reference)
+
+
+def test_a_killed_ray_worker_is_retried(tiny, tmp_path, reference, monkeypatch):
+    """Two shards' worker processes exit abruptly on their first attempt; Ray restarts them and
+    the job's samples are unchanged."""
+    pytest.importorskip("ray")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv(job_runner.CRASH_DIR_ENV, str(marks))
+    monkeypatch.setenv(job_runner.CRASH_SHARDS_ENV, "1,2")
+    out = tmp_path / "job"
+    run_job(_job(tiny, out), ray="local", workers=2, progress=False, echo=lambda *_: None)
+    assert sorted(os.listdir(marks)) == ["crashed-1", "crashed-2"]  # the crashes did happen
+    _same_samples(out, reference)
+
+
+def test_a_killed_job_resumes_to_exactly_the_requested_samples(tiny, tmp_path, reference):
+    """The process dies abruptly (os._exit, as under SIGKILL) when it reaches shard 2; the rerun
+    of the same command finishes shards 2 and 3 only, and the samples equal an uninterrupted run's."""
+    out = tmp_path / "job"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cmd = [sys.executable, "-m", "multilevel_em.cli.main", "sample", "--ladder", tiny, "--n", "10", "--out", str(out),
+           "--batch-size", "3", "--seed", "7", "--steps", "12", "--rates", "6,3"]
+    env = dict(os.environ, **{job_runner.CRASH_DIR_ENV: str(marks), job_runner.CRASH_SHARDS_ENV: "2"})
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 137, first.stderr
+    assert completed_shards(_job(tiny, out)) == [0, 1] and not os.path.exists(out / "report.json")
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "2 of 4 shards (6 samples) already complete" in second.stdout
+    assert json.loads((out / "report.json").read_text())["computed_this_run"] == 4
+    assert not glob.glob(str(out / ".*"))  # no temporary files left
+    _same_samples(out, reference)
+
+
+def test_a_changed_job_refuses_to_resume(tiny, tmp_path):
+    out = tmp_path / "job"
+    run_job(_job(tiny, out, n=3), progress=False, echo=lambda *_: None)
+    before = sorted(os.listdir(out))
+    with pytest.raises(JobError, match=r"different job \(seed: 7 -> 8\)"):
+        run_job(_job(tiny, out, n=3, seed=8), progress=False, echo=lambda *_: None)
+    assert sorted(os.listdir(out)) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(JobError, match="holds no job.json"):
+        run_job(_job(tiny, other, n=3), progress=False, echo=lambda *_: None)
+
+
+def test_disk_full_leaves_no_half_written_shard(tiny, tmp_path, monkeypatch, reference):
+    out = tmp_path / "job"
+    real_savez = np.savez
+
+    def full_disk(f, **arrays):
+        if arrays["indices"][0] == 3:  # shard 1: write part of it, then the disk is full
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_savez(f, **arrays)
+
+    monkeypatch.setattr(job_runner.np, "savez", full_disk)
+    with pytest.raises(JobError, match=r"shard-000001.npz failed: No space left on device.*1 of 4 shards complete"):
+        run_job(_job(tiny, out), progress=False, echo=lambda *_: None)
+    assert sorted(os.listdir(out)) == ["job.json", "shard-000000.npz"]  # no partial shard, no temporary file
+    monkeypatch.setattr(job_runner.np, "savez", real_savez)
+    run_job(_job(tiny, out), progress=False, echo=lambda *_: None)
+    _same_samples(out, reference)
+
+
+def test_unreachable_ray_address_writes_nothing(tiny, tmp_path):
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "job"
+    with pytest.raises(JobError, match="cannot reach a Ray cluster"):
+        run_job(_job(tiny, out), ray=f"127.0.0.1:{port}", progress=False, echo=lambda *_: None)
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "4", "--out", str(out), "--ray", f"127.0.0.1:{port}"])
+    assert r.exit_code != 0 and "cannot reach a Ray cluster" in r.output and not out.exists()
+    with pytest.raises(JobError, match="HOST:PORT"):
+        run_job(_job(tiny, out), ray="no-port-here", progress=False, echo=lambda *_: None)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"n": 0}, "n: expected"), ({"n": -5}, "n: expected"), ({"batch_size": 0}, "batch_size"),
+    ({"method": "magic"}, "method"), ({"budget": -1.0}, "budget"), ({"rates": ("a",)}, "rates"),
+    ({"out": "grid.png"}, "image file"),
+])
+def test_bad_job_descriptions(tiny, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        kw = dict(kw)
+        _job(tiny, kw.pop("out", tmp_path / "job"), **kw)
+
+
+def test_cli_job_folder_and_bad_inputs(tiny, tmp_path, reference):
+    out = tmp_path / "job"
+    base = ["sample", "--ladder", tiny, "--out", str(out), "--batch-size", "3", "--seed", "7", "--steps", "12",
+            "--rates", "6,3"]
+    r = CliRunner().invoke(main, base + ["--n", "10"])
+    assert r.exit_code == 0, r.output
+    assert "10 samples in 4 shards" in r.output
+    _same_samples(out, reference)
+    for extra, hint in ((["--n", "0"], "--n"), (["--n", "-3"], "--n"), (["--n", "4", "--overwrite"], "--overwrite"),
+                        (["--n", "4", "--workers", "2"], "--workers")):
+        r = CliRunner().invoke(main, base + extra)
+        assert r.exit_code != 0 and hint in r.output, r.output
+    grid = ["sample", "--ladder", tiny, "--n", "2", "--steps", "2", "--method", "em", "--out", str(tmp_path / "g.png")]
+    r = CliRunner().invoke(main, grid + ["--ray", "local"])
+    assert r.exit_code != 0 and "--ray" in r.output and not (tmp_path / "g.png").exists()
