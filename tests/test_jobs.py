@@ -282,3 +282,15 @@ def test_cli_job_folder_and_bad_inputs(tiny, tmp_path, reference):
     grid = ["sample", "--ladder", tiny, "--n", "2", "--steps", "2", "--method", "em", "--out", str(tmp_path / "g.png")]
     r = CliRunner().invoke(main, grid + ["--ray", "local"])
     assert r.exit_code != 0 and "--ray" in r.output and not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("executor", [{}, {"ray": "local", "workers": 1}])
+def test_a_job_failing_before_its_first_shard_leaves_nothing(tiny, tmp_path, executor):
+    """Rates without steps is refused by the pipeline inside the worker; the folder this run
+    created is removed again, so the corrected command can start afresh."""
+    if executor:
+        pytest.importorskip("ray")
+    out = tmp_path / "job"
+    with pytest.raises((JobError, ValueError), match="steps: required"):
+        run_job(_job(tiny, out, steps=None), progress=False, echo=lambda *_: None, **executor)
+    assert not out.exists()

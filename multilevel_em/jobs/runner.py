@@ -307,8 +307,20 @@ def run_job(
     manifest = job.manifest(digest)
     out = os.fspath(job.out)
     created = not os.path.exists(out)
+    fresh = _read_manifest(out) is None  # this run writes job.json
     ray_mod, started = (None, False)
     t_start = time.perf_counter()
+
+    def undo_fresh_folder() -> None:
+        """A failure before any shard was written leaves no trace of a job this run started."""
+        if not fresh or completed_shards(job):
+            return
+        if os.path.exists(os.path.join(out, JOB_FILE)):
+            os.unlink(os.path.join(out, JOB_FILE))
+        _clean_temporaries(out)
+        if created and os.path.isdir(out) and not os.listdir(out):
+            shutil.rmtree(out, ignore_errors=True)
+
     try:
         if ray is not None:
             ray_mod, started = _ray_init(ray, workers)
@@ -350,6 +362,12 @@ def run_job(
                     ) from e
                 computed += len(result["indices"])
                 bar.update(len(result["indices"]))
+    except Exception as e:
+        undo_fresh_folder()
+        cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError: the worker's exception
+        if isinstance(cause, ValueError):
+            raise JobError(f"a worker failed: {cause}") from None
+        raise
     finally:
         close = getattr(results, "close", None)
         if close is not None:

@@ -1,0 +1,31 @@
+"""The job throughput benchmark (benchmarks/jobs_throughput.py) runs end to end and writes its JSON.
+
+Throughput is not asserted (a shared machine); bit-identical samples across the three runs are.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("diffusers")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "jobs_throughput.py"
+
+
+def test_jobs_throughput_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("jobs_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "jobs.json"
+    res = module.main(["--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(res))
+    assert data["bit_identical"] is True and data["n"] == 8 and data["quick"]
+    assert set(data["runs"]) == {"local", "ray-1", "ray-2"}
+    assert [data["runs"][k]["workers"] for k in ("local", "ray-1", "ray-2")] == [1, 1, 2]
+    for run in data["runs"].values():
+        assert run["samples_per_second"] > 0 and run["total_seconds"] >= run["sampling_seconds"]
+        assert 0 < run["top_equivalents_per_sample"] < 10 * 1.5  # planned for a budget of 10
