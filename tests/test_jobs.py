@@ -294,3 +294,13 @@ def test_a_job_failing_before_its_first_shard_leaves_nothing(tiny, tmp_path, exe
     with pytest.raises((JobError, ValueError), match="steps: required"):
         run_job(_job(tiny, out, steps=None), progress=False, echo=lambda *_: None, **executor)
     assert not out.exists()
+
+
+def test_an_unusable_device_is_named_and_leaves_nothing(tiny, tmp_path):
+    out = tmp_path / "job"
+    with pytest.raises((JobError, ValueError), match="device"):
+        run_job(_job(tiny, out, device="no-such-device"), progress=False, echo=lambda *_: None)
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "2", "--steps", "2", "--method", "em",
+                                  "--device", "no-such-device", "--out", str(tmp_path / "g.png")])
+    assert r.exit_code != 0 and "--device" in r.output and not (tmp_path / "g.png").exists()

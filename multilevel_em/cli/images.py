@@ -100,13 +100,14 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
               help="Run the job on Ray: 'local' (start a local instance), 'auto' or HOST:PORT (join a cluster). "
                    "Needs pip install 'multilevel-em[distributed]'.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: all CPUs).")
+@click.option("--device", default="cpu", show_default=True, help="Where the UNets run (cpu, cuda); random numbers are drawn on the CPU.")
 @click.option("--png", "write_png", is_flag=True, help="Job folder: also write one PNG per sample under OUT/png.")
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(min=1), help="Upscale the grid by this factor.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
-def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, write_png, scale,
-               threads, overwrite):
+def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, write_png,
+               scale, threads, overwrite):
     """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
     into one image grid when OUT ends in .png."""
     if n < 1:
@@ -121,23 +122,26 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
         for flag, value in (("--ray", ray_address), ("--workers", workers), ("--png", write_png or None)):
             if value is not None:
                 raise click.BadParameter("only for a job folder; OUT ends in .png (one image grid)", param_hint=flag)
-        _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, scale, threads, overwrite)
+        _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, scale, threads,
+                     overwrite)
     else:
         if overwrite:
             raise click.BadParameter("a job folder is resumed, never overwritten; delete it or choose another "
                                      "folder to start over", param_hint="--overwrite")
         if workers is not None and ray_address is None:
             raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
-        _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, write_png)
+        _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
+                    write_png)
 
 
-def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, write_png):
+def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
+                    write_png):
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, run_job
 
     try:
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
-                          steps=steps, budget=budget, rates=rates, png=write_png)
+                          steps=steps, budget=budget, rates=rates, png=write_png, device=device)
         report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
     except (JobError, CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -151,7 +155,8 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
     click.echo(f"wrote {out}")
 
 
-def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, scale, threads, overwrite):
+def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, scale, threads,
+                     overwrite):
     import torch
     from tqdm import tqdm
 
@@ -166,9 +171,11 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
             raise click.ClickException(f"{', '.join(existing)} exists; pass --overwrite to replace it")
     torch.set_num_threads(threads)
     try:
-        pipe = MultilevelPipeline.from_pretrained(ladder_path)
+        pipe = MultilevelPipeline.from_pretrained(ladder_path).to(device)
     except (CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
+    except (RuntimeError, AssertionError) as e:  # torch: unknown device, or no CUDA in this build
+        raise click.BadParameter(f"cannot use {device!r}: {e}", param_hint="--device") from None
     images, reports = [], []
     with tqdm(total=n, desc=f"sample {method}", unit="img") as bar:
         for start in range(0, n, batch_size):

@@ -146,6 +146,18 @@ class MultilevelPipeline:
         if calibration is not None:
             self._check_calibration(calibration)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the UNets are (and where sampling runs); move them with :meth:`to`."""
+        return next(self.ladder.unets[-1].parameters()).device
+
+    def to(self, device) -> "MultilevelPipeline":
+        """Move every UNet to ``device`` (e.g. "cuda"); random numbers are still drawn on the CPU,
+        so a seed gives the same noise on every device."""
+        for u in self.ladder.unets:
+            u.to(device)
+        return self
+
     # ------------------------------------------------------------------ files
 
     @classmethod
@@ -199,7 +211,7 @@ class MultilevelPipeline:
         idx = sorted({int(round(f * steps)) for f in (0, 1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9,
                                                        0.94, 0.97)} | {steps - 1})
         times = [i * h for i in idx]
-        x = torch.randn((n, *self.ladder.shape), generator=generator)
+        x = torch.randn((n, *self.ladder.shape), generator=generator).to(self.device)
         noise_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         with torch.no_grad():
             cal = calibrate(self.drift_ladder(), x, t0=0.0, t1=S, times=times, steps=steps, timing="flops",
@@ -283,7 +295,7 @@ class MultilevelPipeline:
         L = self.ladder
         models = L.eps_models()
         g_noise, g_draws = _split_generator(generator, batch_size)
-        x_T = randn((batch_size, *L.shape), g_noise)
+        x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
         plan = None
         levels = list(range(len(L)))
         if method == "mlem":

@@ -83,6 +83,7 @@ def train_ladder(
     progress: Optional[Callable[[int], None]] = None,
     command: Optional[str] = None,
     loss_plot: bool = True,
+    device: str | torch.device | None = None,
 ) -> UNetLadder:
     """Train (or resume training) a ladder of UNets of the given widths on ``data``; save it in ``out``.
 
@@ -99,6 +100,9 @@ def train_ladder(
         schedule: the VP schedule (default ``VPSchedule.linear()``), stored with the ladder.
         progress: called with 1 after every iteration.
         command: the command line, stored in ``model_index.json``.
+        device: where the UNets train (default: the CPU). Batches, timesteps and noise are drawn on the
+            CPU whatever the device (then moved), so every device sees the same data; checkpoints hold
+            CPU tensors, and a run may resume on another device.
 
     Returns:
         The trained :class:`UNetLadder` (loaded back from ``out``).
@@ -113,6 +117,7 @@ def train_ladder(
     if not (lr > 0 and math.isfinite(lr)) or not (0 <= ema_decay < 1):
         raise ValueError(f"lr, ema_decay: expected lr > 0 and 0 <= ema_decay < 1, got {lr}, {ema_decay}")
     settings = _settings(data, widths, seed, batch, lr, ema_decay, layers_per_block, norm_groups, schedule)
+    device = torch.device("cpu" if device is None else device)
 
     index_path = os.path.join(out, INDEX)
     if os.path.exists(index_path):
@@ -145,7 +150,7 @@ def train_ladder(
     trained = False
     for level, width in enumerate(widths):
         trained |= _train_level(data, os.path.join(out, f"level_{level + 1}"), level, width, costs[level], iters, seed,
-                                batch, lr, ema_decay, save_every, schedule, shapes, progress)
+                                batch, lr, ema_decay, save_every, schedule, shapes, progress, device)
     stale = os.path.join(out, "calibration.json")
     if trained and os.path.exists(stale):  # it describes the old weights
         os.unlink(stale)
@@ -155,11 +160,11 @@ def train_ladder(
 
 
 def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, ema_decay, save_every, schedule,
-                 shapes, progress):
+                 shapes, progress, device):
     with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
         torch.manual_seed(_seed(seed, level, 0xC0FFEE))
         unet = build_unet(width, **shapes)
-    unet.train()
+    unet.to(device).train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
     start, losses = _resume(directory, unet, opt, ema)
@@ -170,7 +175,7 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
         if progress:
             progress(0)
         return False
-    x_all = data.x
+    x_all = data.x.to(device)
     n, T = x_all.shape[0], schedule.num_train_timesteps
     alphas = schedule.alpha(schedule.time(torch.arange(T))).float()
     sigmas = schedule.sigma(schedule.time(torch.arange(T))).float()
@@ -180,11 +185,13 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
         idx = torch.randint(0, n, (batch,), generator=g)
         k = torch.randint(0, T, (batch,), generator=g)
         eps = torch.randn((batch, *x_all.shape[1:]), generator=g)
-        x0 = x_all[idx]
-        xt = alphas[k].view(-1, 1, 1, 1) * x0 + sigmas[k].view(-1, 1, 1, 1) * eps
+        # Drawn on the CPU (the same on every device), then moved: no-ops on the CPU.
+        eps, a, s = eps.to(device), alphas[k].to(device), sigmas[k].to(device)
+        x0 = x_all[idx.to(device)]
+        xt = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * eps
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (it + 1) / WARMUP)
-        loss = torch.nn.functional.mse_loss(unet(xt, k).sample, eps)
+        loss = torch.nn.functional.mse_loss(unet(xt, k.to(device)).sample, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

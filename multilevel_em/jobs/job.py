@@ -66,6 +66,8 @@ class SamplingJob:
         rates: "mlem": lambda_2..lambda_K per unit of diffusion time (numbers), with ``steps``.
         sampler: "mlem" / "stitch": the sampling loop (``MultilevelPipeline``'s default if None).
         png: also write one PNG per sample under ``out/png``.
+        device: where the workers run the UNets ("cpu", "cuda", ...; on Ray, a "cuda" worker
+            asks for one GPU). Random numbers are drawn on the CPU whatever the device.
     """
 
     ladder: str
@@ -79,6 +81,7 @@ class SamplingJob:
     rates: Optional[Tuple[float, ...]] = None
     sampler: Optional[str] = None
     png: bool = False
+    device: str = "cpu"
 
     def __post_init__(self):
         def is_int(v):
@@ -104,6 +107,8 @@ class SamplingJob:
             if not all(isinstance(r, Real) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in rates):
                 raise ValueError(f"rates: expected numbers >= 0 (serialisable; callables are not), got {self.rates!r}")
             object.__setattr__(self, "rates", tuple(float(r) for r in rates))
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device: expected a torch device name such as 'cpu' or 'cuda', got {self.device!r}")
         if not isinstance(self.out, (str, os.PathLike)) or not os.fspath(self.out):
             raise ValueError(f"out: expected a folder path, got {self.out!r}")
         if str(self.out).lower().endswith(".png"):

@@ -77,6 +77,10 @@ class ShardWorker:
                     with open(os.path.join(tmp, rel), "wb") as f:
                         f.write(data)
                 self.pipe = MultilevelPipeline.from_pretrained(tmp)
+        try:
+            self.pipe.to(job.device)
+        except (RuntimeError, AssertionError) as e:  # torch: unknown device, or no CUDA in this build
+            raise ValueError(f"device: cannot use {job.device!r} on this worker: {e}") from None
 
     def run(self, k: int) -> Dict:
         """Sample shard ``k``: returns its arrays (see :mod:`multilevel_em.jobs.job`) and ``shard``."""
@@ -254,7 +258,8 @@ def _ray_init(address: str, workers: Optional[int]):
 def _run_ray(job: SamplingJob, pending: List[int], bundle: Dict[str, bytes], ray_mod, workers: int) -> Iterator[Dict]:
     from ray.util import ActorPool
 
-    remote = ray_mod.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(ShardWorker)
+    gpus = 1 if job.device.startswith("cuda") else 0
+    remote = ray_mod.remote(num_cpus=1, num_gpus=gpus, max_restarts=3, max_task_retries=3)(ShardWorker)
     bundle_ref = ray_mod.put(bundle)
     actors = [remote.remote(job, bundle_ref) for _ in range(max(1, min(workers, len(pending))))]
     pool = ActorPool(actors)
