@@ -66,7 +66,6 @@ from multilevel_em.bench.common import single_thread
 from multilevel_em.bench.images import CHUNKS, _chunk_kids, _sd, _summary
 from multilevel_em.diffusion import DiffusersUNetAdapter, MultilevelDenoiser, sample
 from multilevel_em.diffusion.metrics import sliced_wasserstein
-from multilevel_em.engine import Ladder
 from multilevel_em.images.data import IMAGE_SUFFIXES, load_dataset
 from multilevel_em.images.ladder import (
     build_unet,
@@ -314,16 +313,6 @@ def train(data, directory: str, s: dict, device: torch.device, command: str, ech
 # ----------------------------------------------------------------------------- sampling on the device
 
 
-class _OnDevice:
-    """A level f(x, s) of the calibration, evaluated on ``device`` for states living on the CPU."""
-
-    def __init__(self, f, device):
-        self.f, self.device = f, device
-
-    def __call__(self, x, s):
-        return self.f(x.to(self.device), s).to(x.device)
-
-
 class _Padded(torch.nn.Module):
     """A UNet whose batch is padded with zeros up to a multiple of ``pad`` (per-sample ops: same outputs)."""
 
@@ -341,20 +330,13 @@ class _Padded(torch.nn.Module):
 
 
 class DevicePipeline(MultilevelPipeline):
-    """``MultilevelPipeline`` on a device: calibration (its states on the CPU, the levels on the device) and
-    :meth:`run`, which samples as ``pipe(...)`` does, with the same seeds, but with the noise on the device."""
+    """``MultilevelPipeline`` on a device, with :meth:`run`: samples as ``pipe(...)`` does, with the same seeds,
+    through UNets padded to a few batch shapes, timed between two device synchronisations."""
 
     def __init__(self, ladder, device, pad: int = 1, calibration=None):
         super().__init__(ladder, calibration)
-        self.device, self.pad = torch.device(device), int(pad)
-        for u in self.ladder.unets:
-            u.to(self.device)
-
-    def drift_ladder(self) -> Ladder:
-        lad = super().drift_ladder()
-        if self.device.type == "cpu":
-            return lad
-        return Ladder([_OnDevice(f, self.device) for f in lad], lad.costs, lad.names)
+        self.pad = int(pad)
+        self.to(device)
 
     def models(self, padded: bool = True) -> list:
         pad = self.pad if padded else 1
