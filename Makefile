@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/mlem demo
+	$(BIN)/mlem demo --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -34,7 +34,7 @@ def test_unknown_command_fails():
 
 def test_demo_quick_json():
     # --paths 16 keeps this to a few seconds.
-    r = CliRunner().invoke(main, ["demo", "--quick", "--json", "--paths", "16", "--seed", "1"])
+    r = CliRunner().invoke(main, ["demo", "--problem", "htmc", "--quick", "--json", "--paths", "16", "--seed", "1"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)  # the whole of stdout is one JSON document
     assert data["n_paths"] == 16
@@ -97,6 +97,6 @@ def test_calibrate_command_rejects_target_and_budget():
 
 
 def test_demo_rejects_too_few_paths():
-    r = CliRunner().invoke(main, ["demo", "--quick", "--paths", "1"])
+    r = CliRunner().invoke(main, ["demo", "--problem", "htmc", "--quick", "--paths", "1"])
     assert r.exit_code != 0
     assert "--paths" in r.output
