@@ -113,6 +113,16 @@ class ShardWorker:
         }
 
 
+class _RayShardWorker(ShardWorker):
+    """A ShardWorker as a Ray actor: the ladder bundle comes as ``[ref]`` (a reference inside a list
+    is passed as is, and fetched here, also when Ray restarts the actor after a crash)."""
+
+    def __init__(self, job: SamplingJob, bundle_ref: list):
+        import ray
+
+        super().__init__(job, ray.get(bundle_ref[0]))
+
+
 # ----------------------------------------------------------------------------- the output folder
 
 _SHARD_KEYS = ("x", "images", "indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
@@ -259,9 +269,9 @@ def _run_ray(job: SamplingJob, pending: List[int], bundle: Dict[str, bytes], ray
     from ray.util import ActorPool
 
     gpus = 1 if job.device.startswith("cuda") else 0
-    remote = ray_mod.remote(num_cpus=1, num_gpus=gpus, max_restarts=3, max_task_retries=3)(ShardWorker)
-    bundle_ref = ray_mod.put(bundle)
-    actors = [remote.remote(job, bundle_ref) for _ in range(max(1, min(workers, len(pending))))]
+    remote = ray_mod.remote(num_cpus=1, num_gpus=gpus, max_restarts=3, max_task_retries=3)(_RayShardWorker)
+    bundle_ref = ray_mod.put(bundle)  # once in the object store, fetched by each (re)started worker
+    actors = [remote.remote(job, [bundle_ref]) for _ in range(max(1, min(workers, len(pending))))]
     pool = ActorPool(actors)
     for k in pending:
         pool.submit(lambda actor, k: actor.run.remote(k), k)
