@@ -62,7 +62,7 @@ import torch
 from safetensors import safe_open
 
 from multilevel_em._io import atomic_write, write_json
-from multilevel_em.bench.common import single_thread
+from multilevel_em.bench.common import device_name, single_thread, sync_device
 from multilevel_em.bench.images import CHUNKS, _chunk_kids, _sd, _summary
 from multilevel_em.diffusion import DiffusersUNetAdapter, MultilevelDenoiser, sample
 from multilevel_em.diffusion.metrics import sliced_wasserstein
@@ -99,17 +99,6 @@ CLASSIFIER_SIZE = 16  # the digit classifier's input size
 
 def _now() -> float:
     return time.perf_counter()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -366,10 +355,10 @@ class DevicePipeline(MultilevelPipeline):
         else:
             raise ValueError(f"method: expected 'em', 'dpmpp_2m' or 'mlem', got {method!r}")
         opts = {"t_min": T_MIN} if sampler == "em" else {}
-        _sync(self.device)
+        sync_device(self.device)
         start = _now()
         out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
-        _sync(self.device)
+        sync_device(self.device)
         wall = _now() - start
         return out.x, self._report(method, sampler, out, levels, wall, n, plan, budget)
 
@@ -388,10 +377,10 @@ def time_levels(pipe: DevicePipeline, n: int, repeats: int) -> dict[int, list[fl
             for b, times in out.items():
                 ts = []
                 for _ in range(repeats):
-                    _sync(dev)
+                    sync_device(dev)
                     t0 = _now()
                     m(x[:b], 0.5)
-                    _sync(dev)
+                    sync_device(dev)
                     ts.append(_now() - t0)
                 times.append(statistics.median(ts))
     return out
@@ -577,7 +566,7 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
     t = _now()
     if device.type == "cuda":  # start CUDA now, not inside the timed training probe
         torch.zeros(1, device=device)
-        _sync(device)
+        sync_device(device)
     data = load_dataset(s["data"], size=s["size"], channels=s["channels"])
     echo("data: " + data.report())
     shapes = {"sample_size": data.size, "channels": data.channels, "layers_per_block": 1,
@@ -685,7 +674,7 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         "settings": {k: v for k, v in s.items()},
@@ -731,9 +720,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if s["device"] == "cpu":  # small tensors on a shared CPU: one thread is faster and far steadier
         with single_thread():
-            echo(f"device cpu ({_device_name(torch.device('cpu'))}), torch {torch.__version__}")
+            cpu = device_name(torch.device("cpu"))
+            echo(f"device cpu ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}")
             return run(s, argv, out, plot_path, t_start, echo)
-    echo(f"device {s['device']} ({_device_name(torch.device(s['device']))}), torch {torch.__version__}")
+    echo(f"device {s['device']} ({device_name(torch.device(s['device']))}), torch {torch.__version__}")
     return run(s, argv, out, plot_path, t_start, echo)
 
 

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from multilevel_em import BrownianPath, Ladder, solve
-from multilevel_em.bench.common import write_json
+from multilevel_em.bench.common import device_name, sync_device, write_json
 
 WIDTHS = (64, 128, 256, 512)
 DIM = 64
@@ -115,30 +115,10 @@ def _identity(x: torch.Tensor, t: float) -> torch.Tensor:
     return x
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return name
-
-
 def time_solve(ladder, x0, *, steps, diffusion, method, rates, draws, seed, device) -> tuple:
     """One timed solve; the Brownian path is built inside the timed region (as solve's default is)."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     noise = None
     if diffusion is not None:
@@ -146,7 +126,7 @@ def time_solve(ladder, x0, *, steps, diffusion, method, rates, draws, seed, devi
         noise = BrownianPath(x0.shape, T0, T1, seed=seed, dtype=x0.dtype, device=x0.device, depth=depth)
     sol = solve(ladder, x0, t0=T0, t1=T1, steps=steps, diffusion=diffusion, method=method,
                 rates=rates, noise=noise, generator=gen, draws=draws)
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - start, sol
 
 
@@ -164,11 +144,11 @@ def level_microbench(mlps, batch: int, device, dtype, repeats: int) -> List[dict
                 m(x, 0.5)
             samples = []
             for _ in range(repeats):
-                _sync(device)
+                sync_device(device)
                 s = time.perf_counter()
                 for _ in range(n):
                     m(x, 0.5)
-                _sync(device)
+                sync_device(device)
                 samples.append((time.perf_counter() - s) / (n * b))
             row["seconds_per_sample"][str(b)] = statistics.median(samples)
         rows.append(row)
@@ -260,7 +240,7 @@ def run(*, quick: bool = False, device: str = "cpu", steps: Optional[int] = None
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(dev),
-        "device_name": _device_name(dev),
+        "device_name": device_name(dev),
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).replace("torch.", ""),
         "quick": quick,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import platform
 from typing import Iterable, List, Sequence, Tuple
 
 import torch
@@ -45,3 +46,26 @@ class single_thread:
     def __exit__(self, *exc):
         torch.set_num_threads(self._threads)
         return False
+
+
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU. Call around timed regions."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return name
