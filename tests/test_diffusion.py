@@ -7,7 +7,9 @@ nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -80,6 +82,26 @@ def test_schedule_matches_diffusers_alphas_cumprod(schedule):
         assert float((ab - ac).abs().max()) < 1e-3
         assert float((schedule.sigma(schedule.time(k)) - (1 - ac).sqrt()).abs().max()) < 2e-3
     assert VPSchedule.from_diffusers(diffusers.DDIMScheduler(**schedule.diffusers_config())) == schedule
+
+
+def test_schedule_dict_round_trips_and_bad_dicts_are_named():
+    for s in (LINEAR, COSINE, VPSchedule.linear(0.2, 10.0, 500), VPSchedule.cosine(0.01, 200, 0.99)):
+        d = s.to_dict()
+        assert set(d) == {"kind", "beta_min", "beta_max", "s", "num_train_timesteps", "t_max"}
+        assert VPSchedule.from_dict(d) == s and VPSchedule.from_dict(json.loads(json.dumps(d))) == s
+    # The dict every ladder file so far holds (shipped digits ladder, `mlem train-mlp` configs).
+    old = {"kind": "linear", "beta_min": 0.1, "beta_max": 20.0, "s": 0.008, "num_train_timesteps": 1000, "t_max": 1.0}
+    assert VPSchedule.from_dict(old) == LINEAR
+    assert VPSchedule.from_dict({"kind": "linear", "beta_min": 0.1, "beta_max": 20, "num_train_timesteps": 1000}) == LINEAR
+    for bad, what in ((None, "expected a schedule dict"), ({}, "kind"), ({"kind": "quadratic"}, "quadratic"),
+                      ({"kind": "linear", "beta_min": 0.1}, "beta_max"),
+                      (dict(old, beta_min=30.0), "beta_min, beta_max"),
+                      (dict(old, num_train_timesteps=1000.0), "num_train_timesteps"),
+                      (dict(COSINE.to_dict(), s=-1.0), "s: expected a positive offset"),
+                      (dict(COSINE.to_dict(), t_max=2.0), "t_max"),
+                      (dict(old, beta_max="20"), "beta_max")):
+        with pytest.raises(ValueError, match=r"^ladder\.json: \"schedule\": .*" + re.escape(what)):
+            VPSchedule.from_dict(bad, 'ladder.json: "schedule"')
 
 
 def test_timestep_conversion_round_trips():

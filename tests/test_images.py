@@ -163,6 +163,41 @@ def test_pipeline_round_trip_and_methods(tmp_path, tiny):
         pipe(2, method="euler")
 
 
+def test_one_model_methods_refuse_a_budget_that_disagrees_with_steps(tiny):
+    _, pipe = tiny
+    for method in ("em", "ddim", "dpmpp_2m", "stitch"):
+        with pytest.raises(ValueError, match=r"budget=5\.0 and steps=3 disagree.*pass budget= or steps=, not both"):
+            pipe(2, method=method, budget=5.0, steps=3)
+    with pytest.raises(ValueError, match="budget: expected a positive number"):
+        pipe(2, method="em", budget=-1.0, steps=3)
+    # steps = floor(budget): the same run as either alone.
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    both = pipe(2, method="em", budget=3.5, steps=3, generator=g())
+    assert torch.equal(both.x, pipe(2, method="em", steps=3, generator=g()).x)
+    assert torch.equal(both.x, pipe(2, method="em", budget=3.5, generator=g()).x)
+    assert both.report["steps"] == 3 and both.report["budget"] == 3.5
+    # None means "not given" (as SamplingJob passes them); "mlem" takes both (the plan keeps the steps).
+    assert pipe(2, method="ddim", budget=None, steps=4).report["steps"] == 4
+    assert pipe(2, method="ddim", budget=4, steps=None).report["steps"] == 4
+    assert pipe(2, method="mlem", budget=3, steps=5).report["steps"] == 5
+
+
+def test_malformed_ladder_schedule_is_named(tmp_path, tiny):
+    src, _ = tiny
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    index = bad / "model_index.json"
+    d = json.loads(index.read_text())
+    d["schedule"]["beta_min"] = 30.0  # above beta_max
+    index.write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=r"model_index\.json: \"schedule\": malformed linear schedule"):
+        load_ladder(str(bad))
+    del d["schedule"]
+    index.write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=r"model_index\.json: no \"schedule\""):
+        load_ladder(str(bad))
+
+
 def test_shipped_ladder_samples_with_em_and_mlem():
     pipe = MultilevelPipeline.from_pretrained(PRETRAINED)
     assert len(pipe.ladder) >= 4 and pipe.calibration is not None

@@ -83,6 +83,25 @@ def test_corrupted_or_mismatched_checkpoint_names_the_file(tiny, tmp_path):
         load_mlp_ladder(str(tmp_path))
 
 
+def test_schedule_in_config_is_read_with_the_one_format_and_checked_at_load(tiny, tmp_path):
+    _, mlp = tiny
+    mlp.save(str(tmp_path))
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    # What `mlem train-mlp` has always written: every VPSchedule field.
+    assert cfg["schedule"] == {"kind": "linear", "beta_min": 0.1, "beta_max": 20.0, "s": 0.008,
+                               "num_train_timesteps": 1000, "t_max": 1.0}
+    assert load_mlp_ladder(str(tmp_path)).schedule == VPSchedule.linear()
+    del cfg["schedule"]["beta_max"]
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json: \"schedule\": linear schedule without \['beta_max'\]"):
+        load_mlp_ladder(str(tmp_path))
+    cfg["schedule"] = dict(VPSchedule.cosine().to_dict(), s=-1.0)
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json: \"schedule\": .*s: expected a positive offset"):
+        load_mlp_ladder(str(tmp_path))
+
+
 def test_ddim_eta_one_is_ddpm_and_shared_noise_converges():
     P = gaussian(3, seed=2)
     S = VPSchedule.linear()
@@ -132,6 +151,37 @@ def test_bench_diffusion_quick(tmp_path):
     em = sorted((r["steps"], r["error"]) for r in gauss["runs"] if r["method"] == "em_top")
     assert em[0][1] > em[-1][1], f"EM error should fall with more steps: {em}"
     assert "ML-EM" in r.output and "DPM-Solver++" in r.output
+
+
+def test_saturation_uses_the_real_step_size():
+    from multilevel_em.bench.diffusion import T_MIN, _saturated
+
+    # "em" with 100 steps from t = 1 to T_MIN: h = (1 - T_MIN) / 100, so a rate of 100 fires with
+    # probability 0.9999 < 1, not at every step; on the diffusers samplers' grid (1 down to 0) it does.
+    times = [1e-3, 0.1, 0.5, 1.0]
+    assert not _saturated([lambda t: 100.0], 100, times, t_start=1.0, t_end=T_MIN)
+    assert _saturated([lambda t: 100.0 / (1 - T_MIN)], 100, times, t_start=1.0, t_end=T_MIN)
+    assert _saturated([lambda t: 100.0], 100, times, t_start=1.0, t_end=0.0)
+    # Times inside the last step (never a step's start) do not count; a low rate elsewhere does.
+    assert _saturated([lambda t: 100.0 if t > 0.05 else 1.0], 20, times, t_start=1.0, t_end=0.0)
+    assert not _saturated([lambda t: 100.0, lambda t: 1.0], 20, times, t_start=1.0, t_end=0.0)
+
+
+def test_bench_diffusion_with_a_loaded_two_level_ladder_has_no_gamma(tmp_path):
+    from multilevel_em.bench.diffusion import run_bench
+
+    for kind, P in (("gaussian", gaussian(2, seed=0)), ("mixture", gaussian_mixture(2, components=2, seed=0))):
+        train_mlp_ladder(P, (4, 8), steps=5, batch=16, seed=0).save(str(tmp_path / "lad" / kind))
+    small = dict(n_gauss=16, n_mix=16, ref_steps=64, em_steps=(5, 10), ode_steps=(5,), mlem_steps=(10,),
+                 mlem_ode_steps=(5,), top_fires=(1,), stitch_fractions=(0.4,))
+    lines = []
+    res = run_bench(quick=True, out=str(tmp_path / "d.json"), plot_path=str(tmp_path / "d.png"),
+                    ladders=str(tmp_path / "lad"), overrides=small, echo=lines.append)
+    assert [p["gamma"]["gamma"] for p in res["problems"]] == [None, None]
+    assert (tmp_path / "d.png").stat().st_size > 0
+    assert sum("gamma n/a" in line for line in lines) == 2, lines
+    floor = res["problems"][1]["statistical_floor"]
+    assert math.isfinite(floor["mmd2_mean"]) and floor["mmd2_std"] > 0
 
 
 def test_bench_diffusion_records_the_command(monkeypatch):

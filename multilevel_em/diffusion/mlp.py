@@ -107,17 +107,6 @@ def problem_spec(problem) -> Dict:
             "covs": problem.covs.tolist()}
 
 
-def _schedule_spec(s: VPSchedule) -> Dict:
-    return {"kind": s.kind, "beta_min": s.beta_min, "beta_max": s.beta_max, "s": s.s,
-            "num_train_timesteps": s.num_train_timesteps, "t_max": s.t_max}
-
-
-def _schedule_from_spec(spec: Dict) -> VPSchedule:
-    if spec["kind"] == "linear":
-        return VPSchedule.linear(spec["beta_min"], spec["beta_max"], spec["num_train_timesteps"])
-    return VPSchedule.cosine(spec["s"], spec["num_train_timesteps"], spec["t_max"])
-
-
 # ----------------------------------------------------------------------------- the ladder
 
 
@@ -143,7 +132,7 @@ class MLPLadder:
 
     @property
     def schedule(self) -> VPSchedule:
-        return _schedule_from_spec(self.config["schedule"])
+        return VPSchedule.from_dict(self.config.get("schedule"), 'config["schedule"]')
 
     def ladder(self) -> Ladder:
         return Ladder(list(self.models), self.costs, names=[f"width {w}" for w in self.widths])
@@ -179,6 +168,7 @@ def load_mlp_ladder(directory: str) -> MLPLadder:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
+    VPSchedule.from_dict(cfg.get("schedule"), f'{path}: "schedule"')  # a clear error now, not at first use
     models = []
     for k, (fname, width) in enumerate(zip(cfg["files"], cfg["widths"]), start=1):
         fpath = os.path.join(directory, fname)
@@ -267,7 +257,7 @@ def train_mlp_ladder(
             p.requires_grad_(False)
         models.append(model)
     config = {"dim": problem.dim, "depth": depth, "time_features": time_features, "max_period": models[0].max_period,
-              "schedule": _schedule_spec(schedule), "problem": problem_spec(problem),
+              "schedule": schedule.to_dict(), "problem": problem_spec(problem),
               "training": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "t_min": t_min,
                            "loss": "denoising score matching on eps, t ~ U(t_min, 1)"}}
     return MLPLadder(models, config)

@@ -27,7 +27,7 @@ so that ``alpha_bar(t_k)`` is the continuum limit of ``DDPMScheduler.alphas_cump
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Union
 
 import torch
@@ -125,6 +125,56 @@ class VPSchedule:
         raise ValueError(
             f"config: beta_schedule {kind!r} is not a VP schedule we model; expected 'linear' or 'squaredcos_cap_v2'"
         )
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict of every field (kind, beta_min, beta_max, s, num_train_timesteps, t_max);
+        :meth:`from_dict` reads it back. The one format of the MLP and UNet ladder files."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d, where: str = "schedule") -> "VPSchedule":
+        """The schedule of a :meth:`to_dict` dict, checked as :meth:`linear` / :meth:`cosine` check their arguments.
+
+        ``kind`` and the keys that kind uses (linear: beta_min, beta_max, num_train_timesteps;
+        cosine: s, num_train_timesteps, t_max) are required; the others fall back to the defaults.
+        Other keys are ignored. ``where`` (a file name, a key) starts the message of the ValueError
+        raised on bad input.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a schedule dict with a \"kind\" key, got {d!r}")
+        kind = d.get("kind")
+        if not isinstance(kind, str) or kind not in _REQUIRED:
+            raise ValueError(f"{where}: \"kind\": expected 'linear' or 'cosine', got {kind!r}")
+        missing = [k for k in _REQUIRED[kind] if k not in d]
+        if missing:
+            raise ValueError(f"{where}: {kind} schedule without {missing}: {d!r}")
+        values = {}
+        for k in _FIELDS:
+            if k == "kind" or k not in d:
+                continue
+            v = d[k]
+            if k == "num_train_timesteps":
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            else:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok:
+                expected = "an int" if k == "num_train_timesteps" else "a finite number"
+                raise ValueError(f"{where}: \"{k}\": expected {expected}, got {v!r}")
+            values[k] = v if k == "num_train_timesteps" else float(v)
+        try:
+            if kind == "linear":
+                base = cls.linear(values["beta_min"], values["beta_max"], values["num_train_timesteps"])
+            else:
+                base = cls.cosine(values["s"], values["num_train_timesteps"], values["t_max"])
+            t_max = values.get("t_max", base.t_max)
+            if not 0 < t_max <= 1:
+                raise ValueError(f"t_max: expected a time in (0, 1], got {t_max}")
+        except ValueError as e:
+            raise ValueError(f"{where}: malformed {kind} schedule {d!r}: {e}") from None
+        # keep the stored values of the keys this kind does not use too, so that to_dict / from_dict round-trips
+        return cls(**{**base.to_dict(), **values, "kind": kind})
 
     def diffusers_config(self) -> dict:
         """The diffusers scheduler arguments that give the same betas (and nothing else)."""
@@ -236,6 +286,10 @@ class VPSchedule:
     def time(self, k) -> torch.Tensor:
         """The continuous time t_k = (k + 1) / T of diffusers timestep k (float64)."""
         return (torch.as_tensor(k, dtype=torch.float64) + 1) / self.num_train_timesteps
+
+
+_FIELDS = tuple(f.name for f in fields(VPSchedule))
+_REQUIRED = {"linear": ("beta_min", "beta_max", "num_train_timesteps"), "cosine": ("s", "num_train_timesteps", "t_max")}
 
 
 def _check_T(T) -> int:

@@ -17,7 +17,6 @@ Level costs are FLOPs per sample of one forward pass, counted by ``torch.utils.f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -52,14 +51,16 @@ class CheckpointError(ValueError):
 
 
 def schedule_to_dict(s: VPSchedule) -> Dict:
-    return dataclasses.asdict(s)
+    """``s.to_dict()`` (:meth:`VPSchedule.to_dict`, the one schedule format of the ladder files)."""
+    return s.to_dict()
 
 
 def schedule_from_dict(d: Dict, where: str = "schedule") -> VPSchedule:
+    """:meth:`VPSchedule.from_dict`, raising CheckpointError (naming ``where``) on a malformed dict."""
     try:
-        return VPSchedule(**{k: d[k] for k in ("kind", "beta_min", "beta_max", "s", "num_train_timesteps", "t_max")})
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: malformed schedule {d!r} ({e})") from None
+        return VPSchedule.from_dict(d, where)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def build_unet(width: int, *, sample_size: int = 16, channels: int = 1, layers_per_block: int = 1, norm_groups: int = 4):
@@ -231,7 +232,7 @@ def load_unet(directory: str, schedule: Optional[VPSchedule] = None):
     mlem = config.pop("_mlem", None)
     if not isinstance(mlem, dict) or "schedule" not in mlem:
         raise CheckpointError(f"{cfg_path}: no \"_mlem\" entry (width, flops, schedule); not written by multilevel_em")
-    level_schedule = schedule_from_dict(mlem["schedule"], cfg_path)
+    level_schedule = schedule_from_dict(mlem["schedule"], f"{cfg_path}: \"_mlem\".\"schedule\"")
     if schedule is not None and level_schedule != schedule:
         raise CheckpointError(
             f"{cfg_path}: this UNet was trained with schedule {level_schedule}, but the ladder uses {schedule}; "
@@ -259,7 +260,9 @@ def load_ladder(directory: str) -> UNetLadder:
         raise CheckpointError(f"{index_path}: not a UNet ladder (expected \"format\": \"{FORMAT}\")")
     if index.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{index_path}: unsupported version {index.get('version')!r} (expected {FORMAT_VERSION})")
-    schedule = schedule_from_dict(index.get("schedule", {}), index_path)
+    if "schedule" not in index:
+        raise CheckpointError(f"{index_path}: no \"schedule\" entry")
+    schedule = schedule_from_dict(index["schedule"], f"{index_path}: \"schedule\"")
     unets, widths, costs = [], [], []
     for k, name in enumerate(index.get("levels", [])):
         unet, w, c, _ = load_unet(os.path.join(directory, name), schedule)

@@ -266,7 +266,8 @@ class MultilevelPipeline:
                 the cheapest level for ``fractions`` of the steps, default 40%, then the top).
             steps: step count. "mlem" with a budget (or the calibration's default): fixes the plan's
                 step count (default: planned); "mlem" with rates: required. One-model methods:
-                default ``floor(budget)`` with a budget, else 250 (em), 50 (ddim, stitch), 20 (dpmpp_2m).
+                default ``floor(budget)`` with a budget, else 250 (em), 50 (ddim, stitch), 20 (dpmpp_2m);
+                given with a budget, it must equal ``floor(budget)`` (ValueError otherwise). None: not given.
             rates: "mlem": lambda_2..lambda_K per unit of diffusion time (numbers or callables of t);
                 overrides the calibration.
             budget: cost per sample in top-level equivalents: "mlem" plans levels, steps and rates
@@ -292,6 +293,14 @@ class MultilevelPipeline:
             raise ValueError(f"rates: only method='mlem' uses rates, got method={method!r}")
         if sampler is not None and method not in ("mlem", "stitch"):
             raise ValueError(f"sampler: method={method!r} is its own sampler; sampler= is for 'mlem' and 'stitch'")
+        if budget is not None and steps is not None and method != "mlem":
+            # one model: the budget only sets the step count, so a different steps= would silently override it
+            self._check_budget(budget)
+            if isinstance(steps, bool) or steps != _budget_steps(budget):
+                raise ValueError(
+                    f"budget={budget!r} and steps={steps!r} disagree: method={method!r} takes floor(budget) = "
+                    f"{_budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
+                )
         L = self.ladder
         models = L.eps_models()
         g_noise, g_draws = _split_generator(generator, batch_size)
@@ -325,7 +334,7 @@ class MultilevelPipeline:
                 per_step = 1.0 if method != "stitch" else None
                 if per_step is None:
                     raise ValueError("budget: not supported for method='stitch'; pass steps")
-                steps = int(math.floor(budget + 1e-9))
+                steps = _budget_steps(budget)
                 if steps < 1:
                     raise ValueError(
                         f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
@@ -384,3 +393,8 @@ class MultilevelPipeline:
 
     def __repr__(self) -> str:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
+
+
+def _budget_steps(budget: float) -> int:
+    """The step count of a one-model method for ``budget`` top-level equivalents per sample: floor(budget)."""
+    return int(math.floor(budget + 1e-9))
