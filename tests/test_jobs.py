@@ -304,3 +304,17 @@ def test_an_unusable_device_is_named_and_leaves_nothing(tiny, tmp_path):
     r = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "2", "--steps", "2", "--method", "em",
                                   "--device", "no-such-device", "--out", str(tmp_path / "g.png")])
     assert r.exit_code != 0 and "--device" in r.output and not (tmp_path / "g.png").exists()
+
+
+def test_a_corrupt_shard_is_computed_again(tiny, tmp_path, reference):
+    """A shard file that is not a complete shard (here: truncated by hand) does not count as done."""
+    out = tmp_path / "job"
+    run_job(_job(tiny, out), progress=False, echo=lambda *_: None)
+    path = out / "shard-000002.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    assert completed_shards(_job(tiny, out)) == [0, 1, 3]
+    with pytest.raises(JobError, match="shard-000002.npz: not a complete shard"):
+        load_samples(str(out))
+    report = run_job(_job(tiny, out), progress=False, echo=lambda *_: None)
+    assert report["computed_this_run"] == 3
+    _same_samples(out, reference)

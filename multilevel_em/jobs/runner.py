@@ -24,6 +24,7 @@ import shutil
 import socket
 import tempfile
 import time
+import zipfile
 from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -128,15 +129,24 @@ class _RayShardWorker(ShardWorker):
 _SHARD_KEYS = ("x", "images", "indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
 
 
-def _read_shard(job: SamplingJob, path: str, k: int) -> Optional[Dict]:
-    """The shard's arrays if the file is a complete shard ``k`` of ``job``, else None."""
+#: The small members of a shard (the report reads only these; npz members load one at a time).
+_SUMMARY_KEYS = ("indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
+
+
+def _read_shard(job: SamplingJob, path: str, k: int, keys=_SUMMARY_KEYS) -> Optional[Dict]:
+    """The shard's arrays ``keys`` if the file is shard ``k`` of ``job`` with every member, else None.
+
+    Shards are written whole (temporary file, then rename), so a file with the right members
+    and indices is complete; the samples themselves are not read unless asked for."""
     try:
         with np.load(path) as z:
-            data = {key: z[key] for key in _SHARD_KEYS}
-    except (OSError, ValueError, KeyError, EOFError):
+            if set(z.files) != set(_SHARD_KEYS):
+                return None
+            data = {key: z[key] for key in set(keys) | {"indices"}}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     start, stop = job.shard_range(k)
-    if not np.array_equal(data["indices"], np.arange(start, stop)) or data["x"].shape[0] != stop - start:
+    if not np.array_equal(data["indices"], np.arange(start, stop)):
         return None
     return data
 
@@ -144,7 +154,7 @@ def _read_shard(job: SamplingJob, path: str, k: int) -> Optional[Dict]:
 def completed_shards(job: SamplingJob) -> List[int]:
     """Indices of the shards already complete in ``job.out``."""
     return [k for k in range(job.n_shards) if os.path.exists(shard_path(job.out, k))
-            and _read_shard(job, shard_path(job.out, k), k) is not None]
+            and _read_shard(job, shard_path(job.out, k), k, keys=("indices",)) is not None]
 
 
 def load_samples(out: str) -> Dict[str, np.ndarray]:
@@ -155,9 +165,12 @@ def load_samples(out: str) -> Dict[str, np.ndarray]:
         raise JobError(f"{out}: no {JOB_FILE}; not a sampling job folder")
     parts = {"x": [], "images": [], "indices": []}
     for path in sorted(glob.glob(os.path.join(os.fspath(out), "shard-*.npz"))):
-        with np.load(path) as z:
-            for key in parts:
-                parts[key].append(z[key])
+        try:
+            with np.load(path) as z:
+                for key in parts:
+                    parts[key].append(z[key])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise JobError(f"{path}: not a complete shard ({e}); rerun the job to compute it again") from None
     if not parts["x"]:
         raise JobError(f"{out}: no complete shard yet")
     return {key: np.concatenate(v) for key, v in parts.items()}
