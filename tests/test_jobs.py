@@ -143,6 +143,20 @@ def test_pipeline_per_sample_generators(tiny):
     assert (a - b).abs().max() <= 1e-5 * a.abs().max()
     with pytest.raises(ValueError, match="one generator per sample"):
         pipe(3, generator=sample_generators(0, range(2)), **kw)
+    # batch_invariant: the UNets see one image at a time, so any split is bit-identical.
+    kw["batch_invariant"] = True
+    c = pipe(5, generator=sample_generators(0, range(5)), **kw).x
+    d = torch.cat([pipe(2, generator=sample_generators(0, range(2)), **kw).x,
+                   pipe(3, generator=sample_generators(0, range(2, 5)), **kw).x])
+    assert torch.equal(c, d) and (c - a).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_batch_invariant_jobs_agree_across_batch_sizes(tiny, tmp_path):
+    runs = [run_job(_job(tiny, tmp_path / f"b{b}", n=7, batch_size=b, batch_invariant=True), progress=False,
+                    echo=lambda *_: None) for b in (2, 7)]
+    assert [r["shards"] for r in runs] == [4, 1]
+    a, b = load_samples(str(tmp_path / "b2")), load_samples(str(tmp_path / "b7"))
+    assert np.array_equal(a["x"], b["x"]) and a["indices"].tolist() == list(range(7))
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -259,7 +273,7 @@ def test_unreachable_ray_address_writes_nothing(tiny, tmp_path):
 @pytest.mark.parametrize("kw, match", [
     ({"n": 0}, "n: expected"), ({"n": -5}, "n: expected"), ({"batch_size": 0}, "batch_size"),
     ({"method": "magic"}, "method"), ({"budget": -1.0}, "budget"), ({"rates": ("a",)}, "rates"),
-    ({"out": "grid.png"}, "image file"),
+    ({"out": "grid.png"}, "image file"), ({"batch_invariant": 1}, "batch_invariant"),
 ])
 def test_bad_job_descriptions(tiny, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):

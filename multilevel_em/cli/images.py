@@ -101,13 +101,16 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
                    "Needs pip install 'multilevel-em[distributed]'.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Ray workers (default: all CPUs).")
 @click.option("--device", default="cpu", show_default=True, help="Where the UNets run (cpu, cuda); random numbers are drawn on the CPU.")
+@click.option("--batch-invariant", is_flag=True,
+              help="Evaluate the UNets one image at a time: image i is then bit-identical at any --batch-size "
+                   "(3-10x slower on a CPU).")
 @click.option("--png", "write_png", is_flag=True, help="Job folder: also write one PNG per sample under OUT/png.")
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(min=1), help="Upscale the grid by this factor.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
-def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, write_png,
-               scale, threads, overwrite):
+def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
+               write_png, scale, threads, overwrite):
     """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
     into one image grid when OUT ends in .png."""
     if n < 1:
@@ -122,8 +125,8 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
         for flag, value in (("--ray", ray_address), ("--workers", workers), ("--png", write_png or None)):
             if value is not None:
                 raise click.BadParameter("only for a job folder; OUT ends in .png (one image grid)", param_hint=flag)
-        _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, scale, threads,
-                     overwrite)
+        _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, batch_invariant,
+                     scale, threads, overwrite)
     else:
         if overwrite:
             raise click.BadParameter("a job folder is resumed, never overwritten; delete it or choose another "
@@ -131,17 +134,18 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
         if workers is not None and ray_address is None:
             raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
         _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                    write_png)
+                    batch_invariant, write_png)
 
 
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                    write_png):
+                    batch_invariant, write_png):
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, run_job
 
     try:
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
-                          steps=steps, budget=budget, rates=rates, png=write_png, device=device)
+                          steps=steps, budget=budget, rates=rates, png=write_png, device=device,
+                          batch_invariant=batch_invariant)
         report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
     except (JobError, CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -155,8 +159,8 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
     click.echo(f"wrote {out}")
 
 
-def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, scale, threads,
-                     overwrite):
+def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, batch_invariant,
+                     scale, threads, overwrite):
     import torch
     from tqdm import tqdm
 
@@ -182,7 +186,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
             stop = min(n, start + batch_size)
             try:
                 result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
-                              generator=sample_generators(seed, range(start, stop)))
+                              batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)))
             except ValueError as e:
                 raise click.ClickException(str(e)) from None
             images.append(result.images)
