@@ -1,6 +1,7 @@
 """Random numbers per batch or per sample.
 
-Everywhere a solver or sampler of this package takes ``generator=``, it accepts
+The diffusion samplers (:func:`multilevel_em.diffusion.sample`), ``MultilevelDenoiser``,
+:func:`~multilevel_em.engine.telescoping_estimate` and ``MultilevelPipeline`` take as ``generator=``
 
 * ``None``: torch's global generator;
 * one ``torch.Generator``: the whole batch is drawn from it, so a sample's random numbers
@@ -11,7 +12,8 @@ Everywhere a solver or sampler of this package takes ``generator=``, it accepts
 
 :func:`sample_generators` keys such generators by ``(seed, sample index)``: sample i of a
 job gets the same random numbers whatever the batch size, the number of workers or the
-order in which batches complete.
+order in which batches complete.  (:func:`~multilevel_em.engine.solve` takes one generator: its
+Brownian path is seeded for the whole batch.)
 """
 
 from __future__ import annotations
