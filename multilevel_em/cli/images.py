@@ -138,7 +138,7 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
 
 
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                    batch_invariant, write_png):
+                batch_invariant, write_png):
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, run_job
 
