@@ -7,6 +7,8 @@ and since the seeds are fixed, a passing test passes every time.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Callable, List, Sequence
 
 import numpy as np
@@ -66,4 +68,15 @@ def three_level_ladder(costs=(1.0, 4.0, 16.0)) -> Ladder:
     return Ladder([f1, f2, f3], list(costs))
 
 
-__all__ = ["F64", "fit_slope", "rms", "Counting", "wiggle_levels", "three_level_ladder"]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """Import the standalone script ``benchmarks/<name>.py`` as a module (it is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+__all__ = ["F64", "load_benchmark", "fit_slope", "rms", "Counting", "wiggle_levels", "three_level_ladder"]

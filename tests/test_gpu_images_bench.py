@@ -8,7 +8,6 @@ MultilevelPipeline on the CPU, where they must give the same samples.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -16,18 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_images.py"
 SHIPPED = ROOT / "multilevel_em" / "images" / "pretrained" / "digits"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_images_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_images")
 
 
 def _check_result(data: dict, settings: list, budget_s: float) -> None:

@@ -3,22 +3,18 @@
 Throughput is not asserted (a shared machine); bit-identical samples across the three runs are.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 pytest.importorskip("ray")
 pytest.importorskip("diffusers")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "jobs_throughput.py"
 
 
 def test_jobs_throughput_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("jobs_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("jobs_throughput")
     out = tmp_path / "jobs.json"
     res = module.main(["--quick", "--out", str(out)])
     data = json.loads(out.read_text())

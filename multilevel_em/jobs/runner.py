@@ -19,6 +19,7 @@ the shard's samples do not depend on which worker computes it.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
@@ -63,12 +64,9 @@ class ShardWorker:
     """
 
     def __init__(self, job: SamplingJob, bundle: Optional[Dict[str, bytes]] = None):
-        import torch
-
         from ..images import MultilevelPipeline
 
         self.job = job
-        torch.set_num_threads(1)  # the same numerics on every worker; small UNets gain nothing from threads
         if bundle is None:
             self.pipe = MultilevelPipeline.from_pretrained(job.ladder)
         else:
@@ -92,7 +90,7 @@ class ShardWorker:
         _maybe_crash(k)
         start, stop = self.job.shard_range(k)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # the same numerics on every worker; small UNets gain nothing from threads
         try:
             t0 = time.perf_counter()
             out = self.pipe(stop - start, generator=sample_generators(self.job.seed, range(start, stop)),
@@ -177,8 +175,6 @@ def load_samples(out: str) -> Dict[str, np.ndarray]:
 
 
 def _read_manifest(out: str) -> Optional[Dict]:
-    import json
-
     path = os.path.join(os.fspath(out), JOB_FILE)
     if not os.path.exists(path):
         return None
