@@ -8,6 +8,6 @@ choice of levels, rate scale and steps. Imports the engine; the engine does not 
 """
 
 from .measure import MIN_STATES, MIN_TIMES, calibrate
-from .model import Calibration, PiecewiseLinearRate, Plan, Prediction
+from .model import CallPlan, Calibration, PiecewiseLinearRate, Plan, Prediction
 
-__all__ = ["calibrate", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "MIN_STATES", "MIN_TIMES"]
+__all__ = ["calibrate", "CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "MIN_STATES", "MIN_TIMES"]

@@ -12,6 +12,7 @@ The "ddpm", "ddim" and "dpmpp_2m" samplers need diffusers (``pip install 'multil
 """
 
 from .denoisers import DiffusersUNetAdapter, MultilevelDenoiser, TStitchDenoiser, as_eps_model
+from .multilevel_model import MultilevelModel, scheduler_spans
 from .metrics import median_bandwidth, mmd2_unbiased, sliced_wasserstein
 from .mlp import EpsMLP, MLPLadder, load_mlp_ladder, train_mlp_ladder
 from .samplers import SAMPLERS, Samples, make_scheduler, sample
@@ -22,6 +23,7 @@ __all__ = [
     "EpsMLP",
     "MLPLadder",
     "MultilevelDenoiser",
+    "MultilevelModel",
     "SAMPLERS",
     "Samples",
     "TStitchDenoiser",
@@ -32,6 +34,7 @@ __all__ = [
     "median_bandwidth",
     "mmd2_unbiased",
     "sample",
+    "scheduler_spans",
     "sliced_wasserstein",
     "train_mlp_ladder",
 ]

@@ -170,8 +170,12 @@ class LevelEvaluator:
     """Evaluates a ladder's levels on (sub-)batches, checks each level's output (shape, dtype,
     device) on first use and counts sample-evaluations per level in ``evaluations``.
 
-    ``evaluator(j, x, t)`` returns ``ladder[j](x, t)`` (0-based j); ``x0`` fixes the expected
-    dtype and device.
+    ``evaluator(j, x, t, rows)`` returns ``ladder[j](x, t)`` (0-based j); ``x0`` fixes the expected
+    dtype and device.  ``rows`` says which rows of the whole batch ``x`` holds: None (all of
+    them, in order) or an increasing index tensor; the plain evaluator ignores it, subclasses
+    that must slice per-row inputs alongside ``x`` (the conditioning of a diffusers model) override
+    :meth:`evaluate`.  Subclasses whose levels return another per-row shape than the state's
+    (telescoping_estimate allows it; :func:`solve` does not) override :meth:`check_output`.
     """
 
     def __init__(self, ladder: Ladder, x0: torch.Tensor):
@@ -181,14 +185,20 @@ class LevelEvaluator:
         self._checked = [False] * len(ladder)
         self._like = (x0.dtype, x0.device)
 
-    def __call__(self, j: int, x: torch.Tensor, t: float) -> torch.Tensor:
-        out = self._levels[j](x, t)
+    def __call__(self, j: int, x: torch.Tensor, t: float, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.evaluate(j, x, t, rows)
         if not self._checked[j]:
-            self._check(j, x, out)
+            self.check_output(j, x, out)
+            self._checked[j] = True
         self.evaluations[j] += x.shape[0]
         return out
 
-    def _check(self, j: int, x: torch.Tensor, out) -> None:
+    def evaluate(self, j: int, x: torch.Tensor, t: float, rows: Optional[torch.Tensor]) -> torch.Tensor:
+        """Level j (0-based) on the rows ``x`` (``rows`` of the whole batch, None: all)."""
+        return self._levels[j](x, t)
+
+    def check_output(self, j: int, x: torch.Tensor, out) -> None:
+        """Raise naming the level unless ``out`` is a tensor of x's shape, dtype and device."""
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"level {j + 1} ({self.ladder.names[j]}): expected a Tensor, got {type(out).__name__}")
         if out.shape != x.shape:
@@ -201,7 +211,6 @@ class LevelEvaluator:
                 f"level {j + 1} ({self.ladder.names[j]}): output dtype/device {out.dtype}/{out.device} differs "
                 f"from the state's {self._like[0]}/{self._like[1]}"
             )
-        self._checked[j] = True
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -307,9 +316,9 @@ def _mlem_drift(
         if rows is _ALL:
             out[j] = full[j] = call(j, x, t)
         else:
-            out[j] = o = call(j, x.index_select(0, rows), t)
+            out[j] = o = call(j, x.index_select(0, rows), t, rows)
             if j < K - 1:  # the top level's rows are exactly those of its correction: no scatter
-                full[j] = torch.empty_like(x).index_copy_(0, rows, o)
+                full[j] = o.new_empty((x.shape[0], *o.shape[1:])).index_copy_(0, rows, o)
     # F += (f^l - f^{l-1}) * (1 / p_l) on the rows where correction l fired (distinct rows, so
     # the sum is deterministic on every device); the 1 / p_l rides on the add's alpha.  (On
     # CPU, index_add with alpha = 1 becomes a scatter_add that starts the thread pool: ~50 us
@@ -350,7 +359,8 @@ def telescoping_estimate(
     ``evaluator`` (which counts them), each needed level once, on the rows that need it with
     ``draws="per_sample"``. ``generator``: None, a ``torch.Generator``, or (per-sample draws)
     one generator per row of ``x`` (see :mod:`multilevel_em.engine.random`). Shape of the
-    result: ``x.shape``.
+    result: the levels' output shape, ``(batch, *out_shape)`` (``x.shape`` for a plain
+    :class:`LevelEvaluator`, which checks it).
     """
     probs = [float(p) for p in probs]
     if len(probs) != len(evaluator.ladder) - 1:

@@ -1,0 +1,760 @@
+"""``MultilevelModel``: a ladder of a user's own denoisers as one drop-in model for stock pipelines.
+
+A diffusers pipeline calls its denoiser once per scheduler call::
+
+    out = pipe.unet(latents, t, encoder_hidden_states=..., added_cond_kwargs=..., return_dict=False)[0]
+    out = pipe.transformer(latents, timestep=t, class_labels=...).sample
+
+Every common scheduler step is affine in that output given the past (METHOD.md, section 5), so
+replacing the top model's output by the randomized telescoping estimate
+
+    F = f^1 + sum_{l=2..K} (B_l / p_l) (f^l - f^{l-1}),   B_l ~ Bernoulli(p_l),
+
+with every f^l the raw output of the l-th model on the same inputs (eps, v, x0 or flow
+velocity alike, learned-variance channels included), keeps each step unbiased for the top
+model.  :class:`MultilevelModel` computes F with the engine's estimator
+(:func:`~multilevel_em.engine.telescoping_estimate`: each needed level once per call, only on
+the rows that need it) and slices every per-row input (conditioning) with those rows::
+
+    from multilevel_em.diffusion import MultilevelModel
+
+    pipe.unet = MultilevelModel([tiny_unet, small_unet, pipe.unet], scheduler=pipe.scheduler)
+    cal = pipe.unet.calibrate(lambda: pipe(prompt, num_inference_steps=25, output_type="latent"))
+    pipe.unet.plan(budget=8)          # top-level equivalents per image, for this scheduler's calls
+    images = pipe(prompt, num_inference_steps=25).images
+    pipe.unet.report()                # evaluations per level, top-level equivalents per image
+
+Times.  A call's time is t = (timestep + 1) / num_train_timesteps in [0, 1] (the convention
+of :meth:`VPSchedule.time <multilevel_em.diffusion.VPSchedule.time>`; for flow-matching
+schedulers, whose timesteps are sigma x 1000, t = sigma + 1/1000).  With ``rates`` (per unit
+of t), call n gets p_l = min(1, lambda_l(t_n) span_n), where span_n is the time from t_n down
+to the next smaller time of the scheduler's grid (0 after the last), divided by the number of
+calls the scheduler makes at t_n.  Schedulers that call the model several times per step
+(Heun: ``timesteps`` repeats every interior time; KDPM2 and DPM-Solver singlestep interleave
+extra times) thus spread a step's rate over its calls: the expected number of corrections per
+unit time stays lambda and every call stays unbiased (p > 0 where lambda > 0), but the
+variance a correction adds is weighted by that stage's coefficient in the step, so a plan is
+only approximate there.
+
+Guidance.  Classifier-free guidance doubles the batch ([uncond; cond], identical latents) and
+combines the two halves affinely, so the estimate stays unbiased for the guided top model.
+By default (``pair_guidance="auto"``) a batch whose halves are identical is treated as
+guidance pairs: both copies of an image share their level draws, so the guidance difference
+is taken at the same levels.  Guidance rescale (``guidance_rescale > 0``), dynamic
+thresholding and x0 clipping are nonlinear in the output: with them the estimate is no
+longer unbiased for the top model's step (it stays close when the probabilities are high).
+A learned variance used nonlinearly by a scheduler (DDPM ``variance_type="learned_range"``)
+is biased in the same way; its mean channels are not.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from numbers import Real
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .._fit import loglog_slope
+from ..calibration import CallPlan, Calibration
+from ..engine import Ladder, LevelEvaluator, telescoping_estimate
+from ..engine.random import check_generators, is_per_sample
+
+__all__ = ["MultilevelModel", "scheduler_spans"]
+
+_PAIRING = ("auto", True, False)
+
+
+# ----------------------------------------------------------------------------- times and spans
+
+
+def _num_train_timesteps(scheduler) -> int:
+    config = getattr(scheduler, "config", None)
+    T = getattr(config, "num_train_timesteps", None) if config is not None else None
+    if T is None:
+        T = getattr(scheduler, "num_train_timesteps", None)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(
+            f"scheduler: expected a diffusers scheduler with config.num_train_timesteps, got {type(scheduler).__name__}"
+        )
+    return T
+
+
+def _time(timestep: float, T: int) -> float:
+    return (float(timestep) + 1.0) / T
+
+
+def _key(timestep: float) -> float:
+    return round(float(timestep), 4)
+
+
+def scheduler_spans(scheduler) -> Dict[float, Tuple[float, float]]:
+    """For each timestep of ``scheduler.timesteps``: (its time t, the span of time one call there stands for).
+
+    t = (timestep + 1) / num_train_timesteps; the span of time t_i is (t_i - t_{i+1}) / m_i, with
+    t_{i+1} the next smaller distinct time of the grid (0 after the last) and m_i the number of
+    times t_i occurs in ``timesteps`` (one call each).  Keys are the timesteps rounded to 1e-4.
+    """
+    T = _num_train_timesteps(scheduler)
+    ts = getattr(scheduler, "timesteps", None)
+    if ts is None or len(ts) == 0:
+        raise ValueError(
+            "scheduler: its timesteps are not set; the pipeline calls scheduler.set_timesteps(steps) before the "
+            "first model call (call it yourself when you use the model directly)"
+        )
+    values = [float(v) for v in (ts.tolist() if isinstance(ts, torch.Tensor) else list(ts))]
+    counts: Dict[float, int] = {}
+    for v in values:
+        counts[_key(v)] = counts.get(_key(v), 0) + 1
+    distinct = sorted(counts, reverse=True)
+    out = {}
+    for i, k in enumerate(distinct):
+        t = _time(k, T)
+        t_next = _time(distinct[i + 1], T) if i + 1 < len(distinct) else 0.0
+        out[k] = (t, (t - t_next) / counts[k])
+    return out
+
+
+def _warn_nonlinear(scheduler) -> None:
+    """Warn when a scheduler's step is not affine in the model output (the estimate is then biased)."""
+    config = getattr(scheduler, "config", None)
+    if config is None:
+        return
+    on = [k for k in ("clip_sample", "thresholding") if bool(getattr(config, k, False))]
+    if on:
+        warnings.warn(
+            f"scheduler: {' and '.join(on)} is on; that step is not affine in the model output, so the multilevel "
+            "estimate is no longer unbiased for the top model's step (set it off in the scheduler's config for exact "
+            "unbiasedness)",
+            stacklevel=3,
+        )
+
+
+def _single_timestep(timestep, batch: int) -> float:
+    if isinstance(timestep, torch.Tensor):
+        flat = timestep.detach().reshape(-1)
+        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
+            raise ValueError(
+                "timestep: MultilevelModel draws its levels for one timestep per call; got different timesteps "
+                f"in one batch of {batch}"
+            )
+        return float(flat[0])
+    if isinstance(timestep, bool) or not isinstance(timestep, Real):
+        raise TypeError(f"timestep: expected a number or a tensor, got {type(timestep).__name__}")
+    return float(timestep)
+
+
+# ----------------------------------------------------------------------------- per-row inputs
+
+
+def _gather(value, name: str, batch: int, rows: Optional[torch.Tensor]):
+    """``value`` with its batch rows selected: tensors whose first dimension is ``batch`` (inside
+    dicts, lists and tuples too); tensors of first dimension 1, 0-dim tensors and non-tensors pass."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 0 or value.shape[0] == 1 and batch != 1:
+            return value
+        if value.shape[0] != batch:
+            raise ValueError(
+                f"{name}: first dimension {value.shape[0]} matches neither the batch ({batch}) nor 1; "
+                "MultilevelModel slices per-row inputs with the rows that run a level, so it must know which "
+                "rows a tensor belongs to"
+            )
+        return value if rows is None else value.index_select(0, rows)
+    if isinstance(value, dict):
+        return {k: _gather(v, f"{name}[{k!r}]", batch, rows) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not isinstance(value, str):
+        out = [_gather(v, f"{name}[{i}]", batch, rows) for i, v in enumerate(value)]
+        return type(value)(out) if isinstance(value, tuple) and type(value) is tuple else out
+    return value
+
+
+def _raw_output(out, label: str) -> torch.Tensor:
+    """The tensor of a model's output: ``.sample``, the first element of a tuple, or the tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"{label}: expected a tensor, a diffusers output with .sample or a tuple, got {type(out).__name__}")
+
+
+class _CallableModule(torch.nn.Module):
+    """A plain callable held as a module (so that MultilevelModel is a Module over its levels)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+class _Call:
+    """One forward call: the inputs, how rows map to images, and each level run on a set of images."""
+
+    def __init__(self, models, names, sample, timestep, args, kwargs, groups: int):
+        self.models, self.names = models, names
+        self.rows_total = sample.shape[0]
+        self.groups = groups
+        self.images = self.rows_total // groups
+        self.sample, self.timestep, self.args, self.kwargs = sample, timestep, args, kwargs
+        self.output_type = None
+        # The estimator's state: (images, groups, *sample_shape); image i's rows are i + g * images.
+        self.state = sample.reshape(groups, self.images, *sample.shape[1:]).transpose(0, 1)
+
+    def model_rows(self, images: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if images is None:
+            return None
+        if self.groups == 1:
+            return images
+        return torch.cat([images + g * self.images for g in range(self.groups)])
+
+    def run(self, j: int, state: torch.Tensor, images: Optional[torch.Tensor]) -> torch.Tensor:
+        """Level j on the images ``images`` (None: all) whose states are ``state`` (m, groups, ...);
+        returns its raw output as (m, groups, *out_shape)."""
+        m = state.shape[0]
+        x = state.transpose(0, 1).reshape(self.groups * m, *state.shape[2:])
+        rows = self.model_rows(images)
+        n = self.rows_total
+        timestep = _gather(self.timestep, "timestep", n, rows)
+        args = _gather(self.args, "args", n, rows)
+        kwargs = {k: _gather(v, k, n, rows) for k, v in self.kwargs.items()}
+        result = self.models[j](x, timestep, *args, **kwargs)
+        if not isinstance(result, (torch.Tensor, tuple, list)) and hasattr(result, "sample"):
+            self.output_type = type(result)  # a diffusers output class: the estimate is returned in one
+        out = _raw_output(result, f"level {j + 1} ({self.names[j]})")
+        if out.ndim < 1 or out.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"level {j + 1} ({self.names[j]}): output of shape {tuple(out.shape)} for {x.shape[0]} input rows"
+            )
+        return out.reshape(self.groups, m, *out.shape[1:]).transpose(0, 1)
+
+    def unstate(self, est: torch.Tensor) -> torch.Tensor:
+        """(images, groups, *out_shape) -> (rows, *out_shape), rows in the pipeline's order."""
+        return est.transpose(0, 1).reshape(self.rows_total, *est.shape[2:])
+
+
+class _RowEvaluator(LevelEvaluator):
+    """The engine's evaluator, running levels through a :class:`_Call` (conditioning sliced by row)."""
+
+    def __init__(self, ladder: Ladder, call: _Call, out_shape: Tuple[int, ...]):
+        super().__init__(ladder, call.state)
+        self._call_ = call
+        self._out_shape = out_shape
+
+    def evaluate(self, j, x, t, rows):
+        return self._call_.run(j, x, rows)
+
+    def check_output(self, j, x, out) -> None:
+        want = (x.shape[0], x.shape[1], *self._out_shape)
+        if tuple(out.shape) != want:
+            raise ValueError(
+                f"level {j + 1} ({self.ladder.names[j]}): output per row {tuple(out.shape[2:])} differs from the other "
+                f"levels' {self._out_shape}"
+            )
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class MultilevelModel(torch.nn.Module):
+    """K denoisers of one family, cheapest first, used as one: the randomized telescoping estimate of the top one.
+
+    ``model(sample, timestep, *args, **kwargs)`` takes exactly what the top model takes and
+    returns what it returns (a diffusers output with ``.sample``, or ``(sample,)`` with
+    ``return_dict=False``), holding f^1 + sum_l (B_l / p_l)(f^l - f^{l-1}) evaluated on the
+    same inputs (module docstring).  ``config``, ``dtype`` and ``device`` are the top model's,
+    and other attributes fall through to it, so ``pipe.unet = MultilevelModel([...])`` or
+    ``pipe.transformer = MultilevelModel([...])`` runs a stock pipeline unchanged.
+
+    Args:
+        models: the denoisers, cheapest first: diffusers models of one class (``UNet2DModel``,
+            ``UNet2DConditionModel``, ``DiTTransformer2DModel``, ...) or callables with the
+            same signature.
+        costs: cost of one row's evaluation per model (any unit, nondecreasing); default:
+            FLOPs per row counted on the first call (with its conditioning) by
+            ``torch.utils.flop_counter``, which must rise along the ladder.
+        probabilities: p_2..p_K per call, numbers in [0, 1] or callables of the timestep
+            (the value the pipeline passes, e.g. 981.0). p = 1 runs both levels of that
+            correction at every call; all ones give the top model's output exactly (up to
+            float rounding of the telescoping sum).
+        rates: instead of probabilities: lambda_2..lambda_K per unit of t (numbers or
+            callables of t; a plan's or a :class:`~multilevel_em.Calibration`'s ``rates``),
+            with ``scheduler``: p = min(1, lambda(t) span) (module docstring).
+        scheduler: the pipeline's scheduler (``pipe.scheduler``): needed by ``rates``,
+            :meth:`calibrate` and :meth:`plan`. Replacing ``pipe.scheduler`` later needs
+            ``model.scheduler = pipe.scheduler`` too.
+        draws: ``"per_sample"`` (each image draws its own B's; a level runs only on the
+            images whose draw needs it) or ``"shared"`` (one draw per call for the batch).
+        generator: the level draws' randomness: None (torch's global generator), a
+            ``torch.Generator``, or a list with one generator per image (diffusers'
+            convention; ``draws="per_sample"``): image b's draws then come from
+            ``generator[b]`` alone. Settable between pipeline calls (``model.generator = ...``).
+        pair_guidance: ``"auto"`` (default): a batch whose two halves are identical (what
+            classifier-free guidance passes) shares its draws between the halves; ``True``:
+            always pair the halves (even batch required); ``False``: every row draws alone.
+        names: level names for messages (default "level 1", ... or the models' class names).
+        prediction_types: optional, one per model ("epsilon", "v_prediction", "sample",
+            "flow"): refused if they disagree. Models whose ``config`` has a
+            ``prediction_type`` are checked too.
+        check_finite: raise ``FloatingPointError`` naming the level that produced NaN or Inf.
+
+    Attributes:
+        evaluations: rows evaluated per level since construction or :meth:`reset`.
+        calls, rows: forward calls and rows (batch entries) seen since then.
+        costs: the levels' costs (None until the first call when measured).
+        calibration, call_plan: set by :meth:`calibrate` and :meth:`plan`.
+    """
+
+    def __init__(
+        self,
+        models: Sequence,
+        *,
+        costs: Optional[Sequence[float]] = None,
+        probabilities: Optional[Sequence] = None,
+        rates: Optional[Sequence] = None,
+        scheduler=None,
+        draws: str = "per_sample",
+        generator=None,
+        pair_guidance="auto",
+        names: Optional[Sequence[str]] = None,
+        prediction_types: Optional[Sequence[str]] = None,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        if isinstance(models, torch.nn.Module) or callable(models) or not isinstance(models, (list, tuple)):
+            raise TypeError("models: expected a list of denoisers, cheapest first (got a single object)")
+        models = list(models)
+        if len(models) < 1:
+            raise ValueError("models: expected at least one denoiser")
+        for j, m in enumerate(models):
+            if not callable(m):
+                raise TypeError(f"models[{j}]: expected a denoiser (callable), got {type(m).__name__}")
+        K = len(models)
+        if names is None:
+            names = [f"level {j + 1} ({type(m).__name__})" for j, m in enumerate(models)]
+        names = [str(n) for n in names]
+        if len(names) != K:
+            raise ValueError(f"names: expected {K} names, got {len(names)}")
+        self.names = names
+        self._check_family(models)
+        self._check_prediction_types(models, prediction_types)
+        self.models = torch.nn.ModuleList(m if isinstance(m, torch.nn.Module) else _CallableModule(m) for m in models)
+        if costs is not None:
+            costs = self._checked_costs(costs)
+        self.costs: Optional[Tuple[float, ...]] = costs
+        if draws not in ("per_sample", "shared"):
+            raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+        self.draws = draws
+        if pair_guidance not in _PAIRING:
+            raise ValueError(f"pair_guidance: expected 'auto', True or False, got {pair_guidance!r}")
+        self.pair_guidance = pair_guidance
+        self.scheduler = scheduler
+        _warn_nonlinear(scheduler)
+        self.generator = generator
+        self.check_finite = bool(check_finite)
+        self.probabilities = None
+        self.rates = None
+        if probabilities is not None and rates is not None:
+            raise ValueError("give at most one of probabilities= and rates=")
+        if probabilities is not None:
+            self.set_probabilities(probabilities)
+        if rates is not None:
+            self.set_rates(rates)
+        self.calibration: Optional[Calibration] = None
+        self.call_plan: Optional[CallPlan] = None
+        self._call_grid: Optional[Tuple[List[float], List[float]]] = None
+        self._recording: Optional[list] = None
+        self._out_shape: Optional[Tuple[int, ...]] = None
+        self._spans_cache = (None, None)
+        self.reset()
+
+    # ------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check_family(models) -> None:
+        modules = [(j, m) for j, m in enumerate(models) if isinstance(m, torch.nn.Module)]
+        if not modules:
+            return
+        j0, m0 = modules[0]
+        for j, m in modules[1:]:
+            if type(m) is not type(m0):
+                raise TypeError(
+                    f"models: level {j + 1} is a {type(m).__name__} but level {j0 + 1} is a {type(m0).__name__}; "
+                    "a ladder's models must be of one family (same class, same inputs and outputs)"
+                )
+        configs = [(j, getattr(m, "config", None)) for j, m in modules]
+        for key in ("in_channels", "out_channels"):
+            vals = [(j, c.get(key) if hasattr(c, "get") else getattr(c, key, None)) for j, c in configs if c is not None]
+            vals = [(j, v) for j, v in vals if v is not None]
+            if len({v for _, v in vals}) > 1:
+                raise ValueError(
+                    f"models: config.{key} differs between levels ("
+                    + ", ".join(f"level {j + 1}: {v}" for j, v in vals) + ")"
+                )
+
+    @staticmethod
+    def _check_prediction_types(models, prediction_types) -> None:
+        found = []
+        for j, m in enumerate(models):
+            c = getattr(m, "config", None)
+            v = (c.get("prediction_type") if hasattr(c, "get") else getattr(c, "prediction_type", None)) if c else None
+            if v is not None:
+                found.append((j, str(v)))
+        if prediction_types is not None:
+            prediction_types = [str(p) for p in prediction_types]
+            if len(prediction_types) != len(models):
+                raise ValueError(f"prediction_types: expected {len(models)} (one per model), got {len(prediction_types)}")
+            found += list(enumerate(prediction_types))
+        if len({v for _, v in found}) > 1:
+            raise ValueError(
+                "prediction types disagree ("
+                + ", ".join(f"level {j + 1}: {v}" for j, v in found)
+                + "); the estimate combines raw outputs, so every level must predict the same quantity"
+            )
+
+    def _checked_costs(self, costs) -> Tuple[float, ...]:
+        try:
+            costs = tuple(float(c) for c in costs)
+        except (TypeError, ValueError):
+            raise TypeError(f"costs: expected {len(self.models)} numbers, got {costs!r}") from None
+        if len(costs) != len(self.models):
+            raise ValueError(f"costs: expected {len(self.models)} costs (one per model), got {len(costs)}")
+        Ladder([lambda x, t: x] * len(costs), costs, self.names)  # the engine's checks: positive, nondecreasing
+        return costs
+
+    # ------------------------------------------------------------------ probabilities
+
+    def set_probabilities(self, probabilities: Sequence) -> None:
+        """Per-call p_2..p_K: numbers in [0, 1] or callables of the timestep (replaces rates)."""
+        probabilities = self._sequence("probabilities", probabilities)
+        for j, p in enumerate(probabilities):
+            if not callable(p):
+                self._probability(j, p, None)
+        self.probabilities, self.rates = probabilities, None
+
+    def set_rates(self, rates: Sequence) -> None:
+        """lambda_2..lambda_K per unit of t: numbers >= 0 or callables of t (replaces probabilities)."""
+        rates = self._sequence("rates", rates)
+        for j, r in enumerate(rates):
+            if not callable(r):
+                self._rate(j, r, None)
+        self.probabilities, self.rates = None, rates
+
+    def _sequence(self, name: str, values) -> list:
+        K = len(self.models)
+        if isinstance(values, (Real, torch.Tensor)) or callable(values):
+            raise TypeError(f"{name}: expected a sequence of {K - 1} values (levels 2..{K}), got one value")
+        values = list(values)
+        if len(values) != K - 1:
+            raise ValueError(f"{name}: expected {K - 1} values (one for each of levels 2..{K}), got {len(values)}")
+        return values
+
+    @staticmethod
+    def _probability(j: int, p, timestep) -> float:
+        try:
+            p = float(p)
+        except (TypeError, ValueError):
+            raise TypeError(f"probabilities[{j}] (level {j + 2}): expected a number, got {type(p).__name__}") from None
+        if not 0.0 <= p <= 1.0:
+            at = "" if timestep is None else f" at timestep {timestep:g}"
+            raise ValueError(f"probabilities[{j}] (level {j + 2}): expected a probability in [0, 1], got {p}{at}")
+        return p
+
+    @staticmethod
+    def _rate(j: int, r, t) -> float:
+        try:
+            r = float(r)
+        except (TypeError, ValueError):
+            raise TypeError(f"rates[{j}] (level {j + 2}): expected a number, got {type(r).__name__}") from None
+        if not (math.isfinite(r) and r >= 0):
+            at = "" if t is None else f" at t={t:.6g}"
+            raise ValueError(f"rates[{j}] (level {j + 2}): expected a finite rate >= 0, got {r}{at}")
+        return r
+
+    def _spans(self) -> Dict[float, Tuple[float, float]]:
+        if self.scheduler is None:
+            raise ValueError("scheduler: rates, calibrate() and plan() need the pipeline's scheduler "
+                             "(MultilevelModel(..., scheduler=pipe.scheduler))")
+        ts = getattr(self.scheduler, "timesteps", None)
+        if self._spans_cache[0] is not ts:
+            self._spans_cache = (ts, scheduler_spans(self.scheduler))
+        return self._spans_cache[1]
+
+    def time_and_span(self, timestep: float) -> Tuple[float, float]:
+        """(t, span) of a call at ``timestep`` on the scheduler's current grid (module docstring)."""
+        table = self._spans()
+        k = _key(timestep)
+        if k not in table:
+            raise ValueError(
+                f"timestep {timestep:g} is not in the scheduler's timesteps ({len(table)} of them); pass the "
+                "scheduler the pipeline uses (model.scheduler = pipe.scheduler)"
+            )
+        return table[k]
+
+    def probabilities_at(self, timestep: float) -> List[float]:
+        """p_2..p_K for a call at ``timestep``."""
+        if self.probabilities is not None:
+            return [self._probability(j, p(timestep) if callable(p) else p, timestep)
+                    for j, p in enumerate(self.probabilities)]
+        if self.rates is not None:
+            t, span = self.time_and_span(timestep)
+            return [min(1.0, self._rate(j, r(t) if callable(r) else r, t) * span) for j, r in enumerate(self.rates)]
+        if len(self.models) == 1:
+            return []
+        raise ValueError(
+            "probabilities: not set; pass probabilities= or rates= (with scheduler=), or run calibrate() and plan()"
+        )
+
+    # ------------------------------------------------------------------ what pipelines read
+
+    @property
+    def top(self) -> torch.nn.Module:
+        """The most expensive model (whose output the estimate is unbiased for)."""
+        return self.models[-1]
+
+    @property
+    def config(self):
+        return self.top.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        d = getattr(self.top, "dtype", None)
+        if isinstance(d, torch.dtype):
+            return d
+        return next(self.top.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        d = getattr(self.top, "device", None)
+        if isinstance(d, torch.device):
+            return d
+        return next(self.top.parameters()).device
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            models = self.__dict__.get("_modules", {}).get("models")
+            if models is None or name.startswith("__"):
+                raise
+            return getattr(models[-1], name)
+
+    # ------------------------------------------------------------------ accounting
+
+    def reset(self) -> None:
+        """Zero the counters (evaluations, calls, rows)."""
+        self.evaluations = [0] * len(self.models)
+        self.calls = 0
+        self.rows = 0
+
+    @property
+    def cost(self) -> float:
+        """Total cost spent since :meth:`reset`, sum_l evaluations_l costs_l (the costs' unit)."""
+        if self.costs is None:
+            return 0.0
+        return float(sum(e * c for e, c in zip(self.evaluations, self.costs)))
+
+    def report(self) -> dict:
+        """Cost since :meth:`reset` (call it after a pipeline call): per level and per image.
+
+        ``top_equivalents_per_image`` is the cost divided by what the top model alone costs for
+        one call of the same batch: a stock pipeline with N calls of the top model gives N.
+        """
+        rows_per_call = self.rows / self.calls if self.calls else 0.0
+        levels = []
+        for j, e in enumerate(self.evaluations):
+            levels.append({"level": j + 1, "name": self.names[j], "cost": None if self.costs is None else self.costs[j],
+                           "evaluations": e, "evaluations_per_image": e / rows_per_call if rows_per_call else 0.0})
+        te = self.cost / (self.costs[-1] * rows_per_call) if self.costs and rows_per_call else 0.0
+        return {"calls": self.calls, "rows_per_call": rows_per_call, "levels": levels,
+                "top_equivalents_per_image": te}
+
+    # ------------------------------------------------------------------ the call
+
+    def _groups(self, sample: torch.Tensor) -> int:
+        n = sample.shape[0]
+        if self.pair_guidance is False or n < 2:
+            if self.pair_guidance is True and n < 2:
+                raise ValueError(f"pair_guidance=True: expected a batch of guidance pairs (even size), got {n}")
+            return 1
+        if n % 2:
+            if self.pair_guidance is True:
+                raise ValueError(f"pair_guidance=True: expected a batch of guidance pairs (even size), got {n}")
+            return 1
+        if self.pair_guidance is True:
+            return 2
+        return 2 if torch.equal(sample[: n // 2], sample[n // 2:]) else 1
+
+    def _first_call(self, call: _Call) -> None:
+        """Run every level on image 0's rows: output shapes must agree; count FLOPs when costs are not given."""
+        one = torch.zeros(1, dtype=torch.long, device=call.sample.device)
+        state = call.state[:1]
+        shapes, flops = [], []
+        from torch.utils.flop_counter import FlopCounterMode
+
+        for j in range(len(self.models)):
+            counter = FlopCounterMode(display=False)
+            try:
+                with torch.no_grad(), counter:
+                    out = call.run(j, state, one)
+            except (ValueError, TypeError):
+                raise
+            except Exception as e:  # a model built for other inputs fails inside: name it
+                raise ValueError(f"level {j + 1} ({self.names[j]}): failed on the pipeline's inputs: {e}") from e
+            shapes.append(tuple(out.shape[2:]))
+            flops.append(counter.get_total_flops() / call.groups)
+        for j in range(1, len(shapes)):
+            if shapes[j] != shapes[0]:
+                raise ValueError(
+                    f"models: level {j + 1} ({self.names[j]}) returns {shapes[j]} per row but level 1 "
+                    f"({self.names[0]}) returns {shapes[0]}; the levels must share their output shape"
+                )
+        self._out_shape = shapes[0]
+        if self.costs is None:
+            for j, f in enumerate(flops):
+                if f <= 0:
+                    raise ValueError(
+                        f"costs: level {j + 1} ({self.names[j]}) counted 0 FLOPs (not made of torch matrix products "
+                        "or convolutions); pass costs="
+                    )
+            for j in range(1, len(flops)):
+                if flops[j] < flops[j - 1]:
+                    raise ValueError(
+                        f"models: expected cheapest first, but level {j + 1} ({self.names[j]}, {flops[j]:.4g} FLOPs "
+                        f"per row) costs less than level {j} ({self.names[j - 1]}, {flops[j - 1]:.4g})"
+                    )
+            self.costs = tuple(float(f) for f in flops)
+
+    def forward(self, sample: torch.Tensor, timestep=None, *args, **kwargs):
+        if not isinstance(sample, torch.Tensor) or sample.ndim < 1 or sample.shape[0] < 1:
+            raise TypeError(f"sample: expected a tensor of shape (batch, ...), got {type(sample).__name__}")
+        if timestep is None:
+            if "timestep" not in kwargs:
+                raise TypeError("timestep: missing (pass it as the second argument or timestep=)")
+            timestep = kwargs.pop("timestep")
+        return_dict = kwargs.get("return_dict", True)
+        n = sample.shape[0]
+        tau = _single_timestep(timestep, n)
+        call = _Call(self.models, self.names, sample, timestep, args, kwargs, self._groups(sample))
+        if self._out_shape is None:
+            self._first_call(call)
+        K = len(self.models)
+        ladder = Ladder(list(self.models), self.costs, self.names)
+        evaluator = _RowEvaluator(ladder, call, self._out_shape)
+        if self._recording is not None:
+            est = self._record(evaluator, call, tau)
+        else:
+            probs = self.probabilities_at(tau)
+            generator = self.generator
+            if self.draws == "per_sample":
+                check_generators(generator, call.images)
+            elif is_per_sample(generator):
+                raise ValueError("generator: a list of per-image generators needs draws='per_sample'")
+            est = telescoping_estimate(evaluator, call.state, tau, probs, draws=self.draws, generator=generator,
+                                       check_finite=self.check_finite)
+        for j in range(K):
+            self.evaluations[j] += evaluator.evaluations[j] * call.groups
+        self.calls += 1
+        self.rows += n
+        out = call.unstate(est)
+        if not return_dict:
+            return (out,)
+        # Level 1 runs at every call, so its output class (the family's) is known here.
+        return out if call.output_type is None else call.output_type(sample=out)
+
+    # ------------------------------------------------------------------ calibration
+
+    def _record(self, evaluator: _RowEvaluator, call: _Call, tau: float) -> torch.Tensor:
+        """Every level on every row; record the pairwise RMS differences; return the top output."""
+        outs = [evaluator(j, call.state, tau) for j in range(len(self.models))]
+        K = len(outs)
+        flat = [o.reshape(o.shape[0], -1).double() for o in outs]
+        pairwise = np.zeros((K, K))
+        for l in range(K):
+            for j in range(l):
+                d = float((flat[l] - flat[j]).pow(2).sum(1).mean().sqrt())
+                pairwise[l, j] = pairwise[j, l] = d
+        if not np.all(np.isfinite(pairwise)):
+            bad = [j for j, o in enumerate(outs) if not bool(torch.isfinite(o).all())]
+            raise FloatingPointError(f"level {bad[0] + 1} ({self.names[bad[0]]}) produced NaN or Inf at timestep {tau:g}")
+        t, span = self.time_and_span(tau)
+        self._recording.append((t, span, pairwise, call.images))
+        return outs[-1]
+
+    @torch.no_grad()
+    def calibrate(self, run: Callable[[], Any]) -> Calibration:
+        """Measure the ladder along the pipeline's own trajectories: ``run()`` calls the pipeline.
+
+        During ``run()`` every level runs on every row at every call and the top model's output
+        is returned, so the trajectory is the top model's, with the pipeline's scheduler,
+        conditioning and guidance.  Recorded per call: the RMS difference between every pair of
+        levels (over the batch, in output units), its time and span.  Returns (and stores as
+        ``self.calibration``) a :class:`~multilevel_em.Calibration` over t = (timestep + 1) / T
+        (costs, delta_l(t), errors against the top model and gamma when 3+ levels), whose
+        ``rates(mu)`` serve as ``rates=``; :meth:`plan` sizes them to a budget for this call grid.
+        It costs one pipeline run with all K models at every call; a few images suffice.
+        """
+        if len(self.models) < 2:
+            raise ValueError("calibrate: needs at least 2 models")
+        if not callable(run):
+            raise TypeError("run: expected a callable that runs the pipeline once, e.g. lambda: pipe(prompt, ...)")
+        self._spans()  # fails now, with its message, when there is no scheduler
+        self._recording = []
+        try:
+            run()
+            records = self._recording
+        finally:
+            self._recording = None
+        if not records:
+            raise ValueError("calibrate: run() never called the model; pass a function that runs the pipeline "
+                             "whose denoiser is this MultilevelModel")
+        by_time: Dict[float, list] = {}
+        for t, _, pw, _ in records:
+            by_time.setdefault(t, []).append(pw**2)
+        times = np.array(sorted(by_time))
+        pairwise = np.stack([np.sqrt(np.mean(by_time[t], axis=0)) for t in times])
+        K = len(self.models)
+        errors_t = pairwise[:, :, K - 1].copy()
+        errors = np.sqrt((errors_t**2).mean(0))
+        costs = np.asarray(self.costs, dtype=np.float64)
+        fit = [l for l in range(K - 1) if errors[l] > 0]
+        gamma = gamma_se = None
+        if len(fit) >= 2 and len({errors[l] for l in fit}) > 1:
+            gamma, gamma_se = loglog_slope([costs[l] for l in fit], [errors[l] for l in fit])
+        else:
+            fit = []
+        cal = Calibration(
+            t0=0.0, t1=1.0, times=times, names=tuple(self.names), costs=costs, ladder_costs=costs.copy(),
+            timing="given", cost_unit="per-row cost (FLOPs when measured)", pairwise=pairwise, errors_t=errors_t,
+            reference="top", n_states=int(records[0][3]), gamma=gamma, gamma_se=gamma_se, fit_levels=tuple(fit),
+        )
+        self.calibration = cal
+        self._call_grid = ([r[0] for r in records], [r[1] for r in records])
+        return cal
+
+    def plan(self, budget: float, *, levels: Optional[Sequence[int]] = None) -> CallPlan:
+        """Size the calibration's closed-form rates to ``budget`` top-level equivalents per image.
+
+        Uses the call grid recorded by :meth:`calibrate` (the same pipeline settings should be
+        used to sample: another step count changes the cost); sets ``rates`` and returns the
+        :class:`~multilevel_em.calibration.CallPlan` (also ``self.call_plan``).  ``levels``: an
+        optional 0-based sub-ladder with the top level (the other models are then not run).
+        """
+        if self.calibration is None or self._call_grid is None:
+            raise ValueError("plan: run calibrate(lambda: pipe(...)) first")
+        plan = self.calibration.plan_calls(budget, *self._call_grid, levels=levels)
+        if len(plan.levels) != len(self.models):
+            raise ValueError("levels: a sub-ladder plan needs a MultilevelModel over those models; build one with "
+                             "MultilevelModel([models[i] for i in plan.levels], ...)")
+        self.set_rates(plan.rates)
+        self.call_plan = plan
+        return plan
+
+    def extra_repr(self) -> str:
+        mode = "probabilities" if self.probabilities is not None else ("rates" if self.rates is not None else "unset")
+        return f"levels={len(self.models)}, draws={self.draws!r}, pair_guidance={self.pair_guidance!r}, {mode}"
