@@ -157,6 +157,8 @@ class Distillation(Objective):
         with torch.no_grad():  # the teacher is fixed; no graph through it
             return self.teacher.unet(xt, k).sample
 
+    files = (SAMPLES_FILE,)
+
     def settings(self) -> Dict:
         return {"objective": "distill", "teacher_sha256": self.teacher.fingerprint, "x0": self.x0_source}
 
@@ -181,7 +183,7 @@ def check_out(out: str, x0_source: str, teacher: Teacher) -> None:
     """``out`` must be absent, empty, or a distillation of this teacher from the same x_0 (ValueError naming ``out``)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"out: {out} exists and is not a folder")
-    if not os.path.isdir(out) or not os.listdir(out):
+    if not os.path.isdir(out) or not set(os.listdir(out)) - {SAMPLES_FILE}:
         return
     index_path = os.path.join(out, INDEX)
     if not os.path.isfile(index_path):
@@ -193,6 +195,11 @@ def check_out(out: str, x0_source: str, teacher: Teacher) -> None:
         details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise ValueError(f"out: {out} holds something else ({details}); resume with the same teacher and data "
                          "or choose another --out")
+
+
+def samples_name(sampler: str, steps: int, n: int, seed: int) -> str:
+    """How data-free x_0 are named in the ladder's settings (a resumed run must match it)."""
+    return f"teacher samples ({sampler}, {steps} steps, n={n}, seed {seed})"
 
 
 def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp_2m", steps: int = 20, seed: int = 0,
@@ -213,7 +220,7 @@ def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp
     meta = {"sampler": sampler, "steps": str(steps), "n": str(n), "seed": str(seed),
             "teacher_sha256": teacher.fingerprint}
     path = os.path.join(out, SAMPLES_FILE)
-    name = f"teacher samples ({sampler}, {steps} steps, n={n}, seed {seed})"
+    name = samples_name(sampler, steps, n, seed)
     if os.path.exists(path):
         from safetensors import safe_open
 

@@ -66,6 +66,9 @@ class Objective:
         """Extra settings a resumed run must match (stored in ``model_index.json``'s "training")."""
         return {}
 
+    #: Files the objective itself may have put in a new ladder folder before training (e.g. a data cache).
+    files: tuple = ()
+
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
@@ -156,7 +159,7 @@ def train_ladder(
                 f"out: {out} holds a ladder trained with other settings ({details}); resume with the same "
                 "settings or choose another --out"
             )
-    elif os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and set(os.listdir(out)) - set(objective.files):
         raise ValueError(f"out: {out} exists, is not empty and holds no {INDEX}; refusing to write into it")
 
     shapes = dict(sample_size=data.size, channels=data.channels, layers_per_block=layers_per_block,
