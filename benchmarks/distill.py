@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -103,6 +104,13 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
         d = os.path.dirname(os.path.abspath(p))
         if not os.path.isdir(d):
             raise ValueError(f"out/plot: folder {d} does not exist")
+    done = os.path.join(work, "level_1", "training_state.json")
+    if os.path.isfile(done):  # a stage below what is already trained would measure the later weights
+        with open(done) as f:
+            it = json.load(f).get("iteration", 0)
+        if it > cfg["stages"][0]:
+            raise ValueError(f"work: {work} is already trained to {it} iterations, past the first stage "
+                             f"{cfg['stages'][0]}; delete it or choose another --work")
     t_start = time.perf_counter()
     shipped = MultilevelPipeline.from_pretrained(SHIPPED)
     teacher = load_teacher(SHIPPED)

@@ -165,3 +165,5 @@ def test_distill_benchmark_quick(tmp_path):
     with pytest.raises(ValueError, match="out/plot"):
         bench.run(quick=True, out=str(tmp_path / "missing" / "d.json"), plot=str(tmp_path / "d.png"),
                   work=str(tmp_path / "w2"))
+    with pytest.raises(ValueError, match="already trained to 6 iterations"):  # stage 3 would measure 6-iteration weights
+        bench.run(quick=True, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"))
