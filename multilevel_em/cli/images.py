@@ -250,3 +250,82 @@ def bench_images_cmd(ladder_path, n, quick, seed, out):
         kw = dict(em_steps=(250, 50), ddim_steps=(25,), dpm_steps=(10,), mlem_budgets=(50,))
     run_images_bench(os.path.normpath(ladder_path), n=n, seed=seed, out=out, command=_command_line(), echo=click.echo, **kw)
     click.echo(f"wrote {out}")
+
+
+@click.command("distill")
+@click.option("--teacher", required=True, type=click.Path(),
+              help="A ladder folder (its top level teaches) or one diffusers UNet2DModel folder.")
+@click.option("--widths", default="4,8,16", show_default=True,
+              help="Comma-separated student widths, cheapest first, each smaller than the teacher's "
+                   "(block_out_channels scaled by width / teacher width).")
+@click.option("--iters", default=1200, show_default=True, type=click.IntRange(min=1), help="Iterations per student.")
+@click.option("--out", required=True, type=click.Path(), help="Ladder folder (students + the teacher); resumable.")
+@click.option("--data", default=None,
+              help="x_0: 'digits' or a folder of PNG/JPEG images; default: data-free (the teacher's own samples).")
+@click.option("--samples", default=2048, show_default=True, type=click.IntRange(min=1),
+              help="Data-free: how many teacher samples to generate (once; cached in OUT).")
+@click.option("--sampler", default="dpmpp_2m", show_default=True, type=click.Choice(["em", "ddim", "dpmpp_2m"]),
+              help="Data-free: the sampler of the teacher's samples.")
+@click.option("--sampler-steps", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--ema", "ema_decay", default=0.995, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True))
+@click.option("--save-every", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--calibrate/--no-calibrate", "do_calibrate", default=True, show_default=True,
+              help="Calibrate the distilled ladder and save calibration.json next to it.")
+def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_steps, seed, batch, lr, ema_decay,
+                save_every, threads, do_calibrate):
+    """Distill a ladder from one model: narrower students that imitate the teacher, the teacher on top."""
+    import torch
+    from tqdm import tqdm
+
+    from ..images import CheckpointError, load_dataset
+    from ..images.distill import check_out, check_students, distill_ladder, load_teacher, samples_name, teacher_samples
+
+    ws = _int_list("--widths", widths)
+    torch.set_num_threads(threads)
+    try:
+        t = load_teacher(teacher)
+    except (CheckpointError, ValueError) as e:
+        raise click.BadParameter(str(e).removeprefix("teacher: "), param_hint="--teacher") from None
+    try:
+        check_students(t, ws)
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("widths: "), param_hint="--widths") from None
+    try:
+        if data is not None:
+            x0 = load_dataset(data, size=t.sample_size, channels=t.channels)
+        else:
+            x0 = None
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("dataset: "), param_hint="--data") from None
+    try:
+        check_out(out, x0.name if x0 is not None else samples_name(sampler, sampler_steps, samples, seed), t)
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("out: "), param_hint="--out") from None
+    start = time.perf_counter()
+    try:
+        if x0 is None:
+            with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
+                x0 = teacher_samples(t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed,
+                                     progress=bar.update)
+        click.echo(x0.report())
+        with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
+            ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
+                                    ema_decay=ema_decay, save_every=save_every, progress=bar.update,
+                                    command=_command_line())
+    except (CheckpointError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"distilled {ladder} in {time.perf_counter() - start:.0f} s; loss curve: {os.path.join(out, 'loss.png')}")
+    for w, c in zip(ladder.widths, ladder.costs):
+        click.echo(f"  width {w:>4}: {c / 1e6:8.2f} MFLOPs per sample")
+    if do_calibrate:
+        from ..images.pipeline import MultilevelPipeline
+
+        pipe = MultilevelPipeline(ladder)
+        cal = pipe.calibrate(generator=torch.Generator().manual_seed(seed))
+        pipe.save_calibration(out)
+        click.echo(cal.summary())
+    click.echo(f"wrote {out}")

@@ -239,9 +239,10 @@ def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out
 
 
 # Image commands (UNet ladders): `mlem train`, `mlem sample`, kept in their own module.
-from .images import bench_images_cmd, sample_cmd, train_classifier_cmd, train_cmd  # noqa: E402
+from .images import bench_images_cmd, distill_cmd, sample_cmd, train_classifier_cmd, train_cmd  # noqa: E402
 
 main.add_command(train_cmd)
+main.add_command(distill_cmd)
 main.add_command(sample_cmd)
 main.add_command(train_classifier_cmd)
 bench.add_command(bench_images_cmd)

@@ -8,6 +8,7 @@
 Imports :mod:`multilevel_em.diffusion` and the engine; neither imports this package.
 """
 
+from .distill import distill_ladder, load_teacher
 from .data import ImageData, load_dataset, load_digits, load_image_folder
 from .ladder import CheckpointError, UNetLadder, build_unet, load_ladder, unet_flops
 from .pipeline import MultilevelPipeline, PipelineOutput, image_grid
@@ -15,6 +16,8 @@ from .train import plot_losses, train_ladder
 
 __all__ = [
     "CheckpointError",
+    "distill_ladder",
+    "load_teacher",
     "ImageData",
     "MultilevelPipeline",
     "PipelineOutput",

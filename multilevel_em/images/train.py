@@ -39,10 +39,35 @@ from .ladder import (
     unet_flops,
 )
 
-__all__ = ["train_ladder", "plot_losses", "TRAIN_STATE"]
+__all__ = ["train_ladder", "plot_losses", "TRAIN_STATE", "Objective"]
 
 TRAIN_STATE = "training_state"
 WARMUP = 50  # iterations of linear learning-rate warm-up
+
+
+class Objective:
+    """What each level is built as and regresses onto: the hook :func:`train_ladder` trains through.
+
+    The default is the DDPM loss: ``build_unet(width)`` regressing the noise ``eps``. A subclass
+    (e.g. distillation, :mod:`.distill`) overrides :meth:`build` and :meth:`target`; everything
+    else (draws, AdamW, EMA, checkpoints, resume) stays the training loop's.
+    """
+
+    def build(self, width: int, **shapes):
+        """A fresh, untrained model of base width ``width`` (``shapes``: sample_size, channels, ...)."""
+        return build_unet(width, **shapes)
+
+    def target(self, xt: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The regression target for inputs ``xt`` ``(batch, C, H, W)`` at integer timesteps ``k`` ``(batch,)``
+        made with noise ``eps`` (same shape as ``xt``)."""
+        return eps
+
+    def settings(self) -> Dict:
+        """Extra settings a resumed run must match (stored in ``model_index.json``'s "training")."""
+        return {}
+
+    #: Files the objective itself may have put in a new ladder folder before training (e.g. a data cache).
+    files: tuple = ()
 
 
 def _seed(*parts: int) -> int:
@@ -84,6 +109,7 @@ def train_ladder(
     command: Optional[str] = None,
     loss_plot: bool = True,
     device: str | torch.device | None = None,
+    objective: Optional[Objective] = None,
 ) -> UNetLadder:
     """Train (or resume training) a ladder of UNets of the given widths on ``data``; save it in ``out``.
 
@@ -103,6 +129,8 @@ def train_ladder(
         device: where the UNets train (default: the CPU). Batches, timesteps and noise are drawn on the
             CPU whatever the device (then moved), so every device sees the same data; checkpoints hold
             CPU tensors, and a run may resume on another device.
+        objective: what the levels are built as and regress onto (default :class:`Objective`: the DDPM
+            loss on ``build_unet`` models).
 
     Returns:
         The trained :class:`UNetLadder` (loaded back from ``out``).
@@ -117,6 +145,8 @@ def train_ladder(
     if not (lr > 0 and math.isfinite(lr)) or not (0 <= ema_decay < 1):
         raise ValueError(f"lr, ema_decay: expected lr > 0 and 0 <= ema_decay < 1, got {lr}, {ema_decay}")
     settings = _settings(data, widths, seed, batch, lr, ema_decay, layers_per_block, norm_groups, schedule)
+    objective = Objective() if objective is None else objective
+    settings.update(objective.settings())
     device = torch.device("cpu" if device is None else device)
 
     index_path = os.path.join(out, INDEX)
@@ -129,19 +159,19 @@ def train_ladder(
                 f"out: {out} holds a ladder trained with other settings ({details}); resume with the same "
                 "settings or choose another --out"
             )
-    elif os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and set(os.listdir(out)) - set(objective.files):
         raise ValueError(f"out: {out} exists, is not empty and holds no {INDEX}; refusing to write into it")
 
     shapes = dict(sample_size=data.size, channels=data.channels, layers_per_block=layers_per_block,
                   norm_groups=norm_groups)
-    costs = [unet_flops(build_unet(w, **shapes), data.size, data.channels) for w in widths]
+    costs = [unet_flops(objective.build(w, **shapes), data.size, data.channels) for w in widths]
     # Read every existing checkpoint before writing anything: a corrupt one stops the run with nothing overwritten.
     for level, width in enumerate(widths):
-        unet = build_unet(width, **shapes)
+        unet = objective.build(width, **shapes)
         opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
         ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
         _resume(os.path.join(out, f"level_{level + 1}"), unet, opt, ema)
-    index = UNetLadder([build_unet(w, **shapes) for w in widths[:1]] * len(widths), widths, costs, schedule).index()
+    index = UNetLadder([objective.build(w, **shapes) for w in widths[:1]] * len(widths), widths, costs, schedule).index()
     index["training"] = dict(settings, iters=int(iters))
     if command:
         index["training"]["command"] = command
@@ -150,7 +180,7 @@ def train_ladder(
     trained = False
     for level, width in enumerate(widths):
         trained |= _train_level(data, os.path.join(out, f"level_{level + 1}"), level, width, costs[level], iters, seed,
-                                batch, lr, ema_decay, save_every, schedule, shapes, progress, device)
+                                batch, lr, ema_decay, save_every, schedule, shapes, progress, device, objective)
     stale = os.path.join(out, "calibration.json")
     if trained and os.path.exists(stale):  # it describes the old weights
         os.unlink(stale)
@@ -160,10 +190,10 @@ def train_ladder(
 
 
 def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, ema_decay, save_every, schedule,
-                 shapes, progress, device):
+                 shapes, progress, device, objective):
     with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
         torch.manual_seed(_seed(seed, level, 0xC0FFEE))
-        unet = build_unet(width, **shapes)
+        unet = objective.build(width, **shapes)
     unet.to(device).train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
@@ -191,7 +221,7 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
         xt = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * eps
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (it + 1) / WARMUP)
-        loss = torch.nn.functional.mse_loss(unet(xt, k.to(device)).sample, eps)
+        loss = torch.nn.functional.mse_loss(unet(xt, k.to(device)).sample, objective.target(xt, k.to(device), eps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,231 @@
+"""Is a distilled ladder better for ML-EM than one trained on data, at equal widths and iterations?
+
+The shipped digits ladder (widths 4, 8, 16, 32; every level trained 1200 iterations on digits by
+``mlem train``) against a ladder distilled from its top UNet (level_4, width 32) by
+:func:`multilevel_em.images.distill.distill_ladder`: students of widths 4, 8, 16, the same
+optimizer settings (AdamW 2e-3, batch 32, EMA 0.995, seed 0), digits as x_0, and the shipped
+top UNet as the distilled ladder's top level. Both ladders therefore share their top model.
+
+Measured, side by side in one run:
+
+* **eps distance to the top**: RMS over 256 fixed digits x 6 fixed times
+  (t = 0.02, 0.1, 0.3, 0.5, 0.7, 0.9) x pixels of ``eps_l(x_t, t) - eps_top(x_t, t)``, with
+  ``x_t = alpha x_0 + sigma eps`` on one fixed noise draw; per width, the ratio distilled / shipped.
+  The distillation is resumed stage by stage (``--stages``, e.g. 300, 600, 1200, 2400
+  iterations: resuming is exact, so stage s is the ladder an uninterrupted s-iteration run
+  gives), which shows how the distance falls with more iterations.
+* **delta_l(t) and gamma** from each ladder's calibration (``MultilevelPipeline.calibrate``,
+  seed 0; the shipped ladder's own ``calibration.json``), the distilled one at the last stage.
+* **ML-EM's cost at equal path error**: both ladders sample the same ``--n`` images from one seed
+  (same initial noise and Brownian path) with ML-EM planned for budgets 8, 16, 32, 64; the path
+  error is the RMS L2 distance to EM with the (shared) top UNet at 256 steps, as in ``mlem demo``.
+  For each shipped run, the distilled ladder's cost to reach the same path error is interpolated
+  (log-log) between its runs; the ratio distilled / shipped is the target (<= 0.7).
+
+Usage::
+
+    python benchmarks/distill.py                 # writes results/distill.json and results/distill.png
+    python benchmarks/distill.py --quick         # seconds; used by the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Dict, List, Sequence
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from multilevel_em._io import write_json  # noqa: E402
+from multilevel_em.bench.common import single_thread  # noqa: E402
+from multilevel_em.bench.demo import em_cost_at  # noqa: E402
+
+SHIPPED = os.path.join(ROOT, "multilevel_em", "images", "pretrained", "digits")
+TIMES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
+SETTINGS = {
+    "full": {"widths": (4, 8, 16), "stages": (300, 600, 1200), "n_eval": 256, "n": 48, "ref_steps": 256,
+             "budgets": (8, 16, 32, 64), "cal_n": 16, "cal_steps": 144},
+    "quick": {"widths": (4, 8), "stages": (3, 6), "n_eval": 16, "n": 4, "ref_steps": 16, "budgets": (8, 16),
+              "cal_n": 8, "cal_steps": 16},
+}
+
+
+def eps_distances(ladder, x0: torch.Tensor, seed: int) -> Dict[str, List[float]]:
+    """Per level: RMS of eps_l - eps_top over x0 x TIMES x pixels (one fixed noise), overall and per time."""
+    models = ladder.eps_models()
+    g = torch.Generator().manual_seed(seed)
+    per_time = [[0.0] * len(TIMES) for _ in models]
+    with torch.no_grad():
+        for j, t in enumerate(TIMES):
+            eps = torch.randn(x0.shape, generator=g)
+            xt = ladder.schedule.add_noise(x0, eps, t)
+            top = models[-1](xt, t)
+            for i, m in enumerate(models):
+                per_time[i][j] = float((m(xt, t) - top).pow(2).mean().sqrt())
+    overall = [math.sqrt(sum(v * v for v in row) / len(TIMES)) for row in per_time]
+    return {"overall": overall, "per_time": per_time}
+
+
+def path_runs(pipe, budgets, n, seed, x_ref) -> List[Dict]:
+    """ML-EM at each budget on the same noise; path error (RMS L2 to x_ref) and cost."""
+    rows = []
+    for b in budgets:
+        out = pipe(n, method="mlem", budget=b, generator=torch.Generator().manual_seed(seed))
+        if not torch.isfinite(out.x).all():
+            raise ValueError(f"ML-EM at budget {b} produced NaN or inf")
+        d2 = (out.x.double() - x_ref.double()).reshape(n, -1).pow(2).sum(1)
+        err = float(d2.mean().sqrt())
+        se = float((d2 / (2 * err)).std() / math.sqrt(n)) if err > 0 else 0.0
+        rows.append({"budget": b, "top_equivalents_per_sample": out.report["top_equivalents_per_sample"],
+                     "path_error": err, "path_error_se": se, "steps": out.report["steps"],
+                     "levels": out.report.get("plan", {}).get("levels"),
+                     "evaluations_per_sample": {f"L{lv['level']}": lv["evaluations_per_sample"]
+                                                for lv in out.report["levels"]}})
+    return rows
+
+
+def run(quick: bool = False, out: str = "results/distill.json", plot: str = "results/distill.png",
+        work: str = "build/distill_bench", seed: int = 0, stages: Sequence[int] = None, echo=print) -> Dict:
+    from multilevel_em.images import MultilevelPipeline, load_digits
+    from multilevel_em.images.distill import distill_ladder, load_teacher
+
+    cfg = dict(SETTINGS["quick" if quick else "full"])
+    if stages:
+        cfg["stages"] = tuple(sorted(int(s) for s in stages))
+    for p in (out, plot):  # output paths checked before the work
+        d = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(d):
+            raise ValueError(f"out/plot: folder {d} does not exist")
+    done = os.path.join(work, "level_1", "training_state.json")
+    if os.path.isfile(done):  # a stage below what is already trained would measure the later weights
+        with open(done) as f:
+            it = json.load(f).get("iteration", 0)
+        if it > cfg["stages"][0]:
+            raise ValueError(f"work: {work} is already trained to {it} iterations, past the first stage "
+                             f"{cfg['stages'][0]}; delete it or choose another --work")
+    t_start = time.perf_counter()
+    shipped = MultilevelPipeline.from_pretrained(SHIPPED)
+    teacher = load_teacher(SHIPPED)
+    digits = load_digits(16)
+    x0 = digits.x[torch.randperm(len(digits.x), generator=torch.Generator().manual_seed(seed))[:cfg["n_eval"]]]
+    ws = list(cfg["widths"])
+    shipped_idx = [shipped.ladder.widths.index(w) for w in ws]
+    d_shipped = eps_distances(shipped.ladder, x0, seed + 1)
+    result = {"widths": ws, "times": list(TIMES), "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                             for k, v in cfg.items()},
+              "shipped": {"eps_distance": [d_shipped["overall"][i] for i in shipped_idx],
+                          "eps_distance_per_time": [d_shipped["per_time"][i] for i in shipped_idx],
+                          "iters": shipped.ladder.info.get("training", {}).get("iters")},
+              "stages": []}
+    echo(f"shipped eps distance to the top, widths {ws}: " + ", ".join(f"{v:.4f}" for v in result["shipped"]["eps_distance"]))
+    ladder = None
+    for s in cfg["stages"]:
+        t0 = time.perf_counter()
+        ladder = distill_ladder(teacher, work, digits, widths=ws, iters=s, seed=seed, save_every=100,
+                                loss_plot=False)
+        d = eps_distances(ladder, x0, seed + 1)
+        row = {"iters": s, "eps_distance": d["overall"][:-1], "eps_distance_per_time": d["per_time"][:-1],
+               "ratio_to_shipped": [a / b for a, b in zip(d["overall"][:-1], result["shipped"]["eps_distance"])],
+               "seconds": time.perf_counter() - t0}
+        result["stages"].append(row)
+        echo(f"distilled {s:>5} iters: distance " + ", ".join(f"{v:.4f}" for v in row["eps_distance"])
+             + "; ratio to shipped " + ", ".join(f"{v:.3f}" for v in row["ratio_to_shipped"])
+             + f" ({row['seconds']:.0f} s)")
+    distilled = MultilevelPipeline(ladder)
+    distilled.calibrate(n=cfg["cal_n"], steps=cfg["cal_steps"], generator=torch.Generator().manual_seed(seed))
+    distilled.save_calibration(work)
+    if quick:  # the shipped calibration is the full one; quick mode recalibrates it as cheaply as the distilled one
+        shipped.calibrate(n=cfg["cal_n"], steps=cfg["cal_steps"], generator=torch.Generator().manual_seed(seed))
+    # Both ladders share the top UNet: one reference serves both.
+    ref = shipped(cfg["n"], method="em", steps=cfg["ref_steps"], generator=torch.Generator().manual_seed(seed)).x
+    runs = {"shipped": path_runs(shipped, cfg["budgets"], cfg["n"], seed, ref),
+            "distilled": path_runs(distilled, cfg["budgets"], cfg["n"], seed, ref)}
+    curve = [(r["top_equivalents_per_sample"], r["path_error"]) for r in runs["distilled"]]
+    comparisons = []
+    for r in runs["shipped"]:
+        c = em_cost_at(curve, r["path_error"])  # log-log interpolation on the distilled ML-EM curve
+        comparisons.append({"budget": r["budget"], "shipped_cost": r["top_equivalents_per_sample"],
+                            "shipped_path_error": r["path_error"], "distilled_cost_at_same_error": c,
+                            "cost_ratio": None if c is None else c / r["top_equivalents_per_sample"]})
+    cals = {"shipped": shipped.calibration, "distilled": distilled.calibration}
+    result.update({
+        "runs": runs, "comparisons": comparisons,
+        "calibration": {k: {"times": [float(t) for t in cal.times], "delta": cal.deltas.tolist(),
+                            "gamma": cal.gamma, "gamma_se": cal.gamma_se, "names": list(cal.names)}
+                        for k, cal in cals.items()},
+        "command": "python benchmarks/distill.py" + (" --quick" if quick else ""),
+        "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
+        "quick": quick, "seed": seed, "total_seconds": time.perf_counter() - t_start,
+        "metrics": {"eps_distance": "RMS over images x times x pixels of eps_level - eps_top at fixed x_t",
+                    "path_error": f"RMS over {cfg['n']} samples of the L2 distance to EM-top at {cfg['ref_steps']} steps "
+                                  "on the same noise and Brownian path",
+                    "cost_ratio": "distilled ML-EM's top-level equivalents to reach the shipped run's path error "
+                                  "(log-log interpolation between its runs) / the shipped run's; None: not bracketed"},
+    })
+    for c in comparisons:
+        echo(f"budget {c['budget']:>3}: shipped {c['shipped_cost']:.1f} top-eq at path error {c['shipped_path_error']:.3f}; "
+             f"distilled needs {c['distilled_cost_at_same_error']}; ratio {c['cost_ratio']}")
+    for k, cal in cals.items():
+        echo(f"{k}: gamma {cal.gamma} +- {cal.gamma_se}")
+    _plot(result, plot)
+    write_json(out, result)
+    echo(f"wrote {out} and {plot} ({result['total_seconds']:.0f} s)")
+    return result
+
+
+def _plot(result: Dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    for i, w in enumerate(result["widths"]):
+        line, = ax[0].plot([s["iters"] for s in result["stages"]], [s["eps_distance"][i] for s in result["stages"]],
+                           "o-", label=f"distilled w={w}")
+        ax[0].axhline(result["shipped"]["eps_distance"][i], color=line.get_color(), ls="--", label=f"shipped w={w}")
+    ax[0].set(xlabel="distillation iterations", ylabel="eps RMS distance to the top", xscale="log", yscale="log")
+    ax[0].legend(fontsize=7)
+    for k, ls in (("shipped", "--"), ("distilled", "-")):
+        cal = result["calibration"][k]
+        for j, name in enumerate(cal["names"][1:]):
+            ax[1].plot(cal["times"], [row[j] for row in cal["delta"]], ls, label=f"{k} {name}")
+        r = result["runs"][k]
+        ax[2].errorbar([x["top_equivalents_per_sample"] for x in r], [x["path_error"] for x in r],
+                       yerr=[x["path_error_se"] for x in r], fmt="o" + ls, label=f"{k} (gamma {cal['gamma']:.2f})"
+                       if cal["gamma"] is not None else k)
+    ax[1].set(xlabel="reverse time s", ylabel="delta_l(s)", yscale="log")
+    ax[1].legend(fontsize=6)
+    ax[2].set(xlabel="ML-EM cost (top-level equivalents per sample)", ylabel="path error", xscale="log", yscale="log")
+    ax[2].legend(fontsize=7)
+    fig.tight_layout()
+    from multilevel_em._io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="results/distill.json")
+    p.add_argument("--plot", default="results/distill.png")
+    p.add_argument("--work", default="build/distill_bench", help="where the distilled ladder is kept (resumable)")
+    p.add_argument("--stages", default=None, help="comma-separated iteration counts (resumed one after the other)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    stages = [int(s) for s in a.stages.split(",")] if a.stages else None
+    with single_thread():
+        run(quick=a.quick, out=a.out, plot=a.plot, work=a.work, seed=a.seed, stages=stages)
+
+
+if __name__ == "__main__":
+    main()
