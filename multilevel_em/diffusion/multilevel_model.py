@@ -297,7 +297,7 @@ class MultilevelModel(torch.nn.Module):
         pair_guidance: ``"auto"`` (default): a batch whose two halves are identical (what
             classifier-free guidance passes) shares its draws between the halves; ``True``:
             always pair the halves (even batch required); ``False``: every row draws alone.
-        names: level names for messages (default "level 1", ... or the models' class names).
+        names: level names for messages (default: the models' class names).
         prediction_types: optional, one per model ("epsilon", "v_prediction", "sample",
             "flow"): refused if they disagree. Models whose ``config`` has a
             ``prediction_type`` are checked too.
@@ -336,7 +336,7 @@ class MultilevelModel(torch.nn.Module):
                 raise TypeError(f"models[{j}]: expected a denoiser (callable), got {type(m).__name__}")
         K = len(models)
         if names is None:
-            names = [f"level {j + 1} ({type(m).__name__})" for j, m in enumerate(models)]
+            names = [type(m).__name__ for m in models]
         names = [str(n) for n in names]
         if len(names) != K:
             raise ValueError(f"names: expected {K} names, got {len(names)}")
