@@ -147,7 +147,7 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
                           batch_invariant=batch_invariant)
         report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
-    except (JobError, CheckpointError, ValueError) as e:
+    except (JobError, CheckpointError, ValueError, FloatingPointError) as e:
         raise click.ClickException(str(e)) from None
     tput = report["throughput_samples_per_second"]
     click.echo(f"{method}: {report['samples']} samples in {report['shards']} shards, {report['steps']} steps, "
@@ -187,8 +187,8 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
             try:
                 result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
                               batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)))
-            except ValueError as e:
-                raise click.ClickException(str(e)) from None
+            except (ValueError, FloatingPointError) as e:
+                raise click.ClickException(f"{e}; nothing was written") from None
             images.append(result.images)
             reports.append(result.report)
             bar.update(stop - start)

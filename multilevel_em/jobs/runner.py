@@ -389,7 +389,7 @@ def run_job(
     except Exception as e:
         undo_fresh_folder()
         cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError: the worker's exception
-        if isinstance(cause, ValueError):
+        if isinstance(cause, (ValueError, FloatingPointError)):
             raise JobError(f"a worker failed: {cause}") from None
         raise
     finally:
