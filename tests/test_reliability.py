@@ -123,3 +123,71 @@ def test_non_finite_x0_and_diffusion_are_named():
     for method, kw in (("em", {}), ("mlem", {"rates": [2.0]})):
         with pytest.raises(FloatingPointError, match="diffusion"):
             solve(ladder, x0, t0=0.0, t1=1.0, steps=4, method=method, diffusion=lambda t: float("nan"), **kw)
+
+
+# ----------------------------------------------------------------------------- items 6-15
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["calibrate", "--paths", "8", "--out", "/proc/x/cal.json"], "--out"),
+    (["calibrate", "--paths", "8", "--plot", "cal.xyz"], "--plot"),
+    (["train", "--dataset", "digits", "--out", "/proc/ladder", "--iters", "1"], "--out"),
+    (["train-mlp", "--problem", "gaussian", "--out", "/proc/mlp", "--steps", "1"], "--out"),
+    (["bench", "htmc", "--quick", "--out", "/proc/h.json"], "--out"),
+    (["demo", "--out-dir", "/proc/demo"], "--out-dir"),
+])
+def test_unwritable_outputs_fail_before_the_work(args, hint):
+    r = _cli(args)
+    assert r.exit_code != 0 and hint in r.output and "Traceback" not in r.output, r.output
+
+
+def test_sample_output_paths_are_checked_before_sampling(tiny, tmp_path):
+    base = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out"]
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    for out, why in ((tmp_path / "file" / "g.png", "is a file"), ("/proc/g.png", "not writable"),
+                     (tmp_path / "dir.png", "is a folder"), (tmp_path / "grid.jpg", "PNG only"),
+                     (tmp_path / "file", "not a folder")):
+        r = _cli(base + [out, "--overwrite"] if str(out).endswith(".png") else base + [out])
+        assert r.exit_code != 0 and "--out" in r.output and why in r.output, (out, r.output)
+    assert sorted(os.listdir(tmp_path)) == ["dir.png", "file"]  # nothing else was written
+
+
+def test_negative_seeds_are_refused(tiny, tmp_path):
+    for seed in ("-1", "18446744073709551615"):
+        r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--seed", seed,
+                  "--out", tmp_path / "g.png"])
+        assert r.exit_code != 0 and "--seed" in r.output, r.output
+
+
+def test_version_flag_and_help_without_torch():
+    import subprocess
+    import sys
+
+    r = _cli(["--version"])
+    assert r.exit_code == 0 and r.output.strip() == __import__("multilevel_em").__version__
+    code = "import sys, multilevel_em.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # `mlem --help` and `mlem version` do not pay for importing torch
+
+
+def test_messages_agree_in_number(tiny, tmp_path):
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "1", "--n", "1", "--out", tmp_path / "job"])
+    assert r.exit_code == 0 and "1 sample in 1 shard, 1 step," in r.output, r.output
+    base = ["sample", "--ladder", tiny, "--method", "em", "--steps", "1", "--n", "1", "--out", tmp_path / "s1.png"]
+    assert _cli(base).exit_code == 0
+    r = _cli(base)
+    assert r.exit_code != 0 and "s1.json exist;" in r.output, r.output
+
+
+def test_load_samples_refuses_an_unfinished_job(tiny, tmp_path):
+    from multilevel_em.jobs import JobError, SamplingJob, load_samples, run_job
+
+    out = tmp_path / "job"
+    run_job(SamplingJob(ladder=tiny, n=4, out=str(out), method="em", steps=1, batch_size=2), progress=False,
+            echo=lambda *_: None)
+    assert load_samples(str(out))["x"].shape[0] == 4
+    os.unlink(out / "shard-000001.npz")
+    with pytest.raises(JobError, match="unfinished job, 1 of 2 shards complete"):
+        load_samples(str(out))
+    assert load_samples(str(out), partial=True)["indices"].tolist() == [0, 1]
