@@ -191,3 +191,21 @@ def test_load_samples_refuses_an_unfinished_job(tiny, tmp_path):
     with pytest.raises(JobError, match="unfinished job, 1 of 2 shards complete"):
         load_samples(str(out))
     assert load_samples(str(out), partial=True)["indices"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["train", "--dataset", "digits", "--out", "OUT", "--size", "5"], "--size"),
+    (["calibrate", "--gamma", "nan"], "--gamma"),
+    (["calibrate", "--gamma", "inf"], "--gamma"),
+    (["calibrate", "--gamma", "2000"], "--gamma"),
+    (["train-mlp", "--problem", "gaussian", "--out", "OUT", "--lr", "nan"], "--lr"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "meta"], "--device"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "cpu:5"], "--device"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--threads", "100000"], "--threads"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--budget", "nan"], "--budget"),
+])
+def test_bad_numbers_and_devices_are_refused_at_the_cli(tiny, tmp_path, args, hint):
+    args = [a.replace("OUT", str(tmp_path / "o")).replace("LADDER", tiny) for a in args]
+    r = _cli(args)
+    assert r.exit_code != 0 and hint in r.output, r.output
+    assert not (tmp_path / "o").exists()

@@ -6,11 +6,14 @@ nothing on disk (a probe file in the deepest existing folder is created and remo
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from typing import Optional, Sequence
 
 import click
+
+from .._text import plural
 
 #: Extensions that name an image format: a grid is written as PNG only, so the others are refused
 #: rather than taken for a job folder (``grid.jpg/shard-000000.npz``).
@@ -62,3 +65,47 @@ def check_output_folder(path: Optional[str], option: str) -> None:
         raise click.BadParameter(f"{path} exists and is not a folder", param_hint=option)
     _probe(os.path.join(path, "x") if os.path.isdir(path) else path, option)
 
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which pass every range comparison)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return v
+
+
+#: A positive finite number (learning rates, budgets, targets, exponents).
+POSITIVE = FiniteFloat(min=0, min_open=True)
+
+#: torch threads: at most the machine's cores (OpenBLAS crashes on absurd thread counts).
+THREADS = click.IntRange(min=1, max=os.cpu_count() or 1)
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    """``name`` is a torch device this machine has: cpu, or cuda[:i] / mps with that device present."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise click.BadParameter(f"{name!r} is not a torch device ({e})", param_hint=option) from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise click.BadParameter(f"{name!r}: there is one CPU device, cpu (or cpu:0)", param_hint=option)
+    elif device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise click.BadParameter(f"{name!r}: no CUDA device here (or this torch has no CUDA)", param_hint=option)
+        if device.index is not None and device.index >= count:
+            raise click.BadParameter(f"{name!r}: this machine has {plural(count, 'CUDA device')} (cuda:0 .. "
+                                     f"cuda:{count - 1})", param_hint=option)
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise click.BadParameter(f"{name!r}: MPS is not available here", param_hint=option)
+    else:
+        raise click.BadParameter(f"{name!r}: expected cpu, cuda, cuda:N or mps", param_hint=option)

@@ -10,7 +10,7 @@ import time
 import click
 
 from .._text import plural
-from ._paths import IMAGE_EXTENSIONS, SEED, check_output_file, check_output_folder
+from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
 
 def _int_list(name: str, text: str) -> list:
@@ -36,13 +36,13 @@ def _command_line() -> str:
 @click.option("--iters", default=1200, show_default=True, type=click.IntRange(min=1), help="Iterations per level.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
 @click.option("--ema", "ema_decay", default=0.995, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
               help="EMA decay of the sampling weights (0: none).")
 @click.option("--size", default=16, show_default=True, type=click.IntRange(min=4), help="Image side in pixels.")
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Folder data: 1 (grayscale) or 3 (RGB, default).")
 @click.option("--save-every", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between checkpoints.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (1 is fastest for these small UNets on a shared CPU).")
 @click.option("--calibrate/--no-calibrate", "do_calibrate", default=True, show_default=True,
               help="Calibrate the trained ladder and save calibration.json next to it.")
@@ -55,6 +55,9 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
 
     ws = _int_list("--widths", widths)
     check_output_folder(out, "--out")
+    if size % 4:  # three resolutions: the UNet halves the image twice
+        raise click.BadParameter(f"expected a multiple of 4 (the UNet halves the image twice), got {size}",
+                                 param_hint="--size")
     torch.set_num_threads(threads)
     try:
         data = load_dataset(dataset, size=size, channels=None if channels is None else int(channels))
@@ -90,7 +93,7 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
               help="A folder of shards (a sampling job, resumable), or a file ending in .png for one image grid "
                    "(its cost report goes to OUT.json).")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Steps (default: the method's or the plan's).")
-@click.option("--budget", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--budget", default=None, type=POSITIVE,
               help="Cost per sample in top-level equivalents (mlem: plans levels, steps and rates).")
 @click.option("--rates", default=None,
               help="mlem: comma-separated rates lambda_2..lambda_K per unit of diffusion time (with --steps), "
@@ -109,7 +112,7 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
                    "(3-10x slower on a CPU).")
 @click.option("--png", "write_png", is_flag=True, help="Job folder: also write one PNG per sample under OUT/png.")
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(min=1), help="Upscale the grid by this factor.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
 def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
@@ -150,6 +153,8 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, run_job
 
+    if ray_address is None:  # on Ray the workers' devices count, not this machine's
+        check_device(device)
     try:
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
@@ -187,6 +192,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
                                        "pass --overwrite to replace")
     check_output_file(out, "--out")
     check_output_file(report_path, "--out")
+    check_device(device)
     torch.set_num_threads(threads)
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_path).to(device)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import __version__
-from ._paths import SEED, check_output_file, check_output_folder
+from ._paths import POSITIVE, SEED, THREADS, check_output_file, check_output_folder
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -171,7 +171,7 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, ou
 @click.option("--steps", default=2000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps per level.")
 @click.option("--widths", default="32,64,128,256", show_default=True, help="Comma-separated hidden widths, cheapest first.")
 @click.option("--batch", default=512, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seeds the problem, the weights and the data.")
 def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     """Train a ladder of MLP noise predictors on exact samples of a problem, save it, report its gamma."""
@@ -202,14 +202,14 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
 @main.command()
 @click.option("--problem", type=click.Choice(["htmc"]), default="htmc", show_default=True,
               help="The built-in ladder to calibrate.")
-@click.option("--gamma", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--gamma", default=4.0, show_default=True, type=POSITIVE)
 @click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
 @click.option("--timing", type=click.Choice(["given", "wall", "flops"]), default="given", show_default=True,
               help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs.")
-@click.option("--target", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--target", type=POSITIVE, default=None,
               help="Plan for this RMS pathwise error.")
-@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--budget", type=POSITIVE, default=None,
               help="Plan for this cost per sample, in top-level equivalents.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Save the calibration as JSON.")
@@ -227,6 +227,9 @@ def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out
         raise click.UsageError("give at most one of --target and --budget")
     check_output_file(out, "--out")
     check_output_file(plot_path, "--plot", suffixes=(".png",))
+    if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
+        raise click.BadParameter(f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
+                                 "keep --gamma times (--levels - 1) at most 1000", param_hint="--gamma")
     P = htmc(gamma, levels=levels, seed=seed)
     x0 = P.initial_state(n_paths, seed=seed + 1)
     cal = run_calibration(P.ladder, x0, t0=P.t0, t1=P.t1, diffusion=P.diffusion, reference=P.true_drift,

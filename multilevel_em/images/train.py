@@ -116,6 +116,8 @@ def train_ladder(
             raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
     if not (lr > 0 and math.isfinite(lr)) or not (0 <= ema_decay < 1):
         raise ValueError(f"lr, ema_decay: expected lr > 0 and 0 <= ema_decay < 1, got {lr}, {ema_decay}")
+    if data.size % 4:
+        raise ValueError(f"data: image side {data.size} px is not a multiple of 4 (the UNets halve it twice)")
     settings = _settings(data, widths, seed, batch, lr, ema_decay, layers_per_block, norm_groups, schedule)
     device = torch.device("cpu" if device is None else device)
 
