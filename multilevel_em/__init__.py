@@ -14,9 +14,24 @@ The public API::
     plan = cal.plan(target=0.01)    # levels, mu, steps, predicted cost and speedup over EM
 """
 
-from .calibration import Calibration, calibrate
-from .engine import BrownianPath, Ladder, Solution, solve
+import importlib
 
 __version__ = "0.1.0"
 
 __all__ = ["BrownianPath", "Calibration", "Ladder", "Solution", "calibrate", "solve", "__version__"]
+
+# Imported on first use (PEP 562), so that `mlem --help` and `import multilevel_em` do not load torch.
+_LAZY = {"BrownianPath": ".engine", "Ladder": ".engine", "Solution": ".engine", "solve": ".engine",
+         "Calibration": ".calibration", "calibrate": ".calibration"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,9 @@ import sys
 import time
 
 import click
-import numpy as np
+
+from .._text import plural
+from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
 
 def _int_list(name: str, text: str) -> list:
@@ -32,15 +34,15 @@ def _command_line() -> str:
 @click.option("--widths", default="4,8,16,32", show_default=True,
               help="Comma-separated base widths w, cheapest first (block_out_channels = (w, 2w, 2w)).")
 @click.option("--iters", default=1200, show_default=True, type=click.IntRange(min=1), help="Iterations per level.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
 @click.option("--ema", "ema_decay", default=0.995, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
               help="EMA decay of the sampling weights (0: none).")
 @click.option("--size", default=16, show_default=True, type=click.IntRange(min=4), help="Image side in pixels.")
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Folder data: 1 (grayscale) or 3 (RGB, default).")
 @click.option("--save-every", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between checkpoints.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (1 is fastest for these small UNets on a shared CPU).")
 @click.option("--calibrate/--no-calibrate", "do_calibrate", default=True, show_default=True,
               help="Calibrate the trained ladder and save calibration.json next to it.")
@@ -52,6 +54,10 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
     from ..images import CheckpointError, load_dataset, train_ladder
 
     ws = _int_list("--widths", widths)
+    check_output_folder(out, "--out")
+    if size % 4:  # three resolutions: the UNet halves the image twice
+        raise click.BadParameter(f"expected a multiple of 4 (the UNet halves the image twice), got {size}",
+                                 param_hint="--size")
     torch.set_num_threads(threads)
     try:
         data = load_dataset(dataset, size=size, channels=None if channels is None else int(channels))
@@ -87,12 +93,12 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
               help="A folder of shards (a sampling job, resumable), or a file ending in .png for one image grid "
                    "(its cost report goes to OUT.json).")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Steps (default: the method's or the plan's).")
-@click.option("--budget", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--budget", default=None, type=POSITIVE,
               help="Cost per sample in top-level equivalents (mlem: plans levels, steps and rates).")
 @click.option("--rates", default=None,
               help="mlem: comma-separated rates lambda_2..lambda_K per unit of diffusion time (with --steps), "
                    "instead of a planned budget.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Sample i's random numbers are keyed by (seed, i), whatever the batch or worker.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
               help="Samples per batch (per shard for a job folder).")
@@ -106,7 +112,7 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
                    "(3-10x slower on a CPU).")
 @click.option("--png", "write_png", is_flag=True, help="Job folder: also write one PNG per sample under OUT/png.")
 @click.option("--scale", default=4, show_default=True, type=click.IntRange(min=1), help="Upscale the grid by this factor.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
 def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
@@ -121,7 +127,11 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
         rates = _parse_floats("--rates", rates)
         if any(r < 0 for r in rates):
             raise click.BadParameter(f"expected rates >= 0, got {rates}", param_hint="--rates")
-    if out.lower().endswith(".png"):
+    ext = os.path.splitext(out)[1].lower()
+    if ext in IMAGE_EXTENSIONS and ext != ".png":
+        raise click.BadParameter(f"{out}: a grid is written as PNG only; name it *.png (or give a folder for a job)",
+                                 param_hint="--out")
+    if ext == ".png":
         for flag, value in (("--ray", ray_address), ("--workers", workers), ("--png", write_png or None)):
             if value is not None:
                 raise click.BadParameter("only for a job folder; OUT ends in .png (one image grid)", param_hint=flag)
@@ -133,6 +143,7 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
                                      "folder to start over", param_hint="--overwrite")
         if workers is not None and ray_address is None:
             raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
+        check_output_folder(out, "--out")
         _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
                     batch_invariant, write_png)
 
@@ -142,15 +153,18 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, run_job
 
+    if ray_address is None:  # on Ray the workers' devices count, not this machine's
+        check_device(device)
     try:
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
                           batch_invariant=batch_invariant)
         report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
-    except (JobError, CheckpointError, ValueError) as e:
+    except (JobError, CheckpointError, ValueError, FloatingPointError) as e:
         raise click.ClickException(str(e)) from None
     tput = report["throughput_samples_per_second"]
-    click.echo(f"{method}: {report['samples']} samples in {report['shards']} shards, {report['steps']} steps, "
+    click.echo(f"{method}: {plural(report['samples'], 'sample')} in {plural(report['shards'], 'shard')}, "
+               f"{plural(report['steps'], 'step')}, "
                f"{report['top_equivalents_per_sample']:.4g} top-level equivalents per sample; "
                f"{report['computed_this_run']} computed in this run on {report['executor']}"
                + (f", {tput:.3g} samples/s" if tput else ""))
@@ -168,11 +182,17 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
     from ..engine import sample_generators
     from ..images import CheckpointError, MultilevelPipeline, image_grid
 
+    import numpy as np
+
     report_path = os.path.splitext(out)[0] + ".json"
     if not overwrite:
         existing = [p for p in (out, report_path) if os.path.exists(p)]
         if existing:
-            raise click.ClickException(f"{', '.join(existing)} exists; pass --overwrite to replace it")
+            raise click.ClickException(f"{' and '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; "
+                                       "pass --overwrite to replace")
+    check_output_file(out, "--out")
+    check_output_file(report_path, "--out")
+    check_device(device)
     torch.set_num_threads(threads)
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_path).to(device)
@@ -187,8 +207,8 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
             try:
                 result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
                               batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)))
-            except ValueError as e:
-                raise click.ClickException(str(e)) from None
+            except (ValueError, FloatingPointError) as e:
+                raise click.ClickException(f"{e}; nothing was written") from None
             images.append(result.images)
             reports.append(result.report)
             bar.update(stop - start)
@@ -203,11 +223,14 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
     r["wall_seconds"] = wall = sum(rep["wall_seconds"] for rep in reports)
     r["wall_seconds_per_sample"] = wall / n
     grid = image_grid(np.concatenate(images), scale=scale)
-    atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
     report = dict(r, ladder=os.fspath(ladder_path), seed=seed, batch_size=batch_size, command=_command_line(),
                   grid=os.fspath(out))
-    write_json(report_path, report)
-    click.echo(f"{method}: {r['steps']} steps, {r['top_equivalents_per_sample']:.4g} top-level equivalents per sample, "
+    try:
+        atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
+        write_json(report_path, report)
+    except OSError as e:  # a full disk, say: the atomic writes left no half-written file
+        raise click.ClickException(f"writing {out} failed: {e.strerror or e}") from None
+    click.echo(f"{method}: {plural(r['steps'], 'step')}, {r['top_equivalents_per_sample']:.4g} top-level equivalents per sample, "
                f"{r['wall_seconds']:.2f} s wall-clock")
     for lv in r["levels"]:
         click.echo(f"  level {lv['level']} ({lv['name']}): {lv['evaluations_per_sample']:.4g} evaluations per sample")
@@ -218,13 +241,14 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Where to write the safetensors weights (default: the shipped file in multilevel_em/images/pretrained).")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 def train_classifier_cmd(out, epochs, seed):
     """Train the small digit classifier whose features the image KID uses (about 30 s on one core)."""
     import torch
 
     from ..images.metrics import DEFAULT_CLASSIFIER, train_digit_classifier
 
+    check_output_file(out, "--out")
     torch.set_num_threads(1)
     out = out or DEFAULT_CLASSIFIER
     _, info = train_digit_classifier(out, epochs=epochs, seed=seed)
@@ -237,12 +261,13 @@ def train_classifier_cmd(out, epochs, seed):
               help="A ladder folder (default: the shipped digits ladder).")
 @click.option("--n", "n", default=256, show_default=True, type=click.IntRange(min=16), help="Samples per run.")
 @click.option("--quick", is_flag=True, help="A reduced sweep (n=64, fewer settings; a few minutes).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/images.json", show_default=True, type=click.Path(dir_okay=False))
 def bench_images_cmd(ladder_path, n, quick, seed, out):
     """Cost (top-level equivalents, CPU wall-clock) vs KID of EM-top, DDIM, DPM-Solver++ and ML-EM on a UNet ladder."""
     from ..bench.images import run_images_bench
 
+    check_output_file(out, "--out")
     ladder_path = ladder_path or os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits")
     kw = {}
     if quick:

@@ -8,9 +8,13 @@ import sys
 import click
 
 from .. import __version__
+from ._paths import POSITIVE, SEED, THREADS, check_output_file, check_output_folder
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mlem", message="%(version)s")
 def main() -> None:
     """Multilevel Euler-Maruyama (ML-EM): solve SDEs/ODEs and sample diffusion models with
     ladders of drift approximators, evaluating the expensive level rarely."""
@@ -31,7 +35,7 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
               help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
                    "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.")
 @click.option("--quick", is_flag=True, help="Fewer settings and samples (a few seconds).")
-@click.option("--seed", default=0, show_default=True, type=int, help="One seed for every run (shared noise).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="One seed for every run (shared noise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
 @click.option("--out-dir", default="mlem-demo", show_default=True, type=click.Path(file_okay=False),
               help="images: folder for grids.png, cost_quality.png and demo.json.")
@@ -53,6 +57,10 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
     if given:
         names = ", ".join(p.opts[0] for p in given)
         raise click.UsageError(f"{names}: not an option of --problem {problem}")
+    if problem == "htmc":
+        check_output_file(out, "--out")
+    else:
+        check_output_folder(out_dir, "--out-dir")
     echo = (lambda *_: None) if as_json else click.echo
     if problem == "htmc":
         from ..bench.common import write_json
@@ -95,7 +103,7 @@ def bench() -> None:
 @click.option("--gammas", default="1.5,2.5,4", show_default=True, help="Comma-separated cost exponents.")
 @click.option("--quick", is_flag=True, help="A reduced sweep (under 2 minutes on 2 CPU cores).")
 @click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=16), help="Sample paths.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/htmc.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_path", default="results/htmc.png", show_default=True, type=click.Path(dir_okay=False))
 def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot_path: str) -> None:
@@ -105,6 +113,8 @@ def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot
     values = _parse_floats("--gammas", gammas)
     if any(g <= 0 for g in values):
         raise click.BadParameter(f"expected positive exponents, got {gammas!r}", param_hint="--gammas")
+    check_output_file(out, "--out")
+    check_output_file(plot_path, "--plot", suffixes=PLOT_SUFFIXES)
     run_bench(gammas=values, quick=quick, out=out, plot_path=plot_path, n_paths=n_paths, seed=seed, echo=click.echo)
     click.echo(f"wrote {out} and {plot_path}")
 
@@ -131,7 +141,7 @@ def _command_line(ctx: click.Context, prefix: str) -> str:
 @click.option("--train-steps", default=None, type=click.IntRange(min=1), help="Override the training steps per level.")
 @click.option("--paths", "n_paths", default=None, type=click.IntRange(min=16),
               help="Override the samples per run (both problems).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/diffusion.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_path", default="results/diffusion.png", show_default=True, type=click.Path(dir_okay=False))
 def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, out, plot_path) -> None:
@@ -139,6 +149,9 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, ou
     on a Gaussian (pathwise error) and a Gaussian mixture (sliced Wasserstein, MMD)."""
     from ..bench.diffusion import run_bench
 
+    check_output_file(out, "--out")
+    check_output_file(plot_path, "--plot", suffixes=PLOT_SUFFIXES)
+    check_output_folder(save_ladders, "--save-ladders")
     overrides = {}
     if train_steps is not None:
         overrides["train_steps"] = train_steps
@@ -158,8 +171,8 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, ou
 @click.option("--steps", default=2000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps per level.")
 @click.option("--widths", default="32,64,128,256", show_default=True, help="Comma-separated hidden widths, cheapest first.")
 @click.option("--batch", default=512, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the problem, the weights and the data.")
+@click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seeds the problem, the weights and the data.")
 def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     """Train a ladder of MLP noise predictors on exact samples of a problem, save it, report its gamma."""
     from tqdm import tqdm
@@ -171,6 +184,7 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     ws = [int(w) for w in _parse_floats("--widths", widths)]
     if any(w < 1 for w in ws):
         raise click.BadParameter(f"expected positive widths, got {widths!r}", param_hint="--widths")
+    check_output_folder(out, "--out")
     P = gaussian(dim, seed=seed) if problem == "gaussian" else gaussian_mixture(dim, seed=seed)
     # Small layers: one thread is as fast as several and does not fight other work for the cores.
     with single_thread(), tqdm(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:
@@ -188,16 +202,16 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
 @main.command()
 @click.option("--problem", type=click.Choice(["htmc"]), default="htmc", show_default=True,
               help="The built-in ladder to calibrate.")
-@click.option("--gamma", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--gamma", default=4.0, show_default=True, type=POSITIVE)
 @click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
 @click.option("--timing", type=click.Choice(["given", "wall", "flops"]), default="given", show_default=True,
               help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs.")
-@click.option("--target", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--target", type=POSITIVE, default=None,
               help="Plan for this RMS pathwise error.")
-@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--budget", type=POSITIVE, default=None,
               help="Plan for this cost per sample, in top-level equivalents.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Save the calibration as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
@@ -211,6 +225,11 @@ def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out
 
     if target is not None and budget is not None:
         raise click.UsageError("give at most one of --target and --budget")
+    check_output_file(out, "--out")
+    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
+        raise click.BadParameter(f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
+                                 "keep --gamma times (--levels - 1) at most 1000", param_hint="--gamma")
     P = htmc(gamma, levels=levels, seed=seed)
     x0 = P.initial_state(n_paths, seed=seed + 1)
     cal = run_calibration(P.ladder, x0, t0=P.t0, t1=P.t1, diffusion=P.diffusion, reference=P.true_drift,

@@ -24,6 +24,7 @@ import torch
 
 from ..engine import Ladder, LevelEvaluator, evaluate_rates, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
+from ..engine.solver import _all_finite, _non_finite_error
 from .schedule import VPSchedule
 
 __all__ = ["DiffusersUNetAdapter", "MultilevelDenoiser", "TStitchDenoiser", "as_eps_model"]
@@ -158,6 +159,8 @@ class _LadderDenoiser:
             label = f"level {j + 1} ({self.ladder.names[j]})"
             try:
                 out = f(x1, t1)
+            except FloatingPointError:  # a finiteness check inside the model already names the level
+                raise
             except Exception as e:  # a model built for another input shape fails inside; name it
                 raise ValueError(f"{label}: failed on an input of shape {tuple(x1.shape)}: {e}") from e
             if not isinstance(out, torch.Tensor):
@@ -248,7 +251,10 @@ class MultilevelDenoiser(_LadderDenoiser):
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         call = self._prepare(x, t)
         if len(self.ladder) == 1:
-            return call(0, x, t)
+            out = call(0, x, t)
+            if self.check_finite and not _all_finite(out):
+                raise _non_finite_error(call, {0: out}, _single_time(t))
+            return out
         t = _single_time(t)
         return telescoping_estimate(call, x, t, self.probabilities(t), draws=self.draws, generator=self.generator,
                                     check_finite=self.check_finite)
@@ -306,7 +312,11 @@ class TStitchDenoiser(_LadderDenoiser):
                 "TStitchDenoiser: the step index is unknown; samplers call set_step(h, index, steps) before each "
                 "evaluation: call it yourself when you use the denoiser directly"
             )
-        return call(self.level_for_step(self._index, self._steps), x, t)
+        j = self.level_for_step(self._index, self._steps)
+        out = call(j, x, t)
+        if not _all_finite(out):
+            raise _non_finite_error(call, {j: out}, _single_time(t))
+        return out
 
     def __repr__(self) -> str:
         return f"TStitchDenoiser({self.ladder!r}, fractions={self.fractions})"

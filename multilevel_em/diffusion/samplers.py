@@ -171,6 +171,8 @@ def sample(
         raise TypeError(f"schedule: expected a VPSchedule, got {type(schedule).__name__}")
     if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1 or not x_T.dtype.is_floating_point:
         raise ValueError("x_T: expected a floating tensor of shape (batch, ...)")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T: contains NaN or Inf")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
     check_generators(generator, x_T.shape[0])

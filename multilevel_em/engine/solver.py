@@ -237,6 +237,15 @@ def _non_finite_error(caller: LevelEvaluator, outputs: dict, t: float) -> Floati
     return FloatingPointError(f"the drift estimate is NaN or Inf at t={t:.6g}; pass check_finite=False to continue")
 
 
+def _state_error(x: torch.Tensor, t: float) -> Optional[FloatingPointError]:
+    """The error to raise when the levels were handed a non-finite state (x0 is checked up front, and
+    every level's output before it enters the state, so the diffusion term put it there); None if x is finite."""
+    if bool(torch.isfinite(x).all()):
+        return None
+    return FloatingPointError(f"the state is NaN or Inf at t={t:.6g}, with finite drifts so far: the diffusion "
+                              "term (diffusion=) produced it")
+
+
 #: Rows selector meaning "every row of the batch" (no gather or scatter needed).
 _ALL = "all"
 #: ML-EM draws the Bernoulli variables of about this many (steps x levels x samples) at a
@@ -433,6 +442,8 @@ def solve(
         raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")
     if x0.ndim < 1 or not x0.dtype.is_floating_point:
         raise ValueError(f"x0: expected a floating tensor of shape (batch, *state_shape), got {x0.dtype} {tuple(x0.shape)}")
+    if not _all_finite(x0):
+        raise ValueError("x0: contains NaN or Inf")
     t0, t1 = _check_time("t0", t0), _check_time("t1", t1)
     if not t1 > t0:
         raise ValueError(f"t1: expected t1 > t0, got t0={t0}, t1={t1}")
@@ -501,7 +512,7 @@ def solve(
         if not mlem:
             drift = call(j_em, x, t)
             if check_finite and not _all_finite(drift):
-                raise _non_finite_error(call, {j_em: drift}, t)
+                raise _state_error(x, t) or _non_finite_error(call, {j_em: drift}, t)
         else:
             if pos == len(plan):  # draw the levels of the next run of steps
                 new = []
@@ -512,7 +523,10 @@ def solve(
                 probs_log.extend(new)
             fired, needed = plan[pos]
             pos += 1
-            drift = _mlem_drift(call, x, t, probs_log[n], fired, needed, check_finite)
+            try:
+                drift = _mlem_drift(call, x, t, probs_log[n], fired, needed, check_finite)
+            except FloatingPointError as e:
+                raise _state_error(x, t) or e
         # X_{n+1} = X_n + h_n F_n + g (W(t_{n+1}) - W(t_n)), with as few tensor operations as possible.
         x_next = torch.add(x, drift, alpha=h_n)
         if g is not None:

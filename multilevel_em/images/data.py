@@ -13,6 +13,8 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
+from .._text import plural
+
 __all__ = ["ImageData", "load_digits", "load_image_folder", "load_dataset", "IMAGE_SUFFIXES"]
 
 #: File suffixes read by :func:`load_image_folder` (case-insensitive); other files are skipped and reported.
@@ -43,7 +45,7 @@ class ImageData:
 
     def report(self) -> str:
         """One line for humans: how many images were used and how many files skipped (with the first few)."""
-        line = f"{self.name}: {self.x.shape[0]} images of {self.channels}x{self.size}x{self.size}"
+        line = f"{self.name}: {plural(self.x.shape[0], 'image')} of {self.channels}x{self.size}x{self.size}"
         if self.skipped:
             shown = "; ".join(f"{os.path.basename(f)} ({why})" for f, why in self.skipped[:5])
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""

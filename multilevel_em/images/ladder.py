@@ -252,6 +252,31 @@ def load_unet(directory: str, schedule: Optional[VPSchedule] = None):
     return unet, int(mlem["width"]), float(mlem["flops"]), level_schedule
 
 
+def _check_costs(directory: str, index: Dict, widths: List[int], costs: List[float], unets: List) -> None:
+    """The index's widths and costs must be the levels' own, and the costs (FLOPs counted again from the
+    loaded UNets) must not fall: a misordered ladder would make its cheapest UNet the "top" level."""
+    index_path = os.path.join(directory, INDEX)
+    if list(index.get("widths", widths)) != widths:
+        raise CheckpointError(f"{index_path}: \"widths\" {index.get('widths')} disagree with the levels' configs {widths}")
+    stated = index.get("costs", costs)
+    if not isinstance(stated, list) or len(stated) != len(costs) or any(
+            not isinstance(a, (int, float)) or abs(a - b) > 1e-6 * b for a, b in zip(stated, costs)):
+        raise CheckpointError(f"{index_path}: \"costs\" {stated} disagree with the levels' configs {costs}")
+    size, channels = int(index["sample_size"]), int(index["channels"])
+    measured = [unet_flops(u, size, channels) for u in unets]
+    names = index["levels"]
+    for k, (a, b) in enumerate(zip(measured, measured[1:])):
+        if b < a:
+            raise CheckpointError(
+                f"{directory}: the levels' costs do not rise: {names[k + 1]} ({b:.4g} FLOPs per sample) is cheaper than "
+                f"{names[k]} ({a:.4g}); a ladder's folders go cheapest first (level_1 the smallest UNet)"
+            )
+    for k, (a, b) in enumerate(zip(measured, costs)):
+        if abs(a - b) > 1e-6 * a:
+            raise CheckpointError(f"{os.path.join(directory, names[k], UNET_CONFIG)}: states {b:.6g} FLOPs per sample, "
+                                  f"but its UNet counts {a:.6g}")
+
+
 def load_ladder(directory: str) -> UNetLadder:
     """Load a ladder folder; refuses levels that disagree on sample size, channels or schedule."""
     index_path = os.path.join(directory, INDEX)
@@ -279,5 +304,6 @@ def load_ladder(directory: str) -> UNetLadder:
         costs.append(c)
     if not unets:
         raise CheckpointError(f"{index_path}: no levels")
+    _check_costs(directory, index, widths, costs, unets)
     info = {k: v for k, v in index.items() if k not in _INDEX_KEYS}
     return UNetLadder(unets, widths, costs, schedule, info)

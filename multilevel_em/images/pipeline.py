@@ -32,6 +32,7 @@ from ..calibration import Calibration, calibrate
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
 from ..engine import Ladder, randn
 from ..engine.random import Generators, check_generators, is_per_sample
+from ..engine.solver import _all_finite
 from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
@@ -42,6 +43,8 @@ DEFAULT_STEPS = {"em": 250, "ddim": 50, "dpmpp_2m": 20, "stitch": 50}
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
+#: "mlem" with budget= and steps=: the plan may fall this far (relative) below the budget, no more.
+_BUDGET_TOLERANCE = 0.02
 
 
 def _derived(generator: Optional[torch.Generator]) -> tuple:
@@ -81,6 +84,22 @@ class _ReverseDrift:
         t = self.schedule.t_max - float(s)
         beta, sigma = float(self.schedule.beta(t)), float(self.schedule.sigma(t))
         return beta * (0.5 * x - self.eps_model(x, t) / sigma)
+
+
+class _FiniteEps:
+    """An eps model whose outputs are checked for NaN/Inf (the engine's test), named by the ladder's own
+    level numbering: a sub-ladder (a plan's levels, the top level alone) still says "level 4 (width 32)"."""
+
+    def __init__(self, model, label: str):
+        self.model, self.label = model, label
+
+    def __call__(self, x, t):
+        out = self.model(x, t)
+        if not _all_finite(out):
+            tt = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+            raise FloatingPointError(f"{self.label} produced NaN or Inf at t={tt:.4g} (are its weights "
+                                     "corrupt?)")
+        return out
 
 
 class _RowByRow:
@@ -240,7 +259,15 @@ class MultilevelPipeline:
                 "or pass rates="
             )
         self._check_budget(budget)
-        return self.calibration.plan(budget=float(budget), steps=steps)
+        plan = self.calibration.plan(budget=float(budget), steps=steps)
+        if steps is not None and plan.top_equivalents < (1 - _BUDGET_TOLERANCE) * budget:
+            # The same rule as the one-model methods: a budget and a step count that disagree are refused,
+            # not silently resolved in favour of the step count.
+            raise ValueError(
+                f"budget={budget!r} and steps={steps!r} disagree: with {steps} steps ML-EM spends at most "
+                f"{plan.top_equivalents:.4g} top-level equivalents per sample; pass budget= or steps=, not both"
+            )
+        return plan
 
     def _check_budget(self, budget) -> None:
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
@@ -320,6 +347,7 @@ class MultilevelPipeline:
         models = L.eps_models()
         if batch_invariant:
             models = [_RowByRow(m) for m in models]
+        models = [_FiniteEps(m, f"level {i + 1} ({name})") for i, (m, name) in enumerate(zip(models, L.names))]
         g_noise, g_draws = _split_generator(generator, batch_size)
         x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
         plan = None
@@ -376,6 +404,8 @@ class MultilevelPipeline:
         start = time.perf_counter()
         out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
         wall = time.perf_counter() - start
+        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
+            raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
         images = to_numpy_images(out.x)
         report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
         return PipelineOutput(images=images, pil=to_pil(images), x=out.x, report=report)

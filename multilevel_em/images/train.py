@@ -39,7 +39,7 @@ from .ladder import (
     unet_flops,
 )
 
-__all__ = ["train_ladder", "plot_losses", "TRAIN_STATE", "Objective"]
+__all__ = ["train_ladder", "plot_losses", "TRAIN_STATE", "Objective", "TrainingDiverged"]
 
 TRAIN_STATE = "training_state"
 WARMUP = 50  # iterations of linear learning-rate warm-up
@@ -144,6 +144,8 @@ def train_ladder(
             raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
     if not (lr > 0 and math.isfinite(lr)) or not (0 <= ema_decay < 1):
         raise ValueError(f"lr, ema_decay: expected lr > 0 and 0 <= ema_decay < 1, got {lr}, {ema_decay}")
+    if data.size % 4:
+        raise ValueError(f"data: image side {data.size} px is not a multiple of 4 (the UNets halve it twice)")
     settings = _settings(data, widths, seed, batch, lr, ema_decay, layers_per_block, norm_groups, schedule)
     objective = Objective() if objective is None else objective
     settings.update(objective.settings())
@@ -222,6 +224,8 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (it + 1) / WARMUP)
         loss = torch.nn.functional.mse_loss(unet(xt, k.to(device)).sample, objective.target(xt, k.to(device), eps))
+        if not math.isfinite(float(loss.detach())):
+            raise TrainingDiverged(_diverged_message(directory, level, width, it, lr))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -236,11 +240,34 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
                     else:
                         ema[key].copy_(v)
         done = it + 1
+        if (done % save_every == 0 or done == iters) and not _finite_weights(unet, ema):
+            raise TrainingDiverged(_diverged_message(directory, level, width, it, lr))
         if done % save_every == 0 or done == iters:
             _checkpoint(directory, unet, opt, ema, losses, done, width, cost, schedule)
         if progress:
             progress(1)
     return True
+
+
+class TrainingDiverged(ValueError):
+    """Training produced a NaN or Inf loss or weights; the last checkpoint written before it is kept."""
+
+
+def _finite_weights(unet, ema) -> bool:
+    tensors = list(unet.state_dict().values()) + (list(ema.values()) if ema is not None else [])
+    return all(bool(torch.isfinite(v).all()) for v in tensors if v.dtype.is_floating_point)
+
+
+def _diverged_message(directory, level, width, it, lr) -> str:
+    path = os.path.join(directory, TRAIN_STATE + ".safetensors")
+    kept = "no checkpoint of this level was written"
+    if os.path.exists(path):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            kept = f"the last good checkpoint (iteration {(f.metadata() or {}).get('iteration')}) is kept in {directory}"
+    return (f"training diverged: level {level + 1} (width {width}) has a NaN or Inf loss or weights at iteration "
+            f"{it + 1} with learning rate {lr:g}; {kept}. Lower the learning rate")
 
 
 def _checkpoint(directory, unet, opt, ema, losses, iteration, width, cost, schedule):

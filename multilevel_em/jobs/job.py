@@ -97,8 +97,8 @@ class SamplingJob:
             raise ValueError(f"n: expected the number of samples, an int >= 1, got {self.n!r}")
         if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {self.batch_size!r}")
-        if not is_int(self.seed):
-            raise ValueError(f"seed: expected an int, got {self.seed!r}")
+        if not is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
         if self.method not in _METHODS:
             raise ValueError(f"method: expected one of {', '.join(map(repr, _METHODS))}, got {self.method!r}")
         if self.steps is not None and (not is_int(self.steps) or self.steps < 1):

@@ -31,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 from .._io import atomic_write, write_json
+from .._text import plural
 from .job import JOB_FILE, REPORT_FILE, JobError, SamplingJob, png_path, read_ladder_bundle, shard_path
 
 __all__ = ["ShardWorker", "run_job", "completed_shards", "load_samples"]
@@ -155,9 +156,11 @@ def completed_shards(job: SamplingJob) -> List[int]:
             and _read_shard(job, shard_path(job.out, k), k, keys=("indices",)) is not None]
 
 
-def load_samples(out: str) -> Dict[str, np.ndarray]:
-    """All complete shards of the job in ``out``, concatenated in sample order: ``x``, ``images``,
-    ``indices``.  Raises :class:`JobError` if the folder holds no job."""
+def load_samples(out: str, *, partial: bool = False) -> Dict[str, np.ndarray]:
+    """The samples of the job in ``out``, concatenated in sample order: ``x``, ``images``, ``indices``.
+
+    Raises :class:`JobError` if the folder holds no job, or if the job is unfinished (some shards
+    missing) unless ``partial=True``, which returns the complete shards only (check ``indices``)."""
     manifest = _read_manifest(out)
     if manifest is None:
         raise JobError(f"{out}: no {JOB_FILE}; not a sampling job folder")
@@ -171,6 +174,10 @@ def load_samples(out: str) -> Dict[str, np.ndarray]:
             raise JobError(f"{path}: not a complete shard ({e}); rerun the job to compute it again") from None
     if not parts["x"]:
         raise JobError(f"{out}: no complete shard yet")
+    n_shards = manifest.get("n_shards")
+    if not partial and isinstance(n_shards, int) and len(parts["x"]) < n_shards:
+        raise JobError(f"{out}: unfinished job, {len(parts['x'])} of {plural(n_shards, 'shard')} complete; rerun the "
+                       "job to finish it, or pass partial=True for the complete shards only")
     return {key: np.concatenate(v) for key, v in parts.items()}
 
 
@@ -360,11 +367,12 @@ def run_job(
     pending = [k for k in range(job.n_shards) if k not in set(done)]
     n_done = sum(job.shard_range(k)[1] - job.shard_range(k)[0] for k in done)
     if done:
-        echo(f"resuming {out}: {len(done)} of {job.n_shards} shards ({n_done} samples) already complete")
+        echo(f"resuming {out}: {len(done)} of {plural(job.n_shards, 'shard')} ({plural(n_done, 'sample')}) "
+             "already complete")
     if ray_mod is not None:
         n_workers = workers or int(ray_mod.cluster_resources().get("CPU", 1))
         results = _run_ray(job, pending, bundle, ray_mod, n_workers) if pending else iter(())
-        where = f"Ray ({ray}, {n_workers} workers)"
+        where = f"Ray ({ray}, {plural(n_workers, 'worker')})"
     else:
         n_workers = 1
         results = _run_local(job, pending) if pending else iter(())
@@ -389,7 +397,7 @@ def run_job(
     except Exception as e:
         undo_fresh_folder()
         cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError: the worker's exception
-        if isinstance(cause, ValueError):
+        if isinstance(cause, (ValueError, FloatingPointError)):
             raise JobError(f"a worker failed: {cause}") from None
         raise
     finally:

@@ -1,0 +1,211 @@
+"""Issue 12: bad inputs give clear errors that name their cause and leave nothing written (CLI through the entry point)."""
+
+import glob
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+
+from click.testing import CliRunner  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from multilevel_em import Ladder, solve  # noqa: E402
+from multilevel_em.cli.main import main  # noqa: E402
+from multilevel_em.images import CheckpointError, MultilevelPipeline, load_digits, load_ladder, train_ladder  # noqa: E402
+from multilevel_em.images.ladder import INDEX, WEIGHTS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A calibrated 2-level ladder (widths 4, 8) trained for 4 iterations: its folder."""
+    torch.set_num_threads(1)
+    out = str(tmp_path_factory.mktemp("tiny") / "ladder")
+    ladder = train_ladder(load_digits(16), out, widths=[4, 8], iters=4, batch=4, save_every=2, loss_plot=False)
+    pipe = MultilevelPipeline(ladder)
+    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
+    pipe.save_calibration(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def nan_top(tiny, tmp_path_factory):
+    """A copy of ``tiny`` whose top UNet (level 2, width 8) has NaN weights."""
+    out = str(tmp_path_factory.mktemp("nan") / "ladder")
+    shutil.copytree(tiny, out)
+    path = os.path.join(out, "level_2", WEIGHTS)
+    state = load_file(path)
+    save_file({k: torch.full_like(v, float("nan")) if v.dtype.is_floating_point else v for k, v in state.items()},
+              path, metadata={"format": "pt"})
+    return out
+
+
+def _cli(args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    # A user mistake ends with a message (SystemExit from click), never a Python traceback.
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return r
+
+
+@pytest.mark.parametrize("method", ["em", "ddim", "dpmpp_2m", "stitch", "mlem"])
+def test_a_nan_top_level_fails_named_and_writes_no_grid(nan_top, tmp_path, method):
+    extra = ["--budget", "3"] if method == "mlem" else ["--steps", "3"]
+    r = _cli(["sample", "--ladder", nan_top, "--method", method, "--n", "2", "--out", tmp_path / "g.png"] + extra)
+    assert r.exit_code != 0
+    assert "level 2 (width 8) produced NaN or Inf" in r.output, r.output  # the ladder's own numbering
+    assert "check_finite" not in r.output  # not a CLI option
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "euler_ode", "em"])
+def test_every_sampler_checks_finiteness(nan_top, sampler):
+    pipe = MultilevelPipeline.from_pretrained(nan_top)
+    with pytest.raises(FloatingPointError, match=r"level 2 \(width 8\)"):
+        pipe(2, method="mlem", sampler=sampler, rates=[1e6], steps=3, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_nan_top_level_writes_no_shard(nan_top, tmp_path):
+    out = tmp_path / "job"
+    r = _cli(["sample", "--ladder", nan_top, "--method", "em", "--steps", "3", "--n", "4", "--batch-size", "2",
+              "--out", out])
+    assert r.exit_code != 0 and "level 2 (width 8)" in r.output, r.output
+    assert not glob.glob(str(out / "shard-*.npz"))
+
+
+def test_diverging_training_stops_and_writes_no_nan(tmp_path):
+    out = tmp_path / "t"
+    r = _cli(["train", "--dataset", "digits", "--out", out, "--widths", "4", "--lr", "1e6", "--iters", "60",
+              "--save-every", "1", "--no-calibrate"])
+    assert r.exit_code != 0 and "training diverged" in r.output and "level 1 (width 4)" in r.output, r.output
+    for path in glob.glob(str(out / "**" / "*.json"), recursive=True):
+        json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+    state = out / "level_1" / "training_state.safetensors"
+    if state.exists():  # the checkpoints that were kept are finite
+        assert all(torch.isfinite(v).all() for v in load_file(str(state)).values())
+
+
+def test_misordered_ladder_is_refused_naming_the_folders(tiny, tmp_path):
+    out = tmp_path / "swapped"
+    shutil.copytree(tiny, out)
+    os.rename(out / "level_1", out / "tmp")
+    os.rename(out / "level_2", out / "level_1")
+    os.rename(out / "tmp", out / "level_2")
+    with pytest.raises(CheckpointError, match="widths"):  # the index no longer matches the configs
+        load_ladder(str(out))
+    index = json.loads((out / INDEX).read_text())
+    index["widths"], index["costs"] = index["widths"][::-1], index["costs"][::-1]
+    (out / INDEX).write_text(json.dumps(index))
+    r = _cli(["sample", "--ladder", out, "--method", "em", "--steps", "2", "--n", "2", "--out", tmp_path / "g.png"])
+    assert r.exit_code != 0 and "do not rise" in r.output and "level_2" in r.output and "level_1" in r.output, r.output
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_mlem_budget_and_steps_that_disagree_are_refused_like_em(tiny, tmp_path):
+    for method in ("mlem", "em"):
+        r = _cli(["sample", "--ladder", tiny, "--method", method, "--steps", "4", "--budget", "50", "--n", "2",
+                  "--out", tmp_path / "g.png"])
+        assert r.exit_code != 0 and "disagree" in r.output, r.output
+    assert os.listdir(tmp_path) == []
+    pipe = MultilevelPipeline.from_pretrained(tiny)  # a budget the steps can pay is still planned at those steps
+    plan = pipe.plan(3.0, steps=4)
+    assert plan.steps == 4 and abs(plan.top_equivalents - 3.0) < 0.06
+
+
+def test_non_finite_x0_and_diffusion_are_named():
+    ladder = Ladder([lambda x, t: -x, lambda x, t: -x + 0.1 * torch.sin(x)], costs=[1, 4])
+    x0 = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="x0"):
+        solve(ladder, x0.clone().fill_(float("nan")), t0=0.0, t1=1.0, steps=4, method="em")
+    for method, kw in (("em", {}), ("mlem", {"rates": [2.0]})):
+        with pytest.raises(FloatingPointError, match="diffusion"):
+            solve(ladder, x0, t0=0.0, t1=1.0, steps=4, method=method, diffusion=lambda t: float("nan"), **kw)
+
+
+# ----------------------------------------------------------------------------- items 6-15
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["calibrate", "--paths", "8", "--out", "/proc/x/cal.json"], "--out"),
+    (["calibrate", "--paths", "8", "--plot", "cal.xyz"], "--plot"),
+    (["train", "--dataset", "digits", "--out", "/proc/ladder", "--iters", "1"], "--out"),
+    (["train-mlp", "--problem", "gaussian", "--out", "/proc/mlp", "--steps", "1"], "--out"),
+    (["bench", "htmc", "--quick", "--out", "/proc/h.json"], "--out"),
+    (["demo", "--out-dir", "/proc/demo"], "--out-dir"),
+])
+def test_unwritable_outputs_fail_before_the_work(args, hint):
+    r = _cli(args)
+    assert r.exit_code != 0 and hint in r.output and "Traceback" not in r.output, r.output
+
+
+def test_sample_output_paths_are_checked_before_sampling(tiny, tmp_path):
+    base = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out"]
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    for out, why in ((tmp_path / "file" / "g.png", "is a file"), ("/proc/g.png", "not writable"),
+                     (tmp_path / "dir.png", "is a folder"), (tmp_path / "grid.jpg", "PNG only"),
+                     (tmp_path / "file", "not a folder")):
+        r = _cli(base + [out, "--overwrite"] if str(out).endswith(".png") else base + [out])
+        assert r.exit_code != 0 and "--out" in r.output and why in r.output, (out, r.output)
+    assert sorted(os.listdir(tmp_path)) == ["dir.png", "file"]  # nothing else was written
+
+
+def test_negative_seeds_are_refused(tiny, tmp_path):
+    for seed in ("-1", "18446744073709551615"):
+        r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--seed", seed,
+                  "--out", tmp_path / "g.png"])
+        assert r.exit_code != 0 and "--seed" in r.output, r.output
+
+
+def test_version_flag_and_help_without_torch():
+    import subprocess
+    import sys
+
+    r = _cli(["--version"])
+    assert r.exit_code == 0 and r.output.strip() == __import__("multilevel_em").__version__
+    code = "import sys, multilevel_em.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # `mlem --help` and `mlem version` do not pay for importing torch
+
+
+def test_messages_agree_in_number(tiny, tmp_path):
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "1", "--n", "1", "--out", tmp_path / "job"])
+    assert r.exit_code == 0 and "1 sample in 1 shard, 1 step," in r.output, r.output
+    base = ["sample", "--ladder", tiny, "--method", "em", "--steps", "1", "--n", "1", "--out", tmp_path / "s1.png"]
+    assert _cli(base).exit_code == 0
+    r = _cli(base)
+    assert r.exit_code != 0 and "s1.json exist;" in r.output, r.output
+
+
+def test_load_samples_refuses_an_unfinished_job(tiny, tmp_path):
+    from multilevel_em.jobs import JobError, SamplingJob, load_samples, run_job
+
+    out = tmp_path / "job"
+    run_job(SamplingJob(ladder=tiny, n=4, out=str(out), method="em", steps=1, batch_size=2), progress=False,
+            echo=lambda *_: None)
+    assert load_samples(str(out))["x"].shape[0] == 4
+    os.unlink(out / "shard-000001.npz")
+    with pytest.raises(JobError, match="unfinished job, 1 of 2 shards complete"):
+        load_samples(str(out))
+    assert load_samples(str(out), partial=True)["indices"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["train", "--dataset", "digits", "--out", "OUT", "--size", "5"], "--size"),
+    (["calibrate", "--gamma", "nan"], "--gamma"),
+    (["calibrate", "--gamma", "inf"], "--gamma"),
+    (["calibrate", "--gamma", "2000"], "--gamma"),
+    (["train-mlp", "--problem", "gaussian", "--out", "OUT", "--lr", "nan"], "--lr"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "meta"], "--device"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "cpu:5"], "--device"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--threads", "100000"], "--threads"),
+    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--budget", "nan"], "--budget"),
+])
+def test_bad_numbers_and_devices_are_refused_at_the_cli(tiny, tmp_path, args, hint):
+    args = [a.replace("OUT", str(tmp_path / "o")).replace("LADDER", tiny) for a in args]
+    r = _cli(args)
+    assert r.exit_code != 0 and hint in r.output, r.output
+    assert not (tmp_path / "o").exists()
