@@ -397,3 +397,36 @@ def test_cfg_pairing_benchmark_quick(tmp_path, capsys):
     assert by_w[7.5]["ratio_independent_over_paired"] > 3
     costs = result["flops_per_row"]["unet2d_condition_widths_4_8_16"]
     assert costs == sorted(costs) and costs[0] > 0
+
+
+def _unet_sdxl(width: int, seed: int) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4,
+    ).eval()
+
+
+def test_sdxl_pipeline_with_added_cond_kwargs():
+    """Stock StableDiffusionXLPipeline (added_cond_kwargs text_embeds / time_ids sliced by row; the pipeline
+    reads unet.add_embedding through the model): p = 1 equals the top UNet; p < 1 stays finite and cheaper."""
+    from diffusers import StableDiffusionXLPipeline
+
+    ladder = [_unet_sdxl(4, 1), _unet_sdxl(8, 2), _unet_sdxl(16, 3)]
+    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                     tokenizer_2=None, unet=ladder[-1], scheduler=EulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds=torch.randn(2, 4, 16, generator=g), negative_prompt_embeds=torch.randn(2, 4, 16, generator=g),
+              pooled_prompt_embeds=torch.randn(2, 8, generator=g),
+              negative_pooled_prompt_embeds=torch.randn(2, 8, generator=g),
+              num_inference_steps=4, guidance_scale=5.0, height=8, width=8, output_type="np")
+    ref = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    pipe.unet = MultilevelModel(ladder, probabilities=[1.0, 1.0])
+    out = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+    pipe.unet = MultilevelModel(ladder, probabilities=[0.5, 0.2], generator=torch.Generator().manual_seed(1))
+    out = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    assert np.isfinite(out).all() and pipe.unet.report()["top_equivalents_per_image"] < 4
