@@ -26,6 +26,7 @@ from multilevel_em.diffusion import MultilevelModel
 
 
 def unet(width: int, seed: int):
+    """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 16-dim prompt tokens), random weights."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -36,13 +37,14 @@ def unet(width: int, seed: int):
     ).eval()
 
 
-def dit(layers: int, heads: int, seed: int):
+def dit(layers: int, heads: int, seed: int, out_channels: int = 8):
+    """A tiny class-conditional ``DiTTransformer2DModel`` (learned sigma with out_channels=8), random weights."""
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(seed)
     return DiTTransformer2DModel(
         sample_size=8, num_layers=layers, patch_size=2, attention_head_dim=8, num_attention_heads=heads,
-        in_channels=4, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        in_channels=4, out_channels=out_channels, attention_bias=True, activation_fn="gelu-approximate",
         num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
     ).eval()
 

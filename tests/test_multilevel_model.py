@@ -17,7 +17,6 @@ from diffusers import (  # noqa: E402
     DDIMScheduler,
     DDPMScheduler,
     DiTPipeline,
-    DiTTransformer2DModel,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -28,6 +27,7 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 
+from conftest import load_benchmark  # noqa: E402
 from multilevel_em.diffusion import MultilevelModel, scheduler_spans  # noqa: E402
 
 SCHEDULERS = {
@@ -42,22 +42,9 @@ SCHEDULERS = {
 }
 
 
-def _dit(layers: int, heads: int, seed: int, out_channels: int = 8) -> DiTTransformer2DModel:
-    torch.manual_seed(seed)
-    return DiTTransformer2DModel(
-        sample_size=8, num_layers=layers, patch_size=2, attention_head_dim=8, num_attention_heads=heads,
-        in_channels=4, out_channels=out_channels, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
-    ).eval()
-
-
-def _unet_cond(width: int, seed: int) -> UNet2DConditionModel:
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
-    ).eval()
+# The tiny ladders of benchmarks/cfg_pairing.py (one definition for the benchmark and the tests).
+_TINY = load_benchmark("cfg_pairing")
+_dit, _unet_cond = _TINY.dit, _TINY.unet
 
 
 def _vae() -> AutoencoderKL:
@@ -386,10 +373,8 @@ def test_nan_from_a_level_is_an_error_naming_it(unet_ladder):
 
 
 def test_cfg_pairing_benchmark_quick(tmp_path, capsys):
-    from conftest import load_benchmark
-
     out = tmp_path / "cfg.json"
-    result = load_benchmark("cfg_pairing").main(["--quick", "--out", str(out)])
+    result = _TINY.main(["--quick", "--out", str(out)])
     assert out.exists() and result["draws"] == 64
     by_w = {r["guidance_scale"]: r for r in result["results"]}
     # with guidance 7.5 independent draws add (1 - w)^2 + w^2 ~ 98x the variance of a shared draw of
