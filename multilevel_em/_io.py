@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -36,3 +37,13 @@ def write_json(path, data, *, indent: int = 2, allow_nan: bool = True) -> None:
             f.write("\n")
 
     atomic_write(path, write)
+
+
+def remove_temporaries(*folders) -> None:
+    """Remove the temporary files (``.NAME.*.tmp``) that :func:`atomic_write` leaves when its process is killed."""
+    for folder in folders:
+        for tmp in glob.glob(os.path.join(os.fspath(folder), ".*.tmp")):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

@@ -209,3 +209,50 @@ def test_bad_numbers_and_devices_are_refused_at_the_cli(tiny, tmp_path, args, hi
     r = _cli(args)
     assert r.exit_code != 0 and hint in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_train_mlp_refuses_what_mlem_train_refuses(tmp_path):
+    r = _cli(["train-mlp", "--problem", "gaussian", "--dim", "2", "--steps", "1", "--widths", "32,8",
+              "--out", tmp_path / "m"])
+    assert r.exit_code != 0 and "--widths" in r.output and "nondecreasing" in r.output, r.output
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    r = _cli(["train-mlp", "--problem", "gaussian", "--dim", "2", "--steps", "1", "--widths", "8",
+              "--out", tmp_path / "foreign"])
+    assert r.exit_code != 0 and "--out" in r.output and "not empty" in r.output, r.output
+    assert os.listdir(tmp_path / "foreign") == ["notes.txt"] and not (tmp_path / "m").exists()
+    from multilevel_em.diffusion.mlp import train_mlp_ladder
+    from multilevel_em.problems.gaussian import gaussian
+
+    with pytest.raises(ValueError, match="nondecreasing"):
+        train_mlp_ladder(gaussian(2), [32, 8], steps=1)
+
+
+def test_resumed_training_cleans_temporaries_and_its_bar_reaches_the_total(tmp_path):
+    """Item 10: the .tmp files a killed atomic write leaves are removed on resume; a resumed run's
+    progress counts the iterations done before, so its bar ends at widths x iters."""
+    digits = load_digits(size=8)
+    out = tmp_path / "t"
+    kw = dict(widths=[4], iters=4, batch=4, save_every=2, loss_plot=False)
+
+    class Interrupt(Exception):
+        pass
+
+    done = [0]
+
+    def stop_at_three(n):
+        done[0] += n
+        if done[0] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_ladder(digits, str(out), progress=stop_at_three, **kw)
+    leftover = out / "level_1" / ".training_state.safetensors.abc.tmp"
+    leftover.write_bytes(b"partial")
+    ticks = []
+    train_ladder(digits, str(out), progress=ticks.append, **kw)
+    assert not leftover.exists() and not glob.glob(str(out / "**" / ".*.tmp"), recursive=True)
+    assert sum(ticks) == 4
+    ticks.clear()
+    train_ladder(digits, str(out), progress=ticks.append, **kw)  # already finished: the bar still ends full
+    assert sum(ticks) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -185,6 +186,11 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     if any(w < 1 for w in ws):
         raise click.BadParameter(f"expected positive widths, got {widths!r}", param_hint="--widths")
     check_output_folder(out, "--out")
+    if any(b < a for a, b in zip(ws, ws[1:])):
+        raise click.BadParameter(f"expected nondecreasing widths, cheapest first, got {widths!r}", param_hint="--widths")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "config.json")):
+        raise click.BadParameter(f"{out} exists, is not empty and holds no MLP ladder (config.json); refusing to "
+                                 "write into it", param_hint="--out")
     P = gaussian(dim, seed=seed) if problem == "gaussian" else gaussian_mixture(dim, seed=seed)
     # Small layers: one thread is as fast as several and does not fight other work for the cores.
     with single_thread(), tqdm(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:

@@ -229,6 +229,8 @@ def train_mlp_ladder(
     widths = [int(w) for w in widths]
     if not widths or any(w < 1 for w in widths):
         raise ValueError(f"widths: expected positive ints, got {widths}")
+    if any(b < a for a, b in zip(widths, widths[1:])):  # as train_ladder: a Ladder's costs must not fall
+        raise ValueError(f"widths: expected nondecreasing widths, cheapest first, got {widths}")
     models = []
     for level, width in enumerate(widths, start=1):
         with torch.random.fork_rng(devices=[]):

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .._io import write_json
+from .._io import remove_temporaries, write_json
 from ..diffusion import VPSchedule
 from .data import ImageData
 from .ladder import (
@@ -164,6 +164,8 @@ def train_ladder(
     elif os.path.isdir(out) and set(os.listdir(out)) - set(objective.files):
         raise ValueError(f"out: {out} exists, is not empty and holds no {INDEX}; refusing to write into it")
 
+    # A killed run leaves the temporary files of its atomic writes behind; they are never checkpoints.
+    remove_temporaries(out, *(os.path.join(out, f"level_{k + 1}") for k in range(len(widths))))
     shapes = dict(sample_size=data.size, channels=data.channels, layers_per_block=layers_per_block,
                   norm_groups=norm_groups)
     costs = [unet_flops(objective.build(w, **shapes), data.size, data.channels) for w in widths]
@@ -200,12 +202,12 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
     start, losses = _resume(directory, unet, opt, ema)
+    if progress and start:  # a resumed bar counts the iterations done before, and ends at its total
+        progress(min(start, iters))
     if start >= iters:
         # Finished earlier; rewrite the sampling weights in case a crash came between the
         # training state and them.
         save_level(directory, unet, width, cost, schedule, state_dict=ema)
-        if progress:
-            progress(0)
         return False
     x_all = data.x.to(device)
     n, T = x_all.shape[0], schedule.num_train_timesteps

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from .._io import atomic_write, write_json
+from .._io import atomic_write, remove_temporaries, write_json
 from .._text import plural
 from .job import JOB_FILE, REPORT_FILE, JobError, SamplingJob, png_path, read_ladder_bundle, shard_path
 
@@ -215,11 +215,7 @@ def _prepare_folder(job: SamplingJob, manifest: Dict) -> None:
 
 def _clean_temporaries(out: str) -> None:
     """Remove temporary files that a killed run left behind (never complete shards)."""
-    for tmp in glob.glob(os.path.join(out, ".*.tmp")) + glob.glob(os.path.join(out, "png", ".*.tmp")):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    remove_temporaries(out, os.path.join(out, "png"))
 
 
 def _write_shard(job: SamplingJob, result: Dict) -> None:
