@@ -256,3 +256,15 @@ def test_resumed_training_cleans_temporaries_and_its_bar_reaches_the_total(tmp_p
     ticks.clear()
     train_ladder(digits, str(out), progress=ticks.append, **kw)  # already finished: the bar still ends full
     assert sum(ticks) == 4
+
+
+def test_sample_prints_the_plan_on_the_terminal(tiny, tmp_path):
+    """Item 17: the plan's message (whether ML-EM is predicted to help) reaches the terminal; --help shows
+    the default budget; item 20: --help names the report file as it is written."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--budget", "4", "--n", "2",
+              "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert f"plan: {report['plan']['message']}" in r.output
+    h = " ".join(_cli(["sample", "--help"]).output.split())  # help text is wrapped
+    assert "default for mlem without --rates: 100" in h and "grid.png -> grid.json" in h

@@ -91,10 +91,11 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
 @click.option("--n", "n", default=64, show_default=True, type=int, help="Number of images (>= 1).")
 @click.option("--out", required=True, type=click.Path(),
               help="A folder of shards (a sampling job, resumable), or a file ending in .png for one image grid "
-                   "(its cost report goes to OUT.json).")
+                   "(its cost report goes beside it: grid.png -> grid.json).")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Steps (default: the method's or the plan's).")
 @click.option("--budget", default=None, type=POSITIVE,
-              help="Cost per sample in top-level equivalents (mlem: plans levels, steps and rates).")
+              help="Cost per sample in top-level equivalents (mlem: plans levels, steps and rates; default for mlem "
+                   "without --rates: 100).")
 @click.option("--rates", default=None,
               help="mlem: comma-separated rates lambda_2..lambda_K per unit of diffusion time (with --steps), "
                    "instead of a planned budget.")
@@ -234,6 +235,8 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
                f"{r['wall_seconds']:.2f} s wall-clock")
     for lv in r["levels"]:
         click.echo(f"  level {lv['level']} ({lv['name']}): {lv['evaluations_per_sample']:.4g} evaluations per sample")
+    if "plan" in r:  # say what the plan predicts, including when it says ML-EM does not help
+        click.echo(f"plan: {r['plan']['message']}")
     click.echo(f"wrote {out} and {report_path}")
 
 
@@ -292,12 +295,12 @@ def bench_images_cmd(ladder_path, n, quick, seed, out):
 @click.option("--sampler", default="dpmpp_2m", show_default=True, type=click.Choice(["em", "ddim", "dpmpp_2m"]),
               help="Data-free: the sampler of the teacher's samples.")
 @click.option("--sampler-steps", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--ema", "ema_decay", default=0.995, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True))
 @click.option("--save-every", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=1, show_default=True, type=THREADS)
 @click.option("--calibrate/--no-calibrate", "do_calibrate", default=True, show_default=True,
               help="Calibrate the distilled ladder and save calibration.json next to it.")
 def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_steps, seed, batch, lr, ema_decay,
