@@ -281,3 +281,9 @@ def test_readme_python_example_prints_what_it_says(capsys):
     first = capsys.readouterr().out.splitlines()[0]
     promised = re.search(r"ml\.evaluations\)  # (.*)", code).group(1)
     assert first == promised
+
+
+def test_train_classifier_needs_an_explicit_out():
+    """Item 22: without --out the command refuses instead of overwriting the installed classifier."""
+    r = _cli(["train-classifier"])
+    assert r.exit_code != 0 and "--out" in r.output

@@ -241,19 +241,19 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
 
 
 @click.command("train-classifier")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Where to write the safetensors weights (default: the shipped file in multilevel_em/images/pretrained).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the safetensors weights (the shipped classifier is never overwritten by default; "
+                   "pass its path, multilevel_em/images/pretrained/digit_classifier.safetensors, to replace it).")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=SEED)
 def train_classifier_cmd(out, epochs, seed):
     """Train the small digit classifier whose features the image KID uses (about 30 s on one core)."""
     import torch
 
-    from ..images.metrics import DEFAULT_CLASSIFIER, train_digit_classifier
+    from ..images.metrics import train_digit_classifier
 
     check_output_file(out, "--out")
     torch.set_num_threads(1)
-    out = out or DEFAULT_CLASSIFIER
     _, info = train_digit_classifier(out, epochs=epochs, seed=seed)
     click.echo(f"train accuracy {info['train_accuracy']:.4f}, held-out accuracy {info['holdout_accuracy']:.4f}")
     click.echo(f"wrote {out}")
