@@ -9,7 +9,7 @@ import sys
 import click
 
 from .. import __version__
-from ._paths import POSITIVE, SEED, THREADS, check_output_file, check_output_folder
+from ._paths import POSITIVE, SEED, check_output_file, check_output_folder
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
