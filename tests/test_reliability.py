@@ -287,3 +287,17 @@ def test_train_classifier_needs_an_explicit_out():
     """Item 22: without --out the command refuses instead of overwriting the installed classifier."""
     r = _cli(["train-classifier"])
     assert r.exit_code != 0 and "--out" in r.output
+
+
+def test_calibrate_a_trained_image_ladder_from_the_cli(tiny, tmp_path):
+    """Item 18: mlem calibrate --ladder DIR measures an image ladder and writes its calibration."""
+    out = tmp_path / "cal.json"
+    r = _cli(["calibrate", "--ladder", tiny, "--images", "8", "--budget", "4", "--out", out])
+    assert r.exit_code == 0, r.output
+    from multilevel_em import Calibration
+
+    cal = Calibration.load(str(out))
+    assert cal.n_levels == 2 and "top-level equivalents" in r.output
+    r = _cli(["calibrate", "--ladder", tmp_path / "nope", "--out", tmp_path / "c2.json"])
+    assert r.exit_code != 0 and "--ladder" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "c2.json").exists()

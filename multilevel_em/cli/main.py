@@ -205,9 +205,53 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     click.echo(f"wrote {out}")
 
 
+def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path) -> None:
+    """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it."""
+    import os
+
+    import torch
+
+    from ..images import CheckpointError, MultilevelPipeline
+
+    if target is not None:
+        raise click.BadParameter("an image ladder is planned by budget (top-level equivalents per sample)",
+                                 param_hint="--target")
+    try:
+        pipe = MultilevelPipeline.from_pretrained(ladder_dir)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise click.BadParameter(str(e), param_hint="--ladder") from None
+    out = out or os.path.join(ladder_dir, "calibration.json")
+    check_output_file(out, "--out")
+    torch.set_num_threads(1)
+    cal = pipe.calibrate(n=n_images, generator=torch.Generator().manual_seed(seed))
+    plan = None
+    if budget is not None:
+        try:
+            plan = pipe.plan(budget)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--budget") from None
+    cal.save(out)
+    if plot_path:
+        cal.plot(plot_path)
+    if as_json:
+        json.dump({"calibration": cal.to_dict(), "plan": plan.to_dict() if plan else None}, sys.stdout, indent=2)
+        click.echo()
+        return
+    click.echo(cal.summary())
+    if plan is not None:
+        click.echo()
+        click.echo(plan.message)
+    click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
+
+
 @main.command()
 @click.option("--problem", type=click.Choice(["htmc"]), default="htmc", show_default=True,
               help="The built-in ladder to calibrate.")
+@click.option("--ladder", "ladder_dir", default=None, type=click.Path(file_okay=False),
+              help="Calibrate a trained image ladder folder instead (mlem train / mlem distill output); the "
+                   "calibration is written to DIR/calibration.json unless --out is given.")
+@click.option("--images", "n_images", default=16, show_default=True, type=click.IntRange(min=8),
+              help="With --ladder: noise images whose reverse-SDE trajectories are measured.")
 @click.option("--gamma", default=4.0, show_default=True, type=POSITIVE)
 @click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
@@ -222,7 +266,8 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG of delta_l(t) and of error against cost.")
-def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out, as_json, plot_path) -> None:
+def calibrate(problem, ladder_dir, n_images, gamma, levels, n_paths, timing, target, budget, seed, out, as_json,
+              plot_path) -> None:
     """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
     import torch
 
@@ -233,6 +278,9 @@ def calibrate(problem, gamma, levels, n_paths, timing, target, budget, seed, out
         raise click.UsageError("give at most one of --target and --budget")
     check_output_file(out, "--out")
     check_output_file(plot_path, "--plot", suffixes=(".png",))
+    if ladder_dir is not None:
+        _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path)
+        return
     if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
         raise click.BadParameter(f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
                                  "keep --gamma times (--levels - 1) at most 1000", param_hint="--gamma")

@@ -256,7 +256,7 @@ class MultilevelPipeline:
         if self.calibration is None:
             raise ValueError(
                 "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
-                "or pass rates="
+                "or `mlem calibrate --ladder DIR` on the command line, or pass rates="
             )
         self._check_budget(budget)
         plan = self.calibration.plan(budget=float(budget), steps=steps)
