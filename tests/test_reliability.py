@@ -257,25 +257,3 @@ def test_resumed_training_cleans_temporaries_and_its_bar_reaches_the_total(tmp_p
     train_ladder(digits, str(out), progress=ticks.append, **kw)  # already finished: the bar still ends full
     assert sum(ticks) == 4
 
-
-def test_resumed_training_cleans_temporaries_and_its_bar_reaches_the_total(tmp_path):
-    digits = load_digits(16)
-    out = tmp_path / "t"
-    kw = dict(widths=[4], iters=4, batch=4, save_every=2, loss_plot=False)
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_three(n, done=[0]):
-        done[0] += n
-        if done[0] == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_ladder(digits, str(out), progress=stop_at_three, **kw)
-    left = out / "level_1" / ".training_state.safetensors.abc123.tmp"  # what a SIGKILL mid-write leaves
-    left.write_bytes(b"partial")
-    counted = []
-    train_ladder(digits, str(out), progress=counted.append, **kw)
-    assert sum(counted) == 4  # 2 iterations done before (the checkpoint), 2 now
-    assert not left.exists()
