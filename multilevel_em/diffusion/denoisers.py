@@ -41,22 +41,80 @@ class DiffusersUNetAdapter(torch.nn.Module):
     Args:
         unet: the diffusers model; its output's ``.sample`` (or first element) is returned.
         schedule: gives T (``num_train_timesteps``); default a 1000-step schedule.
+        trace: run the UNet as a TorchScript trace (``torch.jit.trace``, recorded on the first
+            call, once per dtype/device), which removes the per-module Python overhead of
+            diffusers' forward: on the shipped digits ladder (1 CPU thread) 1.2-3x faster for
+            small levels and sub-batches, results bit-identical to the eager forward in our
+            tests (the trace is not frozen: freezing fuses ops and changes float rounding by
+            ~1e-6).  The first traced call is checked against the eager forward; if tracing
+            fails or differs, the adapter warns and stays eager.
     """
 
-    def __init__(self, unet: torch.nn.Module, schedule: Optional[VPSchedule] = None):
+    def __init__(self, unet: torch.nn.Module, schedule: Optional[VPSchedule] = None, *, trace: bool = False):
         super().__init__()
         if not callable(unet):
             raise TypeError(f"unet: expected a diffusers model, got {type(unet).__name__}")
+        if not isinstance(trace, bool):
+            raise TypeError(f"trace: expected a bool, got {trace!r}")
         self.unet = unet
         self.schedule = schedule if schedule is not None else VPSchedule.linear()
+        self.trace = trace
+        self._traced = {}  # (dtype, device) -> traced module, or None where tracing failed
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        k = self.schedule.timestep(t).to(x.device)
-        k = k.expand(x.shape[0]) if k.ndim == 0 else k
+    def _eager(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         out = self.unet(x, k)
         if hasattr(out, "sample"):
             return out.sample
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _run_traced(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in self._traced:
+            self._traced[key] = _trace_unet(self, x, k)
+        f = self._traced[key]
+        return self._eager(x, k) if f is None else f(x, k)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        k = self.schedule.timestep(t).to(x.device)
+        k = k.expand(x.shape[0]) if k.ndim == 0 else k
+        if self.trace:
+            return self._run_traced(x, k)
+        return self._eager(x, k)
+
+
+class _SampleOf(torch.nn.Module):
+    """``unet(x, k)`` returning a tensor (what ``torch.jit.trace`` records)."""
+
+    def __init__(self, adapter: "DiffusersUNetAdapter"):
+        super().__init__()
+        self.unet = adapter.unet
+        self._eager = adapter._eager
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self._eager(x, k)
+
+
+def _trace_unet(adapter: "DiffusersUNetAdapter", x: torch.Tensor, k: torch.Tensor):
+    """A TorchScript trace of ``adapter``'s UNet on (x, k), checked against the eager forward; None (with a
+    warning) where it cannot be traced or disagrees."""
+    import warnings
+
+    name = type(adapter.unet).__name__
+    try:
+        with warnings.catch_warnings():
+            # torch.jit is marked deprecated in favour of torch.compile, which costs ~1 min per UNet on a
+            # CPU here and did not run faster; the tracer's own warnings are about branches on sizes.
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_SampleOf(adapter), (x, k), check_trace=False)
+            with torch.no_grad():
+                ok = torch.allclose(traced(x, k), adapter._eager(x, k), rtol=1e-4, atol=1e-5)
+    except Exception as e:  # a model the tracer cannot record: stay eager
+        warnings.warn(f"trace: {name} could not be traced ({type(e).__name__}: {e}); running it eagerly", stacklevel=3)
+        return None
+    if not ok:
+        warnings.warn(f"trace: the traced {name} differs from its eager forward; running it eagerly", stacklevel=3)
+        return None
+    return traced
 
 
 def _is_diffusers_model(m) -> bool:

@@ -173,13 +173,22 @@ class UNetLadder:
     def shape(self):
         return (self.channels, self.sample_size, self.sample_size)
 
-    def eps_models(self) -> List[DiffusersUNetAdapter]:
-        """The UNets as eps models of continuous time ``(x, t) -> eps``."""
-        return [DiffusersUNetAdapter(u, self.schedule) for u in self.unets]
+    def eps_models(self, trace: bool = False) -> List[DiffusersUNetAdapter]:
+        """The UNets as eps models of continuous time ``(x, t) -> eps``.
 
-    def ladder(self) -> Ladder:
+        ``trace=True``: TorchScript-traced adapters (:class:`DiffusersUNetAdapter`), kept on the
+        ladder so that each UNet is traced once (per dtype/device) however often they are asked for.
+        """
+        if not trace:
+            return [DiffusersUNetAdapter(u, self.schedule) for u in self.unets]
+        cached = getattr(self, "_traced_models", None)
+        if cached is None or [m.unet for m in cached] != self.unets:
+            cached = self._traced_models = [DiffusersUNetAdapter(u, self.schedule, trace=True) for u in self.unets]
+        return list(cached)
+
+    def ladder(self, trace: bool = False) -> Ladder:
         """An engine :class:`~multilevel_em.Ladder` of eps models, costs in FLOPs per sample."""
-        return Ladder(self.eps_models(), self.costs, self.names)
+        return Ladder(self.eps_models(trace), self.costs, self.names)
 
     def index(self) -> Dict:
         return {
