@@ -71,7 +71,14 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
                                   save_every=save_every, progress=bar.update, command=_command_line())
     except (CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"trained {ladder} in {time.perf_counter() - start:.0f} s; loss curve: {os.path.join(out, 'loss.png')}")
+    _finish_ladder(ladder, out, "trained", start, seed, do_calibrate)
+
+
+def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
+    """After `mlem train` / `mlem distill`: report the ladder's costs, calibrate it if asked, say where it is."""
+    import torch
+
+    click.echo(f"{verb} {ladder} in {time.perf_counter() - start:.0f} s; loss curve: {os.path.join(out, 'loss.png')}")
     for w, c in zip(ladder.widths, ladder.costs):
         click.echo(f"  width {w:>4}: {c / 1e6:8.2f} MFLOPs per sample")
     if do_calibrate:
@@ -346,14 +353,4 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
                                     command=_command_line())
     except (CheckpointError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"distilled {ladder} in {time.perf_counter() - start:.0f} s; loss curve: {os.path.join(out, 'loss.png')}")
-    for w, c in zip(ladder.widths, ladder.costs):
-        click.echo(f"  width {w:>4}: {c / 1e6:8.2f} MFLOPs per sample")
-    if do_calibrate:
-        from ..images.pipeline import MultilevelPipeline
-
-        pipe = MultilevelPipeline(ladder)
-        cal = pipe.calibrate(generator=torch.Generator().manual_seed(seed))
-        pipe.save_calibration(out)
-        click.echo(cal.summary())
-    click.echo(f"wrote {out}")
+    _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)

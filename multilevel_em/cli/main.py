@@ -205,6 +205,25 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     click.echo(f"wrote {out}")
 
 
+def _write_calibration(cal, plan, out, plot_path, as_json) -> None:
+    """Save and plot a calibration where asked, then print it (and its plan) as text or JSON."""
+    if out:
+        cal.save(out)
+    if plot_path:
+        cal.plot(plot_path)
+    if as_json:
+        json.dump({"calibration": cal.to_dict(), "plan": plan.to_dict() if plan else None}, sys.stdout, indent=2)
+        click.echo()
+        return
+    click.echo(cal.summary())
+    if plan is not None:
+        click.echo()
+        click.echo(plan.message)
+    for path in (out, plot_path):
+        if path:
+            click.echo(f"wrote {path}")
+
+
 def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path) -> None:
     """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it."""
     import os
@@ -230,18 +249,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
             plan = pipe.plan(budget)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--budget") from None
-    cal.save(out)
-    if plot_path:
-        cal.plot(plot_path)
-    if as_json:
-        json.dump({"calibration": cal.to_dict(), "plan": plan.to_dict() if plan else None}, sys.stdout, indent=2)
-        click.echo()
-        return
-    click.echo(cal.summary())
-    if plan is not None:
-        click.echo()
-        click.echo(plan.message)
-    click.echo(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
+    _write_calibration(cal, plan, out, plot_path, as_json)
 
 
 @main.command()
@@ -294,21 +302,7 @@ def calibrate(problem, ladder_dir, n_images, gamma, levels, n_paths, timing, tar
             plan = cal.plan(target=target, budget=budget)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
-    if out:
-        cal.save(out)
-    if plot_path:
-        cal.plot(plot_path)
-    if as_json:
-        json.dump({"calibration": cal.to_dict(), "plan": plan.to_dict() if plan else None}, sys.stdout, indent=2)
-        click.echo()
-        return
-    click.echo(cal.summary())
-    if plan is not None:
-        click.echo()
-        click.echo(plan.message)
-    for path in (out, plot_path):
-        if path:
-            click.echo(f"wrote {path}")
+    _write_calibration(cal, plan, out, plot_path, as_json)
 
 
 # Image commands (UNet ladders): `mlem train`, `mlem sample`, kept in their own module.
