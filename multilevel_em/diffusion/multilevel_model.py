@@ -643,9 +643,10 @@ class MultilevelModel(torch.nn.Module):
         call = _Call(self.models, self.names, sample, timestep, args, kwargs, self._groups(sample))
         if self._out_shape is None:
             self._first_call(call)
+            # built once the costs are known (measured on this first call, or given)
+            self._ladder = Ladder(list(self.models), self.costs, self.names)
         K = len(self.models)
-        ladder = Ladder(list(self.models), self.costs, self.names)
-        evaluator = _RowEvaluator(ladder, call, self._out_shape)
+        evaluator = _RowEvaluator(self._ladder, call, self._out_shape)
         if self._recording is not None:
             est = self._record(evaluator, call, tau)
         else:
