@@ -94,7 +94,14 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.command("sample")
 @click.option("--ladder", "ladder_path", required=True, type=click.Path(file_okay=False, exists=True),
               help="A ladder folder (from `mlem train` or save_pretrained).")
-@click.option("--method", type=click.Choice(["mlem", "em", "ddim", "dpmpp_2m", "stitch"]), default="mlem", show_default=True)
+@click.option("--method", type=click.Choice(["mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch"]),
+              default="mlem", show_default=True,
+              help="mlem: the ladder; em, ddpm, ddim, euler_ode, dpmpp_2m: the top UNet alone with that sampler; "
+                   "stitch: T-Stitch.")
+@click.option("--sampler", default=None, type=click.Choice(["em", "ddpm", "ddim", "euler_ode", "dpmpp_2m"]),
+              help="mlem / stitch: the sampling loop (default em for mlem, ddim for stitch). A planned mlem run is "
+                   "planned inside it when the ladder's calibration measured it (mlem calibrate --samplers), and "
+                   "the plan says when the top UNet alone with some sampler is predicted to do better.")
 @click.option("--n", "n", default=64, show_default=True, type=int, help="Number of images (>= 1).")
 @click.option("--out", required=True, type=click.Path(),
               help="A folder of shards (a sampling job, resumable), or a file ending in .png for one image grid "
@@ -123,12 +130,15 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
-def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
+def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
                write_png, scale, threads, overwrite):
     """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
     into one image grid when OUT ends in .png."""
     if n < 1:
         raise click.BadParameter(f"expected the number of images, an int >= 1, got {n}", param_hint="--n")
+    if sampler is not None and method not in ("mlem", "stitch"):
+        raise click.BadParameter(f"only for --method mlem or stitch (--method {method} is its own sampler)",
+                                 param_hint="--sampler")
     if rates is not None:
         from .main import _parse_floats
 
@@ -144,7 +154,7 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
             if value is not None:
                 raise click.BadParameter("only for a job folder; OUT ends in .png (one image grid)", param_hint=flag)
         _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, batch_invariant,
-                     scale, threads, overwrite)
+                     scale, threads, overwrite, sampler)
     else:
         if overwrite:
             raise click.BadParameter("a job folder is resumed, never overwritten; delete it or choose another "
@@ -153,11 +163,11 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
             raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
         check_output_folder(out, "--out")
         _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                    batch_invariant, write_png)
+                    batch_invariant, write_png, sampler)
 
 
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                batch_invariant, write_png):
+                batch_invariant, write_png, sampler=None):
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, run_job
 
@@ -166,7 +176,7 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
     try:
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
-                          batch_invariant=batch_invariant)
+                          batch_invariant=batch_invariant, sampler=sampler)
         report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
     except (JobError, CheckpointError, ValueError, FloatingPointError) as e:
         raise click.ClickException(str(e)) from None
@@ -182,7 +192,7 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
 
 
 def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, batch_invariant,
-                     scale, threads, overwrite):
+                     scale, threads, overwrite, sampler=None):
     import torch
     from tqdm import tqdm
 
@@ -213,7 +223,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
-                result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
+                result = pipe(stop - start, method=method, sampler=sampler, steps=steps, budget=budget, rates=rates,
                               batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)))
             except (ValueError, FloatingPointError) as e:
                 raise click.ClickException(f"{e}; nothing was written") from None
@@ -285,6 +295,29 @@ def bench_images_cmd(ladder_path, n, quick, seed, out):
         kw = dict(em_steps=(250, 50), ddim_steps=(25,), dpm_steps=(10,), mlem_budgets=(50,))
     run_images_bench(os.path.normpath(ladder_path), n=n, seed=seed, out=out, command=_command_line(), echo=click.echo, **kw)
     click.echo(f"wrote {out}")
+
+
+@click.command("samplers")
+@click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
+              help="A ladder folder whose calibration measured samplers (default: the shipped digits ladder).")
+@click.option("--quick", is_flag=True, help="4 images, budgets 4 and 8, 20-step references (for tests; seconds).")
+@click.option("--n", "n", default=None, type=click.IntRange(min=2), help="Images per run (default 32).")
+@click.option("--out", default="results/samplers.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", default="results/samplers.png", show_default=True, type=click.Path(dir_okay=False))
+def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
+    """Plans inside each measured sampler against what ML-EM measures there, and against the top UNet alone
+    (error to each sampler's converged solution, counted cost and CPU seconds; one JSON, one plot)."""
+    from ..bench.samplers import run_sampler_bench
+
+    check_output_file(out, "--out", suffixes=(".json",))
+    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    ladder_path = ladder_path or os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits")
+    try:
+        run_sampler_bench(os.path.normpath(ladder_path), quick=quick, n=n, out=out, plot_path=plot_path,
+                          command=_command_line(), echo=click.echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("distill")
