@@ -284,3 +284,27 @@ def test_bench_samplers_needs_measured_samplers(tmp_path):
     c.save(folder / "calibration.json")
     r = _cli(["bench", "samplers", "--ladder", folder, "--quick", "--out", tmp_path / "s.json", "--plot", tmp_path / "s.png"])
     assert r.exit_code == 1 and "--samplers" in r.output and not (tmp_path / "s.json").exists()
+
+
+def test_auto_runs_the_predicted_winner(tiny, tmp_path):
+    folder, pipe, _ = tiny
+    choice = pipe.choose(6)
+    assert len(choice["candidates"]) == 4  # ML-EM inside and the top model alone with each of 2 samplers
+    assert choice["predicted_error"] == min(c["predicted_error"] for c in choice["candidates"])
+    out = pipe(2, method="auto", budget=6, generator=torch.Generator().manual_seed(0))
+    assert out.report["auto"]["method"] == choice["method"]
+    assert out.report["method"] == choice["method"]
+    ran = out.report["sampler"] if choice["method"] == "mlem" else out.report["method"]
+    assert ran == (choice["sampler"] or choice["method"])
+    with pytest.raises(ValueError, match="budget= only"):
+        pipe(2, method="auto", budget=6, steps=4)
+    r = _cli(["sample", "--ladder", folder, "--method", "auto", "--budget", "6", "--n", "2", "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0 and "auto: ran" in r.output, r.output
+
+
+def test_auto_needs_measured_samplers(cal):
+    from multilevel_em.images.ladder import load_ladder
+
+    pipe = MultilevelPipeline(load_ladder(os.path.dirname(SHIPPED)), cal)  # cal: its samplers emptied
+    with pytest.raises(ValueError, match="method='auto' needs a calibration that measured samplers"):
+        pipe(2, method="auto", budget=6)

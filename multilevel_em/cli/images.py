@@ -94,10 +94,11 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.command("sample")
 @click.option("--ladder", "ladder_path", required=True, type=click.Path(file_okay=False, exists=True),
               help="A ladder folder (from `mlem train` or save_pretrained).")
-@click.option("--method", type=click.Choice(["mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch"]),
+@click.option("--method", type=click.Choice(["mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto"]),
               default="mlem", show_default=True,
               help="mlem: the ladder; em, ddpm, ddim, euler_ode, dpmpp_2m: the top UNet alone with that sampler; "
-                   "stitch: T-Stitch.")
+                   "stitch: T-Stitch; auto: for --budget, whichever of mlem (inside each measured sampler) and the "
+                   "top UNet alone the calibration predicts most accurate (needs mlem calibrate --samplers).")
 @click.option("--sampler", default=None, type=click.Choice(["em", "ddpm", "ddim", "euler_ode", "dpmpp_2m"]),
               help="mlem / stitch: the sampling loop (default em for mlem, ddim for stitch). A planned mlem run is "
                    "planned inside it when the ladder's calibration measured it (mlem calibrate --samplers), and "
@@ -252,6 +253,11 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
                f"{r['wall_seconds']:.2f} s wall-clock")
     for lv in r["levels"]:
         click.echo(f"  level {lv['level']} ({lv['name']}): {lv['evaluations_per_sample']:.4g} evaluations per sample")
+    if "auto" in r:
+        a = r["auto"]
+        ran = f"mlem inside {a['sampler']}" if a["method"] == "mlem" else f"{a['method']}, {a['steps']} steps"
+        click.echo(f"auto: ran {ran} (predicted error {a['predicted_error']:.4g}, the smallest of "
+                   f"{len(a['candidates'])} measured options at this budget)")
     if "plan" in r:  # say what the plan predicts, including when it says ML-EM does not help
         click.echo(f"plan: {r['plan']['message']}")
     click.echo(f"wrote {out} and {report_path}")

@@ -38,7 +38,7 @@ from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
 
-METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch")
+METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")
 CALIBRATION = "calibration.json"
 DEFAULT_STEPS = {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m": 20, "stitch": 50}
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
@@ -289,6 +289,30 @@ class MultilevelPipeline:
             )
         return plan
 
+    def choose(self, budget: float) -> Dict:
+        """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample: among ML-EM planned inside
+        each measured sampler and the top level alone with each measured sampler at ``floor(budget)`` steps, the
+        one with the smallest predicted error (:meth:`calibrate_samplers` measures the samplers).
+
+        Returns ``{"method", "sampler", "steps", "predicted_error", "predicted_top_equivalents", "candidates"}``
+        (``sampler`` None for a one-model method, ``steps`` None for ML-EM: its plan's)."""
+        if self.calibration is None or not self.calibration.samplers:
+            raise ValueError("method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
+                             "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)")
+        self._check_budget(budget)
+        steps = _budget_steps(budget)
+        cands = []
+        for name, fit in sorted(self.calibration.samplers.items()):
+            plan = self.plan(budget, sampler=name)
+            cands.append({"method": "mlem", "sampler": name, "steps": None, "predicted_error": plan.error,
+                          "predicted_top_equivalents": plan.top_equivalents})
+            if steps >= 1:
+                err = math.sqrt(float(self.calibration.top_bias or 0.0) ** 2 + fit.error(steps) ** 2)
+                cands.append({"method": name, "sampler": None, "steps": steps, "predicted_error": err,
+                              "predicted_top_equivalents": float(steps)})
+        best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
+        return {**best, "candidates": cands}
+
     def _check_levels(self, levels, n_rates: int) -> list:
         K = len(self.ladder)
         try:
@@ -335,7 +359,9 @@ class MultilevelPipeline:
 
         Args:
             method: ``"mlem"`` (all levels, randomized telescoping eps), ``"em"`` / ``"ddpm"`` / ``"ddim"`` /
-                ``"euler_ode"`` / ``"dpmpp_2m"`` (the top level alone with that sampler), ``"stitch"`` (T-Stitch:
+                ``"euler_ode"`` / ``"dpmpp_2m"`` (the top level alone with that sampler), ``"auto"`` (for
+                ``budget``, whichever of those the calibration predicts most accurate: :meth:`choose`;
+                ``report["auto"]`` says what ran and why), ``"stitch"`` (T-Stitch:
                 the cheapest level for ``fractions`` of the steps, default 40%, then the top).
             steps: step count. "mlem" with a budget (or the calibration's default): fixes the plan's
                 step count (default: planned); "mlem" with rates: required. One-model methods:
@@ -369,6 +395,18 @@ class MultilevelPipeline:
         """
         if method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        if method == "auto":
+            if rates is not None or steps is not None or sampler is not None:
+                raise ValueError("method='auto' chooses the sampler, steps and rates from budget=; pass budget= only")
+            choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
+            kw = dict(generator=generator, draws=draws, t_min=t_min, progress=progress, batch_invariant=batch_invariant,
+                      trace=trace)
+            if choice["method"] == "mlem":
+                out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
+            else:
+                out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)
+            out.report["auto"] = choice
+            return out
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         if rates is not None and budget is not None:

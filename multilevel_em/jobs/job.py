@@ -44,7 +44,7 @@ REPORT_FILE = "report.json"
 SHARD_PATTERN = "shard-{:06d}.npz"
 PNG_DIR = "png"
 JOB_FORMAT = "multilevel_em.jobs.SamplingJob"
-_METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch")  # MultilevelPipeline.METHODS
+_METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")  # MultilevelPipeline.METHODS
 
 
 class JobError(RuntimeError):
@@ -59,7 +59,7 @@ class SamplingJob:
         ladder: a UNet ladder folder (``mlem train`` or ``MultilevelPipeline.save_pretrained``).
         n: number of samples (>= 1).
         out: the output folder of shards.
-        method: "mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m" or "stitch" (see ``MultilevelPipeline``).
+        method: "mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch" or "auto" (see ``MultilevelPipeline``).
         batch_size: samples per shard (the last shard may be smaller).
         seed: the job's seed; sample i's random numbers are keyed by (seed, i).
         steps: step count (default: the method's or the plan's).
