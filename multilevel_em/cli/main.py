@@ -255,9 +255,10 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     if samplers is not None:
         from tqdm import tqdm
 
-        from ..images.sampler_calibration import fit_table
+        from ..images.sampler_calibration import DEFAULT_STEPS, GAIN_STEPS, fit_table
 
-        with tqdm(desc="samplers", unit="run") as bar:
+        runs = len(samplers) * (1 + len(DEFAULT_STEPS) + len(GAIN_STEPS))  # reference, curve, ML-EM per sampler
+        with tqdm(total=runs, desc="samplers", unit="run") as bar:
             fits = pipe.calibrate_samplers(samplers, n=sampler_images, seed=seed,
                                            progress=lambda what: (bar.set_postfix_str(what), bar.update()))
         click.echo(fit_table(fits))
