@@ -9,5 +9,7 @@ choice of levels, rate scale and steps. Imports the engine; the engine does not 
 
 from .measure import MIN_STATES, MIN_TIMES, calibrate
 from .model import CallPlan, Calibration, PiecewiseLinearRate, Plan, Prediction
+from .samplers import SamplerFit
 
-__all__ = ["calibrate", "CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "MIN_STATES", "MIN_TIMES"]
+__all__ = ["calibrate", "CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "SamplerFit", "MIN_STATES",
+           "MIN_TIMES"]

@@ -505,7 +505,7 @@ class Calibration:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps: expected an int >= 1, got {max_steps!r}")
         K = self.n_levels
-        b, T = float(self.top_bias), self.t1 - self.t0
+        b = float(self.top_bias)
         step_err = self._step_error_model(fit)
         gain = (lambda n: 1.0) if fit is None else fit.gain_at
         c_top = float(self.costs[-1])
