@@ -322,7 +322,7 @@ class MultilevelPipeline:
                 needs ``draws="per_sample"``).
             sampler: for "mlem" and "stitch": the sampling loop (``"em"`` default for mlem,
                 ``"ddim"`` for stitch; any of :data:`multilevel_em.diffusion.SAMPLERS`).
-            draws: "mlem": ``"per_sample"`` or ``"shared"`` level draws.
+            draws: "mlem": ``"per_sample"``, ``"shared"`` or ``"exact"`` level draws (see :func:`multilevel_em.solve`).
             progress: called with 1 after every step; or a tqdm bar (its total is set to the step count).
             batch_invariant: evaluate the UNets one image at a time, so that with per-sample generators
                 an image is bit-identical whatever batch it is computed in (batched float32 kernels
