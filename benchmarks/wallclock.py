@@ -14,7 +14,11 @@ levels:
 * ``traced``: TorchScript traces (``DiffusersUNetAdapter(trace=True)``; for the MLPs a trace of
   the same forward with the time as a tensor);
 * ``traced+exact``: traced levels with ``draws="exact"`` (a fixed number of firing rows per step,
-  so fewer distinct sub-batch sizes; the law of each sample is unchanged).
+  so fewer distinct sub-batch sizes; the law of each sample is unchanged);
+* ``traced+wallplan`` (digits): traced levels, ML-EM planned with wall-time level costs (the traced
+  levels' measured seconds per sample at the full batch, as ``pipe.calibrate(timing="wall",
+  trace=True)`` would give) instead of FLOPs: the budget is then in top-level seconds, and the
+  plan avoids levels that are cheap in FLOPs only.
 
 Two ladders:
 
@@ -71,9 +75,11 @@ DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "multile
 CONFIGS = {
     "full": {"n": 48, "budgets": (8, 16, 32, 64), "repeats": 3, "ref_steps": 256, "extra_em_steps": (128,),
              "dpm_steps": (5, 10, 20, 40), "ode_ref_steps": 100, "micro_sizes": (48, 16, 4, 1), "micro_calls": 20,
+             "micro_channels_last": True,
              "mlp_steps": 256, "mlp_batch": 256, "mlp_repeats": 7},
     "quick": {"n": 4, "budgets": (4, 8), "repeats": 1, "ref_steps": 16, "extra_em_steps": (), "dpm_steps": (4,),
-              "ode_ref_steps": 8, "micro_sizes": (4, 1), "micro_calls": 2, "mlp_steps": 8, "mlp_batch": 16,
+              "ode_ref_steps": 8, "micro_sizes": (4, 1), "micro_calls": 2,
+              "micro_channels_last": False, "mlp_steps": 8, "mlp_batch": 16,
               "mlp_repeats": 1},
 }
 #: Sub-batch buckets for the padded-execution measurement (a sub-batch is padded to the next one).
@@ -99,30 +105,48 @@ def _digits_runs(cfg: dict) -> List[dict]:
     for b in cfg["budgets"]:
         runs.append({"name": f"traced+exact/mlem/{b:g}", "execution": "traced+exact", "method": "mlem", "budget": b,
                      "draws": "exact"})
+        runs.append({"name": f"traced+wallplan/mlem/{b:g}", "execution": "traced+wallplan", "method": "mlem",
+                     "budget": b, "draws": "per_sample", "plan": "wall"})
     for s in cfg["dpm_steps"]:
         runs.append({"name": f"traced/dpmpp_2m/{s}", "execution": "traced", "method": "dpmpp_2m", "steps": s})
     return runs
 
 
-def _pipe_call(pipe, n: int, r: dict):
+def _pipe_call(pipes: dict, n: int, r: dict):
+    pipe = pipes[r.get("plan", "flops")]
     kw = {"trace": r["execution"] != "eager", "generator": torch.Generator().manual_seed(SEED)}
     if r["method"] == "mlem":
         return pipe(n, method="mlem", budget=r["budget"], draws=r["draws"], **kw)
     return pipe(n, method=r["method"], steps=r["steps"], **kw)
 
 
-def digits_wallclock(pipe, cfg: dict, echo: Callable) -> dict:
-    """Time ML-EM, EM-top and DPM-Solver++ runs on the digits ladder, alternating; path errors and equal quality."""
+def wall_calibration(pipe, micro: dict, n: int):
+    """The ladder's calibration with its costs replaced by the traced levels' measured seconds per sample at
+    batch ``n`` (what ``pipe.calibrate(timing="wall", trace=True)`` measures, without re-measuring the level
+    differences, which do not depend on the timing).  A budget is then in units of the top level's seconds."""
+    import dataclasses
+
+    import numpy as np
+
+    costs = np.array([row["ms_per_call"]["traced"][str(n)] / 1e3 / n for row in micro["levels"]])
+    cal = dataclasses.replace(pipe.calibration, costs=costs, timing="wall", cost_unit="wall seconds per sample")
+    return MultilevelPipeline(pipe.ladder, cal)
+
+
+def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
+    """Time ML-EM, EM-top and DPM-Solver++ runs on the digits ladder, alternating; path errors and equal quality.
+
+    ``pipes``: {"flops": the shipped pipeline, "wall": the same ladder with wall-time costs}."""
     n = cfg["n"]
     runs = _digits_runs(cfg)
     seconds: Dict[str, List[float]] = {r["name"]: [] for r in runs}
     top_eq: Dict[str, float] = {}
     samples: Dict[str, torch.Tensor] = {}
     for ex in ("eager", "traced"):  # warm-up: traces, first-use checks, allocator
-        _pipe_call(pipe, n, {"execution": ex, "method": "mlem", "budget": cfg["budgets"][0], "draws": "per_sample"})
+        _pipe_call(pipes, n, {"execution": ex, "method": "mlem", "budget": cfg["budgets"][0], "draws": "per_sample"})
     for rep in range(cfg["repeats"]):
         for r in (runs if rep % 2 == 0 else runs[::-1]):
-            out = _pipe_call(pipe, n, r)
+            out = _pipe_call(pipes, n, r)
             seconds[r["name"]].append(out.report["wall_seconds"])
             top_eq.setdefault(r["name"], out.report["top_equivalents_per_sample"])
             samples.setdefault(r["name"], out.x)
@@ -131,7 +155,7 @@ def digits_wallclock(pipe, cfg: dict, echo: Callable) -> dict:
     once = {}
     for label, method, steps in ([("ref_sde", "em", cfg["ref_steps"]), ("ref_ode", "dpmpp_2m", cfg["ode_ref_steps"])]
                                  + [(f"traced/em/{s}", "em", s) for s in cfg["extra_em_steps"]]):
-        out = _pipe_call(pipe, n, {"execution": "traced", "method": method, "steps": steps})
+        out = _pipe_call(pipes, n, {"execution": "traced", "method": method, "steps": steps})
         once[label] = {"method": method, "steps": steps, "wall_seconds": out.report["wall_seconds"],
                        "top_equivalents_per_sample": out.report["top_equivalents_per_sample"]}
         samples[label] = out.x
@@ -146,7 +170,7 @@ def digits_wallclock(pipe, cfg: dict, echo: Callable) -> dict:
                             "seconds_per_top_equivalent": statistics.median(per_te),
                             "seconds_per_sample": statistics.median(seconds[name]) / n})
     ratio, ratio_paired = {}, {}
-    for ex in ("eager", "traced", "traced+exact"):
+    for ex in ("eager", "traced", "traced+exact", "traced+wallplan"):
         em_ex = "eager" if ex == "eager" else "traced"
         ratio[ex], ratio_paired[ex] = {}, {}
         for b in cfg["budgets"]:
@@ -184,7 +208,7 @@ def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) ->
     em_cost = [(cost[k], err[k]) for k in em_names]
     dpm_sec = [(sec[k], err[k]) for k in dpm_names]
     rows = {}
-    for ex in ("traced", "traced+exact"):
+    for ex in ("traced", "traced+exact", "traced+wallplan"):
         for b in cfg["budgets"]:
             name = f"{ex}/mlem/{b:g}"
             e = err[name]
@@ -262,16 +286,18 @@ def digits_microbench(pipe, cfg: dict) -> dict:
     """ms per call of each level by batch size, for each execution option (interleaved per size)."""
     sch, t = pipe.ladder.schedule, 0.5
     rows = []
+    traced = pipe.ladder.eps_models(trace=True)  # the pipeline's own traces (recorded once, reused by sampling)
     for i, unet in enumerate(pipe.ladder.unets):
-        cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
         options = {
             "eager": (DiffusersUNetAdapter(unet, sch), False, False),
             "eager_inference_mode": (DiffusersUNetAdapter(unet, sch), False, True),
-            "eager_channels_last": (DiffusersUNetAdapter(cl, sch), True, False),
-            "traced": (DiffusersUNetAdapter(unet, sch, trace=True), False, False),
-            "traced_channels_last": (DiffusersUNetAdapter(cl, sch, trace=True), True, False),
-            "traced_buckets": (bucketed(DiffusersUNetAdapter(unet, sch, trace=True), BUCKETS), False, False),
+            "traced": (traced[i], False, False),
+            "traced_buckets": (bucketed(traced[i], BUCKETS), False, False),
         }
+        if cfg["micro_channels_last"]:
+            cl = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+            options["eager_channels_last"] = (DiffusersUNetAdapter(cl, sch), True, False)
+            options["traced_channels_last"] = (DiffusersUNetAdapter(cl, sch, trace=True), True, False)
         row = {"level": i + 1, "width": pipe.ladder.widths[i], "flops": pipe.ladder.costs[i], "ms_per_call": {}}
         for b in cfg["micro_sizes"]:
             x = torch.randn(b, *pipe.ladder.shape, generator=torch.Generator().manual_seed(b))
@@ -398,10 +424,16 @@ def run(*, quick: bool = False, threads: int = 1, echo: Callable = print) -> dic
     try:
         pipe = MultilevelPipeline.from_pretrained(DIGITS)
         echo(f"wallclock: torch {torch.__version__}, {threads} thread(s), {'quick' if quick else 'full'}")
-        digits = digits_wallclock(pipe, cfg, echo)
+        micro = digits_microbench(pipe, cfg)
+        wall = wall_calibration(pipe, micro, cfg["n"])
+        digits = digits_wallclock({"flops": pipe, "wall": wall}, cfg, echo)
         digits["profile"] = [digits_profile(pipe, cfg["budgets"][0], cfg["n"], trace=True),
                              digits_profile(pipe, cfg["budgets"][-1], cfg["n"], trace=True)]
-        digits["microbench"] = digits_microbench(pipe, cfg)
+        digits["microbench"] = micro
+        digits["wall_costs_seconds_per_sample"] = [float(c) for c in wall.calibration.costs]
+        digits["wall_plans"] = {f"{b:g}": {"levels": [lv + 1 for lv in p.levels], "steps": p.steps, "mu": p.mu,
+                                           "predicted_speedup_in_seconds": p.speedup}
+                                for b in cfg["budgets"] for p in [wall.plan(b)]}
         digits.update({"n": cfg["n"], "budgets": list(cfg["budgets"]), "repeats": cfg["repeats"],
                        "widths": list(pipe.ladder.widths), "costs_flops": list(pipe.ladder.costs),
                        "plans": {f"{b:g}": {"levels": [lv + 1 for lv in p.levels], "steps": p.steps, "mu": p.mu}
