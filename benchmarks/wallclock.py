@@ -4,7 +4,7 @@ samples per second at equal quality (issue 13).
 ML-EM's savings are counted in top-level equivalents (evaluations weighted by FLOPs, in units
 of one top-level evaluation per sample).  This benchmark measures, side by side in one process,
 
-    seconds per top-level equivalent = wall seconds / (top_equivalents per sample * samples)
+    seconds per top-level equivalent = seconds / (top_equivalents per sample * samples)
 
 for ML-EM and for EM with the top level (EM-top), and the ratio ML-EM / EM-top (target of
 issue 13: <= 1.25 on the digits ladder, <= 2 on the MLP ladder), for each execution of the
@@ -38,13 +38,17 @@ Two ladders:
   noise and loop (Python, draws, gathers and scatters).
 
 Runs alternate between methods and executions (the order reverses on every repeat), after a
-warm-up; medians over the repeats are reported (the machine may be shared).  One CPU thread
-(``--threads``) unless told otherwise.
+warm-up; medians over the repeats are reported.  Every run is timed on two clocks: wall time
+(what a user waits) and the process's CPU time.  With one thread (``--threads``, default 1)
+CPU time is the cost of the computation; on a shared machine wall time also counts the time
+spent waiting for a core, which can swing a run by 2-3x (it did where the committed results
+were made: 2 cores, load 5-7), so the CPU-time ratios are the ones to read there; on an idle
+machine the two agree.  The micro-benchmarks and the profile use CPU time.
 
 Usage::
 
-    python benchmarks/wallclock.py            # full (about 8 min on one CPU thread)
-    python benchmarks/wallclock.py --quick    # < 30 s, a smoke test of the script
+    python benchmarks/wallclock.py            # full (about 10 min of CPU; 30 min on a loaded 2-core machine)
+    python benchmarks/wallclock.py --quick    # tiny sizes, a smoke test of the script
 """
 
 from __future__ import annotations
@@ -133,21 +137,35 @@ def wall_calibration(pipe, micro: dict, n: int):
     return MultilevelPipeline(pipe.ladder, cal)
 
 
+#: The two clocks: wall time (what a user waits) and this process's CPU time (with one thread, what the
+#: computation costs; on a shared machine wall time also counts waiting for a core, CPU time does not).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _timed(f, *args, **kw):
+    """(result, {"wall": seconds, "cpu": seconds}) of one call."""
+    t0 = {k: c() for k, c in CLOCKS.items()}
+    out = f(*args, **kw)
+    return out, {k: c() - t0[k] for k, c in CLOCKS.items()}
+
+
 def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
     """Time ML-EM, EM-top and DPM-Solver++ runs on the digits ladder, alternating; path errors and equal quality.
 
-    ``pipes``: {"flops": the shipped pipeline, "wall": the same ladder with wall-time costs}."""
+    ``pipes``: {"flops": the shipped pipeline, "wall": the same ladder with wall-time costs}.  Each run is
+    timed around the whole pipeline call (noise, sampling, conversion to images) on both clocks."""
     n = cfg["n"]
     runs = _digits_runs(cfg)
-    seconds: Dict[str, List[float]] = {r["name"]: [] for r in runs}
+    seconds: Dict[str, Dict[str, List[float]]] = {r["name"]: {k: [] for k in CLOCKS} for r in runs}
     top_eq: Dict[str, float] = {}
     samples: Dict[str, torch.Tensor] = {}
     for ex in ("eager", "traced"):  # warm-up: traces, first-use checks, allocator
         _pipe_call(pipes, n, {"execution": ex, "method": "mlem", "budget": cfg["budgets"][0], "draws": "per_sample"})
     for rep in range(cfg["repeats"]):
         for r in (runs if rep % 2 == 0 else runs[::-1]):
-            out = _pipe_call(pipes, n, r)
-            seconds[r["name"]].append(out.report["wall_seconds"])
+            out, dt = _timed(_pipe_call, pipes, n, r)
+            for k in CLOCKS:
+                seconds[r["name"]][k].append(dt[k])
             top_eq.setdefault(r["name"], out.report["top_equivalents_per_sample"])
             samples.setdefault(r["name"], out.x)
         echo(f"  digits: repeat {rep + 1}/{cfg['repeats']} done")
@@ -155,35 +173,41 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
     once = {}
     for label, method, steps in ([("ref_sde", "em", cfg["ref_steps"]), ("ref_ode", "dpmpp_2m", cfg["ode_ref_steps"])]
                                  + [(f"traced/em/{s}", "em", s) for s in cfg["extra_em_steps"]]):
-        out = _pipe_call(pipes, n, {"execution": "traced", "method": method, "steps": steps})
-        once[label] = {"method": method, "steps": steps, "wall_seconds": out.report["wall_seconds"],
+        out, dt = _timed(_pipe_call, pipes, n, {"execution": "traced", "method": method, "steps": steps})
+        once[label] = {"method": method, "steps": steps, "seconds": dt,
                        "top_equivalents_per_sample": out.report["top_equivalents_per_sample"]}
         samples[label] = out.x
 
     table = {}
     for r in runs:
         name = r["name"]
-        per_te = [s / (top_eq[name] * n) for s in seconds[name]]
         table[name] = {k: v for k, v in r.items() if k != "name"}
-        table[name].update({"top_equivalents_per_sample": top_eq[name], "seconds": seconds[name],
-                            "seconds_median": statistics.median(seconds[name]),
-                            "seconds_per_top_equivalent": statistics.median(per_te),
-                            "seconds_per_sample": statistics.median(seconds[name]) / n})
-    ratio, ratio_paired = {}, {}
-    for ex in ("eager", "traced", "traced+exact", "traced+wallplan"):
-        em_ex = "eager" if ex == "eager" else "traced"
-        ratio[ex], ratio_paired[ex] = {}, {}
-        for b in cfg["budgets"]:
-            ml, em = table[f"{ex}/mlem/{b:g}"], table[f"{em_ex}/em/{b:g}"]
-            ratio[ex][f"{b:g}"] = ml["seconds_per_top_equivalent"] / em["seconds_per_top_equivalent"]
-            ratio_paired[ex][f"{b:g}"] = statistics.median(
-                (s / ml["top_equivalents_per_sample"]) / (e / em["top_equivalents_per_sample"])
-                for s, e in zip(ml["seconds"], em["seconds"]))
-    traced_speedup = {k.split("/", 1)[1]: table[f"eager/{k.split('/', 1)[1]}"]["seconds_median"] / v["seconds_median"]
-                      for k, v in table.items() if k.startswith("traced/") and f"eager/{k.split('/', 1)[1]}" in table}
+        table[name]["top_equivalents_per_sample"] = top_eq[name]
+        for k in CLOCKS:
+            sk = seconds[name][k]
+            table[name].update({f"{k}_seconds": sk, f"{k}_seconds_median": statistics.median(sk),
+                                f"{k}_seconds_per_top_equivalent": statistics.median(sk) / (top_eq[name] * n),
+                                f"{k}_seconds_per_sample": statistics.median(sk) / n})
+    ratio = {k: {} for k in CLOCKS}
+    ratio_paired = {k: {} for k in CLOCKS}
+    for k in CLOCKS:
+        for ex in ("eager", "traced", "traced+exact", "traced+wallplan"):
+            em_ex = "eager" if ex == "eager" else "traced"
+            ratio[k][ex], ratio_paired[k][ex] = {}, {}
+            for b in cfg["budgets"]:
+                ml, em = table[f"{ex}/mlem/{b:g}"], table[f"{em_ex}/em/{b:g}"]
+                ratio[k][ex][f"{b:g}"] = ml[f"{k}_seconds_per_top_equivalent"] / em[f"{k}_seconds_per_top_equivalent"]
+                ratio_paired[k][ex][f"{b:g}"] = statistics.median(  # repeat by repeat (neighbours in time)
+                    (s / ml["top_equivalents_per_sample"]) / (e / em["top_equivalents_per_sample"])
+                    for s, e in zip(ml[f"{k}_seconds"], em[f"{k}_seconds"]))
+    eager_over_traced = {k: {name.split("/", 1)[1]: table[f"eager/{name.split('/', 1)[1]}"][f"{k}_seconds_median"]
+                             / v[f"{k}_seconds_median"]
+                             for name, v in table.items()
+                             if name.startswith("traced/") and f"eager/{name.split('/', 1)[1]}" in table}
+                         for k in CLOCKS}
     quality = _equal_quality(cfg, table, once, samples, n)
     return {"runs": table, "once": once, "ratio": ratio, "ratio_paired_median": ratio_paired,
-            "eager_over_traced_seconds": traced_speedup, "equal_quality": quality}
+            "eager_over_traced_seconds": eager_over_traced, "equal_quality": quality}
 
 
 def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) -> dict:
@@ -198,64 +222,67 @@ def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) ->
     for label in once:
         if label.startswith("traced/"):
             err[label] = rms_error(samples[label], ref_sde)
-    sec = {name: table[name]["seconds_per_sample"] for name in table}
-    sec.update({k: v["wall_seconds"] / n for k, v in once.items()})
     cost = {name: table[name]["top_equivalents_per_sample"] for name in table}
     cost.update({k: v["top_equivalents_per_sample"] for k, v in once.items()})
     em_names = [k for k in err if k.startswith("traced/em/")]
     dpm_names = [k for k in err if "/dpmpp_2m/" in k]
-    em_sec = [(sec[k], err[k]) for k in em_names]
     em_cost = [(cost[k], err[k]) for k in em_names]
-    dpm_sec = [(sec[k], err[k]) for k in dpm_names]
     rows = {}
     for ex in ("traced", "traced+exact", "traced+wallplan"):
         for b in cfg["budgets"]:
             name = f"{ex}/mlem/{b:g}"
             e = err[name]
-            s_em, c_em, s_dpm = em_cost_at(em_sec, e), em_cost_at(em_cost, e), em_cost_at(dpm_sec, e)
-            rows[name] = {
-                "path_error": e, "seconds_per_sample": sec[name], "samples_per_second": 1 / sec[name],
-                "top_equivalents_per_sample": cost[name],
-                "em_top_samples_per_second_at_same_error": None if s_em is None else 1 / s_em,
-                "em_top_top_equivalents_at_same_error": c_em,
-                "dpmpp_2m_samples_per_second_at_same_error": None if s_dpm is None else 1 / s_dpm,
-                "speedup_seconds_vs_em_top": None if s_em is None else s_em / sec[name],
-                "speedup_counted_vs_em_top": None if c_em is None else c_em / cost[name],
-                "speedup_seconds_vs_dpmpp_2m": None if s_dpm is None else s_dpm / sec[name],
-            }
+            c_em = em_cost_at(em_cost, e)
+            rows[name] = {"path_error": e, "top_equivalents_per_sample": cost[name],
+                          "em_top_top_equivalents_at_same_error": c_em,
+                          "speedup_counted_vs_em_top": None if c_em is None else c_em / cost[name]}
+            for k in CLOCKS:
+                sec = {m: table[m][f"{k}_seconds_per_sample"] for m in table}
+                sec.update({m: v["seconds"][k] / n for m, v in once.items()})
+                s_em = em_cost_at([(sec[m], err[m]) for m in em_names], e)
+                s_dpm = em_cost_at([(sec[m], err[m]) for m in dpm_names], e)
+                rows[name][k] = {
+                    "samples_per_second": 1 / sec[name],
+                    "em_top_samples_per_second_at_same_error": None if s_em is None else 1 / s_em,
+                    "dpmpp_2m_samples_per_second_at_same_error": None if s_dpm is None else 1 / s_dpm,
+                    "speedup_vs_em_top": None if s_em is None else s_em / sec[name],
+                    "speedup_vs_dpmpp_2m": None if s_dpm is None else s_dpm / sec[name],
+                }
     return {
         "how": ("path error: RMS over samples of the L2 distance (256 pixels, data scale [-1, 1]) to a reference on "
                 f"the same noise: EM-top {cfg['ref_steps']} steps (same Brownian path) for ML-EM and EM-top, "
                 f"DPM-Solver++ {cfg['ode_ref_steps']} steps for DPM-Solver++ (the probability-flow ODE: another "
-                "noise-to-image map, so its error is to its own limit); seconds at equal error: log-log interpolation "
-                "on each method's own (seconds per sample, error) runs, None outside them; traced execution"),
-        "path_error": err, "seconds_per_sample": sec, "mlem": rows,
+                "noise-to-image map, so its error is to its own limit); samples per second at equal error: log-log "
+                "interpolation on each method's own (seconds per sample, error) runs, None outside them; traced "
+                "execution; per clock (wall, cpu)"),
+        "path_error": err, "mlem": rows,
     }
 
 
 class _TimedLevel:
-    """An eps model that records (rows, seconds) of every call (the profile of one run)."""
+    """An eps model that records (rows, CPU seconds) of every call (the profile of one run)."""
 
     def __init__(self, model, log: list):
         self.model, self.log = model, log
 
     def __call__(self, x, t):
-        start = time.perf_counter()
+        start = time.process_time()
         out = self.model(x, t)
-        self.log.append((x.shape[0], time.perf_counter() - start))
+        self.log.append((x.shape[0], time.process_time() - start))
         return out
 
 
 def digits_profile(pipe, budget: float, n: int, trace: bool) -> dict:
-    """One ML-EM run with every level call timed: seconds per level against its counted share."""
+    """One ML-EM run with every level call timed (CPU time): seconds per level against its counted share."""
     logs = [[] for _ in pipe.ladder.unets]
     eps_models = pipe.ladder.eps_models
     pipe.ladder.eps_models = lambda trace=False: [_TimedLevel(m, log) for m, log in zip(eps_models(trace), logs)]
     try:
-        out = pipe(n, method="mlem", budget=budget, trace=trace, generator=torch.Generator().manual_seed(SEED))
+        out, dt = _timed(pipe, n, method="mlem", budget=budget, trace=trace,
+                         generator=torch.Generator().manual_seed(SEED))
     finally:
         del pipe.ladder.eps_models  # back to the class's method
-    wall, costs = out.report["wall_seconds"], pipe.ladder.costs
+    total, costs = dt["cpu"], pipe.ladder.costs
     levels = []
     for i, log in enumerate(logs):
         rows = sum(r for r, _ in log)
@@ -263,22 +290,22 @@ def digits_profile(pipe, budget: float, n: int, trace: bool) -> dict:
         levels.append({"level": i + 1, "calls": len(log), "rows": rows, "seconds": secs,
                        "mean_rows_per_call": rows / max(len(log), 1),
                        "counted_share": rows * costs[i] / (out.report["top_equivalents_per_sample"] * n * costs[-1]),
-                       "seconds_share": secs / wall})
+                       "seconds_share": secs / total})
     in_levels = sum(lv["seconds"] for lv in levels)
-    return {"budget": budget, "trace": trace, "wall_seconds": wall, "seconds_in_levels": in_levels,
-            "seconds_outside_levels": wall - in_levels,
+    return {"budget": budget, "trace": trace, "clock": "cpu", "seconds": total, "seconds_in_levels": in_levels,
+            "seconds_outside_levels": total - in_levels, "wall_seconds": dt["wall"],
             "note": "rows and calls include the one-row shape check of each level on the first call", "levels": levels}
 
 
 def _time_calls(f, x, calls: int, repeats: int = 3) -> float:
-    """Median over ``repeats`` of the mean seconds of ``calls`` calls of f(x)."""
+    """Median over ``repeats`` of the mean CPU seconds of ``calls`` calls of f(x) (one thread: its cost)."""
     f(x)
     out = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(calls):
             f(x)
-        out.append((time.perf_counter() - start) / calls)
+        out.append((time.process_time() - start) / calls)
     return statistics.median(out)
 
 
@@ -349,6 +376,24 @@ class _TracedMLP:
         return self.f(x, torch.tensor(float(t), dtype=x.dtype))
 
 
+def _mlp_microbench(levels, batch: int, costs, cfg: dict) -> List[dict]:
+    """CPU seconds per sample-evaluation of each MLP level at the full batch and sub-batch sizes, and real over
+    counted cost (relative to the top level at the full batch)."""
+    sizes = sorted({batch, max(1, round(0.3 * batch)), max(1, round(0.1 * batch)), max(1, round(0.03 * batch))},
+                   reverse=True)
+    rows = []
+    for f, c in zip(levels, costs):
+        per_sample = {}
+        for b in sizes:
+            x = torch.randn(b, overhead.DIM, generator=torch.Generator().manual_seed(b))
+            per_sample[str(b)] = _time_calls(lambda z: f(z, 0.5), x, cfg["micro_calls"] * 5) / b
+        rows.append({"flops": c, "seconds_per_sample": per_sample})
+    top = rows[-1]["seconds_per_sample"][str(batch)]
+    for row in rows:
+        row["real_over_counted"] = {b: (v / top) / (row["flops"] / costs[-1]) for b, v in row["seconds_per_sample"].items()}
+    return rows
+
+
 def mlp_wallclock(cfg: dict, echo: Callable) -> dict:
     """ML-EM vs EM-top on the MLP ladder, eager and traced, per-sample and exact draws, with the stub breakdown."""
     from multilevel_em import Ladder
@@ -376,37 +421,46 @@ def mlp_wallclock(cfg: dict, echo: Callable) -> dict:
     for name in [k for k in runs if k.startswith("eager")]:  # stub twins: same draws, zero-cost levels
         runs[name.replace("eager", "stub", 1)] = dict(runs[name], ladder=stub)
         runs[name.replace("eager", "stub_ode", 1)] = dict(runs[name], ladder=stub, diffusion=None)
-    times: Dict[str, List[float]] = {k: [] for k in runs}
-    te: Dict[str, float] = {}
+    times: Dict[str, Dict[str, List[float]]] = {k: {c: [] for c in CLOCKS} for k in runs}
+    te: Dict[str, List[float]] = {k: [] for k in runs}
     with torch.inference_mode():
         for name, r in runs.items():
             overhead.time_solve(x0=x0, steps=steps, seed=10_000, device=dev, **r)
         order = list(runs)
         for rep in range(cfg["mlp_repeats"]):
             for name in (order if rep % 2 == 0 else order[::-1]):
-                dt, sol = overhead.time_solve(x0=x0, steps=steps, seed=rep, device=dev, **runs[name])
-                times[name].append(dt)
-                te.setdefault(name, sol.top_equivalents)  # the same draws every repeat would differ: keep rep 0's
-        micro = {"eager": overhead.level_microbench(mlps, batch, dev, torch.float32, repeats=3),
-                 "traced": overhead.level_microbench(traced_levels, batch, dev, torch.float32, repeats=3)}
+                (_, sol), dt = _timed(overhead.time_solve, x0=x0, steps=steps, seed=rep, device=dev, **runs[name])
+                for c in CLOCKS:
+                    times[name][c].append(dt[c])
+                te[name].append(sol.top_equivalents)
+        micro = {"eager": _mlp_microbench(mlps, batch, eager.costs, cfg),
+                 "traced": _mlp_microbench(traced_levels, batch, eager.costs, cfg)}
     echo("  mlp: done")
     table = {}
     for name in runs:
         if name.startswith("stub"):
             continue
-        table[name] = {"method": runs[name]["method"], "draws": runs[name]["draws"], "top_equivalents": te[name],
-                       "seconds": times[name], "seconds_median": statistics.median(times[name]),
-                       "seconds_per_top_equivalent": statistics.median(times[name]) / (te[name] * batch)}
+        table[name] = {"method": runs[name]["method"], "draws": runs[name]["draws"],
+                       "top_equivalents": statistics.median(te[name])}
+        for c in CLOCKS:
+            table[name].update({f"{c}_seconds": times[name][c], f"{c}_seconds_median": statistics.median(times[name][c]),
+                                f"{c}_seconds_per_top_equivalent": statistics.median(
+                                    t / (e * batch) for t, e in zip(times[name][c], te[name]))})
         base = name.split("/", 1)[1]
         if name.startswith("eager/"):
-            med, stub_med = statistics.median(times[name]), statistics.median(times[f"stub/{base}"])
-            ode_med = statistics.median(times[f"stub_ode/{base}"])
-            table[name]["breakdown_seconds"] = {"levels": med - stub_med, "noise": stub_med - ode_med, "loop": ode_med}
-    ratio = {}
-    for ex in ("eager", "traced", "eager+exact", "traced+exact"):
-        em = table[f"{ex.split('+')[0]}/em"]
-        ratio[ex] = {s: table[f"{ex}/mlem_{s}"]["seconds_per_top_equivalent"] / em["seconds_per_top_equivalent"]
-                     for s in settings}
+            table[name]["breakdown_seconds"] = {}
+            for c in CLOCKS:
+                med = statistics.median(times[name][c])
+                stub_med = statistics.median(times[f"stub/{base}"][c])
+                ode_med = statistics.median(times[f"stub_ode/{base}"][c])
+                table[name]["breakdown_seconds"][c] = {"levels": med - stub_med, "noise": stub_med - ode_med,
+                                                       "loop": ode_med}
+    ratio = {c: {} for c in CLOCKS}
+    for c in CLOCKS:
+        for ex in ("eager", "traced", "eager+exact", "traced+exact"):
+            em = table[f"{ex.split('+')[0]}/em"]
+            ratio[c][ex] = {s: table[f"{ex}/mlem_{s}"][f"{c}_seconds_per_top_equivalent"]
+                            / em[f"{c}_seconds_per_top_equivalent"] for s in settings}
     return {"batch": batch, "steps": steps, "widths": list(overhead.WIDTHS), "costs_flops": list(eager.costs),
             "settings": {s: list(overhead.SETTINGS[s]) for s in settings}, "traced_max_abs_diff": max_diff,
             "runs": table, "ratio": ratio, "level_microbench": micro}
@@ -452,27 +506,30 @@ def run(*, quick: bool = False, threads: int = 1, echo: Callable = print) -> dic
 
 
 def summary_lines(res: dict) -> List[str]:
-    """The table the README quotes."""
+    """The tables the README quotes (each ratio on both clocks: wall / cpu)."""
     d, m = res["digits"], res["mlp"]
-    out = [f"digits ladder, {d['n']} samples, {res['threads']} thread(s), medians of {d['repeats']}: "
-           "ML-EM / EM-top wall seconds per counted top-level equivalent"]
-    out.append(f"{'budget':>8}" + "".join(f"{ex:>14}" for ex in d["ratio"]) + f"{'ML-EM s/sample (traced)':>26}"
-               + f"{'EM-top s/sample':>17}")
-    for b in d["ratio"]["eager"]:
-        out.append(f"{b:>8}" + "".join(f"{d['ratio'][ex][b]:>14.2f}" for ex in d["ratio"])
-                   + f"{d['runs'][f'traced/mlem/{b}']['seconds_per_sample']:>26.3f}"
-                   + f"{d['runs'][f'traced/em/{b}']['seconds_per_sample']:>17.3f}")
-    out.append(f"MLP ladder, batch {m['batch']}, {m['steps']} steps, medians of {m['repeats']}: ML-EM / EM-top")
-    for ex, r in m["ratio"].items():
-        out.append(f"  {ex:>14}: " + ", ".join(f"{s} {v:.2f}" for s, v in r.items()))
-    out.append("equal quality (traced; samples per second to reach ML-EM's path error):")
+
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    out = [f"digits ladder, {d['n']} samples, {res['threads']} thread(s), medians of {d['repeats']}: ML-EM / EM-top "
+           "seconds per counted top-level equivalent, wall / cpu"]
+    out.append(f"{'budget':>8}" + "".join(f"{ex:>18}" for ex in d["ratio"]["wall"]))
+    for b in d["ratio"]["wall"]["eager"]:
+        out.append(f"{b:>8}" + "".join(f"{d['ratio']['wall'][ex][b]:>11.2f} / {d['ratio']['cpu'][ex][b]:.2f}"
+                                       for ex in d["ratio"]["wall"]))
+    out.append(f"MLP ladder, batch {m['batch']}, {m['steps']} steps, medians of {m['repeats']}: ML-EM / EM-top, "
+               "wall / cpu")
+    for ex in m["ratio"]["wall"]:
+        out.append(f"  {ex:>14}: " + ", ".join(f"{s} {m['ratio']['wall'][ex][s]:.2f} / {m['ratio']['cpu'][ex][s]:.2f}"
+                                              for s in m["ratio"]["wall"][ex]))
+    out.append("equal quality (traced, cpu clock): samples per second at ML-EM's path error")
     for name, r in d["equal_quality"]["mlem"].items():
-        def f(v):
-            return "-" if v is None else f"{v:.2f}"
-        out.append(f"  {name:>22}: error {r['path_error']:.3f}, ML-EM {r['samples_per_second']:.2f}/s, EM-top "
-                   f"{f(r['em_top_samples_per_second_at_same_error'])}/s, DPM-Solver++ "
-                   f"{f(r['dpmpp_2m_samples_per_second_at_same_error'])}/s; speedup vs EM-top: seconds "
-                   f"{f(r['speedup_seconds_vs_em_top'])}, counted {f(r['speedup_counted_vs_em_top'])}")
+        c = r["cpu"]
+        out.append(f"  {name:>25}: error {r['path_error']:.3f}, ML-EM {c['samples_per_second']:.2f}/s, EM-top "
+                   f"{f(c['em_top_samples_per_second_at_same_error'])}/s, DPM-Solver++ "
+                   f"{f(c['dpmpp_2m_samples_per_second_at_same_error'])}/s; ML-EM's speedup over EM-top: "
+                   f"{f(c['speedup_vs_em_top'])} in seconds, {f(r['speedup_counted_vs_em_top'])} counted")
     return out
 
 
