@@ -301,3 +301,24 @@ def test_calibrate_a_trained_image_ladder_from_the_cli(tiny, tmp_path):
     r = _cli(["calibrate", "--ladder", tmp_path / "nope", "--out", tmp_path / "c2.json"])
     assert r.exit_code != 0 and "--ladder" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "c2.json").exists()
+
+
+def test_calibrate_an_image_ladder_with_traced_wall_costs_and_sample_traced(tiny, tmp_path):
+    """Issue 13: `mlem calibrate --ladder DIR --timing wall --trace` times the traced UNets (seconds per sample),
+    and `mlem sample --trace` runs them; --trace is refused without --ladder."""
+    from multilevel_em import Calibration
+
+    out = tmp_path / "cal.json"
+    r = _cli(["calibrate", "--ladder", tiny, "--images", "8", "--timing", "wall", "--trace", "--budget", "4",
+              "--out", out])
+    assert r.exit_code == 0, r.output
+    cal = Calibration.load(str(out))
+    assert cal.timing == "wall" and all(0 < c < 1 for c in cal.costs)  # seconds per sample, not FLOPs
+    flops = Calibration.load(os.path.join(tiny, "calibration.json"))
+    assert flops.timing == "flops" and flops.costs[0] > 1e3
+    r = _cli(["calibrate", "--trace"])
+    assert r.exit_code != 0 and "--trace" in r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--trace",
+              "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "g.png").exists()

@@ -117,7 +117,7 @@ def test_steps_below_one_or_not_an_int(steps, exc):
 def test_unknown_method_and_draws():
     with pytest.raises(ValueError, match=r"method: expected 'em' or 'mlem'"):
         _solve(method="rk4")
-    with pytest.raises(ValueError, match=r"draws: expected 'per_sample' or 'shared'"):
+    with pytest.raises(ValueError, match=r"draws: expected one of 'per_sample', 'shared', 'exact'"):
         _solve(draws="per_batch")
 
 

@@ -225,7 +225,7 @@ def _write_calibration(cal, plan, out, plot_path, as_json) -> None:
 
 
 def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers=None,
-                      sampler_images=32) -> None:
+                      sampler_images=32, timing="given", trace=False) -> None:
     """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it; with
     --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it."""
     import os
@@ -251,7 +251,9 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
         except ValueError as e:
             raise click.BadParameter(str(e).removeprefix("samplers: "), param_hint="--samplers") from None
     torch.set_num_threads(1)
-    cal = pipe.calibrate(n=n_images, generator=torch.Generator().manual_seed(seed))
+    # The ladder's declared costs are its FLOPs: "given" and "flops" are the same here.
+    cal = pipe.calibrate(n=n_images, generator=torch.Generator().manual_seed(seed),
+                         timing="wall" if timing == "wall" else "flops", trace=trace)
     if samplers is not None:
         from tqdm import tqdm
 
@@ -289,7 +291,11 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
 @click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
 @click.option("--timing", type=click.Choice(["given", "wall", "flops"]), default="given", show_default=True,
-              help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs.")
+              help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs (--ladder: its "
+                   "declared costs are its FLOPs).")
+@click.option("--trace", is_flag=True,
+              help="With --ladder: measure the TorchScript-traced UNets (what `mlem sample --trace` runs); with "
+                   "--timing wall the plans then use their real per-call costs.")
 @click.option("--target", type=POSITIVE, default=None,
               help="Plan for this RMS pathwise error.")
 @click.option("--budget", type=POSITIVE, default=None,
@@ -299,7 +305,8 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG of delta_l(t) and of error against cost.")
-def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, levels, n_paths, timing, target, budget, seed, out, as_json,
+def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, levels, n_paths, timing, trace, target,
+              budget, seed, out, as_json,
               plot_path) -> None:
     """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
     import torch
@@ -312,10 +319,13 @@ def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, le
     check_output_file(out, "--out")
     check_output_file(plot_path, "--plot", suffixes=(".png",))
     if ladder_dir is not None:
-        _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers, sampler_images)
+        _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers, sampler_images,
+                          timing, trace)
         return
     if samplers is not None:
         raise click.BadParameter("only with --ladder (an image ladder's samplers)", param_hint="--samplers")
+    if trace:
+        raise click.BadParameter("only with --ladder (an image ladder's UNets are traced)", param_hint="--trace")
     if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
         raise click.BadParameter(f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
                                  "keep --gamma times (--levels - 1) at most 1000", param_hint="--gamma")

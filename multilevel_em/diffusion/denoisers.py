@@ -24,7 +24,7 @@ import torch
 
 from ..engine import Ladder, LevelEvaluator, evaluate_rates, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
-from ..engine.solver import _all_finite, _non_finite_error
+from ..engine.solver import DRAWS, _all_finite, _non_finite_error
 from .schedule import VPSchedule
 
 __all__ = ["DiffusersUNetAdapter", "MultilevelDenoiser", "TStitchDenoiser", "as_eps_model"]
@@ -247,7 +247,9 @@ class MultilevelDenoiser(_LadderDenoiser):
             ``UNet2DModel``), or a :class:`~multilevel_em.Ladder` (which brings its costs and names).
         costs: cost of one sample-evaluation per model, nondecreasing, any unit.
         rates: lambda_2..lambda_K per unit of continuous time: numbers or callables of t (K - 1 of them).
-        draws: ``"per_sample"`` (each row draws its own B's) or ``"shared"`` (one draw per call).
+        draws: ``"per_sample"`` (each row draws its own B's), ``"shared"`` (one draw per call) or
+            ``"exact"`` (floor(p B) + Bernoulli(frac(p B)) rows chosen at random fire: the same
+            marginal law per row, rows mildly dependent; see :func:`multilevel_em.solve`).
         generator: for the Bernoulli draws (keep it apart from the sampler's noise generator to
             compare runs on the same noise); None uses torch's global generator; a list of
             generators (one per sample, ``draws="per_sample"``) draws row b from ``generator[b]``,
@@ -274,11 +276,11 @@ class MultilevelDenoiser(_LadderDenoiser):
     ):
         super().__init__(models, costs, names, schedule)
         K = len(self.ladder)
-        if draws not in ("per_sample", "shared"):
-            raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+        if draws not in DRAWS:
+            raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
         check_generators(generator)
-        if is_per_sample(generator) and draws == "shared":
-            raise ValueError("generator: a list of per-sample generators needs draws='per_sample'")
+        if is_per_sample(generator) and draws != "per_sample":
+            raise ValueError(f"generator: a list of per-sample generators needs draws='per_sample', got {draws!r}")
         if rates is None:
             if K > 1:
                 raise ValueError(

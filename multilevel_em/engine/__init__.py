@@ -4,11 +4,12 @@ Knows nothing of calibration, diffusion models or the command line.
 """
 
 from .brownian import BrownianPath
+from .buckets import Bucketed, bucketed
 from .ladder import Drift, Ladder
 from .random import rand, randn, sample_generators
 from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, telescoping_estimate
 
 __all__ = [
-    "BrownianPath", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
-    "sample_generators", "solve", "telescoping_estimate",
+    "BrownianPath", "Bucketed", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
+    "bucketed", "sample_generators", "solve", "telescoping_estimate",
 ]

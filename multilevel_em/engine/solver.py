@@ -10,7 +10,7 @@ and ML-EM replaces f^L by the randomized telescoping estimate (METHOD.md, sectio
 
 with p_{n,l} = min(1, lambda_l(t_n) h), so that E[F_n | X_n] = f^K(X_n, t_n).  On a step,
 each needed level ({1} and {l, l-1} for every fired l) is evaluated once, and with
-``draws="per_sample"`` only on the rows of the batch that need it.
+``draws="per_sample"`` (or ``"exact"``) only on the rows of the batch that need it.
 """
 
 from __future__ import annotations
@@ -246,6 +246,8 @@ def _state_error(x: torch.Tensor, t: float) -> Optional[FloatingPointError]:
                               "term (diffusion=) produced it")
 
 
+#: The ways of drawing the level variables B_{n,l} (see :func:`solve`).
+DRAWS = ("per_sample", "shared", "exact")
 #: Rows selector meaning "every row of the batch" (no gather or scatter needed).
 _ALL = "all"
 #: ML-EM draws the Bernoulli variables of about this many (steps x levels x samples) at a
@@ -272,6 +274,9 @@ def _plan_draws(
     if is_per_sample(generator):
         if draws == "shared":
             raise ValueError("draws='shared' draws once for the whole batch: it cannot use per-sample generators")
+        if draws == "exact":
+            raise ValueError("draws='exact' chooses the firing rows jointly for the batch: it cannot use per-sample "
+                             "generators (a sample's draws would depend on its batch); use draws='per_sample'")
         check_generators(generator, batch)
     gen_device = generator.device if isinstance(generator, torch.Generator) else device
     pieces = None
@@ -287,7 +292,10 @@ def _plan_draws(
         else:
             u = torch.rand((C, K1, batch), generator=generator, device=gen_device, dtype=torch.float64)
         p = torch.tensor(probs, dtype=torch.float64, device=gen_device).unsqueeze(2)
-        fired = (u < p).to(device)
+        if draws == "exact":
+            fired = _exact_fired(u, p * batch, generator, gen_device).to(device)
+        else:
+            fired = (u < p).to(device)
         mask = torch.cat([fired, fired[:, :-1] | fired[:, 1:]], dim=1)  # (C, W, batch)
         counts = mask.sum(2).tolist()
         cols = mask.view(C * W, batch).nonzero(as_tuple=True)[1]  # row-major: by step, mask, row
@@ -298,6 +306,20 @@ def _plan_draws(
         fired_n = sel[:K1]
         plan.append((fired_n, [_ALL] + sel[K1:] + [fired_n[-1]]))
     return plan
+
+
+def _exact_fired(u: torch.Tensor, pb: torch.Tensor, generator, device) -> torch.Tensor:
+    """``draws="exact"``: per (step, level), c = floor(p B) + Bernoulli(frac(p B)) rows fire, chosen uniformly.
+
+    ``u``: (C, K1, B) float64 uniforms, ``pb``: (C, K1, 1) the expected counts p B.  The rows
+    with the c smallest uniforms fire (a uniformly random c-subset), so E[c] = p B and every
+    row fires with probability E[c] / B = p, as with independent draws: each row's estimate
+    stays unbiased, but the rows of a batch are (mildly) dependent.
+    """
+    base = pb.floor()
+    c = base + (torch.rand(pb.shape, generator=generator, device=device, dtype=torch.float64) < pb - base)
+    rank = u.argsort(dim=2).argsort(dim=2)
+    return rank < c
 
 
 def _mlem_drift(
@@ -366,7 +388,7 @@ def telescoping_estimate(
     The building block of :func:`solve`, public for integrators that are not EM (diffusion
     samplers): ``probs[l - 2]`` is p_l in [0, 1] for l = 2..K; the levels are evaluated through
     ``evaluator`` (which counts them), each needed level once, on the rows that need it with
-    ``draws="per_sample"``. ``generator``: None, a ``torch.Generator``, or (per-sample draws)
+    ``draws="per_sample"`` or ``"exact"`` (see :func:`solve`). ``generator``: None, a ``torch.Generator``, or (per-sample draws)
     one generator per row of ``x`` (see :mod:`multilevel_em.engine.random`). Shape of the
     result: the levels' output shape, ``(batch, *out_shape)`` (``x.shape`` for a plain
     :class:`LevelEvaluator`, which checks it).
@@ -376,8 +398,8 @@ def telescoping_estimate(
         raise ValueError(f"probs: expected {len(evaluator.ladder) - 1} probabilities, got {len(probs)}")
     if any(not 0.0 <= p <= 1.0 for p in probs):
         raise ValueError(f"probs: expected probabilities in [0, 1], got {probs}")
-    if draws not in ("per_sample", "shared"):
-        raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+    if draws not in DRAWS:
+        raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
     if not probs:
         out = evaluator(0, x, t)
         if check_finite and not _all_finite(out):
@@ -426,7 +448,11 @@ def solve(
         generator: a ``torch.Generator`` for the Bernoulli level draws (and the default
             noise); None uses torch's global generator.
         draws: ``"per_sample"`` (each sample draws its own levels; a level runs only on the
-            sub-batch that needs it) or ``"shared"`` (one draw per step for the batch).
+            sub-batch that needs it), ``"shared"`` (one draw per step for the batch) or
+            ``"exact"`` (per step and level, floor(p B) + Bernoulli(frac(p B)) rows chosen
+            uniformly at random fire: each row still fires with probability p, so each
+            sample's estimate stays unbiased, but the rows of a batch become mildly dependent
+            and the sub-batch sizes vary less; not with per-sample generators).
         save_every: save the state every this many steps (and at the end) into
             ``Solution.ts`` / ``Solution.xs``.
         check_finite: raise ``FloatingPointError`` naming the level and time when a level
@@ -450,8 +476,8 @@ def solve(
     steps = _check_positive_int("steps", steps)
     if method not in ("em", "mlem"):
         raise ValueError(f"method: expected 'em' or 'mlem', got {method!r}")
-    if draws not in ("per_sample", "shared"):
-        raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+    if draws not in DRAWS:
+        raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
     if save_every is not None:
         save_every = _check_positive_int("save_every", save_every)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -494,7 +520,7 @@ def solve(
     j_em = level if method == "em" else 0
     if mlem:
         # The Bernoulli draws are made for `chunk` steps at a time (see _plan_draws).
-        chunk = max(1, _DRAWS_PER_CHUNK // ((K - 1) * max(batch, 1))) if draws == "per_sample" else 1024
+        chunk = max(1, _DRAWS_PER_CHUNK // ((K - 1) * max(batch, 1))) if draws != "shared" else 1024
         plan, pos = [], 0
 
     def times(n: int):

@@ -232,12 +232,21 @@ class MultilevelPipeline:
                       self.ladder.names)
 
     def calibrate(self, n: int = 16, steps: int = 144, generator: Optional[torch.Generator] = None,
-                  t_min: float = T_MIN) -> Calibration:
+                  t_min: float = T_MIN, timing: str = "flops", trace: bool = False) -> Calibration:
         """Measure the ladder along reverse-SDE trajectories of the top level; stores and returns it.
 
         ``n`` noise images, ``steps`` EM steps (and 8 ``steps`` for the step-error estimate);
         12 calibration times, denser near the data end where the drifts differ most.
+        ``timing``: the level costs the plans use: ``"flops"`` (FLOPs per sample, the default) or
+        ``"wall"`` (median seconds per sample of each level on the ``n`` images, on this machine);
+        ``trace``: measure the TorchScript-traced levels (what ``pipe(..., trace=True)`` runs), so
+        that wall costs describe the execution that will sample.  With wall costs a ``budget`` is in
+        units of the top level's measured seconds (plans then spend real time, not FLOPs, well).
         """
+        if timing not in ("flops", "wall"):
+            raise ValueError(f"timing: expected 'flops' or 'wall', got {timing!r}")
+        if not isinstance(trace, bool):
+            raise TypeError(f"trace: expected a bool, got {trace!r}")
         sch = self.ladder.schedule
         S = sch.t_max - t_min
         h = S / steps
@@ -247,7 +256,7 @@ class MultilevelPipeline:
         x = torch.randn((n, *self.ladder.shape), generator=generator).to(self.device)
         noise_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         with torch.no_grad():
-            cal = calibrate(self.drift_ladder(), x, t0=0.0, t1=S, times=times, steps=steps, timing="flops",
+            cal = calibrate(self.drift_ladder(trace), x, t0=0.0, t1=S, times=times, steps=steps, timing=timing,
                             diffusion=lambda s: math.sqrt(float(sch.beta(sch.t_max - float(s)))),
                             generator=noise_gen, fit_gamma=len(self.ladder) >= 3)
         self.calibration = cal
@@ -396,7 +405,7 @@ class MultilevelPipeline:
                 run is planned inside this sampler when the calibration has measured it
                 (:meth:`calibrate_samplers`; the report's plan then says whether a single model with some
                 sampler is predicted to do better); otherwise by the EM model, with a warning.
-            draws: "mlem": ``"per_sample"`` or ``"shared"`` level draws.
+            draws: "mlem": ``"per_sample"``, ``"shared"`` or ``"exact"`` level draws (see :func:`multilevel_em.solve`).
             progress: called with 1 after every step; or a tqdm bar (its total is set to the step count).
             batch_invariant: evaluate the UNets one image at a time, so that with per-sample generators
                 an image is bit-identical whatever batch it is computed in (batched float32 kernels

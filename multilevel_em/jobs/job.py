@@ -73,6 +73,9 @@ class SamplingJob:
             ``MultilevelPipeline``.
         device: where the workers run the UNets ("cpu", "cuda", ...; on Ray, a "cuda" worker
             asks for one GPU). Random numbers are drawn on the CPU whatever the device.
+        trace: run the UNets as TorchScript traces (``MultilevelPipeline(..., trace=True)``): less
+            per-call overhead. Part of the fingerprint when set (a traced run could round
+            differently from an eager one), absent from it when not (older jobs keep theirs).
     """
 
     ladder: str
@@ -88,6 +91,7 @@ class SamplingJob:
     png: bool = False
     device: str = "cpu"
     batch_invariant: bool = False
+    trace: bool = False
 
     def __post_init__(self):
         def is_int(v):
@@ -113,7 +117,7 @@ class SamplingJob:
             if not all(isinstance(r, Real) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in rates):
                 raise ValueError(f"rates: expected numbers >= 0 (serialisable; callables are not), got {self.rates!r}")
             object.__setattr__(self, "rates", tuple(float(r) for r in rates))
-        for name in ("png", "batch_invariant"):
+        for name in ("png", "batch_invariant", "trace"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if not isinstance(self.device, str) or not self.device:
@@ -144,6 +148,8 @@ class SamplingJob:
             kw["sampler"] = self.sampler
         if self.batch_invariant:
             kw["batch_invariant"] = True
+        if self.trace:
+            kw["trace"] = True
         return kw
 
     # ------------------------------------------------------------------ identity
@@ -154,6 +160,8 @@ class SamplingJob:
         del d["out"]
         d["ladder"] = os.path.abspath(os.fspath(self.ladder))
         d["rates"] = list(self.rates) if self.rates is not None else None
+        if not self.trace:
+            del d["trace"]  # the eager default: the description (and fingerprint) of jobs made before trace=
         d["ladder_sha256"] = ladder_digest
         d["format"] = JOB_FORMAT
         return d
