@@ -301,3 +301,46 @@ def test_calibrate_a_trained_image_ladder_from_the_cli(tiny, tmp_path):
     r = _cli(["calibrate", "--ladder", tmp_path / "nope", "--out", tmp_path / "c2.json"])
     assert r.exit_code != 0 and "--ladder" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "c2.json").exists()
+
+
+def test_a_second_process_on_a_job_folder_refuses_and_a_killed_one_does_not_block(tiny, tmp_path):
+    """Item 11: the driver locks the job folder for its whole run; a second process refuses in one line
+    naming the folder and the holder's pid, writing nothing; once the holder is killed (SIGKILL, no
+    cleanup: its job.lock stays), the same command runs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "job"
+    hold = ("import sys, time; from multilevel_em.jobs.runner import _lock_folder; "
+            "_lock_folder(sys.argv[1], print); print('locked', flush=True); time.sleep(300)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out", out]
+        r = _cli(args)
+        assert r.exit_code == 1, r.output
+        assert r.output.count("\n") == 1 and str(out) in r.output and f"pid {holder.pid}" in r.output, r.output
+        assert os.listdir(out) == ["job.lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.path.exists(out / "job.lock")  # left behind by the killed holder: it must not block
+    r = _cli(args)
+    assert r.exit_code == 0, r.output
+    assert not os.path.exists(out / "job.lock") and os.path.exists(out / "report.json")
+
+
+def test_a_job_report_holds_the_plan(tiny, tmp_path):
+    """Item 17: a job's report.json holds the plan its workers followed (levels, mu, steps, predicted top-level
+    equivalents, whether ML-EM is predicted to help, the message), and the message reaches the terminal."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--budget", "4", "--n", "2", "--out", tmp_path / "job"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "job" / "report.json").read_text())
+    plan = MultilevelPipeline.from_pretrained(tiny).plan(4)
+    got = report["plan"]
+    assert got["levels"] == [lv + 1 for lv in plan.levels] and got["steps"] == plan.steps == report["steps"]
+    assert got["mu"] == pytest.approx(plan.mu) and got["helps"] is plan.helps
+    assert got["predicted_top_equivalents"] == pytest.approx(plan.top_equivalents)
+    assert f"plan: {plan.message}" in r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out", tmp_path / "em"])
+    assert r.exit_code == 0 and "plan" not in json.loads((tmp_path / "em" / "report.json").read_text())

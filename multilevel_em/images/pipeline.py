@@ -442,12 +442,20 @@ class MultilevelPipeline:
         if budget is not None:
             report["budget"] = budget
         if plan is not None:
-            report["plan"] = {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps,
-                              "predicted_top_equivalents": plan.top_equivalents, "message": plan.message}
+            report["plan"] = plan_summary(plan)
         return report
 
     def __repr__(self) -> str:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
+
+
+def plan_summary(plan) -> Dict:
+    """What a sampling report says of the :class:`~multilevel_em.calibration.Plan` it followed: levels
+    (1-based), mu, steps, predicted top-level equivalents per sample and speedup over EM, whether ML-EM
+    is predicted to help, and the plan's message."""
+    return {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps,
+            "predicted_top_equivalents": plan.top_equivalents, "predicted_speedup": plan.speedup,
+            "helps": plan.helps, "message": plan.message}
 
 
 def _budget_steps(budget: float) -> int:
