@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -344,3 +345,43 @@ def test_a_job_report_holds_the_plan(tiny, tmp_path):
     assert f"plan: {plan.message}" in r.output
     r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out", tmp_path / "em"])
     assert r.exit_code == 0 and "plan" not in json.loads((tmp_path / "em" / "report.json").read_text())
+
+
+#: Python in a message: an argument written name=, a call (), a Python literal, a quoted method name.
+_PYTHON_ISMS = re.compile(r"\b[a-z_]+=|\(\)|\bTrue\b|\bFalse\b|\bNone\b|'(em|mlem|stitch)'")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--method", "em", "--budget", "4", "--steps", "8"], ["--budget 4.0 and --steps 8", "pass --budget or --steps"]),
+    (["--method", "mlem", "--rates", "1", "--budget", "3"], ["--rates and --budget"]),
+    (["--method", "em", "--rates", "1"], ["--rates", "--method em"]),
+    (["--method", "stitch", "--budget", "4"], ["--budget", "pass --steps"]),
+    (["--method", "mlem", "--rates", "1"], ["--steps", "--method mlem"]),
+])
+@pytest.mark.parametrize("out", ["g.png", "job"])
+def test_cli_errors_name_cli_options(tiny, tmp_path, args, named, out):
+    """Item 19: the library's errors reach the terminal in the CLI's words (options, not Python arguments),
+    for a grid and for a job folder alike, and nothing is written."""
+    r = _cli(["sample", "--ladder", tiny, "--n", "2", "--out", tmp_path / out] + args)
+    assert r.exit_code != 0
+    for text in named:
+        assert text in r.output, r.output
+    assert not _PYTHON_ISMS.search(r.output), r.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_errors_give_cli_advice(tiny, tmp_path):
+    """Item 19: advice that only a Python caller can follow (pipe.calibrate(), overwrite=True) becomes the
+    command line's (mlem calibrate --ladder, --overwrite)."""
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny, bare)
+    os.unlink(bare / "calibration.json")
+    r = _cli(["sample", "--ladder", bare, "--n", "2", "--out", tmp_path / "g.png"])
+    assert r.exit_code != 0 and "mlem calibrate --ladder" in r.output and "--rates" in r.output, r.output
+    assert not _PYTHON_ISMS.search(r.output), r.output
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "demo.json").write_text("{}")
+    r = _cli(["demo", "--quick", "--out-dir", demo])
+    assert r.exit_code != 0 and "pass --overwrite" in r.output and "--out-dir" in r.output, r.output
+    assert not _PYTHON_ISMS.search(r.output) and "out_dir" not in r.output, r.output

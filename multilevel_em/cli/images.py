@@ -10,6 +10,7 @@ import time
 import click
 
 from .._text import plural
+from ._errors import user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
 
@@ -62,7 +63,7 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
     try:
         data = load_dataset(dataset, size=size, channels=None if channels is None else int(channels))
     except ValueError as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     click.echo(data.report())
     start = time.perf_counter()
     try:
@@ -70,7 +71,7 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
             ladder = train_ladder(data, out, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
                                   save_every=save_every, progress=bar.update, command=_command_line())
     except (CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     _finish_ladder(ladder, out, "trained", start, seed, do_calibrate)
 
 
@@ -169,7 +170,7 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
                           batch_invariant=batch_invariant)
         report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
     except (JobError, CheckpointError, ValueError, FloatingPointError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     tput = report["throughput_samples_per_second"]
     click.echo(f"{method}: {plural(report['samples'], 'sample')} in {plural(report['shards'], 'shard')}, "
                f"{plural(report['steps'], 'step')}, "
@@ -205,7 +206,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_path).to(device)
     except (CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     except (RuntimeError, AssertionError) as e:  # torch: unknown device, or no CUDA in this build
         raise click.BadParameter(f"cannot use {device!r}: {e}", param_hint="--device") from None
     images, reports = [], []
@@ -216,7 +217,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
                 result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
                               batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)))
             except (ValueError, FloatingPointError) as e:
-                raise click.ClickException(f"{e}; nothing was written") from None
+                raise user_error(f"{e}; nothing was written") from None
             images.append(result.images)
             reports.append(result.report)
             bar.update(stop - start)
@@ -324,22 +325,22 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
     try:
         t = load_teacher(teacher)
     except (CheckpointError, ValueError) as e:
-        raise click.BadParameter(str(e).removeprefix("teacher: "), param_hint="--teacher") from None
+        raise user_error(e, hint="--teacher") from None
     try:
         check_students(t, ws)
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("widths: "), param_hint="--widths") from None
+        raise user_error(e, hint="--widths") from None
     try:
         if data is not None:
             x0 = load_dataset(data, size=t.sample_size, channels=t.channels)
         else:
             x0 = None
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("dataset: "), param_hint="--data") from None
+        raise user_error(e, hint="--data") from None
     try:
         check_out(out, x0.name if x0 is not None else samples_name(sampler, sampler_steps, samples, seed), t)
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("out: "), param_hint="--out") from None
+        raise user_error(e, hint="--out") from None
     start = time.perf_counter()
     try:
         if x0 is None:
@@ -352,5 +353,5 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
                                     ema_decay=ema_decay, save_every=save_every, progress=bar.update,
                                     command=_command_line())
     except (CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from .. import __version__
+from ._errors import user_error
 from ._paths import POSITIVE, SEED, check_output_file, check_output_folder
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -79,7 +80,7 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
             result = run_image_demo(out_dir, n=n, seed=seed, quick=quick, overwrite=overwrite, progress=not as_json,
                                     command=_command_line(ctx, "mlem demo"), echo=echo)
         except (OutputsExist, ValueError) as e:
-            raise click.ClickException(str(e)) from None
+            raise user_error(e) from None
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         click.echo()
@@ -238,7 +239,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_dir)
     except (CheckpointError, ValueError, OSError) as e:
-        raise click.BadParameter(str(e), param_hint="--ladder") from None
+        raise user_error(e, hint="--ladder") from None
     out = out or os.path.join(ladder_dir, "calibration.json")
     check_output_file(out, "--out")
     torch.set_num_threads(1)
@@ -248,7 +249,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
         try:
             plan = pipe.plan(budget)
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--budget") from None
+            raise user_error(e, hint="--budget") from None
     _write_calibration(cal, plan, out, plot_path, as_json)
 
 
@@ -301,7 +302,7 @@ def calibrate(problem, ladder_dir, n_images, gamma, levels, n_paths, timing, tar
         try:
             plan = cal.plan(target=target, budget=budget)
         except ValueError as e:
-            raise click.ClickException(str(e)) from None
+            raise user_error(e) from None
     _write_calibration(cal, plan, out, plot_path, as_json)
 
 

@@ -386,7 +386,7 @@ class MultilevelPipeline:
                 self._check_budget(budget)
                 per_step = 1.0 if method != "stitch" else None
                 if per_step is None:
-                    raise ValueError("budget: not supported for method='stitch'; pass steps")
+                    raise ValueError("budget: not supported for method='stitch'; pass steps=")
                 steps = _budget_steps(budget)
                 if steps < 1:
                     raise ValueError(
