@@ -385,3 +385,20 @@ def test_cli_errors_give_cli_advice(tiny, tmp_path):
     r = _cli(["demo", "--quick", "--out-dir", demo])
     assert r.exit_code != 0 and "pass --overwrite" in r.output and "--out-dir" in r.output, r.output
     assert not _PYTHON_ISMS.search(r.output) and "out_dir" not in r.output, r.output
+
+
+def test_sample_refuses_absurd_step_counts_and_shows_steps_of_one_batch(tiny, tmp_path):
+    """Item 15: --budget 1e7 with a one-model method (10 million steps) is refused at once, naming --budget
+    and --max-steps, with nothing written; a grid of one batch shows a bar over its steps."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--budget", "1e7", "--n", "2", "--out", tmp_path / "g.png"])
+    assert r.exit_code != 0 and "--budget" in r.output and "--max-steps 65536" in r.output, r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "ddim", "--steps", "5", "--max-steps", "4", "--n", "2",
+              "--out", tmp_path / "job"])
+    assert r.exit_code != 0 and "--steps" in r.output and "--max-steps 4" in r.output, r.output
+    assert os.listdir(tmp_path) == []
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--max-steps", "7", "--n", "2",
+              "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0 and "7/7" in r.output and "step" in r.output, r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--n", "3", "--batch-size", "2",
+              "--out", tmp_path / "g.png", "--overwrite"])
+    assert r.exit_code == 0 and "3/3" in r.output and "img" in r.output, r.output

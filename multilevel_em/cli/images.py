@@ -14,6 +14,10 @@ from ._errors import user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
 
+#: Default of ``mlem sample --max-steps``: the ceiling of ``Calibration.plan``'s step search (2**16).
+MAX_STEPS = 2**16
+
+
 def _int_list(name: str, text: str) -> list:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -124,12 +128,16 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
+@click.option("--max-steps", default=MAX_STEPS, show_default=True, type=click.IntRange(min=1),
+              help="Refuse a step count above this (given by --steps, or by --budget for the one-model methods): "
+                   "a guard against a mistyped budget; the ML-EM planner searches up to the same default.")
 def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
-               write_png, scale, threads, overwrite):
+               write_png, scale, threads, overwrite, max_steps):
     """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
     into one image grid when OUT ends in .png."""
     if n < 1:
         raise click.BadParameter(f"expected the number of images, an int >= 1, got {n}", param_hint="--n")
+    _check_step_count(method, steps, budget, max_steps)
     if rates is not None:
         from .main import _parse_floats
 
@@ -155,6 +163,22 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
         check_output_folder(out, "--out")
         _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
                     batch_invariant, write_png)
+
+
+def _check_step_count(method, steps, budget, max_steps) -> None:
+    """Refuse, before any work, a step count above ``--max-steps``: ``--budget 1e7`` with a one-model method
+    means 10 million steps (hours to days), more likely a typo than a wish."""
+    import math
+
+    if steps is not None and steps > max_steps:
+        raise click.BadParameter(f"{steps} steps is above --max-steps {max_steps}; lower it, or raise --max-steps "
+                                 "to run that many", param_hint="--steps")
+    if steps is None and budget is not None and method not in ("mlem", "stitch"):
+        implied = int(math.floor(budget + 1e-9))  # what the pipeline takes from the budget: one step each
+        if implied > max_steps:
+            raise click.BadParameter(f"{budget:g} top-level equivalents means {implied} steps of --method {method}, "
+                                     f"above --max-steps {max_steps}; lower it, or raise --max-steps to run that many",
+                                     param_hint="--budget")
 
 
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
@@ -210,17 +234,20 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
     except (RuntimeError, AssertionError) as e:  # torch: unknown device, or no CUDA in this build
         raise click.BadParameter(f"cannot use {device!r}: {e}", param_hint="--device") from None
     images, reports = [], []
-    with tqdm(total=n, desc=f"sample {method}", unit="img") as bar:
+    one_batch = n <= batch_size  # then a bar over the steps (its total set by the pipeline), else over the images
+    with tqdm(total=None if one_batch else n, desc=f"sample {method}", unit="step" if one_batch else "img") as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
                 result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
-                              batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)))
+                              batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)),
+                              progress=bar if one_batch else None)
             except (ValueError, FloatingPointError) as e:
                 raise user_error(f"{e}; nothing was written") from None
             images.append(result.images)
             reports.append(result.report)
-            bar.update(stop - start)
+            if not one_batch:
+                bar.update(stop - start)
     r = dict(reports[0])
     r["n"] = n
     r["levels"] = [dict(lv, evaluations_per_sample=sum(rep["levels"][j]["evaluations_per_sample"] * rep["n"]
