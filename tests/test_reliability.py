@@ -402,3 +402,35 @@ def test_sample_refuses_absurd_step_counts_and_shows_steps_of_one_batch(tiny, tm
     r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--n", "3", "--batch-size", "2",
               "--out", tmp_path / "g.png", "--overwrite"])
     assert r.exit_code == 0 and "3/3" in r.output and "img" in r.output, r.output
+
+
+def test_ctrl_c_of_a_job_says_that_rerunning_resumes(tiny, tmp_path, monkeypatch):
+    """Item 20: Ctrl-C during a job prints how many shards are kept and that the same command resumes
+    (not only "Aborted!"), exit status 130; the rerun resumes from there. Training says the same."""
+    from multilevel_em.jobs.runner import ShardWorker
+
+    run = ShardWorker.run
+
+    def interrupted_at_shard_1(self, k):
+        if k == 1:
+            raise KeyboardInterrupt
+        return run(self, k)
+
+    monkeypatch.setattr(ShardWorker, "run", interrupted_at_shard_1)
+    args = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "3", "--batch-size", "2",
+            "--out", tmp_path / "job"]
+    r = _cli(args)
+    assert r.exit_code == 130, r.output
+    assert f"1 of 2 shards complete in {tmp_path / 'job'}; run the same command again to resume" in r.output
+    monkeypatch.setattr(ShardWorker, "run", run)
+    r = _cli(args)
+    assert r.exit_code == 0 and "1 of 2 shards (2 samples) already complete" in r.output, r.output
+
+    import multilevel_em.images
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multilevel_em.images, "train_ladder", interrupted)
+    r = _cli(["train", "--dataset", "digits", "--out", tmp_path / "t", "--widths", "4", "--iters", "2"])
+    assert r.exit_code == 130 and "run the same command again to resume" in r.output, r.output

@@ -12,8 +12,9 @@ replaced by the command line's equivalent (:data:`_PYTHON_ONLY`).
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import click
 
@@ -85,3 +86,15 @@ def user_error(error: object, hint: Optional[str] = None) -> click.ClickExceptio
             text = rest
         return click.BadParameter(cli_text(text, ctx), param_hint=hint)
     return click.ClickException(cli_text(text, ctx))
+
+
+@contextlib.contextmanager
+def resume_on_interrupt(kept: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C inside a resumable command (a job, training): instead of click's bare "Aborted!", say what
+    was kept (``kept()``, e.g. "3 of 8 shards complete in out/") and that rerunning the same command
+    resumes; exit with status 130 (the shell's code for SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {kept()}; run the same command again to resume", err=True)
+        raise SystemExit(130) from None

@@ -10,7 +10,7 @@ import time
 import click
 
 from .._text import plural
-from ._errors import user_error
+from ._errors import resume_on_interrupt, user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
 
@@ -71,7 +71,8 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
     click.echo(data.report())
     start = time.perf_counter()
     try:
-        with tqdm(total=iters * len(ws), desc="train", unit="it") as bar:
+        with resume_on_interrupt(lambda: f"the checkpoints in {out} are kept"), \
+                tqdm(total=iters * len(ws), desc="train", unit="it") as bar:
             ladder = train_ladder(data, out, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
                                   save_every=save_every, progress=bar.update, command=_command_line())
     except (CheckpointError, ValueError) as e:
@@ -184,7 +185,7 @@ def _check_step_count(method, steps, budget, max_steps) -> None:
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
                 batch_invariant, write_png):
     from ..images import CheckpointError
-    from ..jobs import JobError, SamplingJob, run_job
+    from ..jobs import JobError, SamplingJob, completed_shards, run_job
 
     if ray_address is None:  # on Ray the workers' devices count, not this machine's
         check_device(device)
@@ -192,7 +193,9 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
                           batch_invariant=batch_invariant)
-        report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
+        kept = lambda: f"{len(completed_shards(job))} of {plural(job.n_shards, 'shard')} complete in {out}"  # noqa: E731
+        with resume_on_interrupt(kept):
+            report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
     except (JobError, CheckpointError, ValueError, FloatingPointError) as e:
         raise user_error(e) from None
     tput = report["throughput_samples_per_second"]
@@ -370,15 +373,16 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
         raise user_error(e, hint="--out") from None
     start = time.perf_counter()
     try:
-        if x0 is None:
-            with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
-                x0 = teacher_samples(t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed,
-                                     progress=bar.update)
-        click.echo(x0.report())
-        with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
-            ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
-                                    ema_decay=ema_decay, save_every=save_every, progress=bar.update,
-                                    command=_command_line())
+        with resume_on_interrupt(lambda: f"what {out} holds so far is kept"):
+            if x0 is None:
+                with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
+                    x0 = teacher_samples(t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed,
+                                         progress=bar.update)
+            click.echo(x0.report())
+            with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
+                ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
+                                        ema_decay=ema_decay, save_every=save_every, progress=bar.update,
+                                        command=_command_line())
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None
     _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)
