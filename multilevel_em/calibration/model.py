@@ -40,6 +40,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .._io import write_json
+from .samplers import SamplerFit
 
 __all__ = ["CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate"]
 
@@ -122,15 +123,24 @@ class Plan:
         rates: the rates for the kept levels' corrections (callables of t).
         target, budget: what was asked (one of them is None).
         error: predicted RMS pathwise error at t1, ``sqrt(bias^2 + step_error^2 + randomization^2)``.
-        bias, step_error, randomization: its three parts (``a h`` and ``sqrt(V)``).
+        bias, step_error, randomization: its three parts (``a h`` and ``sqrt(V)``; inside a measured
+            ``sampler``: its measured step error at ``steps`` and ``sqrt(gain V)``).
         cost, top_equivalents, ladder_cost: predicted ML-EM cost per sample (calibration
             unit, top-level equivalents, ladder units).
         em_steps, em_cost, em_top_equivalents: EM with the top level reaching ``error``
             (predicted by the same model, without randomization).
-        speedup: ``em_cost / cost``.
+        speedup: ``em_cost / cost``; for a plan inside a measured ``sampler``:
+            ``best_single["top_equivalents"] / top_equivalents``.
         helps: ``speedup > 1``.
         message: a sentence saying the above, for humans (levels numbered from 1 there).
         prediction: the full :class:`Prediction` of the chosen configuration.
+        sampler: the sampler planned for (None: the EM model above).
+        same_sampler: the top level alone with ``sampler`` at ML-EM's cost: ``{"sampler", "steps",
+            "top_equivalents", "error"}`` (``steps = floor(top_equivalents)``).
+        best_single: the cheapest single-model run among the calibration's measured samplers that
+            reaches ``error`` (same keys); None if none does within ``max_steps``.
+        best_at_budget: the smallest predicted error of a single-model run among the measured
+            samplers at ML-EM's cost (same keys).
     """
 
     levels: Tuple[int, ...]
@@ -155,6 +165,10 @@ class Plan:
     helps: bool
     message: str
     prediction: Prediction = field(repr=False)
+    sampler: Optional[str] = None
+    same_sampler: Optional[dict] = None
+    best_single: Optional[dict] = None
+    best_at_budget: Optional[dict] = None
 
     def select(self, ladder):
         """The sub-ladder of ``ladder`` with the kept levels (``ladder.select(self.levels)``)."""
@@ -237,6 +251,9 @@ class Calibration:
         top_bias: pathwise RMS error at t1 of the top level against the reference (0 when
             the reference is the top level), or None if not measured.
         top_bias_source: how ``top_bias`` was obtained.
+        samplers: measured step-error curves of samplers, ``{name: SamplerFit}``
+            (:mod:`multilevel_em.calibration.samplers`), used by ``plan(..., sampler=name)``;
+            empty unless measured (e.g. ``MultilevelPipeline.calibrate_samplers``).
     """
 
     t0: float
@@ -259,6 +276,7 @@ class Calibration:
     step_error_refine: Optional[int] = None
     top_bias: Optional[float] = None
     top_bias_source: str = "none"
+    samplers: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived quantities
 
@@ -436,6 +454,7 @@ class Calibration:
         budget: Optional[float] = None,
         steps: Optional[int] = None,
         max_steps: int = 2**16,
+        sampler: Optional[str] = None,
     ) -> Plan:
         """Choose mu, the step count and the levels to keep, for a target error or a budget.
 
@@ -458,10 +477,17 @@ class Calibration:
             budget: cost per sample in top-level equivalents (``cost_unit`` / top cost).
             steps: fix the step count instead of searching (an int >= 1).
             max_steps: largest step count searched.
+            sampler: plan ML-EM inside this measured sampler (a key of :attr:`samplers`): its
+                measured step-error curve replaces ``a h`` and its measured gain scales ``V``
+                (:mod:`multilevel_em.calibration.samplers`); the plan is then compared with the
+                top level alone in the same sampler at the same cost and with the cheapest
+                single-model run of any measured sampler reaching the same error, and
+                ``helps`` / ``message`` come from that comparison. None: the EM model.
 
         Returns:
             A :class:`Plan`; ``plan.helps`` is False (and ``plan.message`` says so) when
-            ML-EM is not predicted to beat EM with the top level.
+            ML-EM is not predicted to beat EM with the top level (or, with ``sampler``, the
+            cheapest single-model run reaching the same error).
 
         Raises:
             ValueError: the target is at or below the top level's own bias (unreachable with
@@ -471,7 +497,8 @@ class Calibration:
         """
         if (target is None) == (budget is None):
             raise ValueError("plan: give exactly one of target= (an RMS error) or budget= (top-level equivalents)")
-        if self.step_error is None or self.top_bias is None:
+        fit = self.sampler_fit(sampler) if sampler is not None else None
+        if (fit is None and self.step_error is None) or self.top_bias is None:
             raise ValueError(
                 "plan: this calibration has no step-error measurement (it was run without x or with "
                 "step_error=False); calibrate with the initial states x to plan"
@@ -481,7 +508,9 @@ class Calibration:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps: expected an int >= 1, got {max_steps!r}")
         K = self.n_levels
-        a, b, T = float(self.step_error), float(self.top_bias), self.t1 - self.t0
+        b, T = float(self.top_bias), self.t1 - self.t0
+        step_err = self._step_error_model(fit)
+        gain = (lambda n: 1.0) if fit is None else fit.gain_at
         c_top = float(self.costs[-1])
         subsets = [(*mid, K - 1) for r in range(K - 1) for mid in combinations(range(K - 1), r + 1)]
 
@@ -494,16 +523,15 @@ class Calibration:
                     f"no rates or step count remove it. Ask for a target above {b:.4g} or add a better top level"
                 )
             room = target**2 - b**2
+            n_min = self._fewest_steps(step_err, fit, room, max_steps)
             if steps is not None:
-                if (a * T / steps) ** 2 >= room:
-                    need = math.floor(a * T / math.sqrt(room)) + 1
+                if step_err(steps) ** 2 >= room:
                     raise ValueError(
-                        f"steps={steps}: the step error alone, a h = {a * T / steps:.4g}, leaves no room under "
-                        f"target {target:.4g} (bias {b:.4g}); use steps >= {need}"
+                        f"steps={steps}: the step error alone, {step_err(steps):.4g}, leaves no room under "
+                        f"target {target:.4g} (bias {b:.4g}); use steps >= {n_min}"
                     )
                 step_grid = [steps]
             else:
-                n_min = math.floor(a * T / math.sqrt(room)) + 1
                 step_grid = _geometric_steps(n_min, max(max_steps, n_min))
             best = None
             for lv in subsets:
@@ -513,8 +541,8 @@ class Calibration:
                     if best is not None and n * c[0] >= best[0]:
                         break  # the base level alone costs more than the best plan so far
                     d_true, rpm, w, h = self._profile(lv, n, False, _PLAN_POINTS)
-                    v_room = room - (a * h) ** 2
-                    fits = lambda m: _added_variance(m, d_true, rpm, w, h) <= v_room  # noqa: E731
+                    v_room = room - step_err(n) ** 2
+                    fits = lambda m: gain(n) * _added_variance(m, d_true, rpm, w, h) <= v_room  # noqa: E731
                     mu = _search_mu(fits, rpm * h, smallest=True)
                     cost = float(_mean_cost(np.array([mu]), rpm, w, h, c)[0])
                     if best is None or cost < best[0]:
@@ -547,7 +575,7 @@ class Calibration:
                     d_true, rpm, w, h = self._profile(lv, n, False, _PLAN_POINTS)
                     affordable = lambda m: _mean_cost(m, rpm, w, h, c) <= limit  # noqa: E731
                     mu = _search_mu(affordable, rpm * h, smallest=False)
-                    err2 = b**2 + (a * h) ** 2 + float(_added_variance(np.array([mu]), d_true, rpm, w, h)[0])
+                    err2 = b**2 + step_err(n) ** 2 + gain(n) * float(_added_variance(np.array([mu]), d_true, rpm, w, h)[0])
                     if best is None or err2 < best[0]:
                         best = (err2, lv, n, mu)
                     stalled = stalled + 1 if err2 > sub_best * (1 - 1e-3) else 0
@@ -560,7 +588,37 @@ class Calibration:
                     f"serve as the base of a sub-ladder (the cheapest costs {c_min / c_top:.4g} per step)"
                 )
             _, lv, n, mu = best
-        return self._make_plan(lv, n, mu, target, budget)
+        return self._make_plan(lv, n, mu, target, budget, fit)
+
+    def sampler_fit(self, sampler: str) -> SamplerFit:
+        """The measured :class:`SamplerFit` of ``sampler``; ValueError naming it (and how to measure it) if absent."""
+        if sampler not in self.samplers:
+            have = ", ".join(sorted(self.samplers)) or "none"
+            raise ValueError(
+                f"sampler {sampler!r}: this calibration has not measured it (measured: {have}); measure it with "
+                f"MultilevelPipeline.calibrate_samplers(samplers=[{sampler!r}]) or "
+                f"`mlem calibrate --ladder DIR --samplers {sampler}`"
+            )
+        return self.samplers[sampler]
+
+    def _step_error_model(self, fit: Optional[SamplerFit]):
+        """steps -> predicted step error of the top level alone: ``a h`` (EM) or the sampler's measured curve."""
+        if fit is not None:
+            return fit.error
+        a, T = float(self.step_error), self.t1 - self.t0
+        return lambda n: a * T / n
+
+    def _fewest_steps(self, step_err, fit, room: float, max_steps: int) -> int:
+        """The fewest steps whose step error squared is below ``room`` (ValueError if none within max_steps)."""
+        if fit is None:
+            return math.floor(float(self.step_error) * (self.t1 - self.t0) / math.sqrt(room)) + 1
+        n = fit.steps_for(math.sqrt(room) * (1 - 1e-9), max_steps)
+        if n is None:
+            raise ValueError(
+                f"target: the top level alone with {fit.sampler} does not reach error {math.sqrt(room):.4g} (above "
+                f"the bias) within max_steps={max_steps} steps (predicted {step_err(max_steps):.4g} there)"
+            )
+        return n
 
     def plan_calls(self, budget: float, times: Sequence[float], spans: Sequence[float], *,
                    levels: Optional[Sequence[int]] = None) -> CallPlan:
@@ -628,33 +686,60 @@ class Calibration:
                         probabilities=p, budget=budget, calls=calls, top_equivalents=te,
                         evaluations=tuple(float(e) for e in evaluations[0]), added_variance=added, message=message)
 
-    def _make_plan(self, lv, n, mu, target, budget) -> Plan:
-        a, b, T = float(self.step_error), float(self.top_bias), self.t1 - self.t0
+    def _make_plan(self, lv, n, mu, target, budget, fit: Optional[SamplerFit] = None) -> Plan:
+        b, T = float(self.top_bias), self.t1 - self.t0
         c_top = float(self.costs[-1])
         pred = self.predict(mu, n, levels=lv)
-        h = T / n
-        error = math.sqrt(b**2 + (a * h) ** 2 + pred.added_variance)
+        step_err = self._step_error_model(fit)
+        gain = 1.0 if fit is None else fit.gain_at(n)
+        error = math.sqrt(b**2 + step_err(n) ** 2 + gain * pred.added_variance)
         room = error**2 - b**2
-        em_steps = 1 if a == 0 else max(1, math.ceil(a * T / math.sqrt(room) * (1 - 1e-9)))
+        if self.step_error is not None:
+            a = float(self.step_error)
+            em_steps = 1 if a == 0 else max(1, math.ceil(a * T / math.sqrt(room) * (1 - 1e-9)))
+        else:  # a sampler plan on a calibration without the EM measurement
+            em_steps = 0
         em_cost = em_steps * c_top
-        speedup = em_cost / pred.cost
-        helps = speedup > 1
         dropped = tuple(l for l in range(self.n_levels) if l not in lv)
         kept = ", ".join(str(l + 1) for l in lv)
         what = f"target {target:.4g}" if target is not None else f"budget {budget:.4g} top-level equivalents"
-        em = f"EM with the top level needs {em_steps} steps ({em_cost / c_top:.4g} top-level equivalents)"
-        if helps:
-            message = (
-                f"ML-EM with levels {kept}, mu={mu:.4g}, steps={n} is predicted to reach RMS error {error:.4g} "
-                f"({what}) for {pred.top_equivalents:.4g} top-level equivalents per sample; {em}: "
-                f"predicted speedup {speedup:.3g}x"
-            )
+        extra = {}
+        if fit is None:
+            speedup = em_cost / pred.cost
+            helps = speedup > 1
+            em = f"EM with the top level needs {em_steps} steps ({em_cost / c_top:.4g} top-level equivalents)"
+            if helps:
+                message = (
+                    f"ML-EM with levels {kept}, mu={mu:.4g}, steps={n} is predicted to reach RMS error {error:.4g} "
+                    f"({what}) for {pred.top_equivalents:.4g} top-level equivalents per sample; {em}: "
+                    f"predicted speedup {speedup:.3g}x"
+                )
+            else:
+                message = (
+                    f"ML-EM is not predicted to help here ({what}): its best plan (levels {kept}, mu={mu:.4g}, "
+                    f"steps={n}) costs {pred.top_equivalents:.4g} top-level equivalents per sample for RMS error "
+                    f"{error:.4g}; {em}: speedup {speedup:.3g}x <= 1, use EM"
+                )
         else:
-            message = (
-                f"ML-EM is not predicted to help here ({what}): its best plan (levels {kept}, mu={mu:.4g}, "
-                f"steps={n}) costs {pred.top_equivalents:.4g} top-level equivalents per sample for RMS error "
-                f"{error:.4g}; {em}: speedup {speedup:.3g}x <= 1, use EM"
-            )
+            extra = self._single_model_comparison(fit, error, pred.top_equivalents, max(n, 2**16))
+            best = extra["best_single"]
+            speedup = math.inf if best is None else best["top_equivalents"] / pred.top_equivalents
+            helps = speedup > 1
+            same, at_budget = extra["same_sampler"], extra["best_at_budget"]
+            head = (f"ML-EM inside {fit.sampler} (levels {kept}, mu={mu:.4g}, steps={n}; {what}) is predicted to "
+                    f"reach error {error:.4g} for {pred.top_equivalents:.4g} top-level equivalents per sample; the "
+                    f"top level alone with {fit.sampler} at that cost ({same['steps']} steps): error "
+                    f"{same['error']:.4g}")
+            if best is None:
+                message = f"{head}; no measured single-model sampler reaches {error:.4g}: predicted to help"
+            elif helps:
+                message = (f"{head}; the cheapest single-model run reaching {error:.4g} is {best['sampler']} with "
+                           f"{best['steps']} steps: predicted speedup {speedup:.3g}x")
+            else:
+                message = (f"ML-EM is not predicted to help here. {head}; run the top level alone with "
+                           f"{best['sampler']}, {best['steps']} steps ({best['top_equivalents']:.4g} top-level "
+                           f"equivalents) for the same error, or {at_budget['sampler']} with {at_budget['steps']} "
+                           f"steps for error {at_budget['error']:.4g} at the same cost (speedup {speedup:.3g}x <= 1)")
         return Plan(
             levels=tuple(lv),
             names=tuple(self.names[l] for l in lv),
@@ -666,8 +751,8 @@ class Calibration:
             budget=budget,
             error=error,
             bias=b,
-            step_error=a * h,
-            randomization=math.sqrt(pred.added_variance),
+            step_error=step_err(n),
+            randomization=math.sqrt(gain * pred.added_variance),
             cost=pred.cost,
             top_equivalents=pred.top_equivalents,
             ladder_cost=pred.ladder_cost,
@@ -678,7 +763,31 @@ class Calibration:
             helps=helps,
             message=message,
             prediction=pred,
+            sampler=None if fit is None else fit.sampler,
+            **extra,
         )
+
+    def _single_model_comparison(self, fit: SamplerFit, error: float, cost: float, max_steps: int) -> dict:
+        """The top level alone: with ``fit``'s sampler at ML-EM's ``cost`` (top-level equivalents), the
+        cheapest measured sampler reaching ``error``, and the smallest error of any measured sampler at ``cost``."""
+        b2 = float(self.top_bias) ** 2
+        n_same = max(1, int(math.floor(cost + 1e-9)))
+
+        def run(f: SamplerFit, steps: int) -> dict:
+            return {"sampler": f.sampler, "steps": steps, "top_equivalents": float(steps),
+                    "error": math.sqrt(b2 + f.error(steps) ** 2)}
+
+        fits = [fit] + [f for k, f in sorted(self.samplers.items()) if k != fit.sampler]
+        reach = []
+        for f in fits:
+            steps = f.steps_for(math.sqrt(max(error**2 - b2, 0.0)), max_steps)
+            if steps is not None:
+                reach.append(run(f, steps))
+        return {
+            "same_sampler": run(fit, n_same),
+            "best_single": min(reach, key=lambda r: r["steps"]) if reach else None,  # ties: the same sampler
+            "best_at_budget": min((run(f, n_same) for f in fits), key=lambda r: r["error"]),
+        }
 
     # ------------------------------------------------------------------ reports and files
 
@@ -748,6 +857,7 @@ class Calibration:
             "step_error_refine": self.step_error_refine,
             "top_bias": _none_if_nan(self.top_bias),
             "top_bias_source": self.top_bias_source,
+            "samplers": {k: v.to_dict() for k, v in self.samplers.items()},
         }
 
     @classmethod
@@ -815,6 +925,7 @@ class Calibration:
             step_error_refine=opt("step_error_refine", int),
             top_bias=opt("top_bias", float),
             top_bias_source=str(d.get("top_bias_source", "none")),
+            samplers=_sampler_fits(d.get("samplers") or {}),
         )
 
     def plot(self, path) -> None:
@@ -849,6 +960,18 @@ class Calibration:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _sampler_fits(d) -> dict:
+    if not isinstance(d, dict):
+        raise ValueError("field 'samplers': expected an object {name: fit}")
+    out = {}
+    for name, v in d.items():
+        try:
+            out[str(name)] = SamplerFit.from_dict(v)
+        except ValueError as e:
+            raise ValueError(f"field 'samplers', {name!r}: {e}") from None
+    return out
 
 
 def _check_mu(mu) -> float:

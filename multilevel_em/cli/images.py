@@ -100,7 +100,15 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.command("sample")
 @click.option("--ladder", "ladder_path", required=True, type=click.Path(file_okay=False, exists=True),
               help="A ladder folder (from `mlem train` or save_pretrained).")
-@click.option("--method", type=click.Choice(["mlem", "em", "ddim", "dpmpp_2m", "stitch"]), default="mlem", show_default=True)
+@click.option("--method", type=click.Choice(["mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto"]),
+              default="mlem", show_default=True,
+              help="mlem: the ladder; em, ddpm, ddim, euler_ode, dpmpp_2m: the top UNet alone with that sampler; "
+                   "stitch: T-Stitch; auto: for --budget, whichever of mlem (inside each measured sampler) and the "
+                   "top UNet alone the calibration predicts most accurate (needs mlem calibrate --samplers).")
+@click.option("--sampler", default=None, type=click.Choice(["em", "ddpm", "ddim", "euler_ode", "dpmpp_2m"]),
+              help="mlem / stitch: the sampling loop (default em for mlem, ddim for stitch). A planned mlem run is "
+                   "planned inside it when the ladder's calibration measured it (mlem calibrate --samplers), and "
+                   "the plan says when the top UNet alone with some sampler is predicted to do better.")
 @click.option("--n", "n", default=64, show_default=True, type=int, help="Number of images (>= 1).")
 @click.option("--out", required=True, type=click.Path(),
               help="A folder of shards (a sampling job, resumable), or a file ending in .png for one image grid "
@@ -132,12 +140,15 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.option("--max-steps", default=MAX_STEPS, show_default=True, type=click.IntRange(min=1),
               help="Refuse a step count above this (given by --steps, or by --budget for the one-model methods): "
                    "a guard against a mistyped budget; the ML-EM planner searches up to the same default.")
-def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
+def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device, batch_invariant,
                write_png, scale, threads, overwrite, max_steps):
     """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
     into one image grid when OUT ends in .png."""
     if n < 1:
         raise click.BadParameter(f"expected the number of images, an int >= 1, got {n}", param_hint="--n")
+    if sampler is not None and method not in ("mlem", "stitch"):
+        raise click.BadParameter(f"only for --method mlem or stitch (--method {method} is its own sampler)",
+                                 param_hint="--sampler")
     _check_step_count(method, steps, budget, max_steps)
     if rates is not None:
         from .main import _parse_floats
@@ -154,7 +165,7 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
             if value is not None:
                 raise click.BadParameter("only for a job folder; OUT ends in .png (one image grid)", param_hint=flag)
         _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, batch_invariant,
-                     scale, threads, overwrite)
+                     scale, threads, overwrite, sampler)
     else:
         if overwrite:
             raise click.BadParameter("a job folder is resumed, never overwritten; delete it or choose another "
@@ -163,7 +174,7 @@ def sample_cmd(ladder_path, method, n, out, steps, budget, rates, seed, batch_si
             raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
         check_output_folder(out, "--out")
         _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                    batch_invariant, write_png)
+                    batch_invariant, write_png, sampler)
 
 
 def _check_step_count(method, steps, budget, max_steps) -> None:
@@ -174,7 +185,7 @@ def _check_step_count(method, steps, budget, max_steps) -> None:
     if steps is not None and steps > max_steps:
         raise click.BadParameter(f"{steps} steps is above --max-steps {max_steps}; lower it, or raise --max-steps "
                                  "to run that many", param_hint="--steps")
-    if steps is None and budget is not None and method not in ("mlem", "stitch"):
+    if steps is None and budget is not None and method not in ("mlem", "stitch", "auto"):
         implied = int(math.floor(budget + 1e-9))  # what the pipeline takes from the budget: one step each
         if implied > max_steps:
             raise click.BadParameter(f"{budget:g} top-level equivalents means {implied} steps of --method {method}, "
@@ -183,7 +194,7 @@ def _check_step_count(method, steps, budget, max_steps) -> None:
 
 
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-                batch_invariant, write_png):
+                batch_invariant, write_png, sampler=None):
     from ..images import CheckpointError
     from ..jobs import JobError, SamplingJob, completed_shards, run_job
 
@@ -192,7 +203,7 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
     try:
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
-                          batch_invariant=batch_invariant)
+                          batch_invariant=batch_invariant, sampler=sampler)
         kept = lambda: f"{len(completed_shards(job))} of {plural(job.n_shards, 'shard')} complete in {out}"  # noqa: E731
         with resume_on_interrupt(kept):
             report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
@@ -206,11 +217,13 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
                + (f", {tput:.3g} samples/s" if tput else ""))
     for lv in report["levels"]:
         click.echo(f"  level {lv['level']}: {lv['evaluations_per_sample']:.4g} evaluations per sample")
+    if "plan" in report:  # as for a grid: say what the plan predicts, including when ML-EM does not help
+        click.echo(f"plan: {report['plan']['message']}")
     click.echo(f"wrote {out}")
 
 
 def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, device, batch_invariant,
-                     scale, threads, overwrite):
+                     scale, threads, overwrite, sampler=None):
     import torch
     from tqdm import tqdm
 
@@ -242,7 +255,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
-                result = pipe(stop - start, method=method, steps=steps, budget=budget, rates=rates,
+                result = pipe(stop - start, method=method, sampler=sampler, steps=steps, budget=budget, rates=rates,
                               batch_invariant=batch_invariant, generator=sample_generators(seed, range(start, stop)),
                               progress=bar if one_batch else None)
             except (ValueError, FloatingPointError) as e:
@@ -273,6 +286,11 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
                f"{r['wall_seconds']:.2f} s wall-clock")
     for lv in r["levels"]:
         click.echo(f"  level {lv['level']} ({lv['name']}): {lv['evaluations_per_sample']:.4g} evaluations per sample")
+    if "auto" in r:
+        a = r["auto"]
+        ran = f"mlem inside {a['sampler']}" if a["method"] == "mlem" else f"{a['method']}, {a['steps']} steps"
+        click.echo(f"auto: ran {ran} (predicted error {a['predicted_error']:.4g}, the smallest of "
+                   f"{len(a['candidates'])} measured options at this budget)")
     if "plan" in r:  # say what the plan predicts, including when it says ML-EM does not help
         click.echo(f"plan: {r['plan']['message']}")
     click.echo(f"wrote {out} and {report_path}")
@@ -316,6 +334,29 @@ def bench_images_cmd(ladder_path, n, quick, seed, out):
         kw = dict(em_steps=(250, 50), ddim_steps=(25,), dpm_steps=(10,), mlem_budgets=(50,))
     run_images_bench(os.path.normpath(ladder_path), n=n, seed=seed, out=out, command=_command_line(), echo=click.echo, **kw)
     click.echo(f"wrote {out}")
+
+
+@click.command("samplers")
+@click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
+              help="A ladder folder whose calibration measured samplers (default: the shipped digits ladder).")
+@click.option("--quick", is_flag=True, help="4 images, budgets 4 and 8, 20-step references (for tests; seconds).")
+@click.option("--n", "n", default=None, type=click.IntRange(min=2), help="Images per run (default 32).")
+@click.option("--out", default="results/samplers.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", default="results/samplers.png", show_default=True, type=click.Path(dir_okay=False))
+def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
+    """Plans inside each measured sampler against what ML-EM measures there, and against the top UNet alone
+    (error to each sampler's converged solution, counted cost and CPU seconds; one JSON, one plot)."""
+    from ..bench.samplers import run_sampler_bench
+
+    check_output_file(out, "--out", suffixes=(".json",))
+    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    ladder_path = ladder_path or os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits")
+    try:
+        run_sampler_bench(os.path.normpath(ladder_path), quick=quick, n=n, out=out, plot_path=plot_path,
+                          command=_command_line(), echo=click.echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("distill")

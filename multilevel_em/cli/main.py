@@ -225,8 +225,10 @@ def _write_calibration(cal, plan, out, plot_path, as_json) -> None:
             click.echo(f"wrote {path}")
 
 
-def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path) -> None:
-    """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it."""
+def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers=None,
+                      sampler_images=32) -> None:
+    """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it; with
+    --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it."""
     import os
 
     import torch
@@ -242,12 +244,28 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
         raise user_error(e, hint="--ladder") from None
     out = out or os.path.join(ladder_dir, "calibration.json")
     check_output_file(out, "--out")
+    if samplers is not None:
+        from ..images.sampler_calibration import check_samplers
+
+        try:
+            samplers = check_samplers([s.strip() for s in samplers.split(",") if s.strip()])
+        except ValueError as e:
+            raise click.BadParameter(str(e).removeprefix("samplers: "), param_hint="--samplers") from None
     torch.set_num_threads(1)
     cal = pipe.calibrate(n=n_images, generator=torch.Generator().manual_seed(seed))
+    if samplers is not None:
+        from tqdm import tqdm
+
+        from ..images.sampler_calibration import fit_table
+
+        with tqdm(desc="samplers", unit="run") as bar:
+            fits = pipe.calibrate_samplers(samplers, n=sampler_images, seed=seed,
+                                           progress=lambda what: (bar.set_postfix_str(what), bar.update()))
+        click.echo(fit_table(fits))
     plan = None
     if budget is not None:
         try:
-            plan = pipe.plan(budget)
+            plan = pipe.plan(budget, sampler=samplers[0] if samplers else None)
         except ValueError as e:
             raise user_error(e, hint="--budget") from None
     _write_calibration(cal, plan, out, plot_path, as_json)
@@ -261,6 +279,12 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
                    "calibration is written to DIR/calibration.json unless --out is given.")
 @click.option("--images", "n_images", default=16, show_default=True, type=click.IntRange(min=8),
               help="With --ladder: noise images whose reverse-SDE trajectories are measured.")
+@click.option("--samplers", default=None,
+              help="With --ladder: also measure these samplers (comma-separated: em, ddim, euler_ode, dpmpp_2m), "
+                   "so that plans inside them compare ML-EM with the top model alone in every measured sampler "
+                   "(a few minutes per sampler on a CPU); --budget then plans inside the first.")
+@click.option("--sampler-images", default=32, show_default=True, type=click.IntRange(min=2),
+              help="With --samplers: noise images per run.")
 @click.option("--gamma", default=4.0, show_default=True, type=POSITIVE)
 @click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
@@ -275,7 +299,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG of delta_l(t) and of error against cost.")
-def calibrate(problem, ladder_dir, n_images, gamma, levels, n_paths, timing, target, budget, seed, out, as_json,
+def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, levels, n_paths, timing, target, budget, seed, out, as_json,
               plot_path) -> None:
     """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
     import torch
@@ -288,8 +312,10 @@ def calibrate(problem, ladder_dir, n_images, gamma, levels, n_paths, timing, tar
     check_output_file(out, "--out")
     check_output_file(plot_path, "--plot", suffixes=(".png",))
     if ladder_dir is not None:
-        _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path)
+        _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers, sampler_images)
         return
+    if samplers is not None:
+        raise click.BadParameter("only with --ladder (an image ladder's samplers)", param_hint="--samplers")
     if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
         raise click.BadParameter(f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
                                  "keep --gamma times (--levels - 1) at most 1000", param_hint="--gamma")
@@ -307,13 +333,15 @@ def calibrate(problem, ladder_dir, n_images, gamma, levels, n_paths, timing, tar
 
 
 # Image commands (UNet ladders): `mlem train`, `mlem sample`, kept in their own module.
-from .images import bench_images_cmd, distill_cmd, sample_cmd, train_classifier_cmd, train_cmd  # noqa: E402
+from .images import (  # noqa: E402
+    bench_images_cmd, bench_samplers_cmd, distill_cmd, sample_cmd, train_classifier_cmd, train_cmd)
 
 main.add_command(train_cmd)
 main.add_command(distill_cmd)
 main.add_command(sample_cmd)
 main.add_command(train_classifier_cmd)
 bench.add_command(bench_images_cmd)
+bench.add_command(bench_samplers_cmd)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
@@ -37,9 +38,9 @@ from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
 
-METHODS = ("mlem", "em", "ddim", "dpmpp_2m", "stitch")
+METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")
 CALIBRATION = "calibration.json"
-DEFAULT_STEPS = {"em": 250, "ddim": 50, "dpmpp_2m": 20, "stitch": 50}
+DEFAULT_STEPS = {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m": 20, "stitch": 50}
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
@@ -252,16 +253,33 @@ class MultilevelPipeline:
         self.calibration = cal
         return cal
 
-    def plan(self, budget: float, steps: Optional[int] = None):
-        """``Calibration.plan(budget=..., steps=...)``: levels, steps (unless given) and rate scale for ``budget``
-        top-level equivalents per sample."""
+    def calibrate_samplers(self, samplers: Sequence[str] = ("em", "ddim", "euler_ode", "dpmpp_2m"), *, n: int = 16,
+                           steps: Optional[Sequence[int]] = None, ref_steps: int = 500,
+                           gain_steps: Optional[Sequence[int]] = None, seed: int = 0,
+                           progress: Optional[Callable[[str], None]] = None) -> Dict:
+        """Measure each sampler's step-error curve and ML-EM's randomization gain inside it, and store them in
+        ``self.calibration.samplers`` (:func:`~multilevel_em.images.sampler_calibration.measure_samplers`), so
+        that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)`` compare ML-EM with the
+        samplers users run. Needs :meth:`calibrate` first. Returns the new fits ``{sampler: SamplerFit}``."""
+        from .sampler_calibration import DEFAULT_STEPS as CURVE_STEPS, GAIN_STEPS, measure_samplers
+
+        fits = measure_samplers(self, samplers, n=n, steps=CURVE_STEPS if steps is None else steps,
+                                ref_steps=ref_steps, gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
+                                seed=seed, progress=progress)
+        self.calibration.samplers.update(fits)
+        return fits
+
+    def plan(self, budget: float, steps: Optional[int] = None, sampler: Optional[str] = None):
+        """``Calibration.plan(budget=..., steps=..., sampler=...)``: levels, steps (unless given) and rate scale
+        for ``budget`` top-level equivalents per sample; with ``sampler``, planned inside that sampler from its
+        measured step-error curve and compared with the single-model samplers (:meth:`calibrate_samplers`)."""
         if self.calibration is None:
             raise ValueError(
                 "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
                 "or `mlem calibrate --ladder DIR` on the command line, or pass rates="
             )
         self._check_budget(budget)
-        plan = self.calibration.plan(budget=float(budget), steps=steps)
+        plan = self.calibration.plan(budget=float(budget), steps=steps, sampler=sampler)
         if steps is not None and plan.top_equivalents < (1 - _BUDGET_TOLERANCE) * budget:
             # The same rule as the one-model methods: a budget and a step count that disagree are refused,
             # not silently resolved in favour of the step count.
@@ -270,6 +288,42 @@ class MultilevelPipeline:
                 f"{plan.top_equivalents:.4g} top-level equivalents per sample; pass budget= or steps=, not both"
             )
         return plan
+
+    def choose(self, budget: float) -> Dict:
+        """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample: among ML-EM planned inside
+        each measured sampler and the top level alone with each measured sampler at ``floor(budget)`` steps, the
+        one with the smallest predicted error (:meth:`calibrate_samplers` measures the samplers).
+
+        Returns ``{"method", "sampler", "steps", "predicted_error", "predicted_top_equivalents", "candidates"}``
+        (``sampler`` None for a one-model method, ``steps`` None for ML-EM: its plan's)."""
+        if self.calibration is None or not self.calibration.samplers:
+            raise ValueError("method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
+                             "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)")
+        self._check_budget(budget)
+        steps = _budget_steps(budget)
+        cands = []
+        for name, fit in sorted(self.calibration.samplers.items()):
+            plan = self.plan(budget, sampler=name)
+            cands.append({"method": "mlem", "sampler": name, "steps": None, "predicted_error": plan.error,
+                          "predicted_top_equivalents": plan.top_equivalents})
+            if steps >= 1:
+                err = math.sqrt(float(self.calibration.top_bias or 0.0) ** 2 + fit.error(steps) ** 2)
+                cands.append({"method": name, "sampler": None, "steps": steps, "predicted_error": err,
+                              "predicted_top_equivalents": float(steps)})
+        best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
+        return {**best, "candidates": cands}
+
+    def _check_levels(self, levels, n_rates: int) -> list:
+        K = len(self.ladder)
+        try:
+            lv = sorted({range(K)[int(i)] for i in levels})
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(f"levels: expected 0-based level indices in [0, {K - 1}], got {levels!r}") from None
+        if len(lv) < 2 or lv[-1] != K - 1:
+            raise ValueError(f"levels: expected 2 or more levels including the top level {K - 1}, got {lv}")
+        if n_rates != len(lv) - 1:
+            raise ValueError(f"rates: expected {len(lv) - 1} rates for levels {lv}, got {n_rates}")
+        return lv
 
     def _check_budget(self, budget) -> None:
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
@@ -299,12 +353,15 @@ class MultilevelPipeline:
         progress: Optional[Callable[[int], None]] = None,
         batch_invariant: bool = False,
         trace: bool = False,
+        levels: Optional[Sequence[int]] = None,
     ) -> PipelineOutput:
         """Sample ``batch_size`` images.
 
         Args:
-            method: ``"mlem"`` (all levels, randomized telescoping eps), ``"em"`` / ``"ddim"`` /
-                ``"dpmpp_2m"`` (the top level alone with that sampler), ``"stitch"`` (T-Stitch:
+            method: ``"mlem"`` (all levels, randomized telescoping eps), ``"em"`` / ``"ddpm"`` / ``"ddim"`` /
+                ``"euler_ode"`` / ``"dpmpp_2m"`` (the top level alone with that sampler), ``"auto"`` (for
+                ``budget``, whichever of those the calibration predicts most accurate: :meth:`choose`;
+                ``report["auto"]`` says what ran and why), ``"stitch"`` (T-Stitch:
                 the cheapest level for ``fractions`` of the steps, default 40%, then the top).
             steps: step count. "mlem" with a budget (or the calibration's default): fixes the plan's
                 step count (default: planned); "mlem" with rates: required. One-model methods:
@@ -312,6 +369,8 @@ class MultilevelPipeline:
                 given with a budget, it must equal ``floor(budget)`` (ValueError otherwise). None: not given.
             rates: "mlem": lambda_2..lambda_K per unit of diffusion time (numbers or callables of t);
                 overrides the calibration.
+            levels: "mlem" with ``rates``: the 0-based levels they are for (a sub-ladder with the top
+                level, e.g. ``plan.levels``; one rate per level after the first); default all.
             budget: cost per sample in top-level equivalents: "mlem" plans levels, steps and rates
                 with the stored calibration; the one-model methods take ``floor(budget)`` steps.
                 Default for "mlem" without rates: 100.
@@ -321,7 +380,10 @@ class MultilevelPipeline:
                 (:func:`multilevel_em.engine.sample_generators` keys them by (seed, index);
                 needs ``draws="per_sample"``).
             sampler: for "mlem" and "stitch": the sampling loop (``"em"`` default for mlem,
-                ``"ddim"`` for stitch; any of :data:`multilevel_em.diffusion.SAMPLERS`).
+                ``"ddim"`` for stitch; any of :data:`multilevel_em.diffusion.SAMPLERS`). A planned "mlem"
+                run is planned inside this sampler when the calibration has measured it
+                (:meth:`calibrate_samplers`; the report's plan then says whether a single model with some
+                sampler is predicted to do better); otherwise by the EM model, with a warning.
             draws: "mlem": ``"per_sample"`` or ``"shared"`` level draws.
             progress: called with 1 after every step; or a tqdm bar (its total is set to the step count).
             batch_invariant: evaluate the UNets one image at a time, so that with per-sample generators
@@ -333,12 +395,26 @@ class MultilevelPipeline:
         """
         if method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        if method == "auto":
+            if rates is not None or steps is not None or sampler is not None:
+                raise ValueError("method='auto' chooses the sampler, steps and rates from budget=; pass budget= only")
+            choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
+            kw = dict(generator=generator, draws=draws, t_min=t_min, progress=progress, batch_invariant=batch_invariant,
+                      trace=trace)
+            if choice["method"] == "mlem":
+                out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
+            else:
+                out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)
+            out.report["auto"] = choice
+            return out
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         if rates is not None and budget is not None:
             raise ValueError("give at most one of rates= and budget=")
         if rates is not None and method != "mlem":
             raise ValueError(f"rates: only method='mlem' uses rates, got method={method!r}")
+        if levels is not None and (method != "mlem" or rates is None):
+            raise ValueError("levels: only for method='mlem' with explicit rates= (a plan chooses its own levels)")
         if sampler is not None and method not in ("mlem", "stitch"):
             raise ValueError(f"sampler: method={method!r} is its own sampler; sampler= is for 'mlem' and 'stitch'")
         if budget is not None and steps is not None and method != "mlem":
@@ -359,16 +435,25 @@ class MultilevelPipeline:
         g_noise, g_draws = _split_generator(generator, batch_size)
         x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
         plan = None
-        levels = list(range(len(L)))
+        rate_levels, levels = levels, list(range(len(L)))
         if method == "mlem":
             sampler = sampler or "em"
             if rates is None:
-                plan = self.plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps)
+                measured = self.calibration is not None and sampler in self.calibration.samplers
+                if not measured and sampler != "em" and self.calibration is not None:
+                    warnings.warn(
+                        f"sampler={sampler!r}: the calibration has not measured it, so the plan models EM steps and "
+                        "cannot say whether ML-EM beats this sampler with the top model alone; measure it with "
+                        "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)", stacklevel=2)
+                plan = self.plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps,
+                                 sampler=sampler if measured else None)
                 levels = list(plan.levels)
                 rates = [ReverseTimeRate(r, L.schedule.t_max) for r in plan.rates]
                 steps = plan.steps
             elif steps is None:
                 raise ValueError("steps: required for method='mlem' with explicit rates")
+            elif rate_levels is not None:
+                levels = self._check_levels(rate_levels, len(rates))
             denoiser = MultilevelDenoiser([models[i] for i in levels], costs=[L.costs[i] for i in levels], rates=rates,
                                           draws=draws, generator=g_draws, schedule=L.schedule,
                                           names=[L.names[i] for i in levels])
@@ -451,11 +536,11 @@ class MultilevelPipeline:
 
 def plan_summary(plan) -> Dict:
     """What a sampling report says of the :class:`~multilevel_em.calibration.Plan` it followed: levels
-    (1-based), mu, steps, predicted top-level equivalents per sample and speedup over EM, whether ML-EM
-    is predicted to help, and the plan's message."""
-    return {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps,
-            "predicted_top_equivalents": plan.top_equivalents, "predicted_speedup": plan.speedup,
-            "helps": plan.helps, "message": plan.message}
+    (1-based), mu, steps, sampler, predicted top-level equivalents and error per sample, whether ML-EM
+    is predicted to help, the best one-model alternative, and the plan's message."""
+    return {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps, "sampler": plan.sampler,
+            "predicted_top_equivalents": plan.top_equivalents, "predicted_error": plan.error, "helps": plan.helps,
+            "best_single": plan.best_single, "message": plan.message}
 
 
 def _budget_steps(budget: float) -> int:

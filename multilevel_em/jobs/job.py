@@ -13,8 +13,9 @@ Folder layout (``job.out``)::
 A shard file holds ``x`` (float32 ``(b, C, H, W)``, the raw samples in the data scale [-1, 1],
 not clipped), ``images`` (uint8 ``(b, H, W, C)``), ``indices`` (int64 ``(b,)``, the samples'
 indices in the job), ``evaluations`` (float64 ``(levels,)``: sample-evaluations of each level in
-the shard), ``top_equivalents`` (float64, the shard's total cost in top-level equivalents) and
-``wall_seconds``.  A shard exists completely or not at all, so a rerun of the same job skips the
+the shard), ``top_equivalents`` (float64, the shard's total cost in top-level equivalents),
+``wall_seconds`` and ``plan`` (a JSON string: the ML-EM plan the shard followed, ``null`` for
+other methods; shards written before it existed lack it).  A shard exists completely or not at all, so a rerun of the same job skips the
 shards that exist and computes the rest.
 
 Every random number of sample i comes from generators keyed by ``(seed, i)``
@@ -47,7 +48,7 @@ LOCK_FILE = "job.lock"
 SHARD_PATTERN = "shard-{:06d}.npz"
 PNG_DIR = "png"
 JOB_FORMAT = "multilevel_em.jobs.SamplingJob"
-_METHODS = ("mlem", "em", "ddim", "dpmpp_2m", "stitch")
+_METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")  # MultilevelPipeline.METHODS
 
 
 class JobError(RuntimeError):
@@ -62,7 +63,7 @@ class SamplingJob:
         ladder: a UNet ladder folder (``mlem train`` or ``MultilevelPipeline.save_pretrained``).
         n: number of samples (>= 1).
         out: the output folder of shards.
-        method: "mlem", "em", "ddim", "dpmpp_2m" or "stitch" (see ``MultilevelPipeline``).
+        method: "mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch" or "auto" (see ``MultilevelPipeline``).
         batch_size: samples per shard (the last shard may be smaller).
         seed: the job's seed; sample i's random numbers are keyed by (seed, i).
         steps: step count (default: the method's or the plan's).

@@ -111,6 +111,7 @@ class ShardWorker:
             "top_equivalents": np.float64(r["top_equivalents_per_sample"] * (stop - start)),
             "wall_seconds": np.float64(wall),
             "steps": np.int64(r["steps"]),
+            "plan": np.array(json.dumps(r.get("plan"))),  # the ML-EM plan followed (JSON; "null" if none)
         }
 
 
@@ -128,9 +129,12 @@ class _RayShardWorker(ShardWorker):
 
 _SHARD_KEYS = ("x", "images", "indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
 
+#: Members a shard may lack: shards written before the plan was stored in them are still complete.
+_OPTIONAL_KEYS = ("plan",)
+
 
 #: The small members of a shard (the report reads only these; npz members load one at a time).
-_SUMMARY_KEYS = ("indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
+_SUMMARY_KEYS = ("indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps", "plan")
 
 
 def _read_shard(job: SamplingJob, path: str, k: int, keys=_SUMMARY_KEYS) -> Optional[Dict]:
@@ -140,9 +144,9 @@ def _read_shard(job: SamplingJob, path: str, k: int, keys=_SUMMARY_KEYS) -> Opti
     and indices is complete; the samples themselves are not read unless asked for."""
     try:
         with np.load(path) as z:
-            if set(z.files) != set(_SHARD_KEYS):
+            if not set(_SHARD_KEYS) <= set(z.files) <= set(_SHARD_KEYS + _OPTIONAL_KEYS):
                 return None
-            data = {key: z[key] for key in set(keys) | {"indices"}}
+            data = {key: z[key] for key in set(keys) | {"indices"} if key in z.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     start, stop = job.shard_range(k)
@@ -284,7 +288,7 @@ def _write_shard(job: SamplingJob, result: Dict) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **{key: result[key] for key in _SHARD_KEYS})
+            np.savez(f, **{key: result[key] for key in _SHARD_KEYS + _OPTIONAL_KEYS if key in result})
             f.flush()
             os.fsync(f.fileno())
 
@@ -298,16 +302,6 @@ def _run_local(worker: ShardWorker, pending: List[int]) -> Iterator[Dict]:
         yield worker.run(k)
 
 
-def _plan(job: SamplingJob, pipe) -> Optional[Dict]:
-    """The ML-EM plan the workers follow (``plan_summary``), or None (another method, or explicit rates).
-
-    ``pipe``: the ladder's pipeline if this process has one loaded, else it is loaded here."""
-    if job.method != "mlem" or job.rates is not None:
-        return None
-    from ..images.pipeline import DEFAULT_MLEM_BUDGET, MultilevelPipeline, plan_summary
-
-    pipe = pipe or MultilevelPipeline.from_pretrained(job.ladder)
-    return plan_summary(pipe.plan(DEFAULT_MLEM_BUDGET if job.budget is None else job.budget, job.steps))
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -384,7 +378,7 @@ def run_job(
 
     The driver locks ``out`` for the whole run (``out/job.lock``); a second process on the same
     folder raises JobError at once instead of computing the same shards. With ``method="mlem"``
-    and no rates, the plan the workers follow is echoed and stored in the report.
+    and no rates, the report holds the plan the workers followed (``plan``, as in a grid's report).
 
     Raises:
         JobError: the folder holds another job or is in use by another process, Ray cannot be
@@ -457,24 +451,19 @@ def _run_in_folder(job, manifest, bundle, created, t_start, *, ray, workers, pro
     if done:
         echo(f"resuming {out}: {len(done)} of {plural(job.n_shards, 'shard')} ({plural(n_done, 'sample')}) "
              "already complete")
-    results, plan = iter(()), None
+    results = iter(())
     computed = 0
     try:
         if ray_mod is not None:
             n_workers = workers or int(ray_mod.cluster_resources().get("CPU", 1))
-            plan = _plan(job, None)
             if pending:
                 results = _run_ray(job, pending, bundle, ray_mod, n_workers)
             where = f"Ray ({ray}, {plural(n_workers, 'worker')})"
         else:
             n_workers = 1
-            worker = ShardWorker(job) if pending else None
-            plan = _plan(job, worker.pipe if worker is not None else None)
             if pending:
-                results = _run_local(worker, pending)
+                results = _run_local(ShardWorker(job), pending)
             where = "this process"
-        if plan is not None:
-            echo(f"plan: {plan['message']}")
         t_compute = time.perf_counter()
         with tqdm(total=job.n, initial=n_done, desc="sample", unit="img", disable=not progress) as bar:
             for result in results:
@@ -504,14 +493,12 @@ def _run_in_folder(job, manifest, bundle, created, t_start, *, ray, workers, pro
             ray_mod.shutdown()
     wall = time.perf_counter() - t_start
     report = _report(job, manifest, computed, wall, time.perf_counter() - t_compute, where, n_workers)
-    if plan is not None:
-        report["plan"] = plan
     write_json(os.path.join(out, REPORT_FILE), report)
     return report
 
 
 def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Dict:
-    evaluations, top, levels, steps, shard_seconds = None, 0.0, None, None, 0.0
+    evaluations, top, levels, steps, shard_seconds, plan = None, 0.0, None, None, 0.0, None
     for k in range(job.n_shards):
         data = _read_shard(job, shard_path(job.out, k), k)
         if data is None:
@@ -520,7 +507,9 @@ def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Di
         top += float(data["top_equivalents"])
         levels, steps = data["level_numbers"].tolist(), int(data["steps"])
         shard_seconds += float(data["wall_seconds"])
-    return {
+        if "plan" in data:  # every shard of a job follows the same plan
+            plan = json.loads(str(data["plan"]))
+    report = {
         "job": manifest["job"],
         "fingerprint": manifest["fingerprint"],
         "samples": job.n,
@@ -536,3 +525,6 @@ def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Di
         "throughput_samples_per_second": computed / compute_wall if computed and compute_wall > 0 else None,
         "worker_seconds_per_sample": shard_seconds / job.n,
     }
+    if plan is not None:
+        report["plan"] = plan
+    return report
