@@ -256,7 +256,7 @@ def _lock_folder(out: str, echo: Callable[[str], None]) -> int:
             holder = os.pread(fd, 200, 0).decode(errors="replace").split()
             os.close(fd)
             who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
-            raise JobError(f"out: {out} is in use by another mlem process{who}; wait for it to finish or stop it, "
+            raise JobError(f"{out} is in use by another mlem process{who}; wait for it to finish or stop it, "
                            "then run the same command again to resume") from None
         except OSError as e:  # a file system without locks: run, but say that nothing guards the folder
             echo(f"warning: cannot lock {path} ({e.strerror or e}); do not run a second process on {out}")
