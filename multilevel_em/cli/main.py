@@ -36,7 +36,7 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 @click.option("--problem", type=click.Choice(["images", "htmc"]), default="images", show_default=True,
               help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
                    "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.")
-@click.option("--quick", is_flag=True, help="Fewer settings and samples (a few seconds).")
+@click.option("--quick", is_flag=True, help="Fewer settings and samples (images: 10-20 s on 2 CPU cores).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="One seed for every run (shared noise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
 @click.option("--out-dir", default="mlem-demo", show_default=True, type=click.Path(file_okay=False),
@@ -50,7 +50,7 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwrite: bool, n_paths: int, out) -> None:
     """The main job. Default (--problem images): sample the shipped digits ladder with EM on the top
     UNet and with ML-EM planned by budget, from one seed; print a cost table and write side-by-side
-    grids, a cost-quality plot and a JSON of everything into --out-dir (under 2 minutes on 2 CPU cores).
+    grids, a cost-quality plot and a JSON of everything into --out-dir (about a minute on 2 CPU cores).
     --problem htmc: the synthetic gamma = 4 ladder's cost/error table."""
     ctx = click.get_current_context()
     wrong = _IMAGES_ONLY if problem == "htmc" else _HTMC_ONLY
@@ -103,7 +103,8 @@ def bench() -> None:
 
 @bench.command("htmc")
 @click.option("--gammas", default="1.5,2.5,4", show_default=True, help="Comma-separated cost exponents.")
-@click.option("--quick", is_flag=True, help="A reduced sweep (under 2 minutes on 2 CPU cores).")
+@click.option("--quick", is_flag=True, help="A reduced sweep: 6 levels, coarser sweeps (about 25 s on 2 idle CPU "
+                                            "cores; the full run about 8 minutes).")
 @click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=16), help="Sample paths.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/htmc.json", show_default=True, type=click.Path(dir_okay=False))
