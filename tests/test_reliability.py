@@ -434,3 +434,14 @@ def test_ctrl_c_of_a_job_says_that_rerunning_resumes(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(multilevel_em.images, "train_ladder", interrupted)
     r = _cli(["train", "--dataset", "digits", "--out", tmp_path / "t", "--widths", "4", "--iters", "2"])
     assert r.exit_code == 130 and "run the same command again to resume" in r.output, r.output
+
+
+def test_library_warnings_reach_the_terminal_in_cli_words(tiny, tmp_path):
+    """Item 19: a library warning (here: a sampler the calibration has not measured) is one 'warning:' line
+    naming CLI options and commands, not Python's 'file.py:N: UserWarning' with pipe.calibrate_samplers()."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--sampler", "ddim", "--budget", "3", "--n", "2",
+              "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "warning:" in ln)
+    assert "warning: --sampler ddim:" in line and "`mlem calibrate --ladder DIR --samplers" in line, line
+    assert "UserWarning" not in r.output and not _PYTHON_ISMS.search(line), r.output

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
+import warnings
 from typing import Callable, Dict, Iterator, Optional
 
 import click
@@ -23,6 +25,8 @@ _PYTHON_ONLY = (
     (re.compile(r"[;,]? ?pass check_finite=False to continue( anyway)?"), ""),
     (re.compile(r"run pipe\.calibrate\(\)( \(and save_pretrained\))?(, or `mlem calibrate --ladder DIR` on the "
                 r"command line)?"), "run `mlem calibrate --ladder DIR`"),
+    # "pipe.calibrate_samplers() (`mlem calibrate ...`)": a Python call followed by its command: the command
+    (re.compile(r"\bpipe\.\w+\(\) \((`mlem [^`]*`)\)"), r"\1"),
 )
 
 #: ``name=value``, ``name=``, ``(name)`` or a bare ``snake_name``: a Python argument, with the value as
@@ -98,3 +102,25 @@ def resume_on_interrupt(kept: Callable[[], str]) -> Iterator[None]:
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {kept()}; run the same command again to resume", err=True)
         raise SystemExit(130) from None
+
+
+@contextlib.contextmanager
+def cli_warnings() -> Iterator[None]:
+    """Show the library's warnings as ``warning: ...`` lines on stderr in the CLI's words (:func:`cli_text`),
+    each text once, instead of Python's ``file.py:123: UserWarning: ...`` with a line of source."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = cli_text(str(message))
+        if text not in seen:
+            from tqdm import tqdm
+
+            seen.add(text)
+            tqdm.write(f"warning: {text}", file=sys.stderr)  # on its own line, above any bar
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous

@@ -9,7 +9,7 @@ import sys
 import click
 
 from .. import __version__
-from ._errors import user_error
+from ._errors import cli_warnings, user_error
 from ._paths import POSITIVE, SEED, check_output_file, check_output_folder
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -20,6 +20,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 def main() -> None:
     """Multilevel Euler-Maruyama (ML-EM): solve SDEs/ODEs and sample diffusion models with
     ladders of drift approximators, evaluating the expensive level rarely."""
+    click.get_current_context().with_resource(cli_warnings())  # for every command, until it ends
 
 
 @main.command()
