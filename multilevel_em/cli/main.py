@@ -37,7 +37,7 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 @click.option("--problem", type=click.Choice(["images", "htmc"]), default="images", show_default=True,
               help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
                    "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.")
-@click.option("--quick", is_flag=True, help="Fewer settings and samples (images: 10-20 s on 2 CPU cores).")
+@click.option("--quick", is_flag=True, help="Fewer settings and samples (images: 10-20 s; htmc: under 10 s; on 2 CPU cores).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="One seed for every run (shared noise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
 @click.option("--out-dir", default="mlem-demo", show_default=True, type=click.Path(file_okay=False),
