@@ -343,7 +343,7 @@ class DevicePipeline(MultilevelPipeline):
         x_T = torch.randn((n, *L.shape), generator=g_noise).to(self.device)
         models, plan = self.models(), None
         if method == "mlem":
-            plan = self.plan(budget, steps)
+            plan = self.sampling_plan(budget, steps, "em")
             levels, sampler, steps = list(plan.levels), "em", plan.steps
             rates = [ReverseTimeRate(r, L.schedule.t_max) for r in plan.rates]
             denoiser = MultilevelDenoiser([models[i] for i in levels], costs=[L.costs[i] for i in levels],
@@ -405,7 +405,7 @@ def predict_seconds(pipe: DevicePipeline, setting: dict, t: dict[int, list[float
     if setting["method"] != "mlem":
         return setting["steps"] * t_n[-1] * 1.1
     try:
-        plan = pipe.plan(setting["budget"], setting.get("steps"))
+        plan = pipe.sampling_plan(setting["budget"], setting.get("steps"), "em")
     except ValueError:
         return 0.0  # the run will fail the same way, and say why
     lv = list(plan.levels)

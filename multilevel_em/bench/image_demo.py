@@ -208,10 +208,11 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
                "evaluations_per_sample": {f"L{lv['level']}": lv["evaluations_per_sample"] for lv in rep["levels"]},
                "wall_seconds": rep["wall_seconds"], "wall_seconds_per_sample": rep["wall_seconds_per_sample"]}
         if method == "mlem":
-            plan = pipe.plan(knob["budget"])
+            plan = pipe.sampling_plan(knob["budget"])  # the plan the run followed
             row["plan"] = {"levels": [lv + 1 for lv in plan.levels], "steps": plan.steps, "mu": plan.mu,
                            "predicted_top_equivalents": plan.top_equivalents, "predicted_path_error": plan.error,
-                           "em_steps_for_that_error": plan.em_steps, "predicted_speedup": plan.speedup,
+                           "em_steps_for_that_error": plan.em_steps,
+                           "predicted_speedup": plan.em_cost / plan.cost,  # against EM with the top level
                            "message": plan.message}
             # The correction levels fire at random (Bernoulli per sample and step): Poisson-like count noise.
             var = sum(lv["evaluations_per_sample"] * n * (lv["flops"] / pipe.ladder.costs[-1]) ** 2

@@ -128,7 +128,8 @@ class Plan:
         cost, top_equivalents, ladder_cost: predicted ML-EM cost per sample (calibration
             unit, top-level equivalents, ladder units).
         em_steps, em_cost, em_top_equivalents: EM with the top level reaching ``error``
-            (predicted by the same model, without randomization).
+            (predicted by EM's measured curve in :attr:`Calibration.samplers` when there is one, else by
+            ``a h``; without randomization).
         speedup: ``em_cost / cost``; for a plan inside a measured ``sampler``:
             ``best_single["top_equivalents"] / top_equivalents``.
         helps: ``speedup > 1``.
@@ -694,7 +695,10 @@ class Calibration:
         gain = 1.0 if fit is None else fit.gain_at(n)
         error = math.sqrt(b**2 + step_err(n) ** 2 + gain * pred.added_variance)
         room = error**2 - b**2
-        if self.step_error is not None:
+        em_fit = self.samplers.get("em")
+        if em_fit is not None:  # EM's own measured curve, where there is one
+            em_steps = em_fit.steps_for(math.sqrt(room) * (1 + 1e-9), 2**20) or 2**20
+        elif self.step_error is not None:
             a = float(self.step_error)
             em_steps = 1 if a == 0 else max(1, math.ceil(a * T / math.sqrt(room) * (1 - 1e-9)))
         else:  # a sampler plan on a calibration without the EM measurement

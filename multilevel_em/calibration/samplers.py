@@ -101,16 +101,16 @@ class SamplerFit:
         # error = constant N^-order: loglog_slope fits log(1/error) = order log(N) + c.
         self.order, self.order_se = loglog_slope(1.0 / errors, 1.0 / steps)
         self.constant = float(math.exp(np.mean(np.log(errors) + self.order * np.log(steps))))
-        # The curve used for predictions: the measured errors made non-increasing (a longer run of the
-        # same sampler is not predicted to be worse; the measured rises are noise of size errors_se).
-        self._curve = np.minimum.accumulate(errors)
+        # Predictions interpolate the measured errors as they are: a rise with more steps can be real
+        # (diffusers' DDIM steps by T // N timesteps, so step counts that do not divide T are worse).
+        self._curve = errors
 
     def error(self, steps) -> float:
         """Predicted error of the top level alone with ``steps`` steps (state units).
 
-        Log-log interpolation of the measured errors inside the measured range; outside it the
-        fitted order continues the nearest end point (never rising above the first point's
-        error as steps grow, and never flatter than order 0).
+        Log-log interpolation of the measured errors inside the measured range (not made
+        monotone: between measured step counts it knows nothing of, e.g., DDIM's divisors);
+        outside it the fitted order (at least 0) continues the nearest end point.
         """
         n = float(steps)
         if not n >= 1:
@@ -137,21 +137,22 @@ class SamplerFit:
         return float(math.exp(np.interp(math.log(float(steps)), s, g)))
 
     def steps_for(self, target: float, max_steps: int = 2**16) -> Optional[int]:
-        """The fewest steps whose predicted :meth:`error` is at most ``target``; None above ``max_steps``."""
+        """The fewest steps whose predicted :meth:`error` is at most ``target``; None if none up to ``max_steps``.
+
+        Exact for the interpolant: it is monotone between consecutive measured step counts, so the segments
+        are scanned in order (the measured curve may rise again, so a bisection would not do)."""
         if not target > 0:
             return None
-        if self.error(max_steps) > target:
-            return None
-        lo, hi = 1, max_steps  # error(hi) <= target; find the smallest such (error is non-increasing)
-        if self.error(lo) <= target:
-            return lo
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.error(mid) <= target:
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        knots = [1] + [k for k in self.steps if 1 < k < max_steps] + [max_steps]
+        for lo, hi in zip(knots[:-1], knots[1:]):
+            if self.error(lo) <= target:
+                return lo
+            if self.error(hi) <= target:  # error(lo) > target >= error(hi): bisect inside the segment
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if self.error(mid) <= target else (mid, hi)
+                return hi
+        return None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -289,6 +289,18 @@ class MultilevelPipeline:
             )
         return plan
 
+    def sampling_plan(self, budget: float, steps: Optional[int] = None, sampler: str = "em"):
+        """The plan ``pipe(method="mlem", sampler=sampler, budget=budget)`` follows: :meth:`plan` inside
+        ``sampler`` when the calibration measured it; otherwise the calibration's EM model (``a h``), with a
+        warning unless ``sampler`` is "em" (that model is EM's)."""
+        measured = self.calibration is not None and sampler in self.calibration.samplers
+        if not measured and sampler != "em" and self.calibration is not None:
+            warnings.warn(
+                f"sampler={sampler!r}: the calibration has not measured it, so the plan models EM steps and "
+                "cannot say whether ML-EM beats this sampler with the top model alone; measure it with "
+                "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)", stacklevel=3)
+        return self.plan(budget, steps, sampler=sampler if measured else None)
+
     def choose(self, budget: float) -> Dict:
         """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample: among ML-EM planned inside
         each measured sampler and the top level alone with each measured sampler at ``floor(budget)`` steps, the
@@ -439,14 +451,7 @@ class MultilevelPipeline:
         if method == "mlem":
             sampler = sampler or "em"
             if rates is None:
-                measured = self.calibration is not None and sampler in self.calibration.samplers
-                if not measured and sampler != "em" and self.calibration is not None:
-                    warnings.warn(
-                        f"sampler={sampler!r}: the calibration has not measured it, so the plan models EM steps and "
-                        "cannot say whether ML-EM beats this sampler with the top model alone; measure it with "
-                        "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)", stacklevel=2)
-                plan = self.plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps,
-                                 sampler=sampler if measured else None)
+                plan = self.sampling_plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps, sampler)
                 levels = list(plan.levels)
                 rates = [ReverseTimeRate(r, L.schedule.t_max) for r in plan.rates]
                 steps = plan.steps
