@@ -194,6 +194,36 @@ def test_predicted_cost_mean_and_sd_match_a_simulation(cal4):
     assert isinstance(pred, Prediction) and json.dumps(pred.to_dict())
 
 
+def _exact_prediction(cal: Calibration, mu: float, steps: int):
+    """Expected cost and added variance summed over every one of ``steps`` steps (no subsampling)."""
+    h = (cal.t1 - cal.t0) / steps
+    t = cal.t0 + np.arange(steps) * h
+    delta = np.stack([np.interp(t, cal.times, cal.pairwise[:, l, l - 1]) for l in range(1, cal.n_levels)], 1)
+    p = np.minimum(1.0, mu * delta / np.sqrt(cal.costs[1:] + cal.costs[:-1]) * h)
+    q_next = np.concatenate([1 - p[:, 1:], np.ones((steps, 1))], 1)
+    cost = cal.costs[0] * steps + ((1 - (1 - p) * q_next) @ cal.costs[1:]).sum()
+    added = h**2 * np.where(delta > 0, delta**2 * (1 / p - 1), 0.0).sum()
+    return cost, added
+
+
+@pytest.mark.parametrize("mu, steps", [(3e3, 513), (3e3, 5000), (5.0, 20000)])
+def test_predict_is_bounded_in_time_and_matches_the_exact_sum(cal4, mu, steps):
+    """Issue 12 item 15: predict() sums over at most 512 evenly spread steps, like plan(), so 10**9 steps
+    take well under a second; above 512 steps it agrees with the sum over every step within 1e-4
+    (relative; delta_l(t) is piecewise linear between 12 calibration times, so few points suffice)."""
+    import time
+
+    pred = cal4.predict(mu, steps)
+    cost, added = _exact_prediction(cal4, mu, steps)
+    assert pred.cost == pytest.approx(cost, rel=1e-4)
+    assert pred.added_variance == pytest.approx(added, rel=1e-4)
+    assert pred.evaluations[0] == steps
+    t0 = time.perf_counter()
+    huge = cal4.predict(5.0, 10**9)
+    assert time.perf_counter() - t0 < 1.0
+    assert huge.evaluations[0] == 10**9 and math.isfinite(huge.cost) and huge.cost > 0
+
+
 @pytest.mark.parametrize("uniform", [False, True])
 def test_predicted_cost_matches_solve(cal4, problem4, uniform):
     """Expected cost per sample vs the measured Solution.cost of a solve with those rates

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -322,3 +323,146 @@ def test_calibrate_an_image_ladder_with_traced_wall_costs_and_sample_traced(tiny
               "--out", tmp_path / "g.png"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.png").exists()
+
+
+def test_a_second_process_on_a_job_folder_refuses_and_a_killed_one_does_not_block(tiny, tmp_path):
+    """Item 11: the driver locks the job folder for its whole run; a second process refuses in one line
+    naming the folder and the holder's pid, writing nothing; once the holder is killed (SIGKILL, no
+    cleanup: its job.lock stays), the same command runs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "job"
+    hold = ("import sys, time; from multilevel_em.jobs.runner import _lock_folder; "
+            "_lock_folder(sys.argv[1], print); print('locked', flush=True); time.sleep(300)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out", out]
+        r = _cli(args)
+        assert r.exit_code == 1, r.output
+        assert r.output.count("\n") == 1 and str(out) in r.output and f"pid {holder.pid}" in r.output, r.output
+        assert os.listdir(out) == ["job.lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.path.exists(out / "job.lock")  # left behind by the killed holder: it must not block
+    r = _cli(args)
+    assert r.exit_code == 0, r.output
+    assert not os.path.exists(out / "job.lock") and os.path.exists(out / "report.json")
+
+
+def test_a_job_report_holds_the_plan(tiny, tmp_path):
+    """Item 17: a job's report.json holds the plan its workers followed (levels, mu, steps, predicted top-level
+    equivalents, whether ML-EM is predicted to help, the message), and the message reaches the terminal."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--budget", "4", "--n", "2", "--out", tmp_path / "job"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "job" / "report.json").read_text())
+    plan = MultilevelPipeline.from_pretrained(tiny).plan(4)
+    got = report["plan"]
+    assert got["levels"] == [lv + 1 for lv in plan.levels] and got["steps"] == plan.steps == report["steps"]
+    assert got["mu"] == pytest.approx(plan.mu) and got["helps"] is plan.helps
+    assert got["predicted_top_equivalents"] == pytest.approx(plan.top_equivalents)
+    assert f"plan: {plan.message}" in r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out", tmp_path / "em"])
+    assert r.exit_code == 0 and "plan" not in json.loads((tmp_path / "em" / "report.json").read_text())
+
+
+#: Python in a message: an argument written name=, a call (), a Python literal, a quoted method name.
+_PYTHON_ISMS = re.compile(r"\b[a-z_]+=|\(\)|\bTrue\b|\bFalse\b|\bNone\b|'(em|mlem|stitch)'")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--method", "em", "--budget", "4", "--steps", "8"], ["--budget 4.0 and --steps 8", "pass --budget or --steps"]),
+    (["--method", "mlem", "--rates", "1", "--budget", "3"], ["--rates and --budget"]),
+    (["--method", "em", "--rates", "1"], ["--rates", "--method em"]),
+    (["--method", "stitch", "--budget", "4"], ["--budget", "pass --steps"]),
+    (["--method", "mlem", "--rates", "1"], ["--steps", "--method mlem"]),
+])
+@pytest.mark.parametrize("out", ["g.png", "job"])
+def test_cli_errors_name_cli_options(tiny, tmp_path, args, named, out):
+    """Item 19: the library's errors reach the terminal in the CLI's words (options, not Python arguments),
+    for a grid and for a job folder alike, and nothing is written."""
+    r = _cli(["sample", "--ladder", tiny, "--n", "2", "--out", tmp_path / out] + args)
+    assert r.exit_code != 0
+    for text in named:
+        assert text in r.output, r.output
+    assert not _PYTHON_ISMS.search(r.output), r.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_errors_give_cli_advice(tiny, tmp_path):
+    """Item 19: advice that only a Python caller can follow (pipe.calibrate(), overwrite=True) becomes the
+    command line's (mlem calibrate --ladder, --overwrite)."""
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny, bare)
+    os.unlink(bare / "calibration.json")
+    r = _cli(["sample", "--ladder", bare, "--n", "2", "--out", tmp_path / "g.png"])
+    assert r.exit_code != 0 and "mlem calibrate --ladder" in r.output and "--rates" in r.output, r.output
+    assert not _PYTHON_ISMS.search(r.output), r.output
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "demo.json").write_text("{}")
+    r = _cli(["demo", "--quick", "--out-dir", demo])
+    assert r.exit_code != 0 and "pass --overwrite" in r.output and "--out-dir" in r.output, r.output
+    assert not _PYTHON_ISMS.search(r.output) and "out_dir" not in r.output, r.output
+
+
+def test_sample_refuses_absurd_step_counts_and_shows_steps_of_one_batch(tiny, tmp_path):
+    """Item 15: --budget 1e7 with a one-model method (10 million steps) is refused at once, naming --budget
+    and --max-steps, with nothing written; a grid of one batch shows a bar over its steps."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--budget", "1e7", "--n", "2", "--out", tmp_path / "g.png"])
+    assert r.exit_code != 0 and "--budget" in r.output and "--max-steps 65536" in r.output, r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "ddim", "--steps", "5", "--max-steps", "4", "--n", "2",
+              "--out", tmp_path / "job"])
+    assert r.exit_code != 0 and "--steps" in r.output and "--max-steps 4" in r.output, r.output
+    assert os.listdir(tmp_path) == []
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--max-steps", "7", "--n", "2",
+              "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0 and "7/7" in r.output and "step" in r.output, r.output
+    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--n", "3", "--batch-size", "2",
+              "--out", tmp_path / "g.png", "--overwrite"])
+    assert r.exit_code == 0 and "3/3" in r.output and "img" in r.output, r.output
+
+
+def test_ctrl_c_of_a_job_says_that_rerunning_resumes(tiny, tmp_path, monkeypatch):
+    """Item 20: Ctrl-C during a job prints how many shards are kept and that the same command resumes
+    (not only "Aborted!"), exit status 130; the rerun resumes from there. Training says the same."""
+    from multilevel_em.jobs.runner import ShardWorker
+
+    run = ShardWorker.run
+
+    def interrupted_at_shard_1(self, k):
+        if k == 1:
+            raise KeyboardInterrupt
+        return run(self, k)
+
+    monkeypatch.setattr(ShardWorker, "run", interrupted_at_shard_1)
+    args = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "3", "--batch-size", "2",
+            "--out", tmp_path / "job"]
+    r = _cli(args)
+    assert r.exit_code == 130, r.output
+    assert f"1 of 2 shards complete in {tmp_path / 'job'}; run the same command again to resume" in r.output
+    monkeypatch.setattr(ShardWorker, "run", run)
+    r = _cli(args)
+    assert r.exit_code == 0 and "1 of 2 shards (2 samples) already complete" in r.output, r.output
+
+    import multilevel_em.images
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multilevel_em.images, "train_ladder", interrupted)
+    r = _cli(["train", "--dataset", "digits", "--out", tmp_path / "t", "--widths", "4", "--iters", "2"])
+    assert r.exit_code == 130 and "run the same command again to resume" in r.output, r.output
+
+
+def test_library_warnings_reach_the_terminal_in_cli_words(tiny, tmp_path):
+    """Item 19: a library warning (here: a sampler the calibration has not measured) is one 'warning:' line
+    naming CLI options and commands, not Python's 'file.py:N: UserWarning' with pipe.calibrate_samplers()."""
+    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--sampler", "ddim", "--budget", "3", "--n", "2",
+              "--out", tmp_path / "g.png"])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "warning:" in ln)
+    assert "warning: --sampler ddim:" in line and "`mlem calibrate --ladder DIR --samplers" in line, line
+    assert "UserWarning" not in r.output and not _PYTHON_ISMS.search(line), r.output

@@ -118,7 +118,7 @@ def _check_outputs(out_dir: str, overwrite: bool) -> dict[str, str]:
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not overwrite:
         raise OutputsExist(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
-                           "pass --overwrite (overwrite=True) to replace them, or choose another --out-dir")
+                           "pass overwrite=True to replace them, or choose another out_dir")
     return paths
 
 

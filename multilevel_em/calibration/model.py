@@ -409,7 +409,9 @@ class Calibration:
         On the uniform grid t_n = t0 + n h, h = (t1 - t0) / steps, with p_{n,l} =
         min(1, lambda_l(t_n) h) and the cost-sharing rule of :func:`~multilevel_em.solve`
         (level 1 every step; level j >= 2 when B_j or B_{j+1} fires): expected cost per step
-        ``c_1 + sum_{j>=2} c_j (1 - (1 - p_j)(1 - p_{j+1}))``, p_{K+1} = 0.
+        ``c_1 + sum_{j>=2} c_j (1 - (1 - p_j)(1 - p_{j+1}))``, p_{K+1} = 0.  Above 512 steps the
+        sums run over 512 evenly spread steps, each weighted by ``steps / 512`` (as in :meth:`plan`):
+        bounded time at any step count.
 
         Args:
             mu: the rate scale of :meth:`rates` (or of :meth:`uniform_rates` with ``uniform=True``).
@@ -424,7 +426,9 @@ class Calibration:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
         lv = self._levels(levels)
-        d_true, rpm, w, h = self._profile(lv, steps, uniform)
+        # The same bounded grid as plan(): above _PLAN_POINTS steps, evenly spread steps stand for the
+        # rest, so a prediction for 10**9 steps takes as long as one for 512 (and agrees with the plan).
+        d_true, rpm, w, h = self._profile(lv, steps, uniform, _PLAN_POINTS)
         mus = np.array([mu])
         ev, mean, var, added = self._stats(lv, mus, d_true, rpm, w, h)
         _, l_mean, l_var, _ = self._stats(lv, mus, d_true, rpm, w, h, costs=self.ladder_costs)

@@ -10,7 +10,12 @@ import time
 import click
 
 from .._text import plural
+from ._errors import resume_on_interrupt, user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
+
+
+#: Default of ``mlem sample --max-steps``: the ceiling of ``Calibration.plan``'s step search (2**16).
+MAX_STEPS = 2**16
 
 
 def _int_list(name: str, text: str) -> list:
@@ -62,15 +67,16 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
     try:
         data = load_dataset(dataset, size=size, channels=None if channels is None else int(channels))
     except ValueError as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     click.echo(data.report())
     start = time.perf_counter()
     try:
-        with tqdm(total=iters * len(ws), desc="train", unit="it") as bar:
+        with resume_on_interrupt(lambda: f"the checkpoints in {out} are kept"), \
+                tqdm(total=iters * len(ws), desc="train", unit="it") as bar:
             ladder = train_ladder(data, out, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
                                   save_every=save_every, progress=bar.update, command=_command_line())
     except (CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     _finish_ladder(ladder, out, "trained", start, seed, do_calibrate)
 
 
@@ -134,8 +140,11 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (grid only; job workers use 1 each).")
 @click.option("--overwrite", is_flag=True, help="Grid only: replace existing output files.")
+@click.option("--max-steps", default=MAX_STEPS, show_default=True, type=click.IntRange(min=1),
+              help="Refuse a step count above this (given by --steps, or by --budget for the one-model methods): "
+                   "a guard against a mistyped budget; the ML-EM planner searches up to the same default.")
 def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
-               batch_invariant, trace, write_png, scale, threads, overwrite):
+               batch_invariant, trace, write_png, scale, threads, overwrite, max_steps):
     """Sample N images from a UNet ladder: into a folder of shards (a job, resumable, optionally on Ray), or
     into one image grid when OUT ends in .png."""
     if n < 1:
@@ -143,6 +152,7 @@ def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed,
     if sampler is not None and method not in ("mlem", "stitch"):
         raise click.BadParameter(f"only for --method mlem or stitch (--method {method} is its own sampler)",
                                  param_hint="--sampler")
+    _check_step_count(method, steps, budget, max_steps)
     if rates is not None:
         from .main import _parse_floats
 
@@ -170,10 +180,26 @@ def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed,
                     batch_invariant, write_png, sampler, trace)
 
 
+def _check_step_count(method, steps, budget, max_steps) -> None:
+    """Refuse, before any work, a step count above ``--max-steps``: ``--budget 1e7`` with a one-model method
+    means 10 million steps (hours to days), more likely a typo than a wish."""
+    import math
+
+    if steps is not None and steps > max_steps:
+        raise click.BadParameter(f"{steps} steps is above --max-steps {max_steps}; lower it, or raise --max-steps "
+                                 "to run that many", param_hint="--steps")
+    if steps is None and budget is not None and method not in ("mlem", "stitch", "auto"):
+        implied = int(math.floor(budget + 1e-9))  # what the pipeline takes from the budget: one step each
+        if implied > max_steps:
+            raise click.BadParameter(f"{budget:g} top-level equivalents means {implied} steps of --method {method}, "
+                                     f"above --max-steps {max_steps}; lower it, or raise --max-steps to run that many",
+                                     param_hint="--budget")
+
+
 def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_size, ray_address, workers, device,
                 batch_invariant, write_png, sampler=None, trace=False):
     from ..images import CheckpointError
-    from ..jobs import JobError, SamplingJob, run_job
+    from ..jobs import JobError, SamplingJob, completed_shards, run_job
 
     if ray_address is None:  # on Ray the workers' devices count, not this machine's
         check_device(device)
@@ -181,9 +207,11 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
         job = SamplingJob(ladder=ladder_path, n=n, out=out, method=method, batch_size=batch_size, seed=seed,
                           steps=steps, budget=budget, rates=rates, png=write_png, device=device,
                           batch_invariant=batch_invariant, sampler=sampler, trace=trace)
-        report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
+        kept = lambda: f"{len(completed_shards(job))} of {plural(job.n_shards, 'shard')} complete in {out}"  # noqa: E731
+        with resume_on_interrupt(kept):
+            report = run_job(job, ray=ray_address, workers=workers, echo=click.echo)
     except (JobError, CheckpointError, ValueError, FloatingPointError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     tput = report["throughput_samples_per_second"]
     click.echo(f"{method}: {plural(report['samples'], 'sample')} in {plural(report['shards'], 'shard')}, "
                f"{plural(report['steps'], 'step')}, "
@@ -192,6 +220,8 @@ def _sample_job(ladder_path, method, n, out, steps, budget, rates, seed, batch_s
                + (f", {tput:.3g} samples/s" if tput else ""))
     for lv in report["levels"]:
         click.echo(f"  level {lv['level']}: {lv['evaluations_per_sample']:.4g} evaluations per sample")
+    if "plan" in report:  # as for a grid: say what the plan predicts, including when ML-EM does not help
+        click.echo(f"plan: {report['plan']['message']}")
     click.echo(f"wrote {out}")
 
 
@@ -219,22 +249,25 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_path).to(device)
     except (CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     except (RuntimeError, AssertionError) as e:  # torch: unknown device, or no CUDA in this build
         raise click.BadParameter(f"cannot use {device!r}: {e}", param_hint="--device") from None
     images, reports = [], []
-    with tqdm(total=n, desc=f"sample {method}", unit="img") as bar:
+    one_batch = n <= batch_size  # then a bar over the steps (its total set by the pipeline), else over the images
+    with tqdm(total=None if one_batch else n, desc=f"sample {method}", unit="step" if one_batch else "img") as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
                 result = pipe(stop - start, method=method, sampler=sampler, steps=steps, budget=budget, rates=rates,
                               batch_invariant=batch_invariant, trace=trace,
-                              generator=sample_generators(seed, range(start, stop)))
+                              generator=sample_generators(seed, range(start, stop)),
+                              progress=bar if one_batch else None)
             except (ValueError, FloatingPointError) as e:
-                raise click.ClickException(f"{e}; nothing was written") from None
+                raise user_error(f"{e}; nothing was written") from None
             images.append(result.images)
             reports.append(result.report)
-            bar.update(stop - start)
+            if not one_batch:
+                bar.update(stop - start)
     r = dict(reports[0])
     r["n"] = n
     r["levels"] = [dict(lv, evaluations_per_sample=sum(rep["levels"][j]["evaluations_per_sample"] * rep["n"]
@@ -367,33 +400,34 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
     try:
         t = load_teacher(teacher)
     except (CheckpointError, ValueError) as e:
-        raise click.BadParameter(str(e).removeprefix("teacher: "), param_hint="--teacher") from None
+        raise user_error(e, hint="--teacher") from None
     try:
         check_students(t, ws)
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("widths: "), param_hint="--widths") from None
+        raise user_error(e, hint="--widths") from None
     try:
         if data is not None:
             x0 = load_dataset(data, size=t.sample_size, channels=t.channels)
         else:
             x0 = None
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("dataset: "), param_hint="--data") from None
+        raise user_error(e, hint="--data") from None
     try:
         check_out(out, x0.name if x0 is not None else samples_name(sampler, sampler_steps, samples, seed), t)
     except ValueError as e:
-        raise click.BadParameter(str(e).removeprefix("out: "), param_hint="--out") from None
+        raise user_error(e, hint="--out") from None
     start = time.perf_counter()
     try:
-        if x0 is None:
-            with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
-                x0 = teacher_samples(t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed,
-                                     progress=bar.update)
-        click.echo(x0.report())
-        with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
-            ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
-                                    ema_decay=ema_decay, save_every=save_every, progress=bar.update,
-                                    command=_command_line())
+        with resume_on_interrupt(lambda: f"what {out} holds so far is kept"):
+            if x0 is None:
+                with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
+                    x0 = teacher_samples(t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed,
+                                         progress=bar.update)
+            click.echo(x0.report())
+            with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
+                ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
+                                        ema_decay=ema_decay, save_every=save_every, progress=bar.update,
+                                        command=_command_line())
     except (CheckpointError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise user_error(e) from None
     _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from .. import __version__
+from ._errors import cli_warnings, user_error
 from ._paths import POSITIVE, SEED, check_output_file, check_output_folder
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -19,6 +20,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 def main() -> None:
     """Multilevel Euler-Maruyama (ML-EM): solve SDEs/ODEs and sample diffusion models with
     ladders of drift approximators, evaluating the expensive level rarely."""
+    click.get_current_context().with_resource(cli_warnings())  # for every command, until it ends
 
 
 @main.command()
@@ -35,7 +37,7 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 @click.option("--problem", type=click.Choice(["images", "htmc"]), default="images", show_default=True,
               help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
                    "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.")
-@click.option("--quick", is_flag=True, help="Fewer settings and samples (a few seconds).")
+@click.option("--quick", is_flag=True, help="Fewer settings and samples (images: 10-20 s; htmc: under 10 s; on 2 CPU cores).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="One seed for every run (shared noise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
 @click.option("--out-dir", default="mlem-demo", show_default=True, type=click.Path(file_okay=False),
@@ -49,7 +51,7 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwrite: bool, n_paths: int, out) -> None:
     """The main job. Default (--problem images): sample the shipped digits ladder with EM on the top
     UNet and with ML-EM planned by budget, from one seed; print a cost table and write side-by-side
-    grids, a cost-quality plot and a JSON of everything into --out-dir (under 2 minutes on 2 CPU cores).
+    grids, a cost-quality plot and a JSON of everything into --out-dir (about a minute on 2 CPU cores).
     --problem htmc: the synthetic gamma = 4 ladder's cost/error table."""
     ctx = click.get_current_context()
     wrong = _IMAGES_ONLY if problem == "htmc" else _HTMC_ONLY
@@ -79,7 +81,7 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
             result = run_image_demo(out_dir, n=n, seed=seed, quick=quick, overwrite=overwrite, progress=not as_json,
                                     command=_command_line(ctx, "mlem demo"), echo=echo)
         except (OutputsExist, ValueError) as e:
-            raise click.ClickException(str(e)) from None
+            raise user_error(e) from None
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         click.echo()
@@ -102,7 +104,8 @@ def bench() -> None:
 
 @bench.command("htmc")
 @click.option("--gammas", default="1.5,2.5,4", show_default=True, help="Comma-separated cost exponents.")
-@click.option("--quick", is_flag=True, help="A reduced sweep (under 2 minutes on 2 CPU cores).")
+@click.option("--quick", is_flag=True, help="A reduced sweep: 6 levels, coarser sweeps (about 25 s on 2 idle CPU "
+                                            "cores; the full run about 8 minutes).")
 @click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=16), help="Sample paths.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/htmc.json", show_default=True, type=click.Path(dir_okay=False))
@@ -240,7 +243,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_dir)
     except (CheckpointError, ValueError, OSError) as e:
-        raise click.BadParameter(str(e), param_hint="--ladder") from None
+        raise user_error(e, hint="--ladder") from None
     out = out or os.path.join(ladder_dir, "calibration.json")
     check_output_file(out, "--out")
     if samplers is not None:
@@ -269,7 +272,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
         try:
             plan = pipe.plan(budget, sampler=samplers[0] if samplers else None)
         except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--budget") from None
+            raise user_error(e, hint="--budget") from None
     _write_calibration(cal, plan, out, plot_path, as_json)
 
 
@@ -338,7 +341,7 @@ def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, le
         try:
             plan = cal.plan(target=target, budget=budget)
         except ValueError as e:
-            raise click.ClickException(str(e)) from None
+            raise user_error(e) from None
     _write_calibration(cal, plan, out, plot_path, as_json)
 
 

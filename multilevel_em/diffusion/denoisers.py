@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from .._text import plural
 from ..engine import Ladder, LevelEvaluator, evaluate_rates, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import DRAWS, _all_finite, _non_finite_error
@@ -291,7 +292,7 @@ class MultilevelDenoiser(_LadderDenoiser):
             raise TypeError(f"rates: expected a sequence of {K - 1} rates (levels 2..{K}), got one value")
         rates = list(rates)
         if len(rates) != K - 1:
-            raise ValueError(f"rates: expected {K - 1} rates (one for each of levels 2..{K}), got {len(rates)}")
+            raise ValueError(f"rates: expected {plural(K - 1, 'rate')} (one for each of levels 2..{K}), got {len(rates)}")
         evaluate_rates(rates, 1.0)  # fail early on bad numbers or callables
         self.rates = rates
         self.draws = draws

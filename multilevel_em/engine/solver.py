@@ -24,6 +24,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
+from .._text import plural
 from .brownian import BrownianPath
 from .ladder import Ladder
 from .random import Generators, check_generators, is_per_sample, rand
@@ -131,7 +132,7 @@ def _check_rates(rates, n_levels: int, t0: float) -> list:
     rates = list(rates)
     if len(rates) != n_levels - 1:
         raise ValueError(
-            f"rates: expected {n_levels - 1} rates (one for each of levels 2..{n_levels}), got {len(rates)}"
+            f"rates: expected {plural(n_levels - 1, 'rate')} (one for each of levels 2..{n_levels}), got {len(rates)}"
         )
     for j, r in enumerate(rates):
         _rate_value(j, r, t0)  # fail early on bad constants or callables

@@ -485,7 +485,7 @@ class MultilevelPipeline:
                 self._check_budget(budget)
                 per_step = 1.0 if method != "stitch" else None
                 if per_step is None:
-                    raise ValueError("budget: not supported for method='stitch'; pass steps")
+                    raise ValueError("budget: not supported for method='stitch'; pass steps=")
                 steps = _budget_steps(budget)
                 if steps < 1:
                     raise ValueError(
@@ -541,14 +541,20 @@ class MultilevelPipeline:
         if budget is not None:
             report["budget"] = budget
         if plan is not None:
-            report["plan"] = {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps,
-                              "sampler": plan.sampler, "predicted_top_equivalents": plan.top_equivalents,
-                              "predicted_error": plan.error, "helps": plan.helps, "best_single": plan.best_single,
-                              "message": plan.message}
+            report["plan"] = plan_summary(plan)
         return report
 
     def __repr__(self) -> str:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
+
+
+def plan_summary(plan) -> Dict:
+    """What a sampling report says of the :class:`~multilevel_em.calibration.Plan` it followed: levels
+    (1-based), mu, steps, sampler, predicted top-level equivalents and error per sample, whether ML-EM
+    is predicted to help, the best one-model alternative, and the plan's message."""
+    return {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps, "sampler": plan.sampler,
+            "predicted_top_equivalents": plan.top_equivalents, "predicted_error": plan.error, "helps": plan.helps,
+            "best_single": plan.best_single, "message": plan.message}
 
 
 def _budget_steps(budget: float) -> int:

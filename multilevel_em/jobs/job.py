@@ -6,13 +6,16 @@ Folder layout (``job.out``)::
     shard-000000.npz      samples 0 .. batch_size-1, written atomically when complete
     shard-000001.npz      ...
     png/000000.png ...    one image per sample, only with png=True (written before its shard)
-    report.json           the final report (samples, cost per level, throughput)
+    report.json           the final report (samples, cost per level, throughput, the ML-EM plan)
+    job.lock              while a run is in progress: locked (flock) by its process, holds its pid;
+                          a second process refuses the folder while it is locked
 
 A shard file holds ``x`` (float32 ``(b, C, H, W)``, the raw samples in the data scale [-1, 1],
 not clipped), ``images`` (uint8 ``(b, H, W, C)``), ``indices`` (int64 ``(b,)``, the samples'
 indices in the job), ``evaluations`` (float64 ``(levels,)``: sample-evaluations of each level in
-the shard), ``top_equivalents`` (float64, the shard's total cost in top-level equivalents) and
-``wall_seconds``.  A shard exists completely or not at all, so a rerun of the same job skips the
+the shard), ``top_equivalents`` (float64, the shard's total cost in top-level equivalents),
+``wall_seconds`` and ``plan`` (a JSON string: the ML-EM plan the shard followed, ``null`` for
+other methods; shards written before it existed lack it).  A shard exists completely or not at all, so a rerun of the same job skips the
 shards that exist and computes the rest.
 
 Every random number of sample i comes from generators keyed by ``(seed, i)``
@@ -37,10 +40,11 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import __version__
 
-__all__ = ["JobError", "SamplingJob", "JOB_FILE", "REPORT_FILE", "read_ladder_bundle", "shard_path"]
+__all__ = ["JobError", "SamplingJob", "JOB_FILE", "LOCK_FILE", "REPORT_FILE", "read_ladder_bundle", "shard_path"]
 
 JOB_FILE = "job.json"
 REPORT_FILE = "report.json"
+LOCK_FILE = "job.lock"
 SHARD_PATTERN = "shard-{:06d}.npz"
 PNG_DIR = "png"
 JOB_FORMAT = "multilevel_em.jobs.SamplingJob"

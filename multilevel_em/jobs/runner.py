@@ -9,7 +9,8 @@
 
 The driver (this process) owns the output folder: it writes ``job.json``, receives each
 finished shard from a worker and writes it atomically (temporary file, then rename), so
-workers need no shared file system, and a crash anywhere leaves only complete shards.
+workers need no shared file system, and a crash anywhere leaves only complete shards.  It locks
+the folder while it runs, so a second driver on the same folder refuses instead of repeating the work.
 Each worker (a :class:`ShardWorker`; on Ray an actor) loads the ladder once, from the bytes the
 driver put in Ray's object store, and samples shards with one torch thread.  A worker process
 that dies mid-shard is restarted and the shard retried (``max_restarts``/``max_task_retries``);
@@ -32,7 +33,7 @@ import numpy as np
 
 from .._io import atomic_write, remove_temporaries, write_json
 from .._text import plural
-from .job import JOB_FILE, REPORT_FILE, JobError, SamplingJob, png_path, read_ladder_bundle, shard_path
+from .job import JOB_FILE, LOCK_FILE, REPORT_FILE, JobError, SamplingJob, png_path, read_ladder_bundle, shard_path
 
 __all__ = ["ShardWorker", "run_job", "completed_shards", "load_samples"]
 
@@ -110,6 +111,7 @@ class ShardWorker:
             "top_equivalents": np.float64(r["top_equivalents_per_sample"] * (stop - start)),
             "wall_seconds": np.float64(wall),
             "steps": np.int64(r["steps"]),
+            "plan": np.array(json.dumps(r.get("plan"))),  # the ML-EM plan followed (JSON; "null" if none)
         }
 
 
@@ -127,9 +129,12 @@ class _RayShardWorker(ShardWorker):
 
 _SHARD_KEYS = ("x", "images", "indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
 
+#: Members a shard may lack: shards written before the plan was stored in them are still complete.
+_OPTIONAL_KEYS = ("plan",)
+
 
 #: The small members of a shard (the report reads only these; npz members load one at a time).
-_SUMMARY_KEYS = ("indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps")
+_SUMMARY_KEYS = ("indices", "evaluations", "level_numbers", "top_equivalents", "wall_seconds", "steps", "plan")
 
 
 def _read_shard(job: SamplingJob, path: str, k: int, keys=_SUMMARY_KEYS) -> Optional[Dict]:
@@ -139,9 +144,9 @@ def _read_shard(job: SamplingJob, path: str, k: int, keys=_SUMMARY_KEYS) -> Opti
     and indices is complete; the samples themselves are not read unless asked for."""
     try:
         with np.load(path) as z:
-            if set(z.files) != set(_SHARD_KEYS):
+            if not set(_SHARD_KEYS) <= set(z.files) <= set(_SHARD_KEYS + _OPTIONAL_KEYS):
                 return None
-            data = {key: z[key] for key in set(keys) | {"indices"}}
+            data = {key: z[key] for key in set(keys) | {"indices"} if key in z.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     start, stop = job.shard_range(k)
@@ -197,7 +202,7 @@ def _prepare_folder(job: SamplingJob, manifest: Dict) -> None:
     out = os.fspath(job.out)
     old = _read_manifest(out)
     if old is None:
-        if os.path.isdir(out) and os.listdir(out):
+        if os.path.isdir(out) and _entries(out):
             raise JobError(f"out: {out} exists and is not empty, but holds no {JOB_FILE}; choose another folder")
         if os.path.exists(out) and not os.path.isdir(out):
             raise JobError(f"out: {out} exists and is not a folder")
@@ -211,6 +216,61 @@ def _prepare_folder(job: SamplingJob, manifest: Dict) -> None:
             f"out: {out} holds a different job ({what}); refusing to resume into it. Use another folder, "
             "or delete this one to start over."
         )
+
+
+def _entries(out: str) -> List[str]:
+    """The folder's entries other than the lock file."""
+    return [e for e in os.listdir(out) if e != LOCK_FILE]
+
+
+def _remove_if_empty(out: str) -> None:
+    """Remove a folder this run created if it holds nothing but the lock file."""
+    if os.path.isdir(out) and not _entries(out):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _lock_folder(out: str, echo: Callable[[str], None]) -> int:
+    """Create ``out`` if needed and lock it for this process: an exclusive ``flock`` on ``out/job.lock``.
+
+    Returns the open descriptor; closing it releases the lock, and so does the kernel when the
+    process dies, so a lock file that a killed run left behind never blocks (the file stays; only
+    the lock counts).  The holder writes its pid and host into the file for the message below.
+
+    Raises:
+        JobError: another process holds the lock (naming its pid), or the folder cannot be created.
+    """
+    import fcntl
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise JobError(f"out: {out} exists and is not a folder")
+    path = os.path.join(out, LOCK_FILE)
+    for _ in range(5):
+        try:
+            os.makedirs(out, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise JobError(f"out: cannot create {path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
+            raise JobError(f"{out} is in use by another mlem process{who}; wait for it to finish or stop it, "
+                           "then run the same command again to resume") from None
+        except OSError as e:  # a file system without locks: run, but say that nothing guards the folder
+            echo(f"warning: cannot lock {path} ({e.strerror or e}); do not run a second process on {out}")
+            return fd
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the holder removed the folder (a failed fresh run) while we waited: lock the new one
+    raise JobError(f"out: could not lock {path}; is another process creating and removing {out}?")
 
 
 def _clean_temporaries(out: str) -> None:
@@ -228,7 +288,7 @@ def _write_shard(job: SamplingJob, result: Dict) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **{key: result[key] for key in _SHARD_KEYS})
+            np.savez(f, **{key: result[key] for key in _SHARD_KEYS + _OPTIONAL_KEYS if key in result})
             f.flush()
             os.fsync(f.fileno())
 
@@ -237,10 +297,11 @@ def _write_shard(job: SamplingJob, result: Dict) -> None:
 
 # ----------------------------------------------------------------------------- executors
 
-def _run_local(job: SamplingJob, pending: List[int]) -> Iterator[Dict]:
-    worker = ShardWorker(job)
+def _run_local(worker: ShardWorker, pending: List[int]) -> Iterator[Dict]:
     for k in pending:
         yield worker.run(k)
+
+
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -315,13 +376,16 @@ def run_job(
         progress: show a progress bar over the job's samples.
         echo: where to print messages.
 
+    The driver locks ``out`` for the whole run (``out/job.lock``); a second process on the same
+    folder raises JobError at once instead of computing the same shards. With ``method="mlem"``
+    and no rates, the report holds the plan the workers followed (``plan``, as in a grid's report).
+
     Raises:
-        JobError: the folder holds another job, Ray cannot be reached (nothing written), or a
-            shard could not be written (the job stops; complete shards stay, rerun to resume).
+        JobError: the folder holds another job or is in use by another process, Ray cannot be
+            reached (nothing written), or a shard could not be written (the job stops; complete
+            shards stay, rerun to resume).
         CheckpointError: the ladder cannot be read.
     """
-    from tqdm import tqdm
-
     if not isinstance(job, SamplingJob):
         raise TypeError(f"job: expected a SamplingJob, got {type(job).__name__}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -334,9 +398,31 @@ def run_job(
     manifest = job.manifest(digest)
     out = os.fspath(job.out)
     created = not os.path.exists(out)
-    fresh = _read_manifest(out) is None  # this run writes job.json
-    ray_mod, started = (None, False)
     t_start = time.perf_counter()
+    lock = _lock_folder(out, echo)  # held for the whole run: a second process on this folder refuses
+    try:
+        return _run_in_folder(job, manifest, bundle, created, t_start, ray=ray, workers=workers, progress=progress,
+                              echo=echo)
+    finally:  # remove the file, then unlock: a process that opened it meanwhile sees it gone and retries
+        try:
+            os.unlink(os.path.join(out, LOCK_FILE))
+        except OSError:
+            pass
+        os.close(lock)
+
+
+def _run_in_folder(job, manifest, bundle, created, t_start, *, ray, workers, progress, echo) -> Dict:
+    """run_job, once this process holds the folder's lock."""
+    from tqdm import tqdm
+
+    out = os.fspath(job.out)
+    try:
+        fresh = _read_manifest(out) is None  # this run writes job.json
+    except JobError:
+        if created:
+            _remove_if_empty(out)
+        raise
+    ray_mod, started = (None, False)
 
     def undo_fresh_folder() -> None:
         """A failure before any shard was written leaves no trace of a job this run started."""
@@ -345,16 +431,16 @@ def run_job(
         if os.path.exists(os.path.join(out, JOB_FILE)):
             os.unlink(os.path.join(out, JOB_FILE))
         _clean_temporaries(out)
-        if created and os.path.isdir(out) and not os.listdir(out):
-            shutil.rmtree(out, ignore_errors=True)
+        if created:
+            _remove_if_empty(out)
 
     try:
         if ray is not None:
             ray_mod, started = _ray_init(ray, workers)
         _prepare_folder(job, manifest)
     except JobError:
-        if created and os.path.isdir(out) and not os.listdir(out):
-            shutil.rmtree(out, ignore_errors=True)
+        if created:
+            _remove_if_empty(out)
         if started:
             ray_mod.shutdown()
         raise
@@ -365,17 +451,20 @@ def run_job(
     if done:
         echo(f"resuming {out}: {len(done)} of {plural(job.n_shards, 'shard')} ({plural(n_done, 'sample')}) "
              "already complete")
-    if ray_mod is not None:
-        n_workers = workers or int(ray_mod.cluster_resources().get("CPU", 1))
-        results = _run_ray(job, pending, bundle, ray_mod, n_workers) if pending else iter(())
-        where = f"Ray ({ray}, {plural(n_workers, 'worker')})"
-    else:
-        n_workers = 1
-        results = _run_local(job, pending) if pending else iter(())
-        where = "this process"
-    t_compute = time.perf_counter()
+    results = iter(())
     computed = 0
     try:
+        if ray_mod is not None:
+            n_workers = workers or int(ray_mod.cluster_resources().get("CPU", 1))
+            if pending:
+                results = _run_ray(job, pending, bundle, ray_mod, n_workers)
+            where = f"Ray ({ray}, {plural(n_workers, 'worker')})"
+        else:
+            n_workers = 1
+            if pending:
+                results = _run_local(ShardWorker(job), pending)
+            where = "this process"
+        t_compute = time.perf_counter()
         with tqdm(total=job.n, initial=n_done, desc="sample", unit="img", disable=not progress) as bar:
             for result in results:
                 k = int(result["shard"])
@@ -409,7 +498,7 @@ def run_job(
 
 
 def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Dict:
-    evaluations, top, levels, steps, shard_seconds = None, 0.0, None, None, 0.0
+    evaluations, top, levels, steps, shard_seconds, plan = None, 0.0, None, None, 0.0, None
     for k in range(job.n_shards):
         data = _read_shard(job, shard_path(job.out, k), k)
         if data is None:
@@ -418,7 +507,9 @@ def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Di
         top += float(data["top_equivalents"])
         levels, steps = data["level_numbers"].tolist(), int(data["steps"])
         shard_seconds += float(data["wall_seconds"])
-    return {
+        if "plan" in data:  # every shard of a job follows the same plan
+            plan = json.loads(str(data["plan"]))
+    report = {
         "job": manifest["job"],
         "fingerprint": manifest["fingerprint"],
         "samples": job.n,
@@ -434,3 +525,6 @@ def _report(job, manifest, computed, wall, compute_wall, where, n_workers) -> Di
         "throughput_samples_per_second": computed / compute_wall if computed and compute_wall > 0 else None,
         "worker_seconds_per_sample": shard_seconds / job.n,
     }
+    if plan is not None:
+        report["plan"] = plan
+    return report
