@@ -21,11 +21,23 @@ Measured, side by side in one run:
   error is the RMS L2 distance to EM with the (shared) top UNet at 256 steps, as in ``mlem demo``.
   For each shipped run, the distilled ladder's cost to reach the same path error is interpolated
   (log-log) between its runs; the ratio distilled / shipped is the target (<= 0.7).
+* **A third ladder, data-free**: the same students distilled with the same settings and stages, but
+  with x_0 = 1024 samples of the teacher itself (DPM-Solver++ 2M, 20 steps, cached in the work
+  folder) instead of the digits; measured exactly as the digits-distilled one.
+* **Distributional quality at equal budget**: ML-EM at budget 16 (top-level equivalents per
+  sample), 512 samples from one seed on each of the three ladders, KID against the 1797 digits on
+  the shipped digit classifier's features (``multilevel_em.images.metrics``, as ``mlem bench
+  images``): se from 8 disjoint chunks; a ladder's difference to the shipped one with the paired
+  se of the chunk-wise differences (same noise), "resolved" when it exceeds 2 paired se. The top
+  model's own KID (its DPM-Solver++ samples, the data-free x_0) is given for scale.
+* ``--extend ITERS`` (after a run): continue both distilled ladders to ITERS iterations and add
+  their eps distances as further stages (the ML-EM and KID comparisons stay at the run's stage).
 
 Usage::
 
     python benchmarks/distill.py                 # writes results/distill.json and results/distill.png
-    python benchmarks/distill.py --quick         # seconds; used by the tests
+    python benchmarks/distill.py --extend 2400   # then: distances at 2400 iterations, added to the same files
+    python benchmarks/distill.py --quick         # a smoke run; used by the tests
 """
 
 from __future__ import annotations

@@ -174,3 +174,10 @@ def test_plain_teacher_reads_its_scheduler_config_or_warns(tmp_path):
     (tmp_path / "teacher" / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "scaled_linear"}))
     with pytest.raises(ValueError, match="teacher: .*scheduler_config.json.*scaled_linear"):
         load_teacher(teacher, cond)
+
+
+def test_mlem_sample_refuses_a_conditional_ladder_by_name(distilled, tmp_path):
+    r = CliRunner().invoke(main, ["sample", "--ladder", distilled["out"], "--method", "em", "--steps", "2", "--n", "2",
+                                  "--out", str(tmp_path / "grid.png")])
+    assert r.exit_code != 0 and "MultilevelModel" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "grid.png").exists()
