@@ -64,6 +64,26 @@ def test_conditioning_rows_and_the_unconditional_row():
     assert c.spec == {"encoder_hidden_states": [2, 3], "class_labels": False} and c.has_uncond
 
 
+def test_distillation_draws_rows_per_example_from_the_iteration_generator(tmp_path):
+    """With data (no paired rows): a random row per example and the unconditional row with probability uncond_prob,
+    drawn from the iteration's generator (the same draws on resume); paired rows follow the data index."""
+    cond = load_conditioning(_conditioning_file(tmp_path / "c.safetensors"))
+    with pytest.warns(UserWarning):
+        teacher = load_teacher(_teacher_folder(tmp_path / "teacher"), cond)
+    idx = torch.arange(2000) % 7
+    a = Distillation(teacher, "x", 0.25).draw_conditioning(idx, torch.Generator().manual_seed(3))
+    b = Distillation(teacher, "x", 0.25).draw_conditioning(idx, torch.Generator().manual_seed(3))
+    e = a["encoder_hidden_states"]
+    assert torch.equal(e, b["encoder_hidden_states"]) and e.shape == (2000, SEQ, DIM)
+    uncond = (e == 0).flatten(1).all(1)  # the file's unconditional row is zeros
+    assert abs(float(uncond.float().mean()) - 0.25) < 0.04  # 4 binomial se at n = 2000
+    rows = [int(((cond.encoder_hidden_states - r).abs().flatten(1).sum(1) == 0).nonzero()) for r in e[~uncond]]
+    assert set(rows) == set(range(N_ROWS))
+    paired = Distillation(teacher, "x", 0.0, rows=torch.arange(7) % N_ROWS).draw_conditioning(
+        torch.tensor([6, 1]), torch.Generator().manual_seed(0))
+    assert torch.equal(paired["encoder_hidden_states"], cond.encoder_hidden_states[[1, 1]])
+
+
 def test_conditional_distillation_moves_the_student_to_the_teacher(distilled):
     """Student vs teacher eps RMS on teacher samples noised at t = 0.3, 0.6, 0.9 with their rows: at most 0.7x the
     distance of the student's initial weights (the same seeded init the training loop starts from)."""
