@@ -279,8 +279,8 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
 
 
 def extend(iters: int, out: str = "results/distill.json", plot: str = "results/distill.png",
-           work: str = "build/distill_bench", echo=print) -> Dict:
-    """Continue both distilled ladders of a finished run (``work``, ``out``) to ``iters`` iterations and add
+           work: str = "build/distill_bench", ladders: Sequence[str] = ("digits", "data_free"), echo=print) -> Dict:
+    """Continue the distilled ``ladders`` of a finished run (``work``, ``out``) to ``iters`` iterations and add
     their eps distances to the top as further stages ("extended": the ML-EM and KID comparisons stay at
     the run's last stage). Resuming is exact, so this is the ladder an uninterrupted run would give."""
     from multilevel_em.images import load_digits
@@ -297,11 +297,13 @@ def extend(iters: int, out: str = "results/distill.json", plot: str = "results/d
                               steps=cfg["df_sampler_steps"], seed=seed)
     ext = dict(cfg, stages=(iters,))
     for name, data, rows in (("digits", digits, result["stages"]), ("data_free", samples, result["data_free"]["stages"])):
+        if name not in ladders:
+            continue
         rows[:] = [r for r in rows if r["iters"] < iters]
         new, _ = _distill_stages(teacher, data, os.path.join(work, name), ext, seed, x0,
                                  result["shipped"]["eps_distance"], name, echo)
         rows.extend(dict(r, extended=True) for r in new)
-    result["extended_command"] = f"python benchmarks/distill.py --extend {iters}"
+    result["extended_command"] = f"python benchmarks/distill.py --extend {iters} --ladders {','.join(ladders)}"
     _plot(result, plot)
     write_json(out, result)
     echo(f"wrote {out} and {plot}")
@@ -367,11 +369,12 @@ def main(argv=None) -> None:
     p.add_argument("--extend", type=int, default=None,
                    help="after a run: continue both distilled ladders in --work to this many iterations and add "
                         "their distances to --out")
+    p.add_argument("--ladders", default="digits,data_free", help="with --extend: which distilled ladders to continue")
     a = p.parse_args(argv)
     stages = [int(s) for s in a.stages.split(",")] if a.stages else None
     with single_thread():
         if a.extend is not None:
-            extend(a.extend, out=a.out, plot=a.plot, work=a.work)
+            extend(a.extend, out=a.out, plot=a.plot, work=a.work, ladders=a.ladders.split(","))
         else:
             run(quick=a.quick, out=a.out, plot=a.plot, work=a.work, seed=a.seed, stages=stages)
 
