@@ -157,13 +157,22 @@ def test_distill_benchmark_quick(tmp_path):
     res = bench.run(quick=True, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"),
                     echo=lambda *_: None)
     assert (tmp_path / "d.json").exists() and (tmp_path / "d.png").exists()
-    assert [s["iters"] for s in res["stages"]] == [3, 6] and len(res["shipped"]["eps_distance"]) == 2
-    for s in res["stages"]:
+    assert [s["iters"] for s in res["stages"]] == [3, 6] and len(res["shipped"]["eps_distance"]) == 1
+    assert [s["iters"] for s in res["data_free"]["stages"]] == [3, 6]
+    for s in res["stages"] + res["data_free"]["stages"]:
         assert all(r > 0 for r in s["ratio_to_shipped"])
-    assert len(res["runs"]["shipped"]) == len(res["runs"]["distilled"]) == 2
+    assert set(res["runs"]) == {"shipped", "distilled", "data_free"}
+    assert all(len(v) == 2 for v in res["runs"].values())
     assert all(r["path_error"] > 0 for k in res["runs"] for r in res["runs"][k])
+    kid = res["kid"]["ladders"]
+    assert set(kid) == {"shipped", "distilled", "data_free"} and all(v["kid_se"] > 0 for v in kid.values())
+    assert isinstance(kid["distilled"]["resolved"], bool) and kid["distilled"]["kid_diff_se"] > 0
+    assert (tmp_path / "w" / "data_free" / SAMPLES_FILE).exists()
     with pytest.raises(ValueError, match="out/plot"):
         bench.run(quick=True, out=str(tmp_path / "missing" / "d.json"), plot=str(tmp_path / "d.png"),
                   work=str(tmp_path / "w2"))
     with pytest.raises(ValueError, match="already trained to 6 iterations"):  # stage 3 would measure 6-iteration weights
         bench.run(quick=True, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"))
+    ext = bench.extend(8, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"),
+                       echo=lambda *_: None)
+    assert [s["iters"] for s in ext["data_free"]["stages"]] == [3, 6, 8] and ext["stages"][-1]["extended"]

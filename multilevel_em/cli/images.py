@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 
 import click
 
@@ -87,7 +88,10 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
     click.echo(f"{verb} {ladder} in {time.perf_counter() - start:.0f} s; loss curve: {os.path.join(out, 'loss.png')}")
     for w, c in zip(ladder.widths, ladder.costs):
         click.echo(f"  width {w:>4}: {c / 1e6:8.2f} MFLOPs per sample")
-    if do_calibrate:
+    if do_calibrate and ladder.conditional:
+        click.echo("not calibrated: a conditional ladder is sampled through MultilevelModel, which calibrates on your "
+                   "own pipeline call (MultilevelModel.calibrate; see multilevel_em.images.conditioning)")
+    elif do_calibrate:
         from ..images.pipeline import MultilevelPipeline
 
         pipe = MultilevelPipeline(ladder)
@@ -365,7 +369,15 @@ def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
 
 @click.command("distill")
 @click.option("--teacher", required=True, type=click.Path(),
-              help="A ladder folder (its top level teaches) or one diffusers UNet2DModel folder.")
+              help="A ladder folder (its top level teaches) or one diffusers UNet2DModel / UNet2DConditionModel "
+                   "folder.")
+@click.option("--conditioning", default=None, type=click.Path(),
+              help="Conditional teachers: a safetensors file of 'encoder_hidden_states' (N, seq, dim) and/or "
+                   "'class_labels' (N,), optionally 'uncond_encoder_hidden_states' (seq, dim) / "
+                   "'uncond_class_labels' (); each example gets one row (data-free: sample i is made with row i mod N).")
+@click.option("--uncond-prob", default=0.0, show_default=True, type=click.FloatRange(min=0, max=1),
+              help="Conditional teachers trained for guidance: probability that an example uses the file's "
+                   "unconditional row.")
 @click.option("--widths", default="4,8,16", show_default=True,
               help="Comma-separated student widths, cheapest first, each smaller than the teacher's "
                    "(block_out_channels scaled by width / teacher width).")
@@ -386,19 +398,27 @@ def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
 @click.option("--threads", default=1, show_default=True, type=THREADS)
 @click.option("--calibrate/--no-calibrate", "do_calibrate", default=True, show_default=True,
               help="Calibrate the distilled ladder and save calibration.json next to it.")
-def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_steps, seed, batch, lr, ema_decay,
-                save_every, threads, do_calibrate):
+def distill_cmd(teacher, conditioning, uncond_prob, widths, iters, out, data, samples, sampler, sampler_steps, seed,
+                batch, lr, ema_decay, save_every, threads, do_calibrate):
     """Distill a ladder from one model: narrower students that imitate the teacher, the teacher on top."""
     import torch
     from tqdm import tqdm
 
     from ..images import CheckpointError, load_dataset
-    from ..images.distill import check_out, check_students, distill_ladder, load_teacher, samples_name, teacher_samples
+    from ..images.conditioning import load_conditioning
+    from ..images.distill import (Distillation, check_out, check_students, distill_ladder, load_teacher, samples_name,
+                                  teacher_samples)
 
     ws = _int_list("--widths", widths)
     torch.set_num_threads(threads)
     try:
-        t = load_teacher(teacher)
+        cond = None if conditioning is None else load_conditioning(conditioning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t = load_teacher(teacher, cond)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+        Distillation(t, "", uncond_prob)
     except (CheckpointError, ValueError) as e:
         raise user_error(e, hint="--teacher") from None
     try:
@@ -413,7 +433,9 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
     except ValueError as e:
         raise user_error(e, hint="--data") from None
     try:
-        check_out(out, x0.name if x0 is not None else samples_name(sampler, sampler_steps, samples, seed), t)
+        paired = t.conditional and x0 is None  # data-free conditional: each sample keeps its row
+        check_out(out, x0.name if x0 is not None else samples_name(sampler, sampler_steps, samples, seed), t,
+                  uncond_prob, paired)
     except ValueError as e:
         raise user_error(e, hint="--out") from None
     start = time.perf_counter()
@@ -426,8 +448,8 @@ def distill_cmd(teacher, widths, iters, out, data, samples, sampler, sampler_ste
             click.echo(x0.report())
             with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
                 ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
-                                        ema_decay=ema_decay, save_every=save_every, progress=bar.update,
-                                        command=_command_line())
+                                        ema_decay=ema_decay, save_every=save_every, uncond_prob=uncond_prob,
+                                        paired_rows=paired, progress=bar.update, command=_command_line())
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None
     _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)

@@ -8,6 +8,7 @@
 Imports :mod:`multilevel_em.diffusion` and the engine; neither imports this package.
 """
 
+from .conditioning import Conditioning, load_conditioning, sample_ladder
 from .distill import distill_ladder, load_teacher
 from .data import ImageData, load_dataset, load_digits, load_image_folder
 from .ladder import CheckpointError, UNetLadder, build_unet, load_ladder, unet_flops
@@ -16,6 +17,9 @@ from .train import plot_losses, train_ladder
 
 __all__ = [
     "CheckpointError",
+    "Conditioning",
+    "load_conditioning",
+    "sample_ladder",
     "distill_ladder",
     "load_teacher",
     "ImageData",

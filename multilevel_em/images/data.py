@@ -27,7 +27,8 @@ class ImageData:
 
     Attributes:
         x: float32 tensor ``(n, channels, size, size)`` in [-1, 1].
-        name: ``"digits"`` or the folder's path.
+        name: ``"digits"`` or the folder's absolute path (so ``./imgs`` and ``/abs/imgs`` name the same data
+            when a run is resumed).
         skipped: ``(file, reason)`` for every file that was not used (unreadable, not an image).
     """
 
@@ -101,7 +102,7 @@ def load_image_folder(path: str, size: int = 16, channels: int = 3) -> ImageData
     if not arrays:
         raise ValueError(f"dataset: no readable PNG/JPEG image in {path!r} ({len(skipped)} file(s) skipped)")
     x = torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
-    return ImageData(x=x.clamp(-1, 1).contiguous(), name=os.fspath(path), skipped=skipped)
+    return ImageData(x=x.clamp(-1, 1).contiguous(), name=os.path.abspath(os.fspath(path)), skipped=skipped)
 
 
 def load_dataset(name: str, size: int = 16, channels: int = None) -> ImageData:

@@ -1,4 +1,4 @@
-"""A ladder of diffusers ``UNet2DModel`` noise predictors of increasing width, on disk and in memory.
+"""A ladder of diffusers ``UNet2DModel`` (or ``UNet2DConditionModel``) noise predictors of increasing width.
 
 Folder layout (like a diffusers pipeline: one sub-folder per model, config as JSON next to
 safetensors weights)::
@@ -11,8 +11,12 @@ safetensors weights)::
     DIR/level_2/...                                      (cheapest level first)
     DIR/calibration.json                                 optional: a multilevel_em.Calibration of the ladder
 
-Each ``level_k`` folder loads with ``diffusers.UNet2DModel.from_pretrained(DIR/level_k)``.
-Level costs are FLOPs per sample of one forward pass, counted by ``torch.utils.flop_counter``.
+Each ``level_k`` folder loads with ``diffusers.UNet2DModel.from_pretrained(DIR/level_k)`` (the class
+named by its ``_class_name``). Level costs are FLOPs per sample of one forward pass, counted by
+``torch.utils.flop_counter``; for a conditional ladder (``UNet2DConditionModel`` levels, from
+``mlem distill``) on zero conditioning of the shapes in ``model_index.json``'s ``"conditioning"``
+(``{"encoder_hidden_states": [seq, dim], "class_labels": bool}``). Conditional ladders are sampled
+with :class:`~multilevel_em.diffusion.MultilevelModel` (:mod:`.conditioning`).
 """
 
 from __future__ import annotations
@@ -84,14 +88,20 @@ def build_unet(width: int, *, sample_size: int = 16, channels: int = 1, layers_p
     )
 
 
-def unet_flops(unet, sample_size: int, channels: int) -> float:
-    """FLOPs of one forward pass on one sample (``torch.utils.flop_counter``: convolutions and matmuls)."""
+def unet_flops(unet, sample_size: int, channels: int, conditioning: Optional[Dict] = None) -> float:
+    """FLOPs of one forward pass on one sample (``torch.utils.flop_counter``: convolutions and matmuls).
+
+    ``conditioning``: for a ``UNet2DConditionModel``, the shapes of one row
+    (:attr:`~multilevel_em.images.conditioning.Conditioning.spec`); FLOPs are counted on zeros of them.
+    """
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .conditioning import dummy_conditioning
 
     counter = FlopCounterMode(display=False)
     x = torch.zeros(1, channels, sample_size, sample_size)
     with counter, torch.no_grad():
-        unet(x, torch.zeros(1, dtype=torch.int64))
+        unet(x, torch.zeros(1, dtype=torch.int64), **dummy_conditioning(conditioning))
     return float(counter.get_total_flops())
 
 
@@ -166,6 +176,16 @@ class UNetLadder:
         return len(self.unets)
 
     @property
+    def conditioning(self) -> Optional[Dict]:
+        """The conditioning shapes of a conditional ladder (``info["conditioning"]``), None if unconditional."""
+        return self.info.get("conditioning") or None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the levels are ``UNet2DConditionModel`` s (sampled with MultilevelModel, not MultilevelPipeline)."""
+        return self.conditioning is not None
+
+    @property
     def names(self) -> List[str]:
         return [f"width {w}" for w in self.widths]
 
@@ -220,7 +240,7 @@ _INDEX_KEYS = {"_class_name", "format", "version", "levels", "widths", "costs", 
 
 
 def unet_config(unet, width: int, cost: float, schedule: VPSchedule) -> Dict:
-    config = {"_class_name": "UNet2DModel", **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
+    config = {"_class_name": type(unet).__name__, **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
     config["_mlem"] = {"width": width, "flops": cost, "schedule": schedule_to_dict(schedule)}
     return config
 
@@ -232,12 +252,20 @@ def save_level(directory: str, unet, width: int, cost: float, schedule: VPSchedu
                  metadata={"format": "pt"})
 
 
+#: The diffusers model classes a ladder level may be (its config's ``_class_name``).
+UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+
+
 def load_unet(directory: str, schedule: Optional[VPSchedule] = None):
     """One level: (unet, width, flops, schedule). CheckpointError naming the file if anything is wrong."""
-    from diffusers import UNet2DModel
+    import diffusers
 
     cfg_path = os.path.join(directory, UNET_CONFIG)
     config = read_json(cfg_path)
+    cls_name = config.get("_class_name", "UNet2DModel")
+    if cls_name not in UNET_CLASSES:
+        raise CheckpointError(f"{cfg_path}: \"_class_name\" {cls_name!r}, expected one of {list(UNET_CLASSES)}")
+    UNet = getattr(diffusers, cls_name)
     mlem = config.pop("_mlem", None)
     if not isinstance(mlem, dict) or "schedule" not in mlem:
         raise CheckpointError(f"{cfg_path}: no \"_mlem\" entry (width, flops, schedule); not written by multilevel_em")
@@ -248,9 +276,9 @@ def load_unet(directory: str, schedule: Optional[VPSchedule] = None):
             "levels with different noise schedules cannot be combined"
         )
     try:
-        unet = UNet2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        unet = UNet.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     except Exception as e:
-        raise CheckpointError(f"{cfg_path}: not a valid UNet2DModel config: {e}") from None
+        raise CheckpointError(f"{cfg_path}: not a valid {cls_name} config: {e}") from None
     weights_path = os.path.join(directory, WEIGHTS)
     state = load_tensors(weights_path)
     try:
@@ -272,7 +300,13 @@ def _check_costs(directory: str, index: Dict, widths: List[int], costs: List[flo
             not isinstance(a, (int, float)) or abs(a - b) > 1e-6 * b for a, b in zip(stated, costs)):
         raise CheckpointError(f"{index_path}: \"costs\" {stated} disagree with the levels' configs {costs}")
     size, channels = int(index["sample_size"]), int(index["channels"])
-    measured = [unet_flops(u, size, channels) for u in unets]
+    spec = index.get("conditioning")
+    kinds = {type(u).__name__ for u in unets}
+    if len(kinds) > 1 or (spec is None) != (kinds == {"UNet2DModel"}):
+        raise CheckpointError(f"{index_path}: levels of classes {sorted(kinds)} with \"conditioning\" {spec!r}; a "
+                              "ladder's levels are all UNet2DModel (no \"conditioning\") or all UNet2DConditionModel "
+                              "(with it)")
+    measured = [unet_flops(u, size, channels, spec) for u in unets]
     names = index["levels"]
     for k, (a, b) in enumerate(zip(measured, measured[1:])):
         if b < a:

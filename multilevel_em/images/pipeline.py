@@ -172,6 +172,10 @@ class MultilevelPipeline:
     def __init__(self, ladder: UNetLadder, calibration: Optional[Calibration] = None):
         if not isinstance(ladder, UNetLadder):
             raise TypeError(f"ladder: expected a UNetLadder, got {type(ladder).__name__}")
+        if ladder.conditional:
+            raise ValueError(f"ladder: {ladder} has UNet2DConditionModel levels; MultilevelPipeline samples unconditional "
+                             "ladders only. Sample it with multilevel_em.diffusion.MultilevelModel "
+                             "(multilevel_em.images.conditioning.sample_ladder(ladder, conditioning_rows, ...))")
         self.ladder = ladder
         self.calibration = calibration
         if calibration is not None:

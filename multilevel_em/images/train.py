@@ -57,10 +57,19 @@ class Objective:
         """A fresh, untrained model of base width ``width`` (``shapes``: sample_size, channels, ...)."""
         return build_unet(width, **shapes)
 
-    def target(self, xt: torch.Tensor, k: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def target(self, xt: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, **conditioning) -> torch.Tensor:
         """The regression target for inputs ``xt`` ``(batch, C, H, W)`` at integer timesteps ``k`` ``(batch,)``
-        made with noise ``eps`` (same shape as ``xt``)."""
+        made with noise ``eps`` (same shape as ``xt``), under the model keyword arguments ``conditioning``."""
         return eps
+
+    #: Shapes of one conditioning row (conditioning.Conditioning.spec) for conditional models, else None:
+    #: FLOPs are counted with it and the ladder's index stores it.
+    conditioning_spec: Optional[Dict] = None
+
+    def draw_conditioning(self, idx: torch.Tensor, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        """The model keyword arguments (per row) for the batch of data rows ``idx`` ``(batch,)``, drawn
+        from the iteration's ``generator`` after everything else (so unconditional runs draw nothing)."""
+        return {}
 
     def settings(self) -> Dict:
         """Extra settings a resumed run must match (stored in ``model_index.json``'s "training")."""
@@ -168,14 +177,16 @@ def train_ladder(
     remove_temporaries(out, *(os.path.join(out, f"level_{k + 1}") for k in range(len(widths))))
     shapes = dict(sample_size=data.size, channels=data.channels, layers_per_block=layers_per_block,
                   norm_groups=norm_groups)
-    costs = [unet_flops(objective.build(w, **shapes), data.size, data.channels) for w in widths]
+    spec = objective.conditioning_spec
+    costs = [unet_flops(objective.build(w, **shapes), data.size, data.channels, spec) for w in widths]
     # Read every existing checkpoint before writing anything: a corrupt one stops the run with nothing overwritten.
     for level, width in enumerate(widths):
         unet = objective.build(width, **shapes)
         opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
         ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
         _resume(os.path.join(out, f"level_{level + 1}"), unet, opt, ema)
-    index = UNetLadder([objective.build(w, **shapes) for w in widths[:1]] * len(widths), widths, costs, schedule).index()
+    index = UNetLadder([objective.build(w, **shapes) for w in widths[:1]] * len(widths), widths, costs, schedule,
+                       {"conditioning": spec} if spec else None).index()
     index["training"] = dict(settings, iters=int(iters))
     if command:
         index["training"]["command"] = command
@@ -223,9 +234,11 @@ def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, em
         eps, a, s = eps.to(device), alphas[k].to(device), sigmas[k].to(device)
         x0 = x_all[idx.to(device)]
         xt = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * eps
+        cond = {key: v.to(device) for key, v in objective.draw_conditioning(idx, g).items()}
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (it + 1) / WARMUP)
-        loss = torch.nn.functional.mse_loss(unet(xt, k.to(device)).sample, objective.target(xt, k.to(device), eps))
+        kd = k.to(device)
+        loss = torch.nn.functional.mse_loss(unet(xt, kd, **cond).sample, objective.target(xt, kd, eps, **cond))
         if not math.isfinite(float(loss.detach())):
             raise TrainingDiverged(_diverged_message(directory, level, width, it, lr))
         opt.zero_grad(set_to_none=True)
