@@ -740,10 +740,12 @@ class Calibration:
                 message = (f"{head}; the cheapest single-model run reaching {error:.4g} is {best['sampler']} with "
                            f"{best['steps']} steps: predicted speedup {speedup:.3g}x")
             else:
+                same_run = (at_budget["sampler"], at_budget["steps"]) == (best["sampler"], best["steps"])
+                at_cost = "" if same_run else (f", or {at_budget['sampler']} with {at_budget['steps']} steps for "
+                                               f"error {at_budget['error']:.4g} at the same cost")
                 message = (f"ML-EM is not predicted to help here. {head}; run the top level alone with "
                            f"{best['sampler']}, {best['steps']} steps ({best['top_equivalents']:.4g} top-level "
-                           f"equivalents) for the same error, or {at_budget['sampler']} with {at_budget['steps']} "
-                           f"steps for error {at_budget['error']:.4g} at the same cost (speedup {speedup:.3g}x <= 1)")
+                           f"equivalents) for the same error{at_cost} (speedup {speedup:.3g}x <= 1)")
         return Plan(
             levels=tuple(lv),
             names=tuple(self.names[l] for l in lv),
