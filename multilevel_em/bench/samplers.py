@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .._io import write_json
+from ..images.sampler_calibration import rms_error, squared_distances
 from .common import single_thread
 
 __all__ = ["SETTINGS", "run_sampler_bench"]
@@ -41,15 +42,9 @@ Z = 2.0  # differences within Z standard errors are not resolved
 RATIO_TARGET = 1.5  # predicted / measured error within this factor (either way)
 
 
-def _sq(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-image squared Euclidean distance, float64, shape (n,)."""
-    return (x - ref).double().flatten(1).pow(2).sum(1)
-
-
 def _rms(sq: torch.Tensor) -> Dict:
-    m = float(sq.mean())
-    se = float(sq.std()) / math.sqrt(sq.numel())
-    return {"error": math.sqrt(m), "error_se": se / (2 * math.sqrt(m)) if m > 0 else math.nan}
+    error, error_se, _, _ = rms_error(sq)
+    return {"error": error, "error_se": error_se}
 
 
 def run_sampler_bench(
@@ -96,6 +91,14 @@ def run_sampler_bench(
         return res, (time.perf_counter() - start) / n
 
     rows: List[Dict] = []
+    single: Dict = {}  # (sampler, steps) -> squared distances of the top model alone: each run once
+
+    def alone_sq(sampler: str, steps: int):
+        if (sampler, steps) not in single:
+            res, wall = run(sampler, steps=steps)
+            single[sampler, steps] = (squared_distances(res.x, refs[sampler]), res, wall)
+        return single[sampler, steps]
+
     with single_thread(), torch.no_grad():
         refs = {}
         for s in sorted(set(samplers) | set(cal.samplers)):
@@ -106,18 +109,13 @@ def run_sampler_bench(
             for b in budgets:
                 plan = pipe.plan(b, sampler=s)
                 ml, ml_wall = run("mlem", sampler=s, budget=b)
-                sq_ml = _sq(ml.x, refs[s])
+                sq_ml = squared_distances(ml.x, refs[s])
                 same_steps = plan.same_sampler["steps"]
-                alone, alone_wall = run(s, steps=same_steps)
-                sq_alone = _sq(alone.x, refs[s])
+                sq_alone, alone, alone_wall = alone_sq(s, same_steps)
                 at = plan.best_at_budget
-                sq_at = sq_alone if at["sampler"] == s else _sq(run(at["sampler"], steps=at["steps"])[0].x,
-                                                                 refs[at["sampler"]])
+                sq_at = alone_sq(at["sampler"], at["steps"])[0]
                 best = plan.best_single
-                best_meas = None
-                if best is not None:
-                    xb = run(best["sampler"], steps=best["steps"])[0].x
-                    best_meas = _rms(_sq(xb, refs[best["sampler"]]))["error"]
+                best_meas = None if best is None else _rms(alone_sq(best["sampler"], best["steps"])[0])["error"]
                 diff = sq_ml - sq_at
                 diff_mean, diff_se = float(diff.mean()), float(diff.std()) / math.sqrt(n)
                 resolved = abs(diff_mean) > Z * diff_se

@@ -24,7 +24,8 @@ import torch
 
 from ..calibration.samplers import SamplerFit, combine_gains
 
-__all__ = ["MEASURABLE", "DEFAULT_STEPS", "check_samplers", "fit_table", "measure_samplers"]
+__all__ = ["MEASURABLE", "DEFAULT_STEPS", "check_samplers", "fit_table", "measure_samplers", "rms_error",
+           "squared_distances"]
 
 #: Samplers whose step-error curve can be measured pathwise, and their families.
 MEASURABLE = {"em": "sde", "ddim": "ode", "euler_ode": "ode", "dpmpp_2m": "ode"}
@@ -36,9 +37,13 @@ GAIN_STEPS = (8, 32, 128)
 GAIN_BUDGET_FRACTION = 0.25
 
 
-def _rms(d: torch.Tensor) -> tuple:
-    """RMS over samples of the per-sample Euclidean norm of ``d`` (n, ...), and its delta-method se."""
-    sq = d.double().flatten(1).pow(2).sum(1)
+def squared_distances(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared Euclidean distance ``|x_b - ref_b|^2``, float64, shape (n,)."""
+    return (x - ref).double().flatten(1).pow(2).sum(1)
+
+
+def rms_error(sq: torch.Tensor) -> tuple:
+    """From per-sample squared distances (n,): the RMS error, its delta-method se, the mean square and its se."""
     m = float(sq.mean())
     se_sq = float(sq.std()) / math.sqrt(sq.numel()) if sq.numel() > 1 else math.nan
     rms = math.sqrt(m)
@@ -128,7 +133,7 @@ def measure_samplers(
             x = run(s, k)
             if k in gain_steps:
                 tops[k] = x
-            e, se, _, _ = _rms(x - ref)
+            e, se, _, _ = rms_error(squared_distances(x, ref))
             errors.append(e)
             ses.append(se)
         measured, predicted, points = [], [], []
@@ -141,7 +146,7 @@ def measure_samplers(
             say(f"{s}: ML-EM, {k} steps, mu={plan.mu:.3g}")
             rates = [ReverseTimeRate(r, t_max) for r in plan.rates]
             x = run("mlem", k, sampler=s, rates=rates, levels=list(plan.levels))
-            _, _, var, var_se = _rms(x - tops[k])
+            _, _, var, var_se = rms_error(squared_distances(x, tops[k]))
             pred = plan.prediction.added_variance
             if var > 0 and pred > 0:
                 measured.append(var)
