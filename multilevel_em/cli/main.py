@@ -356,6 +356,10 @@ main.add_command(train_classifier_cmd)
 bench.add_command(bench_images_cmd)
 bench.add_command(bench_samplers_cmd)
 
+from .rates import bench_rates_cmd  # noqa: E402
+
+bench.add_command(bench_rates_cmd)
+
 
 if __name__ == "__main__":
     main()
