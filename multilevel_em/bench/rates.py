@@ -121,8 +121,17 @@ def _one(problem: str, sampler: str, steps: int, budgets, models, costs, schedul
         xe, o = _noise(sampler, (cfg["n_eval"], *shape), t_min, seed + 1000 + 10 * s, steps)
         tops.append((xe, o, sample(models[-1], xe, schedule=schedule, steps=steps, sampler=sampler, **o).x))
     for B in budgets:
-        ps = {k: prof.shape(k).probabilities(costs, B) for k in ("closed", "sensitivity")}
-        row = {"budget": B, "kinds": {}}
+        row = {"budget": B, "kinds": {}, "unreachable": {}}
+        ps = {}
+        for k in ("closed", "sensitivity"):
+            try:
+                ps[k] = prof.shape(k).probabilities(costs, B)
+            except ValueError as e:  # e.g. the sensitivity floor alone costs more than the budget
+                row["unreachable"][k] = str(e)
+                echo(f"{problem}/{sampler}, budget {B:g}: {k} rates cannot meet it ({e})")
+        if "closed" not in ps:
+            out["budgets"].append(row)
+            continue
         if cfg.get("learned"):
             L = cfg["learned"]
 

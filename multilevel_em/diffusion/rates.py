@@ -144,14 +144,17 @@ class Profiles:
         return np.stack([np.interp(logt, centres[order], self.sensitivity[order, l])
                          for l in range(self.sensitivity.shape[1])], 1)
 
-    def shape(self, kind: str) -> "RateShape":
-        """The per-call rate shape of ``kind``: "closed" (delta) or "sensitivity" (s delta)."""
+    def shape(self, kind: str, max_kick: float = 1.0) -> "RateShape":
+        """The per-call rate shape of ``kind``: "closed" (delta) or "sensitivity" (s delta).
+
+        "sensitivity" floors p so that a fired correction's kick (1 / p) h delta stays below ``max_kick``
+        times the state's RMS norm."""
         if kind == "closed":
             return RateShape(self.times, self.spans, self.deltas, kind)
         if kind == "sensitivity":
             # Floor: a fired correction moves the state by (1 / p) h delta; keep that below the state's own
             # RMS norm, where the first-order analysis (and the networks' training data) still hold.
-            floor = self.spans[:, None] * self.deltas / self.state_rms[:, None]
+            floor = self.spans[:, None] * self.deltas / (max_kick * self.state_rms[:, None])
             return RateShape(self.times, self.spans, self.deltas * self.per_call_sensitivity(), kind, floor)
         raise ValueError(f"kind: expected 'closed' or 'sensitivity', got {kind!r}")
 
