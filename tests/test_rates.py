@@ -69,6 +69,41 @@ def test_probabilities_meet_the_budget_and_expected_cost_matches_the_counted_cos
         prof.shape("learned")
 
 
+def test_predicted_mse_of_linear_models_against_the_exact_second_moment():
+    # euler_ode with eps^l = a_l x: step n multiplies the state by g_n + sum_l w_{n,l} k_{n,l}, with
+    # g_n = 1 + h beta / 2 (1 - a_K / sigma), k_{n,l} = -h beta / (2 sigma) (a_l - a_{l-1}) and independent
+    # mean-zero weights w = B / p - 1 of variance 1 / p - 1. So, exactly,
+    #   E|x - x_top|^2 = E|x_T|^2 (prod_n (g_n^2 + sum_l Var_{n,l} k_{n,l}^2) - prod_n g_n^2),
+    # whose first-order part E|x_T|^2 sum_{n,l} Var k^2 prod_{m != n} g_m^2 is what predicted_mse computes.
+    a = [0.3, 0.5, 0.6]
+    models = [Linear(v) for v in a]
+    costs = [1.0, 4.0, 16.0]
+    steps = 6
+    x = torch.randn(8000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    prof = measure_profiles(models, SCHED, x[:256], sampler="euler_ode", steps=steps, blocks=steps, t_min=1e-2)
+    p = prof.shape("closed").probabilities(costs, 2.0)
+    t, h = prof.times, prof.spans
+    beta = np.array([float(SCHED.beta(v)) for v in t])
+    sigma = np.array([float(SCHED.sigma(v)) for v in t])
+    g = 1 + h * beta / 2 * (1 - a[-1] / sigma)
+    k = np.stack([-h * beta / (2 * sigma) * (a[l + 1] - a[l]) for l in range(2)], 1)
+    var = 1.0 / p - 1.0
+    first = sum((var[n] * k[n] ** 2).sum() * np.prod(np.delete(g, n) ** 2) for n in range(steps))
+    norm_profile = float(x[:256].pow(2).sum(1).mean())
+    assert prof.predicted_mse(p) == pytest.approx(norm_profile * first, rel=1e-6)
+    exact = float(x.pow(2).sum(1).mean()) * (np.prod(g**2 + (var * k**2).sum(1)) - np.prod(g**2))
+    den = MultilevelDenoiser(models, costs=costs, rates=as_rates(prof.times, prof.spans, p),
+                             generator=torch.Generator().manual_seed(5), schedule=SCHED)
+    ml = sample(den, x, schedule=SCHED, steps=steps, sampler="euler_ode", t_min=1e-2).x
+    top = sample(models[-1], x, schedule=SCHED, steps=steps, sampler="euler_ode", t_min=1e-2).x
+    sq = (ml - top).pow(2).sum(1)
+    measured, se = float(sq.mean()), float(sq.std()) / math.sqrt(len(sq))
+    assert abs(measured - exact) < 3 * se, (measured, exact, se)  # fixed seeds; 3 standard errors of the mean
+    assert se < 0.1 * measured
+    # without s the model is off by the missing factors (1/2 from the ODE, prod |g| from the later steps)
+    assert abs(prof.predicted_mse(p, propagate=False) / prof.predicted_mse(p) - 1) > 0.2
+
+
 def test_floor_keeps_fired_kicks_below_the_state_norm():
     shape = RateShape(np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([[1.0], [1e-6]]), "x",
                       floor=np.array([[0.0], [0.2]]))
@@ -119,6 +154,9 @@ def test_bench_rates_quick_through_the_cli(tmp_path):
             for v in row["kinds"].values():
                 assert v["expected_cost"] == pytest.approx(row["budget"], rel=1e-6)
                 assert all(math.isfinite(m) and m > 0 for m in v["mse"])
+            for kind in ("closed", "sensitivity"):
+                assert row["kinds"][kind]["predicted_mse_first_order"] > 0
+                assert row["kinds"][kind]["predicted_mse_no_propagation"] > 0
 
 
 def test_bench_rates_bad_input_through_the_cli(tmp_path):

@@ -174,6 +174,25 @@ def _one(problem: str, sampler: str, steps: int, budgets, models, costs, schedul
     return out
 
 
+def add_predictions(result: Dict) -> Dict:
+    """Add to every closed / sensitivity row the first-order predicted MSE with and without the measured
+    sensitivity (:meth:`Profiles.predicted_mse`), recomputing p from the stored profiles (deterministic)."""
+    from ..diffusion.rates import Profiles
+
+    for prob in result["problems"]:
+        costs = prob["costs_top_equivalents"]
+        for run in prob["runs"]:
+            prof = Profiles.from_dict(run["profiles"])
+            for row in run["budgets"]:
+                for kind, v in row["kinds"].items():
+                    if kind == "learned":
+                        continue
+                    p = prof.shape(kind).probabilities(costs, row["budget"])
+                    v["predicted_mse_first_order"] = prof.predicted_mse(p, propagate=True)
+                    v["predicted_mse_no_propagation"] = prof.predicted_mse(p, propagate=False)
+    return result
+
+
 def plot(result: Dict, path: str) -> None:
     """Left: the measured sensitivity of the top correction against t; right: gains over the closed form."""
     import matplotlib
@@ -252,6 +271,7 @@ def run_rates_bench(*, quick: bool = False, problems: Optional[Sequence[str]] = 
                         "exp(mean log ratio +- 2 se)",
               "machine": "1 torch thread, shared CPU", "problems": per, "summary": summary,
               "seconds": time.perf_counter() - t0}
+    add_predictions(result)
     if out:
         write_json(out, result)
     if plot_path:

@@ -15,6 +15,7 @@ from .denoisers import DiffusersUNetAdapter, MultilevelDenoiser, TStitchDenoiser
 from .multilevel_model import MultilevelModel, scheduler_spans
 from .metrics import median_bandwidth, mmd2_unbiased, sliced_wasserstein
 from .mlp import EpsMLP, MLPLadder, load_mlp_ladder, train_mlp_ladder
+from .rates import learn_probabilities, measure_profiles
 from .samplers import SAMPLERS, Samples, make_scheduler, sample
 from .schedule import VPSchedule
 
@@ -29,8 +30,10 @@ __all__ = [
     "TStitchDenoiser",
     "VPSchedule",
     "as_eps_model",
+    "learn_probabilities",
     "load_mlp_ladder",
     "make_scheduler",
+    "measure_profiles",
     "median_bandwidth",
     "mmd2_unbiased",
     "sample",

@@ -158,6 +158,21 @@ class Profiles:
             return RateShape(self.times, self.spans, self.deltas * self.per_call_sensitivity(), kind, floor)
         raise ValueError(f"kind: expected 'closed' or 'sensitivity', got {kind!r}")
 
+    def predicted_mse(self, p: np.ndarray, propagate: bool = True) -> float:
+        """The first-order added MSE sum_{n,l} h_n^2 (s delta)^2 (1 / p - 1) of probabilities p (N, K - 1);
+        ``propagate=False`` drops s (the planner's model: errors neither fade nor grow)."""
+        rho = self.deltas * (self.per_call_sensitivity() if propagate else 1.0)
+        with np.errstate(divide="ignore"):
+            per = np.where(rho > 0, (self.spans[:, None] * rho) ** 2 * (1.0 / np.asarray(p) - 1.0), 0.0)
+        return float(per.sum())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profiles":
+        return cls(sampler=d["sampler"], steps=int(d["steps"]), n=int(d["n"]), times=np.asarray(d["times"]),
+                   spans=np.asarray(d["spans"]), deltas=np.asarray(d["deltas"]), state_rms=np.asarray(d["state_rms"]),
+                   block_calls=[list(b) for b in d["block_calls"]], sensitivity=np.asarray(d["sensitivity"]),
+                   sensitivity_se=np.asarray(d["sensitivity_se"]))
+
     def to_dict(self) -> dict:
         return {"sampler": self.sampler, "steps": self.steps, "n": self.n, "times": self.times.tolist(),
                 "spans": self.spans.tolist(), "deltas": self.deltas.tolist(),
