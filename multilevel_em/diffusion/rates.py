@@ -373,10 +373,11 @@ def learn_probabilities(
     (1 +- fd_scale r) (r = +-1 per sample, call and correction).  With f_b the squared distance of sample
     b to the top model alone, the gradient of E f in p_{n,l} is estimated by
 
-        mean_b (f_b - mean f) (B - p) / (p (1 - p))                 (score function: the draws' law)
+        mean_b (f_b - f_-b) (B - p) / (p (1 - p))                   (score function: the draws' law)
       - mean_b B r (f+_b - f-_b) / (2 fd_scale p)                   (finite difference: the weights 1 / p)
 
-    and Adam steps on the knots; after each step all logits shift by one constant so the expected cost
+    (f_-b: the mean of the other samples' f, a baseline that keeps the estimate unbiased) and Adam steps on
+    the knots; after each step all logits shift by one constant so the expected cost
     stays ``budget``.  ``init`` (N, K - 1): the starting probabilities (e.g. the closed form's at this
     budget).
 
