@@ -548,3 +548,20 @@ def test_mmd2_unbiased_matches_the_closed_form():
 
 def test_samplers_table_is_complete():
     assert set(SAMPLERS) == {c for c, _ in SAMPLER_CASES}
+
+
+def test_ddim_warns_when_its_steps_do_not_divide_the_training_timesteps():
+    from multilevel_em.diffusion import VPSchedule
+
+    sched = VPSchedule.linear()
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+
+    def eps(x, t):
+        return 0.1 * x
+    with pytest.warns(UserWarning, match="30 does not divide num_train_timesteps = 1000"):
+        sample(eps, x, schedule=sched, steps=30, sampler="ddim")
+    import warnings as w
+    with w.catch_warnings():
+        w.simplefilter("error")
+        sample(eps, x, schedule=sched, steps=25, sampler="ddim")
+        sample(eps, x, schedule=sched, steps=30, sampler="ddim", scheduler_config={"timestep_spacing": "leading"})

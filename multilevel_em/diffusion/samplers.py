@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -315,6 +316,14 @@ def _run_scheduler(model, x, schedule: VPSchedule, steps, sampler, generator, ov
             )
     scheduler.set_timesteps(steps, device=x.device)
     timesteps = scheduler.timesteps
+    T = int(scheduler.config.num_train_timesteps)
+    if sampler == "ddim" and T % steps and scheduler.config.timestep_spacing == "trailing":
+        # DDIMScheduler.step goes from timestep k to k - T // N, but "trailing" places the calls T / N apart:
+        # each step then ends short of the next call's time (measured on the digits ladder: the error
+        # against DDIM-500 grows from 0.40 at 32 steps to 1.23 at 128).
+        warnings.warn(f"steps: {steps} does not divide num_train_timesteps = {T}, so DDIM steps off its "
+                      f"own grid (diffusers' DDIMScheduler steps by T // N); use a divisor of {T} or "
+                      "scheduler_config={'timestep_spacing': 'leading'}", stacklevel=3)
     times = schedule.time(timesteps.cpu()).tolist() + [0.0]  # the last step lands on the clean sample
     N = len(timesteps)
     for n, k in enumerate(timesteps):
