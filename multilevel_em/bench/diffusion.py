@@ -276,6 +276,21 @@ def _cost_to_reach(front, error: float) -> Optional[float]:
     return min(costs) if costs else None
 
 
+def cost_to_reach(front, error: float) -> Optional[float]:
+    """Cost at which a Pareto front (``[(cost, error)]`` by cost, errors falling) reaches ``error``:
+    interpolated linearly in (log cost, log error) between the last point above ``error`` and the first
+    at or below it (the cost a step count between two measured ones would need); the cheapest point's cost
+    when it already reaches ``error``; None when no point does."""
+    for j, (c, e) in enumerate(front):
+        if e <= error + 1e-12 * abs(error):
+            if j == 0 or error <= 0 or e <= 0:
+                return c
+            c0, e0 = front[j - 1]
+            w = (math.log(e0) - math.log(error)) / (math.log(e0) - math.log(e)) if e0 > e else 1.0
+            return math.exp(math.log(c0) + min(max(w, 0.0), 1.0) * (math.log(c) - math.log(c0)))
+    return None
+
+
 def _ratio(a, b) -> Optional[float]:
     return a / b if a is not None and b is not None else None
 
@@ -392,20 +407,22 @@ def _seed_fronts(runs: Sequence[Dict], field: str, cost: str = "cost") -> Dict[s
 
 def reach_table(per_seed_runs: Sequence[Sequence[Dict]], targets: Sequence, field: str = "error") -> List[Dict]:
     """Rows ``{"target", field, "cost", "seconds", speedups}`` for stated errors ``targets`` ((name, value)):
-    each method's cost to reach the error on each seed's own front (the cheapest run on it with
-    ``field <= value``), summarised by :func:`reach_summary`; ML-EM's speedups over EM-top, DPM-Solver++
+    each method's cost to reach the error on each seed's own front (:func:`cost_to_reach`, interpolated
+    between measured runs; ``cost_grid``: the cheapest measured run with ``field <= value``), summarised by
+    :func:`reach_summary`; ML-EM's speedups over EM-top, DPM-Solver++
     and the best single-model sampler (the cheapest of :data:`SINGLE` on each seed) by :func:`speedup_summary`."""
     fronts = [_seed_fronts(runs, field) for runs in per_seed_runs]
     fronts_s = [_seed_fronts(runs, field, "seconds") for runs in per_seed_runs] if field == "error" else None
     rows = []
     for name, value in targets:
-        cost = {m: reach_summary([_cost_to_reach(f[m], value) for f in fronts]) for m in LABELS}
-        row = {"target": name, field: value, "cost": cost}
+        cost = {m: reach_summary([cost_to_reach(f[m], value) for f in fronts]) for m in LABELS}
+        row = {"target": name, field: value, "cost": cost,
+               "cost_grid": {m: reach_summary([_cost_to_reach(f[m], value) for f in fronts]) for m in LABELS}}
         if fronts_s is not None:
-            row["seconds"] = {m: reach_summary([_cost_to_reach(f[m], value) for f in fronts_s]) for m in LABELS}
+            row["seconds"] = {m: reach_summary([cost_to_reach(f[m], value) for f in fronts_s]) for m in LABELS}
         best = []
         for f in fronts:
-            reached = [c for c in (_cost_to_reach(f[m], value) for m in SINGLE) if c is not None]
+            reached = [c for c in (cost_to_reach(f[m], value) for m in SINGLE) if c is not None]
             best.append(min(reached) if reached else None)
         row["best_single_cost"] = reach_summary(best)
         for ml in ("mlem_em", "mlem_dpmpp"):
@@ -460,6 +477,7 @@ def aggregate_problem(per_seed: Sequence[Dict]) -> Dict:
         "best_em_top_error": best_em, "statistical_floor": floor, "table": table, **extra,
         "target_check": target_check(table), "deltas": first["deltas"],
         "runs": runs, "per_seed": [{k: v for k, v in p.items() if k != "runs"} for p in per_seed],
+        "gamma_per_seed": [p["gamma"].get("gamma") for p in per_seed],
         "seconds": float(sum(p["seconds"] for p in per_seed)),
     }
 
@@ -489,8 +507,8 @@ STYLES = {"em_top": ("tab:blue", "o-"), "ddpm_top": ("tab:cyan", "v-"), "ddim_to
 
 def plot(results: Dict, path: str) -> None:
     """Log-log cost vs error, one panel per problem: each method's Pareto front of the mean (cost, error)
-    over seeds, shaded over the error's 95% t-interval at each front point (the band is clipped at 1/20 of
-    the mean where its lower end is <= 0, for the log axis)."""
+    over seeds, shaded over the error's 95% t-interval at each front point (the band's lower end is drawn
+    at no less than 1/4 of the mean, for the log axis; the JSON has the unclipped intervals)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -508,9 +526,9 @@ def plot(results: Dict, path: str) -> None:
             err = np.array([e["error"]["mean"] for e in front])
             ax.loglog(err, cost, style, color=color, ms=3, label=LABELS[m])
             if front[0]["error"]["lo"] is not None:
-                lo = np.array([max(e["error"]["lo"], e["error"]["mean"] / 20) for e in front])
+                lo = np.array([max(e["error"]["lo"], e["error"]["mean"] / 4) for e in front])
                 hi = np.array([e["error"]["hi"] for e in front])
-                ax.fill_betweenx(cost, lo, hi, color=color, alpha=0.15, lw=0)
+                ax.fill_betweenx(cost, lo, hi, color=color, alpha=0.12, lw=0)
         ax.axvline(r["best_em_top_error"], color="0.6", ls=":", lw=1, label="best mean EM-top error")
         if r["statistical_floor"]:
             ax.axvline(r["statistical_floor"]["sw_mean"], color="0.3", ls="--", lw=1, label="exact-vs-exact SW")
@@ -569,8 +587,9 @@ def table_lines(results: Dict) -> List[str]:
                      f"{_gamma_text(r['gamma'], sep=' ')}; {k} seed{'s' * (k > 1)}"
                      + (f"; exact-vs-exact SW {r['statistical_floor']['sw_mean']:.3g} ± "
                         f"{r['statistical_floor']['sw_std']:.2g}" if r["statistical_floor"] else ""))
-        lines.append("  cost (top-level equivalents) to reach the error: mean [95% t-interval] over seeds; "
-                     "k/K = reached on k of K seeds only; - = never")
+        lines.append("  cost (top-level equivalents) to reach the error, interpolated in log-log between measured runs "
+                     "on each seed's front: mean [95% t-interval] over seeds; k/K = reached on k of K seeds only; "
+                     "- = never")
         for rows, field in ((r["table"], "error"), (r.get("table_mmd2", []), "mmd2")):
             if field == "mmd2" and rows:
                 lines.append("  MMD^2 (Gaussian kernel, fixed bandwidth) barely sees rare far outliers, such as "
@@ -595,11 +614,14 @@ def seed_list(seed: int, seeds: int) -> List[int]:
 
 def run_bench(*, quick: bool = False, out: str = "results/diffusion.json", plot_path: Optional[str] = "results/diffusion.png",
               ladders: Optional[str] = None, save_ladders: Optional[str] = None, seed: int = 0,
-              seeds: Optional[int] = None, overrides: Optional[Dict] = None, command: Optional[str] = None,
-              echo: Callable[[str], None] = print) -> Dict:
+              seeds: Optional[int] = None, retrain: bool = False, overrides: Optional[Dict] = None,
+              command: Optional[str] = None, echo: Callable[[str], None] = print) -> Dict:
     """Train (or load) the two ladders once (seed ``seed``), sweep every method on both problems for each of
     ``seeds`` run seeds (:func:`seed_list`; default 5, 2 with ``quick``), aggregate over seeds
-    (:func:`aggregate_problem`), write JSON and the plot, print the table."""
+    (:func:`aggregate_problem`), write JSON and the plot, print the table.  ``retrain``: run seed i > 0
+    also retrains the ladders with training seed = that run seed (the problems stay those of ``seed``)."""
+    if retrain and ladders:
+        raise ValueError("retrain: the ladders are loaded from --ladders; retraining per seed needs them trained here")
     from ..diffusion.mlp import load_mlp_ladder, measure_gamma, train_mlp_ladder
     from ..problems.gaussian import gaussian, gaussian_mixture, problem_from_spec
 
@@ -612,19 +634,30 @@ def run_bench(*, quick: bool = False, out: str = "results/diffusion.json", plot_
     per = []
     with single_thread():
         for kind in ("gaussian", "mixture"):
+            P = None if ladders else (gaussian(settings["dim"], seed=seed) if kind == "gaussian"
+                                      else gaussian_mixture(settings["dim"], seed=seed))
+
+            def ladder_for(train_seed):
+                t1 = time.perf_counter()
+                lad = train_mlp_ladder(P, WIDTHS, steps=settings["train_steps"], seed=train_seed)
+                echo(f"{kind}: trained widths {list(WIDTHS)} (training seed {train_seed}) in "
+                     f"{time.perf_counter() - t1:.0f} s")
+                return lad
+
             if ladders:
                 mlp = load_mlp_ladder(os.path.join(ladders, kind))
             else:
-                P = gaussian(settings["dim"], seed=seed) if kind == "gaussian" else gaussian_mixture(settings["dim"], seed=seed)
-                t1 = time.perf_counter()
-                mlp = train_mlp_ladder(P, WIDTHS, steps=settings["train_steps"], seed=seed)
-                echo(f"{kind}: trained widths {list(WIDTHS)} in {time.perf_counter() - t1:.0f} s")
+                mlp = ladder_for(seed)
                 if save_ladders:
                     mlp.save(os.path.join(save_ladders, kind))
             gamma = measure_gamma(mlp, problem_from_spec(mlp.config["problem"], mlp.schedule))
             runs = []
             for i, s in enumerate(run_seeds):
-                runs.append(run_problem(kind, mlp, settings=settings, seed=s, gamma=gamma,
+                lad, gam = mlp, gamma
+                if retrain and i > 0:  # run seed i also retrains the ladder (same problem)
+                    lad = ladder_for(s)
+                    gam = measure_gamma(lad, problem_from_spec(lad.config["problem"], lad.schedule))
+                runs.append(run_problem(kind, lad, settings=settings, seed=s, gamma=gam,
                                         progress=lambda msg, i=i: echo(f"seed {i + 1}/{len(run_seeds)} {msg}")))
             per.append(aggregate_problem(runs))
     results = {
@@ -635,8 +668,12 @@ def run_bench(*, quick: bool = False, out: str = "results/diffusion.json", plot_
         "seeds": run_seeds,
         "seed_varies": ("each run seed redraws x_T, the Brownian path, the DDPM noise, the ML-EM level draws, the "
                         "samples delta_l(t) is measured on and (mixture) the exact reference samples, the SW "
-                        "projections and the floor's exact sets; the problems and the trained ladders are the "
-                        "same for every seed (trained once with --seed)"),
+                        "projections and the floor's exact sets; "
+                        + ("each run seed also retrains the ladders (training seed = run seed; the problems are "
+                           "those of --seed)" if retrain else
+                           "the problems and the trained ladders are the same for every seed (trained once with "
+                           "--seed)")),
+        "retrain": bool(retrain),
         "band": BAND, "target_factors": list(TARGET_FACTORS), "labels": LABELS, "problems": per,
         "seconds": time.perf_counter() - t0,
     }
