@@ -28,8 +28,20 @@ of t and interpolated; mu is swept through R = int lambda_K dt, the expected num
 top-level firings per sample.
 
 Cost: top-level equivalents per sample (one top-model evaluation = 1), and wall-clock seconds
-for the whole batch.  Each method keeps its Pareto front; the table gives the cost each needs
-to reach stated errors (multiples of the best error of EM with the top model).
+for the whole batch.
+
+Seeds: the sweep is repeated for K run seeds (``--seeds``, default 5; 2 with ``--quick``; run seed i
+is ``seed + 1000 i``).  A run seed redraws x_T, the Brownian path, the DDPM noise, the ML-EM level
+draws, the samples delta_l(t) is measured on and (mixture) the exact reference set, the SW
+projections and the floor's exact sets; the problems and the ladders are fixed (trained once with
+``seed``; ``--retrain`` retrains them per run seed).  For each (method, knob setting) the JSON has
+the mean over seeds of error, cost and seconds with the standard error and a 95% Student-t
+interval (:data:`BAND`); each method's front is the Pareto front of the means, drawn with the
+error's interval shaded.  The table gives, for stated errors (multiples of the best mean error of
+EM with the top model; the mixture also at that plus one sd of the exact-vs-exact SW), each method's
+cost to reach the error on every seed's own front (interpolated in log-log between measured runs),
+then its mean and 95% t-interval over seeds, and ML-EM's speedups paired by seed (geometric mean and
+t-interval of the log ratio), ``resolved`` when the two cost intervals do not overlap.
 """
 
 from __future__ import annotations
