@@ -553,7 +553,7 @@ def plot(results: Dict, path: str) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(r["metric"] + (" (SDE samplers vs exact-eps SDE, ODE samplers vs exact flow)"
                                      if r["problem"] == "gaussian" else "")
-                      + "\nmean over seeds; shaded: 95% t-interval", fontsize=8)
+                      + ("\nmean over seeds; shaded: 95% t-interval of the error" if k > 1 else ""), fontsize=8)
         ax.set_ylabel("mean cost per sample (top-level equivalents)")
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
