@@ -135,3 +135,44 @@ def test_retrain_trains_one_ladder_per_seed(tmp_path):
     lad.mkdir()
     r = CliRunner().invoke(main, ["bench", "diffusion", "--quick", "--retrain", "--ladders", str(lad)])
     assert r.exit_code == 2 and "--retrain" in r.output and "Traceback" not in r.output
+
+
+def test_front_reach_band_is_ordered_and_uses_the_means():
+    from multilevel_em.bench.diffusion import front_reach, front_speedup
+
+    def setting(method, steps, cost, errors):
+        return {"method": method, "steps": steps, "cost": mean_band([cost] * 3), "error": mean_band(errors)}
+    settings = [setting("dpmpp_top", 10, 10.0, [0.30, 0.32, 0.28]), setting("dpmpp_top", 20, 20.0, [0.10, 0.12, 0.08]),
+                setting("mlem_dpmpp", 10, 4.0, [0.25, 0.35, 0.30]), setting("mlem_dpmpp", 20, 8.0, [0.09, 0.11, 0.10])]
+    ref = front_reach(settings, "dpmpp_top", 0.2)
+    ml = front_reach(settings, "mlem_dpmpp", 0.2)
+    # mean front: (10, 0.30) -> (20, 0.10), log-log interpolation at 0.2
+    w = (math.log(0.3) - math.log(0.2)) / (math.log(0.3) - math.log(0.1))
+    assert ref["mean"] == pytest.approx(10 * 2 ** w)
+    for r in (ref, ml):
+        assert r["lo"] <= r["mean"] <= r["hi"]
+    sp = front_speedup(ref, ml)
+    assert sp["mean"] == pytest.approx(ref["mean"] / ml["mean"]) and sp["lo"] <= sp["mean"] <= sp["hi"]
+    assert sp["resolved"] == (ml["hi"] < ref["lo"])
+    assert front_reach(settings, "dpmpp_top", 0.01) == {"mean": None, "lo": None, "hi": None}
+
+
+def test_reaggregate_reproduces_the_aggregate(tmp_path):
+    import json
+
+    from multilevel_em.bench.diffusion import reaggregate, run_bench
+    from multilevel_em.diffusion.mlp import train_mlp_ladder
+    from multilevel_em.problems.gaussian import gaussian, gaussian_mixture
+
+    for kind, P in (("gaussian", gaussian(2, seed=0)), ("mixture", gaussian_mixture(2, components=2, seed=0))):
+        train_mlp_ladder(P, (4, 8, 16), steps=5, batch=16, seed=0).save(str(tmp_path / "lad" / kind))
+    small = dict(n_gauss=16, n_mix=16, ref_steps=64, em_steps=(5, 10), ode_steps=(5, 10), mlem_steps=(10,),
+                 mlem_ode_steps=(5,), top_fires=(1, 4), stitch_fractions=(0.4,))
+    res = run_bench(quick=True, out=str(tmp_path / "d.json"), plot_path=None, ladders=str(tmp_path / "lad"),
+                    seeds=3, overrides=small, echo=lambda *_: None)
+    stored = json.loads((tmp_path / "d.json").read_text())
+    again = reaggregate(stored)
+    for a, b in zip(res["problems"], again["problems"]):
+        assert a["settings"] == b["settings"] and a["fronts"] == b["fronts"]
+        assert json.dumps(a["table"], sort_keys=True) == json.dumps(b["table"], sort_keys=True)
+        assert a["target_check"] == b["target_check"] and len(a["seeds"]) == 3

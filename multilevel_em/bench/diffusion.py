@@ -444,6 +444,41 @@ def reach_table(per_seed_runs: Sequence[Sequence[Dict]], targets: Sequence, fiel
     return rows
 
 
+def front_reach(settings: Sequence[Dict], method: str, error: float, field: str = "error") -> Dict:
+    """Cost at which ``method``'s front of the means over seeds reaches ``error``, with a band from its
+    confidence band: ``mean`` from the Pareto front of (mean cost, mean error) over the settings, ``lo``
+    from that of (mean cost, interval low end), ``hi`` from (mean cost, interval high end), each by
+    :func:`cost_to_reach` (None where a curve never reaches ``error``).  Unlike the per-seed costs of
+    :func:`reach_summary`, a setting is chosen on its mean over seeds, not on one seed's lucky draw."""
+    es = [e for e in settings if e["method"] == method and field in e]
+    out = {}
+    for part in ("mean", "lo", "hi"):  # the error's low end reaches ``error`` first: the cost band's low end
+        pts = [(e["cost"]["mean"], e[field][part]) for e in es if e[field][part] is not None]
+        out[part] = cost_to_reach(pareto_front(pts), error)
+    return out
+
+
+def front_speedup(reference: Dict, method: Dict) -> Dict:
+    """``reference`` mean cost / ``method`` mean cost (two :func:`front_reach`), with the interval
+    [reference lo / method hi, reference hi / method lo]; ``resolved``: method hi < reference lo or the reverse."""
+    def ratio(a, b):
+        return a / b if a is not None and b is not None else None
+    out = {"mean": ratio(reference["mean"], method["mean"]), "lo": ratio(reference["lo"], method["hi"]),
+           "hi": ratio(reference["hi"], method["lo"]), "resolved": False}
+    if None not in (reference["lo"], reference["hi"], method["lo"], method["hi"]):
+        out["resolved"] = bool(method["hi"] < reference["lo"] or reference["hi"] < method["lo"])
+    return out
+
+
+def _add_front_reach(rows: List[Dict], settings: Sequence[Dict], field: str) -> None:
+    """Add ``front_cost`` (:func:`front_reach` per method) and ML-EM's ``*_front_speedup_vs_*`` to the rows."""
+    for row in rows:
+        row["front_cost"] = {m: front_reach(settings, m, row[field], field) for m in LABELS}
+        for ml in ("mlem_em", "mlem_dpmpp"):
+            for ref in ("em_top", "dpmpp_top"):
+                row[f"{ml}_front_speedup_vs_{ref}"] = front_speedup(row["front_cost"][ref], row["front_cost"][ml])
+
+
 def aggregate_problem(per_seed: Sequence[Dict]) -> Dict:
     """Combine :func:`run_problem` results of one problem over K seeds (same ladder, different seeds).
 
@@ -478,6 +513,9 @@ def aggregate_problem(per_seed: Sequence[Dict]) -> Dict:
                  "table_mmd2": reach_table(runs_by_seed, [(f"best mean EM-top + {k} sd", best_mmd + k * mmd_sd)
                                                           for k in (0, 1, 2)], field="mmd2")}
     table = reach_table(runs_by_seed, targets)
+    _add_front_reach(table, settings, "error")
+    if "table_mmd2" in extra:
+        _add_front_reach(extra["table_mmd2"], settings, "mmd2")
     runs = [dict(r, seed=p["seed"]) for p in per_seed for r in p["runs"]]
     keep = {k: v for k, v in first.items() if k in ("problem", "dim", "samples", "metric", "spec", "ladder", "gamma",
                                                      "t_min", "ref_steps")}
@@ -497,16 +535,22 @@ def aggregate_problem(per_seed: Sequence[Dict]) -> Dict:
 def target_check(table: Sequence[Dict], factor: float = 2.0) -> List[Dict]:
     """Per target error and ML-EM variant: is ML-EM at least ``factor`` x cheaper than DPM-Solver++ 2M
     (geometric-mean speedup over seeds) with non-overlapping cost intervals (``met``); ``met_strict`` also
-    asks the speedup interval's lower end to be >= ``factor``."""
+    asks the speedup interval's lower end to be >= ``factor``; ``front`` (when the rows have it): the same
+    on the fronts of the means, the costs where their bands reach the error (:func:`front_speedup`)."""
     out = []
     for row in table:
         for ml in ("mlem_em", "mlem_dpmpp"):
             sp = row[f"{ml}_speedup_vs_dpmpp_top"]
             met = bool(sp["resolved"] and sp["mean"] is not None and sp["mean"] >= factor
                        and row["cost"][ml]["hi"] < row["cost"]["dpmpp_top"]["lo"])
-            out.append({"target": row["target"], "error": row["error"], "method": ml, "speedup": sp["mean"],
-                        "lo": sp["lo"], "hi": sp["hi"], "resolved": sp["resolved"], "met": met,
-                        "met_strict": bool(met and sp["lo"] is not None and sp["lo"] >= factor)})
+            entry = {"target": row["target"], "error": row["error"], "method": ml, "speedup": sp["mean"],
+                     "lo": sp["lo"], "hi": sp["hi"], "resolved": sp["resolved"], "met": met,
+                     "met_strict": bool(met and sp["lo"] is not None and sp["lo"] >= factor)}
+            fs = row.get(f"{ml}_front_speedup_vs_dpmpp_top")
+            if fs is not None:  # the same question on the fronts of the means and their bands
+                entry["front"] = {**fs, "met": bool(fs["resolved"] and fs["mean"] is not None and fs["mean"] >= factor
+                                                    and row["front_cost"][ml]["hi"] < row["front_cost"]["dpmpp_top"]["lo"])}
+            out.append(entry)
     return out
 
 
@@ -582,11 +626,20 @@ def _fmt_reach(s: Dict) -> str:
     return _fmt(s["mean"]) + (f" [{_fmt(max(s['lo'], 0.0))}, {_fmt(s['hi'])}]" if s["lo"] is not None else "")
 
 
+def _fmt_front(s: Dict) -> str:
+    """Front cost "mean [lo, hi]"; "?" for a band end that never reaches the error on the measured grid."""
+    def b(v):
+        return "?" if v is None else _fmt(v)
+    return "-" if s["mean"] is None else f"{_fmt(s['mean'])} [{b(s['lo'])}, {b(s['hi'])}]"
+
+
 def _fmt_speedup(s: Dict) -> str:
     if s["mean"] is None:
         return "-"
-    return f"{s['mean']:.2f}x" + (f" [{s['lo']:.2f}, {s['hi']:.2f}]" if s["lo"] is not None else "") \
-        + (" resolved" if s["resolved"] else "")
+    def b(v):  # "?": that end of the band never reaches the error on the measured grid
+        return "?" if v is None else f"{v:.2f}"
+    band = f" [{b(s['lo'])}, {b(s['hi'])}]" if s["lo"] is not None or s["hi"] is not None else ""
+    return f"{s['mean']:.2f}x" + band + (" resolved" if s["resolved"] else "")
 
 
 def table_lines(results: Dict) -> List[str]:
@@ -609,11 +662,30 @@ def table_lines(results: Dict) -> List[str]:
             for row in rows:
                 lines.append(f"  {'MMD^2 ' if field == 'mmd2' else ''}{row[field]:.3g} ({row['target']}):")
                 lines.append("    " + "; ".join(f"{LABELS[m]} {_fmt_reach(row['cost'][m])}" for m in LABELS))
+                lines.append("    fronts of the means, cost [band]: " + "; ".join(
+                    f"{LABELS[m]} {_fmt_front(row['front_cost'][m])}" for m in ("dpmpp_top", "mlem_em", "mlem_dpmpp"))
+                    + "; speedup vs DPM++: " + "; ".join(
+                    f"{LABELS[ml]} {_fmt_speedup(row[f'{ml}_front_speedup_vs_dpmpp_top'])}"
+                    for ml in ("mlem_em", "mlem_dpmpp"))) if "front_cost" in row else None
                 lines.append("    speedup: " + "; ".join(
                     f"{LABELS[ml]} vs {name} {_fmt_speedup(row[f'{ml}_speedup_vs_{ref}'])}"
                     for ml in ("mlem_em", "mlem_dpmpp")
                     for ref, name in (("dpmpp_top", "DPM++"), ("best_single", "best single"))))
-    return lines
+    return [line for line in lines if line is not None]
+
+
+def reaggregate(results: Dict) -> Dict:
+    """Recompute every problem's aggregate (:func:`aggregate_problem`) from the per-seed runs stored in a
+    results dict of :func:`run_bench` (the aggregation is a pure function of the runs), e.g. after the
+    aggregation changed; the sweep itself is not rerun.  Returns a new results dict."""
+    per = []
+    for p in results["problems"]:
+        seeds = []
+        for q in p["per_seed"]:
+            runs = [{k: v for k, v in r.items() if k != "seed"} for r in p["runs"] if r["seed"] == q["seed"]]
+            seeds.append({**q, "runs": runs})
+        per.append(aggregate_problem(seeds))
+    return {**results, "problems": per}
 
 
 def seed_list(seed: int, seeds: int) -> List[int]:
