@@ -448,13 +448,21 @@ def front_reach(settings: Sequence[Dict], method: str, error: float, field: str 
     """Cost at which ``method``'s front of the means over seeds reaches ``error``, with a band from its
     confidence band: ``mean`` from the Pareto front of (mean cost, mean error) over the settings, ``lo``
     from that of (mean cost, interval low end), ``hi`` from (mean cost, interval high end), each by
-    :func:`cost_to_reach` (None where a curve never reaches ``error``).  Unlike the per-seed costs of
+    :func:`cost_to_reach` (None where a curve never reaches ``error``; ``lo`` <= ``mean`` <= ``hi`` enforced,
+    as each end comes from its own front).  An interval low end <= 0 (a setting with a heavy-tailed error,
+    such as ML-EM's rare blow-ups at small rates) reaches any error: ``lo`` is then that setting's cost.  Unlike the per-seed costs of
     :func:`reach_summary`, a setting is chosen on its mean over seeds, not on one seed's lucky draw."""
     es = [e for e in settings if e["method"] == method and field in e]
     out = {}
     for part in ("mean", "lo", "hi"):  # the error's low end reaches ``error`` first: the cost band's low end
         pts = [(e["cost"]["mean"], e[field][part]) for e in es if e[field][part] is not None]
         out[part] = cost_to_reach(pareto_front(pts), error)
+    # Each end is read on its own Pareto front, so the interpolation can put it a little past the mean: clamp.
+    if out["mean"] is not None:
+        if out["lo"] is not None:
+            out["lo"] = min(out["lo"], out["mean"])
+        if out["hi"] is not None:
+            out["hi"] = max(out["hi"], out["mean"])
     return out
 
 
