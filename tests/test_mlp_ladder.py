@@ -147,10 +147,31 @@ def test_bench_diffusion_quick(tmp_path):
                 assert run["cost"] >= run["steps"] * c[0] / c[-1] * (1 - 1e-9)  # level 1 runs at every step
         for row in p["table"]:
             assert set(row["cost"]) == set(p["fronts"])
+    assert data["seeds"] == [0, 1000] and "x_T" in data["seed_varies"] and "95%" in data["band"]  # quick: 2 seeds
+    for p in data["problems"]:
+        assert p["seeds"] == [0, 1000] and [s["seed"] for s in p["per_seed"]] == [0, 1000]
+        assert {run["seed"] for run in p["runs"]} == {0, 1000}
+        for e in p["settings"]:  # the means recomputed from the recorded runs; ordered bands
+            vals = [run["error"] for run in p["runs"] if run["method"] == e["method"]
+                    and all(run.get(k) == e.get(k) for k in ("steps", "fraction", "top_fires"))]
+            assert len(vals) == 2 and e["error"]["mean"] == pytest.approx(sum(vals) / 2, rel=1e-12)
+            for f in ("error", "cost"):
+                assert e[f]["lo"] <= e[f]["mean"] <= e[f]["hi"]
+        for m, front in p["front_bands"].items():
+            assert [[q["cost"]["mean"], q["error"]["mean"]] for q in front] == p["fronts"][m]
+        for row in p["table"]:
+            for m, c in row["cost"].items():
+                assert c["n"] == 2 and (c["mean"] is None) == (c["reached"] < 2)
+                if c["lo"] is not None:
+                    assert c["lo"] <= c["mean"] <= c["hi"]
+        assert {c["method"] for c in p["target_check"]} == {"mlem_em", "mlem_dpmpp"}
+    mix = data["problems"][1]
+    assert len(mix["statistical_floor"]["per_seed"]) == 2 and mix["statistical_floor"]["sw_mean"] > 0
     gauss = data["problems"][0]
-    em = sorted((r["steps"], r["error"]) for r in gauss["runs"] if r["method"] == "em_top")
-    assert em[0][1] > em[-1][1], f"EM error should fall with more steps: {em}"
-    assert "ML-EM" in r.output and "DPM-Solver++" in r.output
+    for seed in (0, 1000):
+        em = sorted((r["steps"], r["error"]) for r in gauss["runs"] if r["method"] == "em_top" and r["seed"] == seed)
+        assert em[0][1] > em[-1][1], f"EM error should fall with more steps: {em}"
+    assert "ML-EM" in r.output and "DPM-Solver++" in r.output and "2 seeds" in r.output
 
 
 def test_saturation_uses_the_real_step_size():

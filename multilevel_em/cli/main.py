@@ -145,14 +145,23 @@ def _command_line(ctx: click.Context, prefix: str) -> str:
 @click.option("--train-steps", default=None, type=click.IntRange(min=1), help="Override the training steps per level.")
 @click.option("--paths", "n_paths", default=None, type=click.IntRange(min=16),
               help="Override the samples per run (both problems).")
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seeds the problems and the ladder training; run seed i (0-based) is SEED + 1000 i.")
+@click.option("--seeds", "n_seeds", default=None, type=click.IntRange(min=1),
+              help="Run seeds (each redraws x_T, the Brownian path, the level draws and the exact reference "
+                   "samples; the ladders are trained once) [default: 5; 2 with --quick].")
+@click.option("--retrain", is_flag=True, help="Each run seed also retrains the ladders (training seed = run seed; "
+                                               "the problems stay those of --seed). Not with --ladders.")
 @click.option("--out", default="results/diffusion.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_path", default="results/diffusion.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, out, plot_path) -> None:
+def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, n_seeds, retrain, out, plot_path) -> None:
     """Cost-error Pareto fronts of EM, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM with trained MLP ladders
-    on a Gaussian (pathwise error) and a Gaussian mixture (sliced Wasserstein, MMD)."""
+    on a Gaussian (pathwise error) and a Gaussian mixture (sliced Wasserstein, MMD), over several run seeds:
+    mean fronts with 95% t-interval bands, costs to reach stated errors and speedups with intervals."""
     from ..bench.diffusion import run_bench
 
+    if retrain and ladders:
+        raise click.UsageError("--retrain: not with --ladders (retraining per seed needs the ladders trained here)")
     check_output_file(out, "--out")
     check_output_file(plot_path, "--plot", suffixes=PLOT_SUFFIXES)
     check_output_folder(save_ladders, "--save-ladders")
@@ -163,7 +172,7 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, ou
         overrides["n_gauss"] = overrides["n_mix"] = n_paths
     command = _command_line(click.get_current_context(), "mlem bench diffusion")
     run_bench(quick=quick, out=out, plot_path=plot_path, ladders=ladders, save_ladders=save_ladders, seed=seed,
-              overrides=overrides, command=command, echo=click.echo)
+              seeds=n_seeds, retrain=retrain, overrides=overrides, command=command, echo=click.echo)
     click.echo(f"wrote {out} and {plot_path}")
 
 
