@@ -199,9 +199,10 @@ def bootstrap_counts(n: int, replicates: int, seed: int = 0) -> torch.Tensor:
 
 def kid_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """:func:`kid_unbiased` of each bootstrap resample of ``fx`` (rows of ``counts``, (B, n)) against the
-    whole of ``fy`` (held fixed: it is the reference set). Within a resample, pairs of distinct draws
-    count, so a sample drawn twice pairs with itself (the usual bootstrap of a U-statistic).
-    Returns float64 (B,). With ``counts`` all ones this is :func:`kid_unbiased` exactly."""
+    whole of ``fy`` (held fixed: it is the reference set). Within a resample, only pairs of two different
+    original samples count (weight ``c_a c_b``, a != b): a sample drawn twice is not paired with itself,
+    whose large ``k(x, x)`` would bias the replicates upward by O(1/n). Returns float64 (B,). With
+    ``counts`` all ones this is :func:`kid_unbiased` exactly."""
     fx, fy = fx.double(), fy.double()
     n, m, d = fx.shape[0], fy.shape[0], fx.shape[1]
     if counts.shape[-1] != n:
@@ -211,8 +212,9 @@ def kid_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor) -> t
     kxy_rows = ((fx @ fy.T / d + 1) ** 3).mean(1)  # (n,)
     yy = float((kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)))
     c = counts.double()
-    quad = ((c @ kxx) * c).sum(1) - c @ kxx.diagonal()
-    return quad / (n * (n - 1)) + yy - 2 * (c @ kxy_rows) / n
+    quad = ((c @ kxx) * c).sum(1) - (c * c) @ kxx.diagonal()
+    pairs = n * n - (c * c).sum(1)
+    return quad / pairs + yy - 2 * (c @ kxy_rows) / n
 
 
 def frechet_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -234,11 +236,17 @@ def frechet_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor, 
     return torch.cat(out)
 
 
-def percentile_ci(replicates: torch.Tensor, level: float = 0.95) -> Tuple[float, float]:
+def percentile_ci(replicates: torch.Tensor, level: float = 0.95, center: Optional[float] = None) -> Tuple[float, float]:
     """The percentile-method interval of bootstrap ``replicates`` (B,): their (1 - level)/2 and
-    (1 + level)/2 quantiles (linear interpolation). FloatingPointError if any replicate is NaN."""
+    (1 + level)/2 quantiles (linear interpolation). With ``center`` (the point estimate), the replicates
+    are first shifted so that their mean is ``center``: the bootstrap's bias estimate
+    ``mean(replicates) - center`` is removed (FD's replicates sit above the point estimate, since a
+    resample repeats samples and the plug-in FD's finite-n bias grows). FloatingPointError if any
+    replicate is NaN."""
     r = torch.as_tensor(replicates, dtype=torch.float64)
     if not bool(torch.isfinite(r).all()):
         raise FloatingPointError("bootstrap: a replicate is NaN or Inf")
+    if center is not None:
+        r = r - (r.mean() - float(center))
     q = torch.quantile(r, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return float(q[0]), float(q[1])
