@@ -8,9 +8,10 @@ cannot measure DDPM (its scheduler draws fresh noise for every step count), so M
 is planned by the calibration's EM model; its rows say so (``plan_source``).
 
 Every run draws sample i from the same per-sample generator (``sample_generators(seed, i)``):
-the same initial noise in every run, and for EM and ML-EM inside EM the same Brownian path
-(its virtual Brownian tree does not depend on the step count); samples are computed in batches,
-which does not change them (up to float rounding).
+the same initial noise in every run (samples are computed in batches, which does not change
+them, up to float rounding). With per-sample generators EM draws its Brownian increments step by
+step, so EM runs with different step counts do NOT share a Brownian path; the pathwise errors of
+EM and ML-EM inside EM are therefore measured on a separate batch (below).
 
 Quality, on the 64-d features of the shipped digit classifier against all 1797 scikit-learn
 digits (the reference set, fixed):
@@ -21,10 +22,12 @@ digits (the reference set, fixed):
   fixed seed); every run uses the SAME resampled indices, so the difference of two runs'
   replicates is a paired bootstrap of their difference (they share their noise). A difference is
   *resolved* when its paired interval excludes 0 (per pair, not corrected for multiple comparisons);
-* pathwise error: RMS over the first ``pathwise_n`` samples of the Euclidean distance (data scale
-  [-1, 1], 1x16x16 pixels) to the run's own sampler's converged output from the same noise: EM-top
-  with ``em_ref_steps`` steps for EM and ML-EM inside EM, DPM-Solver++ with ``ode_ref_steps`` steps for
-  the probability-flow ODE samplers (DDIM, DPM-Solver++, T-Stitch, ML-EM inside DPM-Solver++: for
+* pathwise error: RMS over ``pathwise_n`` samples of the Euclidean distance (data scale [-1, 1],
+  1x16x16 pixels) to the run's own sampler's converged output from the same noise. EM and ML-EM
+  inside EM: a separate batch of ``pathwise_n`` samples from one generator (``Generator(seed)``), whose
+  virtual Brownian tree every EM run shares whatever its step count, against EM-top with
+  ``em_ref_steps`` steps (:func:`em_pathwise`); the ODE samplers: the first ``pathwise_n`` samples of
+  the run itself against DPM-Solver++ with ``ode_ref_steps`` steps (DDIM, DPM-Solver++, T-Stitch, ML-EM inside DPM-Solver++: for
   T-Stitch the distance includes the small model's bias). None for DDPM (no converged pathwise solution).
 
 Costs: counted top-level equivalents per sample (evaluations x FLOPs / top FLOPs, from the
@@ -49,7 +52,7 @@ from ..images.pipeline import MultilevelPipeline
 from ..images.sampler_calibration import squared_distances
 from .common import device_name, pareto_front, single_thread, write_json
 
-__all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds"]
+__all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds", "em_pathwise", "repair_em_pathwise"]
 
 #: Runs: (method, knobs). T-Stitch uses the pipeline's default: level 1 for 40% of DDIM's steps.
 FULL_RUNS = (
@@ -158,7 +161,9 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
         per_run.append({"run": _label(method, knob), "predicted_top_equivalents": cost, "seconds": sec})
         total += sec
     kinds = {_pathwise_kind(m, k) for m, k in runs}
-    ref = pathwise_n * SECONDS_PER_TOP_EQ * ((em_ref_steps if "em" in kinds else 0)
+    em_again = sum(r["predicted_top_equivalents"] * (MLEM_WALL_FACTOR if m == "mlem" else 1.0)
+                   for r, (m, k) in zip(per_run, runs) if _pathwise_kind(m, k) == "em")  # em_pathwise's batch
+    ref = pathwise_n * SECONDS_PER_TOP_EQ * ((em_ref_steps + em_again if "em" in kinds else 0)
                                             + (ode_ref_steps if "ode" in kinds else 0))
     return {"seconds": total + ref, "runs_seconds": total, "references_seconds": ref, "per_run": per_run,
             "seconds_per_top_equivalent": SECONDS_PER_TOP_EQ, "mlem_wall_factor": MLEM_WALL_FACTOR}
@@ -167,6 +172,63 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
 #: Metrics whose bootstrap replicates are centred on the point estimate before the percentile interval (their
 #: bootstrap is biased: see percentile_ci); KID's replicates (distinct pairs only) are not.
 CENTRED = ("fd",)
+
+
+def em_pathwise(pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_seed: int,
+                echo: Callable[[str], None] = print) -> Dict[str, Dict]:
+    """Pathwise errors of EM-family runs ((method, knobs) pairs whose sampler is "em"): each run once more on
+    ``pn`` samples from one ``torch.Generator().manual_seed(seed)`` (so x_T and the virtual Brownian tree are
+    the same in every run, whatever its step count) against EM-top with ``ref_steps`` steps on them.
+    Returns ``{label: {"pathwise_error", "pathwise_error_ci", "pathwise_reference", "pathwise_samples"}}``."""
+    counts = bootstrap_counts(pn, boot, boot_seed)
+
+    def run(method, knob):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pipe(pn, method=method, generator=torch.Generator().manual_seed(int(seed)), **knob).x
+
+    with torch.no_grad():
+        echo(f"pathwise reference: EM-top {ref_steps} steps on {pn} samples (one generator: shared Brownian tree)")
+        ref = run("em", {"steps": ref_steps})
+        out = {}
+        for method, knob in runs:
+            sq = squared_distances(run(method, knob), ref)
+            out[_label(method, knob)] = {
+                "pathwise_error": math.sqrt(float(sq.mean())), "pathwise_error_ci": _interval((counts @ sq / pn).sqrt()),
+                "pathwise_reference": f"EM-top {ref_steps} steps, same noise and Brownian path",
+                "pathwise_samples": f"a separate batch of {pn} from Generator({seed})"}
+    return out
+
+
+def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = print) -> Dict:
+    """Recompute the EM-family pathwise errors of a results JSON written before :func:`em_pathwise` existed
+    (its EM runs were measured with per-sample generators, i.e. without a shared Brownian path) and rewrite
+    it, with a note. Uses the JSON's own settings (seed, pathwise_n, em_ref_steps, boot, boot_seed)."""
+    import json
+
+    with open(path) as f:
+        d = json.load(f)
+    s = d["settings"]
+    pipe = MultilevelPipeline.from_pretrained(ladder)
+    runs = [(m, k) for m, k in s["runs"] if _pathwise_kind(m, k) == "em"]
+    with single_thread():
+        em = em_pathwise(pipe, runs, s["pathwise_n"], s["em_ref_steps"], s["seed"], s["boot"], s["boot_seed"] + 1, echo)
+    for row in d["runs"]:
+        if row["label"] in em:
+            row["pathwise_error_per_sample_generators"] = row.get("pathwise_error")
+            row.update(em[row["label"]])
+            d["summary"]["pathwise_error"][row["label"]] = row["pathwise_error"]
+            echo(f"{row['label']}: pathwise error {row['pathwise_error']:.3g} (was {row['pathwise_error_per_sample_generators']:.3g} "
+                 "without a shared Brownian path)")
+    d["notes"].append("EM-family pathwise errors recomputed after the run by multilevel_em.bench.images.repair_em_pathwise "
+                      "(a separate batch from Generator(seed) with a shared Brownian tree); the run's own values, measured "
+                      "with per-sample generators whose EM increments are not shared across step counts, are kept as "
+                      "pathwise_error_per_sample_generators")
+    d["noise"] = ("sample i of every run from sample_generators(seed, i): the same initial noise in every run; EM's "
+                  "Brownian increments are then drawn step by step (not shared across step counts), so the EM pathwise "
+                  "errors use a separate batch from Generator(seed) with a shared Brownian tree")
+    write_json(path, d)
+    return d
 
 
 def _interval(reps: torch.Tensor, metric: str = "", point: Optional[float] = None) -> List[float]:
@@ -258,9 +320,9 @@ def run_images_bench(
     with single_thread(), torch.no_grad():
         refs = {}
         kinds = {_pathwise_kind(m, k) for m, k in plan_runs}
-        if "em" in kinds:
-            echo(f"pathwise reference: EM-top {cfg['em_ref_steps']} steps on the first {pn} samples")
-            refs["em"] = sample("em", {"steps": cfg["em_ref_steps"]}, pn)[0]
+        em_runs = [(m, k) for m, k in plan_runs if _pathwise_kind(m, k) == "em"]
+        em_path = em_pathwise(pipe, em_runs, pn, cfg["em_ref_steps"], seed, cfg["boot"], boot_seed + 1,
+                              echo) if em_runs else {}
         if "ode" in kinds:
             echo(f"pathwise reference: DPM++ {cfg['ode_ref_steps']} steps on the first {pn} samples")
             refs["ode"] = sample("dpmpp_2m", {"steps": cfg["ode_ref_steps"]}, pn)[0]
@@ -289,6 +351,8 @@ def run_images_bench(
                 row["pathwise_error"] = None
                 row["pathwise_note"] = (f"{row['sampler']} draws fresh noise for every step count: no converged "
                                         "pathwise solution to measure against")
+            elif kind == "em":
+                row.update(em_path[label])
             else:
                 sq = squared_distances(x[:pn], refs[kind])
                 row["pathwise_error"] = math.sqrt(float(sq.mean()))
@@ -323,8 +387,9 @@ def run_images_bench(
                      "batch": cfg["batch"], "runs": [[m, k] for m, k in plan_runs],
                      "equal_cost_slack": EQUAL_COST_SLACK},
         "machine": f"{device_name(torch.device('cpu'))}, 1 torch thread, shared CPU ({platform.machine()})",
-        "noise": ("sample i of every run from sample_generators(seed, i): the same initial noise in every run, "
-                  "the same Brownian path for EM and ML-EM inside EM"),
+        "noise": ("sample i of every run from sample_generators(seed, i): the same initial noise in every run; "
+                  "EM's Brownian increments are then drawn step by step (not shared across step counts), so the "
+                  "EM pathwise errors use a separate batch from Generator(seed) with a shared Brownian tree"),
         "reference_set": f"all {len(ref_x)} scikit-learn digits at 16x16 (fixed, not resampled)",
         "metrics": {
             "kid": "unbiased MMD^2, cubic polynomial kernel, 64-d digit-classifier features (unscaled)",
@@ -338,11 +403,12 @@ def run_images_bench(
             "point_in_ci": ("whether the point estimate lies inside its percentile interval; *_boot_mean is the "
                             "replicates' mean (their offset from the point estimate is the bootstrap's bias estimate)"),
             "resolved": "a difference is resolved when its paired bootstrap interval excludes 0 (per pair, uncorrected)",
-            "pathwise_error": (f"RMS over the first {pn} samples (a subset, to save compute) of the Euclidean "
-                               f"distance (data scale, 1x16x16) to the sampler's converged output from the same noise: "
-                               f"EM-top {cfg['em_ref_steps']} steps (em, ML-EM in em), DPM++ {cfg['ode_ref_steps']} "
-                               f"steps (ODE samplers: ddim, dpmpp_2m, stitch, ML-EM in dpmpp_2m); none for ddpm; "
-                               f"CI by bootstrap over that subset (seed {boot_seed + 1})"),
+            "pathwise_error": (f"RMS over {pn} samples (a subset, to save compute) of the Euclidean distance (data "
+                               f"scale, 1x16x16) to the sampler's converged output from the same noise: em and ML-EM "
+                               f"in em: a separate batch of {pn} from Generator(seed) (shared Brownian tree) against "
+                               f"EM-top {cfg['em_ref_steps']} steps; ODE samplers (ddim, dpmpp_2m, stitch, ML-EM in "
+                               f"dpmpp_2m): the run's first {pn} samples against DPM++ {cfg['ode_ref_steps']} steps; "
+                               f"none for ddpm; CI by bootstrap over that subset (seed {boot_seed + 1})"),
             "top_equivalents": "counted evaluations x FLOPs / top-level FLOPs, per sample (the pipeline's report)",
             "wall_seconds_per_sample": "single-thread CPU seconds of sampling per sample (batches of `batch`)",
         },
