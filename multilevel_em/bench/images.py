@@ -220,6 +220,8 @@ def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = pri
             d["summary"]["pathwise_error"][row["label"]] = row["pathwise_error"]
             echo(f"{row['label']}: pathwise error {row['pathwise_error']:.3g} (was {row['pathwise_error_per_sample_generators']:.3g} "
                  "without a shared Brownian path)")
+    annotate_equal_cost(d["runs"], d["equal_cost"])
+    d["notes"].append("equal_cost entries annotated after the run (annotate_equal_cost: top_level_fires_every_step)")
     d["notes"].append("EM-family pathwise errors recomputed after the run by multilevel_em.bench.images.repair_em_pathwise "
                       "(a separate batch from Generator(seed) with a shared Brownian tree); the run's own values, measured "
                       "with per-sample generators whose EM increments are not shared across step counts, are kept as "
@@ -488,6 +490,7 @@ def _analyse(rows: List[Dict], reps: Dict) -> Dict:
             entry["same_sampler"] = {"single": s["label"], "kid": _diff(reps, r["label"], s["label"], "kid", by),
                                      "fd": _diff(reps, r["label"], s["label"], "fd", by)}
         equal.append(entry)
+    annotate_equal_cost(rows, equal)
     pairs = []
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
@@ -515,6 +518,24 @@ def _analyse(rows: List[Dict], reps: Dict) -> Dict:
                      f"{len(equal)} ML-EM runs, worse in {len(worse)}")
     return {"reference": ref["label"], "fronts": fronts, "equal_cost": equal, "pairs": pairs, "summary": summary,
             "lines": lines}
+
+
+def annotate_equal_cost(rows: List[Dict], equal: List[Dict]) -> None:
+    """Flag the ML-EM runs that are the top model alone in disguise: where the plan's top level fires at every
+    step (its evaluations per sample equal the step count), ML-EM's output is the top model's with that sampler
+    and step count (the lower levels' telescoping terms cancel), so a verdict against single-model runs with
+    fewer steps measures the extra steps, not the randomization."""
+    by = {r["label"]: r for r in rows}
+    for e in equal:
+        r = by[e["mlem"]]
+        top_evals = r["evaluations_per_sample"][-1]
+        e["top_level_fires_every_step"] = bool(top_evals >= r["steps_run"] * (1 - 1e-3))
+        e["top_level_evaluations_per_sample"] = top_evals
+        e["steps_run"] = r["steps_run"]
+        if e["top_level_fires_every_step"]:
+            e["note"] = (f"the top level fires at every one of the {r['steps_run']} steps: this run is the top model "
+                         f"alone with {r['sampler']} at {r['steps_run']} steps (plus unused lower-level calls); a "
+                         "difference from a single-model run with fewer steps is a step-count effect, not ML-EM's")
 
 
 def _fmt(metric: str, v: float) -> str:
