@@ -1,11 +1,37 @@
-"""Cost vs KID on a UNet ladder: EM with the top level, DDIM, DPM-Solver++ 2M and ML-EM.
+"""Cost against quality on the shipped digits UNet ladder (``mlem bench images``).
 
-Every run samples the same ``n`` initial noises (one seed) and is scored against the whole
-digits data set with the unbiased KID on the digit classifier's features (and pixel sliced
-Wasserstein). KID's standard error comes from 8 disjoint chunks of the samples:
-se = std(chunk KIDs) / sqrt(8); since every run starts from the same noise, a run is compared
-with the reference by the paired standard error of the chunk-wise KID differences. Costs: top-level equivalents per sample (counted
-evaluations x FLOPs / top FLOPs) and single-thread CPU wall-clock seconds per sample.
+Runs (the defaults in :data:`SETTINGS`): the top UNet alone with EM (the reverse SDE), DDPM,
+DDIM and DPM-Solver++ 2M at a few step counts, T-Stitch (the smallest level for the first 40%
+of DDIM's steps, then the top), and ML-EM planned by the shipped calibration for a budget
+(``pipe(method="mlem", budget=B, sampler=S)``) inside EM, DPM-Solver++ and DDPM. The calibration
+cannot measure DDPM (its scheduler draws fresh noise for every step count), so ML-EM inside DDPM
+is planned by the calibration's EM model; its rows say so (``plan_source``).
+
+Every run draws sample i from the same per-sample generator (``sample_generators(seed, i)``):
+the same initial noise in every run (samples are computed in batches, which does not change
+them, up to float rounding). With per-sample generators EM draws its Brownian increments step by
+step, so EM runs with different step counts do NOT share a Brownian path; the pathwise errors of
+EM and ML-EM inside EM are therefore measured on a separate batch (below).
+
+Quality, on the 64-d features of the shipped digit classifier against all 1797 scikit-learn
+digits (the reference set, fixed):
+
+* KID: unbiased squared MMD, cubic polynomial kernel (:func:`kid_unbiased`), unscaled;
+* FD: Fréchet distance of the Gaussians fitted to the two feature sets (:func:`frechet_distance`);
+* confidence intervals: percentile bootstrap over the generated samples (``boot`` resamples, one
+  fixed seed); every run uses the SAME resampled indices, so the difference of two runs'
+  replicates is a paired bootstrap of their difference (they share their noise). A difference is
+  *resolved* when its paired interval excludes 0 (per pair, not corrected for multiple comparisons);
+* pathwise error: RMS over ``pathwise_n`` samples of the Euclidean distance (data scale [-1, 1],
+  1x16x16 pixels) to the run's own sampler's converged output from the same noise. EM and ML-EM
+  inside EM: a separate batch of ``pathwise_n`` samples from one generator (``Generator(seed)``), whose
+  virtual Brownian tree every EM run shares whatever its step count, against EM-top with
+  ``em_ref_steps`` steps (:func:`em_pathwise`); the ODE samplers: the first ``pathwise_n`` samples of
+  the run itself against DPM-Solver++ with ``ode_ref_steps`` steps (DDIM, DPM-Solver++, T-Stitch, ML-EM inside DPM-Solver++: for
+  T-Stitch the distance includes the small model's bias). None for DDPM (no converged pathwise solution).
+
+Costs: counted top-level equivalents per sample (evaluations x FLOPs / top FLOPs, from the
+pipeline's report) and single-thread CPU wall-clock seconds per sample (sampling only).
 """
 
 from __future__ import annotations
@@ -13,17 +39,563 @@ from __future__ import annotations
 import math
 import platform
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..engine.random import sample_generators
 from ..images.data import load_digits
-from ..images.metrics import image_metrics, kid_unbiased, load_digit_classifier
+from ..images.metrics import (bootstrap_counts, frechet_bootstrap, frechet_distance, kid_bootstrap, kid_unbiased,
+                              load_digit_classifier, percentile_ci)
 from ..images.pipeline import MultilevelPipeline
-from .common import single_thread, write_json
+from ..images.sampler_calibration import squared_distances
+from .common import device_name, pareto_front, single_thread, write_json
 
-__all__ = ["run_images_bench"]
+__all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds", "em_pathwise", "repair_em_pathwise"]
 
+#: Runs: (method, knobs). T-Stitch uses the pipeline's default: level 1 for 40% of DDIM's steps.
+FULL_RUNS = (
+    ("em", {"steps": 10}), ("em", {"steps": 25}), ("em", {"steps": 50}),
+    ("ddpm", {"steps": 10}), ("ddpm", {"steps": 25}), ("ddpm", {"steps": 50}),
+    ("ddim", {"steps": 10}), ("ddim", {"steps": 25}),
+    ("dpmpp_2m", {"steps": 5}), ("dpmpp_2m", {"steps": 10}), ("dpmpp_2m", {"steps": 25}),
+    ("stitch", {"steps": 25}),
+    ("mlem", {"sampler": "em", "budget": 10}), ("mlem", {"sampler": "em", "budget": 25}),
+    ("mlem", {"sampler": "em", "budget": 50}),
+    ("mlem", {"sampler": "dpmpp_2m", "budget": 10}), ("mlem", {"sampler": "dpmpp_2m", "budget": 25}),
+    ("mlem", {"sampler": "ddpm", "budget": 25}),
+)
+SETTINGS = {
+    "full": {"n": 2000, "runs": FULL_RUNS, "boot": 1000, "pathwise_n": 192, "em_ref_steps": 500,
+             "ode_ref_steps": 200, "batch": 250},
+    "quick": {"n": 128, "runs": (("em", {"steps": 10}), ("dpmpp_2m", {"steps": 5}),
+                                 ("mlem", {"sampler": "em", "budget": 10})),
+              "boot": 100, "pathwise_n": 32, "em_ref_steps": 40, "ode_ref_steps": 20, "batch": 128},
+}
+#: Fewest samples per run (--n): the bootstrap and the covariance fit need a few dozen.
+N_MIN = 64
+LEVEL = 0.95  # bootstrap interval level
+#: Single-thread seconds per sample per top-level equivalent of the top UNet on this project's CPU
+#: (2.2-2.5 ms measured on the shared 2-core machine, 2026-12-02), for the up-front estimate only.
+SECONDS_PER_TOP_EQ = 2.5e-3
+#: ML-EM's runs took ~1.6x the time of their counted cost there (small levels cost more than their FLOP share).
+MLEM_WALL_FACTOR = 1.6
+#: An ML-EM run is compared with the single-model runs costing at most this much more (relative).
+EQUAL_COST_SLACK = 0.05
+ODE_SAMPLERS = ("ddim", "dpmpp_2m", "euler_ode")
+
+
+def _sampler(method: str, knob: Dict) -> str:
+    if method in ("mlem", "stitch"):
+        return knob.get("sampler") or ("em" if method == "mlem" else "ddim")
+    return method
+
+
+def _family(method: str, knob: Dict) -> str:
+    return f"mlem:{_sampler(method, knob)}" if method == "mlem" else method
+
+
+def _label(method: str, knob: Dict) -> str:
+    if method == "mlem":
+        return f"ML-EM in {_sampler(method, knob)}, budget {knob['budget']:g}"
+    names = {"em": "EM-top", "ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM++", "euler_ode": "Euler-ODE",
+             "stitch": "T-Stitch"}
+    return f"{names.get(method, method)} {knob['steps']}"
+
+
+def _pathwise_kind(method: str, knob: Dict) -> Optional[str]:
+    s = _sampler(method, knob)
+    if s == "em":
+        return "em"
+    if s in ODE_SAMPLERS:
+        return "ode"
+    return None
+
+
+def _check_runs(runs) -> List[Tuple[str, Dict]]:
+    out = []
+    for item in runs:
+        try:
+            method, knob = item
+            knob = dict(knob)
+        except (TypeError, ValueError):
+            raise ValueError(f"runs: expected (method, knobs) pairs, got {item!r}") from None
+        if method == "mlem":
+            if "budget" not in knob:
+                raise ValueError(f"runs: an 'mlem' run needs a budget, got {knob!r}")
+        elif "steps" not in knob:
+            raise ValueError(f"runs: a {method!r} run needs steps, got {knob!r}")
+        out.append((method, knob))
+    if len(out) < 2:
+        raise ValueError(f"runs: expected at least 2 runs to compare, got {len(out)}")
+    if len({_label(m, k) for m, k in out}) != len(out):
+        raise ValueError("runs: a run is listed twice")
+    return out
+
+
+def _plan(pipe, knob: Dict):
+    """The plan pipe(method='mlem', budget=..., sampler=...) follows, and the warning it gives (or None)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = pipe.sampling_plan(knob["budget"], knob.get("steps"), knob.get("sampler") or "em")
+    return plan, (str(caught[0].message) if caught else None)
+
+
+def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode_ref_steps: int) -> Dict:
+    """Up-front wall-clock estimate from the counted costs: per run its predicted top-level equivalents
+    per sample (steps; T-Stitch's level shares; ML-EM's plan) x n x :data:`SECONDS_PER_TOP_EQ` (x
+    :data:`MLEM_WALL_FACTOR` for ML-EM), plus the pathwise references on ``pathwise_n`` samples."""
+    L = pipe.ladder
+    per_run, total = [], 0.0
+    for method, knob in runs:
+        if method == "mlem":
+            cost = _plan(pipe, knob)[0].top_equivalents
+            factor = MLEM_WALL_FACTOR
+        elif method == "stitch":
+            cost = knob["steps"] * (0.4 * L.costs[0] / L.costs[-1] + 0.6)
+            factor = 1.0
+        else:
+            cost, factor = float(knob["steps"]), 1.0
+        sec = cost * n * SECONDS_PER_TOP_EQ * factor
+        per_run.append({"run": _label(method, knob), "predicted_top_equivalents": cost, "seconds": sec})
+        total += sec
+    kinds = {_pathwise_kind(m, k) for m, k in runs}
+    em_again = sum(r["predicted_top_equivalents"] * (MLEM_WALL_FACTOR if m == "mlem" else 1.0)
+                   for r, (m, k) in zip(per_run, runs) if _pathwise_kind(m, k) == "em")  # em_pathwise's batch
+    ref = pathwise_n * SECONDS_PER_TOP_EQ * ((em_ref_steps + em_again if "em" in kinds else 0)
+                                            + (ode_ref_steps if "ode" in kinds else 0))
+    return {"seconds": total + ref, "runs_seconds": total, "references_seconds": ref, "per_run": per_run,
+            "seconds_per_top_equivalent": SECONDS_PER_TOP_EQ, "mlem_wall_factor": MLEM_WALL_FACTOR}
+
+
+#: Metrics whose bootstrap replicates are centred on the point estimate before the percentile interval (their
+#: bootstrap is biased: see percentile_ci); KID's replicates (distinct pairs only) are not.
+CENTRED = ("fd",)
+
+
+def em_pathwise(pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_seed: int,
+                echo: Callable[[str], None] = print) -> Dict[str, Dict]:
+    """Pathwise errors of EM-family runs ((method, knobs) pairs whose sampler is "em"): each run once more on
+    ``pn`` samples from one ``torch.Generator().manual_seed(seed)`` (so x_T and the virtual Brownian tree are
+    the same in every run, whatever its step count) against EM-top with ``ref_steps`` steps on them.
+    Returns ``{label: {"pathwise_error", "pathwise_error_ci", "pathwise_reference", "pathwise_samples"}}``."""
+    counts = bootstrap_counts(pn, boot, boot_seed)
+
+    def run(method, knob):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pipe(pn, method=method, generator=torch.Generator().manual_seed(int(seed)), **knob).x
+
+    with torch.no_grad():
+        echo(f"pathwise reference: EM-top {ref_steps} steps on {pn} samples (one generator: shared Brownian tree)")
+        ref = run("em", {"steps": ref_steps})
+        out = {}
+        for method, knob in runs:
+            sq = squared_distances(run(method, knob), ref)
+            out[_label(method, knob)] = {
+                "pathwise_error": math.sqrt(float(sq.mean())), "pathwise_error_ci": _interval((counts @ sq / pn).sqrt()),
+                "pathwise_reference": f"EM-top {ref_steps} steps, same noise and Brownian path",
+                "pathwise_samples": f"a separate batch of {pn} from Generator({seed})"}
+    return out
+
+
+def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = print) -> Dict:
+    """Recompute the EM-family pathwise errors of a results JSON written before :func:`em_pathwise` existed
+    (its EM runs were measured with per-sample generators, i.e. without a shared Brownian path) and rewrite
+    it, with a note. Uses the JSON's own settings (seed, pathwise_n, em_ref_steps, boot, boot_seed)."""
+    import json
+
+    with open(path) as f:
+        d = json.load(f)
+    s = d["settings"]
+    pipe = MultilevelPipeline.from_pretrained(ladder)
+    runs = [(m, k) for m, k in s["runs"] if _pathwise_kind(m, k) == "em"]
+    with single_thread():
+        em = em_pathwise(pipe, runs, s["pathwise_n"], s["em_ref_steps"], s["seed"], s["boot"], s["boot_seed"] + 1, echo)
+    for row in d["runs"]:
+        if row["label"] in em:
+            row["pathwise_error_per_sample_generators"] = row.get("pathwise_error")
+            row.update(em[row["label"]])
+            d["summary"]["pathwise_error"][row["label"]] = row["pathwise_error"]
+            echo(f"{row['label']}: pathwise error {row['pathwise_error']:.3g} (was {row['pathwise_error_per_sample_generators']:.3g} "
+                 "without a shared Brownian path)")
+    annotate_equal_cost(d["runs"], d["equal_cost"])
+    d["notes"].append("equal_cost entries annotated after the run (annotate_equal_cost: top_level_fires_every_step)")
+    d["notes"].append("EM-family pathwise errors recomputed after the run by multilevel_em.bench.images.repair_em_pathwise "
+                      "(a separate batch from Generator(seed) with a shared Brownian tree); the run's own values, measured "
+                      "with per-sample generators whose EM increments are not shared across step counts, are kept as "
+                      "pathwise_error_per_sample_generators")
+    d["noise"] = ("sample i of every run from sample_generators(seed, i): the same initial noise in every run; EM's "
+                  "Brownian increments are then drawn step by step (not shared across step counts), so the EM pathwise "
+                  "errors use a separate batch from Generator(seed) with a shared Brownian tree")
+    write_json(path, d)
+    return d
+
+
+def _interval(reps: torch.Tensor, metric: str = "", point: Optional[float] = None) -> List[float]:
+    return list(percentile_ci(reps, LEVEL, center=point if metric in CENTRED else None))
+
+
+def run_images_bench(
+    ladder: str,
+    *,
+    quick: bool = False,
+    n: Optional[int] = None,
+    runs: Optional[Sequence] = None,
+    boot: Optional[int] = None,
+    seed: int = 0,
+    boot_seed: int = 0,
+    pathwise_n: Optional[int] = None,
+    em_ref_steps: Optional[int] = None,
+    ode_ref_steps: Optional[int] = None,
+    batch: Optional[int] = None,
+    out: Optional[str] = "results/images.json",
+    plot_path: Optional[str] = "results/images.png",
+    command: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> Dict:
+    """Run every setting (module docstring); write the JSON and the plot and return the results.
+
+    Args:
+        ladder: a ladder folder with a calibration (ML-EM's plans).
+        quick: the small settings of :data:`SETTINGS` (tests; < 1 min on 2 cores).
+        n: samples per run (>= :data:`N_MIN`); runs, boot, pathwise_n, em_ref_steps, ode_ref_steps,
+            batch: override the settings (``runs``: (method, knobs) pairs as in :data:`FULL_RUNS`).
+        seed: noise seed (sample i of every run uses ``sample_generators(seed, [i])``).
+        boot_seed: seed of the bootstrap resamples (the same for every run: paired).
+
+    Raises ValueError (naming the argument) for bad settings, FloatingPointError for NaN samples or metrics.
+    """
+    cfg = dict(SETTINGS["quick" if quick else "full"])
+    for key, val in (("n", n), ("runs", runs), ("boot", boot), ("pathwise_n", pathwise_n),
+                     ("em_ref_steps", em_ref_steps), ("ode_ref_steps", ode_ref_steps), ("batch", batch)):
+        if val is not None:
+            cfg[key] = val
+    for key in ("n", "boot", "pathwise_n", "em_ref_steps", "ode_ref_steps", "batch"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{key}: expected a positive int, got {v!r}")
+    n = cfg["n"]
+    if n < N_MIN:
+        raise ValueError(f"n: expected at least {N_MIN} samples per run, got {n}")
+    if cfg["boot"] < 20:
+        raise ValueError(f"boot: expected at least 20 bootstrap resamples, got {cfg['boot']}")
+    pn = min(cfg["pathwise_n"], n)
+    if pn < 2:
+        raise ValueError(f"pathwise_n: expected at least 2, got {pn}")
+    plan_runs = _check_runs(cfg["runs"])
+    pipe = MultilevelPipeline.from_pretrained(ladder)
+    if any(m == "mlem" for m, _ in plan_runs) and pipe.calibration is None:
+        raise ValueError(f"{ladder}: ML-EM runs need a calibration (mlem calibrate --ladder {ladder})")
+    est = estimate_seconds(pipe, plan_runs, n, pn, cfg["em_ref_steps"], cfg["ode_ref_steps"])
+    echo(f"{len(plan_runs)} runs x {n} samples; estimated {est['seconds'] / 60:.1f} min on 1 thread "
+         f"(counted cost x {SECONDS_PER_TOP_EQ * 1e3:g} ms per sample per top-level equivalent, ML-EM x "
+         f"{MLEM_WALL_FACTOR:g}; references {est['references_seconds'] / 60:.1f} min)")
+    clf = load_digit_classifier()
+    ref_x = load_digits(pipe.ladder.sample_size).x
+    with torch.no_grad():
+        ref_feats = clf.features(ref_x).double()
+    counts = bootstrap_counts(n, cfg["boot"], boot_seed)
+    counts_p = bootstrap_counts(pn, cfg["boot"], boot_seed + 1)
+    gens_seed = int(seed)
+    started = time.perf_counter()
+
+    def sample(method, knob, count):
+        """Samples 0..count-1 in batches; (x, top-eq per sample, wall seconds per sample, last report)."""
+        xs, top, wall, rep = [], 0.0, 0.0, None
+        for lo in range(0, count, cfg["batch"]):
+            hi = min(count, lo + cfg["batch"])
+            gens = sample_generators(gens_seed, range(lo, hi))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ML-EM inside an unmeasured sampler: recorded as plan_source
+                t0 = time.perf_counter()
+                res = pipe(hi - lo, method=method, generator=gens, **knob)
+                wall += time.perf_counter() - t0
+            xs.append(res.x)
+            top += res.report["top_equivalents_per_sample"] * (hi - lo)
+            rep = res.report
+        return torch.cat(xs), top / count, wall / count, rep
+
+    rows: List[Dict] = []
+    reps: Dict[str, Dict[str, torch.Tensor]] = {}
+    with single_thread(), torch.no_grad():
+        refs = {}
+        kinds = {_pathwise_kind(m, k) for m, k in plan_runs}
+        em_runs = [(m, k) for m, k in plan_runs if _pathwise_kind(m, k) == "em"]
+        em_path = em_pathwise(pipe, em_runs, pn, cfg["em_ref_steps"], seed, cfg["boot"], boot_seed + 1,
+                              echo) if em_runs else {}
+        if "ode" in kinds:
+            echo(f"pathwise reference: DPM++ {cfg['ode_ref_steps']} steps on the first {pn} samples")
+            refs["ode"] = sample("dpmpp_2m", {"steps": cfg["ode_ref_steps"]}, pn)[0]
+        for method, knob in plan_runs:
+            label = _label(method, knob)
+            x, top, wall, rep = sample(method, knob, n)
+            f = clf.features(x.float().clamp(-1, 1)).double()
+            if not bool(torch.isfinite(f).all()):
+                raise FloatingPointError(f"{label}: the classifier's features are NaN or Inf")
+            kid, fd = kid_unbiased(f, ref_feats), frechet_distance(f, ref_feats)
+            kb, fb = kid_bootstrap(f, ref_feats, counts), frechet_bootstrap(f, ref_feats, counts)
+            row = {"label": label, "family": _family(method, knob), "method": method,
+                   "sampler": _sampler(method, knob), **knob, "steps_run": rep["steps"],
+                   "top_equivalents": top, "wall_seconds_per_sample": wall,
+                   "kid": kid, "kid_ci": _interval(kb, "kid", kid), "fd": fd, "fd_ci": _interval(fb, "fd", fd),
+                   "fd_ci_uncentred": _interval(fb),
+                   "evaluations_per_sample": [lv["evaluations_per_sample"] for lv in rep["levels"]]}
+            for m, point, b in (("kid", kid, kb), ("fd", fd, fb)):
+                # the percentile interval can miss the point estimate when the bootstrap is biased (resamples
+                # repeat samples: FD's finite-n bias grows; KID's heavy tail): recorded, not hidden
+                row[f"{m}_boot_mean"] = float(b.mean())
+                row[f"{m}_point_in_ci"] = row[f"{m}_ci"][0] <= point <= row[f"{m}_ci"][1]
+            reps[label] = {"kid": kb, "fd": fb}
+            kind = _pathwise_kind(method, knob)
+            if kind is None:
+                row["pathwise_error"] = None
+                row["pathwise_note"] = (f"{row['sampler']} draws fresh noise for every step count: no converged "
+                                        "pathwise solution to measure against")
+            elif kind == "em":
+                row.update(em_path[label])
+            else:
+                sq = squared_distances(x[:pn], refs[kind])
+                row["pathwise_error"] = math.sqrt(float(sq.mean()))
+                row["pathwise_error_ci"] = _interval((counts_p @ sq / pn).sqrt())
+                row["pathwise_reference"] = (f"EM-top {cfg['em_ref_steps']} steps" if kind == "em"
+                                             else f"DPM++ {cfg['ode_ref_steps']} steps")
+            if method == "mlem":
+                plan, warned = _plan(pipe, knob)
+                row["plan"] = rep.get("plan")
+                row["plan_source"] = (f"the calibration's EM model ({warned})" if warned
+                                      else f"the calibration's measured {row['sampler']} curve")
+            rows.append(row)
+            pw = "" if row["pathwise_error"] is None else f", path err {row['pathwise_error']:.3g}"
+            echo(f"{label:>28}: {top:7.2f} top-eq, {wall * 1e3:7.2f} ms/sample, KID {kid:8.4g} "
+                 f"[{row['kid_ci'][0]:.4g}, {row['kid_ci'][1]:.4g}], FD {fd:8.4g} "
+                 f"[{row['fd_ci'][0]:.3f}, {row['fd_ci'][1]:.3f}]{pw}")
+    total_wall = time.perf_counter() - started
+    analysis = _analyse(rows, reps)
+    for line in analysis["lines"]:
+        echo(line)
+    cal = pipe.calibration
+    result = {
+        "benchmark": "images",
+        "command": command,
+        "quick": quick,
+        "ladder": ladder,
+        "widths": pipe.ladder.widths,
+        "flops": pipe.ladder.costs,
+        "gamma": None if cal is None else cal.gamma,
+        "settings": {"n": n, "seed": seed, "boot": cfg["boot"], "boot_seed": boot_seed, "level": LEVEL,
+                     "pathwise_n": pn, "em_ref_steps": cfg["em_ref_steps"], "ode_ref_steps": cfg["ode_ref_steps"],
+                     "batch": cfg["batch"], "runs": [[m, k] for m, k in plan_runs],
+                     "equal_cost_slack": EQUAL_COST_SLACK},
+        "machine": f"{device_name(torch.device('cpu'))}, 1 torch thread, shared CPU ({platform.machine()})",
+        "noise": ("sample i of every run from sample_generators(seed, i): the same initial noise in every run; "
+                  "EM's Brownian increments are then drawn step by step (not shared across step counts), so the "
+                  "EM pathwise errors use a separate batch from Generator(seed) with a shared Brownian tree"),
+        "reference_set": f"all {len(ref_x)} scikit-learn digits at 16x16 (fixed, not resampled)",
+        "metrics": {
+            "kid": "unbiased MMD^2, cubic polynomial kernel, 64-d digit-classifier features (unscaled)",
+            "fd": "Fréchet distance of Gaussians fitted to the 64-d digit-classifier features (eigh square roots)",
+            "ci": (f"{LEVEL:.0%} percentile bootstrap over the generated samples, {cfg['boot']} resamples, seed "
+                   f"{boot_seed}; the same resampled indices for every run, so differences are paired. KID's "
+                   "replicates pair only distinct original samples (no duplicate self-pairs: unbiased); FD's "
+                   "replicates (and those of FD differences) are shifted to have the point estimate as their mean "
+                   "before taking percentiles, removing the bootstrap's upward bias (fd_ci_uncentred: without "
+                   "the shift)"),
+            "point_in_ci": ("whether the point estimate lies inside its percentile interval; *_boot_mean is the "
+                            "replicates' mean (their offset from the point estimate is the bootstrap's bias estimate)"),
+            "resolved": "a difference is resolved when its paired bootstrap interval excludes 0 (per pair, uncorrected)",
+            "pathwise_error": (f"RMS over {pn} samples (a subset, to save compute) of the Euclidean distance (data "
+                               f"scale, 1x16x16) to the sampler's converged output from the same noise: em and ML-EM "
+                               f"in em: a separate batch of {pn} from Generator(seed) (shared Brownian tree) against "
+                               f"EM-top {cfg['em_ref_steps']} steps; ODE samplers (ddim, dpmpp_2m, stitch, ML-EM in "
+                               f"dpmpp_2m): the run's first {pn} samples against DPM++ {cfg['ode_ref_steps']} steps; "
+                               f"none for ddpm; CI by bootstrap over that subset (seed {boot_seed + 1})"),
+            "top_equivalents": "counted evaluations x FLOPs / top-level FLOPs, per sample (the pipeline's report)",
+            "wall_seconds_per_sample": "single-thread CPU seconds of sampling per sample (batches of `batch`)",
+        },
+        "estimate": est,
+        "wall_seconds_total": total_wall,
+        "runs": rows,
+        "reference_run": analysis["reference"],
+        "fronts": analysis["fronts"],
+        "equal_cost": analysis["equal_cost"],
+        "pairs": analysis["pairs"],
+        "summary": analysis["summary"],
+        "summary_lines": analysis["lines"],
+        "notes": [
+            "ML-EM inside DDPM is planned by the calibration's EM model: the calibration cannot measure DDPM "
+            "(fresh noise per step count), so the plan cannot say whether it beats DDPM alone",
+            "FD is biased upward at finite n; every run has the same n, so FDs are comparable here, not with FIDs elsewhere",
+            "intervals are per run / per pair at the stated level, not corrected for the number of comparisons",
+        ],
+    }
+    if plot_path:
+        _plot(rows, plot_path)
+        result["plot"] = plot_path
+    if out:
+        write_json(out, result)
+    return result
+
+
+def _diff(reps, a: str, b: str, metric: str, rows_by: Dict) -> Dict:
+    d = rows_by[a][metric] - rows_by[b][metric]
+    lo, hi = _interval(reps[a][metric] - reps[b][metric], metric, d)
+    return {"diff": d, "ci": [lo, hi], "resolved": lo > 0 or hi < 0}
+
+
+def _analyse(rows: List[Dict], reps: Dict) -> Dict:
+    """Reference-run differences, fronts, equal-cost comparisons of ML-EM, all pairs, and the summary."""
+    by = {r["label"]: r for r in rows}
+    single = [r for r in rows if r["method"] != "mlem"]
+    lines: List[str] = []
+    ref = max(single or rows, key=lambda r: r["top_equivalents"])  # the first of equals
+    for r in rows:
+        for m in ("kid", "fd"):
+            d = _diff(reps, r["label"], ref["label"], m, by)
+            r[f"{m}_diff"], r[f"{m}_diff_ci"], r[f"{m}_diff_resolved"] = d["diff"], d["ci"], d["resolved"]
+    lines.append(f"reference run for the paired differences: {ref['label']} ({ref['top_equivalents']:.1f} top-eq)")
+    fronts: Dict = {}
+    for m in ("kid", "fd"):
+        fam: Dict = {}
+        for f in dict.fromkeys(r["family"] for r in rows):
+            rs = [r for r in rows if r["family"] == f]
+            fam[f] = _front(rs, m)
+        fronts[m] = {"by_family": fam, "overall": _front(rows, m)}
+    for m in ("kid", "fd"):
+        lines.append(f"{m.upper()} front over all runs: " + "; ".join(fronts[m]["overall"]))
+    equal = []
+    for r in rows:
+        if r["method"] != "mlem":
+            continue
+        cands = [s for s in single if s["top_equivalents"] <= r["top_equivalents"] * (1 + EQUAL_COST_SLACK)]
+        entry = {"mlem": r["label"], "top_equivalents": r["top_equivalents"]}
+        for m in ("kid", "fd"):
+            if not cands:
+                entry[m] = None
+                continue
+            best = min(cands, key=lambda s: s[m])
+            d = _diff(reps, r["label"], best["label"], m, by)
+            verdict = ("ML-EM better" if d["ci"][1] < 0 else "single model better" if d["ci"][0] > 0
+                       else "not resolved")
+            entry[m] = {"best_single": best["label"], "best_single_top_equivalents": best["top_equivalents"],
+                        **d, "verdict": verdict}
+            lines.append(f"{r['label']} ({r['top_equivalents']:.1f} top-eq) vs the best single model at most that cost "
+                         f"by {m.upper()}, {best['label']} ({best['top_equivalents']:.1f}): diff {_fmt(m, d['diff'])} "
+                         f"[{_fmt(m, d['ci'][0])}, {_fmt(m, d['ci'][1])}]: {verdict}")
+        same = [s for s in single if s["method"] == r["sampler"]
+                and s["top_equivalents"] <= r["top_equivalents"] * (1 + EQUAL_COST_SLACK)]
+        if same:
+            s = max(same, key=lambda s: s["top_equivalents"])
+            entry["same_sampler"] = {"single": s["label"], "kid": _diff(reps, r["label"], s["label"], "kid", by),
+                                     "fd": _diff(reps, r["label"], s["label"], "fd", by)}
+        equal.append(entry)
+    annotate_equal_cost(rows, equal)
+    pairs = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            pairs.append({"a": a["label"], "b": b["label"], "kid": _diff(reps, a["label"], b["label"], "kid", by),
+                          "fd": _diff(reps, a["label"], b["label"], "fd", by)})
+    summary = {"reference_run": ref["label"], "pairs": len(pairs)}
+    for m in ("kid", "fd"):
+        summary[f"{m}_resolved_pairs"] = sum(p[m]["resolved"] for p in pairs)
+        summary[f"{m}_unresolved"] = [[p["a"], p["b"]] for p in pairs if not p[m]["resolved"]]
+        summary[f"mlem_better_than_best_single_at_equal_cost_{m}"] = [
+            e["mlem"] for e in equal if e.get(m) and e[m]["verdict"] == "ML-EM better"]
+        summary[f"single_better_than_mlem_at_equal_cost_{m}"] = [
+            e["mlem"] for e in equal if e.get(m) and e[m]["verdict"] == "single model better"]
+    summary["kid_and_fd_disagree"] = [[p["a"], p["b"]] for p in pairs if p["kid"]["resolved"] and p["fd"]["resolved"]
+                                      and (p["kid"]["diff"] > 0) != (p["fd"]["diff"] > 0)]
+    pw = [r for r in rows if r.get("pathwise_error") is not None]
+    summary["pathwise_error"] = {r["label"]: r["pathwise_error"] for r in pw}
+    lines.append(f"resolved (paired {LEVEL:.0%} CI excludes 0): KID {summary['kid_resolved_pairs']}/{len(pairs)} pairs, "
+                 f"FD {summary['fd_resolved_pairs']}/{len(pairs)}; resolved by both with opposite signs: "
+                 f"{len(summary['kid_and_fd_disagree'])}")
+    for m in ("kid", "fd"):
+        better = summary[f"mlem_better_than_best_single_at_equal_cost_{m}"]
+        worse = summary[f"single_better_than_mlem_at_equal_cost_{m}"]
+        lines.append(f"{m.upper()}: ML-EM better than the best single model at equal cost in {len(better)} of "
+                     f"{len(equal)} ML-EM runs, worse in {len(worse)}")
+    return {"reference": ref["label"], "fronts": fronts, "equal_cost": equal, "pairs": pairs, "summary": summary,
+            "lines": lines}
+
+
+def annotate_equal_cost(rows: List[Dict], equal: List[Dict]) -> None:
+    """Flag the ML-EM runs that are the top model alone in disguise: where the plan's top level fires at every
+    step (its evaluations per sample equal the step count), ML-EM's output is the top model's with that sampler
+    and step count (the lower levels' telescoping terms cancel), so a verdict against single-model runs with
+    fewer steps measures the extra steps, not the randomization."""
+    by = {r["label"]: r for r in rows}
+    for e in equal:
+        r = by[e["mlem"]]
+        top_evals = r["evaluations_per_sample"][-1]
+        e["top_level_fires_every_step"] = bool(top_evals >= r["steps_run"] * (1 - 1e-3))
+        e["top_level_evaluations_per_sample"] = top_evals
+        e["steps_run"] = r["steps_run"]
+        if e["top_level_fires_every_step"]:
+            e["note"] = (f"the top level fires at every one of the {r['steps_run']} steps: this run is the top model "
+                         f"alone with {r['sampler']} at {r['steps_run']} steps (plus unused lower-level calls); a "
+                         "difference from a single-model run with fewer steps is a step-count effect, not ML-EM's")
+
+
+def _fmt(metric: str, v: float) -> str:
+    return f"{v:+.4g}"
+
+
+def _front(rows: List[Dict], metric: str) -> List[str]:
+    """Labels of the runs on the cost-quality front (no cheaper-or-equal run is better), by cost."""
+    pts = pareto_front((r["top_equivalents"], r[metric]) for r in rows)
+    out = []
+    for cost, val in pts:
+        out.append(next(r["label"] for r in rows if r["top_equivalents"] == cost and r[metric] == val))
+    return out
+
+
+STYLE = {"em": ("C0", "o"), "ddpm": ("C1", "v"), "ddim": ("C2", "^"), "dpmpp_2m": ("C4", "D"),
+         "euler_ode": ("C5", "P"), "stitch": ("C7", "X"), "mlem:em": ("C3", "s"), "mlem:dpmpp_2m": ("C6", "s"),
+         "mlem:ddpm": ("C8", "s"), "mlem:ddim": ("C9", "s")}
+
+
+FAMILY_NAMES = {"em": "EM-top", "ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++ 2M",
+                "euler_ode": "Euler ODE", "stitch": "T-Stitch (DDIM)", "mlem:em": "ML-EM in EM",
+                "mlem:dpmpp_2m": "ML-EM in DPM++", "mlem:ddpm": "ML-EM in DDPM (EM plan)", "mlem:ddim": "ML-EM in DDIM"}
+
+
+def _plot(rows: List[Dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, m, name in ((axes[0], "kid", "KID"), (axes[1], "fd", "FD")):
+        for fam in dict.fromkeys(r["family"] for r in rows):
+            rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["top_equivalents"])
+            color, marker = STYLE.get(fam, ("k", "o"))
+            y = [r[m] for r in rs]
+            # bars span the CI; where the point lies outside it (a biased bootstrap) the bar on that side is 0
+            err = [[max(0.0, r[m] - r[f"{m}_ci"][0]) for r in rs], [max(0.0, r[f"{m}_ci"][1] - r[m]) for r in rs]]
+            label = FAMILY_NAMES.get(fam, fam)
+            ax.errorbar([r["top_equivalents"] for r in rs], y, yerr=err, fmt=marker + ("--" if fam.startswith("mlem")
+                        else "-"), color=color, label=label, capsize=2, markersize=5)
+        ax.set_xscale("log")
+        if all(min(r[m], r[f"{m}_ci"][0]) > 0 for r in rows):
+            ax.set_yscale("log")
+        ax.set_xlabel("top-level equivalents per sample")
+        ax.set_ylabel(f"{name} vs all digits (classifier features)")
+        ax.set_title(f"{name} ({LEVEL:.0%} bootstrap CIs, paired noise)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- chunk-wise helpers
+# The earlier KID-with-chunk-standard-errors helpers, still used by benchmarks/gpu_images.py and
+# benchmarks/distill.py (which have not moved to the bootstrap).
 
 CHUNKS = 8
 
@@ -41,82 +613,6 @@ def _chunk_kids(clf, x, ref_feats, chunks: int = CHUNKS) -> List[float]:
         raise ValueError(f"n: expected at least {2 * chunks} samples ({chunks} chunks of 2 or more), got {f.shape[0]}")
     return [kid_unbiased(p, ref_feats) for p in torch.tensor_split(f, chunks)]
 
-
-def run_images_bench(
-    ladder: str,
-    *,
-    n: int = 256,
-    seed: int = 0,
-    em_steps: Sequence[int] = (1000, 500, 250, 100, 50),
-    ddim_steps: Sequence[int] = (100, 50, 25),
-    dpm_steps: Sequence[int] = (50, 20, 10),
-    mlem_budgets: Sequence = (250, 100, 50, 25, (250, 1000), (100, 1000), (50, 1000)),
-    out: Optional[str] = "results/images.json",
-    command: Optional[str] = None,
-    echo: Callable[[str], None] = print,
-) -> Dict:
-    """Run every setting once on ``n`` samples; write and return the table (see the module docstring).
-
-    ``mlem_budgets``: budgets in top-level equivalents per sample (levels, steps and rate scale
-    planned by the stored calibration), or ``(budget, steps)`` pairs that fix the step count.
-    """
-    pipe = MultilevelPipeline.from_pretrained(ladder)
-    clf = load_digit_classifier()
-    ref = load_digits(pipe.ladder.sample_size).x
-    with torch.no_grad():
-        ref_feats = clf.features(ref)
-    runs: List[Dict] = []
-    settings = ([("em", dict(steps=s)) for s in em_steps] + [("ddim", dict(steps=s)) for s in ddim_steps]
-                + [("dpmpp_2m", dict(steps=s)) for s in dpm_steps]
-                + [("mlem", dict(budget=b[0], steps=b[1]) if isinstance(b, tuple) else dict(budget=b)) for b in mlem_budgets])
-    with single_thread():
-        for method, knob in settings:
-            start = time.perf_counter()
-            res = pipe(n, method=method, generator=torch.Generator().manual_seed(seed), **knob)
-            wall = time.perf_counter() - start
-            m = image_metrics(res.x, ref, clf, seed=seed)
-            row = {
-                "method": method,
-                **knob,
-                "steps_run": res.report["steps"],
-                "top_equivalents": res.report["top_equivalents_per_sample"],
-                "wall_seconds_per_sample": wall / n,
-                "kid": m["kid"],
-                "kid_chunks": _chunk_kids(clf, res.x, ref_feats),
-                "sliced_wasserstein": m["sliced_wasserstein"],
-                "evaluations_per_sample": [lv["evaluations_per_sample"] for lv in res.report["levels"]],
-            }
-            if "plan" in res.report:
-                row["plan"] = res.report["plan"]
-            row["kid_se"] = _sd(row["kid_chunks"]) / math.sqrt(len(row["kid_chunks"]))
-            runs.append(row)
-            echo(f"{method:>8} {str(knob):>18}: {row['top_equivalents']:8.1f} top-eq, {row['wall_seconds_per_sample'] * 1e3:8.2f} "
-                 f"ms/sample, KID {row['kid']:8.2f} +- {row['kid_se']:.2f}, SW {row['sliced_wasserstein']:.4f}")
-    summary = _summary(runs)
-    for line in summary["lines"]:
-        echo(line)
-    cal = pipe.calibration
-    result = {
-        "command": command,
-        "ladder": ladder,
-        "widths": pipe.ladder.widths,
-        "flops": pipe.ladder.costs,
-        "gamma": None if cal is None else cal.gamma,
-        "gamma_se": None if cal is None or cal.gamma_se is None or math.isnan(cal.gamma_se) else cal.gamma_se,
-        "n": n,
-        "seed": seed,
-        "reference": f"all {len(ref)} digits (training data)",
-        "kid": (f"unbiased MMD^2, cubic polynomial kernel, 64-d digit-classifier features; kid_se from {CHUNKS} "
-                "disjoint chunks; every run starts from the same noise, so differences between runs are judged "
-                "by the paired standard error of the chunk-wise differences (diff_se)"),
-        "machine": f"{platform.processor() or platform.machine()}, 1 torch thread, shared CPU",
-        "runs": runs,
-        "summary": {k: v for k, v in summary.items() if k != "lines"},
-        "summary_lines": summary["lines"],
-    }
-    if out:
-        write_json(out, result)
-    return result
 
 
 def _summary(runs: List[Dict]) -> Dict:

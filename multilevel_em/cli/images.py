@@ -325,23 +325,38 @@ def train_classifier_cmd(out, epochs, seed):
 
 @click.command("images")
 @click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
-              help="A ladder folder (default: the shipped digits ladder).")
-@click.option("--n", "n", default=256, show_default=True, type=click.IntRange(min=16), help="Samples per run.")
-@click.option("--quick", is_flag=True, help="A reduced sweep (n=64, fewer settings; a few minutes).")
-@click.option("--seed", default=0, show_default=True, type=SEED)
+              help="A ladder folder with a calibration (default: the shipped digits ladder).")
+@click.option("--n", "n", default=None, type=int,
+              help="Samples per run, >= 64 (default 2000; 128 with --quick).")
+@click.option("--quick", is_flag=True, help="3 runs of 128 samples, 100 bootstrap resamples (for tests; under a minute).")
+@click.option("--boot", default=None, type=int, help="Bootstrap resamples, >= 20 (default 1000; 100 with --quick).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Noise seed (sample i: sample_generators(seed, i)).")
 @click.option("--out", default="results/images.json", show_default=True, type=click.Path(dir_okay=False))
-def bench_images_cmd(ladder_path, n, quick, seed, out):
-    """Cost (top-level equivalents, CPU wall-clock) vs KID of EM-top, DDIM, DPM-Solver++ and ML-EM on a UNet ladder."""
-    from ..bench.images import run_images_bench
+@click.option("--plot", "plot_path", default="results/images.png", show_default=True, type=click.Path(dir_okay=False))
+def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
+    """Cost (top-level equivalents, CPU seconds) against KID and FD (bootstrap CIs, paired on shared noise) and the
+    pathwise error of EM-top, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM inside EM / DPM-Solver++ / DDPM on a
+    UNet ladder: one JSON, one plot."""
+    from ..bench.images import N_MIN
 
-    check_output_file(out, "--out")
+    if n is not None and n < N_MIN:
+        raise click.BadParameter(f"expected at least {N_MIN} samples per run, got {n}", param_hint="--n")
+    if boot is not None and boot < 20:
+        raise click.BadParameter(f"expected at least 20 bootstrap resamples, got {boot}", param_hint="--boot")
+    check_output_file(out, "--out", suffixes=(".json",))
+    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    if os.path.abspath(out) == os.path.abspath(plot_path):
+        raise click.BadParameter("--out and --plot name the same file", param_hint="--plot")
+    from ..bench.images import run_images_bench
+    from ..images import CheckpointError
+
     ladder_path = ladder_path or os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits")
-    kw = {}
-    if quick:
-        n = min(n, 64)
-        kw = dict(em_steps=(250, 50), ddim_steps=(25,), dpm_steps=(10,), mlem_budgets=(50,))
-    run_images_bench(os.path.normpath(ladder_path), n=n, seed=seed, out=out, command=_command_line(), echo=click.echo, **kw)
-    click.echo(f"wrote {out}")
+    try:
+        run_images_bench(os.path.normpath(ladder_path), quick=quick, n=n, boot=boot, seed=seed, out=out,
+                         plot_path=plot_path, command=_command_line(), echo=click.echo)
+    except (ValueError, FloatingPointError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("samplers")
