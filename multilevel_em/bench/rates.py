@@ -220,7 +220,7 @@ def plot(result: Dict, path: str) -> None:
     a.set_yscale("log")
     a.set_xlabel("t (diffusion time; sampling runs from t = 1 down)")
     a.set_ylabel("sensitivity s(t) of the top correction")
-    a.set_title("How much of an error made at t survives to the sample")
+    a.set_title("How much of an error made at t survives")
     a.legend(fontsize=8)
     xs = np.arange(len(gains))
     b.bar(xs, gains, color=colors, yerr=[los, his], capsize=3)
@@ -229,7 +229,8 @@ def plot(result: Dict, path: str) -> None:
     b.set_xticks(xs)
     b.set_xticklabels(labels, rotation=90, fontsize=6)
     b.set_ylabel("MSE(closed) / MSE(kind) at equal cost")
-    b.set_title("Gain over closed-form rates (blue: sensitivity, orange: learned; bars: +-2 se over seeds)")
+    b.set_title("Gain over closed-form rates at equal cost\n(blue: sensitivity, orange: learned; bars: +-2 se over seeds)",
+                fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
