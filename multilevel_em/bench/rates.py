@@ -35,7 +35,7 @@ from .common import single_thread, write_json
 
 __all__ = ["run_rates_bench", "SETTINGS"]
 
-KINDS = ("closed", "sensitivity", "learned")
+PROBLEMS = ("gaussian", "mixture", "digits")
 MLP_T_MIN = 1e-4  # as mlem bench diffusion
 DIGITS_T_MIN = 1e-3  # as the image pipeline
 
@@ -243,8 +243,8 @@ def run_rates_bench(*, quick: bool = False, problems: Optional[Sequence[str]] = 
     settings = SETTINGS["quick" if quick else "full"]
     problems = tuple(problems or settings["problems"])
     for p in problems:
-        if p not in ("gaussian", "mixture", "digits"):
-            raise ValueError(f"problems: expected some of gaussian, mixture, digits, got {p!r}")
+        if p not in PROBLEMS:
+            raise ValueError(f"problems: expected some of {', '.join(PROBLEMS)}, got {p!r}")
     t0 = time.perf_counter()
     per: List[Dict] = []
     with single_thread():

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-
 import click
 
 from ._paths import SEED, check_output_file
+from .images import _command_line
 
 
 @click.command("rates")
@@ -21,20 +19,19 @@ from ._paths import SEED, check_output_file
 def bench_rates_cmd(quick, problems, seed, out, plot_path):
     """ML-EM inside EM and DPM-Solver++ with closed-form, sensitivity-weighted and learned rates, at equal
     expected cost: the MSE each adds to the top model alone, and each one's gain over the closed form."""
-    from ..bench.rates import run_rates_bench
+    from ..bench.rates import PROBLEMS, run_rates_bench
 
     names = None
     if problems is not None:
         names = [p.strip() for p in problems.split(",") if p.strip()]
-        bad = [p for p in names if p not in ("gaussian", "mixture", "digits")]
-        if bad or not names:
-            raise click.BadParameter(f"expected some of gaussian, mixture, digits, got {problems!r}",
+        if not names or any(p not in PROBLEMS for p in names):
+            raise click.BadParameter(f"expected some of {', '.join(PROBLEMS)}, got {problems!r}",
                                      param_hint="--problems")
     check_output_file(out, "--out", suffixes=(".json",))
     check_output_file(plot_path, "--plot", suffixes=(".png",))
     try:
         run_rates_bench(quick=quick, problems=names, seed=seed, out=out, plot_path=plot_path,
-                        command=" ".join(["mlem"] + [shlex.quote(a) for a in sys.argv[1:]]), echo=click.echo)
+                        command=_command_line(), echo=click.echo)
     except FloatingPointError as e:
         raise click.ClickException(f"{e}; nothing was written") from None
     click.echo(f"wrote {out} and {plot_path}")

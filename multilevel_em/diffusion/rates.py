@@ -137,10 +137,9 @@ class Profiles:
     def per_call_sensitivity(self) -> np.ndarray:
         """s_l at every call, (N, K - 1): the block's value, linearly interpolated in log t between block
         centres (constant beyond the first and last)."""
-        centres = np.array([math.log(max(float(np.exp(np.log(np.maximum(self.times[c], 1e-12)).mean())), 1e-12))
-                            for c in self.block_calls])
-        order = np.argsort(centres)
         logt = np.log(np.maximum(self.times, 1e-12))
+        centres = np.array([logt[c].mean() for c in self.block_calls])  # geometric mean time of each block
+        order = np.argsort(centres)
         return np.stack([np.interp(logt, centres[order], self.sensitivity[order, l])
                          for l in range(self.sensitivity.shape[1])], 1)
 
@@ -251,6 +250,17 @@ def expected_cost(p: np.ndarray, costs: Sequence[float]) -> float:
     return float(c[0] * p.shape[0] + ((1.0 - q * q_next) @ c[1:]).sum())
 
 
+def _largest_within(cost: Callable[[float], float], budget: float, lo: float, hi: float, iters: int) -> float:
+    """The largest v in [lo, hi] with cost(v) <= budget, by bisection (cost nondecreasing in v)."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if cost(mid) > budget:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
 class _PerCallRate:
     """lambda(t) = p_n / h_n at the call times t_n, linear in t between them (exact at the calls)."""
 
@@ -304,14 +314,9 @@ class RateShape:
         if self.floor is not None and expected_cost(self._p(0.0, rh), c) > budget:
             raise ValueError(f"budget: {budget:.4g} top-level equivalents per sample is below the cost of this "
                              f"shape's floor ({expected_cost(self._p(0.0, rh), c):.4g})")
-        lo, hi = -60.0, math.log(1.0 / float(rh[rh > 0].min())) + 1.0
-        for _ in range(100):
-            mid = 0.5 * (lo + hi)
-            if expected_cost(self._p(math.exp(mid), rh), c) > budget:
-                hi = mid
-            else:
-                lo = mid
-        return self._p(math.exp(lo), rh)
+        hi = math.log(1.0 / float(rh[rh > 0].min())) + 1.0
+        log_mu = _largest_within(lambda v: expected_cost(self._p(math.exp(v), rh), c), budget, -60.0, hi, 100)
+        return self._p(math.exp(log_mu), rh)
 
 
 def as_rates(times: np.ndarray, spans: np.ndarray, p: np.ndarray) -> List[_PerCallRate]:
@@ -336,14 +341,7 @@ def _project(theta: torch.Tensor, A: np.ndarray, c: np.ndarray, budget: float) -
     """Shift the knots theta by one constant so that p = sigmoid(A theta) has expected cost ``budget``
     (the rows of A sum to 1, so the shift moves every call's logit by the same constant)."""
     t = A @ theta.detach().numpy()
-    lo, hi = -40.0, 40.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if expected_cost(1.0 / (1.0 + np.exp(-(t + mid))), c) > budget:
-            hi = mid
-        else:
-            lo = mid
-    return theta + lo
+    return theta + _largest_within(lambda v: expected_cost(1.0 / (1.0 + np.exp(-(t + v))), c), budget, -40.0, 40.0, 80)
 
 
 def learn_probabilities(
@@ -384,9 +382,9 @@ def learn_probabilities(
     Raises FloatingPointError when the loss or the parameters become NaN/Inf, or the loss exceeds 100
     times its starting value over 5 consecutive iterations ("diverged": lower ``lr``).
     """
-    for name, v in (("iterations", iterations), ("batch", batch), ("knots", knots)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name != "iterations" else 1):
-            raise ValueError(f"{name}: expected an int >= {2 if name != 'iterations' else 1}, got {v!r}")
+    for name, v, least in (("iterations", iterations, 1), ("batch", batch, 2), ("knots", knots, 2)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"{name}: expected an int >= {least}, got {v!r}")
     for name, v in (("lr", lr), ("fd_scale", fd_scale)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name}: expected a number > 0, got {v!r}")
