@@ -34,7 +34,12 @@ def _command_line() -> str:
 
 
 @click.command("train")
-@click.option("--dataset", required=True, help="'digits' (scikit-learn, 8x8 upsampled) or a folder of PNG/JPEG images.")
+@click.option("--dataset", required=True,
+              help="'digits' (scikit-learn, 8x8 upsampled), 'fashion-mnist' (IDX files; see --data-dir) or a folder "
+                   "of PNG/JPEG images.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of the Fashion-MNIST IDX files (default: where 'apt-get install dataset-fashion-mnist' "
+                   "puts them).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Ladder folder; an existing one trained with the same settings is resumed.")
 @click.option("--widths", default="4,8,16,32", show_default=True,
@@ -45,14 +50,16 @@ def _command_line() -> str:
 @click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
 @click.option("--ema", "ema_decay", default=0.995, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
               help="EMA decay of the sampling weights (0: none).")
-@click.option("--size", default=16, show_default=True, type=click.IntRange(min=4), help="Image side in pixels.")
+@click.option("--size", default=None, type=click.IntRange(min=4),
+              help="Image side in pixels (default: 32 for fashion-mnist, else 16).")
 @click.option("--channels", default=None, type=click.Choice(["1", "3"]), help="Folder data: 1 (grayscale) or 3 (RGB, default).")
 @click.option("--save-every", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between checkpoints.")
 @click.option("--threads", default=1, show_default=True, type=THREADS,
               help="torch threads (1 is fastest for these small UNets on a shared CPU).")
 @click.option("--calibrate/--no-calibrate", "do_calibrate", default=True, show_default=True,
               help="Calibrate the trained ladder and save calibration.json next to it.")
-def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, channels, save_every, threads, do_calibrate):
+def train_cmd(dataset, data_dir, out, widths, iters, seed, batch, lr, ema_decay, size, channels, save_every, threads,
+              do_calibrate):
     """Train a ladder of UNet noise predictors (one per width) on an image data set; resumable."""
     import torch
     from tqdm import tqdm
@@ -61,12 +68,16 @@ def train_cmd(dataset, out, widths, iters, seed, batch, lr, ema_decay, size, cha
 
     ws = _int_list("--widths", widths)
     check_output_folder(out, "--out")
+    if size is None:
+        size = 32 if dataset == "fashion-mnist" else 16
+    if data_dir is not None and dataset != "fashion-mnist":
+        raise click.BadParameter("only used with --dataset fashion-mnist", param_hint="--data-dir")
     if size % 4:  # three resolutions: the UNet halves the image twice
         raise click.BadParameter(f"expected a multiple of 4 (the UNet halves the image twice), got {size}",
                                  param_hint="--size")
     torch.set_num_threads(threads)
     try:
-        data = load_dataset(dataset, size=size, channels=None if channels is None else int(channels))
+        data = load_dataset(dataset, size=size, channels=None if channels is None else int(channels), data_dir=data_dir)
     except ValueError as e:
         raise user_error(e) from None
     click.echo(data.report())

@@ -1,12 +1,14 @@
-"""Image data sets as tensors in [-1, 1]: scikit-learn's digits, or any folder of PNG/JPEG files.
+"""Image data sets as tensors in [-1, 1]: scikit-learn's digits, Fashion-MNIST, or any folder of PNG/JPEG files.
 
-Both return an :class:`ImageData` whose ``x`` has shape ``(n, channels, size, size)``, float32,
+Each returns an :class:`ImageData` whose ``x`` has shape ``(n, channels, size, size)``, float32,
 scaled to [-1, 1] (the range the noise-prediction networks are trained on).
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
@@ -15,7 +17,23 @@ import torch
 
 from .._text import plural
 
-__all__ = ["ImageData", "load_digits", "load_image_folder", "load_dataset", "IMAGE_SUFFIXES"]
+__all__ = [
+    "ImageData",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_dataset",
+    "read_idx",
+    "IMAGE_SUFFIXES",
+    "FASHION_MNIST_DIR",
+    "DATASETS",
+]
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files (``apt-get install dataset-fashion-mnist``).
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+#: The named data sets :func:`load_dataset` knows (anything else is taken as a folder of images).
+DATASETS = ("digits", "fashion-mnist")
 
 #: File suffixes read by :func:`load_image_folder` (case-insensitive); other files are skipped and reported.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -67,6 +85,81 @@ def load_digits(size: int = 16) -> ImageData:
     return ImageData(x=(images.clamp(0, 1) * 2 - 1).contiguous(), name="digits")
 
 
+def read_idx(path: str) -> np.ndarray:
+    """One IDX file (the MNIST format, gzipped or not) as a numpy array of its own dtype and shape.
+
+    Raises ValueError naming the file if it is not a well-formed IDX file of unsigned bytes.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    if ndim < 1 or len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: IDX header truncated")
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(shape)):
+        raise ValueError(f"{path}: IDX header says {shape} ({int(np.prod(shape))} bytes), the file holds {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _idx_file(folder: str, stem: str) -> str:
+    for name in (stem, stem + ".gz"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise ValueError(
+        f"data_dir: no Fashion-MNIST file {stem}[.gz] in {folder!r}. Install the data set with "
+        "'apt-get install dataset-fashion-mnist' (it puts the IDX files in "
+        f"{FASHION_MNIST_DIR}) or name the folder that holds them with --data-dir"
+    )
+
+
+def load_fashion_mnist(split: str = "train", size: int = 32, data_dir: str = None, labels: bool = False):
+    """Fashion-MNIST (60,000 training / 10,000 test images, 28x28 grayscale), padded to 32x32, in [-1, 1].
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        size: output side in pixels: 32 pads the 28x28 images with 2 pixels of background on each side;
+            another size resizes the padded image bilinearly.
+        data_dir: the folder holding the IDX files (``train-images-idx3-ubyte[.gz]``, ...); default
+            :data:`FASHION_MNIST_DIR` (Debian's ``dataset-fashion-mnist``).
+        labels: also return the class labels, an int64 tensor ``(n,)``.
+
+    Returns:
+        :class:`ImageData` with ``x`` of shape ``(n, 1, size, size)``, or ``(ImageData, labels)``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    _check_size(size)
+    folder = FASHION_MNIST_DIR if data_dir is None else os.fspath(data_dir)
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"data_dir: {folder!r} is not a folder. Install Fashion-MNIST with 'apt-get install dataset-fashion-mnist' "
+            "or name the folder that holds its IDX files with --data-dir"
+        )
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    if images.ndim != 3:
+        raise ValueError(f"{folder}: {prefix} images: expected a (n, rows, cols) IDX file, got shape {images.shape}")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    pad = max(0, (32 - x.shape[-1]) // 2)
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # background is 0 (black) in [0, 1]
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    data = ImageData(x=(x.clamp(0, 1) * 2 - 1).contiguous(), name="fashion-mnist" if split == "train" else "fashion-mnist-test")
+    if not labels:
+        return data
+    y = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    if y.shape != (images.shape[0],):
+        raise ValueError(f"{folder}: {prefix} labels: expected {images.shape[0]} labels, got shape {y.shape}")
+    return data, torch.from_numpy(y.astype(np.int64))
+
+
 def load_image_folder(path: str, size: int = 16, channels: int = 3) -> ImageData:
     """Every PNG/JPEG file under ``path`` (recursively, sorted), resized to size x size, in [-1, 1].
 
@@ -105,12 +198,17 @@ def load_image_folder(path: str, size: int = 16, channels: int = 3) -> ImageData
     return ImageData(x=x.clamp(-1, 1).contiguous(), name=os.path.abspath(os.fspath(path)), skipped=skipped)
 
 
-def load_dataset(name: str, size: int = 16, channels: int = None) -> ImageData:
-    """``"digits"`` or a folder path (``channels`` default: 1 for digits, 3 for a folder)."""
-    if name == "digits":
+def load_dataset(name: str, size: int = 16, channels: int = None, data_dir: str = None) -> ImageData:
+    """``"digits"``, ``"fashion-mnist"`` (training split; IDX files in ``data_dir``) or a folder path.
+
+    ``channels`` default: 1 for the named (grayscale) data sets, 3 for a folder.
+    """
+    if name in DATASETS:
         if channels not in (None, 1):
-            raise ValueError(f"channels: the digits are grayscale (1 channel), got {channels}")
-        return load_digits(size)
+            raise ValueError(f"channels: {name} is grayscale (1 channel), got {channels}")
+        if name == "digits":
+            return load_digits(size)
+        return load_fashion_mnist("train", size=size, data_dir=data_dir)
     return load_image_folder(name, size=size, channels=3 if channels is None else channels)
 
 
