@@ -184,7 +184,12 @@ def train_ladder(
         unet = objective.build(width, **shapes)
         opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
         ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
-        _resume(os.path.join(out, f"level_{level + 1}"), unet, opt, ema)
+        done, _ = _resume(os.path.join(out, f"level_{level + 1}"), unet, opt, ema)
+        if done > iters:  # its weights have seen more iterations than this run would record
+            raise ValueError(
+                f"iters: level {level + 1} in {out} has already been trained for {done} iterations, more than the "
+                f"{iters} asked for; pass iters >= {done} to keep training it, or choose another out folder"
+            )
     index = UNetLadder([objective.build(w, **shapes) for w in widths[:1]] * len(widths), widths, costs, schedule,
                        {"conditioning": spec} if spec else None).index()
     index["training"] = dict(settings, iters=int(iters))
