@@ -347,3 +347,41 @@ def test_a_traced_job_is_fingerprinted_apart_and_equals_the_eager_samples(tiny, 
     np.testing.assert_allclose(got["x"], reference["x"], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="trace"):
         _job(tiny, tmp_path / "c", trace="yes")
+
+
+# ----------------------------------------------------------------------------- files that are not the job's
+
+
+def test_load_samples_refuses_shards_of_another_job(tiny, tmp_path, reference):
+    """A shard copied in from another job (other indices) or a stray extra shard is named, never mixed in."""
+    out, other = tmp_path / "job", tmp_path / "other"
+    run_job(_job(tiny, out), progress=False, echo=lambda *_: None)
+    run_job(_job(tiny, other, n=20, batch_size=2), progress=False, echo=lambda *_: None)
+    # shard 2 of the other job (samples 4, 5) put in place of shard 2 (samples 6, 7, 8)
+    os.replace(other / "shard-000002.npz", out / "shard-000002.npz")
+    with pytest.raises(JobError, match=r"shard-000002.npz: holds samples other than this job's shard 2"):
+        load_samples(str(out))
+    run_job(_job(tiny, out), progress=False, echo=lambda *_: None)  # resuming recomputes the foreign shard
+    _same_samples(out, reference)
+    # a stray shard beyond the job's 4
+    os.replace(other / "shard-000009.npz", out / "shard-000004.npz")
+    with pytest.raises(JobError, match=r"shard-000004.npz: not a shard of this job \(it has shards 0 to 3"):
+        load_samples(str(out))
+
+
+def test_a_hand_edited_job_file_is_refused_on_resume_and_load(tiny, tmp_path):
+    out = tmp_path / "job"
+    run_job(_job(tiny, out, n=3), progress=False, echo=lambda *_: None)
+    path = out / "job.json"
+    manifest = json.loads(path.read_text())
+    manifest["job"]["n"] = 6
+    manifest["n_shards"] = 2
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(JobError, match="does not match its fingerprint: the file was edited by hand"):
+        run_job(_job(tiny, out, n=6), progress=False, echo=lambda *_: None)
+    with pytest.raises(JobError, match="edited by hand"):
+        load_samples(str(out))
+    assert sorted(os.listdir(out)) == ["job.json", "report.json", "shard-000000.npz"]  # nothing new written
+    result = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "6", "--batch-size", "3", "--seed", "7",
+                                       "--steps", "12", "--rates", "6,3", "--out", str(out)])
+    assert result.exit_code != 0 and "Traceback" not in result.output and "edited by hand" in result.output

@@ -33,7 +33,17 @@ import numpy as np
 
 from .._io import atomic_write, remove_temporaries, write_json
 from .._text import plural
-from .job import JOB_FILE, LOCK_FILE, REPORT_FILE, JobError, SamplingJob, png_path, read_ladder_bundle, shard_path
+from .job import (
+    JOB_FILE,
+    LOCK_FILE,
+    REPORT_FILE,
+    SHARD_PATTERN,
+    JobError,
+    SamplingJob,
+    png_path,
+    read_ladder_bundle,
+    shard_path,
+)
 
 __all__ = ["ShardWorker", "run_job", "completed_shards", "load_samples"]
 
@@ -164,37 +174,73 @@ def completed_shards(job: SamplingJob) -> List[int]:
 def load_samples(out: str, *, partial: bool = False) -> Dict[str, np.ndarray]:
     """The samples of the job in ``out``, concatenated in sample order: ``x``, ``images``, ``indices``.
 
+    Every ``shard-*.npz`` file in ``out`` must be a shard of this job (its number within the job's
+    shard count and its sample indices those of that shard); a file that is not raises
+    :class:`JobError` naming it, rather than mixing another job's samples in.
     Raises :class:`JobError` if the folder holds no job, or if the job is unfinished (some shards
     missing) unless ``partial=True``, which returns the complete shards only (check ``indices``)."""
     manifest = _read_manifest(out)
     if manifest is None:
         raise JobError(f"{out}: no {JOB_FILE}; not a sampling job folder")
+    n, batch_size, n_shards = manifest["job"]["n"], manifest["job"]["batch_size"], manifest["n_shards"]
     parts = {"x": [], "images": [], "indices": []}
     for path in sorted(glob.glob(os.path.join(os.fspath(out), "shard-*.npz"))):
+        k = _shard_number(path)
+        if k is None or not 0 <= k < n_shards:
+            raise JobError(f"{path}: not a shard of this job (it has shards 0 to {n_shards - 1}, named like "
+                           f"{os.path.basename(shard_path(out, 0))}); move the file out of {out}")
         try:
             with np.load(path) as z:
-                for key in parts:
-                    parts[key].append(z[key])
+                arrays = {key: z[key] for key in parts}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise JobError(f"{path}: not a complete shard ({e}); rerun the job to compute it again") from None
+        start, stop = k * batch_size, min(n, (k + 1) * batch_size)
+        if not np.array_equal(arrays["indices"], np.arange(start, stop)) or len(arrays["x"]) != stop - start:
+            raise JobError(f"{path}: holds samples other than this job's shard {k} (samples {start} to {stop - 1}); "
+                           f"it belongs to another job: move it out of {out}")
+        for key in parts:
+            parts[key].append(arrays[key])
     if not parts["x"]:
         raise JobError(f"{out}: no complete shard yet")
-    n_shards = manifest.get("n_shards")
-    if not partial and isinstance(n_shards, int) and len(parts["x"]) < n_shards:
+    if not partial and len(parts["x"]) < n_shards:
         raise JobError(f"{out}: unfinished job, {len(parts['x'])} of {plural(n_shards, 'shard')} complete; rerun the "
                        "job to finish it, or pass partial=True for the complete shards only")
     return {key: np.concatenate(v) for key, v in parts.items()}
 
 
+def _shard_number(path: str) -> Optional[int]:
+    """k for a file named like ``shard_path(out, k)``, else None."""
+    name = os.path.basename(path)
+    prefix, _, suffix = SHARD_PATTERN.partition("{:06d}")
+    digits = name[len(prefix):len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+    return int(digits) if digits.isdigit() and len(digits) >= 6 else None
+
+
 def _read_manifest(out: str) -> Optional[Dict]:
+    """``out``'s job.json, validated: the description it holds must hash to its fingerprint (so a hand edit
+    of ``n``, ``budget``, ... is caught) and its shard count must follow from it. None if there is none."""
     path = os.path.join(os.fspath(out), JOB_FILE)
     if not os.path.exists(path):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise JobError(f"{path}: unreadable ({e}); not resuming into {out}") from None
+    job = manifest.get("job") if isinstance(manifest, dict) else None
+    if not isinstance(job, dict) or not isinstance(manifest.get("fingerprint"), str):
+        raise JobError(f"{path}: expected an object with a 'job' description and its 'fingerprint'; not a job file "
+                       f"this version wrote (delete the folder to start over)")
+    if SamplingJob.fingerprint(job) != manifest["fingerprint"]:
+        raise JobError(f"{path}: the job description does not match its fingerprint: the file was edited by hand. "
+                       "A job's settings cannot be changed in place: restore the file, or start the new job in "
+                       "another folder")
+    n, batch_size = job.get("n"), job.get("batch_size")
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, batch_size))
+    if not valid or manifest.get("n_shards") != -(-n // batch_size):
+        raise JobError(f"{path}: 'n_shards' ({manifest.get('n_shards')!r}) does not follow from n={n!r} and "
+                       f"batch_size={batch_size!r}; the file was edited by hand: restore it")
+    return manifest
 
 
 def _prepare_folder(job: SamplingJob, manifest: Dict) -> None:
