@@ -44,10 +44,10 @@ lint: $(BIN)/.installed-lint
 
 # The documentation site into build/site/; --strict turns every warning (a broken link or API reference) into a failure.
 docs: $(BIN)/.installed-docs
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-serve: $(BIN)/.installed-docs
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache build/site
