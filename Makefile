@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # A CPU build of torch: an unpinned torch pulls a CUDA build of several GB.
 TORCH_PIN ?= torch==2.13.0
+# Where ruff looks: everything in the repository (ruff skips .venv and other ignored folders).
+LINT_PATHS ?= .
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast lint docs docs-serve install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +16,38 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# The extras for `make lint` and `make docs`, on top of the test install (same venv).
+$(BIN)/.installed-lint: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[lint]"
+	touch $@
+
+$(BIN)/.installed-docs: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/mlem demo --overwrite
 
+# pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that is a failure too.
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# Everything but the end-to-end benchmark runs (marked slow).
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/.installed-lint
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+# The documentation site into build/site/; --strict turns every warning (a broken link or API reference) into a failure.
+docs: $(BIN)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(BIN)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache build/site

@@ -3,7 +3,7 @@
 For each gamma, on ``htmc(gamma)`` (level l: error ~2^-l, cost 2^(gamma (l-1)) units):
 
 * EM is swept over (level, steps); ML-EM over (levels used 1..L, rate scale, steps) with
-  the closed-form rates lambda_l = mu delta_l / sqrt(C_l) (METHOD.md section 3; the scale
+  the closed-form rates lambda_l = mu delta_l / sqrt(C_l) (docs/method.md, "Choosing the rates"; the scale
   mu is swept through the top level's rate lambda_L, in firings per unit time; delta_l
   measured as the RMS of f^l - f^{l-1} along EM trajectories), and over the configurations
   that :meth:`Calibration.plan` chooses (levels kept, mu, steps) for a range of targets;

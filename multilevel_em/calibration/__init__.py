@@ -2,8 +2,8 @@
 
 ``calibrate(ladder, x, t0=..., t1=...)`` measures level costs and the level differences
 delta_l(t) along trajectories and returns a :class:`Calibration`, whose ``rates(mu)`` are
-the closed-form rates lambda_l(t) = mu delta_l(t) / sqrt(c_l + c_{l-1}) (METHOD.md,
-section 3), ``predict(mu, steps)`` their expected cost, and ``plan(target=...)`` a full
+the closed-form rates lambda_l(t) = mu delta_l(t) / sqrt(c_l + c_{l-1}) (docs/method.md,
+"Choosing the rates"), ``predict(mu, steps)`` their expected cost, and ``plan(target=...)`` a full
 choice of levels, rate scale and steps. Imports the engine; the engine does not import it.
 """
 

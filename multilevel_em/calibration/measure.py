@@ -2,7 +2,7 @@
 
 :func:`calibrate` evaluates every level of a ladder on states along trajectories of the
 SDE and returns a :class:`~multilevel_em.calibration.model.Calibration`, from which the
-closed-form rates lambda_l(t) = mu delta_l(t) / sqrt(C_l) (METHOD.md, section 3), cost
+closed-form rates lambda_l(t) = mu delta_l(t) / sqrt(C_l) (docs/method.md, "Choosing the rates"), cost
 predictions and plans are computed without touching the ladder again.
 
 Norms are Euclidean per sample (over all state entries) and averaged in mean square over

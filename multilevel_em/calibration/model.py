@@ -5,7 +5,7 @@ pairwise RMS differences of the levels at a few times, errors, gamma, the EM ste
 coefficient and the top level's bias) and derives everything else from it:
 
 * :meth:`Calibration.rates`: lambda_l(t) = mu delta_l(t) / sqrt(C_l), C_l = c_l + c_{l-1},
-  piecewise linear between the measured times (METHOD.md, section 3);
+  piecewise linear between the measured times (docs/method.md, "Choosing the rates");
 * :meth:`Calibration.predict`: the expected cost per sample of ML-EM with those rates on a
   uniform grid, its per-sample spread, and the added variance of the randomization;
 * :meth:`Calibration.plan`: the rate scale mu, the step count and the levels to keep for a

@@ -5,7 +5,7 @@ A diffusers pipeline calls its denoiser once per scheduler call::
     out = pipe.unet(latents, t, encoder_hidden_states=..., added_cond_kwargs=..., return_dict=False)[0]
     out = pipe.transformer(latents, timestep=t, class_labels=...).sample
 
-Every common scheduler step is affine in that output given the past (METHOD.md, section 5), so
+Every common scheduler step is affine in that output given the past (docs/method.md, "Samplers and schedulers"), so
 replacing the top model's output by the randomized telescoping estimate
 
     F = f^1 + sum_{l=2..K} (B_l / p_l) (f^l - f^{l-1}),   B_l ~ Bernoulli(p_l),

@@ -14,7 +14,7 @@ and, at a given expected cost sum_n sum_l C_l p_{n,l}, it is smallest for p_{n,l
 sqrt(v_{n,l} / C_l).  Write v_{n,l} = (h_n rho_l(t_n))^2 with h_n the call's span in t: rho_l is
 the *propagated* drift difference, and rho_l = s_l(t) delta_l(t) splits it into the RMS drift
 difference delta_l(t) = |(beta / sigma)(eps^l - eps^{l-1})| that the closed form uses
-(lambda = mu delta / sqrt(C), METHOD.md section 3) and a sensitivity s_l(t): how much of a
+(lambda = mu delta / sqrt(C), docs/method.md, "Choosing the rates") and a sensitivity s_l(t): how much of a
 perturbation made at time t survives to the end of *this* sampler (noise at high t fades in
 the reverse SDE; an ODE sampler carries it).
 

@@ -1,7 +1,7 @@
 """Sampling loops over a denoiser: reverse-SDE EM, DDPM, DDIM, probability-flow Euler, DPM-Solver++ 2M.
 
 Every sampler here evaluates the denoiser once per step, and every step is affine in that
-output given the past (METHOD.md, section 5), so a :class:`MultilevelDenoiser` keeps each
+output given the past (docs/method.md, "Samplers and schedulers"), so a :class:`MultilevelDenoiser` keeps each
 step unbiased for its top model.  Before each evaluation the loop calls
 ``denoiser.set_step(h, index=n, steps=N)`` where the denoiser has it.
 

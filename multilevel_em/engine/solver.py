@@ -4,7 +4,7 @@ For dX = f(X, t) dt + g dW on a uniform grid t_n = t0 + n h, EM with level L is
 
     X_{n+1} = X_n + h f^L(X_n, t_n) + g (W(t_{n+1}) - W(t_n)),
 
-and ML-EM replaces f^L by the randomized telescoping estimate (METHOD.md, section 2)
+and ML-EM replaces f^L by the randomized telescoping estimate (docs/method.md, "The randomized telescoping sum")
 
     F_n = f^1 + sum_{l=2..K} (B_{n,l} / p_{n,l}) (f^l - f^{l-1}),   B_{n,l} ~ Bernoulli(p_{n,l}),
 
