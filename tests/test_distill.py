@@ -176,3 +176,40 @@ def test_distill_benchmark_quick(tmp_path):
     ext = bench.extend(8, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"),
                        echo=lambda *_: None)
     assert [s["iters"] for s in ext["data_free"]["stages"]] == [3, 6, 8] and ext["stages"][-1]["extended"]
+
+
+def _nan_teacher_folder(path, value=float("nan")):
+    """The tiny teacher with one output bias set to NaN (or Inf): every output it makes is non-finite."""
+    from diffusers import UNet2DModel
+
+    folder = _tiny_teacher_folder(path)
+    unet = UNet2DModel.from_pretrained(folder)
+    with torch.no_grad():
+        unet.conv_out.bias.fill_(value)
+    unet.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_teacher_is_named_data_free(tmp_path, value):
+    teacher_dir = _nan_teacher_folder(tmp_path / "teacher", value)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["distill", "--teacher", teacher_dir, "--widths", "4", "--iters", "2", "--out", str(out),
+                                  "--samples", "4", "--sampler", "ddim", "--sampler-steps", "3", "--no-calibrate"])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "outputs NaN or Inf" in r.output and "check_finite" not in r.output and "learning rate" not in r.output
+    assert not (out / SAMPLES_FILE).exists()
+
+
+def test_a_non_finite_teacher_is_named_with_data_not_the_learning_rate(tmp_path):
+    teacher_dir = _nan_teacher_folder(tmp_path / "teacher")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    r = CliRunner().invoke(main, ["distill", "--teacher", teacher_dir, "--widths", "4", "--iters", "2", "--out",
+                                  str(tmp_path / "out"), "--data", str(folder), "--no-calibrate"])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "outputs NaN or Inf" in r.output and "learning rate" not in r.output

@@ -466,7 +466,10 @@ def distill_cmd(teacher, conditioning, uncond_prob, widths, iters, out, data, sa
         raise user_error(e, hint="--out") from None
     start = time.perf_counter()
     try:
-        with resume_on_interrupt(lambda: f"what {out} holds so far is kept"):
+        # Teacher samples are written once, all generated: an interruption before that keeps none of them.
+        with resume_on_interrupt(lambda: f"what {out} holds so far is kept" if x0 is not None else
+                                 "no teacher sample is kept (they are saved once all are generated); rerunning "
+                                 "starts their generation again"):
             if x0 is None:
                 with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
                     x0 = teacher_samples(t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed,

@@ -235,7 +235,12 @@ class Distillation(Objective):
 
     def target(self, xt, k, eps, **conditioning):
         with torch.no_grad():  # the teacher is fixed; no graph through it
-            return self.teacher.unet(xt, k, **conditioning).sample
+            out = self.teacher.unet(xt, k, **conditioning).sample
+        if not bool(torch.isfinite(out).all()):  # a broken teacher, not a learning rate, would make the loss NaN
+            bad = sorted({int(v) for v in k[~torch.isfinite(out).flatten(1).all(1)].tolist()})[:5]
+            raise ValueError(f"teacher: {self.teacher.source} outputs NaN or Inf (at timesteps {bad} of this batch); "
+                             "it cannot teach. Check the teacher's weights")
+        return out
 
     def draw_conditioning(self, idx, generator):
         cond = self.teacher.conditioning
@@ -307,11 +312,15 @@ def _generate(teacher: Teacher, start: int, stop: int, sampler: str, steps: int,
     gens = sample_generators(seed, range(start, stop))
     one = UNetLadder([teacher.unet], [teacher.width], [teacher.cost], teacher.schedule,
                      {"conditioning": teacher.conditioning_spec} if teacher.conditional else None)
-    if not teacher.conditional:
-        return MultilevelPipeline(one)(stop - start, method=sampler, steps=steps, generator=gens).x
-    rows = torch.tensor(teacher_rows(stop, teacher.conditioning)[start:stop], dtype=torch.int64)
-    return sample_ladder(one, teacher.conditioning.rows(rows), steps=steps, sampler=CONDITIONAL_SCHEDULERS[sampler],
-                         generator=gens).x
+    try:
+        if not teacher.conditional:
+            return MultilevelPipeline(one)(stop - start, method=sampler, steps=steps, generator=gens).x
+        rows = torch.tensor(teacher_rows(stop, teacher.conditioning)[start:stop], dtype=torch.int64)
+        return sample_ladder(one, teacher.conditioning.rows(rows), steps=steps,
+                             sampler=CONDITIONAL_SCHEDULERS[sampler], generator=gens).x
+    except FloatingPointError:  # the samplers' own finite checks: the teacher's output went NaN or Inf
+        raise ValueError(f"teacher: {teacher.source} outputs NaN or Inf while generating its {sampler} samples; "
+                         "it cannot teach data-free. Check the teacher's weights") from None
 
 
 def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp_2m", steps: int = 20, seed: int = 0,
@@ -341,16 +350,20 @@ def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp
         with safe_open(path, framework="pt") as f:
             old = dict(f.metadata() or {})
         if old != meta:
-            raise ValueError(f"out: {path} holds teacher samples made with other settings ({old}); "
-                             "choose another --out or the same sampler settings")
+            differ = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in meta.items() if old.get(k) != v)
+            raise ValueError(f"out: {path} holds teacher samples made with other settings ({differ}); choose another "
+                             "--out or the same sampler settings, or delete that file to generate them again"
+                             + (" (the teacher's weights changed since it was written)"
+                                if old.get("teacher_sha256") != meta["teacher_sha256"] else ""))
         return ImageData(x=load_tensors(path)["x"], name=name)
     xs = []
     with torch.no_grad():
         for start in range(0, n, batch):
             stop = min(n, start + batch)
             x = _generate(teacher, start, stop, sampler, steps, seed)
-            if not torch.isfinite(x).all():
-                raise ValueError(f"teacher: its {sampler} samples contain NaN or inf; it cannot teach data-free")
+            if not torch.isfinite(x).all():  # a sampler without a finite check of its own
+                raise ValueError(f"teacher: {teacher.source}'s {sampler} samples contain NaN or Inf; it cannot teach "
+                                 "data-free. Check the teacher's weights")
             xs.append(x.clamp(-1, 1))
             if progress:
                 progress(stop - start)
