@@ -9,20 +9,22 @@ script measures Var(g) over repeated draws of the estimate for a tiny ladder of
 scales, and also records the FLOPs per row that MultilevelModel measured for the tiny UNet and
 DiT ladders used by the tests.
 
-    python benchmarks/cfg_pairing.py            # writes results/cfg_pairing.json
-    python benchmarks/cfg_pairing.py --quick    # fewer draws (the test)
+    mlem bench cfg-pairing            # writes results/cfg_pairing.json
+    mlem bench cfg-pairing --quick    # fewer draws (the test)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from typing import Optional
 
 import torch
 
-from multilevel_em._io import write_json
-from multilevel_em.diffusion import MultilevelModel
+from .._io import write_json
+from ..diffusion import MultilevelModel
 
 
 def unet(width: int, seed: int):
@@ -50,8 +52,11 @@ def dit(layers: int, heads: int, seed: int, out_channels: int = 8):
 
 
 @torch.no_grad()
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, *, command: Optional[str] = None) -> dict:
+    """``mlem bench cfg-pairing [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command``: the command
+    line recorded in the results (default: ``mlem bench cfg-pairing`` and the arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="mlem bench cfg-pairing", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="results/cfg_pairing.json")
     args = ap.parse_args(argv)
@@ -81,7 +86,7 @@ def main(argv=None) -> dict:
     dit_mm = MultilevelModel([dit(1, 1, 1), dit(1, 2, 2), dit(2, 2, 3)], probabilities=[1.0, 1.0])
     dit_mm(torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), class_labels=torch.tensor([1, 2]))
     result = {
-        "command": "python benchmarks/cfg_pairing.py" + (" --quick" if args.quick else ""),
+        "command": command or shlex.join(["mlem", "bench", "cfg-pairing", *argv]),
         "draws": reps,
         "probabilities": probs,
         "timestep": 500,

@@ -23,9 +23,9 @@ relative to the top level at full batch) shows how far FLOPs are from real cost.
 
 Usage::
 
-    python benchmarks/overhead.py            # full (< 3 min on a laptop CPU)
-    python benchmarks/overhead.py --quick    # < 30 s
-    python benchmarks/overhead.py --device cuda --out results/overhead_cuda.json
+    mlem bench overhead            # full (< 3 min on a laptop CPU)
+    mlem bench overhead --quick    # < 30 s
+    mlem bench overhead --device cuda --out results/overhead_cuda.json
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multilevel_em import BrownianPath, Ladder, solve
-from multilevel_em.bench.common import device_name, sync_device, write_json
+from ..engine import BrownianPath, Ladder, solve
+from .common import device_name, sync_device, write_json
 
 WIDTHS = (64, 128, 256, 512)
 DIM = 64
@@ -288,8 +288,10 @@ def _print_table(res: dict, echo) -> None:
          + f"  -> target <= {res['target_ratio']}: {'met' if ok else 'NOT met'}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None) -> dict:
+    """``mlem bench overhead [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command`` is accepted for
+    the command line's uniform call and not recorded (the results never held one)."""
+    p = argparse.ArgumentParser(prog="mlem bench overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (< 30 s)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--out", default="results/overhead.json", help="JSON output path")

@@ -39,9 +39,9 @@ training gets ~4x fewer iterations and the deadline shrinks --n (or pass --width
 
 Usage::
 
-    python benchmarks/gpu_images.py                                  # digits at 32x32, on cuda
-    python benchmarks/gpu_images.py --data FOLDER --size 64          # your images (RGB)
-    python benchmarks/gpu_images.py --quick --out /tmp/q.json        # tiny CPU run, < 60 s
+    mlem bench gpu                                  # digits at 32x32, on cuda
+    mlem bench gpu --data FOLDER --size 64          # your images (RGB)
+    mlem bench gpu --quick --out /tmp/q.json        # tiny CPU run, < 60 s
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import itertools
 import math
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -61,26 +62,27 @@ from collections.abc import Sequence
 import torch
 from safetensors import safe_open
 
-from multilevel_em._io import atomic_write, write_json
-from multilevel_em.bench.common import device_name, single_thread, sync_device
-from multilevel_em.bench.images import CHUNKS, _chunk_kids, _sd, _summary
-from multilevel_em.diffusion import DiffusersUNetAdapter, MultilevelDenoiser, sample
-from multilevel_em.diffusion.metrics import sliced_wasserstein
-from multilevel_em.images.data import IMAGE_SUFFIXES, load_dataset
-from multilevel_em.images.ladder import (
+from .._io import atomic_write, write_json
+from .common import device_name, single_thread, sync_device
+from .chunks import CHUNKS, chunk_kids, chunk_summary, sample_sd
+from ..diffusion import DiffusersUNetAdapter, MultilevelDenoiser, sample
+from ..diffusion.metrics import sliced_wasserstein
+from ..engine import bucketed
+from ..images.data import IMAGE_SUFFIXES, load_dataset
+from ..images.ladder import (
     build_unet,
     load_ladder,
     unet_flops,
 )
-from multilevel_em.images.metrics import image_metrics, load_digit_classifier
-from multilevel_em.images.pipeline import (
+from ..images.metrics import image_metrics, load_digit_classifier
+from ..images.pipeline import (
     T_MIN,
     MultilevelPipeline,
     ReverseTimeRate,
     image_grid,
     to_numpy_images,
 )
-from multilevel_em.images.train import TRAIN_STATE, train_ladder
+from ..images.train import TRAIN_STATE, train_ladder
 
 #: Defaults of the full run (one GPU, < 8 minutes) and of --quick (a tiny CPU run, < 60 s).
 FULL = {
@@ -126,7 +128,7 @@ def _float_list(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, prog="gpu_images.py")
+                                formatter_class=argparse.RawDescriptionHelpFormatter, prog="mlem bench gpu")
     q = "default {} ({} with --quick)"
 
     def d(key, fmt=str):
@@ -302,22 +304,6 @@ def train(data, directory: str, s: dict, device: torch.device, command: str, ech
 # ----------------------------------------------------------------------------- sampling on the device
 
 
-class _Padded(torch.nn.Module):
-    """A UNet whose batch is padded with zeros up to a multiple of ``pad`` (per-sample ops: same outputs)."""
-
-    def __init__(self, unet, pad: int):
-        super().__init__()
-        self.unet, self.pad = unet, int(pad)
-
-    def forward(self, x, k):
-        b = x.shape[0]
-        m = -(-b // self.pad) * self.pad
-        if m != b:
-            x = torch.cat([x, x.new_zeros((m - b, *x.shape[1:]))])
-            k = torch.cat([k, k[:1].expand(m - b)])
-        return self.unet(x, k).sample[:b]
-
-
 class DevicePipeline(MultilevelPipeline):
     """``MultilevelPipeline`` on a device, with :meth:`run`: samples as ``pipe(...)`` does, with the same seeds,
     through UNets padded to a few batch shapes, timed between two device synchronisations."""
@@ -327,10 +313,15 @@ class DevicePipeline(MultilevelPipeline):
         self.pad = int(pad)
         self.to(device)
 
-    def models(self, padded: bool = True) -> list:
+    def models(self, n: int, padded: bool = True) -> list:
+        """The levels as eps models for batches of up to ``n`` samples; with ``pad`` > 1 each batch is padded to a
+        multiple of ``pad`` (:func:`~multilevel_em.engine.bucketed`, buckets pad, 2 pad, ... up to n)."""
         pad = self.pad if padded else 1
-        return [DiffusersUNetAdapter(_Padded(u, pad) if pad > 1 else u, self.ladder.schedule)
-                for u in self.ladder.unets]
+        levels = [DiffusersUNetAdapter(u, self.ladder.schedule) for u in self.ladder.unets]
+        if pad == 1:
+            return levels
+        sizes = range(pad, pad * -(-n // pad) + 1, pad)
+        return [bucketed(m, sizes) for m in levels]
 
     def run(self, n: int, method: str, *, steps: int | None = None, budget: float | None = None,
             seed: int = 0):
@@ -341,7 +332,7 @@ class DevicePipeline(MultilevelPipeline):
         s = int(torch.randint(0, 2**62, (1,), generator=generator))  # as MultilevelPipeline.__call__
         g_noise, g_draws = torch.Generator().manual_seed(s), torch.Generator().manual_seed(s + 1)
         x_T = torch.randn((n, *L.shape), generator=g_noise).to(self.device)
-        models, plan = self.models(), None
+        models, plan = self.models(n), None
         if method == "mlem":
             plan = self.sampling_plan(budget, steps, "em")
             levels, sampler, steps = list(plan.levels), "em", plan.steps
@@ -371,7 +362,7 @@ def time_levels(pipe: DevicePipeline, n: int, repeats: int) -> dict[int, list[fl
     x = torch.randn((n, *pipe.ladder.shape), generator=g).to(dev)
     out: dict[int, list[float]] = {n: [], pad: []}
     with torch.no_grad():
-        for m in pipe.models():
+        for m in pipe.models(n):
             for b in sizes:
                 m(x[:b], 0.5)
             for b, times in out.items():
@@ -466,12 +457,12 @@ class Scorer:
         if self.digits:
             xc = x.cpu()
             m = image_metrics(xc, self.ref, self.clf, seed=self.seed)
-            chunks = _chunk_kids(self.clf, xc, self.ref_feats)
-            return {"kid": m["kid"], "kid_chunks": chunks, "kid_se": _sd(chunks) / math.sqrt(len(chunks)),
+            chunks = chunk_kids(self.clf, xc, self.ref_feats)
+            return {"kid": m["kid"], "kid_chunks": chunks, "kid_se": sample_sd(chunks) / math.sqrt(len(chunks)),
                     "sliced_wasserstein": m["sliced_wasserstein"]}
         chunks = [self._sw(c) for c in torch.tensor_split(x.to(self.ref_dev.device), CHUNKS)]
         return {"sliced_wasserstein": self._sw(x.to(self.ref_dev.device)), "sliced_wasserstein_chunks": chunks,
-                "sliced_wasserstein_se": _sd(chunks) / math.sqrt(len(chunks))}
+                "sliced_wasserstein_se": sample_sd(chunks) / math.sqrt(len(chunks))}
 
 
 def summarize(runs: list[dict], scorer: Scorer) -> dict:
@@ -480,7 +471,7 @@ def summarize(runs: list[dict], scorer: Scorer) -> dict:
     key = scorer.key
     done = [r for r in runs if "skipped" not in r]
     shadow = [dict(r, kid=r[key], kid_se=r[key + "_se"], kid_chunks=r[key + "_chunks"]) for r in done]
-    summary = _summary(shadow) if shadow else {"lines": []}
+    summary = chunk_summary(shadow) if shadow else {"lines": []}
     for r, sh in zip(done, shadow):
         if "kid_diff" in sh:
             r[key + "_diff"], r[key + "_diff_se"] = sh["kid_diff"], sh["kid_diff_se"]
@@ -499,7 +490,7 @@ def summarize(runs: list[dict], scorer: Scorer) -> dict:
         diffs = [a - b for a, b in zip(r[key + "_chunks"], e[key + "_chunks"])]
         row = {"budget": r["budget"], "em_steps": e["steps"], "mlem_top_equivalents": r["top_equivalents"],
                "em_top_equivalents": e["top_equivalents"], f"mlem_{key}": r[key], f"em_{key}": e[key],
-               "diff": r[key] - e[key], "diff_se": _sd(diffs) / math.sqrt(len(diffs)),
+               "diff": r[key] - e[key], "diff_se": sample_sd(diffs) / math.sqrt(len(diffs)),
                "wall_ratio_mlem_over_em": r["wall_seconds_per_sample"] / e["wall_seconds_per_sample"]}
         equal.append(row)
         lines.append(f"equal cost {r['budget']:g}: ML-EM {scorer.metric} {r[key]:.4g} vs EM {e[key]:.4g} (diff "
@@ -557,8 +548,9 @@ def plot(path: str, result: dict, grids: dict[str, torch.Tensor]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo=print) -> dict:
-    command = " ".join(["python", "benchmarks/gpu_images.py", *argv])
+def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo=print,
+        command: str | None = None) -> dict:
+    command = command or shlex.join(["mlem", "bench", "gpu", *argv])
     device = torch.device(s["device"])
     deadline = t_start + s["deadline_seconds"]
     phases: dict[str, float] = {}
@@ -706,7 +698,9 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None, *, command: str | None = None) -> dict:
+    """``mlem bench gpu [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command``: the command line
+    recorded in the results (default: ``mlem bench gpu`` and the arguments)."""
     t_start = _now()
     argv = list(sys.argv[1:] if argv is None else argv)
     p = build_parser()
@@ -722,9 +716,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         with single_thread():
             cpu = device_name(torch.device("cpu"))
             echo(f"device cpu ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}")
-            return run(s, argv, out, plot_path, t_start, echo)
+            return run(s, argv, out, plot_path, t_start, echo, command)
     echo(f"device {s['device']} ({device_name(torch.device(s['device']))}), torch {torch.__version__}")
-    return run(s, argv, out, plot_path, t_start, echo)
+    return run(s, argv, out, plot_path, t_start, echo, command)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ Two ladders:
   channels-last, traced, traced channels-last, traced with padded sub-batch "buckets") and a
   profile of one ML-EM run (seconds in each level against its counted share) show where the
   time goes.
-* ``mlp``: the four-MLP ladder of ``benchmarks/overhead.py`` (batch 256, 256 steps, rate settings
+* ``mlp``: the four-MLP ladder of ``mlem bench overhead`` (:mod:`.overhead`) (batch 256, 256 steps, rate settings
   "typical" and "sparse"), with its zero-cost stub twin, which splits the time into levels,
   noise and loop (Python, draws, gathers and scatters).
 
@@ -47,8 +47,8 @@ machine the two agree.  The micro-benchmarks and the profile use CPU time.
 
 Usage::
 
-    python benchmarks/wallclock.py            # full (about 10 min of CPU; 30 min on a loaded 2-core machine)
-    python benchmarks/wallclock.py --quick    # tiny sizes, a smoke test of the script
+    mlem bench wallclock            # full (about 10 min of CPU; 30 min on a loaded 2-core machine)
+    mlem bench wallclock --quick    # tiny sizes, a smoke test of the script
 """
 
 from __future__ import annotations
@@ -65,17 +65,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import overhead  # noqa: E402  (benchmarks/overhead.py: the MLP ladder)
+from . import overhead  # the MLP ladder
+from ..diffusion import DiffusersUNetAdapter
+from ..engine import Ladder, bucketed
+from ..images import MultilevelPipeline
+from .common import DIGITS_LADDER as DIGITS
+from .common import device_name, em_cost_at, rms_error, write_json
 
-from multilevel_em.bench.common import device_name, rms_error, write_json  # noqa: E402
-from multilevel_em.bench.demo import em_cost_at  # noqa: E402
-from multilevel_em.diffusion import DiffusersUNetAdapter  # noqa: E402
-from multilevel_em.engine import bucketed  # noqa: E402
-from multilevel_em.images import MultilevelPipeline  # noqa: E402
-
-DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "multilevel_em", "images", "pretrained",
-                      "digits")
 CONFIGS = {
     "full": {"n": 48, "budgets": (8, 16, 32, 64), "repeats": 3, "ref_steps": 256, "extra_em_steps": (128,),
              "dpm_steps": (5, 10, 20, 40), "ode_ref_steps": 100, "micro_sizes": (48, 16, 4, 1), "micro_calls": 20,
@@ -396,8 +392,6 @@ def _mlp_microbench(levels, batch: int, costs, cfg: dict) -> List[dict]:
 
 def mlp_wallclock(cfg: dict, echo: Callable) -> dict:
     """ML-EM vs EM-top on the MLP ladder, eager and traced, per-sample and exact draws, with the stub breakdown."""
-    from multilevel_em import Ladder
-
     dev = torch.device("cpu")
     steps, batch = cfg["mlp_steps"], cfg["mlp_batch"]
     mlps, eager, stub = overhead.build_ladders(dev, torch.float32)
@@ -533,8 +527,10 @@ def summary_lines(res: dict) -> List[str]:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None) -> dict:
+    """``mlem bench wallclock [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command`` is accepted for
+    the command line's uniform call and not recorded (the results never held one)."""
+    p = argparse.ArgumentParser(prog="mlem bench wallclock", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (< 30 s): checks the script runs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", default="results/wallclock.json", help="JSON output path")

@@ -35,9 +35,9 @@ Measured, side by side in one run:
 
 Usage::
 
-    python benchmarks/distill.py                 # writes results/distill.json and results/distill.png
-    python benchmarks/distill.py --extend 2400   # then: distances at 2400 iterations, added to the same files
-    python benchmarks/distill.py --quick         # a smoke run; used by the tests
+    mlem bench distill                 # writes results/distill.json and results/distill.png
+    mlem bench distill --extend 2400   # then: distances at 2400 iterations, added to the same files
+    mlem bench distill --quick         # a smoke run; used by the tests
 """
 
 from __future__ import annotations
@@ -47,20 +47,17 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from .._io import write_json
+from .common import DIGITS_LADDER, em_cost_at, single_thread
 
-from multilevel_em._io import write_json  # noqa: E402
-from multilevel_em.bench.common import single_thread  # noqa: E402
-from multilevel_em.bench.demo import em_cost_at  # noqa: E402
-
-SHIPPED = os.path.join(ROOT, "multilevel_em", "images", "pretrained", "digits")
+SHIPPED = DIGITS_LADDER
 TIMES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
 SETTINGS = {
     "full": {"widths": (4, 8, 16), "stages": (300, 600, 1200), "n_eval": 256, "n": 48, "ref_steps": 256,
@@ -109,8 +106,8 @@ def kid_runs(pipes: Dict, budget: float, n: int, seed: int, reference: torch.Ten
     """KID (shipped classifier's features, vs ``reference`` images) of ML-EM at ``budget`` on each ladder,
     from the same noise; standard errors from 8 disjoint chunks, differences to the shipped ladder paired
     chunk by chunk (bench/images.py's convention). ``resolved``: |difference| > 2 paired se."""
-    from multilevel_em.bench.images import CHUNKS, _chunk_kids, _sd
-    from multilevel_em.images.metrics import kid_unbiased, load_digit_classifier
+    from ..bench.images import CHUNKS, _chunk_kids, _sd
+    from ..images.metrics import kid_unbiased, load_digit_classifier
 
     clf = load_digit_classifier()
     with torch.no_grad():
@@ -120,8 +117,8 @@ def kid_runs(pipes: Dict, budget: float, n: int, seed: int, reference: torch.Ten
         out = pipe(n, method="mlem", budget=budget, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             kid = kid_unbiased(clf.features(out.x.clamp(-1, 1)), ref_feats)
-        chunks = _chunk_kids(clf, out.x, ref_feats)
-        rows[name] = {"kid": kid, "kid_se": _sd(chunks) / math.sqrt(CHUNKS), "kid_chunks": chunks,
+        chunks = chunk_kids(clf, out.x, ref_feats)
+        rows[name] = {"kid": kid, "kid_se": sample_sd(chunks) / math.sqrt(CHUNKS), "kid_chunks": chunks,
                       "top_equivalents_per_sample": out.report["top_equivalents_per_sample"]}
     base = rows["shipped"]["kid_chunks"]
     for name, r in rows.items():
@@ -129,7 +126,7 @@ def kid_runs(pipes: Dict, budget: float, n: int, seed: int, reference: torch.Ten
             continue
         diffs = [a - b for a, b in zip(r["kid_chunks"], base)]
         r["kid_diff_to_shipped"] = r["kid"] - rows["shipped"]["kid"]
-        r["kid_diff_se"] = _sd(diffs) / math.sqrt(CHUNKS)
+        r["kid_diff_se"] = sample_sd(diffs) / math.sqrt(CHUNKS)
         r["resolved"] = abs(r["kid_diff_to_shipped"]) > 2 * r["kid_diff_se"]
     return {"budget": budget, "n": n, "reference": f"the {len(reference)} digits images", "ladders": rows}
 
@@ -176,7 +173,7 @@ def _echo_stage(echo, label, row) -> None:
 
 
 def _distill_stages(teacher, data, work, cfg, seed, x0, shipped_d, label, echo) -> tuple:
-    from multilevel_em.images.distill import distill_ladder
+    from ..images.distill import distill_ladder
 
     rows, ladder = [], None
     for s in cfg["stages"]:
@@ -189,9 +186,10 @@ def _distill_stages(teacher, data, work, cfg, seed, x0, shipped_d, label, echo) 
 
 
 def run(quick: bool = False, out: str = "results/distill.json", plot: str = "results/distill.png",
-        work: str = "build/distill_bench", seed: int = 0, stages: Sequence[int] = None, echo=print) -> Dict:
-    from multilevel_em.images import MultilevelPipeline, load_digits
-    from multilevel_em.images.distill import load_teacher, teacher_samples
+        work: str = "build/distill_bench", seed: int = 0, stages: Sequence[int] = None, echo=print,
+        command: Optional[str] = None) -> Dict:
+    from ..images import MultilevelPipeline, load_digits
+    from ..images.distill import load_teacher, teacher_samples
 
     cfg = dict(SETTINGS["quick" if quick else "full"])
     if stages:
@@ -243,7 +241,7 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
     ratios = cost_ratios(runs)
     kid = kid_runs(pipes, cfg["kid_budget"], cfg["kid_n"], seed, digits.x)
     with torch.no_grad():  # the top model itself (its dpmpp_2m samples, the data-free x_0), for scale
-        from multilevel_em.images.metrics import kid_unbiased, load_digit_classifier
+        from ..images.metrics import kid_unbiased, load_digit_classifier
 
         clf = load_digit_classifier()
         kid["top_dpmpp_2m"] = kid_unbiased(clf.features(samples.x[:cfg["kid_n"]]), clf.features(digits.x))
@@ -253,7 +251,7 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
         "calibration": {k: {"times": [float(t) for t in cal.times], "delta": cal.deltas.tolist(),
                             "gamma": cal.gamma, "gamma_se": cal.gamma_se, "names": list(cal.names)}
                         for k, cal in cals.items()},
-        "command": "python benchmarks/distill.py" + (" --quick" if quick else ""),
+        "command": command or "mlem bench distill" + (" --quick" if quick else ""),
         "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
         "quick": quick, "seed": seed, "total_seconds": time.perf_counter() - t_start,
         "metrics": {"eps_distance": "RMS over images x times x pixels of eps_level - eps_top at fixed x_t",
@@ -282,12 +280,13 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
 
 
 def extend(iters: int, out: str = "results/distill.json", plot: str = "results/distill.png",
-           work: str = "build/distill_bench", ladders: Sequence[str] = ("digits", "data_free"), echo=print) -> Dict:
+           work: str = "build/distill_bench", ladders: Sequence[str] = ("digits", "data_free"), echo=print,
+           command: Optional[str] = None) -> Dict:
     """Continue the distilled ``ladders`` of a finished run (``work``, ``out``) to ``iters`` iterations and add
     their eps distances to the top as further stages ("extended": the ML-EM and KID comparisons stay at
     the run's last stage). Resuming is exact, so this is the ladder an uninterrupted run would give."""
-    from multilevel_em.images import load_digits
-    from multilevel_em.images.distill import load_teacher, teacher_samples
+    from ..images import load_digits
+    from ..images.distill import load_teacher, teacher_samples
 
     with open(out) as f:
         result = json.load(f)
@@ -306,7 +305,7 @@ def extend(iters: int, out: str = "results/distill.json", plot: str = "results/d
         new, _ = _distill_stages(teacher, data, os.path.join(work, name), ext, seed, x0,
                                  result["shipped"]["eps_distance"], name, echo)
         rows.extend(dict(r, extended=True) for r in new)
-    result["extended_command"] = f"python benchmarks/distill.py --extend {iters} --ladders {','.join(ladders)}"
+    result["extended_command"] = command or f"mlem bench distill --extend {iters} --ladders {','.join(ladders)}"
     _plot(result, plot)
     write_json(out, result)
     echo(f"wrote {out} and {plot}")
@@ -355,14 +354,18 @@ def _plot(result: Dict, path: str) -> None:
             ax[3].legend(fontsize=7)
         ax[3].set(ylabel=f"KID vs digits (ML-EM, budget {kid['budget']}, n={kid['n']})")
     fig.tight_layout()
-    from multilevel_em._io import atomic_write
+    from .._io import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, *, command: Optional[str] = None) -> None:
+    """``mlem bench distill [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command``: the command
+    line recorded in the results (default: ``mlem bench distill`` and the arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = command or shlex.join(["mlem", "bench", "distill", *argv])
+    p = argparse.ArgumentParser(prog="mlem bench distill", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="results/distill.json")
     p.add_argument("--plot", default="results/distill.png")
@@ -377,9 +380,9 @@ def main(argv=None) -> None:
     stages = [int(s) for s in a.stages.split(",")] if a.stages else None
     with single_thread():
         if a.extend is not None:
-            extend(a.extend, out=a.out, plot=a.plot, work=a.work, ladders=a.ladders.split(","))
+            extend(a.extend, out=a.out, plot=a.plot, work=a.work, ladders=a.ladders.split(","), command=command)
         else:
-            run(quick=a.quick, out=a.out, plot=a.plot, work=a.work, seed=a.seed, stages=stages)
+            run(quick=a.quick, out=a.out, plot=a.plot, work=a.work, seed=a.seed, stages=stages, command=command)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ ratio is only meaningful on an otherwise idle machine.
 
 Usage::
 
-    python benchmarks/jobs_throughput.py                 # n = 256, batch 32 (about 2 minutes on 2 cores)
-    python benchmarks/jobs_throughput.py --quick         # a few seconds, for the tests
+    mlem bench jobs                 # n = 256, batch 32 (about 2 minutes on 2 cores)
+    mlem bench jobs --quick         # a few seconds, for the tests
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -32,15 +33,18 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from multilevel_em._io import write_json
-from multilevel_em.jobs import SamplingJob, load_samples, run_job
+from .._io import write_json
+from ..jobs import SamplingJob, load_samples, run_job
+from .common import DIGITS_LADDER
 
-LADDER = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits")
 
 
-def main(argv: Optional[List[str]] = None) -> Dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ladder", default=os.path.normpath(LADDER), help="Ladder folder (default: the shipped digits).")
+def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> Dict:
+    """``mlem bench jobs [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command``: the command line
+    recorded in the results (default: ``mlem bench jobs`` and the arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="mlem bench jobs", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ladder", default=DIGITS_LADDER, help="Ladder folder (default: the shipped digits).")
     ap.add_argument("--n", type=int, default=256, help="Samples per run.")
     ap.add_argument("--batch-size", type=int, default=32, help="Samples per shard.")
     ap.add_argument("--budget", type=float, default=50.0, help="ML-EM budget, top-level equivalents per sample.")
@@ -84,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     identical = all(np.array_equal(samples["local"], samples[k]) for k in ("ray-1", "ray-2"))
     speedup = runs["ray-2"]["samples_per_second"] / runs["ray-1"]["samples_per_second"]
     result = {
-        "command": " ".join(["python benchmarks/jobs_throughput.py"] + (argv if argv is not None else sys.argv[1:])),
+        "command": command or shlex.join(["mlem", "bench", "jobs", *argv]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared",
         "python": platform.python_version(),
         "ladder": args.ladder,
