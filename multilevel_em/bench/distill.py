@@ -105,8 +105,8 @@ def path_runs(pipe, budgets, n, seed, x_ref) -> List[Dict]:
 def kid_runs(pipes: Dict, budget: float, n: int, seed: int, reference: torch.Tensor) -> Dict:
     """KID (shipped classifier's features, vs ``reference`` images) of ML-EM at ``budget`` on each ladder,
     from the same noise; standard errors from 8 disjoint chunks, differences to the shipped ladder paired
-    chunk by chunk (bench/images.py's convention). ``resolved``: |difference| > 2 paired se."""
-    from ..bench.images import CHUNKS, _chunk_kids, _sd
+    chunk by chunk (the convention of bench/chunks.py). ``resolved``: |difference| > 2 paired se."""
+    from .chunks import CHUNKS, chunk_kids, sample_sd
     from ..images.metrics import kid_unbiased, load_digit_classifier
 
     clf = load_digit_classifier()

@@ -55,8 +55,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
-import os
 import platform
 import statistics
 import sys
