@@ -106,8 +106,8 @@ def kid_runs(pipes: Dict, budget: float, n: int, seed: int, reference: torch.Ten
     """KID (shipped classifier's features, vs ``reference`` images) of ML-EM at ``budget`` on each ladder,
     from the same noise; standard errors from 8 disjoint chunks, differences to the shipped ladder paired
     chunk by chunk (the convention of bench/chunks.py). ``resolved``: |difference| > 2 paired se."""
-    from .chunks import CHUNKS, chunk_kids, sample_sd
     from ..images.metrics import kid_unbiased, load_digit_classifier
+    from .chunks import CHUNKS, chunk_kids, sample_sd
 
     clf = load_digit_classifier()
     with torch.no_grad():

@@ -63,8 +63,6 @@ import torch
 from safetensors import safe_open
 
 from .._io import atomic_write, write_json
-from .common import device_name, single_thread, sync_device
-from .chunks import CHUNKS, chunk_kids, chunk_summary, sample_sd
 from ..diffusion import DiffusersUNetAdapter, MultilevelDenoiser, sample
 from ..diffusion.metrics import sliced_wasserstein
 from ..engine import bucketed
@@ -83,6 +81,8 @@ from ..images.pipeline import (
     to_numpy_images,
 )
 from ..images.train import TRAIN_STATE, train_ladder
+from .chunks import CHUNKS, chunk_kids, chunk_summary, sample_sd
+from .common import device_name, single_thread, sync_device
 
 #: Defaults of the full run (one GPU, < 8 minutes) and of --quick (a tiny CPU run, < 60 s).
 FULL = {

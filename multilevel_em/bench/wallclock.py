@@ -63,10 +63,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import overhead  # the MLP ladder
 from ..diffusion import DiffusersUNetAdapter
 from ..engine import Ladder, bucketed
 from ..images import MultilevelPipeline
+from . import overhead  # the MLP ladder
 from .common import DIGITS_LADDER as DIGITS
 from .common import device_name, em_cost_at, rms_error, write_json
 
