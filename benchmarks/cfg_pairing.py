@@ -1,101 +1,15 @@
-"""Classifier-free guidance with MultilevelModel: how much variance pairing the two copies' draws saves.
+"""Deprecated: run ``mlem bench cfg-pairing`` (the benchmark lives in multilevel_em/bench/cfg_pairing.py).
 
-A guidance pipeline passes [uncond; cond] copies of each latent and combines the outputs as
-g = u + w (c - u).  With paired draws (the default) both copies of an image use the same
-levels, so a fired correction adds (B/p) [(1 - w) du + w dc]; with independent draws the two
-corrections are drawn apart and their variances add: (1 - w)^2 |du|^2 + w^2 |dc|^2.  This
-script measures Var(g) over repeated draws of the estimate for a tiny ladder of
-``UNet2DConditionModel``s (random weights, built from configs: no downloads) at a few guidance
-scales, and also records the FLOPs per row that MultilevelModel measured for the tiny UNet and
-DiT ladders used by the tests.
+Kept so that ``python benchmarks/cfg_pairing.py ARGS`` still works: it runs ``mlem bench cfg-pairing ARGS``."""
 
-    python benchmarks/cfg_pairing.py            # writes results/cfg_pairing.json
-    python benchmarks/cfg_pairing.py --quick    # fewer draws (the test)
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
+import os
 import sys
+import warnings
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from multilevel_em._io import write_json
-from multilevel_em.diffusion import MultilevelModel
-
-
-def unet(width: int, seed: int):
-    """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 16-dim prompt tokens), random weights."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
-    ).eval()
-
-
-def dit(layers: int, heads: int, seed: int, out_channels: int = 8):
-    """A tiny class-conditional ``DiTTransformer2DModel`` (learned sigma with out_channels=8), random weights."""
-    from diffusers import DiTTransformer2DModel
-
-    torch.manual_seed(seed)
-    return DiTTransformer2DModel(
-        sample_size=8, num_layers=layers, patch_size=2, attention_head_dim=8, num_attention_heads=heads,
-        in_channels=4, out_channels=out_channels, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
-    ).eval()
-
-
-@torch.no_grad()
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="results/cfg_pairing.json")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    reps = 64 if args.quick else 1000
-    ladder = [unet(4, 1), unet(8, 2), unet(16, 3)]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    cond, uncond = torch.randn(1, 4, 16, generator=g), torch.randn(1, 4, 16, generator=g)
-    xs = torch.cat([x.repeat(reps, 1, 1, 1)] * 2)
-    emb = torch.cat([uncond.repeat(reps, 1, 1), cond.repeat(reps, 1, 1)])
-    probs = [0.3, 0.1]
-    rows = []
-    outs = {}
-    for pairing in (True, False):
-        mm = MultilevelModel(ladder, probabilities=probs, pair_guidance=pairing,
-                             generator=torch.Generator().manual_seed(1))
-        outs[pairing] = mm(xs, 500, encoder_hidden_states=emb).sample
-        costs = mm.costs
-    for w in (1.0, 3.0, 7.5):
-        var = {}
-        for pairing, o in outs.items():
-            guided = o[:reps] + w * (o[reps:] - o[:reps])
-            var[pairing] = float(guided.double().var(0).sum())
-        rows.append({"guidance_scale": w, "variance_paired": var[True], "variance_independent": var[False],
-                     "ratio_independent_over_paired": var[False] / var[True]})
-    dit_mm = MultilevelModel([dit(1, 1, 1), dit(1, 2, 2), dit(2, 2, 3)], probabilities=[1.0, 1.0])
-    dit_mm(torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), class_labels=torch.tensor([1, 2]))
-    result = {
-        "command": "python benchmarks/cfg_pairing.py" + (" --quick" if args.quick else ""),
-        "draws": reps,
-        "probabilities": probs,
-        "timestep": 500,
-        "note": "tiny random-weight models: the ratio depends on how alike the cond and uncond level differences "
-                "are; for trained models they are strongly correlated, which pairing exploits",
-        "results": rows,
-        "flops_per_row": {"unet2d_condition_widths_4_8_16": list(costs),
-                          "dit_layers_heads_1x1_1x2_2x2": list(dit_mm.costs)},
-    }
-    write_json(args.out, result, indent=1)
-    json.dump(result, sys.stdout, indent=1)
-    print()
-    return result
-
+from multilevel_em.bench import cfg_pairing  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    warnings.warn("benchmarks/cfg_pairing.py is deprecated: run 'mlem bench cfg-pairing'", DeprecationWarning, stacklevel=1)
+    cfg_pairing.main(sys.argv[1:])

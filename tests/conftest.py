@@ -7,8 +7,6 @@ and since the seeds are fixed, a passing test passes every time.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Callable, List, Sequence
 
 import numpy as np
@@ -68,15 +66,29 @@ def three_level_ladder(costs=(1.0, 4.0, 16.0)) -> Ladder:
     return Ladder([f1, f2, f3], list(costs))
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+def tiny_unet2d_condition(width: int, seed: int):
+    """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 16-dim prompt tokens), random weights
+    (built from a config, as diffusers' own pipeline tests do: no downloads)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
+    ).eval()
 
 
-def load_benchmark(name: str):
-    """Import the standalone script ``benchmarks/<name>.py`` as a module (it is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tiny_dit(layers: int, heads: int, seed: int, out_channels: int = 8):
+    """A tiny class-conditional ``DiTTransformer2DModel`` (learned sigma with out_channels=8), random weights."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    return DiTTransformer2DModel(
+        sample_size=8, num_layers=layers, patch_size=2, attention_head_dim=8, num_attention_heads=heads,
+        in_channels=4, out_channels=out_channels, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
+    ).eval()
 
 
-__all__ = ["F64", "load_benchmark", "fit_slope", "rms", "Counting", "wiggle_levels", "three_level_ladder"]
+__all__ = ["F64", "tiny_dit", "tiny_unet2d_condition", "fit_slope", "rms", "Counting", "wiggle_levels", "three_level_ladder"]

@@ -151,9 +151,8 @@ def test_output_folder_holding_something_else_is_refused(tmp_path):
 
 
 def test_distill_benchmark_quick(tmp_path):
-    from conftest import load_benchmark
+    from multilevel_em.bench import distill as bench
 
-    bench = load_benchmark("distill")
     res = bench.run(quick=True, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"),
                     echo=lambda *_: None)
     assert (tmp_path / "d.json").exists() and (tmp_path / "d.png").exists()

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_images.py (train + benchmark a UNet ladder on one GPU) works end to end, here on the CPU.
+"""``mlem bench gpu`` (multilevel_em/bench/gpu_images.py: train + benchmark a UNet ladder on one GPU) works end to end, here on the CPU.
 
 Its --quick mode runs every stage (training on a time budget, calibration, EM / DPM-Solver++ / ML-EM
 sampling, scoring, plot, JSON) at a size of seconds; the numbers are not judged, only their shape and
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "multilevel_em" / "images" / "pretrained" / "digits"
@@ -23,7 +22,9 @@ SHIPPED = ROOT / "multilevel_em" / "images" / "pretrained" / "digits"
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_benchmark("gpu_images")
+    from multilevel_em.bench import gpu_images
+
+    return gpu_images
 
 
 def _check_result(data: dict, settings: list, budget_s: float) -> None:
@@ -113,7 +114,7 @@ def test_device_runner_samples_as_the_pipeline_does(bench):
         assert torch.equal(x, ref.x), method
         assert rep["top_equivalents_per_sample"] == ref.report["top_equivalents_per_sample"]
         assert rep["steps"] == ref.report["steps"] and rep.get("plan") == ref.report.get("plan")
-        xp, rep_p = padded.run(6, method, seed=3, **knob)  # zero rows added to every batch: same samples
+        xp, rep_p = padded.run(6, method, seed=3, **knob)  # padded rows (copies of the last row) dropped: same samples
         torch.testing.assert_close(xp, x, rtol=1e-4, atol=1e-4)
         assert rep_p["top_equivalents_per_sample"] == rep["top_equivalents_per_sample"]
 

@@ -1,4 +1,4 @@
-"""``mlem demo`` (the image main job, ``multilevel_em.bench.image_demo``): end to end with --quick."""
+"""``mlem demo`` (the image main job, ``multilevel_em.demo.images``): end to end with --quick."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from multilevel_em.bench import image_demo
+from multilevel_em.demo import images as image_demo
 from multilevel_em.cli.main import main
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -240,7 +240,7 @@ def test_kid_is_unbiased_near_zero_for_data_and_large_for_noise(digits):
 
 
 def test_bench_summary_uses_paired_standard_errors():
-    from multilevel_em.bench.images import _summary
+    from multilevel_em.bench.chunks import chunk_summary
 
     def run(method, cost, chunks, **knob):
         return {"method": method, **knob, "steps_run": knob.get("steps", 10), "top_equivalents": cost,
@@ -250,7 +250,7 @@ def test_bench_summary_uses_paired_standard_errors():
     ref = run("em", 1000, [10.0, 30.0, 20.0, 40.0], steps=1000)
     close = run("mlem", 100, [11.0, 31.0, 21.0, 41.0], budget=100)  # +1 everywhere: se 0, diff 1 > 0: refused
     noisy = run("mlem", 200, [12.0, 28.0, 23.0, 41.0], budget=200)  # diff +1 with a paired se of ~1.2: accepted
-    s = _summary([ref, close, noisy])
+    s = chunk_summary([ref, close, noisy])
     assert s["mlem"]["budget"] == 200 and s["mlem"]["cost_ratio"] == pytest.approx(5.0)
     assert s["em"] is None
 
@@ -273,10 +273,10 @@ def test_finished_level_restores_missing_weights_and_drops_stale_calibration(tmp
 
 
 def test_chunked_kid_needs_two_samples_per_chunk(digits):
-    from multilevel_em.bench.images import CHUNKS, _chunk_kids
+    from multilevel_em.bench.chunks import CHUNKS, chunk_kids
 
     clf = load_digit_classifier()
     ref = clf.features(digits.x[:200])
-    assert len(_chunk_kids(clf, digits.x[:2 * CHUNKS + 3], ref)) == CHUNKS  # uneven sizes, none below 2
+    assert len(chunk_kids(clf, digits.x[:2 * CHUNKS + 3], ref)) == CHUNKS  # uneven sizes, none below 2
     with pytest.raises(ValueError, match="at least"):
-        _chunk_kids(clf, digits.x[: 2 * CHUNKS - 1], ref)
+        chunk_kids(clf, digits.x[: 2 * CHUNKS - 1], ref)

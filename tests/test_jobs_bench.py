@@ -1,4 +1,4 @@
-"""The job throughput benchmark (benchmarks/jobs_throughput.py) runs end to end and writes its JSON.
+"""The job throughput benchmark (``mlem bench jobs``, multilevel_em/bench/jobs_throughput.py) runs end to end and writes its JSON.
 
 Throughput is not asserted (a shared machine); bit-identical samples across the three runs are.
 """
@@ -6,7 +6,6 @@ Throughput is not asserted (a shared machine); bit-identical samples across the 
 import json
 
 import pytest
-from conftest import load_benchmark
 
 pytest.importorskip("ray")
 pytest.importorskip("diffusers")
@@ -14,7 +13,8 @@ pytest.importorskip("diffusers")
 
 
 def test_jobs_throughput_quick(tmp_path):
-    module = load_benchmark("jobs_throughput")
+    from multilevel_em.bench import jobs_throughput as module
+
     out = tmp_path / "jobs.json"
     res = module.main(["--quick", "--out", str(out)])
     data = json.loads(out.read_text())

@@ -27,7 +27,8 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 
-from conftest import load_benchmark  # noqa: E402
+from conftest import tiny_dit as _dit  # noqa: E402
+from conftest import tiny_unet2d_condition as _unet_cond  # noqa: E402
 from multilevel_em.diffusion import MultilevelModel, scheduler_spans  # noqa: E402
 
 SCHEDULERS = {
@@ -40,11 +41,6 @@ SCHEDULERS = {
     "unipc": lambda: UniPCMultistepScheduler(),
     "heun": lambda: HeunDiscreteScheduler(),
 }
-
-
-# The tiny ladders of benchmarks/cfg_pairing.py (one definition for the benchmark and the tests).
-_TINY = load_benchmark("cfg_pairing")
-_dit, _unet_cond = _TINY.dit, _TINY.unet
 
 
 def _vae() -> AutoencoderKL:
@@ -374,7 +370,9 @@ def test_nan_from_a_level_is_an_error_naming_it(unet_ladder):
 
 def test_cfg_pairing_benchmark_quick(tmp_path, capsys):
     out = tmp_path / "cfg.json"
-    result = _TINY.main(["--quick", "--out", str(out)])
+    from multilevel_em.bench import cfg_pairing
+
+    result = cfg_pairing.main(["--quick", "--out", str(out)])
     assert out.exists() and result["draws"] == 64
     by_w = {r["guidance_scale"]: r for r in result["results"]}
     # with guidance 7.5 independent draws add (1 - w)^2 + w^2 ~ 98x the variance of a shared draw of

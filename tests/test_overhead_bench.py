@@ -1,4 +1,4 @@
-"""The overhead benchmark (benchmarks/overhead.py) runs and writes the JSON it promises.
+"""The overhead benchmark (``mlem bench overhead``, multilevel_em/bench/overhead.py) runs and writes the JSON it promises.
 
 Timings are not asserted: this only checks that the script works end to end, on CPU, at
 a size that takes a few seconds.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_benchmark
+from multilevel_em.bench import overhead as overhead_module
 
 
 @pytest.fixture(scope="module")
 def overhead():
-    return load_benchmark("overhead")
+    return overhead_module
 
 
 def test_overhead_quick_writes_json(overhead, tmp_path, capsys):

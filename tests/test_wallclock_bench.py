@@ -1,4 +1,4 @@
-"""The wall-clock benchmark (benchmarks/wallclock.py) runs in quick mode and writes the JSON it promises.
+"""The wall-clock benchmark (``mlem bench wallclock``, multilevel_em/bench/wallclock.py) runs in quick mode and writes the JSON it promises.
 
 Timings are not asserted (the machine is shared): only the structure, and that every ratio and
 rate is a finite positive number.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import load_benchmark
+from multilevel_em.bench import wallclock
 
 
 def _positive(v) -> bool:
@@ -17,7 +17,6 @@ def _positive(v) -> bool:
 
 
 def test_wallclock_quick_writes_json(tmp_path, capsys):
-    wallclock = load_benchmark("wallclock")
     out = tmp_path / "results" / "wallclock.json"
     res = wallclock.main(["--quick", "--out", str(out)])
     data = json.loads(out.read_text())

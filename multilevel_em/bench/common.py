@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 from typing import Iterable, List, Sequence, Tuple
 
@@ -10,6 +11,9 @@ import torch
 
 from .._fit import loglog_slope
 from .._io import write_json  # noqa: F401  (re-exported for the benchmarks)
+
+#: The shipped digits UNet ladder (the default ladder of the image benchmarks and of ``mlem demo``).
+DIGITS_LADDER = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits"))
 
 
 def rms_error(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -33,6 +37,18 @@ def fit_slope(costs: Sequence[float], errors: Sequence[float]) -> Tuple[float, f
     if len(costs) < 3:
         raise ValueError(f"fit_slope: expected at least 3 points, got {len(costs)}")
     return loglog_slope(costs, errors)
+
+
+def em_cost_at(curve, error: float):
+    """EM's cost to reach ``error``: log-log interpolation between the two EM runs (cost,
+    error) that bracket it; None if no run is that accurate."""
+    pts = sorted(curve)
+    for (c0, e0), (c1, e1) in zip(pts, pts[1:]):
+        if e0 >= error >= e1:
+            if e0 == e1:
+                return c0
+            return math.exp(math.log(c0) + (math.log(c1) - math.log(c0)) * math.log(e0 / error) / math.log(e0 / e1))
+    return pts[0][0] if pts and pts[0][1] <= error else None
 
 
 class single_thread:

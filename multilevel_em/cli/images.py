@@ -1,36 +1,21 @@
-"""``mlem train`` and ``mlem sample``: UNet ladders on images (registered in :mod:`.main`)."""
+"""Image commands: ``mlem train``, ``mlem distill``, ``mlem sample`` and ``mlem train-classifier`` (UNet ladders)."""
 
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 import time
 import warnings
 
 import click
 
 from .._text import plural
+from ._common import command_line, parse_floats, parse_ints
 from ._errors import resume_on_interrupt, user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
 
 #: Default of ``mlem sample --max-steps``: the ceiling of ``Calibration.plan``'s step search (2**16).
 MAX_STEPS = 2**16
-
-
-def _int_list(name: str, text: str) -> list:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=name) from None
-    if not values or any(v < 1 for v in values):
-        raise click.BadParameter(f"expected positive integers, got {text!r}", param_hint=name)
-    return values
-
-
-def _command_line() -> str:
-    return " ".join(["mlem"] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 @click.command("train")
@@ -66,7 +51,7 @@ def train_cmd(dataset, data_dir, out, widths, iters, seed, batch, lr, ema_decay,
 
     from ..images import CheckpointError, load_dataset, train_ladder
 
-    ws = _int_list("--widths", widths)
+    ws = parse_ints("--widths", widths)
     check_output_folder(out, "--out")
     if size is None:
         size = 32 if dataset == "fashion-mnist" else 16
@@ -86,7 +71,7 @@ def train_cmd(dataset, data_dir, out, widths, iters, seed, batch, lr, ema_decay,
         with resume_on_interrupt(lambda: f"the checkpoints in {out} are kept"), \
                 tqdm(total=iters * len(ws), desc="train", unit="it") as bar:
             ladder = train_ladder(data, out, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr, ema_decay=ema_decay,
-                                  save_every=save_every, progress=bar.update, command=_command_line())
+                                  save_every=save_every, progress=bar.update, command=command_line())
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None
     _finish_ladder(ladder, out, "trained", start, seed, do_calibrate)
@@ -169,9 +154,7 @@ def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed,
                                  param_hint="--sampler")
     _check_step_count(method, steps, budget, max_steps)
     if rates is not None:
-        from .main import _parse_floats
-
-        rates = _parse_floats("--rates", rates)
+        rates = parse_floats("--rates", rates)
         if any(r < 0 for r in rates):
             raise click.BadParameter(f"expected rates >= 0, got {rates}", param_hint="--rates")
     ext = os.path.splitext(out)[1].lower()
@@ -198,13 +181,13 @@ def sample_cmd(ladder_path, method, sampler, n, out, steps, budget, rates, seed,
 def _check_step_count(method, steps, budget, max_steps) -> None:
     """Refuse, before any work, a step count above ``--max-steps``: ``--budget 1e7`` with a one-model method
     means 10 million steps (hours to days), more likely a typo than a wish."""
-    import math
-
     if steps is not None and steps > max_steps:
         raise click.BadParameter(f"{steps} steps is above --max-steps {max_steps}; lower it, or raise --max-steps "
                                  "to run that many", param_hint="--steps")
     if steps is None and budget is not None and method not in ("mlem", "stitch", "auto"):
-        implied = int(math.floor(budget + 1e-9))  # what the pipeline takes from the budget: one step each
+        from ..images.pipeline import budget_steps
+
+        implied = budget_steps(budget)  # what the pipeline takes from the budget: one step each
         if implied > max_steps:
             raise click.BadParameter(f"{budget:g} top-level equivalents means {implied} steps of --method {method}, "
                                      f"above --max-steps {max_steps}; lower it, or raise --max-steps to run that many",
@@ -294,7 +277,7 @@ def _sample_grid(ladder_path, method, n, out, steps, budget, rates, seed, batch_
     r["wall_seconds"] = wall = sum(rep["wall_seconds"] for rep in reports)
     r["wall_seconds_per_sample"] = wall / n
     grid = image_grid(np.concatenate(images), scale=scale)
-    report = dict(r, ladder=os.fspath(ladder_path), seed=seed, batch_size=batch_size, command=_command_line(),
+    report = dict(r, ladder=os.fspath(ladder_path), seed=seed, batch_size=batch_size, command=command_line(),
                   grid=os.fspath(out))
     try:
         atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
@@ -332,65 +315,6 @@ def train_classifier_cmd(out, epochs, seed):
     _, info = train_digit_classifier(out, epochs=epochs, seed=seed)
     click.echo(f"train accuracy {info['train_accuracy']:.4f}, held-out accuracy {info['holdout_accuracy']:.4f}")
     click.echo(f"wrote {out}")
-
-
-@click.command("images")
-@click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
-              help="A ladder folder with a calibration (default: the shipped digits ladder).")
-@click.option("--n", "n", default=None, type=int,
-              help="Samples per run, >= 64 (default 2000; 128 with --quick).")
-@click.option("--quick", is_flag=True, help="3 runs of 128 samples, 100 bootstrap resamples (for tests; under a minute).")
-@click.option("--boot", default=None, type=int, help="Bootstrap resamples, >= 20 (default 1000; 100 with --quick).")
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Noise seed (sample i: sample_generators(seed, i)).")
-@click.option("--out", default="results/images.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/images.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
-    """Cost (top-level equivalents, CPU seconds) against KID and FD (bootstrap CIs, paired on shared noise) and the
-    pathwise error of EM-top, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM inside EM / DPM-Solver++ / DDPM on a
-    UNet ladder: one JSON, one plot."""
-    from ..bench.images import N_MIN
-
-    if n is not None and n < N_MIN:
-        raise click.BadParameter(f"expected at least {N_MIN} samples per run, got {n}", param_hint="--n")
-    if boot is not None and boot < 20:
-        raise click.BadParameter(f"expected at least 20 bootstrap resamples, got {boot}", param_hint="--boot")
-    check_output_file(out, "--out", suffixes=(".json",))
-    check_output_file(plot_path, "--plot", suffixes=(".png",))
-    if os.path.abspath(out) == os.path.abspath(plot_path):
-        raise click.BadParameter("--out and --plot name the same file", param_hint="--plot")
-    from ..bench.images import run_images_bench
-    from ..images import CheckpointError
-
-    ladder_path = ladder_path or os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits")
-    try:
-        run_images_bench(os.path.normpath(ladder_path), quick=quick, n=n, boot=boot, seed=seed, out=out,
-                         plot_path=plot_path, command=_command_line(), echo=click.echo)
-    except (ValueError, FloatingPointError, CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {out} and {plot_path}")
-
-
-@click.command("samplers")
-@click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
-              help="A ladder folder whose calibration measured samplers (default: the shipped digits ladder).")
-@click.option("--quick", is_flag=True, help="4 images, budgets 4 and 8, 20-step references (for tests; seconds).")
-@click.option("--n", "n", default=None, type=click.IntRange(min=2), help="Images per run (default 32).")
-@click.option("--out", default="results/samplers.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/samplers.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
-    """Plans inside each measured sampler against what ML-EM measures there, and against the top UNet alone
-    (error to each sampler's converged solution, counted cost and CPU seconds; one JSON, one plot)."""
-    from ..bench.samplers import run_sampler_bench
-
-    check_output_file(out, "--out", suffixes=(".json",))
-    check_output_file(plot_path, "--plot", suffixes=(".png",))
-    ladder_path = ladder_path or os.path.join(os.path.dirname(__file__), "..", "images", "pretrained", "digits")
-    try:
-        run_sampler_bench(os.path.normpath(ladder_path), quick=quick, n=n, out=out, plot_path=plot_path,
-                          command=_command_line(), echo=click.echo)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("distill")
@@ -435,7 +359,7 @@ def distill_cmd(teacher, conditioning, uncond_prob, widths, iters, out, data, sa
     from ..images.distill import (Distillation, check_out, check_students, distill_ladder, load_teacher, samples_name,
                                   teacher_samples)
 
-    ws = _int_list("--widths", widths)
+    ws = parse_ints("--widths", widths)
     torch.set_num_threads(threads)
     try:
         cond = None if conditioning is None else load_conditioning(conditioning)
@@ -478,7 +402,7 @@ def distill_cmd(teacher, conditioning, uncond_prob, widths, iters, out, data, sa
             with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
                 ladder = distill_ladder(t, out, x0, widths=ws, iters=iters, seed=seed, batch=batch, lr=lr,
                                         ema_decay=ema_decay, save_every=save_every, uncond_prob=uncond_prob,
-                                        paired_rows=paired, progress=bar.update, command=_command_line())
+                                        paired_rows=paired, progress=bar.update, command=command_line())
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None
     _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)

@@ -5,7 +5,7 @@ different batch sizes.  Compiled code (CUDA graphs, shape-specialised compilers)
 distinct shape; :func:`bucketed` pads each sub-batch up to the next of a few fixed sizes
 (copies of its last row), evaluates, and drops the padded rows.  The padded rows are real
 work that the counted cost does not count: this pays only where a new shape costs more than
-the extra rows (not for eager or TorchScript-traced CPU code, see benchmarks/wallclock.py).
+the extra rows (not for eager or TorchScript-traced CPU code, see multilevel_em/bench/wallclock.py, ``mlem bench wallclock``).
 Results equal the unpadded call's up to float rounding (batched kernels may round
 differently for different batch sizes).
 """

@@ -564,3 +564,6 @@ def plan_summary(plan) -> Dict:
 def _budget_steps(budget: float) -> int:
     """The step count of a one-model method for ``budget`` top-level equivalents per sample: floor(budget)."""
     return int(math.floor(budget + 1e-9))
+
+
+budget_steps = _budget_steps  # public: the command line's --max-steps check uses the same rule
