@@ -79,3 +79,22 @@ def test_cli_train_rejects_data_dir_with_digits(tmp_path):
     result = CliRunner().invoke(main, ["train", "--dataset", "digits", "--data-dir", str(tmp_path),
                                        "--out", str(tmp_path / "out"), "--iters", "1"])
     assert result.exit_code == 2 and "--data-dir" in result.output
+
+
+def test_cli_train_classifier_on_fashion_and_no_silent_overwrite(fashion_dir, tmp_path):
+    from multilevel_em.cli.main import main
+    from multilevel_em.images.metrics import load_fashion_classifier
+
+    out = tmp_path / "clf.safetensors"
+    args = ["train-classifier", "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir), "--epochs", "1",
+            "--out", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output
+    model = load_fashion_classifier(str(out))
+    assert model.features(torch.zeros(3, 1, 32, 32)).shape == (3, 128)
+    before = out.read_bytes()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "--overwrite" in r.output and out.read_bytes() == before
+    r = CliRunner().invoke(main, args + ["--overwrite"])
+    assert r.exit_code == 0, r.output
