@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
@@ -30,6 +29,10 @@ import numpy as np
 import torch
 
 from ..calibration import Calibration, calibrate
+from ..calibration import planning
+from ..calibration.planning import BUDGET_TOLERANCE as _BUDGET_TOLERANCE, budget_steps
+from ..calibration.rates import ReverseTimeRate
+from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, measure_samplers
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
 from ..engine import Ladder, randn
 from ..engine.random import Generators, check_generators, is_per_sample
@@ -44,8 +47,8 @@ DEFAULT_STEPS = {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
-#: "mlem" with budget= and steps=: the plan may fall this far (relative) below the budget, no more.
-_BUDGET_TOLERANCE = 0.02
+#: "mlem" with budget= and steps=: the plan may fall this far (relative) below the budget, no more
+#: (:data:`multilevel_em.calibration.planning.BUDGET_TOLERANCE`).
 
 
 def _derived(generator: Optional[torch.Generator]) -> tuple:
@@ -60,19 +63,6 @@ def _split_generator(generator: Generators, batch_size: int) -> tuple:
         return _derived(generator)
     pairs = [_derived(g) for g in generator]
     return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-class ReverseTimeRate:
-    """A rate of reverse time s = t_max - t (from a Calibration) as a rate of diffusion time t."""
-
-    def __init__(self, rate: Callable[[float], float], t_max: float):
-        self.rate, self.t_max = rate, float(t_max)
-
-    def __call__(self, t) -> float:
-        return self.rate(self.t_max - float(t))
-
-    def __repr__(self) -> str:
-        return f"ReverseTimeRate({self.rate!r}, t_max={self.t_max})"
 
 
 class _ReverseDrift:
@@ -266,58 +256,63 @@ class MultilevelPipeline:
         self.calibration = cal
         return cal
 
+    def sampler_runner(self, n: int, seed: int = 0) -> Callable[..., torch.Tensor]:
+        """What :func:`multilevel_em.calibration.samplers.measure_samplers` runs: ``run(sampler, steps)`` samples
+        ``n`` images (raw, ``(n, C, H, W)``) with the top level alone, ``run(sampler, steps, plan)`` with ML-EM
+        following ``plan`` (a :class:`~multilevel_em.calibration.Plan` in reverse time) inside ``sampler``;
+        every run from the same noise (``seed``)."""
+        t_max = self.ladder.schedule.t_max
+
+        def run(sampler: str, steps: int, plan=None) -> torch.Tensor:
+            kw = {} if plan is None else dict(method="mlem", sampler=sampler, levels=list(plan.levels),
+                                              rates=[ReverseTimeRate(r, t_max) for r in plan.rates])
+            kw.setdefault("method", sampler)
+            return self(n, steps=steps, generator=torch.Generator().manual_seed(seed), **kw).x
+
+        return run
+
     def calibrate_samplers(self, samplers: Sequence[str] = ("em", "ddim", "euler_ode", "dpmpp_2m"), *, n: int = 16,
                            steps: Optional[Sequence[int]] = None, ref_steps: int = 500,
                            gain_steps: Optional[Sequence[int]] = None, seed: int = 0,
-                           progress: Optional[Callable[[str], None]] = None) -> Dict:
+                           progress: Optional[Callable[[str], None]] = None) -> Dict[str, SamplerFit]:
         """Measure each sampler's step-error curve and ML-EM's randomization gain inside it, and store them in
-        ``self.calibration.samplers`` (:func:`~multilevel_em.images.sampler_calibration.measure_samplers`), so
-        that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)`` compare ML-EM with the
-        samplers users run. Needs :meth:`calibrate` first. Returns the new fits ``{sampler: SamplerFit}``."""
-        from .sampler_calibration import DEFAULT_STEPS as CURVE_STEPS, GAIN_STEPS, measure_samplers
-
-        fits = measure_samplers(self, samplers, n=n, steps=CURVE_STEPS if steps is None else steps,
-                                ref_steps=ref_steps, gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
-                                seed=seed, progress=progress)
+        ``self.calibration.samplers`` (:func:`~multilevel_em.calibration.samplers.measure_samplers`, running
+        :meth:`sampler_runner`), so that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)``
+        compare ML-EM with the samplers users run. Needs :meth:`calibrate` first. Returns the new fits
+        ``{sampler: SamplerFit}``."""
+        L = self.ladder
+        fits = measure_samplers(self.sampler_runner(n, seed), self.calibration, samplers, n=n,
+                                steps=CURVE_STEPS if steps is None else steps, ref_steps=ref_steps,
+                                gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
+                                cheapest=L.costs[0] / L.costs[-1], num_train_timesteps=L.schedule.num_train_timesteps,
+                                progress=progress)
         self.calibration.samplers.update(fits)
         return fits
 
     def plan(self, budget: float, steps: Optional[int] = None, sampler: Optional[str] = None):
         """``Calibration.plan(budget=..., steps=..., sampler=...)``: levels, steps (unless given) and rate scale
         for ``budget`` top-level equivalents per sample; with ``sampler``, planned inside that sampler from its
-        measured step-error curve and compared with the single-model samplers (:meth:`calibrate_samplers`)."""
-        if self.calibration is None:
-            raise ValueError(
-                "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
-                "or `mlem calibrate --ladder DIR` on the command line, or pass rates="
-            )
+        measured step-error curve and compared with the single-model samplers (:meth:`calibrate_samplers`).
+        A ``steps`` whose plan spends clearly less than ``budget`` is refused
+        (:func:`multilevel_em.calibration.planning.plan_for_budget`)."""
+        self._require_calibration()
         self._check_budget(budget)
-        plan = self.calibration.plan(budget=float(budget), steps=steps, sampler=sampler)
-        if steps is not None and plan.top_equivalents < (1 - _BUDGET_TOLERANCE) * budget:
-            # The same rule as the one-model methods: a budget and a step count that disagree are refused,
-            # not silently resolved in favour of the step count.
-            raise ValueError(
-                f"budget={budget!r} and steps={steps!r} disagree: with {steps} steps ML-EM spends at most "
-                f"{plan.top_equivalents:.4g} top-level equivalents per sample; pass budget= or steps=, not both"
-            )
-        return plan
+        return planning.plan_for_budget(self.calibration, budget, steps=steps, sampler=sampler,
+                                        tolerance=_BUDGET_TOLERANCE)
 
     def sampling_plan(self, budget: float, steps: Optional[int] = None, sampler: str = "em"):
         """The plan ``pipe(method="mlem", sampler=sampler, budget=budget)`` follows: :meth:`plan` inside
         ``sampler`` when the calibration measured it; otherwise the calibration's EM model (``a h``), with a
-        warning unless ``sampler`` is "em" (that model is EM's)."""
-        measured = self.calibration is not None and sampler in self.calibration.samplers
-        if not measured and sampler != "em" and self.calibration is not None:
-            warnings.warn(
-                f"sampler={sampler!r}: the calibration has not measured it, so the plan models EM steps and "
-                "cannot say whether ML-EM beats this sampler with the top model alone; measure it with "
-                "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)", stacklevel=3)
-        return self.plan(budget, steps, sampler=sampler if measured else None)
+        warning unless ``sampler`` is "em" (that model is EM's) (:func:`multilevel_em.calibration.planning.sampling_plan`)."""
+        self._require_calibration()
+        self._check_budget(budget)
+        return planning.sampling_plan(self.calibration, budget, steps=steps, sampler=sampler, stacklevel=4)
 
     def choose(self, budget: float) -> Dict:
         """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample: among ML-EM planned inside
         each measured sampler and the top level alone with each measured sampler at ``floor(budget)`` steps, the
-        one with the smallest predicted error (:meth:`calibrate_samplers` measures the samplers).
+        one with the smallest predicted error (:func:`multilevel_em.calibration.planning.choose`;
+        :meth:`calibrate_samplers` measures the samplers).
 
         Returns ``{"method", "sampler", "steps", "predicted_error", "predicted_top_equivalents", "candidates"}``
         (``sampler`` None for a one-model method, ``steps`` None for ML-EM: its plan's)."""
@@ -325,18 +320,14 @@ class MultilevelPipeline:
             raise ValueError("method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
                              "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)")
         self._check_budget(budget)
-        steps = _budget_steps(budget)
-        cands = []
-        for name, fit in sorted(self.calibration.samplers.items()):
-            plan = self.plan(budget, sampler=name)
-            cands.append({"method": "mlem", "sampler": name, "steps": None, "predicted_error": plan.error,
-                          "predicted_top_equivalents": plan.top_equivalents})
-            if steps >= 1:
-                err = math.sqrt(float(self.calibration.top_bias or 0.0) ** 2 + fit.error(steps) ** 2)
-                cands.append({"method": name, "sampler": None, "steps": steps, "predicted_error": err,
-                              "predicted_top_equivalents": float(steps)})
-        best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
-        return {**best, "candidates": cands}
+        return planning.choose(self.calibration, budget)
+
+    def _require_calibration(self) -> None:
+        if self.calibration is None:
+            raise ValueError(
+                "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
+                "or `mlem calibrate --ladder DIR` on the command line, or pass rates="
+            )
 
     def _check_levels(self, levels, n_rates: int) -> list:
         K = len(self.ladder)
@@ -445,10 +436,10 @@ class MultilevelPipeline:
         if budget is not None and steps is not None and method != "mlem":
             # one model: the budget only sets the step count, so a different steps= would silently override it
             self._check_budget(budget)
-            if isinstance(steps, bool) or steps != _budget_steps(budget):
+            if isinstance(steps, bool) or steps != budget_steps(budget):
                 raise ValueError(
                     f"budget={budget!r} and steps={steps!r} disagree: method={method!r} takes floor(budget) = "
-                    f"{_budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
+                    f"{budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
                 )
         L = self.ladder
         if not isinstance(trace, bool):
@@ -490,7 +481,7 @@ class MultilevelPipeline:
                 per_step = 1.0 if method != "stitch" else None
                 if per_step is None:
                     raise ValueError("budget: not supported for method='stitch'; pass steps=")
-                steps = _budget_steps(budget)
+                steps = budget_steps(budget)
                 if steps < 1:
                     raise ValueError(
                         f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
@@ -560,7 +551,3 @@ def plan_summary(plan) -> Dict:
             "predicted_top_equivalents": plan.top_equivalents, "predicted_error": plan.error, "helps": plan.helps,
             "best_single": plan.best_single, "message": plan.message}
 
-
-def _budget_steps(budget: float) -> int:
-    """The step count of a one-model method for ``budget`` top-level equivalents per sample: floor(budget)."""
-    return int(math.floor(budget + 1e-9))
