@@ -414,15 +414,42 @@ class MultilevelPipeline:
         if method == "auto":
             if rates is not None or steps is not None or sampler is not None:
                 raise ValueError("method='auto' chooses the sampler, steps and rates from budget=; pass budget= only")
-            choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
-            kw = dict(generator=generator, draws=draws, t_min=t_min, progress=progress, batch_invariant=batch_invariant,
-                      trace=trace)
-            if choice["method"] == "mlem":
-                out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
-            else:
-                out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)
-            out.report["auto"] = choice
-            return out
+            return self._auto(batch_size, budget, dict(generator=generator, draws=draws, t_min=t_min, progress=progress,
+                                                       batch_invariant=batch_invariant, trace=trace))
+        self._check_call(batch_size, method, steps, rates, budget, sampler, levels)
+        L = self.ladder
+        models = self._models(trace, batch_invariant)
+        g_noise, g_draws = _split_generator(generator, batch_size)
+        x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
+        denoiser, sampler, steps, levels, plan = self._denoiser(models, method, sampler, steps, rates, budget, levels,
+                                                                fractions, draws, g_draws)
+        if steps is None:
+            steps = self._one_model_steps(method, budget)
+        if progress is not None:
+            _report_progress(denoiser, progress)
+        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
+        start = time.perf_counter()
+        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
+        wall = time.perf_counter() - start
+        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
+            raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
+        images = to_numpy_images(out.x)
+        report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
+        return PipelineOutput(images=images, pil=to_pil(images), x=out.x, report=report)
+
+    def _auto(self, batch_size: int, budget: Optional[float], kw: dict) -> PipelineOutput:
+        """``method="auto"``: run what :meth:`choose` predicts most accurate for ``budget``; ``report["auto"]``
+        says what ran and why (``kw``: the other sampling options)."""
+        choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
+        if choice["method"] == "mlem":
+            out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
+        else:
+            out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)
+        out.report["auto"] = choice
+        return out
+
+    def _check_call(self, batch_size, method, steps, rates, budget, sampler, levels) -> None:
+        """Check that ``__call__``'s arguments fit together (ValueError saying which do not)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         if rates is not None and budget is not None:
@@ -441,6 +468,9 @@ class MultilevelPipeline:
                     f"budget={budget!r} and steps={steps!r} disagree: method={method!r} takes floor(budget) = "
                     f"{budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
                 )
+
+    def _models(self, trace: bool, batch_invariant: bool) -> list:
+        """The levels' eps models as sampling runs them: traced or eager, row by row if asked, NaN-checked."""
         L = self.ladder
         if not isinstance(trace, bool):
             raise TypeError(f"trace: expected a bool, got {trace!r}")
@@ -448,8 +478,13 @@ class MultilevelPipeline:
         if batch_invariant:
             models = [_RowByRow(m) for m in models]
         models = [_FiniteEps(m, f"level {i + 1} ({name})") for i, (m, name) in enumerate(zip(models, L.names))]
-        g_noise, g_draws = _split_generator(generator, batch_size)
-        x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
+        return models
+
+    def _denoiser(self, models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws) -> tuple:
+        """The denoiser ``method`` samples with: ML-EM (planned from the calibration unless ``rates`` are given),
+        T-Stitch, or the top level alone.  Returns (denoiser, sampler, steps (None: not yet fixed), the 0-based
+        levels it runs, the plan or None)."""
+        L = self.ladder
         plan = None
         rate_levels, levels = levels, list(range(len(L)))
         if method == "mlem":
@@ -475,42 +510,25 @@ class MultilevelPipeline:
             sampler = method
             levels = [len(L) - 1]
             denoiser = MultilevelDenoiser([models[-1]], costs=[L.costs[-1]], schedule=L.schedule, names=L.names[-1:])
-        if steps is None:
-            if budget is not None and method != "mlem":
-                self._check_budget(budget)
-                per_step = 1.0 if method != "stitch" else None
-                if per_step is None:
-                    raise ValueError("budget: not supported for method='stitch'; pass steps=")
-                steps = budget_steps(budget)
-                if steps < 1:
-                    raise ValueError(
-                        f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
-                        "one step of the top level costs 1"
-                    )
-            else:
-                steps = DEFAULT_STEPS[method]
-        if progress is not None:
-            inner = denoiser.set_step
-            bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
-            tick = bar.update if bar is not None else progress
+        return denoiser, sampler, steps, levels, plan
 
-            def set_step(h, index=None, steps=None, _inner=inner):
-                _inner(h, index=index, steps=steps)
-                if bar is not None and index == 0 and steps is not None:
-                    bar.total = steps
-                    bar.refresh()
-                tick(1)
-
-            denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
-        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
-        start = time.perf_counter()
-        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
-        wall = time.perf_counter() - start
-        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
-            raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
-        images = to_numpy_images(out.x)
-        report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
-        return PipelineOutput(images=images, pil=to_pil(images), x=out.x, report=report)
+    def _one_model_steps(self, method: str, budget: Optional[float]) -> int:
+        """A one-model method's step count: floor(budget) with a budget (:func:`~multilevel_em.calibration.budget_steps`),
+        else its default."""
+        if budget is not None and method != "mlem":
+            self._check_budget(budget)
+            per_step = 1.0 if method != "stitch" else None
+            if per_step is None:
+                raise ValueError("budget: not supported for method='stitch'; pass steps=")
+            steps = budget_steps(budget)
+            if steps < 1:
+                raise ValueError(
+                    f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
+                    "one step of the top level costs 1"
+                )
+        else:
+            steps = DEFAULT_STEPS[method]
+        return steps
 
     def _report(self, method, sampler, out, levels, wall, n, plan, budget) -> Dict:
         L = self.ladder
@@ -541,6 +559,24 @@ class MultilevelPipeline:
 
     def __repr__(self) -> str:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
+
+
+
+def _report_progress(denoiser, progress) -> None:
+    """Call ``progress(1)`` after every step of ``denoiser`` (or, for a tqdm bar, ``update(1)``, with its
+    total set to the step count on the first step)."""
+    inner = denoiser.set_step
+    bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
+    tick = bar.update if bar is not None else progress
+
+    def set_step(h, index=None, steps=None, _inner=inner):
+        _inner(h, index=index, steps=steps)
+        if bar is not None and index == 0 and steps is not None:
+            bar.total = steps
+            bar.refresh()
+        tick(1)
+
+    denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
 
 
 def plan_summary(plan) -> Dict:
