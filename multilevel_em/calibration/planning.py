@@ -243,26 +243,7 @@ def plan(
             step_grid = [steps]
         else:
             step_grid = geometric_steps(n_min, max(max_steps, n_min))
-        best = None
-        for lv in subsets:
-            c = cal.costs[np.asarray(lv)]
-            stalled, sub_best = 0, math.inf
-            for n in step_grid:
-                if best is not None and n * c[0] >= best[0]:
-                    break  # the base level alone costs more than the best plan so far
-                d_true, rpm, w, h = profile(cal, lv, n, False, PLAN_POINTS)
-                v_room = room - step_err(n) ** 2
-                fits = lambda m: gain(n) * variances(m, d_true, rpm, w, h) <= v_room  # noqa: E731
-                mu = search_mu(fits, rpm * h, smallest=True)
-                cost = float(expected_cost(probabilities(np.array([mu]), rpm, h), c, w)[0])
-                if best is None or cost < best[0]:
-                    best = (cost, lv, n, mu)
-                # Cost against steps falls, then flattens or rises: stop after 3 steps without gain.
-                stalled = stalled + 1 if cost > sub_best * (1 - 1e-3) else 0
-                sub_best = min(sub_best, cost)
-                if stalled >= 3:
-                    break
-        _, lv, n, mu = best
+        lv, n, mu = _cheapest_for_target(cal, subsets, step_grid, room, step_err, gain)
     else:
         budget = check_positive("budget", budget)
         limit = budget * c_top
@@ -272,26 +253,7 @@ def plan(
                 f"budget {budget:.4g} top-level equivalents is too small: one step of the cheapest level alone "
                 f"costs {c_min / c_top:.4g} top-level equivalents"
             )
-        best = None
-        for lv in subsets:
-            c = cal.costs[np.asarray(lv)]
-            n_max = int(math.floor(limit / c[0] * (1 + 1e-12)))
-            if steps is not None:
-                grid = [steps] if steps <= n_max else []
-            else:
-                grid = geometric_steps(1, min(n_max, max_steps)) if n_max >= 1 else []
-            stalled, sub_best = 0, math.inf
-            for n in grid:
-                d_true, rpm, w, h = profile(cal, lv, n, False, PLAN_POINTS)
-                affordable = lambda m: expected_cost(probabilities(m, rpm, h), c, w) <= limit  # noqa: E731
-                mu = search_mu(affordable, rpm * h, smallest=False)
-                err2 = b**2 + step_err(n) ** 2 + gain(n) * float(variances(np.array([mu]), d_true, rpm, w, h)[0])
-                if best is None or err2 < best[0]:
-                    best = (err2, lv, n, mu)
-                stalled = stalled + 1 if err2 > sub_best * (1 - 1e-3) else 0
-                sub_best = min(sub_best, err2)
-                if stalled >= 3:
-                    break
+        best = _most_accurate_for_budget(cal, subsets, limit, steps, max_steps, b, step_err, gain)
         if best is None:
             raise ValueError(
                 f"budget {budget:.4g} top-level equivalents cannot pay steps={steps} of any level that can "
@@ -299,6 +261,60 @@ def plan(
             )
         _, lv, n, mu = best
     return make_plan(cal, lv, n, mu, target, budget, fit)
+
+
+def _cheapest_for_target(cal, subsets, step_grid, room: float, step_err, gain) -> tuple:
+    """The cheapest (levels, steps, mu) over ``subsets`` and ``step_grid`` whose predicted ``step_err(n)^2 +
+    gain(n) V(mu)`` fits ``room`` (the target squared less the bias squared): per configuration the smallest such
+    mu; a sub-ladder's step counts stop after 3 without gain or once its base level alone costs more."""
+    best = None
+    for lv in subsets:
+        c = cal.costs[np.asarray(lv)]
+        stalled, sub_best = 0, math.inf
+        for n in step_grid:
+            if best is not None and n * c[0] >= best[0]:
+                break  # the base level alone costs more than the best plan so far
+            d_true, rpm, w, h = profile(cal, lv, n, False, PLAN_POINTS)
+            v_room = room - step_err(n) ** 2
+            fits = lambda m: gain(n) * variances(m, d_true, rpm, w, h) <= v_room  # noqa: E731
+            mu = search_mu(fits, rpm * h, smallest=True)
+            cost = float(expected_cost(probabilities(np.array([mu]), rpm, h), c, w)[0])
+            if best is None or cost < best[0]:
+                best = (cost, lv, n, mu)
+            # Cost against steps falls, then flattens or rises: stop after 3 steps without gain.
+            stalled = stalled + 1 if cost > sub_best * (1 - 1e-3) else 0
+            sub_best = min(sub_best, cost)
+            if stalled >= 3:
+                break
+    _, lv, n, mu = best
+    return lv, n, mu
+
+
+def _most_accurate_for_budget(cal, subsets, limit: float, steps, max_steps: int, b: float, step_err, gain):
+    """The (error^2, levels, steps, mu) with the smallest predicted error whose expected cost fits ``limit``
+    (cost units per sample), over ``subsets`` and their affordable step counts (or exactly ``steps``); per
+    configuration the largest affordable mu.  None when no sub-ladder can pay ``steps``."""
+    best = None
+    for lv in subsets:
+        c = cal.costs[np.asarray(lv)]
+        n_max = int(math.floor(limit / c[0] * (1 + 1e-12)))
+        if steps is not None:
+            grid = [steps] if steps <= n_max else []
+        else:
+            grid = geometric_steps(1, min(n_max, max_steps)) if n_max >= 1 else []
+        stalled, sub_best = 0, math.inf
+        for n in grid:
+            d_true, rpm, w, h = profile(cal, lv, n, False, PLAN_POINTS)
+            affordable = lambda m: expected_cost(probabilities(m, rpm, h), c, w) <= limit  # noqa: E731
+            mu = search_mu(affordable, rpm * h, smallest=False)
+            err2 = b**2 + step_err(n) ** 2 + gain(n) * float(variances(np.array([mu]), d_true, rpm, w, h)[0])
+            if best is None or err2 < best[0]:
+                best = (err2, lv, n, mu)
+            stalled = stalled + 1 if err2 > sub_best * (1 - 1e-3) else 0
+            sub_best = min(sub_best, err2)
+            if stalled >= 3:
+                break
+    return best
 
 
 def step_error_model(cal, fit: Optional[SamplerFit]):
