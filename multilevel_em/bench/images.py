@@ -49,7 +49,7 @@ from ..images.data import load_digits
 from ..images.metrics import (bootstrap_counts, frechet_bootstrap, frechet_distance, kid_bootstrap, kid_unbiased,
                               load_digit_classifier, percentile_ci)
 from ..images.pipeline import MultilevelPipeline
-from ..images.sampler_calibration import squared_distances
+from ..calibration.samplers import squared_distances
 from .common import device_name, pareto_front, single_thread, write_json
 
 __all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds", "em_pathwise", "repair_em_pathwise"]

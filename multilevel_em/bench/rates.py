@@ -105,7 +105,8 @@ def _gain(closed: Sequence[float], other: Sequence[float]) -> Dict:
 
 def _one(problem: str, sampler: str, steps: int, budgets, models, costs, schedule, shape, t_min, cfg, seed, echo):
     from ..diffusion import MultilevelDenoiser, sample
-    from ..diffusion.rates import as_rates, expected_cost, learn_probabilities, measure_profiles
+    from ..calibration.rates import expected_cost, per_call_rates as as_rates
+    from ..diffusion.rates import learn_probabilities, measure_profiles
 
     t0 = time.perf_counter()
     x, opts = _noise(sampler, (cfg["n_profile"], *shape), t_min, seed + 31, steps)

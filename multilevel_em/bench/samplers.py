@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .._io import write_json
-from ..images.sampler_calibration import rms_error, squared_distances
+from ..calibration.samplers import rms_error, squared_distances
 from .common import single_thread
 
 __all__ = ["SETTINGS", "run_sampler_bench"]

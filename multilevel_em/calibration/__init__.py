@@ -5,11 +5,18 @@ delta_l(t) along trajectories and returns a :class:`Calibration`, whose ``rates(
 the closed-form rates lambda_l(t) = mu delta_l(t) / sqrt(c_l + c_{l-1}) (docs/method.md,
 "Choosing the rates"), ``predict(mu, steps)`` their expected cost, and ``plan(target=...)`` a full
 choice of levels, rate scale and steps. Imports the engine; the engine does not import it.
+
+Modules: :mod:`.measure` (calibrate), :mod:`.model` (the Calibration data and its JSON file),
+:mod:`.rates` (the rate math and rate callables, one home), :mod:`.prediction`, :mod:`.planning`,
+:mod:`.verdicts`, :mod:`.samplers` (sampler step-error curves: the SamplerFit model and its
+measurement), :mod:`.plot`.
 """
 
 from .measure import MIN_STATES, MIN_TIMES, calibrate
 from .model import CallPlan, Calibration, PiecewiseLinearRate, Plan, Prediction
+from .planning import budget_steps
+from .rates import ReverseTimeRate
 from .samplers import SamplerFit
 
 __all__ = ["calibrate", "CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "SamplerFit", "MIN_STATES",
-           "MIN_TIMES"]
+           "MIN_TIMES", "ReverseTimeRate", "budget_steps"]

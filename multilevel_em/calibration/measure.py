@@ -134,9 +134,6 @@ def _flop_costs(ladder: Ladder, x: torch.Tensor, t: float) -> List[float]:
     return costs
 
 
-# ----------------------------------------------------------------------------- gamma
-
-
 # ----------------------------------------------------------------------------- calibrate
 
 
@@ -231,6 +228,47 @@ def calibrate(
         UserWarning: when a level's error is not below the previous level's (it costs at
             least as much and is not more accurate); ``Calibration.plan`` will likely drop it.
     """
+    _, t0, t1, fine_steps = _check_arguments(ladder, x, t0, t1, timing, steps, step_error_refine, reference, states)
+    t_arr, picked, x_end, noise = _calibration_states(ladder, x, t0, t1, times, states, steps, fine_steps, diffusion,
+                                                      noise, generator)
+    costs = _level_costs(ladder, x if x is not None else picked[0], float(t_arr[0]), timing, device, warmup, repeats)
+    pairwise, errors_t = _level_differences(ladder, t_arr, picked, reference)
+    errors = np.sqrt((errors_t**2).mean(0))
+    _warn_not_improving(ladder.names, errors)
+    gamma, gamma_se, fit_levels = _gamma_fit(costs, errors, reference, fit_gamma)
+    a = bias = None
+    bias_source = "none"
+    if step_error and x is not None:
+        a, bias, bias_source = _step_error_and_bias(
+            ladder, x, t0, t1, steps, fine_steps, diffusion, noise, generator, reference, x_end
+        )
+
+    return Calibration(
+        t0=t0,
+        t1=t1,
+        times=t_arr,
+        names=tuple(ladder.names),
+        costs=np.asarray(costs, dtype=np.float64),
+        ladder_costs=np.asarray(ladder.costs, dtype=np.float64),
+        timing=timing,
+        cost_unit=_COST_UNITS[timing],
+        pairwise=pairwise,
+        errors_t=errors_t,
+        reference="given" if reference is not None else "top",
+        n_states=int(picked[0].shape[0]),
+        gamma=gamma,
+        gamma_se=gamma_se,
+        fit_levels=tuple(fit_levels),
+        step_error=a,
+        step_error_steps=steps if a is not None else None,
+        step_error_refine=step_error_refine if a is not None else None,
+        top_bias=bias,
+        top_bias_source=bias_source,
+    )
+
+
+def _check_arguments(ladder, x, t0, t1, timing, steps, step_error_refine, reference, states) -> tuple:
+    """Check calibrate's arguments; (K, t0, t1, fine_steps) with the times as floats and fine_steps = m N."""
     if not isinstance(ladder, Ladder):
         raise TypeError(f"ladder: expected a multilevel_em.Ladder, got {type(ladder).__name__}")
     K = len(ladder)
@@ -257,7 +295,13 @@ def calibrate(
         if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
             raise ValueError(f"x: expected a floating tensor of shape (batch, *state_shape), got {x!r:.80}")
         _check_batch("x", x.shape[0])
+    return K, t0, t1, fine_steps
 
+
+def _calibration_states(ladder, x, t0, t1, times, states, steps, fine_steps, diffusion, noise, generator) -> tuple:
+    """The states the levels are compared on: ``states`` at ``times`` as given, or EM with the top level
+    from ``x`` (``steps`` steps on ``noise``, drawn from ``generator`` when None) at the grid times nearest
+    ``times``.  Returns (times (T,), [T tensors (batch, ...)], the trajectory's end or None, the noise)."""
     if states is not None:
         if times is None:
             raise ValueError("times: required with states= (one time per states[i])")
@@ -291,8 +335,11 @@ def calibrate(
                     save_every=save_every)
         picked = [sol.xs[int(i) // save_every] for i in idx]
         x_end = sol.x  # EM with `steps` steps: reused by the step-error estimate
+    return t_arr, picked, x_end, noise
 
-    timing_x = x if x is not None else picked[0]
+
+def _level_costs(ladder, timing_x, t, timing, device, warmup, repeats) -> List[float]:
+    """Cost of one evaluation of each level per sample, as ``timing`` says, measured on ``timing_x`` at ``t``."""
     if device is not None and not _same_device(torch.device(device), timing_x.device):
         raise ValueError(
             f"device: levels would be timed on {torch.device(device)} but the data is on {timing_x.device}; "
@@ -301,10 +348,16 @@ def calibrate(
     if timing == "given":
         costs = list(ladder.costs)
     elif timing == "wall":
-        costs = _wall_costs(ladder, timing_x, float(t_arr[0]), warmup, repeats)
+        costs = _wall_costs(ladder, timing_x, t, warmup, repeats)
     else:
-        costs = _flop_costs(ladder, timing_x, float(t_arr[0]))
+        costs = _flop_costs(ladder, timing_x, t)
+    return costs
 
+
+def _level_differences(ladder, t_arr, picked, reference) -> tuple:
+    """Pairwise RMS differences of the levels at each time, (T, K, K), and each level's RMS error against
+    ``reference`` (or the top level), (T, K)."""
+    K = len(ladder)
     pairwise = np.zeros((len(t_arr), K, K))
     errors_t = np.zeros((len(t_arr), K))
     for i, (t, s) in enumerate(zip(t_arr.tolist(), picked)):
@@ -320,9 +373,13 @@ def calibrate(
             ref = reference(s, t)
             _check_output("reference", ref, s, t)
             errors_t[i] = [_rms(o, ref) for o in outs]
+    return pairwise, errors_t
 
-    errors = np.sqrt((errors_t**2).mean(0))
-    _warn_not_improving(ladder.names, errors)
+
+def _gamma_fit(costs, errors, reference, fit_gamma: bool) -> tuple:
+    """gamma and its standard error, fitted on the levels with a nonzero error (the top level left out when it is
+    the reference), and those levels; (None, None, []) without ``fit_gamma``."""
+    K = len(errors)
     gamma = gamma_se = None
     fit_levels: List[int] = []
     if fit_gamma:
@@ -336,36 +393,7 @@ def calibrate(
                 + "; add levels, pass reference=, or pass fit_gamma=False"
             )
         gamma, gamma_se = _fit_gamma([costs[l] for l in fit_levels], [errors[l] for l in fit_levels])
-
-    a = bias = None
-    bias_source = "none"
-    if step_error and x is not None:
-        a, bias, bias_source = _step_error_and_bias(
-            ladder, x, t0, t1, steps, fine_steps, diffusion, noise, generator, reference, x_end
-        )
-
-    return Calibration(
-        t0=t0,
-        t1=t1,
-        times=t_arr,
-        names=tuple(ladder.names),
-        costs=np.asarray(costs, dtype=np.float64),
-        ladder_costs=np.asarray(ladder.costs, dtype=np.float64),
-        timing=timing,
-        cost_unit=_COST_UNITS[timing],
-        pairwise=pairwise,
-        errors_t=errors_t,
-        reference="given" if reference is not None else "top",
-        n_states=int(picked[0].shape[0]),
-        gamma=gamma,
-        gamma_se=gamma_se,
-        fit_levels=tuple(fit_levels),
-        step_error=a,
-        step_error_steps=steps if a is not None else None,
-        step_error_refine=step_error_refine if a is not None else None,
-        top_bias=bias,
-        top_bias_source=bias_source,
-    )
+    return gamma, gamma_se, fit_levels
 
 
 def _default_noise(x: torch.Tensor, t0: float, t1: float, finest_steps: int, generator) -> BrownianPath:

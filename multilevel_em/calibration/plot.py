@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import Calibration
 
-
-def plot_calibration(cal: Calibration, path: str) -> None:
-    """Write a two-panel PNG: left, delta_l(t) = RMS(f^l - f^{l-1}) at the calibration times
+def plot_calibration(cal, path: str) -> None:
+    """Write a two-panel PNG of the :class:`~multilevel_em.Calibration` ``cal``: left, delta_l(t) = RMS(f^l - f^{l-1}) at the calibration times
     (what the time-dependent rates follow); right, each level's RMS error against its cost
     (log-log), with the fitted line error ~ cost^(-1/gamma)."""
     import matplotlib

@@ -3,8 +3,9 @@
 A :class:`~multilevel_em.Calibration` models EM on a uniform grid (step error ``a h``).
 Users run other samplers (DDIM, DPM-Solver++, ...), whose error falls faster with the step
 count and which weigh the model's output differently. A :class:`SamplerFit` holds what was
-measured for one sampler on the ladder's own trajectories (measuring needs the sampler, so
-it happens outside this package: :meth:`multilevel_em.images.MultilevelPipeline.calibrate_samplers`):
+measured for one sampler on the ladder's own trajectories by :func:`measure_samplers`, which runs
+the sampler through a callable it is given (this package runs no sampler itself;
+:meth:`multilevel_em.images.MultilevelPipeline.calibrate_samplers` passes its own):
 
 * ``errors[i]``: RMS over samples of ``|x_N - x_ref|`` (Euclidean norm over the state, state
   units) for the top level alone with ``steps[i]`` steps of the sampler, against the same
@@ -27,19 +28,31 @@ it happens outside this package: :meth:`multilevel_em.images.MultilevelPipeline.
 ML-EM inside the sampler with N steps and rate scale mu is then predicted to have
 ``error^2 = bias^2 + error(N)^2 + gain_at(N) * V(mu, N)`` (the randomization has mean zero
 and is treated as independent of the step error).
+
+Measuring (:func:`measure_samplers`): for a sampler S the top level alone is run with ``ref_steps``
+steps (S's converged solution) and with each of ``steps`` steps, all from the same ``n`` initial
+noises and, for the SDE sampler "em", the same Brownian path. Then ML-EM inside S is run at a few
+(steps, rate scale) points and its squared RMS distance to the top level alone with the same steps
+is divided by the calibration's predicted added variance: S's randomization gain. Samplers measured
+(:data:`MEASURABLE`): "em" (reverse SDE, family "sde"), "ddim" (eta = 0), "euler_ode" and "dpmpp_2m"
+(probability-flow ODE, family "ode"). "ddpm" is refused: its scheduler draws fresh noise for every
+step count, so runs with different step counts share no noise and a pathwise converged solution
+does not exist (use "em", which integrates the same SDE).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from .._fit import loglog_slope
 
-__all__ = ["SamplerFit", "FAMILIES", "combine_gains"]
+__all__ = ["SamplerFit", "FAMILIES", "combine_gains", "MEASURABLE", "CURVE_STEPS", "GAIN_STEPS", "GAIN_BUDGET_FRACTION",
+           "check_samplers", "fit_table", "measure_samplers", "rms_error", "squared_distances"]
 
 #: What a sampler converges to: "sde" (the reverse-SDE path for its Brownian motion) or "ode"
 #: (the probability-flow ODE solution from its initial noise).
@@ -182,3 +195,168 @@ def combine_gains(measured: Sequence[float], predicted: Sequence[float]) -> Tupl
         raise ValueError("gain: expected positive finite measured and predicted variances")
     se = float(r.std(ddof=1) / math.sqrt(r.size)) if r.size > 1 else math.nan
     return float(math.exp(r.mean())), se
+
+
+# ----------------------------------------------------------------------------- measuring samplers
+
+#: Samplers whose step-error curve can be measured pathwise, and their families.
+MEASURABLE = {"em": "sde", "ddim": "ode", "euler_ode": "ode", "dpmpp_2m": "ode"}
+#: Step counts of the measured curve (the budgets users run: a few to a few hundred steps).
+CURVE_STEPS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+#: Step counts at which ML-EM's randomization gain is measured, and the budget (a fraction of the
+#: top level alone at those steps) whose planned rate scale is used there.
+GAIN_STEPS = (8, 32, 128)
+GAIN_BUDGET_FRACTION = 0.25
+
+
+def squared_distances(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared Euclidean distance ``|x_b - ref_b|^2``, float64, shape (n,)."""
+    return (x - ref).double().flatten(1).pow(2).sum(1)
+
+
+def rms_error(sq: torch.Tensor) -> tuple:
+    """From per-sample squared distances (n,): the RMS error, its delta-method se, the mean square and its se."""
+    m = float(sq.mean())
+    se_sq = float(sq.std()) / math.sqrt(sq.numel()) if sq.numel() > 1 else math.nan
+    rms = math.sqrt(m)
+    return rms, (se_sq / (2 * rms) if rms > 0 else math.nan), m, se_sq
+
+
+def check_samplers(samplers: Sequence[str]) -> tuple:
+    """The names, validated: each measurable (ValueError naming the bad one and why), no repeats."""
+    out = []
+    for s in samplers:
+        if s == "ddpm":
+            raise ValueError(
+                "samplers: 'ddpm' cannot be measured pathwise: its scheduler draws fresh noise for every step "
+                "count, so there is no converged solution to measure against; use 'em' (the same reverse SDE)"
+            )
+        if s not in MEASURABLE:
+            raise ValueError(f"samplers: expected some of {', '.join(MEASURABLE)}, got {s!r}")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise ValueError("samplers: expected at least one sampler name")
+    return tuple(out)
+
+
+#: ``run(sampler, steps, plan=None) -> samples``: the top level alone with ``sampler`` for ``steps`` steps,
+#: or, with a :class:`~multilevel_em.calibration.Plan`, ML-EM with its levels and rates inside ``sampler``;
+#: always the same n initial noises (and Brownian path), samples shaped (n, ...) in state units.
+SamplerRun = Callable[..., torch.Tensor]
+
+
+def measure_samplers(
+    run: SamplerRun,
+    calibration,
+    samplers: Sequence[str] = tuple(MEASURABLE),
+    *,
+    n: int = 16,
+    steps: Sequence[int] = CURVE_STEPS,
+    ref_steps: int = 500,
+    gain_steps: Sequence[int] = GAIN_STEPS,
+    cheapest: float,
+    num_train_timesteps: Optional[int] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, SamplerFit]:
+    """Measure each sampler's step-error curve and ML-EM's randomization gain inside it.
+
+    Args:
+        run: runs the sampler (:data:`SamplerRun`): ``run(s, k)`` the top level alone with sampler ``s`` and
+            ``k`` steps, ``run(s, k, plan)`` ML-EM with ``plan``'s levels and rates inside ``s``; every call
+            from the same ``n`` noises.
+        calibration: the ladder's :class:`~multilevel_em.Calibration` (for the gain's plans and predicted
+            variance); None raises ValueError after the arguments are checked.
+        samplers: names from :data:`MEASURABLE`.
+        n: the number of samples ``run`` draws (>= 2: errors are RMS over them).
+        steps: step counts of the curve, each < ``ref_steps``.
+        ref_steps: the step count of each sampler's converged solution; with "ddim" it must divide
+            ``num_train_timesteps`` (diffusers' DDIMScheduler steps by ``T // N`` timesteps, so any other N
+            leaves its steps short of the grid and it converges to something else).
+        gain_steps: step counts where the gain is measured (each must be in ``steps``); at each the
+            rate scale is the calibration's plan for a quarter of the top level's cost at those steps.
+        cheapest: the cheapest level's cost over the top level's (the plans keep a budget of at least twice it).
+        num_train_timesteps: the schedule's T, for the "ddim" check (None: not checked).
+        progress: called with a short description before each run.
+
+    Returns:
+        ``{sampler: SamplerFit}``. Cost: about ``ref_steps + sum(steps)`` top-level evaluations of
+        ``n`` samples per sampler, plus the ML-EM runs.
+    """
+    samplers = check_samplers(samplers)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n: expected an int >= 2 (errors are RMS over images), got {n!r}")
+    steps = sorted({int(s) for s in steps})
+    if len(steps) < 2 or steps[0] < 1 or steps[-1] >= ref_steps:
+        raise ValueError(f"steps: expected 2 or more step counts in [1, ref_steps = {ref_steps}), got {steps}")
+    missing = [g for g in gain_steps if g not in steps]
+    if missing:
+        raise ValueError(f"gain_steps: {missing} not among the measured steps {steps}")
+    T = num_train_timesteps
+    if "ddim" in samplers and T is not None and T % ref_steps:
+        raise ValueError(f"ref_steps: {ref_steps} does not divide num_train_timesteps = {T}; DDIM's scheduler steps by "
+                         f"T // N timesteps, so its {ref_steps}-step run is not converged; use a divisor of {T}")
+    if calibration is None:
+        raise ValueError("the pipeline has no calibration: run pipe.calibrate() first (the gain needs its rates)")
+    say = progress or (lambda _: None)
+    fits = {}
+    for s in samplers:
+        errors, ses, tops = _step_error_curve(run, s, steps, ref_steps, gain_steps, say)
+        gain, gain_se, points = _randomization_gain(run, calibration, s, gain_steps, tops, cheapest, say)
+        fits[s] = SamplerFit(sampler=s, family=MEASURABLE[s], steps=tuple(steps), errors=tuple(errors),
+                             errors_se=tuple(ses), ref_steps=int(ref_steps), n=n, gain=gain, gain_se=gain_se,
+                             gain_points=points)
+    return fits
+
+
+def _step_error_curve(run: SamplerRun, s: str, steps: Sequence[int], ref_steps: int, gain_steps: Sequence[int],
+                      say: Callable[[str], None]) -> tuple:
+    """Sampler ``s``'s RMS errors and their standard errors at ``steps`` against ``ref_steps`` steps, and the
+    top-level samples at ``gain_steps`` ({steps: samples}) for the gain."""
+    say(f"{s}: {ref_steps} steps (reference)")
+    ref = run(s, ref_steps)
+    errors, ses, tops = [], [], {}
+    for k in steps:
+        say(f"{s}: {k} steps")
+        x = run(s, k)
+        if k in gain_steps:
+            tops[k] = x
+        e, se, _, _ = rms_error(squared_distances(x, ref))
+        errors.append(e)
+        ses.append(se)
+    return errors, ses, tops
+
+
+def _randomization_gain(run: SamplerRun, cal, s: str, gain_steps: Sequence[int], tops: dict, cheapest: float,
+                        say: Callable[[str], None]) -> tuple:
+    """ML-EM's measured added variance inside ``s`` over the calibration's predicted one, at ``gain_steps``:
+    (gain, standard error of its log, the measured points)."""
+    measured, predicted, points = [], [], []
+    for k in gain_steps:
+        budget = k * max(GAIN_BUDGET_FRACTION, 2 * cheapest)
+        if budget >= k:
+            continue  # the base level alone is too dear for ML-EM to differ from the top level here
+        plan = cal.plan(budget=budget, steps=k)
+        say(f"{s}: ML-EM, {k} steps, mu={plan.mu:.3g}")
+        x = run(s, k, plan)
+        _, _, var, var_se = rms_error(squared_distances(x, tops[k]))
+        pred = plan.prediction.added_variance
+        if var > 0 and pred > 0:
+            measured.append(var)
+            predicted.append(pred)
+        points.append({"steps": k, "mu": plan.mu, "levels": [l + 1 for l in plan.levels],
+                       "measured_variance": var, "measured_variance_se": var_se, "predicted_variance": pred})
+    gain, gain_se = combine_gains(measured, predicted) if measured else (1.0, math.nan)
+    return gain, gain_se, points
+
+
+def fit_table(fits: Dict[str, SamplerFit]) -> str:
+    """A table for humans: per sampler its order, gain and errors at the measured steps."""
+    lines = []
+    for s, f in fits.items():
+        se = "n/a" if math.isnan(f.order_se) else f"{f.order_se:.2g}"
+        gse = "n/a" if math.isnan(f.gain_se) else f"x/ {math.exp(f.gain_se):.2g}"
+        lines.append(f"{s:>10} ({f.family}): error ~ {f.constant:.3g} N^-{f.order:.3g} (+- {se}), "
+                     f"ML-EM randomization gain {f.gain:.3g} ({gse}); errors vs {f.ref_steps} steps: "
+                     + ", ".join(f"{k}: {e:.3g}" for k, e in zip(f.steps, f.errors)))
+    return "\n".join(lines)

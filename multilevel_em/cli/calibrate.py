@@ -50,7 +50,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     out = out or os.path.join(ladder_dir, "calibration.json")
     check_output_file(out, "--out")
     if samplers is not None:
-        from ..images.sampler_calibration import check_samplers
+        from ..calibration.samplers import check_samplers
 
         try:
             samplers = check_samplers([s.strip() for s in samplers.split(",") if s.strip()])
@@ -63,7 +63,7 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     if samplers is not None:
         from tqdm import tqdm
 
-        from ..images.sampler_calibration import DEFAULT_STEPS, GAIN_STEPS, fit_table
+        from ..calibration.samplers import CURVE_STEPS as DEFAULT_STEPS, GAIN_STEPS, fit_table
 
         runs = len(samplers) * (1 + len(DEFAULT_STEPS) + len(GAIN_STEPS))  # reference, curve, ML-EM per sampler
         with tqdm(total=runs, desc="samplers", unit="run") as bar:

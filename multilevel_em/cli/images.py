@@ -185,7 +185,7 @@ def _check_step_count(method, steps, budget, max_steps) -> None:
         raise click.BadParameter(f"{steps} steps is above --max-steps {max_steps}; lower it, or raise --max-steps "
                                  "to run that many", param_hint="--steps")
     if steps is None and budget is not None and method not in ("mlem", "stitch", "auto"):
-        from ..images.pipeline import budget_steps
+        from ..calibration import budget_steps
 
         implied = budget_steps(budget)  # what the pipeline takes from the budget: one step each
         if implied > max_steps:

@@ -22,8 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .._text import plural
-from ..engine import Ladder, LevelEvaluator, evaluate_rates, telescoping_estimate
+from ..engine import Ladder, LevelEvaluator, check_rates, firing_probabilities, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import DRAWS, _all_finite, _non_finite_error
 from .schedule import VPSchedule
@@ -282,19 +281,7 @@ class MultilevelDenoiser(_LadderDenoiser):
         check_generators(generator)
         if is_per_sample(generator) and draws != "per_sample":
             raise ValueError(f"generator: a list of per-sample generators needs draws='per_sample', got {draws!r}")
-        if rates is None:
-            if K > 1:
-                raise ValueError(
-                    f"rates: expected {K - 1} rates (lambda_2..lambda_{K}, numbers or callables of t), got None"
-                )
-            rates = []
-        if isinstance(rates, (Real, torch.Tensor)) or callable(rates):
-            raise TypeError(f"rates: expected a sequence of {K - 1} rates (levels 2..{K}), got one value")
-        rates = list(rates)
-        if len(rates) != K - 1:
-            raise ValueError(f"rates: expected {plural(K - 1, 'rate')} (one for each of levels 2..{K}), got {len(rates)}")
-        evaluate_rates(rates, 1.0)  # fail early on bad numbers or callables
-        self.rates = rates
+        self.rates = [] if rates is None and K == 1 else check_rates(rates, K, 1.0)
         self.draws = draws
         self.generator = generator
         self.check_finite = check_finite
@@ -307,7 +294,7 @@ class MultilevelDenoiser(_LadderDenoiser):
                 "MultilevelDenoiser: the step size h is unknown; samplers call set_step(h) before each "
                 "evaluation: call denoiser.set_step(h) yourself when you use it directly"
             )
-        return [min(1.0, lam * h) for lam in evaluate_rates(self.rates, t)]
+        return firing_probabilities(self.rates, t, h)
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         call = self._prepare(x, t)

@@ -49,7 +49,6 @@ is biased in the same way; its mean channels are not.
 
 from __future__ import annotations
 
-import math
 import warnings
 from numbers import Real
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -59,7 +58,7 @@ import torch
 
 from .._fit import loglog_slope
 from ..calibration import CallPlan, Calibration
-from ..engine import Ladder, LevelEvaluator, telescoping_estimate
+from ..engine import Ladder, LevelEvaluator, check_rates, firing_probabilities, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
 
 __all__ = ["MultilevelModel", "scheduler_spans"]
@@ -439,10 +438,7 @@ class MultilevelModel(torch.nn.Module):
 
     def set_rates(self, rates: Sequence) -> None:
         """lambda_2..lambda_K per unit of t: numbers >= 0 or callables of t (replaces probabilities)."""
-        rates = self._sequence("rates", rates)
-        for j, r in enumerate(rates):
-            if not callable(r):
-                self._rate(j, r, None)
+        rates = check_rates(self._sequence("rates", rates), len(self.models), None)
         self.probabilities, self.rates = None, rates
 
     def _sequence(self, name: str, values) -> list:
@@ -464,17 +460,6 @@ class MultilevelModel(torch.nn.Module):
             at = "" if timestep is None else f" at timestep {timestep:g}"
             raise ValueError(f"probabilities[{j}] (level {j + 2}): expected a probability in [0, 1], got {p}{at}")
         return p
-
-    @staticmethod
-    def _rate(j: int, r, t) -> float:
-        try:
-            r = float(r)
-        except (TypeError, ValueError):
-            raise TypeError(f"rates[{j}] (level {j + 2}): expected a number, got {type(r).__name__}") from None
-        if not (math.isfinite(r) and r >= 0):
-            at = "" if t is None else f" at t={t:.6g}"
-            raise ValueError(f"rates[{j}] (level {j + 2}): expected a finite rate >= 0, got {r}{at}")
-        return r
 
     def _spans(self) -> Dict[float, Tuple[float, float]]:
         if self.scheduler is None:
@@ -503,7 +488,7 @@ class MultilevelModel(torch.nn.Module):
                     for j, p in enumerate(self.probabilities)]
         if self.rates is not None:
             t, span = self.time_and_span(timestep)
-            return [min(1.0, self._rate(j, r(t) if callable(r) else r, t) * span) for j, r in enumerate(self.rates)]
+            return firing_probabilities(self.rates, t, span)
         if len(self.models) == 1:
             return []
         raise ValueError(

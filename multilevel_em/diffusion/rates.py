@@ -21,8 +21,9 @@ the reverse SDE; an ODE sampler carries it).
 * :func:`measure_profiles` measures delta on every call and s on blocks of calls by
   perturbing the weights (random signs per sample and call, so the blocks' cross terms cancel)
   and rerunning the sampler on the same noise.
-* :class:`RateShape` holds a shape (per call) and turns it into probabilities at a given expected
-  cost (:meth:`RateShape.probabilities`) or into rate callables for :class:`MultilevelDenoiser`.
+* :meth:`Profiles.shape` gives the per-call :class:`~multilevel_em.calibration.rates.RateShape` of a rate
+  rule chosen by name ("closed", "sensitivity"), which turns it into probabilities at a given expected cost;
+  the rate math (expected cost, mu search, rate callables) lives in :mod:`multilevel_em.calibration.rates`.
 * :func:`learn_probabilities` is the paper's learned time-dependent probabilities: projected
   stochastic gradient descent on the mean squared distance to the top model alone at a fixed
   expected cost, with the score-function gradient ``(B - p) / (p (1 - p))`` for the Bernoulli
@@ -41,11 +42,25 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..calibration import rates as _home
+from ..calibration.rates import added_variance, per_call_rates, rate_shape, search_threshold
 from .samplers import sample
 from .schedule import VPSchedule
 
-__all__ = ["LadderResponse", "LearnedRates", "Profiles", "RateShape", "as_rates", "expected_cost",
-           "learn_probabilities", "measure_profiles"]
+__all__ = ["LadderResponse", "LearnedRates", "Profiles", "as_rates", "learn_probabilities", "measure_profiles"]
+
+#: Names whose home is now :mod:`multilevel_em.calibration.rates`; importing them from here still works.
+_MOVED = ("RateShape", "expected_cost")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(f"multilevel_em.diffusion.rates.{name} moved to multilevel_em.calibration.rates.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(_home, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LadderResponse:
@@ -143,27 +158,22 @@ class Profiles:
         return np.stack([np.interp(logt, centres[order], self.sensitivity[order, l])
                          for l in range(self.sensitivity.shape[1])], 1)
 
-    def shape(self, kind: str, max_kick: float = 1.0) -> "RateShape":
-        """The per-call rate shape of ``kind``: "closed" (delta) or "sensitivity" (s delta).
-
-        "sensitivity" floors p so that a fired correction's kick (1 / p) h delta stays below ``max_kick``
-        times the state's RMS norm."""
-        if kind == "closed":
-            return RateShape(self.times, self.spans, self.deltas, kind)
-        if kind == "sensitivity":
-            # Floor: a fired correction moves the state by (1 / p) h delta; keep that below the state's own
-            # RMS norm, where the first-order analysis (and the networks' training data) still hold.
-            floor = self.spans[:, None] * self.deltas / (max_kick * self.state_rms[:, None])
-            return RateShape(self.times, self.spans, self.deltas * self.per_call_sensitivity(), kind, floor)
-        raise ValueError(f"kind: expected 'closed' or 'sensitivity', got {kind!r}")
+    def shape(self, kind: str, max_kick: float = 1.0) -> "_home.RateShape":
+        """The per-call rate shape of the rule ``kind`` (:func:`multilevel_em.calibration.rates.rate_shape`):
+        "closed" (delta) or "sensitivity" (s delta, with p floored so that a fired correction's kick
+        (1 / p) h delta stays below ``max_kick`` times the state's RMS norm)."""
+        if kind not in ("closed", "sensitivity"):
+            raise ValueError(f"kind: expected 'closed' or 'sensitivity', got {kind!r}")
+        sens = self.per_call_sensitivity() if kind == "sensitivity" else None
+        return rate_shape(kind, self.times, self.spans, self.deltas, sensitivity=sens, state_rms=self.state_rms,
+                          max_kick=max_kick)
 
     def predicted_mse(self, p: np.ndarray, propagate: bool = True) -> float:
         """The first-order added MSE sum_{n,l} h_n^2 (s delta)^2 (1 / p - 1) of probabilities p (N, K - 1);
         ``propagate=False`` drops s (the planner's model: errors neither fade nor grow)."""
         rho = self.deltas * (self.per_call_sensitivity() if propagate else 1.0)
-        with np.errstate(divide="ignore"):
-            per = np.where(rho > 0, (self.spans[:, None] * rho) ** 2 * (1.0 / np.asarray(p) - 1.0), 0.0)
-        return float(per.sum())
+        size = self.spans[:, None] * rho  # h_n rho: the correction's size over the call (state units)
+        return float(added_variance(np.asarray(p, dtype=float)[None], size, 1.0, np.ones(len(self.spans)))[0])
 
     @classmethod
     def from_dict(cls, d: dict) -> "Profiles":
@@ -238,91 +248,11 @@ def measure_profiles(
                     sensitivity=sens, sensitivity_se=sens_se, n=n)
 
 
-def expected_cost(p: np.ndarray, costs: Sequence[float]) -> float:
-    """Expected cost per sample, sum over calls of c_1 + sum_{i >= 2} c_i P(level i needed).
-
-    p: (N, K - 1) firing probabilities of corrections 2..K; costs: the K levels' costs (any unit).
-    Level i >= 2 runs when correction i or i + 1 fires (the cost-sharing rule of ML-EM).
-    """
-    c = np.asarray(costs, dtype=float)
-    q = 1.0 - np.clip(p, 0.0, 1.0)
-    q_next = np.concatenate([q[:, 1:], np.ones_like(q[:, :1])], 1)
-    return float(c[0] * p.shape[0] + ((1.0 - q * q_next) @ c[1:]).sum())
-
-
-def _largest_within(cost: Callable[[float], float], budget: float, lo: float, hi: float, iters: int) -> float:
-    """The largest v in [lo, hi] with cost(v) <= budget, by bisection (cost nondecreasing in v)."""
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if cost(mid) > budget:
-            hi = mid
-        else:
-            lo = mid
-    return lo
-
-
-class _PerCallRate:
-    """lambda(t) = p_n / h_n at the call times t_n, linear in t between them (exact at the calls)."""
-
-    def __init__(self, times: np.ndarray, rates: np.ndarray):
-        order = np.argsort(times)
-        self.t, self.r = np.asarray(times)[order], np.asarray(rates)[order]
-
-    def __call__(self, t) -> float:
-        return float(np.interp(float(t), self.t, self.r))
-
-
-@dataclass
-class RateShape:
-    """A rate shape per call: p_{n,l} = min(1, max(floor_{n,l}, mu shape_{n,l} h_n / sqrt(C_l))).
-
-    times, spans: (N,) the calls' t and span; values: (N, K - 1) shape_l(t_n) in state units per unit time
-    (delta for the closed form, s delta for sensitivity weighting); kind: a label; floor: None or (N, K - 1)
-    smallest probabilities.
-    """
-
-    times: np.ndarray
-    spans: np.ndarray
-    values: np.ndarray
-    kind: str = "closed"
-    floor: Optional[np.ndarray] = None
-
-    def _p(self, mu: float, rh: np.ndarray) -> np.ndarray:
-        p = mu * rh if self.floor is None else np.maximum(self.floor, mu * rh)
-        return np.minimum(1.0, p)
-
-    def _rh(self, costs: Sequence[float]) -> np.ndarray:
-        c = np.asarray(costs, dtype=float) / float(costs[-1])
-        C = c[1:] + c[:-1]
-        return self.values * self.spans[:, None] / np.sqrt(C)[None]
-
-    def probabilities(self, costs: Sequence[float], budget: float) -> np.ndarray:
-        """p (N, K - 1) at the mu whose expected cost is ``budget`` top-level equivalents per sample.
-
-        Raises ValueError when the budget is below the base level's cost (no mu reaches it); a budget
-        above the all-levels cost gives p = 1 everywhere.
-        """
-        rh = self._rh(costs)
-        c = np.asarray(costs, dtype=float) / float(costs[-1])
-        base = c[0] * len(self.times)
-        if not budget > base:
-            raise ValueError(f"budget: expected more than the base level's cost {base:.4g} top-level equivalents "
-                             f"per sample on {len(self.times)} calls, got {budget!r}")
-        full = expected_cost(np.ones_like(rh), c)
-        if budget >= full or not np.any(rh > 0):
-            return np.ones_like(rh)
-        if self.floor is not None and expected_cost(self._p(0.0, rh), c) > budget:
-            raise ValueError(f"budget: {budget:.4g} top-level equivalents per sample is below the cost of this "
-                             f"shape's floor ({expected_cost(self._p(0.0, rh), c):.4g})")
-        hi = math.log(1.0 / float(rh[rh > 0].min())) + 1.0
-        log_mu = _largest_within(lambda v: expected_cost(self._p(math.exp(v), rh), c), budget, -60.0, hi, 100)
-        return self._p(math.exp(log_mu), rh)
-
-
-def as_rates(times: np.ndarray, spans: np.ndarray, p: np.ndarray) -> List[_PerCallRate]:
+def as_rates(times: np.ndarray, spans: np.ndarray, p: np.ndarray) -> list:
     """Rate callables for :class:`~multilevel_em.diffusion.MultilevelDenoiser` with ``p`` at the calls
-    (times (N,), spans (N,), p (N, K - 1)): lambda_l(t_n) = p_{n,l} / h_n."""
-    return [_PerCallRate(times, p[:, l] / spans) for l in range(p.shape[1])]
+    (times (N,), spans (N,), p (N, K - 1)): lambda_l(t_n) = p_{n,l} / h_n
+    (:func:`multilevel_em.calibration.rates.per_call_rates`)."""
+    return per_call_rates(times, spans, p)
 
 
 @dataclass
@@ -341,7 +271,11 @@ def _project(theta: torch.Tensor, A: np.ndarray, c: np.ndarray, budget: float) -
     """Shift the knots theta by one constant so that p = sigmoid(A theta) has expected cost ``budget``
     (the rows of A sum to 1, so the shift moves every call's logit by the same constant)."""
     t = A @ theta.detach().numpy()
-    return theta + _largest_within(lambda v: expected_cost(1.0 / (1.0 + np.exp(-(t + v))), c), budget, -40.0, 40.0, 80)
+
+    def within(v: np.ndarray) -> np.ndarray:
+        return _home.expected_cost(1.0 / (1.0 + np.exp(-(t[None] + v[:, None, None]))), c) <= budget
+
+    return theta + search_threshold(within, -40.0, 40.0, smallest=False, points=3, rounds=80)
 
 
 def learn_probabilities(

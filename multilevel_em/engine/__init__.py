@@ -7,9 +7,11 @@ from .brownian import BrownianPath
 from .buckets import Bucketed, bucketed
 from .ladder import Drift, Ladder
 from .random import rand, randn, sample_generators
+from .rates import check_rates, firing_probabilities, firing_probability, rate_value
 from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, telescoping_estimate
 
 __all__ = [
     "BrownianPath", "Bucketed", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
     "bucketed", "sample_generators", "solve", "telescoping_estimate",
+    "check_rates", "firing_probabilities", "firing_probability", "rate_value",
 ]

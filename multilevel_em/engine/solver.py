@@ -24,15 +24,13 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
-from .._text import plural
 from .brownian import BrownianPath
 from .ladder import Ladder
 from .random import Generators, check_generators, is_per_sample, rand
+from .rates import Rate, check_rates, evaluate_rates, firing_probabilities
 
 __all__ = ["solve", "Solution", "Rate", "resolve_diffusion", "evaluate_rates", "LevelEvaluator", "telescoping_estimate"]
 
-#: A rate lambda_l for one level: a number (per unit time) or a callable of t.
-Rate = Union[float, Callable[[float], float]]
 Diffusion = Union[None, float, Callable]
 
 
@@ -104,39 +102,10 @@ def _check_positive_int(name: str, v, minimum: int = 1) -> int:
     return v
 
 
-def _rate_value(j: int, r, t: float) -> float:
-    """Evaluate rates[j] at time t and check it is a finite number >= 0."""
-    v = r(t) if callable(r) else r
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"rates[{j}] (level {j + 2}): expected a number, got {type(v).__name__} at t={t}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"rates[{j}] (level {j + 2}): expected a finite rate >= 0, got {v} at t={t}")
-    return v
-
-
-def evaluate_rates(rates: Sequence[Rate], t: float) -> List[float]:
-    """The rates lambda_2..lambda_K at time t, validated."""
-    return [_rate_value(j, r, t) for j, r in enumerate(rates)]
-
-
 def _check_rates(rates, n_levels: int, t0: float) -> list:
-    if rates is None:
-        raise ValueError(
-            "rates: method='mlem' needs the rates lambda_2..lambda_K (numbers or callables of t); "
-            "use multilevel_em.calibrate(...).rates(mu) to choose them, or method='em'"
-        )
-    if isinstance(rates, Real) or (isinstance(rates, torch.Tensor) and rates.ndim == 0) or callable(rates):
-        raise TypeError(f"rates: expected a sequence of {n_levels - 1} rates (levels 2..{n_levels}), got one value")
-    rates = list(rates)
-    if len(rates) != n_levels - 1:
-        raise ValueError(
-            f"rates: expected {plural(n_levels - 1, 'rate')} (one for each of levels 2..{n_levels}), got {len(rates)}"
-        )
-    for j, r in enumerate(rates):
-        _rate_value(j, r, t0)  # fail early on bad constants or callables
-    return rates
+    return check_rates(rates, n_levels, t0, missing=(
+        "rates: method='mlem' needs the rates lambda_2..lambda_K (numbers or callables of t); "
+        "use multilevel_em.calibrate(...).rates(mu) to choose them, or method='em'"))
 
 
 def resolve_diffusion(diffusion: Diffusion) -> Optional[Callable[[torch.Tensor, float], object]]:
@@ -545,7 +514,7 @@ def solve(
                 new = []
                 for m in range(n, min(steps, n + chunk)):
                     tm, tm_next = times(m)
-                    new.append([min(1.0, lam * (tm_next - tm)) for lam in evaluate_rates(rates, tm)])
+                    new.append(firing_probabilities(rates, tm, tm_next - tm))
                 plan, pos = _plan_draws(new, batch, draws, generator, x.device), 0
                 probs_log.extend(new)
             fired, needed = plan[pos]

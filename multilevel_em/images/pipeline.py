@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
@@ -30,6 +29,10 @@ import numpy as np
 import torch
 
 from ..calibration import Calibration, calibrate
+from ..calibration import planning
+from ..calibration.planning import BUDGET_TOLERANCE as _BUDGET_TOLERANCE, budget_steps
+from ..calibration.rates import ReverseTimeRate
+from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, measure_samplers
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
 from ..engine import Ladder, randn
 from ..engine.random import Generators, check_generators, is_per_sample
@@ -44,8 +47,8 @@ DEFAULT_STEPS = {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
-#: "mlem" with budget= and steps=: the plan may fall this far (relative) below the budget, no more.
-_BUDGET_TOLERANCE = 0.02
+#: "mlem" with budget= and steps=: the plan may fall this far (relative) below the budget, no more
+#: (:data:`multilevel_em.calibration.planning.BUDGET_TOLERANCE`).
 
 
 def _derived(generator: Optional[torch.Generator]) -> tuple:
@@ -60,19 +63,6 @@ def _split_generator(generator: Generators, batch_size: int) -> tuple:
         return _derived(generator)
     pairs = [_derived(g) for g in generator]
     return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-class ReverseTimeRate:
-    """A rate of reverse time s = t_max - t (from a Calibration) as a rate of diffusion time t."""
-
-    def __init__(self, rate: Callable[[float], float], t_max: float):
-        self.rate, self.t_max = rate, float(t_max)
-
-    def __call__(self, t) -> float:
-        return self.rate(self.t_max - float(t))
-
-    def __repr__(self) -> str:
-        return f"ReverseTimeRate({self.rate!r}, t_max={self.t_max})"
 
 
 class _ReverseDrift:
@@ -266,58 +256,63 @@ class MultilevelPipeline:
         self.calibration = cal
         return cal
 
+    def sampler_runner(self, n: int, seed: int = 0) -> Callable[..., torch.Tensor]:
+        """What :func:`multilevel_em.calibration.samplers.measure_samplers` runs: ``run(sampler, steps)`` samples
+        ``n`` images (raw, ``(n, C, H, W)``) with the top level alone, ``run(sampler, steps, plan)`` with ML-EM
+        following ``plan`` (a :class:`~multilevel_em.calibration.Plan` in reverse time) inside ``sampler``;
+        every run from the same noise (``seed``)."""
+        t_max = self.ladder.schedule.t_max
+
+        def run(sampler: str, steps: int, plan=None) -> torch.Tensor:
+            kw = {} if plan is None else dict(method="mlem", sampler=sampler, levels=list(plan.levels),
+                                              rates=[ReverseTimeRate(r, t_max) for r in plan.rates])
+            kw.setdefault("method", sampler)
+            return self(n, steps=steps, generator=torch.Generator().manual_seed(seed), **kw).x
+
+        return run
+
     def calibrate_samplers(self, samplers: Sequence[str] = ("em", "ddim", "euler_ode", "dpmpp_2m"), *, n: int = 16,
                            steps: Optional[Sequence[int]] = None, ref_steps: int = 500,
                            gain_steps: Optional[Sequence[int]] = None, seed: int = 0,
-                           progress: Optional[Callable[[str], None]] = None) -> Dict:
+                           progress: Optional[Callable[[str], None]] = None) -> Dict[str, SamplerFit]:
         """Measure each sampler's step-error curve and ML-EM's randomization gain inside it, and store them in
-        ``self.calibration.samplers`` (:func:`~multilevel_em.images.sampler_calibration.measure_samplers`), so
-        that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)`` compare ML-EM with the
-        samplers users run. Needs :meth:`calibrate` first. Returns the new fits ``{sampler: SamplerFit}``."""
-        from .sampler_calibration import DEFAULT_STEPS as CURVE_STEPS, GAIN_STEPS, measure_samplers
-
-        fits = measure_samplers(self, samplers, n=n, steps=CURVE_STEPS if steps is None else steps,
-                                ref_steps=ref_steps, gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
-                                seed=seed, progress=progress)
+        ``self.calibration.samplers`` (:func:`~multilevel_em.calibration.samplers.measure_samplers`, running
+        :meth:`sampler_runner`), so that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)``
+        compare ML-EM with the samplers users run. Needs :meth:`calibrate` first. Returns the new fits
+        ``{sampler: SamplerFit}``."""
+        L = self.ladder
+        fits = measure_samplers(self.sampler_runner(n, seed), self.calibration, samplers, n=n,
+                                steps=CURVE_STEPS if steps is None else steps, ref_steps=ref_steps,
+                                gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
+                                cheapest=L.costs[0] / L.costs[-1], num_train_timesteps=L.schedule.num_train_timesteps,
+                                progress=progress)
         self.calibration.samplers.update(fits)
         return fits
 
     def plan(self, budget: float, steps: Optional[int] = None, sampler: Optional[str] = None):
         """``Calibration.plan(budget=..., steps=..., sampler=...)``: levels, steps (unless given) and rate scale
         for ``budget`` top-level equivalents per sample; with ``sampler``, planned inside that sampler from its
-        measured step-error curve and compared with the single-model samplers (:meth:`calibrate_samplers`)."""
-        if self.calibration is None:
-            raise ValueError(
-                "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
-                "or `mlem calibrate --ladder DIR` on the command line, or pass rates="
-            )
+        measured step-error curve and compared with the single-model samplers (:meth:`calibrate_samplers`).
+        A ``steps`` whose plan spends clearly less than ``budget`` is refused
+        (:func:`multilevel_em.calibration.planning.plan_for_budget`)."""
+        self._require_calibration()
         self._check_budget(budget)
-        plan = self.calibration.plan(budget=float(budget), steps=steps, sampler=sampler)
-        if steps is not None and plan.top_equivalents < (1 - _BUDGET_TOLERANCE) * budget:
-            # The same rule as the one-model methods: a budget and a step count that disagree are refused,
-            # not silently resolved in favour of the step count.
-            raise ValueError(
-                f"budget={budget!r} and steps={steps!r} disagree: with {steps} steps ML-EM spends at most "
-                f"{plan.top_equivalents:.4g} top-level equivalents per sample; pass budget= or steps=, not both"
-            )
-        return plan
+        return planning.plan_for_budget(self.calibration, budget, steps=steps, sampler=sampler,
+                                        tolerance=_BUDGET_TOLERANCE)
 
     def sampling_plan(self, budget: float, steps: Optional[int] = None, sampler: str = "em"):
         """The plan ``pipe(method="mlem", sampler=sampler, budget=budget)`` follows: :meth:`plan` inside
         ``sampler`` when the calibration measured it; otherwise the calibration's EM model (``a h``), with a
-        warning unless ``sampler`` is "em" (that model is EM's)."""
-        measured = self.calibration is not None and sampler in self.calibration.samplers
-        if not measured and sampler != "em" and self.calibration is not None:
-            warnings.warn(
-                f"sampler={sampler!r}: the calibration has not measured it, so the plan models EM steps and "
-                "cannot say whether ML-EM beats this sampler with the top model alone; measure it with "
-                "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)", stacklevel=3)
-        return self.plan(budget, steps, sampler=sampler if measured else None)
+        warning unless ``sampler`` is "em" (that model is EM's) (:func:`multilevel_em.calibration.planning.sampling_plan`)."""
+        self._require_calibration()
+        self._check_budget(budget)
+        return planning.sampling_plan(self.calibration, budget, steps=steps, sampler=sampler, stacklevel=4)
 
     def choose(self, budget: float) -> Dict:
         """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample: among ML-EM planned inside
         each measured sampler and the top level alone with each measured sampler at ``floor(budget)`` steps, the
-        one with the smallest predicted error (:meth:`calibrate_samplers` measures the samplers).
+        one with the smallest predicted error (:func:`multilevel_em.calibration.planning.choose`;
+        :meth:`calibrate_samplers` measures the samplers).
 
         Returns ``{"method", "sampler", "steps", "predicted_error", "predicted_top_equivalents", "candidates"}``
         (``sampler`` None for a one-model method, ``steps`` None for ML-EM: its plan's)."""
@@ -325,18 +320,14 @@ class MultilevelPipeline:
             raise ValueError("method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
                              "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)")
         self._check_budget(budget)
-        steps = _budget_steps(budget)
-        cands = []
-        for name, fit in sorted(self.calibration.samplers.items()):
-            plan = self.plan(budget, sampler=name)
-            cands.append({"method": "mlem", "sampler": name, "steps": None, "predicted_error": plan.error,
-                          "predicted_top_equivalents": plan.top_equivalents})
-            if steps >= 1:
-                err = math.sqrt(float(self.calibration.top_bias or 0.0) ** 2 + fit.error(steps) ** 2)
-                cands.append({"method": name, "sampler": None, "steps": steps, "predicted_error": err,
-                              "predicted_top_equivalents": float(steps)})
-        best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
-        return {**best, "candidates": cands}
+        return planning.choose(self.calibration, budget)
+
+    def _require_calibration(self) -> None:
+        if self.calibration is None:
+            raise ValueError(
+                "method='mlem' with budget= needs a calibration: run pipe.calibrate() (and save_pretrained), "
+                "or `mlem calibrate --ladder DIR` on the command line, or pass rates="
+            )
 
     def _check_levels(self, levels, n_rates: int) -> list:
         K = len(self.ladder)
@@ -423,15 +414,42 @@ class MultilevelPipeline:
         if method == "auto":
             if rates is not None or steps is not None or sampler is not None:
                 raise ValueError("method='auto' chooses the sampler, steps and rates from budget=; pass budget= only")
-            choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
-            kw = dict(generator=generator, draws=draws, t_min=t_min, progress=progress, batch_invariant=batch_invariant,
-                      trace=trace)
-            if choice["method"] == "mlem":
-                out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
-            else:
-                out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)
-            out.report["auto"] = choice
-            return out
+            return self._auto(batch_size, budget, dict(generator=generator, draws=draws, t_min=t_min, progress=progress,
+                                                       batch_invariant=batch_invariant, trace=trace))
+        self._check_call(batch_size, method, steps, rates, budget, sampler, levels)
+        L = self.ladder
+        models = self._models(trace, batch_invariant)
+        g_noise, g_draws = _split_generator(generator, batch_size)
+        x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
+        denoiser, sampler, steps, levels, plan = self._denoiser(models, method, sampler, steps, rates, budget, levels,
+                                                                fractions, draws, g_draws)
+        if steps is None:
+            steps = self._one_model_steps(method, budget)
+        if progress is not None:
+            _report_progress(denoiser, progress)
+        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
+        start = time.perf_counter()
+        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
+        wall = time.perf_counter() - start
+        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
+            raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
+        images = to_numpy_images(out.x)
+        report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
+        return PipelineOutput(images=images, pil=to_pil(images), x=out.x, report=report)
+
+    def _auto(self, batch_size: int, budget: Optional[float], kw: dict) -> PipelineOutput:
+        """``method="auto"``: run what :meth:`choose` predicts most accurate for ``budget``; ``report["auto"]``
+        says what ran and why (``kw``: the other sampling options)."""
+        choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
+        if choice["method"] == "mlem":
+            out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
+        else:
+            out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)
+        out.report["auto"] = choice
+        return out
+
+    def _check_call(self, batch_size, method, steps, rates, budget, sampler, levels) -> None:
+        """Check that ``__call__``'s arguments fit together (ValueError saying which do not)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         if rates is not None and budget is not None:
@@ -445,11 +463,14 @@ class MultilevelPipeline:
         if budget is not None and steps is not None and method != "mlem":
             # one model: the budget only sets the step count, so a different steps= would silently override it
             self._check_budget(budget)
-            if isinstance(steps, bool) or steps != _budget_steps(budget):
+            if isinstance(steps, bool) or steps != budget_steps(budget):
                 raise ValueError(
                     f"budget={budget!r} and steps={steps!r} disagree: method={method!r} takes floor(budget) = "
-                    f"{_budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
+                    f"{budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
                 )
+
+    def _models(self, trace: bool, batch_invariant: bool) -> list:
+        """The levels' eps models as sampling runs them: traced or eager, row by row if asked, NaN-checked."""
         L = self.ladder
         if not isinstance(trace, bool):
             raise TypeError(f"trace: expected a bool, got {trace!r}")
@@ -457,8 +478,13 @@ class MultilevelPipeline:
         if batch_invariant:
             models = [_RowByRow(m) for m in models]
         models = [_FiniteEps(m, f"level {i + 1} ({name})") for i, (m, name) in enumerate(zip(models, L.names))]
-        g_noise, g_draws = _split_generator(generator, batch_size)
-        x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
+        return models
+
+    def _denoiser(self, models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws) -> tuple:
+        """The denoiser ``method`` samples with: ML-EM (planned from the calibration unless ``rates`` are given),
+        T-Stitch, or the top level alone.  Returns (denoiser, sampler, steps (None: not yet fixed), the 0-based
+        levels it runs, the plan or None)."""
+        L = self.ladder
         plan = None
         rate_levels, levels = levels, list(range(len(L)))
         if method == "mlem":
@@ -484,42 +510,25 @@ class MultilevelPipeline:
             sampler = method
             levels = [len(L) - 1]
             denoiser = MultilevelDenoiser([models[-1]], costs=[L.costs[-1]], schedule=L.schedule, names=L.names[-1:])
-        if steps is None:
-            if budget is not None and method != "mlem":
-                self._check_budget(budget)
-                per_step = 1.0 if method != "stitch" else None
-                if per_step is None:
-                    raise ValueError("budget: not supported for method='stitch'; pass steps=")
-                steps = _budget_steps(budget)
-                if steps < 1:
-                    raise ValueError(
-                        f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
-                        "one step of the top level costs 1"
-                    )
-            else:
-                steps = DEFAULT_STEPS[method]
-        if progress is not None:
-            inner = denoiser.set_step
-            bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
-            tick = bar.update if bar is not None else progress
+        return denoiser, sampler, steps, levels, plan
 
-            def set_step(h, index=None, steps=None, _inner=inner):
-                _inner(h, index=index, steps=steps)
-                if bar is not None and index == 0 and steps is not None:
-                    bar.total = steps
-                    bar.refresh()
-                tick(1)
-
-            denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
-        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
-        start = time.perf_counter()
-        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
-        wall = time.perf_counter() - start
-        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
-            raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
-        images = to_numpy_images(out.x)
-        report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
-        return PipelineOutput(images=images, pil=to_pil(images), x=out.x, report=report)
+    def _one_model_steps(self, method: str, budget: Optional[float]) -> int:
+        """A one-model method's step count: floor(budget) with a budget (:func:`~multilevel_em.calibration.budget_steps`),
+        else its default."""
+        if budget is not None and method != "mlem":
+            self._check_budget(budget)
+            per_step = 1.0 if method != "stitch" else None
+            if per_step is None:
+                raise ValueError("budget: not supported for method='stitch'; pass steps=")
+            steps = budget_steps(budget)
+            if steps < 1:
+                raise ValueError(
+                    f"budget {budget:.4g} top-level equivalents per sample is too small for method={method!r}: "
+                    "one step of the top level costs 1"
+                )
+        else:
+            steps = DEFAULT_STEPS[method]
+        return steps
 
     def _report(self, method, sampler, out, levels, wall, n, plan, budget) -> Dict:
         L = self.ladder
@@ -552,6 +561,24 @@ class MultilevelPipeline:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
 
 
+
+def _report_progress(denoiser, progress) -> None:
+    """Call ``progress(1)`` after every step of ``denoiser`` (or, for a tqdm bar, ``update(1)``, with its
+    total set to the step count on the first step)."""
+    inner = denoiser.set_step
+    bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
+    tick = bar.update if bar is not None else progress
+
+    def set_step(h, index=None, steps=None, _inner=inner):
+        _inner(h, index=index, steps=steps)
+        if bar is not None and index == 0 and steps is not None:
+            bar.total = steps
+            bar.refresh()
+        tick(1)
+
+    denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
+
+
 def plan_summary(plan) -> Dict:
     """What a sampling report says of the :class:`~multilevel_em.calibration.Plan` it followed: levels
     (1-based), mu, steps, sampler, predicted top-level equivalents and error per sample, whether ML-EM
@@ -559,11 +586,3 @@ def plan_summary(plan) -> Dict:
     return {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps, "sampler": plan.sampler,
             "predicted_top_equivalents": plan.top_equivalents, "predicted_error": plan.error, "helps": plan.helps,
             "best_single": plan.best_single, "message": plan.message}
-
-
-def _budget_steps(budget: float) -> int:
-    """The step count of a one-model method for ``budget`` top-level equivalents per sample: floor(budget)."""
-    return int(math.floor(budget + 1e-9))
-
-
-budget_steps = _budget_steps  # public: the command line's --max-steps check uses the same rule
