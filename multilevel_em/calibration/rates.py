@@ -251,7 +251,7 @@ class RateShape:
 
 #: The rate rules, by name: what each makes the rates follow.
 RATE_RULES = {
-    "closed": "lambda_l(t) = mu delta_l(t) / sqrt(C_l): the closed form (docs/method.md, "Choosing the rates")",
+    "closed": "lambda_l(t) = mu delta_l(t) / sqrt(C_l): the closed form (docs/method.md, 'Choosing the rates')",
     "sensitivity": "lambda_l(t) = mu s_l(t) delta_l(t) / sqrt(C_l): delta weighted by how much of a perturbation "
                    "at t survives to the end of the sampler (measured), with p floored so a fired correction's "
                    "kick stays below max_kick times the state's RMS norm",
