@@ -31,16 +31,14 @@ import torch
 
 from ..calibration import Calibration, calibrate
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
-from ..engine import Ladder, randn
+from ..diffusion.registry import DEFAULT_STEPS, METHOD_SPECS, METHODS, measurable_samplers
+from ..engine import Ladder, all_finite, randn
 from ..engine.random import Generators, check_generators, is_per_sample
-from ..engine.solver import _all_finite
 from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
 
-METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")
 CALIBRATION = "calibration.json"
-DEFAULT_STEPS = {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m": 20, "stitch": 50}
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
@@ -83,8 +81,8 @@ class _ReverseDrift:
 
     def __call__(self, x, s):
         t = self.schedule.t_max - float(s)
-        beta, sigma = float(self.schedule.beta(t)), float(self.schedule.sigma(t))
-        return beta * (0.5 * x - self.eps_model(x, t) / sigma)
+        # d/ds = -d/dt: the reverse-SDE drift times dt = -1 per unit of s (x (batch, C, H, W), per unit of s).
+        return self.schedule.reverse_sde_drift(x, t, self.eps_model(x, t), dt=-1.0)
 
 
 class _FiniteEps:
@@ -96,7 +94,7 @@ class _FiniteEps:
 
     def __call__(self, x, t):
         out = self.model(x, t)
-        if not _all_finite(out):
+        if not all_finite(out):
             tt = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
             raise FloatingPointError(f"{self.label} produced NaN or Inf at t={tt:.4g} (are its weights "
                                      "corrupt?)")
@@ -266,14 +264,16 @@ class MultilevelPipeline:
         self.calibration = cal
         return cal
 
-    def calibrate_samplers(self, samplers: Sequence[str] = ("em", "ddim", "euler_ode", "dpmpp_2m"), *, n: int = 16,
+    def calibrate_samplers(self, samplers: Optional[Sequence[str]] = None, *, n: int = 16,
                            steps: Optional[Sequence[int]] = None, ref_steps: int = 500,
                            gain_steps: Optional[Sequence[int]] = None, seed: int = 0,
                            progress: Optional[Callable[[str], None]] = None) -> Dict:
         """Measure each sampler's step-error curve and ML-EM's randomization gain inside it, and store them in
         ``self.calibration.samplers`` (:func:`~multilevel_em.images.sampler_calibration.measure_samplers`), so
         that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)`` compare ML-EM with the
-        samplers users run. Needs :meth:`calibrate` first. Returns the new fits ``{sampler: SamplerFit}``."""
+        samplers users run (default: every measurable sampler of the registry). Needs :meth:`calibrate` first.
+        Returns the new fits ``{sampler: SamplerFit}``."""
+        samplers = tuple(measurable_samplers()) if samplers is None else samplers
         from .sampler_calibration import DEFAULT_STEPS as CURVE_STEPS, GAIN_STEPS, measure_samplers
 
         fits = measure_samplers(self, samplers, n=n, steps=CURVE_STEPS if steps is None else steps,
@@ -390,7 +390,8 @@ class MultilevelPipeline:
                 the cheapest level for ``fractions`` of the steps, default 40%, then the top).
             steps: step count. "mlem" with a budget (or the calibration's default): fixes the plan's
                 step count (default: planned); "mlem" with rates: required. One-model methods:
-                default ``floor(budget)`` with a budget, else 250 (em), 50 (ddim, stitch), 20 (dpmpp_2m);
+                default ``floor(budget)`` with a budget, else the registry's ``DEFAULT_STEPS`` (250 em, 50 ddim and
+                stitch, 20 dpmpp_2m; :mod:`multilevel_em.diffusion.registry`);
                 given with a budget, it must equal ``floor(budget)`` (ValueError otherwise). None: not given.
             rates: "mlem": lambda_2..lambda_K per unit of diffusion time (numbers or callables of t);
                 overrides the calibration.
@@ -462,7 +463,7 @@ class MultilevelPipeline:
         plan = None
         rate_levels, levels = levels, list(range(len(L)))
         if method == "mlem":
-            sampler = sampler or "em"
+            sampler = sampler or METHOD_SPECS["mlem"].default_sampler
             if rates is None:
                 plan = self.sampling_plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps, sampler)
                 levels = list(plan.levels)
@@ -476,7 +477,7 @@ class MultilevelPipeline:
                                           draws=draws, generator=g_draws, schedule=L.schedule,
                                           names=[L.names[i] for i in levels])
         elif method == "stitch":
-            sampler = sampler or "ddim"
+            sampler = sampler or METHOD_SPECS["stitch"].default_sampler
             K = len(L)
             fr = [0.4] + [0.0] * (K - 2) if fractions is None else list(fractions)
             denoiser = TStitchDenoiser(models, fr, costs=L.costs, schedule=L.schedule, names=L.names)
@@ -498,24 +499,22 @@ class MultilevelPipeline:
                     )
             else:
                 steps = DEFAULT_STEPS[method]
+        callback = None
         if progress is not None:
-            inner = denoiser.set_step
             bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
             tick = bar.update if bar is not None else progress
 
-            def set_step(h, index=None, steps=None, _inner=inner):
-                _inner(h, index=index, steps=steps)
-                if bar is not None and index == 0 and steps is not None:
-                    bar.total = steps
+            def callback(n, total):
+                if bar is not None and n == 0:
+                    bar.total = total
                     bar.refresh()
                 tick(1)
 
-            denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
-        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
         start = time.perf_counter()
-        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
+        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise,
+                     t_min=t_min, callback=callback)
         wall = time.perf_counter() - start
-        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
+        if not all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
             raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
         images = to_numpy_images(out.x)
         report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)

@@ -23,12 +23,13 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from ..calibration.samplers import SamplerFit, combine_gains
+from ..diffusion.registry import measurable_samplers
 
 __all__ = ["MEASURABLE", "DEFAULT_STEPS", "check_samplers", "fit_table", "measure_samplers", "rms_error",
            "squared_distances"]
 
-#: Samplers whose step-error curve can be measured pathwise, and their families.
-MEASURABLE = {"em": "sde", "ddim": "ode", "euler_ode": "ode", "dpmpp_2m": "ode"}
+#: Samplers whose step-error curve can be measured pathwise, and their families (from the registry).
+MEASURABLE = measurable_samplers()
 #: Step counts of the measured curve (the budgets users run: a few to a few hundred steps).
 DEFAULT_STEPS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: Step counts at which ML-EM's randomization gain is measured, and the budget (a fraction of the
