@@ -331,7 +331,7 @@ def _check_scheduler_noise(noise, x: torch.Tensor) -> None:
 
 
 def scheduler_loop(model, x: torch.Tensor, schedule: VPSchedule, steps: int, *, spec: SamplerSpec, generator,
-                   t_min: float = None, overrides: Optional[dict] = None, opts: Optional[dict] = None,
+                   t_min: Optional[float] = None, overrides: Optional[dict] = None, opts: Optional[dict] = None,
                    callback: Optional[StepCallback] = None, scheduler=None, model_kwargs: Optional[dict] = None):
     """Drive the diffusers scheduler of ``spec`` as a diffusers pipeline does: ``set_timesteps(steps)``,
     then per timestep k ``step(eps, k, x, ...)`` with eps = model(x, t_k), t_k = schedule.time(k).
