@@ -7,7 +7,7 @@ The public API::
     ladder = Ladder([f_small, f_medium, f_big], costs=[1, 8, 64])
     sol = solve(ladder, x0, t0=0.0, t1=1.0, steps=256, diffusion=0.5,
                 method="mlem", rates=[20.0, 5.0])
-    sol.x, sol.cost, sol.top_equivalents
+    sol.x, sol.cost_per_sample, sol.top_equivalents
 
     cal = calibrate(ladder, x0, t0=0.0, t1=1.0, diffusion=0.5, timing="given")
     sol = solve(ladder, x0, t0=0.0, t1=1.0, steps=256, diffusion=0.5, rates=cal.rates(mu=50.0))

@@ -229,7 +229,7 @@ def test_sde_samplers_reproduce_gaussian_data(sampler, opts):
     out = sample(P.eps, x_T, schedule=LINEAR, steps=250, sampler=sampler, generator=gen(9), **opts)
     # 5 standard errors plus 0.02 for the time discretisation (O(1/steps)) and the schedule mismatch.
     assert_moments(out.x, P.mean, P.cov, bias=0.02)
-    assert out.cost == 250 and out.evaluations == (250 * 4000,)
+    assert out.top_equivalents == 250 and out.evaluations == (250 * 4000,)
 
 
 @pytest.mark.parametrize("sampler,steps", [("em", 300), ("dpmpp_2m", 50)])
@@ -274,7 +274,7 @@ def test_scheduler_samplers_match_diffusers_loops(sampler, cls, config, step_kwa
     ref = _diffusers_loop(unet, scheduler, x_T, 12, gen(15), **step_kwargs)
     out = sample(unet, x_T, schedule=schedule, steps=12, sampler=sampler, generator=gen(15), **step_kwargs)
     torch.testing.assert_close(out.x, ref, rtol=1e-5, atol=1e-5)
-    assert out.steps == 12 and out.cost == 12
+    assert out.steps == 12 and out.top_equivalents == 12
     torch.testing.assert_close(out.times, schedule.time(scheduler.timesteps))
 
 
@@ -326,12 +326,12 @@ def test_degenerate_multilevel_denoiser_reproduces_the_single_model(sampler, opt
     tol = dict(rtol=1e-5, atol=1e-5) if sampler == "dpmpp_2m" else dict(rtol=1e-10, atol=1e-10)
     top = run(ladder[-1])
     one = run(MultilevelDenoiser([ladder[-1]], draws=draws))
-    assert torch.equal(one.x, top.x) and one.cost == top.cost == 15
+    assert torch.equal(one.x, top.x) and one.top_equivalents == top.top_equivalents == 15
     always = MultilevelDenoiser(ladder, rates=[1e9, 1e9], draws=draws, generator=gen(20))  # p = min(1, 1e9 h) = 1
     out = run(always)
     torch.testing.assert_close(out.x, top.x, **tol)
     assert out.evaluations == (15 * 16,) * 3
-    assert out.cost == pytest.approx(15 * (4 + 16 + 64) / 64)
+    assert out.top_equivalents == pytest.approx(15 * (4 + 16 + 64) / 64)
 
 
 def test_multilevel_unet_ladder_is_unbiased_for_the_top_model():
@@ -352,9 +352,9 @@ def test_multilevel_unet_ladder_is_unbiased_for_the_top_model():
     assert e1 == n
     for count, p in ((e3, 0.25), (e2, 1 - 0.5 * 0.75)):
         assert abs(count - n * p) < 5 * math.sqrt(n * p * (1 - p)), (count, n * p)
-    assert den.cost == e1 + 4 * e2 + 16 * e3
+    assert den.total_cost == e1 + 4 * e2 + 16 * e3
     den.reset()
-    assert den.evaluations == (0, 0, 0) and den.cost == 0
+    assert den.evaluations == (0, 0, 0) and den.total_cost == 0
 
 
 def test_shared_draws_are_unbiased_too():
@@ -385,9 +385,9 @@ def test_whole_trajectory_is_unbiased_for_affine_levels(sampler):
     top = sample(levels[-1], x_T[:1], schedule=LINEAR, steps=20, sampler=sampler).x[0]
     z = (out.x.mean(0) - top) / (out.x.std(0) / math.sqrt(n))
     assert float(z.abs().max()) < 5, z
-    assert 0 < out.cost < 20  # cheaper than 20 top-level evaluations
+    assert 0 < out.top_equivalents < 20  # cheaper than 20 top-level evaluations
     expected = sum(e * c for e, c in zip(out.evaluations, (1, 4, 16))) / 16 / n
-    assert out.cost == pytest.approx(expected)
+    assert out.top_equivalents == pytest.approx(expected)
 
 
 def test_rates_may_be_callables_of_time():
@@ -435,7 +435,7 @@ def test_t_stitch_uses_the_small_model_for_the_first_steps(sampler):
     out = sample(None, x_T, schedule=LINEAR, steps=10, sampler=sampler, stitch=(Ladder([small, big], [1, 8]), [0.4]))
     assert len(small.times) == 4 and len(big.times) == 6
     assert min(small.times) > max(big.times)  # the small model took the noisiest steps
-    assert out.evaluations == (20, 30) and out.cost == pytest.approx((4 * 1 + 6 * 8) / 8)
+    assert out.evaluations == (20, 30) and out.top_equivalents == pytest.approx((4 * 1 + 6 * 8) / 8)
     # The same run through the class, with three models.
     st = TStitchDenoiser([small, big, big], [0.25, 0.25], costs=[1, 2, 8])
     assert [st.level_for_step(i, 8) for i in range(8)] == [0, 0, 1, 1, 2, 2, 2, 2]

@@ -18,7 +18,8 @@ from multilevel_em.calibration import planning
 from multilevel_em.calibration.rates import (RATE_RULES, PiecewiseLinearRate, RateShape, closed_form_probabilities,
                                              expected_cost, idle_probabilities, per_call_rates, rate_shape, search_mu,
                                              search_threshold)
-from multilevel_em.calibration.samplers import measure_samplers
+from multilevel_em.calibration.samplers import check_samplers, measure_samplers
+from multilevel_em.diffusion.registry import measurable_samplers
 from multilevel_em.engine import check_rates, firing_probabilities, firing_probability, rate_value
 
 DIGITS = "multilevel_em/images/pretrained/digits/calibration.json"
@@ -157,15 +158,17 @@ def test_measure_samplers_takes_a_runner(digits):
             x = x + 0.01 * torch.randn(4, 3, generator=torch.Generator().manual_seed(steps))
         return x
 
-    fits = measure_samplers(run, digits, ["em"], n=4, steps=(4, 8, 16), ref_steps=64, gain_steps=(8,), cheapest=0.01)
+    fits = measure_samplers(run, digits, {"em": "sde"}, n=4, steps=(4, 8, 16), ref_steps=64, gain_steps=(8,), cheapest=0.01)
     f = fits["em"]
     assert f.order == pytest.approx(1.0, abs=0.05) and f.family == "sde"
     assert calls[0] == ("em", 64, False) and ("em", 8, True) in calls
     assert len(f.gain_points) == 1 and f.gain_points[0]["steps"] == 8
     with pytest.raises(ValueError, match="ddpm"):
-        measure_samplers(run, digits, ["ddpm"], cheapest=0.01)
+        check_samplers(["ddpm"], measurable_samplers())
+    with pytest.raises(ValueError, match="family 'pde'"):
+        measure_samplers(run, digits, {"em": "pde"}, cheapest=0.01)
     with pytest.raises(ValueError, match="no calibration"):
-        measure_samplers(run, None, ["em"], n=4, steps=(4, 8), ref_steps=64, gain_steps=(8,), cheapest=0.01)
+        measure_samplers(run, None, {"em": "sde"}, n=4, steps=(4, 8), ref_steps=64, gain_steps=(8,), cheapest=0.01)
 
 
 # ----------------------------------------------------------------------------- old paths and layering

@@ -314,8 +314,8 @@ def test_per_sample_evaluation_counts_match_the_cost_sharing_rule(probs):
         # q = 1 (a neighbouring correction always fires): exactly n, each level paid once even
         # when both corrections that need it fire; q = 0: exactly 0.
         assert abs(got - n * q) <= 5 * se, f"level {j}: {got} evaluations, expected {n * q:.0f} +- {se:.0f}"
-    assert s.cost == pytest.approx(sum(e * c for e, c in zip(s.evaluations, costs)) / batch, rel=1e-15)
-    assert s.top_equivalents == pytest.approx(s.cost / costs[-1], rel=1e-15)
+    assert s.cost_per_sample == pytest.approx(sum(e * c for e, c in zip(s.evaluations, costs)) / batch, rel=1e-15)
+    assert s.top_equivalents == pytest.approx(s.cost_per_sample / costs[-1], rel=1e-15)
 
 
 def test_shared_evaluation_counts_match_the_cost_sharing_rule():
@@ -356,7 +356,7 @@ def test_em_cost_is_steps_top_level_evaluations():
     x0 = torch.zeros(7, 2, dtype=F64)
     s = solve(L, x0, t0=0.0, t1=1.0, steps=33, diffusion=0.1, method="em")
     assert s.evaluations == (0, 33 * 7)
-    assert s.cost == 330.0
+    assert s.cost_per_sample == 330.0
     assert s.top_equivalents == 33.0
     s0 = solve(L, x0, t0=0.0, t1=1.0, steps=33, method="em", level=0)
     assert s0.top_equivalents == pytest.approx(3.3, rel=1e-15)

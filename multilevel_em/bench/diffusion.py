@@ -196,7 +196,7 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
         out = fn()
         secs = time.perf_counter() - t0
         err, extra = error(out.x, family)
-        runs.append(dict(method=method, **knobs, cost=out.cost, seconds=secs, error=err, **extra,
+        runs.append(dict(method=method, **knobs, cost=out.top_equivalents, seconds=secs, error=err, **extra,
                          evaluations=list(out.evaluations)))
 
     # Single-model samplers with the top model.

@@ -97,7 +97,7 @@ def run_gamma(
     for L in range(levels):
         for n in em_steps:
             s = solve(P.ladder, x0, steps=n, method="em", level=L, **kw)
-            runs.append({"method": "em", "level": L + 1, "steps": n, "cost": s.cost, "error": rms_error(s.x, ref)})
+            runs.append({"method": "em", "level": L + 1, "steps": n, "cost": s.cost_per_sample, "error": rms_error(s.x, ref)})
     progress(f"gamma={gamma}: EM sweep done ({time.perf_counter() - t_start:.0f} s)")
     g = torch.Generator().manual_seed(seed + 3)
     for L in range(2, levels + 1):
@@ -106,7 +106,7 @@ def run_gamma(
             for top_rate in top_rates:
                 rates = closed_form_rates(costs[:L], deltas[: L - 1], top_rate)
                 s = solve(sub, x0, steps=n, method="mlem", rates=rates, generator=g, **kw)
-                runs.append({"method": "mlem", "levels": L, "steps": n, "top_rate": top_rate, "cost": s.cost,
+                runs.append({"method": "mlem", "levels": L, "steps": n, "top_rate": top_rate, "cost": s.cost_per_sample,
                              "error": rms_error(s.x, ref)})
                 # Past the point where every correction fires at every step, larger mu only repeats EM.
                 if all(r * (P.t1 - P.t0) / n >= 1 for r in rates):
@@ -126,7 +126,7 @@ def run_gamma(
             s = solve(plan.select(sub), x0, steps=plan.steps, method="mlem", rates=plan.rates, generator=g, **kw)
             runs.append({"method": "mlem", "levels": L, "kept": [l + 1 for l in plan.levels], "steps": plan.steps,
                          "mu": plan.mu, "target": float(target), "planned_cost": plan.ladder_cost,
-                         "cost": s.cost, "error": rms_error(s.x, ref)})
+                         "cost": s.cost_per_sample, "error": rms_error(s.x, ref)})
     progress(f"gamma={gamma}: ML-EM sweep done ({time.perf_counter() - t_start:.0f} s)")
     fronts = {m: pareto_front((r["cost"], r["error"]) for r in runs if r["method"] == m) for m in ("em", "mlem")}
     # The ladder's floor: EM with the top level and the most steps (its own bias). Near it

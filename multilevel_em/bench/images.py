@@ -44,6 +44,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..diffusion import registry
+from ..diffusion.registry import SAMPLERS
 from ..engine.random import sample_generators
 from ..images.data import load_digits
 from ..images.metrics import (bootstrap_counts, frechet_bootstrap, frechet_distance, kid_bootstrap, kid_unbiased,
@@ -83,12 +85,12 @@ SECONDS_PER_TOP_EQ = 2.5e-3
 MLEM_WALL_FACTOR = 1.6
 #: An ML-EM run is compared with the single-model runs costing at most this much more (relative).
 EQUAL_COST_SLACK = 0.05
-ODE_SAMPLERS = ("ddim", "dpmpp_2m", "euler_ode")
+ODE_SAMPLERS = tuple(name for name in SAMPLERS if registry.family(name) == "ode")
 
 
 def _sampler(method: str, knob: Dict) -> str:
     if method in ("mlem", "stitch"):
-        return knob.get("sampler") or ("em" if method == "mlem" else "ddim")
+        return knob.get("sampler") or registry.METHOD_SPECS[method].default_sampler
     return method
 
 
@@ -99,9 +101,7 @@ def _family(method: str, knob: Dict) -> str:
 def _label(method: str, knob: Dict) -> str:
     if method == "mlem":
         return f"ML-EM in {_sampler(method, knob)}, budget {knob['budget']:g}"
-    names = {"em": "EM-top", "ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM++", "euler_ode": "Euler-ODE",
-             "stitch": "T-Stitch"}
-    return f"{names.get(method, method)} {knob['steps']}"
+    return f"{registry.label(method)} {knob['steps']}"
 
 
 def _pathwise_kind(method: str, knob: Dict) -> Optional[str]:
@@ -551,14 +551,10 @@ def _front(rows: List[Dict], metric: str) -> List[str]:
     return out
 
 
-STYLE = {"em": ("C0", "o"), "ddpm": ("C1", "v"), "ddim": ("C2", "^"), "dpmpp_2m": ("C4", "D"),
-         "euler_ode": ("C5", "P"), "stitch": ("C7", "X"), "mlem:em": ("C3", "s"), "mlem:dpmpp_2m": ("C6", "s"),
-         "mlem:ddpm": ("C8", "s"), "mlem:ddim": ("C9", "s")}
-
-
-FAMILY_NAMES = {"em": "EM-top", "ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++ 2M",
-                "euler_ode": "Euler ODE", "stitch": "T-Stitch (DDIM)", "mlem:em": "ML-EM in EM",
-                "mlem:dpmpp_2m": "ML-EM in DPM++", "mlem:ddpm": "ML-EM in DDPM (EM plan)", "mlem:ddim": "ML-EM in DDIM"}
+#: The plotted families: every sampler alone, T-Stitch, and ML-EM inside the samplers that have a style for it.
+_FAMILIES = (*SAMPLERS, "stitch", *(f"mlem:{name}" for name in SAMPLERS if registry.SAMPLER_SPECS[name].mlem_style))
+STYLE = {key: registry.style(key) for key in _FAMILIES}
+FAMILY_NAMES = {key: registry.title(key) for key in _FAMILIES}
 
 
 def _plot(rows: List[Dict], path: str) -> None:

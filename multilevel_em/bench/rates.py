@@ -157,7 +157,7 @@ def _one(problem: str, sampler: str, steps: int, budgets, models, costs, schedul
                 if not math.isfinite(mse):
                     raise FloatingPointError(f"{problem}/{sampler}/{kind}: ML-EM samples are NaN or Inf")
                 mses.append(mse)
-                counted.append(float(res.cost))
+                counted.append(float(res.top_equivalents))
             row["kinds"][kind] = {"mse": mses, "mse_mean": float(np.mean(mses)),
                                   "expected_cost": expected_cost(p, c), "counted_cost": float(np.mean(counted)),
                                   "seconds_per_sample": secs / (len(tops) * cfg["n_eval"]),

@@ -33,25 +33,26 @@ Measuring (:func:`measure_samplers`): for a sampler S the top level alone is run
 steps (S's converged solution) and with each of ``steps`` steps, all from the same ``n`` initial
 noises and, for the SDE sampler "em", the same Brownian path. Then ML-EM inside S is run at a few
 (steps, rate scale) points and its squared RMS distance to the top level alone with the same steps
-is divided by the calibration's predicted added variance: S's randomization gain. Samplers measured
-(:data:`MEASURABLE`): "em" (reverse SDE, family "sde"), "ddim" (eta = 0), "euler_ode" and "dpmpp_2m"
-(probability-flow ODE, family "ode"). "ddpm" is refused: its scheduler draws fresh noise for every
-step count, so runs with different step counts share no noise and a pathwise converged solution
-does not exist (use "em", which integrates the same SDE).
+is divided by the calibration's predicted added variance: S's randomization gain. Which samplers can be
+measured, and their families, is the caller's to say (``{name: family}``; the sampler registry's
+:func:`~multilevel_em.diffusion.registry.measurable_samplers` for the diffusion samplers): a sampler is
+measurable when runs with different step counts share their noise. "ddpm" is not: its scheduler draws
+fresh noise for every step count, so a pathwise converged solution does not exist (use "em", which
+integrates the same SDE).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .._fit import loglog_slope
 
-__all__ = ["SamplerFit", "FAMILIES", "combine_gains", "MEASURABLE", "CURVE_STEPS", "GAIN_STEPS", "GAIN_BUDGET_FRACTION",
+__all__ = ["SamplerFit", "FAMILIES", "combine_gains", "CURVE_STEPS", "GAIN_STEPS", "GAIN_BUDGET_FRACTION",
            "check_samplers", "fit_table", "measure_samplers", "rms_error", "squared_distances"]
 
 #: What a sampler converges to: "sde" (the reverse-SDE path for its Brownian motion) or "ode"
@@ -199,8 +200,6 @@ def combine_gains(measured: Sequence[float], predicted: Sequence[float]) -> Tupl
 
 # ----------------------------------------------------------------------------- measuring samplers
 
-#: Samplers whose step-error curve can be measured pathwise, and their families.
-MEASURABLE = {"em": "sde", "ddim": "ode", "euler_ode": "ode", "dpmpp_2m": "ode"}
 #: Step counts of the measured curve (the budgets users run: a few to a few hundred steps).
 CURVE_STEPS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 #: Step counts at which ML-EM's randomization gain is measured, and the budget (a fraction of the
@@ -222,22 +221,24 @@ def rms_error(sq: torch.Tensor) -> tuple:
     return rms, (se_sq / (2 * rms) if rms > 0 else math.nan), m, se_sq
 
 
-def check_samplers(samplers: Sequence[str]) -> tuple:
-    """The names, validated: each measurable (ValueError naming the bad one and why), no repeats."""
-    out = []
+def check_samplers(samplers: Sequence[str], measurable: Mapping[str, str]) -> Dict[str, str]:
+    """The names, validated against ``measurable`` (``{name: family}``): ``{name: family}`` in the order given,
+    no repeats; ValueError naming the bad one and why."""
+    out = {}
     for s in samplers:
-        if s == "ddpm":
+        if s == "ddpm" and s not in measurable:
             raise ValueError(
                 "samplers: 'ddpm' cannot be measured pathwise: its scheduler draws fresh noise for every step "
                 "count, so there is no converged solution to measure against; use 'em' (the same reverse SDE)"
             )
-        if s not in MEASURABLE:
-            raise ValueError(f"samplers: expected some of {', '.join(MEASURABLE)}, got {s!r}")
-        if s not in out:
-            out.append(s)
+        if s not in measurable:
+            raise ValueError(f"samplers: expected some of {', '.join(measurable)}, got {s!r}")
+        if measurable[s] not in FAMILIES:
+            raise ValueError(f"samplers: {s!r} has family {measurable[s]!r}; expected one of {FAMILIES}")
+        out.setdefault(s, measurable[s])
     if not out:
         raise ValueError("samplers: expected at least one sampler name")
-    return tuple(out)
+    return out
 
 
 #: ``run(sampler, steps, plan=None) -> samples``: the top level alone with ``sampler`` for ``steps`` steps,
@@ -249,7 +250,7 @@ SamplerRun = Callable[..., torch.Tensor]
 def measure_samplers(
     run: SamplerRun,
     calibration,
-    samplers: Sequence[str] = tuple(MEASURABLE),
+    samplers: Mapping[str, str],
     *,
     n: int = 16,
     steps: Sequence[int] = CURVE_STEPS,
@@ -267,7 +268,8 @@ def measure_samplers(
             from the same ``n`` noises.
         calibration: the ladder's :class:`~multilevel_em.Calibration` (for the gain's plans and predicted
             variance); None raises ValueError after the arguments are checked.
-        samplers: names from :data:`MEASURABLE`.
+        samplers: ``{name: family}`` of the samplers to measure (family "sde" or "ode"; see
+            :func:`~multilevel_em.diffusion.registry.measurable_samplers`).
         n: the number of samples ``run`` draws (>= 2: errors are RMS over them).
         steps: step counts of the curve, each < ``ref_steps``.
         ref_steps: the step count of each sampler's converged solution; with "ddim" it must divide
@@ -283,7 +285,10 @@ def measure_samplers(
         ``{sampler: SamplerFit}``. Cost: about ``ref_steps + sum(steps)`` top-level evaluations of
         ``n`` samples per sampler, plus the ML-EM runs.
     """
-    samplers = check_samplers(samplers)
+    if not isinstance(samplers, Mapping):
+        raise TypeError(f"samplers: expected {{name: family}} (e.g. {{'em': 'sde'}}; the registry's "
+                        f"measurable_samplers()), got {samplers!r}")
+    samplers = check_samplers(list(samplers), samplers)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n: expected an int >= 2 (errors are RMS over images), got {n!r}")
     steps = sorted({int(s) for s in steps})
@@ -303,7 +308,7 @@ def measure_samplers(
     for s in samplers:
         errors, ses, tops = _step_error_curve(run, s, steps, ref_steps, gain_steps, say)
         gain, gain_se, points = _randomization_gain(run, calibration, s, gain_steps, tops, cheapest, say)
-        fits[s] = SamplerFit(sampler=s, family=MEASURABLE[s], steps=tuple(steps), errors=tuple(errors),
+        fits[s] = SamplerFit(sampler=s, family=samplers[s], steps=tuple(steps), errors=tuple(errors),
                              errors_se=tuple(ses), ref_steps=int(ref_steps), n=n, gain=gain, gain_se=gain_se,
                              gain_points=points)
     return fits

@@ -51,9 +51,11 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     check_output_file(out, "--out")
     if samplers is not None:
         from ..calibration.samplers import check_samplers
+        from ..diffusion.registry import measurable_samplers
 
         try:
-            samplers = check_samplers([s.strip() for s in samplers.split(",") if s.strip()])
+            samplers = tuple(check_samplers([s.strip() for s in samplers.split(",") if s.strip()],
+                                            measurable_samplers()))
         except ValueError as e:
             raise click.BadParameter(str(e).removeprefix("samplers: "), param_hint="--samplers") from None
     torch.set_num_threads(1)

@@ -9,6 +9,7 @@ import warnings
 import click
 
 from .._text import plural
+from ..diffusion.registry import METHODS, SAMPLERS, teacher_samplers
 from ._common import command_line, parse_floats, parse_ints
 from ._errors import resume_on_interrupt, user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
@@ -100,12 +101,12 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 @click.command("sample")
 @click.option("--ladder", "ladder_path", required=True, type=click.Path(file_okay=False, exists=True),
               help="A ladder folder (from `mlem train` or save_pretrained).")
-@click.option("--method", type=click.Choice(["mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto"]),
+@click.option("--method", type=click.Choice(METHODS),
               default="mlem", show_default=True,
               help="mlem: the ladder; em, ddpm, ddim, euler_ode, dpmpp_2m: the top UNet alone with that sampler; "
                    "stitch: T-Stitch; auto: for --budget, whichever of mlem (inside each measured sampler) and the "
                    "top UNet alone the calibration predicts most accurate (needs mlem calibrate --samplers).")
-@click.option("--sampler", default=None, type=click.Choice(["em", "ddpm", "ddim", "euler_ode", "dpmpp_2m"]),
+@click.option("--sampler", default=None, type=click.Choice(SAMPLERS),
               help="mlem / stitch: the sampling loop (default em for mlem, ddim for stitch). A planned mlem run is "
                    "planned inside it when the ladder's calibration measured it (mlem calibrate --samplers), and "
                    "the plan says when the top UNet alone with some sampler is predicted to do better.")
@@ -361,7 +362,7 @@ def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
               help="x_0: 'digits' or a folder of PNG/JPEG images; default: data-free (the teacher's own samples).")
 @click.option("--samples", default=2048, show_default=True, type=click.IntRange(min=1),
               help="Data-free: how many teacher samples to generate (once; cached in OUT).")
-@click.option("--sampler", default="dpmpp_2m", show_default=True, type=click.Choice(["em", "ddim", "dpmpp_2m"]),
+@click.option("--sampler", default="dpmpp_2m", show_default=True, type=click.Choice(teacher_samplers()),
               help="Data-free: the sampler of the teacher's samples.")
 @click.option("--sampler-steps", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=SEED)

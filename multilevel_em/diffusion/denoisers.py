@@ -17,14 +17,16 @@ step index to pick its model; both pass the call on to levels that have ``set_st
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..engine import Ladder, LevelEvaluator, check_rates, firing_probabilities, telescoping_estimate
+from ..engine import Ladder, LevelEvaluator, all_finite, check_rates, firing_probabilities, non_finite_error, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
-from ..engine.solver import DRAWS, _all_finite, _non_finite_error
+from ..engine.solver import DRAWS
+from .outputs import model_output, single_time
 from .schedule import VPSchedule
 
 __all__ = ["DiffusersUNetAdapter", "MultilevelDenoiser", "TStitchDenoiser", "as_eps_model"]
@@ -62,10 +64,7 @@ class DiffusersUNetAdapter(torch.nn.Module):
         self._traced = {}  # (dtype, device) -> traced module, or None where tracing failed
 
     def _eager(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        out = self.unet(x, k)
-        if hasattr(out, "sample"):
-            return out.sample
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return model_output(self.unet(x, k))
 
     def _run_traced(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         key = (x.dtype, x.device)
@@ -97,8 +96,6 @@ class _SampleOf(torch.nn.Module):
 def _trace_unet(adapter: "DiffusersUNetAdapter", x: torch.Tensor, k: torch.Tensor):
     """A TorchScript trace of ``adapter``'s UNet on (x, k), checked against the eager forward; None (with a
     warning) where it cannot be traced or disagrees."""
-    import warnings
-
     name = type(adapter.unet).__name__
     try:
         with warnings.catch_warnings():
@@ -132,17 +129,8 @@ def as_eps_model(model, schedule: Optional[VPSchedule] = None) -> EpsModel:
 
 def _single_time(t) -> float:
     """t as one float: a number, a one-element tensor, or a (batch,) tensor of equal times."""
-    if isinstance(t, torch.Tensor):
-        flat = t.detach().reshape(-1)
-        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
-            raise ValueError(
-                "t: a MultilevelDenoiser draws its levels for one time per call; got a tensor of different times "
-                "(call it once per time, as the samplers do)"
-            )
-        return float(flat[0])
-    if isinstance(t, bool) or not isinstance(t, Real):
-        raise TypeError(f"t: expected a float or a (batch,) tensor, got {type(t).__name__}")
-    return float(t)
+    return single_time(t, name="t", why="a MultilevelDenoiser draws its levels for one time per call; got a tensor of "
+                       "different times (call it once per time, as the samplers do)")
 
 
 class _LadderDenoiser:
@@ -181,9 +169,17 @@ class _LadderDenoiser:
         return tuple(self._caller.evaluations) if self._caller is not None else (0,) * len(self.ladder)
 
     @property
-    def cost(self) -> float:
-        """Total cost spent, sum_l evaluations_l * costs_l."""
+    def total_cost(self) -> float:
+        """Running total of the cost spent since construction or :meth:`reset`, sum_l evaluations_l * costs_l
+        (the costs' units, all samples together)."""
         return float(sum(e * c for e, c in zip(self.evaluations, self.costs)))
+
+    @property
+    def cost(self) -> float:
+        """Deprecated: :attr:`total_cost` (the running total, all samples together)."""
+        warnings.warn(f"{type(self).__name__}.cost is deprecated; read .total_cost (the running total since reset)",
+                      DeprecationWarning, stacklevel=2)
+        return self.total_cost
 
     def reset(self) -> None:
         """Zero the evaluation counters."""
@@ -258,7 +254,7 @@ class MultilevelDenoiser(_LadderDenoiser):
         names: level names for messages.
         check_finite: raise ``FloatingPointError`` naming the level that produced NaN or Inf.
 
-    Attributes ``evaluations``, ``cost``, ``costs`` and :meth:`reset` report the work done.
+    Attributes ``evaluations``, ``total_cost``, ``costs`` and :meth:`reset` report the work done.
     On its first call every level runs once on one row (not counted) to check its output shape.
     """
 
@@ -300,8 +296,8 @@ class MultilevelDenoiser(_LadderDenoiser):
         call = self._prepare(x, t)
         if len(self.ladder) == 1:
             out = call(0, x, t)
-            if self.check_finite and not _all_finite(out):
-                raise _non_finite_error(call, {0: out}, _single_time(t))
+            if self.check_finite and not all_finite(out):
+                raise non_finite_error(call, {0: out}, _single_time(t))
             return out
         t = _single_time(t)
         return telescoping_estimate(call, x, t, self.probabilities(t), draws=self.draws, generator=self.generator,
@@ -362,8 +358,8 @@ class TStitchDenoiser(_LadderDenoiser):
             )
         j = self.level_for_step(self._index, self._steps)
         out = call(j, x, t)
-        if not _all_finite(out):
-            raise _non_finite_error(call, {j: out}, _single_time(t))
+        if not all_finite(out):
+            raise non_finite_error(call, {j: out}, _single_time(t))
         return out
 
     def __repr__(self) -> str:

@@ -30,7 +30,7 @@ import torch
 from .._io import atomic_write, write_json
 from .._fit import loglog_slope
 from ..engine import Ladder
-from .schedule import VPSchedule, _as_time
+from .schedule import VPSchedule, as_time
 
 __all__ = ["EpsMLP", "MLPLadder", "eps_error", "load_mlp_ladder", "measure_gamma", "problem_spec", "train_mlp_ladder"]
 
@@ -81,7 +81,7 @@ class EpsMLP(torch.nn.Module):
         return int(total + 4 * self.width * self.depth + 3 * self.time_features)
 
     def time_embedding(self, t, batch: int) -> torch.Tensor:
-        tt = _as_time(t).to(torch.float32)
+        tt = as_time(t).to(torch.float32)
         if tt.ndim == 0:
             tt = tt.expand(batch)
         arg = 1000.0 * tt[:, None] * self.freqs[None, :]

@@ -60,6 +60,7 @@ from .._fit import loglog_slope
 from ..calibration import CallPlan, Calibration
 from ..engine import Ladder, LevelEvaluator, check_rates, firing_probabilities, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
+from .outputs import model_output, single_time
 
 __all__ = ["MultilevelModel", "scheduler_spans"]
 
@@ -132,17 +133,8 @@ def _warn_nonlinear(scheduler) -> None:
 
 
 def _single_timestep(timestep, batch: int) -> float:
-    if isinstance(timestep, torch.Tensor):
-        flat = timestep.detach().reshape(-1)
-        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
-            raise ValueError(
-                "timestep: MultilevelModel draws its levels for one timestep per call; got different timesteps "
-                f"in one batch of {batch}"
-            )
-        return float(flat[0])
-    if isinstance(timestep, bool) or not isinstance(timestep, Real):
-        raise TypeError(f"timestep: expected a number or a tensor, got {type(timestep).__name__}")
-    return float(timestep)
+    return single_time(timestep, name="timestep", why="MultilevelModel draws its levels for one timestep per call; "
+                       f"got different timesteps in one batch of {batch}")
 
 
 # ----------------------------------------------------------------------------- per-row inputs
@@ -167,18 +159,6 @@ def _gather(value, name: str, batch: int, rows: Optional[torch.Tensor]):
         out = [_gather(v, f"{name}[{i}]", batch, rows) for i, v in enumerate(value)]
         return type(value)(out) if isinstance(value, tuple) and type(value) is tuple else out
     return value
-
-
-def _raw_output(out, label: str) -> torch.Tensor:
-    """The tensor of a model's output: ``.sample``, the first element of a tuple, or the tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    sample = getattr(out, "sample", None)
-    if isinstance(sample, torch.Tensor):
-        return sample
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"{label}: expected a tensor, a diffusers output with .sample or a tuple, got {type(out).__name__}")
 
 
 class _CallableModule(torch.nn.Module):
@@ -225,7 +205,7 @@ class _Call:
         result = self.models[j](x, timestep, *args, **kwargs)
         if not isinstance(result, (torch.Tensor, tuple, list)) and hasattr(result, "sample"):
             self.output_type = type(result)  # a diffusers output class: the estimate is returned in one
-        out = _raw_output(result, f"level {j + 1} ({self.names[j]})")
+        out = model_output(result, f"level {j + 1} ({self.names[j]})")
         if out.ndim < 1 or out.shape[0] != x.shape[0]:
             raise ValueError(
                 f"level {j + 1} ({self.names[j]}): output of shape {tuple(out.shape)} for {x.shape[0]} input rows"
@@ -538,11 +518,19 @@ class MultilevelModel(torch.nn.Module):
         self.rows = 0
 
     @property
-    def cost(self) -> float:
-        """Total cost spent since :meth:`reset`, sum_l evaluations_l costs_l (the costs' unit)."""
+    def total_cost(self) -> float:
+        """Running total of the cost spent since :meth:`reset`, sum_l evaluations_l costs_l (the costs' unit,
+        all rows of all calls together)."""
         if self.costs is None:
             return 0.0
         return float(sum(e * c for e, c in zip(self.evaluations, self.costs)))
+
+    @property
+    def cost(self) -> float:
+        """Deprecated: :attr:`total_cost` (the running total since :meth:`reset`)."""
+        warnings.warn("MultilevelModel.cost is deprecated; read .total_cost (the running total since reset)",
+                      DeprecationWarning, stacklevel=2)
+        return self.total_cost
 
     def report(self) -> dict:
         """Cost since :meth:`reset` (call it after a pipeline call): per level and per image.
@@ -555,7 +543,7 @@ class MultilevelModel(torch.nn.Module):
         for j, e in enumerate(self.evaluations):
             levels.append({"level": j + 1, "name": self.names[j], "cost": None if self.costs is None else self.costs[j],
                            "evaluations": e, "evaluations_per_image": e / rows_per_call if rows_per_call else 0.0})
-        te = self.cost / (self.costs[-1] * rows_per_call) if self.costs and rows_per_call else 0.0
+        te = self.total_cost / (self.costs[-1] * rows_per_call) if self.costs and rows_per_call else 0.0
         return {"calls": self.calls, "rows_per_call": rows_per_call, "levels": levels,
                 "top_equivalents_per_image": te}
 

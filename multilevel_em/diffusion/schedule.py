@@ -32,7 +32,7 @@ from typing import Callable, Union
 
 import torch
 
-__all__ = ["VPSchedule", "Time"]
+__all__ = ["VPSchedule", "Time", "as_time"]
 
 _MAX_BETA = 0.999  # diffusers' cap on a discrete beta (betas_for_alpha_bar)
 
@@ -40,8 +40,9 @@ _MAX_BETA = 0.999  # diffusers' cap on a discrete beta (betas_for_alpha_bar)
 Time = Union[float, torch.Tensor]
 
 
-def _as_time(t: Time) -> torch.Tensor:
-    """t as a float64 tensor of shape () or (batch,), clipped to [0, 1]."""
+def as_time(t: Time) -> torch.Tensor:
+    """A continuous time ``t`` (a number, or a tensor of shape () or (batch,)) as a float64 tensor of
+    that shape, clipped to [0, 1]; TypeError for a bool, ValueError for a tensor of more dimensions."""
     if isinstance(t, bool):
         raise TypeError("t: expected a number or a tensor, got a bool")
     tt = torch.as_tensor(t, dtype=torch.float64)
@@ -198,7 +199,7 @@ class VPSchedule:
 
     def log_alpha_bar(self, t: Time) -> torch.Tensor:
         """log alpha_bar(t)."""
-        t = _as_time(t)
+        t = as_time(t)
         if self.kind == "linear":
             return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
         t_c, slope = self._cos_cap
@@ -219,7 +220,7 @@ class VPSchedule:
 
     def beta(self, t: Time) -> torch.Tensor:
         """beta(t) = -d/dt log alpha_bar(t), per unit time (about 2000 at t = 1 - 1/T for the cosine schedule)."""
-        t = _as_time(t)
+        t = as_time(t)
         if self.kind == "linear":
             return self.beta_min + t * (self.beta_max - self.beta_min)
         t_c, slope = self._cos_cap
@@ -258,30 +259,50 @@ class VPSchedule:
 
     # ------------------------------------------------------------------ drifts
 
-    def reverse_sde_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable]) -> torch.Tensor:
-        """Drift of the reverse-time SDE, f - g^2 score = -beta/2 x + beta eps / sigma.
+    def _coefficients(self, x: torch.Tensor, t: Time):
+        """(beta(t), sigma(t)) as Python floats for a scalar t, else as (batch, 1, ...) tensors in x's dtype.
+
+        Python floats keep the samplers' arithmetic what it was when they inlined these drifts:
+        the same numbers for the same seed."""
+        if isinstance(t, torch.Tensor) and t.ndim == 1:
+            return _per_row(self.beta(t), x), _per_row(self.sigma(t), x)
+        return float(self.beta(t)), float(self.sigma(t))
+
+    def reverse_sde_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable], *,
+                          dt: float = 1.0) -> torch.Tensor:
+        """Drift of the reverse-time SDE, f - g^2 score = -beta/2 x + beta eps / sigma, times ``dt``.
 
         The reverse SDE runs from t = 1 to 0: dX = (reverse drift) dt + g dW-bar with dt < 0.
-        ``eps`` is the network output at (x, t) or an eps model ``eps(x, t)``.
+        ``x``: the state ``(batch, ...)``; ``t``: a time or a (batch,) tensor of times; ``eps``: the
+        network output at (x, t), shaped like x, or an eps model ``eps(x, t)``.  ``dt``: a signed
+        time step (``t_next - t``, negative towards the data): the result is then the step's drift
+        increment (-dt beta)(x / 2 - eps / sigma), computed in that order (the "em" sampler's
+        step is ``x + reverse_sde_drift(x, t, eps, dt=t_next - t) + sqrt(beta) dW``).
+        Returns a tensor of x's shape and dtype.
         """
         if callable(eps):
             eps = eps(x, t)
-        b, s = _per_row(self.beta(t), x), _per_row(self.sigma(t), x)
-        return -0.5 * b * x + (b / s) * eps
+        b, s = self._coefficients(x, t)
+        return (-dt * b) * (0.5 * x - eps / s)
 
-    def probability_flow_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable]) -> torch.Tensor:
-        """Velocity of the probability-flow ODE, f - g^2/2 score = -beta/2 x + beta eps / (2 sigma)."""
+    def probability_flow_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable], *,
+                               dt: float = 1.0) -> torch.Tensor:
+        """Velocity of the probability-flow ODE, f - g^2/2 score = -beta/2 x + beta eps / (2 sigma), times ``dt``.
+
+        Arguments as :meth:`reverse_sde_drift`; with ``dt = t_next - t`` the result is the Euler
+        step's increment (-dt / 2 beta)(x - eps / sigma).  Returns a tensor of x's shape and dtype.
+        """
         if callable(eps):
             eps = eps(x, t)
-        b, s = _per_row(self.beta(t), x), _per_row(self.sigma(t), x)
-        return -0.5 * b * x + (0.5 * b / s) * eps
+        b, s = self._coefficients(x, t)
+        return (-dt * 0.5 * b) * (x - eps / s)
 
     # ------------------------------------------------------------------ diffusers' integer timesteps
 
     def timestep(self, t: Time) -> torch.Tensor:
         """The diffusers timestep k = round(t T) - 1, clipped to [0, T - 1] (int64, t's shape)."""
         T = self.num_train_timesteps
-        return (torch.round(_as_time(t) * T) - 1).clamp(0, T - 1).to(torch.int64)
+        return (torch.round(as_time(t) * T) - 1).clamp(0, T - 1).to(torch.int64)
 
     def time(self, k) -> torch.Tensor:
         """The continuous time t_k = (k + 1) / T of diffusers timestep k (float64)."""

@@ -5,13 +5,14 @@ Knows nothing of calibration, diffusion models or the command line.
 
 from .brownian import BrownianPath
 from .buckets import Bucketed, bucketed
+from .checks import all_finite, non_finite_error
 from .ladder import Drift, Ladder
 from .random import rand, randn, sample_generators
 from .rates import check_rates, firing_probabilities, firing_probability, rate_value
 from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, telescoping_estimate
 
 __all__ = [
-    "BrownianPath", "Bucketed", "Drift", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
+    "BrownianPath", "Bucketed", "Drift", "all_finite", "non_finite_error", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
     "bucketed", "sample_generators", "solve", "telescoping_estimate",
     "check_rates", "firing_probabilities", "firing_probability", "rate_value",
 ]

@@ -25,6 +25,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 
 from .brownian import BrownianPath
+from .checks import all_finite, non_finite_error, state_error
 from .ladder import Ladder
 from .random import Generators, check_generators, is_per_sample, rand
 from .rates import Rate, check_rates, evaluate_rates, firing_probabilities
@@ -47,6 +48,10 @@ class Solution:
         batch_size: number of samples.
         steps: number of steps.
         method: "em" or "mlem".
+
+    The cost actually spent: :attr:`cost_per_sample` (ladder cost units per sample; formerly
+    ``cost``, still readable, deprecated) and :attr:`top_equivalents` (evaluations of the top
+    level per sample).
     """
 
     x: torch.Tensor
@@ -60,14 +65,21 @@ class Solution:
     probabilities: Optional[List[List[float]]] = field(default=None, repr=False)
 
     @property
-    def cost(self) -> float:
-        """Mean cost per sample, in the ladder's cost units."""
+    def cost_per_sample(self) -> float:
+        """Mean cost per sample, in the ladder's cost units (sum_l evaluations_l costs_l / batch_size)."""
         return sum(e * c for e, c in zip(self.evaluations, self.costs)) / max(self.batch_size, 1)
+
+    @property
+    def cost(self) -> float:
+        """Deprecated: :attr:`cost_per_sample` (mean cost per sample, in the ladder's cost units)."""
+        warnings.warn("Solution.cost is deprecated; read Solution.cost_per_sample (ladder cost units per sample) "
+                      "or Solution.top_equivalents", DeprecationWarning, stacklevel=2)
+        return self.cost_per_sample
 
     @property
     def top_equivalents(self) -> float:
         """Mean cost per sample in evaluations of the top level (EM with N steps: N)."""
-        return self.cost / self.costs[-1]
+        return self.cost_per_sample / self.costs[-1]
 
     def to_dict(self) -> dict:
         """Cost report as plain JSON-serialisable data (no tensors)."""
@@ -77,7 +89,7 @@ class Solution:
             "batch_size": self.batch_size,
             "evaluations": list(self.evaluations),
             "costs": list(self.costs),
-            "cost": self.cost,
+            "cost": self.cost_per_sample,  # the key stays "cost": reports written before the rename read the same
             "top_equivalents": self.top_equivalents,
         }
 
@@ -181,39 +193,6 @@ class LevelEvaluator:
                 f"level {j + 1} ({self.ladder.names[j]}): output dtype/device {out.dtype}/{out.device} differs "
                 f"from the state's {self._like[0]}/{self._like[1]}"
             )
-
-
-def _all_finite(x: torch.Tensor) -> bool:
-    """Whether every entry of ``x`` is finite, in one reduction in the common case.
-
-    A NaN or an infinity makes the sum NaN or infinite, so a finite sum proves every entry
-    finite; a non-finite sum (which finite entries can also give, by overflow) falls back to
-    the exact elementwise test.  ``torch.isfinite(x).all()`` makes several elementwise
-    passes: on small batches it cost more than all the rest of an ML-EM step's bookkeeping.
-    """
-    s = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
-    if math.isfinite(s.item()):
-        return True
-    return bool(torch.isfinite(x).all())
-
-
-def _non_finite_error(caller: LevelEvaluator, outputs: dict, t: float) -> FloatingPointError:
-    for j in sorted(outputs):
-        if not bool(torch.isfinite(outputs[j]).all()):
-            return FloatingPointError(
-                f"level {j + 1} ({caller.ladder.names[j]}) produced NaN or Inf at t={t:.6g}; "
-                "pass check_finite=False to continue anyway"
-            )
-    return FloatingPointError(f"the drift estimate is NaN or Inf at t={t:.6g}; pass check_finite=False to continue")
-
-
-def _state_error(x: torch.Tensor, t: float) -> Optional[FloatingPointError]:
-    """The error to raise when the levels were handed a non-finite state (x0 is checked up front, and
-    every level's output before it enters the state, so the diffusion term put it there); None if x is finite."""
-    if bool(torch.isfinite(x).all()):
-        return None
-    return FloatingPointError(f"the state is NaN or Inf at t={t:.6g}, with finite drifts so far: the diffusion "
-                              "term (diffusion=) produced it")
 
 
 #: The ways of drawing the level variables B_{n,l} (see :func:`solve`).
@@ -338,8 +317,8 @@ def _mlem_drift(
             diff = hi - full[l - 1].index_select(0, rows)
             drift = drift.index_add_(0, rows, diff, alpha=w) if owned else drift.index_add(0, rows, diff, alpha=w)
         owned = True
-    if check_finite and not _all_finite(drift):
-        raise _non_finite_error(call, out, t)
+    if check_finite and not all_finite(drift):
+        raise non_finite_error(call, out, t)
     return drift
 
 
@@ -372,8 +351,8 @@ def telescoping_estimate(
         raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
     if not probs:
         out = evaluator(0, x, t)
-        if check_finite and not _all_finite(out):
-            raise _non_finite_error(evaluator, {0: out}, t)
+        if check_finite and not all_finite(out):
+            raise non_finite_error(evaluator, {0: out}, t)
         return out
     ((fired, needed),) = _plan_draws([probs], x.shape[0], draws, generator, x.device)
     return _mlem_drift(evaluator, x, t, probs, fired, needed, check_finite)
@@ -438,7 +417,7 @@ def solve(
         raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")
     if x0.ndim < 1 or not x0.dtype.is_floating_point:
         raise ValueError(f"x0: expected a floating tensor of shape (batch, *state_shape), got {x0.dtype} {tuple(x0.shape)}")
-    if not _all_finite(x0):
+    if not all_finite(x0):
         raise ValueError("x0: contains NaN or Inf")
     t0, t1 = _check_time("t0", t0), _check_time("t1", t1)
     if not t1 > t0:
@@ -507,8 +486,8 @@ def solve(
         h_n = t_next - t
         if not mlem:
             drift = call(j_em, x, t)
-            if check_finite and not _all_finite(drift):
-                raise _state_error(x, t) or _non_finite_error(call, {j_em: drift}, t)
+            if check_finite and not all_finite(drift):
+                raise state_error(x, t) or non_finite_error(call, {j_em: drift}, t)
         else:
             if pos == len(plan):  # draw the levels of the next run of steps
                 new = []
@@ -522,7 +501,7 @@ def solve(
             try:
                 drift = _mlem_drift(call, x, t, probs_log[n], fired, needed, check_finite)
             except FloatingPointError as e:
-                raise _state_error(x, t) or e
+                raise state_error(x, t) or e
         # X_{n+1} = X_n + h_n F_n + g (W(t_{n+1}) - W(t_n)), with as few tensor operations as possible.
         x_next = torch.add(x, drift, alpha=h_n)
         if g is not None:

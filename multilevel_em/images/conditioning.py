@@ -251,25 +251,25 @@ def sample_ladder(ladder, conditioning: Dict[str, torch.Tensor], *, steps: int =
         generator: the initial noise and the scheduler's noise; a list gives one per sample.
         level_generator: MultilevelModel's level draws.
     """
-    from ..diffusion.samplers import make_scheduler
+    from ..diffusion.registry import sampler_spec
+    from ..diffusion.samplers import make_scheduler, scheduler_loop
     from ..engine import randn
 
     if not conditioning:
         raise ValueError("conditioning: expected the UNet keyword arguments of n rows (Conditioning.rows); "
                          "sample unconditional ladders with MultilevelPipeline")
+    spec = sampler_spec(sampler)
     n = int(next(iter(conditioning.values())).shape[0])
     scheduler = make_scheduler(sampler, ladder.schedule)  # eps prediction, the ladder's betas
     if len(ladder) == 1 and probabilities is None and rates is None:
         probabilities = []  # one model: nothing to draw
     model = ladder_model(ladder, scheduler=scheduler, probabilities=probabilities, rates=rates,
                          generator=level_generator)
-    scheduler.set_timesteps(steps)
     x = randn((n, *ladder.shape), generator)
-    step_kwargs = {"generator": generator} if sampler != "ddim" else {"eta": 0.0}
     with torch.no_grad():
-        for k in scheduler.timesteps:
-            out = model(scheduler.scale_model_input(x, k), k, **conditioning).sample
-            x = scheduler.step(out, k, x, **step_kwargs).prev_sample
+        # the one scheduler loop of diffusion.samplers; MultilevelModel reads its step from the scheduler
+        x, _ = scheduler_loop(model, x, ladder.schedule, steps, spec=spec, generator=generator, scheduler=scheduler,
+                              model_kwargs=conditioning)
     return ConditionalSamples(x=x, report=model.report())
 
 

@@ -38,6 +38,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from ..diffusion import VPSchedule
+from ..diffusion.registry import SAMPLER_SPECS, teacher_samplers
 from .conditioning import Conditioning, is_conditional, sample_ladder, teacher_rows
 from .data import ImageData
 from .ladder import (
@@ -61,7 +62,7 @@ __all__ = ["Teacher", "Distillation", "load_teacher", "student_config", "teacher
 
 SAMPLES_FILE = "teacher_samples.safetensors"
 #: Samplers the data-free mode may draw the teacher's samples with (one-model methods of MultilevelPipeline).
-SAMPLERS = ("em", "ddim", "dpmpp_2m")
+SAMPLERS = teacher_samplers()
 
 
 class Teacher:
@@ -301,7 +302,7 @@ def samples_name(sampler: str, steps: int, n: int, seed: int) -> str:
 
 
 #: Data-free samples of a conditional teacher: our sampler names -> the diffusers scheduler run (sample_ladder).
-CONDITIONAL_SCHEDULERS = {"em": "ddpm", "ddim": "ddim", "dpmpp_2m": "dpmpp_2m"}
+CONDITIONAL_SCHEDULERS = {name: SAMPLER_SPECS[name].conditional for name in SAMPLERS}
 
 
 def _generate(teacher: Teacher, start: int, stop: int, sampler: str, steps: int, seed: int) -> torch.Tensor:

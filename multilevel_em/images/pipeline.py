@@ -32,18 +32,16 @@ from ..calibration import Calibration, calibrate
 from ..calibration import planning
 from ..calibration.planning import BUDGET_TOLERANCE as _BUDGET_TOLERANCE, budget_steps
 from ..calibration.rates import ReverseTimeRate
-from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, measure_samplers
+from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, check_samplers, measure_samplers
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
-from ..engine import Ladder, randn
+from ..diffusion.registry import DEFAULT_STEPS, METHOD_SPECS, METHODS, measurable_samplers
+from ..engine import Ladder, all_finite, randn
 from ..engine.random import Generators, check_generators, is_per_sample
-from ..engine.solver import _all_finite
 from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
 
-METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")
 CALIBRATION = "calibration.json"
-DEFAULT_STEPS = {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m": 20, "stitch": 50}
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
 T_MIN = 1e-3  # where the continuous-time samplers stop
@@ -73,8 +71,8 @@ class _ReverseDrift:
 
     def __call__(self, x, s):
         t = self.schedule.t_max - float(s)
-        beta, sigma = float(self.schedule.beta(t)), float(self.schedule.sigma(t))
-        return beta * (0.5 * x - self.eps_model(x, t) / sigma)
+        # d/ds = -d/dt: the reverse-SDE drift times dt = -1 per unit of s (x (batch, C, H, W), per unit of s).
+        return self.schedule.reverse_sde_drift(x, t, self.eps_model(x, t), dt=-1.0)
 
 
 class _FiniteEps:
@@ -86,7 +84,7 @@ class _FiniteEps:
 
     def __call__(self, x, t):
         out = self.model(x, t)
-        if not _all_finite(out):
+        if not all_finite(out):
             tt = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
             raise FloatingPointError(f"{self.label} produced NaN or Inf at t={tt:.4g} (are its weights "
                                      "corrupt?)")
@@ -271,16 +269,18 @@ class MultilevelPipeline:
 
         return run
 
-    def calibrate_samplers(self, samplers: Sequence[str] = ("em", "ddim", "euler_ode", "dpmpp_2m"), *, n: int = 16,
+    def calibrate_samplers(self, samplers: Optional[Sequence[str]] = None, *, n: int = 16,
                            steps: Optional[Sequence[int]] = None, ref_steps: int = 500,
                            gain_steps: Optional[Sequence[int]] = None, seed: int = 0,
                            progress: Optional[Callable[[str], None]] = None) -> Dict[str, SamplerFit]:
         """Measure each sampler's step-error curve and ML-EM's randomization gain inside it, and store them in
         ``self.calibration.samplers`` (:func:`~multilevel_em.calibration.samplers.measure_samplers`, running
         :meth:`sampler_runner`), so that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)``
-        compare ML-EM with the samplers users run. Needs :meth:`calibrate` first. Returns the new fits
-        ``{sampler: SamplerFit}``."""
+        compare ML-EM with the samplers users run (default: every measurable sampler of the registry). Needs
+        :meth:`calibrate` first. Returns the new fits ``{sampler: SamplerFit}``."""
         L = self.ladder
+        measurable = measurable_samplers()
+        samplers = check_samplers(measurable if samplers is None else samplers, measurable)
         fits = measure_samplers(self.sampler_runner(n, seed), self.calibration, samplers, n=n,
                                 steps=CURVE_STEPS if steps is None else steps, ref_steps=ref_steps,
                                 gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
@@ -381,7 +381,8 @@ class MultilevelPipeline:
                 the cheapest level for ``fractions`` of the steps, default 40%, then the top).
             steps: step count. "mlem" with a budget (or the calibration's default): fixes the plan's
                 step count (default: planned); "mlem" with rates: required. One-model methods:
-                default ``floor(budget)`` with a budget, else 250 (em), 50 (ddim, stitch), 20 (dpmpp_2m);
+                default ``floor(budget)`` with a budget, else the registry's ``DEFAULT_STEPS`` (250 em, 50 ddim and
+                stitch, 20 dpmpp_2m; :mod:`multilevel_em.diffusion.registry`);
                 given with a budget, it must equal ``floor(budget)`` (ValueError otherwise). None: not given.
             rates: "mlem": lambda_2..lambda_K per unit of diffusion time (numbers or callables of t);
                 overrides the calibration.
@@ -425,13 +426,11 @@ class MultilevelPipeline:
                                                                 fractions, draws, g_draws)
         if steps is None:
             steps = self._one_model_steps(method, budget)
-        if progress is not None:
-            _report_progress(denoiser, progress)
-        opts = {"t_min": t_min} if sampler in ("em", "euler_ode") else {}
         start = time.perf_counter()
-        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise, **opts)
+        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise,
+                     t_min=t_min, callback=_progress_callback(progress))
         wall = time.perf_counter() - start
-        if not _all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
+        if not all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
             raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
         images = to_numpy_images(out.x)
         report = self._report(method, sampler, out, levels, wall, batch_size, plan, budget)
@@ -488,7 +487,7 @@ class MultilevelPipeline:
         plan = None
         rate_levels, levels = levels, list(range(len(L)))
         if method == "mlem":
-            sampler = sampler or "em"
+            sampler = sampler or METHOD_SPECS["mlem"].default_sampler
             if rates is None:
                 plan = self.sampling_plan(DEFAULT_MLEM_BUDGET if budget is None else budget, steps, sampler)
                 levels = list(plan.levels)
@@ -502,7 +501,7 @@ class MultilevelPipeline:
                                           draws=draws, generator=g_draws, schedule=L.schedule,
                                           names=[L.names[i] for i in levels])
         elif method == "stitch":
-            sampler = sampler or "ddim"
+            sampler = sampler or METHOD_SPECS["stitch"].default_sampler
             K = len(L)
             fr = [0.4] + [0.0] * (K - 2) if fractions is None else list(fractions)
             denoiser = TStitchDenoiser(models, fr, costs=L.costs, schedule=L.schedule, names=L.names)
@@ -562,21 +561,21 @@ class MultilevelPipeline:
 
 
 
-def _report_progress(denoiser, progress) -> None:
-    """Call ``progress(1)`` after every step of ``denoiser`` (or, for a tqdm bar, ``update(1)``, with its
-    total set to the step count on the first step)."""
-    inner = denoiser.set_step
+def _progress_callback(progress):
+    """``sample``'s ``callback(n, total)`` that calls ``progress(1)`` after every step (or, for a tqdm bar,
+    ``update(1)``, with its total set to the step count on the first step); None for no progress."""
+    if progress is None:
+        return None
     bar = progress if hasattr(progress, "update") else None  # a tqdm bar: also set its total
     tick = bar.update if bar is not None else progress
 
-    def set_step(h, index=None, steps=None, _inner=inner):
-        _inner(h, index=index, steps=steps)
-        if bar is not None and index == 0 and steps is not None:
-            bar.total = steps
+    def callback(n, total):
+        if bar is not None and n == 0:
+            bar.total = total
             bar.refresh()
         tick(1)
 
-    denoiser.set_step = set_step  # an instance attribute: the samplers call it before every step
+    return callback
 
 
 def plan_summary(plan) -> Dict:

@@ -39,6 +39,7 @@ from numbers import Real
 from typing import Dict, List, Optional, Tuple
 
 from .. import __version__
+from ..diffusion.registry import METHODS
 
 __all__ = ["JobError", "SamplingJob", "JOB_FILE", "LOCK_FILE", "REPORT_FILE", "read_ladder_bundle", "shard_path"]
 
@@ -48,7 +49,7 @@ LOCK_FILE = "job.lock"
 SHARD_PATTERN = "shard-{:06d}.npz"
 PNG_DIR = "png"
 JOB_FORMAT = "multilevel_em.jobs.SamplingJob"
-_METHODS = ("mlem", "em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "stitch", "auto")  # MultilevelPipeline.METHODS
+_METHODS = METHODS  # MultilevelPipeline's methods (the registry's); plain data, no torch
 
 
 class JobError(RuntimeError):

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..diffusion.schedule import VPSchedule, _as_time
+from ..diffusion.schedule import VPSchedule, as_time
 from ..engine import Ladder
 
 __all__ = ["GaussianMixtureProblem", "GaussianProblem", "gaussian", "gaussian_mixture", "perturbed_ladder",
@@ -74,7 +74,7 @@ class GaussianMixtureProblem:
         """Eigen-coordinates y = U^T (x - alpha m) (batch, K, d), variances (., K, d), sigma (batch or ())."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x: expected shape (batch, {self.dim}), got {tuple(x.shape)}")
-        t = _as_time(t)
+        t = as_time(t)
         ab = self.schedule.alpha_bar(t).to(x)
         sigma = self.schedule.sigma(t).to(x)
         a = ab.sqrt()
@@ -104,7 +104,7 @@ class GaussianMixtureProblem:
 
     def eps(self, x: torch.Tensor, t) -> torch.Tensor:
         """The exact noise prediction -sigma(t) grad log p_t(x), shape (batch, d)."""
-        sigma = self.schedule.sigma(_as_time(t)).to(x)
+        sigma = self.schedule.sigma(as_time(t)).to(x)
         s = self.score(x, t)
         return -(sigma.view(-1, 1) if sigma.ndim == 1 else sigma) * s
 
