@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "multilevel_em" / "images" / "pretrained" / "digits"
 
 

@@ -12,7 +12,7 @@ from multilevel_em.diffusion import DiffusersUNetAdapter  # noqa: E402
 from multilevel_em.images import MultilevelPipeline  # noqa: E402
 from multilevel_em.images.ladder import build_unet  # noqa: E402
 
-PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits")
+PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 
 
 @pytest.fixture(autouse=True)

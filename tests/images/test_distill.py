@@ -20,7 +20,7 @@ from multilevel_em.images.distill import (  # noqa: E402
 )
 from multilevel_em.images.ladder import load_tensors  # noqa: E402
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits")
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 
 
 @pytest.fixture(scope="module")
