@@ -27,7 +27,7 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 
-from conftest import load_benchmark  # noqa: E402
+from conftest import tiny_dit as _dit, tiny_unet_cond as _unet_cond  # noqa: E402
 from multilevel_em.diffusion import MultilevelModel, scheduler_spans  # noqa: E402
 
 SCHEDULERS = {
@@ -40,11 +40,6 @@ SCHEDULERS = {
     "unipc": lambda: UniPCMultistepScheduler(),
     "heun": lambda: HeunDiscreteScheduler(),
 }
-
-
-# The tiny ladders of benchmarks/cfg_pairing.py (one definition for the benchmark and the tests).
-_TINY = load_benchmark("cfg_pairing")
-_dit, _unet_cond = _TINY.dit, _TINY.unet
 
 
 def _vae() -> AutoencoderKL:
@@ -370,18 +365,6 @@ def test_nan_from_a_level_is_an_error_naming_it(unet_ladder):
     with pytest.raises(FloatingPointError, match=r"level 3 \(big\)"):
         with torch.no_grad():
             mm(torch.randn(2, 4, 8, 8), 500, encoder_hidden_states=_embeds(2, 0))
-
-
-def test_cfg_pairing_benchmark_quick(tmp_path, capsys):
-    out = tmp_path / "cfg.json"
-    result = _TINY.main(["--quick", "--out", str(out)])
-    assert out.exists() and result["draws"] == 64
-    by_w = {r["guidance_scale"]: r for r in result["results"]}
-    # with guidance 7.5 independent draws add (1 - w)^2 + w^2 ~ 98x the variance of a shared draw of
-    # similar differences: pairing must win clearly even at 64 draws
-    assert by_w[7.5]["ratio_independent_over_paired"] > 3
-    costs = result["flops_per_row"]["unet2d_condition_widths_4_8_16"]
-    assert costs == sorted(costs) and costs[0] > 0
 
 
 def _unet_sdxl(width: int, seed: int) -> UNet2DConditionModel:

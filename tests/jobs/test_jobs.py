@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
 from click.testing import CliRunner  # noqa: E402
-from conftest import three_level_ladder  # noqa: E402
+from conftest import three_level_ladder, train_tiny_ladder  # noqa: E402
 
 from multilevel_em.cli.main import main  # noqa: E402
 from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample  # noqa: E402
@@ -27,7 +27,7 @@ from multilevel_em.engine import (  # noqa: E402
     sample_generators,
     telescoping_estimate,
 )
-from multilevel_em.images import MultilevelPipeline, load_digits, train_ladder  # noqa: E402
+from multilevel_em.images import MultilevelPipeline  # noqa: E402
 from multilevel_em.jobs import (  # noqa: E402
     JobError,
     SamplingJob,
@@ -41,13 +41,7 @@ from multilevel_em.jobs import runner as job_runner  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 3-level ladder trained for 3 iterations, calibrated (a folder)."""
-    torch.set_num_threads(1)
-    out = str(tmp_path_factory.mktemp("tiny") / "ladder")
-    ladder = train_ladder(load_digits(16), out, widths=[4, 8, 12], iters=3, batch=4, save_every=3, loss_plot=False)
-    pipe = MultilevelPipeline(ladder)
-    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
-    pipe.save_calibration(out)
-    return out
+    return train_tiny_ladder(str(tmp_path_factory.mktemp("tiny") / "ladder"), widths=(4, 8, 12), iters=3, save_every=3)
 
 
 def _job(ladder, out, **kw):
