@@ -128,6 +128,7 @@ def test_em_pathwise_errors_share_the_brownian_path():
     assert lo <= e20 <= hi
 
 
+@pytest.mark.slow
 def test_quick_bench_through_the_cli_writes_json_and_png(tmp_path):
     out, plot = tmp_path / "r" / "images.json", tmp_path / "r" / "images.png"
     r = CliRunner().invoke(main, ["bench", "images", "--quick", "--out", str(out), "--plot", str(plot)])

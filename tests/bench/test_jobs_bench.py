@@ -13,6 +13,7 @@ pytest.importorskip("diffusers")
 
 
 
+@pytest.mark.slow
 def test_jobs_throughput_quick(tmp_path):
     module = load_benchmark("jobs_throughput")
     out = tmp_path / "jobs.json"

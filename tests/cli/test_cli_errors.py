@@ -205,6 +205,7 @@ def test_train_classifier_needs_an_explicit_out():
     assert r.exit_code != 0 and "--out" in r.output
 
 
+@pytest.mark.slow
 def test_calibrate_a_trained_image_ladder_from_the_cli(tiny, tmp_path):
     """Item 18: mlem calibrate --ladder DIR measures an image ladder and writes its calibration."""
     out = tmp_path / "cal.json"
@@ -219,6 +220,7 @@ def test_calibrate_a_trained_image_ladder_from_the_cli(tiny, tmp_path):
     assert not (tmp_path / "c2.json").exists()
 
 
+@pytest.mark.slow
 def test_calibrate_an_image_ladder_with_traced_wall_costs_and_sample_traced(tiny, tmp_path):
     """Issue 13: `mlem calibrate --ladder DIR --timing wall --trace` times the traced UNets (seconds per sample),
     and `mlem sample --trace` runs them; --trace is refused without --ladder."""

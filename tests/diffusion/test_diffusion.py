@@ -160,6 +160,7 @@ def test_sde_samplers_reproduce_gaussian_data(sampler, opts):
     assert out.cost == 250 and out.evaluations == (250 * 4000,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler,steps", [("em", 300), ("dpmpp_2m", 50)])
 def test_samplers_on_a_mixture_match_exact_samples(sampler, steps):
     M = gaussian_mixture(2, 4, seed=8)  # 4 modes on the unit circle, std 0.1-0.2
@@ -285,6 +286,7 @@ def test_multilevel_unet_ladder_is_unbiased_for_the_top_model():
     assert den.evaluations == (0, 0, 0) and den.cost == 0
 
 
+@pytest.mark.slow
 def test_shared_draws_are_unbiased_too():
     P = gaussian(2, seed=11)
     ladder = perturbed_ladder(P.eps, 2, levels=3, seed=11, amplitude=4.0)

@@ -146,6 +146,7 @@ def test_output_folder_holding_something_else_is_refused(tmp_path):
     assert os.listdir(other) == ["thesis.tex"]
 
 
+@pytest.mark.slow
 def test_distill_benchmark_quick(tmp_path):
     from conftest import load_benchmark
 

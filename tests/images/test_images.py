@@ -73,6 +73,7 @@ def test_folder_dataset_skips_and_reports_bad_files(tmp_path):
     assert load_image_folder(str(tmp_path), size=8, channels=1).x.shape == (4, 1, 8, 8)
 
 
+@pytest.mark.slow
 def test_training_resumes_to_the_same_weights(tmp_path, digits):
     kw = dict(widths=[4, 8], iters=4, batch=4, save_every=2, loss_plot=False)
     straight = train_ladder(digits, str(tmp_path / "a"), **kw)

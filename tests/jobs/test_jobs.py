@@ -175,6 +175,7 @@ def test_job_writes_shards_manifest_and_report(tiny, tmp_path, reference):
     assert again["computed_this_run"] == 0
 
 
+@pytest.mark.slow
 def test_two_ray_workers_match_one_process(tiny, tmp_path, reference):
     pytest.importorskip("ray")
     out = tmp_path / "job"
@@ -183,6 +184,7 @@ def test_two_ray_workers_match_one_process(tiny, tmp_path, reference):
     _same_samples(out, reference)
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_is_retried(tiny, tmp_path, reference, monkeypatch):
     """Two shards' worker processes exit abruptly on their first attempt; Ray restarts them and
     the job's samples are unchanged."""
@@ -197,6 +199,7 @@ def test_a_killed_ray_worker_is_retried(tiny, tmp_path, reference, monkeypatch):
     _same_samples(out, reference)
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_to_exactly_the_requested_samples(tiny, tmp_path, reference):
     """The process dies abruptly (os._exit, as under SIGKILL) when it reaches shard 2; the rerun
     of the same command finishes shards 2 and 3 only, and the samples equal an uninterrupted run's."""
@@ -292,7 +295,7 @@ def test_cli_job_folder_and_bad_inputs(tiny, tmp_path, reference):
     assert r.exit_code != 0 and "--ray" in r.output and not (tmp_path / "g.png").exists()
 
 
-@pytest.mark.parametrize("executor", [{}, {"ray": "local", "workers": 1}])
+@pytest.mark.parametrize("executor", [{}, pytest.param({"ray": "local", "workers": 1}, marks=pytest.mark.slow)])
 def test_a_job_failing_before_its_first_shard_leaves_nothing(tiny, tmp_path, executor):
     """Rates without steps is refused by the pipeline inside the worker; the folder this run
     created is removed again, so the corrected command can start afresh."""
