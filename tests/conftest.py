@@ -9,7 +9,7 @@ Helpers are imported (``from conftest import F64, rms``); fixtures are requested
 - ``tiny_ladder`` (session): the folder of a tiny calibrated image ladder, trained once per run;
   ``nan_ladder`` (session): a copy whose top level has NaN weights. Tests must not write into
   either folder (copy it first): the fixture checks at the end of the run that nothing changed.
-- ``tiny_unet``, ``tiny_unet_cond``, ``tiny_dit``: tiny diffusers models built from configs with
+- ``tiny_unet``, ``tiny_unet2d_condition``, ``tiny_dit``: tiny diffusers models built from configs with
   random weights (no downloads).
 
 The test folders have no ``__init__.py``: test file names must be unique across folders.
@@ -124,7 +124,7 @@ def tiny_unet(width: int, seed: int, channels: int = 1, size: int = 8):
     ).eval()
 
 
-def tiny_unet_cond(width: int, seed: int):
+def tiny_unet2d_condition(width: int, seed: int):
     """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 8x8 latents of 4 channels, 16-dim prompt
     tokens), random weights."""
     from diffusers import UNet2DConditionModel
@@ -201,4 +201,4 @@ def nan_ladder(tiny_ladder, tmp_path_factory):
 
 
 __all__ = ["F64", "load_benchmark", "fit_slope", "rms", "assert_moments", "Counting", "wiggle_levels",
-           "three_level_ladder", "tiny_unet", "tiny_unet_cond", "tiny_dit", "train_tiny_ladder"]
+           "three_level_ladder", "tiny_unet", "tiny_unet2d_condition", "tiny_dit", "train_tiny_ladder"]

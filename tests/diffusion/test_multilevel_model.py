@@ -27,7 +27,8 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 
-from conftest import tiny_dit as _dit, tiny_unet_cond as _unet_cond  # noqa: E402
+from conftest import tiny_dit as _dit  # noqa: E402
+from conftest import tiny_unet2d_condition as _unet_cond  # noqa: E402
 from multilevel_em.diffusion import MultilevelModel, scheduler_spans  # noqa: E402
 
 SCHEDULERS = {

@@ -1,6 +1,6 @@
 """Distillation of conditional teachers (UNet2DConditionModel): conditioning files, ladders sampled through MultilevelModel.
 
-Tiny models built from configs (no downloads): the teacher is conftest's tiny_unet_cond, a
+Tiny models built from configs (no downloads): the teacher is conftest's tiny
 UNet2DConditionModel (width 8, 8x8 latents of 4 channels, 16-dim prompt tokens) with random weights.
 """
 
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 from click.testing import CliRunner  # noqa: E402
 
-from conftest import tiny_unet_cond  # noqa: E402
+from conftest import tiny_unet2d_condition  # noqa: E402
 from multilevel_em.cli.main import main  # noqa: E402
 from multilevel_em.images import MultilevelPipeline, load_ladder  # noqa: E402
 from multilevel_em.images.conditioning import Conditioning, load_conditioning, sample_ladder  # noqa: E402
@@ -26,7 +26,7 @@ N_ROWS, SEQ, DIM = 5, 3, 16
 
 
 def _teacher_folder(path):
-    tiny_unet_cond(8, 0).save_pretrained(path)
+    tiny_unet2d_condition(8, 0).save_pretrained(path)
     return str(path)
 
 
