@@ -1,17 +1,35 @@
-"""Shared helpers for the engine tests.
+"""Shared helpers and fixtures of the test suite (tests/<layer>/ mirrors multilevel_em/<layer>/).
 
 Statistical tests use fixed seeds and a tolerance of 5 standard errors unless stated
 otherwise: for a correct engine a single such check fails with probability about 6e-7,
 and since the seeds are fixed, a passing test passes every time.
+
+Helpers are imported (``from conftest import F64, rms``); fixtures are requested by name:
+
+- ``tiny_ladder`` (session): the folder of a tiny calibrated image ladder, trained once per run;
+  ``nan_ladder`` (session): a copy whose top level has NaN weights. Tests must not write into
+  either folder (copy it first): the fixture checks at the end of the run that nothing changed.
+- ``tiny_unet``, ``tiny_unet2d_condition``, ``tiny_dit``: tiny diffusers models built from configs with
+  random weights (no downloads).
+
+The test folders have no ``__init__.py``: test file names must be unique across folders.
+Tests that run a whole benchmark, demo or training end to end are marked ``slow``;
+``pytest -m "not slow"`` is the fast path.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
 
-import numpy as np
+import pytest
 import torch
 
+from multilevel_em._fit import loglog_slope
 from multilevel_em.engine import Ladder
 
 F64 = torch.float64
@@ -22,10 +40,9 @@ torch.set_num_threads(1)
 
 
 def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of log(ys) against log(xs)."""
-    lx, ly = np.log(np.asarray(xs, dtype=float)), np.log(np.asarray(ys, dtype=float))
-    slope, _ = np.polyfit(lx, ly, 1)
-    return float(slope)
+    """Least-squares slope of log(ys) against log(xs): the library's log-log fit
+    (:func:`multilevel_em._fit.loglog_slope` fits log(cost) against log(1/error)) with its sign turned."""
+    return -loglog_slope(ys, xs)[0]
 
 
 def rms(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -66,9 +83,39 @@ def three_level_ladder(costs=(1.0, 4.0, 16.0)) -> Ladder:
     return Ladder([f1, f2, f3], list(costs))
 
 
+def assert_moments(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, *, n_se: float = 5.0, bias: float = 0.0):
+    """Sample mean and covariance within n_se standard errors (Gaussian formulas) plus an allowed bias."""
+    n = x.shape[0]
+    se_mean = (torch.diagonal(cov) / n).sqrt()
+    assert ((x.mean(0) - mean).abs() <= n_se * se_mean + bias).all(), (x.mean(0), mean)
+    d = torch.diagonal(cov)
+    se_cov = ((d[:, None] * d[None, :] + cov**2) / n).sqrt()
+    assert ((torch.cov(x.T) - cov).abs() <= n_se * se_cov + bias).all(), (torch.cov(x.T), cov)
+
+
+# ----------------------------------------------------------------------------- tiny diffusers models
+
+
+def tiny_unet(width: int, seed: int, channels: int = 1, size: int = 8):
+    """A tiny ``UNet2DModel`` (channels (width, 2 width), two down and up blocks), random weights."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(width, 2 * width),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+
+
 def tiny_unet2d_condition(width: int, seed: int):
-    """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 16-dim prompt tokens), random weights
-    (built from a config, as diffusers' own pipeline tests do: no downloads)."""
+    """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 8x8 latents of 4 channels, 16-dim prompt
+    tokens), random weights."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -91,4 +138,56 @@ def tiny_dit(layers: int, heads: int, seed: int, out_channels: int = 8):
     ).eval()
 
 
-__all__ = ["F64", "tiny_dit", "tiny_unet2d_condition", "fit_slope", "rms", "Counting", "wiggle_levels", "three_level_ladder"]
+# ----------------------------------------------------------------------------- tiny image ladders
+
+
+def train_tiny_ladder(out: str, widths: Sequence[int] = (4, 8), iters: int = 4, save_every: int = 2) -> str:
+    """Train a UNet ladder on 16x16 digits (batch 4) in ``out`` and calibrate it (8 paths of 18 steps, seed 0)."""
+    from multilevel_em.images import MultilevelPipeline, load_digits, train_ladder
+
+    ladder = train_ladder(load_digits(16), out, widths=list(widths), iters=iters, batch=4, save_every=save_every,
+                          loss_plot=False)
+    pipe = MultilevelPipeline(ladder)
+    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
+    pipe.save_calibration(out)
+    return out
+
+
+def _folder_digest(folder: str) -> Dict[str, str]:
+    return {os.path.relpath(os.path.join(root, f), folder): hashlib.sha256(open(os.path.join(root, f), "rb").read())
+            .hexdigest() for root, _, files in os.walk(folder) for f in files}
+
+
+def _unchanged(folder: str):
+    """Yield ``folder``, then fail if a test changed it (a shared fixture: tests must copy it to write)."""
+    before = _folder_digest(folder)
+    yield folder
+    if _folder_digest(folder) != before:
+        pytest.fail(f"a test wrote into the shared ladder folder {folder}: copy it first (shutil.copytree)")
+
+
+@pytest.fixture(scope="session")
+def tiny_ladder(tmp_path_factory):
+    """The folder of a calibrated 2-level image ladder (widths 4, 8) trained for 4 iterations. Read-only."""
+    pytest.importorskip("diffusers")
+    yield from _unchanged(train_tiny_ladder(str(tmp_path_factory.mktemp("tiny") / "ladder")))
+
+
+@pytest.fixture(scope="session")
+def nan_ladder(tiny_ladder, tmp_path_factory):
+    """A copy of ``tiny_ladder`` whose top UNet (level 2, width 8) has NaN weights. Read-only."""
+    from safetensors.torch import load_file, save_file
+
+    from multilevel_em.images.ladder import WEIGHTS
+
+    out = str(tmp_path_factory.mktemp("nan") / "ladder")
+    shutil.copytree(tiny_ladder, out)
+    path = os.path.join(out, "level_2", WEIGHTS)
+    state = load_file(path)
+    save_file({k: torch.full_like(v, float("nan")) if v.dtype.is_floating_point else v for k, v in state.items()},
+              path, metadata={"format": "pt"})
+    yield from _unchanged(out)
+
+
+__all__ = ["F64", "fit_slope", "rms", "assert_moments", "Counting", "wiggle_levels",
+           "three_level_ladder", "tiny_unet", "tiny_unet2d_condition", "tiny_dit", "train_tiny_ladder"]

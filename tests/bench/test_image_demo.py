@@ -15,6 +15,7 @@ from multilevel_em.cli.main import main
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_grids_plot_and_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["demo", "--quick", "--seed", "1"])  # --problem images is the default

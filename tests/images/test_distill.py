@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 from click.testing import CliRunner  # noqa: E402
 
+from conftest import tiny_unet  # noqa: E402
 from multilevel_em.cli.main import main  # noqa: E402
 from multilevel_em.images import MultilevelPipeline, load_digits  # noqa: E402
 from multilevel_em.images.distill import (  # noqa: E402
@@ -20,7 +21,7 @@ from multilevel_em.images.distill import (  # noqa: E402
 )
 from multilevel_em.images.ladder import load_tensors  # noqa: E402
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits")
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +37,7 @@ def digits():
 
 def _tiny_teacher_folder(path):
     """A plain diffusers UNet2DModel folder (no multilevel_em metadata), width 8, 8x8 RGB."""
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
-                norm_num_groups=4).save_pretrained(path)
+    tiny_unet(8, 0, channels=3).save_pretrained(path)
     return str(path)
 
 
@@ -150,6 +146,7 @@ def test_output_folder_holding_something_else_is_refused(tmp_path):
     assert os.listdir(other) == ["thesis.tex"]
 
 
+@pytest.mark.slow
 def test_distill_benchmark_quick(tmp_path):
     from multilevel_em.bench import distill as bench
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from multilevel_em.bench import wallclock
 
 
@@ -16,6 +18,7 @@ def _positive(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow
 def test_wallclock_quick_writes_json(tmp_path, capsys):
     out = tmp_path / "results" / "wallclock.json"
     res = wallclock.main(["--quick", "--out", str(out)])

@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
 from click.testing import CliRunner  # noqa: E402
-from conftest import three_level_ladder  # noqa: E402
+from conftest import three_level_ladder, train_tiny_ladder  # noqa: E402
 
 from multilevel_em.cli.main import main  # noqa: E402
 from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample  # noqa: E402
@@ -27,7 +27,7 @@ from multilevel_em.engine import (  # noqa: E402
     sample_generators,
     telescoping_estimate,
 )
-from multilevel_em.images import MultilevelPipeline, load_digits, train_ladder  # noqa: E402
+from multilevel_em.images import MultilevelPipeline  # noqa: E402
 from multilevel_em.jobs import (  # noqa: E402
     JobError,
     SamplingJob,
@@ -41,13 +41,7 @@ from multilevel_em.jobs import runner as job_runner  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 3-level ladder trained for 3 iterations, calibrated (a folder)."""
-    torch.set_num_threads(1)
-    out = str(tmp_path_factory.mktemp("tiny") / "ladder")
-    ladder = train_ladder(load_digits(16), out, widths=[4, 8, 12], iters=3, batch=4, save_every=3, loss_plot=False)
-    pipe = MultilevelPipeline(ladder)
-    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
-    pipe.save_calibration(out)
-    return out
+    return train_tiny_ladder(str(tmp_path_factory.mktemp("tiny") / "ladder"), widths=(4, 8, 12), iters=3, save_every=3)
 
 
 def _job(ladder, out, **kw):
@@ -181,6 +175,7 @@ def test_job_writes_shards_manifest_and_report(tiny, tmp_path, reference):
     assert again["computed_this_run"] == 0
 
 
+@pytest.mark.slow
 def test_two_ray_workers_match_one_process(tiny, tmp_path, reference):
     pytest.importorskip("ray")
     out = tmp_path / "job"
@@ -189,6 +184,7 @@ def test_two_ray_workers_match_one_process(tiny, tmp_path, reference):
     _same_samples(out, reference)
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_is_retried(tiny, tmp_path, reference, monkeypatch):
     """Two shards' worker processes exit abruptly on their first attempt; Ray restarts them and
     the job's samples are unchanged."""
@@ -203,6 +199,7 @@ def test_a_killed_ray_worker_is_retried(tiny, tmp_path, reference, monkeypatch):
     _same_samples(out, reference)
 
 
+@pytest.mark.slow
 def test_a_killed_job_resumes_to_exactly_the_requested_samples(tiny, tmp_path, reference):
     """The process dies abruptly (os._exit, as under SIGKILL) when it reaches shard 2; the rerun
     of the same command finishes shards 2 and 3 only, and the samples equal an uninterrupted run's."""
@@ -298,7 +295,7 @@ def test_cli_job_folder_and_bad_inputs(tiny, tmp_path, reference):
     assert r.exit_code != 0 and "--ray" in r.output and not (tmp_path / "g.png").exists()
 
 
-@pytest.mark.parametrize("executor", [{}, {"ray": "local", "workers": 1}])
+@pytest.mark.parametrize("executor", [{}, pytest.param({"ray": "local", "workers": 1}, marks=pytest.mark.slow)])
 def test_a_job_failing_before_its_first_shard_leaves_nothing(tiny, tmp_path, executor):
     """Rates without steps is refused by the pipeline inside the worker; the folder this run
     created is removed again, so the corrected command can start afresh."""

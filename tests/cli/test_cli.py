@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from click.testing import CliRunner
 
 import multilevel_em
@@ -55,6 +57,7 @@ def test_demo_quick_json():
     assert em == sorted(em, reverse=True), f"EM error should fall with more steps: {em}"
 
 
+@pytest.mark.slow
 def test_bench_htmc_quick(tmp_path):
     out, png = tmp_path / "htmc.json", tmp_path / "htmc.png"
     r = CliRunner().invoke(main, ["bench", "htmc", "--quick", "--gammas", "4", "--paths", "64",

@@ -21,7 +21,7 @@ from multilevel_em.images.distill import SAMPLES_FILE, Distillation, load_teache
 from multilevel_em.images.ladder import UNetLadder, load_tensors  # noqa: E402
 from multilevel_em.images.train import _seed  # noqa: E402
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits")
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 N_ROWS, SEQ, DIM = 5, 3, 16
 
 

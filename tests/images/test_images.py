@@ -25,7 +25,7 @@ from multilevel_em.images import (  # noqa: E402
 )
 from multilevel_em.images.metrics import image_metrics, kid_unbiased, load_digit_classifier  # noqa: E402
 
-PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits")
+PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 
 
 @pytest.fixture(autouse=True)
@@ -42,15 +42,9 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, digits):
-    """A 2-level ladder trained for 4 iterations (batch 4), calibrated: (folder, pipeline)."""
-    torch.set_num_threads(1)
-    out = str(tmp_path_factory.mktemp("tiny") / "ladder")
-    ladder = train_ladder(digits, out, widths=[4, 8], iters=4, batch=4, save_every=2, loss_plot=False)
-    pipe = MultilevelPipeline(ladder)
-    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
-    pipe.save_calibration(out)
-    return out, pipe
+def tiny(tiny_ladder):
+    """The shared 2-level ladder trained for 4 iterations (batch 4), calibrated (conftest): (folder, pipeline)."""
+    return tiny_ladder, MultilevelPipeline.from_pretrained(tiny_ladder)
 
 
 def _weights(ladder):
@@ -79,6 +73,7 @@ def test_folder_dataset_skips_and_reports_bad_files(tmp_path):
     assert load_image_folder(str(tmp_path), size=8, channels=1).x.shape == (4, 1, 8, 8)
 
 
+@pytest.mark.slow
 def test_training_resumes_to_the_same_weights(tmp_path, digits):
     kw = dict(widths=[4, 8], iters=4, batch=4, save_every=2, loss_plot=False)
     straight = train_ladder(digits, str(tmp_path / "a"), **kw)

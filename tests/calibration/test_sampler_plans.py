@@ -3,6 +3,7 @@ calibrate_samplers and the CLI's --samplers / --sampler)."""
 
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,10 +14,8 @@ from multilevel_em import Calibration
 from multilevel_em.calibration.samplers import SamplerFit, combine_gains
 from multilevel_em.cli.main import main
 from multilevel_em.images import MultilevelPipeline
-from multilevel_em.images.data import load_digits
-from multilevel_em.images.train import train_ladder
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images", "pretrained", "digits",
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits",
                        "calibration.json")
 
 
@@ -166,17 +165,13 @@ def test_the_shipped_calibration_has_measured_samplers():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A calibrated 2-level ladder (widths 4, 8) trained for 4 iterations, with two measured samplers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def tiny(tiny_ladder, tmp_path_factory):
+    """A copy of the shared calibrated 2-level ladder (widths 4, 8; conftest), with two measured samplers."""
     out = str(tmp_path_factory.mktemp("tiny") / "ladder")
-    ladder = train_ladder(load_digits(16), out, widths=[4, 8], iters=4, batch=4, save_every=2, loss_plot=False)
-    pipe = MultilevelPipeline(ladder)
-    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
+    shutil.copytree(tiny_ladder, out)
+    pipe = MultilevelPipeline.from_pretrained(out)
     fits = pipe.calibrate_samplers(["em", "dpmpp_2m"], n=4, steps=(2, 4, 8), ref_steps=20, gain_steps=(4, 8))
     pipe.save_calibration(out)
-    torch.set_num_threads(n)
     return out, pipe, fits
 
 

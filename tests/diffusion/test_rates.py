@@ -140,6 +140,7 @@ def test_learned_probabilities_keep_the_budget_and_stop_on_nan():
         learn_probabilities(models, costs, SCHED, draw, sampler="euler_ode", steps=8, budget=3.0, init=init, lr=0)
 
 
+@pytest.mark.slow
 def test_bench_rates_quick_through_the_cli(tmp_path):
     out, png = tmp_path / "rates.json", tmp_path / "rates.png"
     res = CliRunner().invoke(main, ["bench", "rates", "--quick", "--out", str(out), "--plot", str(png)])

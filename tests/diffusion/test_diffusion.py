@@ -1,4 +1,4 @@
-"""Tests of multilevel_em.diffusion and the exact-eps problems (multilevel_em.problems.gaussian).
+"""Tests of multilevel_em.diffusion (the exact-eps problems: tests/problems/test_gaussian.py).
 
 Fixed seeds throughout; each statistical check states its tolerance (a number of standard
 errors, or a bound with the reason for it).  Tiny diffusers UNets are built from configs:
@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from conftest import F64, rms
+from conftest import F64, assert_moments, rms, tiny_unet
 from multilevel_em import BrownianPath, Ladder
 from multilevel_em.diffusion import (
     SAMPLERS,
@@ -40,30 +40,6 @@ SAMPLER_IDS = ["em", "ddpm", "ddim", "ddim-eta0.5", "euler_ode", "dpmpp_2m"]
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def tiny_unet(width: int, seed: int, channels: int = 1, size: int = 8):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=(width, 2 * width),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
-
-
-def assert_moments(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, *, n_se: float = 5.0, bias: float = 0.0):
-    """Sample mean and covariance within n_se standard errors (Gaussian formulas) plus an allowed bias."""
-    n = x.shape[0]
-    se_mean = (torch.diagonal(cov) / n).sqrt()
-    assert ((x.mean(0) - mean).abs() <= n_se * se_mean + bias).all(), (x.mean(0), mean)
-    d = torch.diagonal(cov)
-    se_cov = ((d[:, None] * d[None, :] + cov**2) / n).sqrt()
-    assert ((torch.cov(x.T) - cov).abs() <= n_se * se_cov + bias).all(), (torch.cov(x.T), cov)
 
 
 # ----------------------------------------------------------------------------- the schedule
@@ -153,54 +129,6 @@ def test_probability_flow_drift_moves_along_the_exact_flow():
             torch.testing.assert_close(fd, schedule.probability_flow_drift(xt, t, P.eps), rtol=1e-5, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- exact-eps problems
-
-
-@pytest.mark.parametrize("dim,components", [(3, 1), (2, 5), (64, 4)])
-def test_exact_eps_is_minus_sigma_grad_log_density(dim, components):
-    P = gaussian(dim, seed=2) if components == 1 else gaussian_mixture(dim, components, seed=2)
-    x = torch.randn(6, dim, generator=gen(2), dtype=F64)
-    for t in (1e-3, 0.3, 1.0, torch.linspace(0.1, 0.9, 6, dtype=F64)):
-        xx = x.clone().requires_grad_()
-        (grad,) = torch.autograd.grad(P.log_prob(xx, t).sum(), xx)
-        sigma = P.schedule.sigma(t)
-        sigma = sigma[:, None] if sigma.ndim else sigma
-        torch.testing.assert_close(P.eps(x, t), -sigma * grad, rtol=1e-9, atol=1e-11)
-
-
-def test_exact_samplers_of_the_data():
-    P = gaussian(4, seed=3)
-    assert_moments(P.sample(20000, generator=gen(3)), P.mean, P.cov)
-    M = gaussian_mixture(3, 3, seed=3)
-    x = M.sample(20000, generator=gen(4))
-    mean = (M.weights[:, None] * M.means).sum(0)
-    second = (M.weights[:, None, None] * (M.covs + M.means[:, :, None] * M.means[:, None, :])).sum(0)
-    assert_moments(x, mean, second - mean[:, None] * mean[None, :], bias=0.01)  # bias: a mixture is not Gaussian
-
-
-def test_gaussian_ode_flow_is_exact():
-    P = gaussian(3, seed=4)
-    x = torch.randn(5, 3, generator=gen(5), dtype=F64)
-    torch.testing.assert_close(P.ode_flow(P.ode_flow(x, 1.0, 0.4), 0.4, 0.0), P.ode_flow(x, 1.0, 0.0))
-    # It carries the marginal at t = 1 to the marginal at t (a linear map A with A S_1 A^T = S_t).
-    m1, S1 = P.marginal(1.0)
-    A = P.ode_flow(torch.eye(3, dtype=F64) + m1, 1.0, 0.3) - P.ode_flow(m1[None], 1.0, 0.3)
-    m3, S3 = P.marginal(0.3)
-    torch.testing.assert_close(A.T @ S1 @ A, S3)
-    torch.testing.assert_close(P.ode_flow(m1[None], 1.0, 0.3)[0], m3)
-
-
-def test_perturbed_ladder_has_errors_two_to_the_minus_l():
-    P = gaussian(8, seed=5)
-    ladder = perturbed_ladder(P.eps, 8, levels=4, seed=5)
-    assert isinstance(ladder, Ladder) and ladder.costs == (4.0, 16.0, 64.0, 256.0)
-    assert perturbed_ladder(P.eps, 8, levels=2, costs=[1, 3]).costs == (1.0, 3.0)
-    x = torch.randn(4000, 8, generator=gen(6), dtype=F64)
-    for l, f in enumerate(ladder, start=1):
-        err = float((f(x, 0.5) - P.eps(x, 0.5)).pow(2).mean().sqrt())
-        assert abs(err / 2.0**-l - 1) < 0.15, (l, err)  # RMS 1 per coordinate up to the finite set of phases
-
-
 # ----------------------------------------------------------------------------- samplers against exact answers
 
 
@@ -232,6 +160,7 @@ def test_sde_samplers_reproduce_gaussian_data(sampler, opts):
     assert out.top_equivalents == 250 and out.evaluations == (250 * 4000,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler,steps", [("em", 300), ("dpmpp_2m", 50)])
 def test_samplers_on_a_mixture_match_exact_samples(sampler, steps):
     M = gaussian_mixture(2, 4, seed=8)  # 4 modes on the unit circle, std 0.1-0.2
@@ -357,6 +286,7 @@ def test_multilevel_unet_ladder_is_unbiased_for_the_top_model():
     assert den.evaluations == (0, 0, 0) and den.total_cost == 0
 
 
+@pytest.mark.slow
 def test_shared_draws_are_unbiased_too():
     P = gaussian(2, seed=11)
     ladder = perturbed_ladder(P.eps, 2, levels=3, seed=11, amplitude=4.0)

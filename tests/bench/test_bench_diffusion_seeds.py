@@ -117,6 +117,7 @@ def test_cli_rejects_bad_seeds_without_a_traceback(bad, tmp_path):
     assert "Traceback" not in r.output and not (tmp_path / "d.json").exists()
 
 
+@pytest.mark.slow
 def test_retrain_trains_one_ladder_per_seed(tmp_path):
     import json
 

@@ -102,6 +102,7 @@ def test_schedule_in_config_is_read_with_the_one_format_and_checked_at_load(tiny
         load_mlp_ladder(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_ddim_eta_one_is_ddpm_and_shared_noise_converges():
     P = gaussian(3, seed=2)
     S = VPSchedule.linear()
@@ -126,6 +127,7 @@ def test_cli_train_mlp(tmp_path):
     assert load_mlp_ladder(str(out)).widths == [4, 8, 16]
 
 
+@pytest.mark.slow
 def test_bench_diffusion_quick(tmp_path):
     out, png = tmp_path / "d.json", tmp_path / "d.png"
     r = CliRunner().invoke(main, ["bench", "diffusion", "--quick", "--train-steps", "60", "--paths", "48",
@@ -188,6 +190,7 @@ def test_saturation_uses_the_real_step_size():
     assert not _saturated([lambda t: 100.0, lambda t: 1.0], 20, times, t_start=1.0, t_end=0.0)
 
 
+@pytest.mark.slow
 def test_bench_diffusion_with_a_loaded_two_level_ladder_has_no_gamma(tmp_path):
     from multilevel_em.bench.diffusion import run_bench
 

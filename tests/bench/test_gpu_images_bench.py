@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "multilevel_em" / "images" / "pretrained" / "digits"
 
 
@@ -63,6 +63,7 @@ def _check_result(data: dict, settings: list, budget_s: float) -> None:
             assert r["top_equivalents"] == pytest.approx(r["flops_per_sample"] / flops[-1])
 
 
+@pytest.mark.slow
 def test_quick_run_writes_json_and_plot(bench, tmp_path, capsys):
     out = tmp_path / "results" / "gpu_images.json"
     res = bench.main(["--quick", "--out", str(out)])
@@ -82,6 +83,7 @@ def test_quick_run_writes_json_and_plot(bench, tmp_path, capsys):
     assert "equal cost 10" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_folder_data_is_scored_by_sliced_wasserstein(bench, tmp_path):
     from PIL import Image
 

@@ -118,7 +118,7 @@ def test_em_pathwise_errors_share_the_brownian_path():
     from multilevel_em.bench.images import em_pathwise
     from multilevel_em.images.pipeline import MultilevelPipeline
 
-    pipe = MultilevelPipeline.from_pretrained(os.path.join(os.path.dirname(__file__), "..", "multilevel_em", "images",
+    pipe = MultilevelPipeline.from_pretrained(os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images",
                                                            "pretrained", "digits"))
     out = em_pathwise(pipe, [("em", {"steps": 5}), ("em", {"steps": 20})], 8, 40, seed=0, boot=50, boot_seed=1,
                       echo=lambda s: None)
@@ -128,6 +128,7 @@ def test_em_pathwise_errors_share_the_brownian_path():
     assert lo <= e20 <= hi
 
 
+@pytest.mark.slow
 def test_quick_bench_through_the_cli_writes_json_and_png(tmp_path):
     out, plot = tmp_path / "r" / "images.json", tmp_path / "r" / "images.png"
     r = CliRunner().invoke(main, ["bench", "images", "--quick", "--out", str(out), "--plot", str(plot)])
