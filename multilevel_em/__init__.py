@@ -21,8 +21,14 @@ __version__ = "0.1.0"
 __all__ = ["BrownianPath", "Calibration", "Ladder", "Solution", "calibrate", "solve", "__version__"]
 
 # Imported on first use (PEP 562), so that `mlem --help` and `import multilevel_em` do not load torch.
-_LAZY = {"BrownianPath": ".engine", "Ladder": ".engine", "Solution": ".engine", "solve": ".engine",
-         "Calibration": ".calibration", "calibrate": ".calibration"}
+_LAZY = {
+    "BrownianPath": ".engine",
+    "Ladder": ".engine",
+    "Solution": ".engine",
+    "solve": ".engine",
+    "Calibration": ".calibration",
+    "calibrate": ".calibration",
+}
 
 
 def __getattr__(name: str):

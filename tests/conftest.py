@@ -20,10 +20,8 @@ Tests that run a whole benchmark, demo or training end to end are marked ``slow`
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import pytest
@@ -120,9 +118,16 @@ def tiny_unet2d_condition(width: int, seed: int):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(width, 2 * width),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=2,
+        attention_head_dim=2,
     ).eval()
 
 
@@ -132,9 +137,18 @@ def tiny_dit(layers: int, heads: int, seed: int, out_channels: int = 8):
 
     torch.manual_seed(seed)
     return DiTTransformer2DModel(
-        sample_size=8, num_layers=layers, patch_size=2, attention_head_dim=8, num_attention_heads=heads,
-        in_channels=4, out_channels=out_channels, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
+        sample_size=8,
+        num_layers=layers,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=heads,
+        in_channels=4,
+        out_channels=out_channels,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
     ).eval()
 
 
@@ -145,8 +159,9 @@ def train_tiny_ladder(out: str, widths: Sequence[int] = (4, 8), iters: int = 4, 
     """Train a UNet ladder on 16x16 digits (batch 4) in ``out`` and calibrate it (8 paths of 18 steps, seed 0)."""
     from multilevel_em.images import MultilevelPipeline, load_digits, train_ladder
 
-    ladder = train_ladder(load_digits(16), out, widths=list(widths), iters=iters, batch=4, save_every=save_every,
-                          loss_plot=False)
+    ladder = train_ladder(
+        load_digits(16), out, widths=list(widths), iters=iters, batch=4, save_every=save_every, loss_plot=False
+    )
     pipe = MultilevelPipeline(ladder)
     pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
     pipe.save_calibration(out)
@@ -154,8 +169,13 @@ def train_tiny_ladder(out: str, widths: Sequence[int] = (4, 8), iters: int = 4, 
 
 
 def _folder_digest(folder: str) -> Dict[str, str]:
-    return {os.path.relpath(os.path.join(root, f), folder): hashlib.sha256(open(os.path.join(root, f), "rb").read())
-            .hexdigest() for root, _, files in os.walk(folder) for f in files}
+    return {
+        os.path.relpath(os.path.join(root, f), folder): hashlib.sha256(
+            open(os.path.join(root, f), "rb").read()
+        ).hexdigest()
+        for root, _, files in os.walk(folder)
+        for f in files
+    }
 
 
 def _unchanged(folder: str):
@@ -184,10 +204,24 @@ def nan_ladder(tiny_ladder, tmp_path_factory):
     shutil.copytree(tiny_ladder, out)
     path = os.path.join(out, "level_2", WEIGHTS)
     state = load_file(path)
-    save_file({k: torch.full_like(v, float("nan")) if v.dtype.is_floating_point else v for k, v in state.items()},
-              path, metadata={"format": "pt"})
+    save_file(
+        {k: torch.full_like(v, float("nan")) if v.dtype.is_floating_point else v for k, v in state.items()},
+        path,
+        metadata={"format": "pt"},
+    )
     yield from _unchanged(out)
 
 
-__all__ = ["F64", "fit_slope", "rms", "assert_moments", "Counting", "wiggle_levels",
-           "three_level_ladder", "tiny_unet", "tiny_unet2d_condition", "tiny_dit", "train_tiny_ladder"]
+__all__ = [
+    "F64",
+    "fit_slope",
+    "rms",
+    "assert_moments",
+    "Counting",
+    "wiggle_levels",
+    "three_level_ladder",
+    "tiny_unet",
+    "tiny_unet2d_condition",
+    "tiny_dit",
+    "train_tiny_ladder",
+]

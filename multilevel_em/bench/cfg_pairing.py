@@ -33,9 +33,16 @@ def unet(width: int, seed: int):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(width, 2 * width),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=2,
+        attention_head_dim=2,
     ).eval()
 
 
@@ -45,9 +52,18 @@ def dit(layers: int, heads: int, seed: int, out_channels: int = 8):
 
     torch.manual_seed(seed)
     return DiTTransformer2DModel(
-        sample_size=8, num_layers=layers, patch_size=2, attention_head_dim=8, num_attention_heads=heads,
-        in_channels=4, out_channels=out_channels, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
+        sample_size=8,
+        num_layers=layers,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=heads,
+        in_channels=4,
+        out_channels=out_channels,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_zero",
+        norm_elementwise_affine=False,
     ).eval()
 
 
@@ -72,8 +88,9 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
     rows = []
     outs = {}
     for pairing in (True, False):
-        mm = MultilevelModel(ladder, probabilities=probs, pair_guidance=pairing,
-                             generator=torch.Generator().manual_seed(1))
+        mm = MultilevelModel(
+            ladder, probabilities=probs, pair_guidance=pairing, generator=torch.Generator().manual_seed(1)
+        )
         outs[pairing] = mm(xs, 500, encoder_hidden_states=emb).sample
         costs = mm.costs
     for w in (1.0, 3.0, 7.5):
@@ -81,8 +98,14 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
         for pairing, o in outs.items():
             guided = o[:reps] + w * (o[reps:] - o[:reps])
             var[pairing] = float(guided.double().var(0).sum())
-        rows.append({"guidance_scale": w, "variance_paired": var[True], "variance_independent": var[False],
-                     "ratio_independent_over_paired": var[False] / var[True]})
+        rows.append(
+            {
+                "guidance_scale": w,
+                "variance_paired": var[True],
+                "variance_independent": var[False],
+                "ratio_independent_over_paired": var[False] / var[True],
+            }
+        )
     dit_mm = MultilevelModel([dit(1, 1, 1), dit(1, 2, 2), dit(2, 2, 3)], probabilities=[1.0, 1.0])
     dit_mm(torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), class_labels=torch.tensor([1, 2]))
     result = {
@@ -91,10 +114,12 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
         "probabilities": probs,
         "timestep": 500,
         "note": "tiny random-weight models: the ratio depends on how alike the cond and uncond level differences "
-                "are; for trained models they are strongly correlated, which pairing exploits",
+        "are; for trained models they are strongly correlated, which pairing exploits",
         "results": rows,
-        "flops_per_row": {"unet2d_condition_widths_4_8_16": list(costs),
-                          "dit_layers_heads_1x1_1x2_2x2": list(dit_mm.costs)},
+        "flops_per_row": {
+            "unet2d_condition_widths_4_8_16": list(costs),
+            "dit_layers_heads_1x1_1x2_2x2": list(dit_mm.costs),
+        },
     }
     write_json(args.out, result, indent=1)
     json.dump(result, sys.stdout, indent=1)

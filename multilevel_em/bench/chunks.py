@@ -40,16 +40,20 @@ def chunk_summary(runs: List[Dict]) -> Dict:
     if not em:
         return {"lines": []}
     ref = max(em, key=lambda r: r["steps"])
-    lines = [f"reference: EM-top {ref['steps']} steps, KID {ref['kid']:.2f} +- {ref['kid_se']:.2f}, "
-             f"{ref['top_equivalents']:.0f} top-eq, {ref['wall_seconds_per_sample'] * 1e3:.1f} ms/sample"]
+    lines = [
+        f"reference: EM-top {ref['steps']} steps, KID {ref['kid']:.2f} +- {ref['kid_se']:.2f}, "
+        f"{ref['top_equivalents']:.0f} top-eq, {ref['wall_seconds_per_sample'] * 1e3:.1f} ms/sample"
+    ]
     out: Dict = {"reference": {"method": "em", "steps": ref["steps"], "kid": ref["kid"], "kid_se": ref["kid_se"]}}
     for r in runs:
         r["kid_diff"] = r["kid"] - ref["kid"]
-        r["kid_diff_se"] = sample_sd([a - b for a, b in zip(r["kid_chunks"], ref["kid_chunks"])]) / math.sqrt(
-            len(ref["kid_chunks"])) if r is not ref else 0.0
+        r["kid_diff_se"] = (
+            sample_sd([a - b for a, b in zip(r["kid_chunks"], ref["kid_chunks"])]) / math.sqrt(len(ref["kid_chunks"]))
+            if r is not ref
+            else 0.0
+        )
     for method in ("mlem", "em", "ddim", "dpmpp_2m"):
-        ok = [r for r in runs if r["method"] == method and r is not ref
-              and r["kid_diff"] <= 2 * r["kid_diff_se"]]
+        ok = [r for r in runs if r["method"] == method and r is not ref and r["kid_diff"] <= 2 * r["kid_diff_se"]]
         if not ok:
             lines.append(f"{method}: no run within 2 paired se of the reference KID")
             out[method] = None
@@ -59,10 +63,18 @@ def chunk_summary(runs: List[Dict]) -> Dict:
         w_ratio = ref["wall_seconds_per_sample"] / best["wall_seconds_per_sample"]
         knob = {k: best[k] for k in ("steps", "budget") if k in best}
         knob["steps_run"] = best["steps_run"]
-        out[method] = {**knob, "kid": best["kid"], "kid_diff": best["kid_diff"], "kid_diff_se": best["kid_diff_se"],
-                       "top_equivalents": best["top_equivalents"],
-                       "cost_ratio": c_ratio, "wall_ratio": w_ratio}
-        lines.append(f"{method}: cheapest run within 2 paired se ({knob}): KID {best['kid']:.2f}, "
-                     f"diff {best['kid_diff']:+.2f} +- {best['kid_diff_se']:.2f}, "
-                     f"{best['top_equivalents']:.1f} top-eq ({c_ratio:.2f}x cheaper), wall {w_ratio:.2f}x faster")
+        out[method] = {
+            **knob,
+            "kid": best["kid"],
+            "kid_diff": best["kid_diff"],
+            "kid_diff_se": best["kid_diff_se"],
+            "top_equivalents": best["top_equivalents"],
+            "cost_ratio": c_ratio,
+            "wall_ratio": w_ratio,
+        }
+        lines.append(
+            f"{method}: cheapest run within 2 paired se ({knob}): KID {best['kid']:.2f}, "
+            f"diff {best['kid_diff']:+.2f} +- {best['kid_diff_se']:.2f}, "
+            f"{best['top_equivalents']:.1f} top-eq ({c_ratio:.2f}x cheaper), wall {w_ratio:.2f}x faster"
+        )
     return {**out, "lines": lines}

@@ -5,7 +5,7 @@ Every name of the new module is reachable here, with a DeprecationWarning on imp
 import warnings
 
 from ..demo import htmc as _moved
-from ..demo.htmc import *  # noqa: F401,F403
+from ..demo.htmc import *  # noqa: F403
 
 warnings.warn("multilevel_em.bench.demo moved to multilevel_em.demo.htmc", DeprecationWarning, stacklevel=2)
 

@@ -61,22 +61,47 @@ SETTINGS = {
     # The full grid is the single-seed grid of the first version trimmed to fit 5 seeds in about 30 minutes
     # on one thread: ML-EM (EM) without 2000 steps and without R = 0.25 / 256 (blow-ups / past saturation
     # on every problem), and a finer step grid for the cheap ODE samplers (fairer step-function costs).
-    "full": dict(dim=8, n_gauss=512, n_mix=1000, train_steps=2000, ref_steps=8192, seeds=5,
-                 em_steps=(10, 20, 50, 100, 200, 500, 1000), ode_steps=(5, 8, 10, 15, 20, 30, 50, 100),
-                 mlem_steps=(100, 200, 500, 1000), mlem_ode_steps=(10, 15, 20, 30, 50, 100),
-                 top_fires=(0.5, 1, 2, 4, 8, 16, 32, 64, 128), stitch_fractions=(0.2, 0.4, 0.6)),
-    "quick": dict(dim=8, n_gauss=128, n_mix=400, train_steps=300, ref_steps=2048, seeds=2,
-                  em_steps=(10, 30, 100, 300), ode_steps=(5, 10, 20),
-                  mlem_steps=(100, 300), mlem_ode_steps=(10, 20),
-                  top_fires=(1, 4, 16, 64), stitch_fractions=(0.4,)),
+    "full": dict(
+        dim=8,
+        n_gauss=512,
+        n_mix=1000,
+        train_steps=2000,
+        ref_steps=8192,
+        seeds=5,
+        em_steps=(10, 20, 50, 100, 200, 500, 1000),
+        ode_steps=(5, 8, 10, 15, 20, 30, 50, 100),
+        mlem_steps=(100, 200, 500, 1000),
+        mlem_ode_steps=(10, 15, 20, 30, 50, 100),
+        top_fires=(0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+        stitch_fractions=(0.2, 0.4, 0.6),
+    ),
+    "quick": dict(
+        dim=8,
+        n_gauss=128,
+        n_mix=400,
+        train_steps=300,
+        ref_steps=2048,
+        seeds=2,
+        em_steps=(10, 30, 100, 300),
+        ode_steps=(5, 10, 20),
+        mlem_steps=(100, 300),
+        mlem_ode_steps=(10, 20),
+        top_fires=(1, 4, 16, 64),
+        stitch_fractions=(0.4,),
+    ),
 }
 WIDTHS = (32, 64, 128, 256)
 T_MIN = 1e-4  # where "em" stops (and the Brownian path starts)
 TARGET_FACTORS = (1.0, 1.1, 1.5, 3.0)  # stated errors: multiples of EM-top's best error
 SINGLE = ("em_top", "ddpm_top", "ddim_top", "dpmpp_top")
 LABELS = {
-    "em_top": "EM (top)", "ddpm_top": "DDPM (top)", "ddim_top": "DDIM (top)", "dpmpp_top": "DPM-Solver++ 2M (top)",
-    "tstitch_em": "T-Stitch (EM)", "tstitch_dpmpp": "T-Stitch (DPM++)", "mlem_em": "ML-EM (EM)",
+    "em_top": "EM (top)",
+    "ddpm_top": "DDPM (top)",
+    "ddim_top": "DDIM (top)",
+    "dpmpp_top": "DPM-Solver++ 2M (top)",
+    "tstitch_em": "T-Stitch (EM)",
+    "tstitch_dpmpp": "T-Stitch (DPM++)",
+    "mlem_em": "ML-EM (EM)",
     "mlem_dpmpp": "ML-EM (DPM++)",
 }
 
@@ -93,8 +118,9 @@ class InterpolatedRate:
         return self.scale * float(np.interp(math.log(max(float(t), 1e-12)), self.logt, self.values))
 
 
-def drift_deltas(models: Sequence, problem, *, n: int = 512, times: int = 48, t_min: float = T_MIN,
-                 seed: int = 0) -> Dict:
+def drift_deltas(
+    models: Sequence, problem, *, n: int = 512, times: int = 48, t_min: float = T_MIN, seed: int = 0
+) -> Dict:
     """delta_l(t) = RMS over x ~ p_t of |(beta/sigma)(eps^l - eps^{l-1})(x, t)|, l = 2..K, on a log grid of t."""
     g = torch.Generator().manual_seed(seed)
     x0 = problem.sample(n, generator=g)
@@ -133,8 +159,16 @@ def _saturated(rates, steps: int, times: Sequence[float], *, t_start: float = 1.
 # ----------------------------------------------------------------------------- one problem
 
 
-def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Callable[[str], None] = print,
-                gamma: Optional[Dict] = None, rates: Optional[Callable] = None) -> Dict:
+def run_problem(
+    kind: str,
+    mlp,
+    *,
+    settings: Dict,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+    gamma: Optional[Dict] = None,
+    rates: Optional[Callable] = None,
+) -> Dict:
     """Sweep every method on one problem with a trained :class:`~multilevel_em.diffusion.mlp.MLPLadder`.
 
     ``seed`` draws x_T (``n`` x ``dim``), the Brownian path, the DDPM noise, the ML-EM level draws, the
@@ -166,13 +200,15 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
     W = BrownianPath(x_T.shape, T_MIN, 1.0, seed=seed + 12, dtype=x_T.dtype, depth=depth)
 
     if kind == "gaussian":
-        ref_sde = sample(problem.eps, x_T, schedule=sched, steps=settings["ref_steps"], sampler="em", noise=W,
-                         t_min=T_MIN).x
+        ref_sde = sample(
+            problem.eps, x_T, schedule=sched, steps=settings["ref_steps"], sampler="em", noise=W, t_min=T_MIN
+        ).x
         ref_ode = problem.ode_flow(x_T, 1.0, 0.0)
         metric = "pathwise RMS error"
 
         def error(x, family):
             return rms_error(x, ref_ode if family == "ode" else ref_sde), {}
+
         floor = None
     else:
         exact = problem.sample(n, generator=torch.Generator().manual_seed(seed + 13))
@@ -182,13 +218,18 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
         def error(x, family):
             sw = sliced_wasserstein(x, exact, projections=256, generator=torch.Generator().manual_seed(seed + 14))
             return sw, {"mmd2": mmd2_unbiased(x, exact, bandwidth=bw)}
+
         others = [problem.sample(n, generator=torch.Generator().manual_seed(seed + 100 + j)) for j in range(5)]
         floor_errors = [error(o, None) for o in others]  # SW and MMD^2 of each, computed once
         sws = [sw for sw, _ in floor_errors]
         mmds = [extra["mmd2"] for _, extra in floor_errors]
-        floor = {"sw_mean": float(np.mean(sws)), "sw_std": float(np.std(sws, ddof=1)),
-                 "mmd2_mean": float(np.mean(mmds)), "mmd2_std": float(np.std(mmds, ddof=1)),
-                 "what": "SW / MMD^2 between independent exact sample sets of the same size"}
+        floor = {
+            "sw_mean": float(np.mean(sws)),
+            "sw_std": float(np.std(sws, ddof=1)),
+            "mmd2_mean": float(np.mean(mmds)),
+            "mmd2_std": float(np.std(mmds, ddof=1)),
+            "what": "SW / MMD^2 between independent exact sample sets of the same size",
+        }
     runs: List[Dict] = []
 
     def record(method, family, fn, **knobs):
@@ -196,19 +237,47 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
         out = fn()
         secs = time.perf_counter() - t0
         err, extra = error(out.x, family)
-        runs.append(dict(method=method, **knobs, cost=out.top_equivalents, seconds=secs, error=err, **extra,
-                         evaluations=list(out.evaluations)))
+        runs.append(
+            dict(
+                method=method,
+                **knobs,
+                cost=out.top_equivalents,
+                seconds=secs,
+                error=err,
+                **extra,
+                evaluations=list(out.evaluations),
+            )
+        )
 
     # Single-model samplers with the top model.
     for N in settings["em_steps"]:
-        record("em_top", "sde", lambda: sample(top, x_T, schedule=sched, steps=N, sampler="em", noise=W, t_min=T_MIN),
-               steps=N)
+        record(
+            "em_top",
+            "sde",
+            lambda: sample(top, x_T, schedule=sched, steps=N, sampler="em", noise=W, t_min=T_MIN),
+            steps=N,
+        )
         if kind == "gaussian":  # DDPM = DDIM with eta = 1, its noise from the shared path
-            record("ddpm_top", "sde", lambda: sample(top, x_T, schedule=sched, steps=N, sampler="ddim", eta=1.0,
-                                                     noise=W), steps=N)
+            record(
+                "ddpm_top",
+                "sde",
+                lambda: sample(top, x_T, schedule=sched, steps=N, sampler="ddim", eta=1.0, noise=W),
+                steps=N,
+            )
         else:
-            record("ddpm_top", "sde", lambda: sample(top, x_T, schedule=sched, steps=N, sampler="ddpm",
-                                                     generator=torch.Generator().manual_seed(seed + 15)), steps=N)
+            record(
+                "ddpm_top",
+                "sde",
+                lambda: sample(
+                    top,
+                    x_T,
+                    schedule=sched,
+                    steps=N,
+                    sampler="ddpm",
+                    generator=torch.Generator().manual_seed(seed + 15),
+                ),
+                steps=N,
+            )
     for N in settings["ode_steps"]:
         record("ddim_top", "ode", lambda: sample(top, x_T, schedule=sched, steps=N, sampler="ddim"), steps=N)
         record("dpmpp_top", "ode", lambda: sample(top, x_T, schedule=sched, steps=N, sampler="dpmpp_2m"), steps=N)
@@ -218,26 +287,44 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
     stitch = Ladder([models[0], top], [costs[0], costs[-1]])
     for f in settings["stitch_fractions"]:
         for N in settings["em_steps"]:
-            record("tstitch_em", "sde", lambda: sample(None, x_T, schedule=sched, steps=N, sampler="em", noise=W,
-                                                       t_min=T_MIN, stitch=(stitch, [f])), steps=N, fraction=f)
+            record(
+                "tstitch_em",
+                "sde",
+                lambda: sample(
+                    None, x_T, schedule=sched, steps=N, sampler="em", noise=W, t_min=T_MIN, stitch=(stitch, [f])
+                ),
+                steps=N,
+                fraction=f,
+            )
         for N in settings["ode_steps"]:
-            record("tstitch_dpmpp", "ode", lambda: sample(None, x_T, schedule=sched, steps=N, sampler="dpmpp_2m",
-                                                          stitch=(stitch, [f])), steps=N, fraction=f)
+            record(
+                "tstitch_dpmpp",
+                "ode",
+                lambda: sample(None, x_T, schedule=sched, steps=N, sampler="dpmpp_2m", stitch=(stitch, [f])),
+                steps=N,
+                fraction=f,
+            )
     progress(f"{kind}: T-Stitch done ({time.perf_counter() - t_start:.0f} s)")
 
     # ML-EM with calibrated time-dependent rates.
     deltas = drift_deltas(models, problem, seed=seed + 16)
     gm = torch.Generator().manual_seed(seed + 17)
-    for method, sampler, steps_list, span in (("mlem_em", "em", settings["mlem_steps"], (sched.t_max, T_MIN)),
-                                              ("mlem_dpmpp", "dpmpp_2m", settings["mlem_ode_steps"], (1.0, 0.0))):
+    for method, sampler, steps_list, span in (
+        ("mlem_em", "em", settings["mlem_steps"], (sched.t_max, T_MIN)),
+        ("mlem_dpmpp", "dpmpp_2m", settings["mlem_ode_steps"], (1.0, 0.0)),
+    ):
         for N in steps_list:
             for R in settings["top_fires"]:
                 lam = rates_fn(costs, deltas, R)
                 den = MultilevelDenoiser(ladder, rates=lam, generator=gm, schedule=sched)
                 opts = dict(noise=W, t_min=T_MIN) if sampler == "em" else {}
-                record(method, "sde" if sampler == "em" else "ode",
-                       lambda: sample(den, x_T, schedule=sched, steps=N, sampler=sampler, **opts),
-                       steps=N, top_fires=R)
+                record(
+                    method,
+                    "sde" if sampler == "em" else "ode",
+                    lambda: sample(den, x_T, schedule=sched, steps=N, sampler=sampler, **opts),
+                    steps=N,
+                    top_fires=R,
+                )
                 if _saturated(lam, N, deltas["times"], t_start=span[0], t_end=span[1]):
                     break  # every correction fires at every step: larger R only repeats EM-top
     progress(f"{kind}: ML-EM done ({time.perf_counter() - t_start:.0f} s)")
@@ -253,16 +340,26 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
         targets.insert(1, ("best EM-top + 1 sd", best_em + floor["sw_std"]))
         fronts_mmd = {m: pareto_front((r["cost"], r["mmd2"]) for r in runs if r["method"] == m) for m in methods}
         best_mmd = min(e for _, e in fronts_mmd["em_top"])
-        extra = {"fronts_mmd2": {m: [list(p) for p in f] for m, f in fronts_mmd.items()},
-                 "best_em_top_mmd2": best_mmd,
-                 "table_mmd2": [{"target": f"best EM-top + {k} sd", "mmd2": best_mmd + k * floor["mmd2_std"],
-                                 "cost": {m: _cost_to_reach(fronts_mmd[m], best_mmd + k * floor["mmd2_std"])
-                                          for m in methods}} for k in (0, 1, 2)]}
+        extra = {
+            "fronts_mmd2": {m: [list(p) for p in f] for m, f in fronts_mmd.items()},
+            "best_em_top_mmd2": best_mmd,
+            "table_mmd2": [
+                {
+                    "target": f"best EM-top + {k} sd",
+                    "mmd2": best_mmd + k * floor["mmd2_std"],
+                    "cost": {m: _cost_to_reach(fronts_mmd[m], best_mmd + k * floor["mmd2_std"]) for m in methods},
+                }
+                for k in (0, 1, 2)
+            ],
+        }
     table = []
     for name, target in targets:
-        row = {"target": name, "error": target,
-               "cost": {m: _cost_to_reach(fronts[m], target) for m in methods},
-               "seconds": {m: _cost_to_reach(fronts_s[m], target) for m in methods}}
+        row = {
+            "target": name,
+            "error": target,
+            "cost": {m: _cost_to_reach(fronts[m], target) for m in methods},
+            "seconds": {m: _cost_to_reach(fronts_s[m], target) for m in methods},
+        }
         reached = [m for m in SINGLE if row["cost"][m] is not None]
         best_single = min(row["cost"][m] for m in reached) if reached else None
         for ml in ("mlem_em", "mlem_dpmpp"):
@@ -272,14 +369,30 @@ def run_problem(kind: str, mlp, *, settings: Dict, seed: int = 0, progress: Call
         row["best_single"] = min(reached, key=lambda m: row["cost"][m]) if reached else None
         table.append(row)
     return {
-        "problem": kind, "dim": dim, "samples": n, "metric": metric, "spec": mlp.config["problem"],
-        "ladder": {"widths": mlp.widths, "costs_flops": costs, "depth": mlp.config["depth"],
-                   "training": mlp.config.get("training")},
-        "gamma": gamma, "deltas": deltas, "statistical_floor": floor, "t_min": T_MIN,
+        "problem": kind,
+        "dim": dim,
+        "samples": n,
+        "metric": metric,
+        "spec": mlp.config["problem"],
+        "ladder": {
+            "widths": mlp.widths,
+            "costs_flops": costs,
+            "depth": mlp.config["depth"],
+            "training": mlp.config.get("training"),
+        },
+        "gamma": gamma,
+        "deltas": deltas,
+        "statistical_floor": floor,
+        "t_min": T_MIN,
         "ref_steps": settings["ref_steps"] if kind == "gaussian" else None,
-        "runs": runs, "fronts": {m: [list(p) for p in f] for m, f in fronts.items()},
+        "runs": runs,
+        "fronts": {m: [list(p) for p in f] for m, f in fronts.items()},
         "fronts_seconds": {m: [list(p) for p in f] for m, f in fronts_s.items()},
-        "best_em_top_error": best_em, "table": table, **extra, "seed": seed, "seconds": time.perf_counter() - t_start,
+        "best_em_top_error": best_em,
+        "table": table,
+        **extra,
+        "seed": seed,
+        "seconds": time.perf_counter() - t_start,
     }
 
 
@@ -310,10 +423,42 @@ def _ratio(a, b) -> Optional[float]:
 # ----------------------------------------------------------------------------- over seeds
 
 # Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (beyond: a Cornish-Fisher expansion).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-BAND = ("95% Student-t interval over seeds: mean ± t_{0.975, K-1} se, se = sd / sqrt(K) (sd with ddof = 1, "
-        "K = the number of seeds); none for K = 1")
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+BAND = (
+    "95% Student-t interval over seeds: mean ± t_{0.975, K-1} se, se = sd / sqrt(K) (sd with ddof = 1, "
+    "K = the number of seeds); none for K = 1"
+)
 KNOBS = ("steps", "fraction", "top_fires")
 
 
@@ -324,7 +469,7 @@ def t_quantile_975(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def mean_band(values: Sequence[float]) -> Dict:
@@ -347,7 +492,9 @@ def _knobs(run: Dict) -> tuple:
     return (run["method"],) + tuple((k, run[k]) for k in KNOBS if k in run)
 
 
-def aggregate_settings(per_seed_runs: Sequence[Sequence[Dict]], fields: Sequence[str] = ("error", "mmd2", "cost", "seconds")) -> List[Dict]:
+def aggregate_settings(
+    per_seed_runs: Sequence[Sequence[Dict]], fields: Sequence[str] = ("error", "mmd2", "cost", "seconds")
+) -> List[Dict]:
     """One entry per (method, knob setting) present in every seed's runs: ``method``, the knobs, ``seeds``
     (K) and a :func:`mean_band` of each of ``fields`` that every run has.  Settings missing from some seed
     (ML-EM stops raising R once its rates saturate, which can happen one R earlier on one seed) are left out."""
@@ -371,10 +518,11 @@ def mean_fronts(settings: Sequence[Dict], field: str = "error", cost: str = "cos
     """Per method, the Pareto front of the settings' mean (cost, field): a list, by cost, of the settings on it."""
     fronts: Dict[str, List[Dict]] = {}
     for m in LABELS:
-        pts = [(e[cost]["mean"], e[field]["mean"], j) for j, e in enumerate(settings)
-               if e["method"] == m and field in e]
+        pts = [
+            (e[cost]["mean"], e[field]["mean"], j) for j, e in enumerate(settings) if e["method"] == m and field in e
+        ]
         front, best = [], math.inf
-        for c, err, j in sorted(pts):
+        for _c, err, j in sorted(pts):
             if err < best:
                 front.append(settings[j])
                 best = err
@@ -388,7 +536,11 @@ def reach_summary(costs: Sequence[Optional[float]]) -> Dict:
     (else those are None: an unreached seed has no cost to average)."""
     got = [c for c in costs if c is not None]
     out = {"per_seed": list(costs), "reached": len(got), "n": len(costs)}
-    band = mean_band(got) if got and len(got) == len(costs) else {"mean": None, "sd": None, "se": None, "lo": None, "hi": None}
+    band = (
+        mean_band(got)
+        if got and len(got) == len(costs)
+        else {"mean": None, "sd": None, "se": None, "lo": None, "hi": None}
+    )
     out.update({k: band[k] for k in ("mean", "sd", "se", "lo", "hi")})
     return out
 
@@ -399,9 +551,17 @@ def speedup_summary(reference: Dict, method: Dict) -> Dict:
     the mean log ratio, exponentiated (None unless both reached the error on every seed, K >= 2).
     ``resolved``: the two cost intervals do not overlap (``method`` hi < ``reference`` lo, or the reverse)."""
     pairs = [(a, b) for a, b in zip(reference["per_seed"], method["per_seed"]) if a is not None and b is not None]
-    out = {"per_seed": [a / b if a is not None and b is not None else None
-                        for a, b in zip(reference["per_seed"], method["per_seed"])],
-           "pairs": len(pairs), "mean": None, "lo": None, "hi": None, "resolved": False}
+    out = {
+        "per_seed": [
+            a / b if a is not None and b is not None else None
+            for a, b in zip(reference["per_seed"], method["per_seed"])
+        ],
+        "pairs": len(pairs),
+        "mean": None,
+        "lo": None,
+        "hi": None,
+        "resolved": False,
+    }
     if pairs:
         logs = [math.log(a / b) for a, b in pairs]
         band = mean_band(logs)
@@ -428,8 +588,12 @@ def reach_table(per_seed_runs: Sequence[Sequence[Dict]], targets: Sequence, fiel
     rows = []
     for name, value in targets:
         cost = {m: reach_summary([cost_to_reach(f[m], value) for f in fronts]) for m in LABELS}
-        row = {"target": name, field: value, "cost": cost,
-               "cost_grid": {m: reach_summary([_cost_to_reach(f[m], value) for f in fronts]) for m in LABELS}}
+        row = {
+            "target": name,
+            field: value,
+            "cost": cost,
+            "cost_grid": {m: reach_summary([_cost_to_reach(f[m], value) for f in fronts]) for m in LABELS},
+        }
         if fronts_s is not None:
             row["seconds"] = {m: reach_summary([cost_to_reach(f[m], value) for f in fronts_s]) for m in LABELS}
         best = []
@@ -469,10 +633,16 @@ def front_reach(settings: Sequence[Dict], method: str, error: float, field: str 
 def front_speedup(reference: Dict, method: Dict) -> Dict:
     """``reference`` mean cost / ``method`` mean cost (two :func:`front_reach`), with the interval
     [reference lo / method hi, reference hi / method lo]; ``resolved``: method hi < reference lo or the reverse."""
+
     def ratio(a, b):
         return a / b if a is not None and b is not None else None
-    out = {"mean": ratio(reference["mean"], method["mean"]), "lo": ratio(reference["lo"], method["hi"]),
-           "hi": ratio(reference["hi"], method["lo"]), "resolved": False}
+
+    out = {
+        "mean": ratio(reference["mean"], method["mean"]),
+        "lo": ratio(reference["lo"], method["hi"]),
+        "hi": ratio(reference["hi"], method["lo"]),
+        "resolved": False,
+    }
     if None not in (reference["lo"], reference["hi"], method["lo"], method["hi"]):
         out["resolved"] = bool(method["hi"] < reference["lo"] or reference["hi"] < method["lo"])
     return out
@@ -510,31 +680,50 @@ def aggregate_problem(per_seed: Sequence[Dict]) -> Dict:
         # Pooled sd of exact-vs-exact SW over the seeds' floor sets (5 sets per seed).
         sw_sd = math.sqrt(float(np.mean([f["sw_std"] ** 2 for f in fl])))
         mmd_sd = math.sqrt(float(np.mean([f["mmd2_std"] ** 2 for f in fl])))
-        floor = {"per_seed": fl, "sw_mean": float(np.mean([f["sw_mean"] for f in fl])), "sw_std": sw_sd,
-                 "mmd2_mean": float(np.mean([f["mmd2_mean"] for f in fl])), "mmd2_std": mmd_sd,
-                 "what": first["statistical_floor"]["what"] + "; mean over seeds, sd pooled over seeds"}
+        floor = {
+            "per_seed": fl,
+            "sw_mean": float(np.mean([f["sw_mean"] for f in fl])),
+            "sw_std": sw_sd,
+            "mmd2_mean": float(np.mean([f["mmd2_mean"] for f in fl])),
+            "mmd2_std": mmd_sd,
+            "what": first["statistical_floor"]["what"] + "; mean over seeds, sd pooled over seeds",
+        }
         targets.insert(1, ("best mean EM-top + 1 sd of the floor", best_em + sw_sd))
         fronts_mmd = mean_fronts(settings, field="mmd2")
         best_mmd = min(e["mmd2"]["mean"] for e in settings if e["method"] == "em_top")
-        extra = {"fronts_mmd2": {m: [[e["cost"]["mean"], e["mmd2"]["mean"]] for e in f] for m, f in fronts_mmd.items()},
-                 "best_em_top_mmd2": best_mmd,
-                 "table_mmd2": reach_table(runs_by_seed, [(f"best mean EM-top + {k} sd", best_mmd + k * mmd_sd)
-                                                          for k in (0, 1, 2)], field="mmd2")}
+        extra = {
+            "fronts_mmd2": {m: [[e["cost"]["mean"], e["mmd2"]["mean"]] for e in f] for m, f in fronts_mmd.items()},
+            "best_em_top_mmd2": best_mmd,
+            "table_mmd2": reach_table(
+                runs_by_seed, [(f"best mean EM-top + {k} sd", best_mmd + k * mmd_sd) for k in (0, 1, 2)], field="mmd2"
+            ),
+        }
     table = reach_table(runs_by_seed, targets)
     _add_front_reach(table, settings, "error")
     if "table_mmd2" in extra:
         _add_front_reach(extra["table_mmd2"], settings, "mmd2")
     runs = [dict(r, seed=p["seed"]) for p in per_seed for r in p["runs"]]
-    keep = {k: v for k, v in first.items() if k in ("problem", "dim", "samples", "metric", "spec", "ladder", "gamma",
-                                                     "t_min", "ref_steps")}
+    keep = {
+        k: v
+        for k, v in first.items()
+        if k in ("problem", "dim", "samples", "metric", "spec", "ladder", "gamma", "t_min", "ref_steps")
+    }
     return {
-        **keep, "seeds": [p["seed"] for p in per_seed], "band": BAND, "settings": settings,
+        **keep,
+        "seeds": [p["seed"] for p in per_seed],
+        "band": BAND,
+        "settings": settings,
         "fronts": {m: [[e["cost"]["mean"], e["error"]["mean"]] for e in f] for m, f in fronts.items()},
-        "front_bands": fronts, "fronts_seconds": {m: [[e["seconds"]["mean"], e["error"]["mean"]] for e in f]
-                                                  for m, f in fronts_s.items()},
-        "best_em_top_error": best_em, "statistical_floor": floor, "table": table, **extra,
-        "target_check": target_check(table), "deltas": first["deltas"],
-        "runs": runs, "per_seed": [{k: v for k, v in p.items() if k != "runs"} for p in per_seed],
+        "front_bands": fronts,
+        "fronts_seconds": {m: [[e["seconds"]["mean"], e["error"]["mean"]] for e in f] for m, f in fronts_s.items()},
+        "best_em_top_error": best_em,
+        "statistical_floor": floor,
+        "table": table,
+        **extra,
+        "target_check": target_check(table),
+        "deltas": first["deltas"],
+        "runs": runs,
+        "per_seed": [{k: v for k, v in p.items() if k != "runs"} for p in per_seed],
         "gamma_per_seed": [p["gamma"].get("gamma") for p in per_seed],
         "seconds": float(sum(p["seconds"] for p in per_seed)),
     }
@@ -549,24 +738,50 @@ def target_check(table: Sequence[Dict], factor: float = 2.0) -> List[Dict]:
     for row in table:
         for ml in ("mlem_em", "mlem_dpmpp"):
             sp = row[f"{ml}_speedup_vs_dpmpp_top"]
-            met = bool(sp["resolved"] and sp["mean"] is not None and sp["mean"] >= factor
-                       and row["cost"][ml]["hi"] < row["cost"]["dpmpp_top"]["lo"])
-            entry = {"target": row["target"], "error": row["error"], "method": ml, "speedup": sp["mean"],
-                     "lo": sp["lo"], "hi": sp["hi"], "resolved": sp["resolved"], "met": met,
-                     "met_strict": bool(met and sp["lo"] is not None and sp["lo"] >= factor)}
+            met = bool(
+                sp["resolved"]
+                and sp["mean"] is not None
+                and sp["mean"] >= factor
+                and row["cost"][ml]["hi"] < row["cost"]["dpmpp_top"]["lo"]
+            )
+            entry = {
+                "target": row["target"],
+                "error": row["error"],
+                "method": ml,
+                "speedup": sp["mean"],
+                "lo": sp["lo"],
+                "hi": sp["hi"],
+                "resolved": sp["resolved"],
+                "met": met,
+                "met_strict": bool(met and sp["lo"] is not None and sp["lo"] >= factor),
+            }
             fs = row.get(f"{ml}_front_speedup_vs_dpmpp_top")
             if fs is not None:  # the same question on the fronts of the means and their bands
-                entry["front"] = {**fs, "met": bool(fs["resolved"] and fs["mean"] is not None and fs["mean"] >= factor
-                                                    and row["front_cost"][ml]["hi"] < row["front_cost"]["dpmpp_top"]["lo"])}
+                entry["front"] = {
+                    **fs,
+                    "met": bool(
+                        fs["resolved"]
+                        and fs["mean"] is not None
+                        and fs["mean"] >= factor
+                        and row["front_cost"][ml]["hi"] < row["front_cost"]["dpmpp_top"]["lo"]
+                    ),
+                }
             out.append(entry)
     return out
 
 
 # ----------------------------------------------------------------------------- output
 
-STYLES = {"em_top": ("tab:blue", "o-"), "ddpm_top": ("tab:cyan", "v-"), "ddim_top": ("tab:olive", "s-"),
-          "dpmpp_top": ("tab:green", "D-"), "tstitch_em": ("tab:purple", "x--"),
-          "tstitch_dpmpp": ("tab:pink", "+--"), "mlem_em": ("tab:red", "o-"), "mlem_dpmpp": ("tab:orange", "^-")}
+STYLES = {
+    "em_top": ("tab:blue", "o-"),
+    "ddpm_top": ("tab:cyan", "v-"),
+    "ddim_top": ("tab:olive", "s-"),
+    "dpmpp_top": ("tab:green", "D-"),
+    "tstitch_em": ("tab:purple", "x--"),
+    "tstitch_dpmpp": ("tab:pink", "+--"),
+    "mlem_em": ("tab:red", "o-"),
+    "mlem_dpmpp": ("tab:orange", "^-"),
+}
 
 
 def plot(results: Dict, path: str) -> None:
@@ -597,15 +812,20 @@ def plot(results: Dict, path: str) -> None:
         if r["statistical_floor"]:
             ax.axvline(r["statistical_floor"]["sw_mean"], color="0.3", ls="--", lw=1, label="exact-vs-exact SW")
         k = len(r["seeds"])
-        ax.set_title(f"{r['problem']} (d={r['dim']}), ladder {_gamma_text(r['gamma'])}, {k} seed{'s' * (k > 1)}",
-                     fontsize=10)
+        ax.set_title(
+            f"{r['problem']} (d={r['dim']}), ladder {_gamma_text(r['gamma'])}, {k} seed{'s' * (k > 1)}", fontsize=10
+        )
         worst = max(e for _, e in r["fronts"]["em_top"])
-        ax.set_xlim(left=0.5 * min(e for f in r["fronts"].values() for _, e in f) if r["fronts"] else None,
-                    right=3 * worst)  # rare ML-EM blow-ups at the smallest rates would squash the plot
+        ax.set_xlim(
+            left=0.5 * min(e for f in r["fronts"].values() for _, e in f) if r["fronts"] else None, right=3 * worst
+        )  # rare ML-EM blow-ups at the smallest rates would squash the plot
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(r["metric"] + (" (SDE samplers vs exact-eps SDE, ODE samplers vs exact flow)"
-                                     if r["problem"] == "gaussian" else "")
-                      + ("\nmean over seeds; shaded: 95% t-interval of the error" if k > 1 else ""), fontsize=8)
+        ax.set_xlabel(
+            r["metric"]
+            + (" (SDE samplers vs exact-eps SDE, ODE samplers vs exact flow)" if r["problem"] == "gaussian" else "")
+            + ("\nmean over seeds; shaded: 95% t-interval of the error" if k > 1 else ""),
+            fontsize=8,
+        )
         ax.set_ylabel("mean cost per sample (top-level equivalents)")
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
@@ -616,7 +836,7 @@ def plot(results: Dict, path: str) -> None:
 
 
 def _gamma_text(g: Dict, sep: str = " = ") -> str:
-    """"gamma = 1.23 ± 0.04"; "gamma n/a" when it was not fitted (a ladder of fewer than 3 levels)."""
+    """ "gamma = 1.23 ± 0.04"; "gamma n/a" when it was not fitted (a ladder of fewer than 3 levels)."""
     if g.get("gamma") is None:
         return "gamma n/a"
     text = f"gamma{sep}{g['gamma']:.2f}"
@@ -628,7 +848,7 @@ def _fmt(v) -> str:
 
 
 def _fmt_reach(s: Dict) -> str:
-    """"20 [18, 22]" (mean and 95% interval), "20" (one seed), "3/5" (reached on 3 of 5 seeds), "-" (never)."""
+    """ "20 [18, 22]" (mean and 95% interval), "20" (one seed), "3/5" (reached on 3 of 5 seeds), "-" (never)."""
     if s["mean"] is None:
         return f"{s['reached']}/{s['n']}" if s["reached"] else "-"
     return _fmt(s["mean"]) + (f" [{_fmt(max(s['lo'], 0.0))}, {_fmt(s['hi'])}]" if s["lo"] is not None else "")
@@ -636,16 +856,20 @@ def _fmt_reach(s: Dict) -> str:
 
 def _fmt_front(s: Dict) -> str:
     """Front cost "mean [lo, hi]"; "?" for a band end that never reaches the error on the measured grid."""
+
     def b(v):
         return "?" if v is None else _fmt(v)
+
     return "-" if s["mean"] is None else f"{_fmt(s['mean'])} [{b(s['lo'])}, {b(s['hi'])}]"
 
 
 def _fmt_speedup(s: Dict) -> str:
     if s["mean"] is None:
         return "-"
+
     def b(v):  # "?": that end of the band never reaches the error on the measured grid
         return "?" if v is None else f"{v:.2f}"
+
     band = f" [{b(s['lo'])}, {b(s['hi'])}]" if s["lo"] is not None or s["hi"] is not None else ""
     return f"{s['mean']:.2f}x" + band + (" resolved" if s["resolved"] else "")
 
@@ -656,29 +880,49 @@ def table_lines(results: Dict) -> List[str]:
     lines = []
     for r in results["problems"]:
         k = len(r["seeds"])
-        lines.append(f"{r['problem']}: {r['metric']}; ladder widths {r['ladder']['widths']}, "
-                     f"{_gamma_text(r['gamma'], sep=' ')}; {k} seed{'s' * (k > 1)}"
-                     + (f"; exact-vs-exact SW {r['statistical_floor']['sw_mean']:.3g} ± "
-                        f"{r['statistical_floor']['sw_std']:.2g}" if r["statistical_floor"] else ""))
-        lines.append("  cost (top-level equivalents) to reach the error, interpolated in log-log between measured runs "
-                     "on each seed's front: mean [95% t-interval] over seeds; k/K = reached on k of K seeds only; "
-                     "- = never")
+        lines.append(
+            f"{r['problem']}: {r['metric']}; ladder widths {r['ladder']['widths']}, "
+            f"{_gamma_text(r['gamma'], sep=' ')}; {k} seed{'s' * (k > 1)}"
+            + (
+                f"; exact-vs-exact SW {r['statistical_floor']['sw_mean']:.3g} ± {r['statistical_floor']['sw_std']:.2g}"
+                if r["statistical_floor"]
+                else ""
+            )
+        )
+        lines.append(
+            "  cost (top-level equivalents) to reach the error, interpolated in log-log between measured runs "
+            "on each seed's front: mean [95% t-interval] over seeds; k/K = reached on k of K seeds only; "
+            "- = never"
+        )
         for rows, field in ((r["table"], "error"), (r.get("table_mmd2", []), "mmd2")):
             if field == "mmd2" and rows:
-                lines.append("  MMD^2 (Gaussian kernel, fixed bandwidth) barely sees rare far outliers, such as "
-                             "ML-EM's blow-ups at small rates: read these rows with the SW rows above")
+                lines.append(
+                    "  MMD^2 (Gaussian kernel, fixed bandwidth) barely sees rare far outliers, such as "
+                    "ML-EM's blow-ups at small rates: read these rows with the SW rows above"
+                )
             for row in rows:
                 lines.append(f"  {'MMD^2 ' if field == 'mmd2' else ''}{row[field]:.3g} ({row['target']}):")
                 lines.append("    " + "; ".join(f"{LABELS[m]} {_fmt_reach(row['cost'][m])}" for m in LABELS))
-                lines.append("    fronts of the means, cost [band]: " + "; ".join(
-                    f"{LABELS[m]} {_fmt_front(row['front_cost'][m])}" for m in ("dpmpp_top", "mlem_em", "mlem_dpmpp"))
-                    + "; speedup vs DPM++: " + "; ".join(
-                    f"{LABELS[ml]} {_fmt_speedup(row[f'{ml}_front_speedup_vs_dpmpp_top'])}"
-                    for ml in ("mlem_em", "mlem_dpmpp"))) if "front_cost" in row else None
-                lines.append("    speedup: " + "; ".join(
-                    f"{LABELS[ml]} vs {name} {_fmt_speedup(row[f'{ml}_speedup_vs_{ref}'])}"
-                    for ml in ("mlem_em", "mlem_dpmpp")
-                    for ref, name in (("dpmpp_top", "DPM++"), ("best_single", "best single"))))
+                lines.append(
+                    "    fronts of the means, cost [band]: "
+                    + "; ".join(
+                        f"{LABELS[m]} {_fmt_front(row['front_cost'][m])}"
+                        for m in ("dpmpp_top", "mlem_em", "mlem_dpmpp")
+                    )
+                    + "; speedup vs DPM++: "
+                    + "; ".join(
+                        f"{LABELS[ml]} {_fmt_speedup(row[f'{ml}_front_speedup_vs_dpmpp_top'])}"
+                        for ml in ("mlem_em", "mlem_dpmpp")
+                    )
+                ) if "front_cost" in row else None
+                lines.append(
+                    "    speedup: "
+                    + "; ".join(
+                        f"{LABELS[ml]} vs {name} {_fmt_speedup(row[f'{ml}_speedup_vs_{ref}'])}"
+                        for ml in ("mlem_em", "mlem_dpmpp")
+                        for ref, name in (("dpmpp_top", "DPM++"), ("best_single", "best single"))
+                    )
+                )
     return [line for line in lines if line is not None]
 
 
@@ -704,10 +948,20 @@ def seed_list(seed: int, seeds: int) -> List[int]:
     return [int(seed) + 1000 * i for i in range(int(seeds))]
 
 
-def run_bench(*, quick: bool = False, out: str = "results/diffusion.json", plot_path: Optional[str] = "results/diffusion.png",
-              ladders: Optional[str] = None, save_ladders: Optional[str] = None, seed: int = 0,
-              seeds: Optional[int] = None, retrain: bool = False, overrides: Optional[Dict] = None,
-              command: Optional[str] = None, echo: Callable[[str], None] = print) -> Dict:
+def run_bench(
+    *,
+    quick: bool = False,
+    out: str = "results/diffusion.json",
+    plot_path: Optional[str] = "results/diffusion.png",
+    ladders: Optional[str] = None,
+    save_ladders: Optional[str] = None,
+    seed: int = 0,
+    seeds: Optional[int] = None,
+    retrain: bool = False,
+    overrides: Optional[Dict] = None,
+    command: Optional[str] = None,
+    echo: Callable[[str], None] = print,
+) -> Dict:
     """Train (or load) the two ladders once (seed ``seed``), sweep every method on both problems for each of
     ``seeds`` run seeds (:func:`seed_list`; default 5, 2 with ``quick``), aggregate over seeds
     (:func:`aggregate_problem`), write JSON and the plot, print the table.  ``retrain``: run seed i > 0
@@ -726,14 +980,23 @@ def run_bench(*, quick: bool = False, out: str = "results/diffusion.json", plot_
     per = []
     with single_thread():
         for kind in ("gaussian", "mixture"):
-            P = None if ladders else (gaussian(settings["dim"], seed=seed) if kind == "gaussian"
-                                      else gaussian_mixture(settings["dim"], seed=seed))
+            P = (
+                None
+                if ladders
+                else (
+                    gaussian(settings["dim"], seed=seed)
+                    if kind == "gaussian"
+                    else gaussian_mixture(settings["dim"], seed=seed)
+                )
+            )
 
             def ladder_for(train_seed):
                 t1 = time.perf_counter()
                 lad = train_mlp_ladder(P, WIDTHS, steps=settings["train_steps"], seed=train_seed)
-                echo(f"{kind}: trained widths {list(WIDTHS)} (training seed {train_seed}) in "
-                     f"{time.perf_counter() - t1:.0f} s")
+                echo(
+                    f"{kind}: trained widths {list(WIDTHS)} (training seed {train_seed}) in "
+                    f"{time.perf_counter() - t1:.0f} s"
+                )
                 return lad
 
             if ladders:
@@ -749,24 +1012,39 @@ def run_bench(*, quick: bool = False, out: str = "results/diffusion.json", plot_
                 if retrain and i > 0:  # run seed i also retrains the ladder (same problem)
                     lad = ladder_for(s)
                     gam = measure_gamma(lad, problem_from_spec(lad.config["problem"], lad.schedule))
-                runs.append(run_problem(kind, lad, settings=settings, seed=s, gamma=gam,
-                                        progress=lambda msg, i=i: echo(f"seed {i + 1}/{len(run_seeds)} {msg}")))
+                runs.append(
+                    run_problem(
+                        kind,
+                        lad,
+                        settings=settings,
+                        seed=s,
+                        gamma=gam,
+                        progress=lambda msg, i=i: echo(f"seed {i + 1}/{len(run_seeds)} {msg}"),
+                    )
+                )
             per.append(aggregate_problem(runs))
     results = {
         "benchmark": "diffusion",
         "command": command or ("mlem bench diffusion" + (" --quick" if quick else "")),
-        "quick": quick, "torch": torch.__version__, "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                                  for k, v in settings.items()},
+        "quick": quick,
+        "torch": torch.__version__,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
         "seeds": run_seeds,
-        "seed_varies": ("each run seed redraws x_T, the Brownian path, the DDPM noise, the ML-EM level draws, the "
-                        "samples delta_l(t) is measured on and (mixture) the exact reference samples, the SW "
-                        "projections and the floor's exact sets; "
-                        + ("each run seed also retrains the ladders (training seed = run seed; the problems are "
-                           "those of --seed)" if retrain else
-                           "the problems and the trained ladders are the same for every seed (trained once with "
-                           "--seed)")),
+        "seed_varies": (
+            "each run seed redraws x_T, the Brownian path, the DDPM noise, the ML-EM level draws, the "
+            "samples delta_l(t) is measured on and (mixture) the exact reference samples, the SW "
+            "projections and the floor's exact sets; "
+            + (
+                "each run seed also retrains the ladders (training seed = run seed; the problems are those of --seed)"
+                if retrain
+                else "the problems and the trained ladders are the same for every seed (trained once with --seed)"
+            )
+        ),
         "retrain": bool(retrain),
-        "band": BAND, "target_factors": list(TARGET_FACTORS), "labels": LABELS, "problems": per,
+        "band": BAND,
+        "target_factors": list(TARGET_FACTORS),
+        "labels": LABELS,
+        "problems": per,
         "seconds": time.perf_counter() - t0,
     }
     write_json(out, results)

@@ -60,11 +60,34 @@ from .common import DIGITS_LADDER, em_cost_at, single_thread
 SHIPPED = DIGITS_LADDER
 TIMES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
 SETTINGS = {
-    "full": {"widths": (4, 8, 16), "stages": (300, 600, 1200), "n_eval": 256, "n": 48, "ref_steps": 256,
-             "budgets": (8, 16, 32, 64), "cal_n": 16, "cal_steps": 144, "df_samples": 1024, "df_sampler_steps": 20,
-             "kid_budget": 16, "kid_n": 512},
-    "quick": {"widths": (4,), "stages": (3, 6), "n_eval": 16, "n": 4, "ref_steps": 16, "budgets": (8, 16),
-              "cal_n": 8, "cal_steps": 16, "df_samples": 16, "df_sampler_steps": 3, "kid_budget": 8, "kid_n": 16},
+    "full": {
+        "widths": (4, 8, 16),
+        "stages": (300, 600, 1200),
+        "n_eval": 256,
+        "n": 48,
+        "ref_steps": 256,
+        "budgets": (8, 16, 32, 64),
+        "cal_n": 16,
+        "cal_steps": 144,
+        "df_samples": 1024,
+        "df_sampler_steps": 20,
+        "kid_budget": 16,
+        "kid_n": 512,
+    },
+    "quick": {
+        "widths": (4,),
+        "stages": (3, 6),
+        "n_eval": 16,
+        "n": 4,
+        "ref_steps": 16,
+        "budgets": (8, 16),
+        "cal_n": 8,
+        "cal_steps": 16,
+        "df_samples": 16,
+        "df_sampler_steps": 3,
+        "kid_budget": 8,
+        "kid_n": 16,
+    },
 }
 
 
@@ -94,11 +117,19 @@ def path_runs(pipe, budgets, n, seed, x_ref) -> List[Dict]:
         d2 = (out.x.double() - x_ref.double()).reshape(n, -1).pow(2).sum(1)
         err = float(d2.mean().sqrt())
         se = float((d2 / (2 * err)).std() / math.sqrt(n)) if err > 0 else 0.0
-        rows.append({"budget": b, "top_equivalents_per_sample": out.report["top_equivalents_per_sample"],
-                     "path_error": err, "path_error_se": se, "steps": out.report["steps"],
-                     "levels": out.report.get("plan", {}).get("levels"),
-                     "evaluations_per_sample": {f"L{lv['level']}": lv["evaluations_per_sample"]
-                                                for lv in out.report["levels"]}})
+        rows.append(
+            {
+                "budget": b,
+                "top_equivalents_per_sample": out.report["top_equivalents_per_sample"],
+                "path_error": err,
+                "path_error_se": se,
+                "steps": out.report["steps"],
+                "levels": out.report.get("plan", {}).get("levels"),
+                "evaluations_per_sample": {
+                    f"L{lv['level']}": lv["evaluations_per_sample"] for lv in out.report["levels"]
+                },
+            }
+        )
     return rows
 
 
@@ -118,8 +149,12 @@ def kid_runs(pipes: Dict, budget: float, n: int, seed: int, reference: torch.Ten
         with torch.no_grad():
             kid = kid_unbiased(clf.features(out.x.clamp(-1, 1)), ref_feats)
         chunks = chunk_kids(clf, out.x, ref_feats)
-        rows[name] = {"kid": kid, "kid_se": sample_sd(chunks) / math.sqrt(CHUNKS), "kid_chunks": chunks,
-                      "top_equivalents_per_sample": out.report["top_equivalents_per_sample"]}
+        rows[name] = {
+            "kid": kid,
+            "kid_se": sample_sd(chunks) / math.sqrt(CHUNKS),
+            "kid_chunks": chunks,
+            "top_equivalents_per_sample": out.report["top_equivalents_per_sample"],
+        }
     base = rows["shipped"]["kid_chunks"]
     for name, r in rows.items():
         if name == "shipped":
@@ -142,9 +177,15 @@ def cost_ratios(runs: Dict, against: str = "shipped") -> Dict[str, List[Dict]]:
         out[name] = []
         for r in runs[against]:
             c = em_cost_at(curve, r["path_error"])
-            out[name].append({"budget": r["budget"], "shipped_cost": r["top_equivalents_per_sample"],
-                              "shipped_path_error": r["path_error"], "cost_at_same_error": c,
-                              "cost_ratio": None if c is None else c / r["top_equivalents_per_sample"]})
+            out[name].append(
+                {
+                    "budget": r["budget"],
+                    "shipped_cost": r["top_equivalents_per_sample"],
+                    "shipped_path_error": r["path_error"],
+                    "cost_at_same_error": c,
+                    "cost_ratio": None if c is None else c / r["top_equivalents_per_sample"],
+                }
+            )
     return out
 
 
@@ -155,21 +196,31 @@ def _check_work(work: str, first_stage: int) -> None:
         with open(done) as f:
             it = json.load(f).get("iteration", 0)
         if it > first_stage:
-            raise ValueError(f"work: {work} is already trained to {it} iterations, past the first stage "
-                             f"{first_stage}; delete it or choose another --work")
+            raise ValueError(
+                f"work: {work} is already trained to {it} iterations, past the first stage "
+                f"{first_stage}; delete it or choose another --work"
+            )
 
 
 def _stage_row(ladder, x0, seed, s, shipped_d, t0) -> Dict:
     d = eps_distances(ladder, x0, seed + 1)
-    return {"iters": s, "eps_distance": d["overall"][:-1], "eps_distance_per_time": d["per_time"][:-1],
-            "ratio_to_shipped": [a / b for a, b in zip(d["overall"][:-1], shipped_d)],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "iters": s,
+        "eps_distance": d["overall"][:-1],
+        "eps_distance_per_time": d["per_time"][:-1],
+        "ratio_to_shipped": [a / b for a, b in zip(d["overall"][:-1], shipped_d)],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _echo_stage(echo, label, row) -> None:
-    echo(f"{label} {row['iters']:>5} iters: distance " + ", ".join(f"{v:.4f}" for v in row["eps_distance"])
-         + "; ratio to shipped " + ", ".join(f"{v:.3f}" for v in row["ratio_to_shipped"])
-         + f" ({row['seconds']:.0f} s)")
+    echo(
+        f"{label} {row['iters']:>5} iters: distance "
+        + ", ".join(f"{v:.4f}" for v in row["eps_distance"])
+        + "; ratio to shipped "
+        + ", ".join(f"{v:.3f}" for v in row["ratio_to_shipped"])
+        + f" ({row['seconds']:.0f} s)"
+    )
 
 
 def _distill_stages(teacher, data, work, cfg, seed, x0, shipped_d, label, echo) -> tuple:
@@ -178,16 +229,24 @@ def _distill_stages(teacher, data, work, cfg, seed, x0, shipped_d, label, echo) 
     rows, ladder = [], None
     for s in cfg["stages"]:
         t0 = time.perf_counter()
-        ladder = distill_ladder(teacher, work, data, widths=list(cfg["widths"]), iters=s, seed=seed, save_every=100,
-                                loss_plot=False)
+        ladder = distill_ladder(
+            teacher, work, data, widths=list(cfg["widths"]), iters=s, seed=seed, save_every=100, loss_plot=False
+        )
         rows.append(_stage_row(ladder, x0, seed, s, shipped_d, t0))
         _echo_stage(echo, label, rows[-1])
     return rows, ladder
 
 
-def run(quick: bool = False, out: str = "results/distill.json", plot: str = "results/distill.png",
-        work: str = "build/distill_bench", seed: int = 0, stages: Sequence[int] = None, echo=print,
-        command: Optional[str] = None) -> Dict:
+def run(
+    quick: bool = False,
+    out: str = "results/distill.json",
+    plot: str = "results/distill.png",
+    work: str = "build/distill_bench",
+    seed: int = 0,
+    stages: Sequence[int] = None,
+    echo=print,
+    command: Optional[str] = None,
+) -> Dict:
     from ..images import MultilevelPipeline, load_digits
     from ..images.distill import load_teacher, teacher_samples
 
@@ -205,28 +264,39 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
     shipped = MultilevelPipeline.from_pretrained(SHIPPED)
     teacher = load_teacher(SHIPPED)
     digits = load_digits(16)
-    x0 = digits.x[torch.randperm(len(digits.x), generator=torch.Generator().manual_seed(seed))[:cfg["n_eval"]]]
+    x0 = digits.x[torch.randperm(len(digits.x), generator=torch.Generator().manual_seed(seed))[: cfg["n_eval"]]]
     ws = list(cfg["widths"])
     shipped_idx = [shipped.ladder.widths.index(w) for w in ws]
     d_shipped = eps_distances(shipped.ladder, x0, seed + 1)
     shipped_d = [d_shipped["overall"][i] for i in shipped_idx]
-    result = {"widths": ws, "times": list(TIMES), "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                             for k, v in cfg.items()},
-              "shipped": {"eps_distance": shipped_d,
-                          "eps_distance_per_time": [d_shipped["per_time"][i] for i in shipped_idx],
-                          "iters": shipped.ladder.info.get("training", {}).get("iters")}}
+    result = {
+        "widths": ws,
+        "times": list(TIMES),
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "shipped": {
+            "eps_distance": shipped_d,
+            "eps_distance_per_time": [d_shipped["per_time"][i] for i in shipped_idx],
+            "iters": shipped.ladder.info.get("training", {}).get("iters"),
+        },
+    }
     echo(f"shipped eps distance to the top, widths {ws}: " + ", ".join(f"{v:.4f}" for v in shipped_d))
-    result["stages"], distilled_ladder = _distill_stages(teacher, digits, works["distilled"], cfg, seed, x0, shipped_d,
-                                                         "distilled (digits x0)", echo)
+    result["stages"], distilled_ladder = _distill_stages(
+        teacher, digits, works["distilled"], cfg, seed, x0, shipped_d, "distilled (digits x0)", echo
+    )
     t0 = time.perf_counter()
-    samples = teacher_samples(teacher, works["data_free"], cfg["df_samples"], sampler="dpmpp_2m",
-                              steps=cfg["df_sampler_steps"], seed=seed)
+    samples = teacher_samples(
+        teacher, works["data_free"], cfg["df_samples"], sampler="dpmpp_2m", steps=cfg["df_sampler_steps"], seed=seed
+    )
     result["data_free"] = {"x0": samples.name, "samples_seconds": time.perf_counter() - t0}
     echo(f"{samples.name}: {time.perf_counter() - t0:.0f} s")
-    result["data_free"]["stages"], free_ladder = _distill_stages(teacher, samples, works["data_free"], cfg, seed, x0,
-                                                                 shipped_d, "data-free", echo)
-    pipes = {"shipped": shipped, "distilled": MultilevelPipeline(distilled_ladder),
-             "data_free": MultilevelPipeline(free_ladder)}
+    result["data_free"]["stages"], free_ladder = _distill_stages(
+        teacher, samples, works["data_free"], cfg, seed, x0, shipped_d, "data-free", echo
+    )
+    pipes = {
+        "shipped": shipped,
+        "distilled": MultilevelPipeline(distilled_ladder),
+        "data_free": MultilevelPipeline(free_ladder),
+    }
     for name in ("distilled", "data_free"):
         pipes[name].calibrate(n=cfg["cal_n"], steps=cfg["cal_steps"], generator=torch.Generator().manual_seed(seed))
         pipes[name].save_calibration(works[name])
@@ -244,32 +314,56 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
         from ..images.metrics import kid_unbiased, load_digit_classifier
 
         clf = load_digit_classifier()
-        kid["top_dpmpp_2m"] = kid_unbiased(clf.features(samples.x[:cfg["kid_n"]]), clf.features(digits.x))
+        kid["top_dpmpp_2m"] = kid_unbiased(clf.features(samples.x[: cfg["kid_n"]]), clf.features(digits.x))
     cals = {k: p.calibration for k, p in pipes.items()}
-    result.update({
-        "runs": runs, "comparisons": ratios["distilled"], "comparisons_data_free": ratios["data_free"], "kid": kid,
-        "calibration": {k: {"times": [float(t) for t in cal.times], "delta": cal.deltas.tolist(),
-                            "gamma": cal.gamma, "gamma_se": cal.gamma_se, "names": list(cal.names)}
-                        for k, cal in cals.items()},
-        "command": command or "mlem bench distill" + (" --quick" if quick else ""),
-        "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
-        "quick": quick, "seed": seed, "total_seconds": time.perf_counter() - t_start,
-        "metrics": {"eps_distance": "RMS over images x times x pixels of eps_level - eps_top at fixed x_t",
-                    "path_error": f"RMS over {cfg['n']} samples of the L2 distance to EM-top at {cfg['ref_steps']} steps "
-                                  "on the same noise and Brownian path",
-                    "cost_ratio": "a ladder's ML-EM top-level equivalents to reach the shipped run's path error "
-                                  "(log-log interpolation between its runs) / the shipped run's; None: not bracketed",
-                    "kid": f"unbiased KID of {cfg['kid_n']} ML-EM samples at budget {cfg['kid_budget']} vs the digits, "
-                           "shipped classifier's 64-d features; se from 8 chunks; differences paired by chunk "
-                           "(same noise); resolved: |diff| > 2 paired se"},
-    })
+    result.update(
+        {
+            "runs": runs,
+            "comparisons": ratios["distilled"],
+            "comparisons_data_free": ratios["data_free"],
+            "kid": kid,
+            "calibration": {
+                k: {
+                    "times": [float(t) for t in cal.times],
+                    "delta": cal.deltas.tolist(),
+                    "gamma": cal.gamma,
+                    "gamma_se": cal.gamma_se,
+                    "names": list(cal.names),
+                }
+                for k, cal in cals.items()
+            },
+            "command": command or "mlem bench distill" + (" --quick" if quick else ""),
+            "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
+            "quick": quick,
+            "seed": seed,
+            "total_seconds": time.perf_counter() - t_start,
+            "metrics": {
+                "eps_distance": "RMS over images x times x pixels of eps_level - eps_top at fixed x_t",
+                "path_error": f"RMS over {cfg['n']} samples of the L2 distance to EM-top at {cfg['ref_steps']} steps "
+                "on the same noise and Brownian path",
+                "cost_ratio": "a ladder's ML-EM top-level equivalents to reach the shipped run's path error "
+                "(log-log interpolation between its runs) / the shipped run's; None: not bracketed",
+                "kid": f"unbiased KID of {cfg['kid_n']} ML-EM samples at budget {cfg['kid_budget']} vs the digits, "
+                "shipped classifier's 64-d features; se from 8 chunks; differences paired by chunk "
+                "(same noise); resolved: |diff| > 2 paired se",
+            },
+        }
+    )
     for name, rows in ratios.items():
         for c in rows:
-            echo(f"{name} budget {c['budget']:>3}: shipped {c['shipped_cost']:.1f} top-eq at path error "
-                 f"{c['shipped_path_error']:.3f}; {name} needs {c['cost_at_same_error']}; ratio {c['cost_ratio']}")
+            echo(
+                f"{name} budget {c['budget']:>3}: shipped {c['shipped_cost']:.1f} top-eq at path error "
+                f"{c['shipped_path_error']:.3f}; {name} needs {c['cost_at_same_error']}; ratio {c['cost_ratio']}"
+            )
     for name, r in kid["ladders"].items():
-        extra = "" if name == "shipped" else (f", diff {r['kid_diff_to_shipped']:+.3f} +- {r['kid_diff_se']:.3f} "
-                                              f"({'resolved' if r['resolved'] else 'not resolved'})")
+        extra = (
+            ""
+            if name == "shipped"
+            else (
+                f", diff {r['kid_diff_to_shipped']:+.3f} +- {r['kid_diff_se']:.3f} "
+                f"({'resolved' if r['resolved'] else 'not resolved'})"
+            )
+        )
         echo(f"KID {name} (ML-EM budget {kid['budget']}): {r['kid']:.3f} +- {r['kid_se']:.3f}{extra}")
     for k, cal in cals.items():
         echo(f"{k}: gamma {cal.gamma} +- {cal.gamma_se}")
@@ -279,9 +373,15 @@ def run(quick: bool = False, out: str = "results/distill.json", plot: str = "res
     return result
 
 
-def extend(iters: int, out: str = "results/distill.json", plot: str = "results/distill.png",
-           work: str = "build/distill_bench", ladders: Sequence[str] = ("digits", "data_free"), echo=print,
-           command: Optional[str] = None) -> Dict:
+def extend(
+    iters: int,
+    out: str = "results/distill.json",
+    plot: str = "results/distill.png",
+    work: str = "build/distill_bench",
+    ladders: Sequence[str] = ("digits", "data_free"),
+    echo=print,
+    command: Optional[str] = None,
+) -> Dict:
     """Continue the distilled ``ladders`` of a finished run (``work``, ``out``) to ``iters`` iterations and add
     their eps distances to the top as further stages ("extended": the ML-EM and KID comparisons stay at
     the run's last stage). Resuming is exact, so this is the ladder an uninterrupted run would give."""
@@ -294,16 +394,26 @@ def extend(iters: int, out: str = "results/distill.json", plot: str = "results/d
     if iters <= cfg["stages"][-1]:
         raise ValueError(f"iters: expected more than the run's last stage {cfg['stages'][-1]}, got {iters}")
     teacher, digits = load_teacher(SHIPPED), load_digits(16)
-    x0 = digits.x[torch.randperm(len(digits.x), generator=torch.Generator().manual_seed(seed))[:cfg["n_eval"]]]
-    samples = teacher_samples(teacher, os.path.join(work, "data_free"), cfg["df_samples"], sampler="dpmpp_2m",
-                              steps=cfg["df_sampler_steps"], seed=seed)
+    x0 = digits.x[torch.randperm(len(digits.x), generator=torch.Generator().manual_seed(seed))[: cfg["n_eval"]]]
+    samples = teacher_samples(
+        teacher,
+        os.path.join(work, "data_free"),
+        cfg["df_samples"],
+        sampler="dpmpp_2m",
+        steps=cfg["df_sampler_steps"],
+        seed=seed,
+    )
     ext = dict(cfg, stages=(iters,))
-    for name, data, rows in (("digits", digits, result["stages"]), ("data_free", samples, result["data_free"]["stages"])):
+    for name, data, rows in (
+        ("digits", digits, result["stages"]),
+        ("data_free", samples, result["data_free"]["stages"]),
+    ):
         if name not in ladders:
             continue
         rows[:] = [r for r in rows if r["iters"] < iters]
-        new, _ = _distill_stages(teacher, data, os.path.join(work, name), ext, seed, x0,
-                                 result["shipped"]["eps_distance"], name, echo)
+        new, _ = _distill_stages(
+            teacher, data, os.path.join(work, name), ext, seed, x0, result["shipped"]["eps_distance"], name, echo
+        )
         rows.extend(dict(r, extended=True) for r in new)
     result["extended_command"] = command or f"mlem bench distill --extend {iters} --ladders {','.join(ladders)}"
     _plot(result, plot)
@@ -320,12 +430,21 @@ def _plot(result: Dict, path: str) -> None:
 
     fig, ax = plt.subplots(1, 4, figsize=(19, 4))
     for i, w in enumerate(result["widths"]):
-        line, = ax[0].plot([s["iters"] for s in result["stages"]], [s["eps_distance"][i] for s in result["stages"]],
-                           "o-", label=f"distilled (digits) w={w}")
+        (line,) = ax[0].plot(
+            [s["iters"] for s in result["stages"]],
+            [s["eps_distance"][i] for s in result["stages"]],
+            "o-",
+            label=f"distilled (digits) w={w}",
+        )
         free = result.get("data_free", {}).get("stages", [])
         if free:
-            ax[0].plot([s["iters"] for s in free], [s["eps_distance"][i] for s in free], "s:", color=line.get_color(),
-                       label=f"data-free w={w}")
+            ax[0].plot(
+                [s["iters"] for s in free],
+                [s["eps_distance"][i] for s in free],
+                "s:",
+                color=line.get_color(),
+                label=f"data-free w={w}",
+            )
         ax[0].axhline(result["shipped"]["eps_distance"][i], color=line.get_color(), ls="--", label=f"shipped w={w}")
     ax[0].set(xlabel="distillation iterations", ylabel="eps RMS distance to the top", xscale="log", yscale="log")
     ax[0].legend(fontsize=6)
@@ -337,9 +456,13 @@ def _plot(result: Dict, path: str) -> None:
         for j, name in enumerate(cal["names"][1:]):
             ax[1].plot(cal["times"], [row[j] for row in cal["delta"]], ls, label=f"{k} {name}")
         r = result["runs"][k]
-        ax[2].errorbar([x["top_equivalents_per_sample"] for x in r], [x["path_error"] for x in r],
-                       yerr=[x["path_error_se"] for x in r], fmt="o" + ls, label=f"{k} (gamma {cal['gamma']:.2f})"
-                       if cal["gamma"] is not None else k)
+        ax[2].errorbar(
+            [x["top_equivalents_per_sample"] for x in r],
+            [x["path_error"] for x in r],
+            yerr=[x["path_error_se"] for x in r],
+            fmt="o" + ls,
+            label=f"{k} (gamma {cal['gamma']:.2f})" if cal["gamma"] is not None else k,
+        )
     ax[1].set(xlabel="reverse time s", ylabel="delta_l(s)", yscale="log")
     ax[1].legend(fontsize=6)
     ax[2].set(xlabel="ML-EM cost (top-level equivalents per sample)", ylabel="path error", xscale="log", yscale="log")
@@ -347,8 +470,13 @@ def _plot(result: Dict, path: str) -> None:
     kid = result.get("kid")
     if kid:
         names = list(kid["ladders"])
-        ax[3].bar(names, [kid["ladders"][k]["kid"] for k in names], yerr=[kid["ladders"][k]["kid_se"] for k in names],
-                  capsize=4, color=["C0", "C1", "C2"][:len(names)])
+        ax[3].bar(
+            names,
+            [kid["ladders"][k]["kid"] for k in names],
+            yerr=[kid["ladders"][k]["kid_se"] for k in names],
+            capsize=4,
+            color=["C0", "C1", "C2"][: len(names)],
+        )
         if kid.get("top_dpmpp_2m") is not None:
             ax[3].axhline(kid["top_dpmpp_2m"], color="k", ls="--", label="top model, DPM-Solver++ 20 steps")
             ax[3].legend(fontsize=7)
@@ -372,9 +500,13 @@ def main(argv=None, *, command: Optional[str] = None) -> None:
     p.add_argument("--work", default="build/distill_bench", help="where the distilled ladder is kept (resumable)")
     p.add_argument("--stages", default=None, help="comma-separated iteration counts (resumed one after the other)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--extend", type=int, default=None,
-                   help="after a run: continue both distilled ladders in --work to this many iterations and add "
-                        "their distances to --out")
+    p.add_argument(
+        "--extend",
+        type=int,
+        default=None,
+        help="after a run: continue both distilled ladders in --work to this many iterations and add "
+        "their distances to --out",
+    )
     p.add_argument("--ladders", default="digits,data_free", help="with --extend: which distilled ladders to continue")
     a = p.parse_args(argv)
     stages = [int(s) for s in a.stages.split(",")] if a.stages else None

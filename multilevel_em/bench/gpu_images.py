@@ -86,14 +86,35 @@ from .common import device_name, single_thread, sync_device
 
 #: Defaults of the full run (one GPU, < 8 minutes) and of --quick (a tiny CPU run, < 60 s).
 FULL = {
-    "size": 32, "widths": (16, 32, 64, 128), "norm_groups": 8, "batch": 128, "train_seconds": 280.0, "probe_iters": 20,
-    "cal_n": 32, "cal_steps": 144, "n": 512, "em_steps": (500, 250, 100, 50, 25), "dpm_steps": (20, 10),
-    "mlem_budgets": (250, 100, 50, 25), "deadline_seconds": 450.0,
+    "size": 32,
+    "widths": (16, 32, 64, 128),
+    "norm_groups": 8,
+    "batch": 128,
+    "train_seconds": 280.0,
+    "probe_iters": 20,
+    "cal_n": 32,
+    "cal_steps": 144,
+    "n": 512,
+    "em_steps": (500, 250, 100, 50, 25),
+    "dpm_steps": (20, 10),
+    "mlem_budgets": (250, 100, 50, 25),
+    "deadline_seconds": 450.0,
 }
 QUICK = {
-    "size": 16, "widths": (4, 8, 12, 16), "norm_groups": 4, "batch": 16, "train_seconds": 4.0, "probe_iters": 3,
-    "cal_n": 8, "cal_steps": 36, "n": 16, "em_steps": (20, 10), "dpm_steps": (10,), "mlem_budgets": (10, 5),
-    "deadline_seconds": 600.0, "device": "cpu",
+    "size": 16,
+    "widths": (4, 8, 12, 16),
+    "norm_groups": 4,
+    "batch": 16,
+    "train_seconds": 4.0,
+    "probe_iters": 3,
+    "cal_n": 8,
+    "cal_steps": 36,
+    "n": 16,
+    "em_steps": (20, 10),
+    "dpm_steps": (10,),
+    "mlem_budgets": (10, 5),
+    "deadline_seconds": 600.0,
+    "device": "cpu",
 }
 RESERVE = 20.0  # seconds kept for scoring, the plot and the JSON after the last run
 CLASSIFIER_SIZE = 16  # the digit classifier's input size
@@ -127,8 +148,12 @@ def _float_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, prog="mlem bench gpu")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="mlem bench gpu",
+    )
     q = "default {} ({} with --quick)"
 
     def d(key, fmt=str):
@@ -137,23 +162,49 @@ def build_parser() -> argparse.ArgumentParser:
         show = (lambda v: ",".join(map(str, v))) if isinstance(val, tuple) else fmt
         return q.format(show(val), show(qv))
 
-    p.add_argument("--quick", action="store_true", help="a tiny CPU run (16x16, tiny widths, few iterations and "
-                   "samples, < 60 s): checks the script end to end; its numbers mean nothing")
-    p.add_argument("--data", default=None, metavar="FOLDER",
-                   help="a folder of PNG/JPEG images (default: scikit-learn's digits, nothing downloaded)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny CPU run (16x16, tiny widths, few iterations and "
+        "samples, < 60 s): checks the script end to end; its numbers mean nothing",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FOLDER",
+        help="a folder of PNG/JPEG images (default: scikit-learn's digits, nothing downloaded)",
+    )
     p.add_argument("--size", type=int, default=None, choices=(16, 32, 64), help="image side in pixels, " + d("size"))
-    p.add_argument("--channels", type=int, default=3, choices=(1, 3), help="for --data: 1 (grayscale) or 3 (RGB, "
-                   "default); the digits are grayscale")
-    p.add_argument("--widths", type=_int_list, default=None,
-                   help="base widths, strictly increasing, multiples of --norm-groups (block_out_channels = "
-                   "(w, 2w, 2w)), " + d("widths"))
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=3,
+        choices=(1, 3),
+        help="for --data: 1 (grayscale) or 3 (RGB, default); the digits are grayscale",
+    )
+    p.add_argument(
+        "--widths",
+        type=_int_list,
+        default=None,
+        help="base widths, strictly increasing, multiples of --norm-groups (block_out_channels = "
+        "(w, 2w, 2w)), " + d("widths"),
+    )
     p.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups, " + d("norm_groups"))
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; cpu with "
-                   "--quick)")
-    p.add_argument("--train-seconds", type=float, default=None,
-                   help="training budget in seconds, split as equal iterations per level, " + d("train_seconds"))
-    p.add_argument("--probe-iters", type=int, default=None,
-                   help="iterations per level timed to size the budget, " + d("probe_iters"))
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu; cpu with --quick)"
+    )
+    p.add_argument(
+        "--train-seconds",
+        type=float,
+        default=None,
+        help="training budget in seconds, split as equal iterations per level, " + d("train_seconds"),
+    )
+    p.add_argument(
+        "--probe-iters",
+        type=int,
+        default=None,
+        help="iterations per level timed to size the budget, " + d("probe_iters"),
+    )
     p.add_argument("--iters", type=int, default=None, help="fixed iterations per level (ignores --train-seconds)")
     p.add_argument("--batch", type=int, default=None, help="training batch, " + d("batch"))
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
@@ -161,23 +212,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds training, calibration and sampling (default 0)")
     p.add_argument("--cal-n", type=int, default=None, help="calibration states, " + d("cal_n"))
     p.add_argument("--cal-steps", type=int, default=None, help="calibration EM steps, " + d("cal_steps"))
-    p.add_argument("--n", type=int, default=None,
-                   help="samples per run, a multiple of 16 (8 chunks of 2 or more), " + d("n"))
+    p.add_argument(
+        "--n", type=int, default=None, help="samples per run, a multiple of 16 (8 chunks of 2 or more), " + d("n")
+    )
     p.add_argument("--em-steps", type=_int_list, default=None, help="EM-top step counts, " + d("em_steps"))
     p.add_argument("--dpm-steps", type=_int_list, default=None, help="DPM-Solver++(2M) step counts, " + d("dpm_steps"))
-    p.add_argument("--mlem-budgets", type=_float_list, default=None,
-                   help="ML-EM budgets, top-level equivalents per sample, " + d("mlem_budgets"))
-    p.add_argument("--pad", type=int, default=None, help="pad ML-EM sub-batches to multiples of this many samples "
-                   "(default 32 on a GPU, 1 = none on the CPU)")
-    p.add_argument("--deadline-seconds", type=float, default=None,
-                   help="the whole script's time limit, met by shrinking --n or skipping runs, "
-                   + d("deadline_seconds"))
-    p.add_argument("--ref-max", type=int, default=2000, help="for --data: at most this many reference images "
-                   "for SW (default 2000)")
-    p.add_argument("--ladder-dir", default=None, help="keep the trained ladder (+ calibration) in this new folder "
-                   "(default: a temporary folder, deleted at the end)")
-    p.add_argument("--out", default=None, help="JSON output (default results/gpu_images.json; "
-                   "results/gpu_images_quick.json with --quick)")
+    p.add_argument(
+        "--mlem-budgets",
+        type=_float_list,
+        default=None,
+        help="ML-EM budgets, top-level equivalents per sample, " + d("mlem_budgets"),
+    )
+    p.add_argument(
+        "--pad",
+        type=int,
+        default=None,
+        help="pad ML-EM sub-batches to multiples of this many samples (default 32 on a GPU, 1 = none on the CPU)",
+    )
+    p.add_argument(
+        "--deadline-seconds",
+        type=float,
+        default=None,
+        help="the whole script's time limit, met by shrinking --n or skipping runs, " + d("deadline_seconds"),
+    )
+    p.add_argument(
+        "--ref-max", type=int, default=2000, help="for --data: at most this many reference images for SW (default 2000)"
+    )
+    p.add_argument(
+        "--ladder-dir",
+        default=None,
+        help="keep the trained ladder (+ calibration) in this new folder "
+        "(default: a temporary folder, deleted at the end)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default results/gpu_images.json; results/gpu_images_quick.json with --quick)",
+    )
     p.add_argument("--plot", default=None, help="cost-quality plot PNG (default: --out with .png)")
     return p
 
@@ -200,8 +271,10 @@ def resolve(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict:
     s["pad"] = args.pad if args.pad is not None else (32 if dev.type == "cuda" else 1)
     if args.data is not None:
         if not os.path.isdir(args.data):
-            p.error(f"--data: {args.data!r} is not a folder (give a folder of PNG/JPEG images, or omit --data "
-                    "for the digits)")
+            p.error(
+                f"--data: {args.data!r} is not a folder (give a folder of PNG/JPEG images, or omit --data "
+                "for the digits)"
+            )
         if not any(f.lower().endswith(IMAGE_SUFFIXES) for _, _, names in os.walk(args.data) for f in names):
             p.error(f"--data: no PNG/JPEG file in {args.data!r}")
     widths, groups = s["widths"], s["norm_groups"]
@@ -216,8 +289,9 @@ def resolve(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict:
         if v < lo:
             p.error(f"--{k.replace('_', '-')}: expected an int >= {lo}, got {v}")
     if s["n"] < 2 * CHUNKS or s["n"] % (2 * CHUNKS):
-        p.error(f"--n: expected a multiple of {2 * CHUNKS} (>= {2 * CHUNKS}: {CHUNKS} chunks of 2 or more), "
-                f"got {s['n']}")
+        p.error(
+            f"--n: expected a multiple of {2 * CHUNKS} (>= {2 * CHUNKS}: {CHUNKS} chunks of 2 or more), got {s['n']}"
+        )
     if args.iters is not None and args.iters < 1:
         p.error(f"--iters: expected an int >= 1, got {args.iters}")
     if not s["train_seconds"] > 0 or not s["deadline_seconds"] > 0:
@@ -228,9 +302,18 @@ def resolve(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict:
         p.error(f"--ladder-dir: {args.ladder_dir!r} exists and is not empty; give a new folder")
     if args.data is None and args.channels != 3:
         p.error("--channels: only for --data (the digits are grayscale)")
-    s.update(data=args.data or "digits", channels=(None if args.data is None else args.channels), iters=args.iters,
-             batch=s["batch"], lr=args.lr, ema=args.ema, seed=args.seed, ref_max=args.ref_max, quick=args.quick,
-             ladder_dir=args.ladder_dir)
+    s.update(
+        data=args.data or "digits",
+        channels=(None if args.data is None else args.channels),
+        iters=args.iters,
+        batch=s["batch"],
+        lr=args.lr,
+        ema=args.ema,
+        seed=args.seed,
+        ref_max=args.ref_max,
+        quick=args.quick,
+        ladder_dir=args.ladder_dir,
+    )
     return s
 
 
@@ -241,8 +324,17 @@ def train(data, directory: str, s: dict, device: torch.device, command: str, ech
     """Probe, then train to the iteration count that fills the budget (equal iterations per level)."""
     widths = s["widths"]
     K = len(widths)
-    kw = {"widths": widths, "seed": s["seed"], "batch": s["batch"], "lr": s["lr"], "ema_decay": s["ema"],
-          "norm_groups": s["norm_groups"], "save_every": 10**9, "command": command, "device": device}
+    kw = {
+        "widths": widths,
+        "seed": s["seed"],
+        "batch": s["batch"],
+        "lr": s["lr"],
+        "ema_decay": s["ema"],
+        "norm_groups": s["norm_groups"],
+        "save_every": 10**9,
+        "command": command,
+        "device": device,
+    }
     stamps: list[float] = []
 
     def progress(k: int) -> None:
@@ -250,7 +342,7 @@ def train(data, directory: str, s: dict, device: torch.device, command: str, ech
             stamps.append(_now())
 
     def per_level(phase: list[float], iters: int) -> list[list[float]]:
-        return [phase[i * iters:(i + 1) * iters] for i in range(K)]
+        return [phase[i * iters : (i + 1) * iters] for i in range(K)]
 
     probe = s["probe_iters"] if s["iters"] is None else s["iters"]
     start = _now()
@@ -260,18 +352,23 @@ def train(data, directory: str, s: dict, device: torch.device, command: str, ech
     sec_per_iter = []
     for lv in probe_levels:
         diffs = [b - a for a, b in itertools.pairwise(lv)]  # the first iteration (warm-up) is not among them
-        sec_per_iter.append(statistics.median(diffs[len(diffs) // 3:]) if diffs else probe_wall / (K * probe))
+        sec_per_iter.append(statistics.median(diffs[len(diffs) // 3 :]) if diffs else probe_wall / (K * probe))
     overhead = max(0.0, probe_wall - sum((probe - 1) * t for t in sec_per_iter))
     if s["iters"] is not None:
         iters, rule = s["iters"], f"fixed: {s['iters']} iterations per level (--iters)"
     else:
         left = s["train_seconds"] - probe_wall - overhead  # the second call has about the probe's overhead
         iters = probe + max(0, int(left / sum(sec_per_iter)))
-        rule = (f"equal iterations per level; {probe} probe iterations per level timed, then "
-                f"{iters} = {probe} + floor((budget {s['train_seconds']:g} s - probe {probe_wall:.1f} s - "
-                f"overhead {overhead:.1f} s) / {sum(sec_per_iter):.4f} s per iteration of all levels)")
-    echo(f"train: probe {probe} iterations per level in {probe_wall:.1f} s; seconds per iteration "
-         + ", ".join(f"w{w}: {t * 1e3:.1f} ms" for w, t in zip(widths, sec_per_iter)) + f"; -> {iters} iterations")
+        rule = (
+            f"equal iterations per level; {probe} probe iterations per level timed, then "
+            f"{iters} = {probe} + floor((budget {s['train_seconds']:g} s - probe {probe_wall:.1f} s - "
+            f"overhead {overhead:.1f} s) / {sum(sec_per_iter):.4f} s per iteration of all levels)"
+        )
+    echo(
+        f"train: probe {probe} iterations per level in {probe_wall:.1f} s; seconds per iteration "
+        + ", ".join(f"w{w}: {t * 1e3:.1f} ms" for w, t in zip(widths, sec_per_iter))
+        + f"; -> {iters} iterations"
+    )
     main_levels: list[list[float]] = [[] for _ in range(K)]
     main_wall = 0.0
     if iters > probe:
@@ -293,12 +390,22 @@ def train(data, directory: str, s: dict, device: torch.device, command: str, ech
             losses = f.get_tensor("losses")  # not the weights and optimizer state
         m = max(1, len(losses) // 10)
         final_loss.append(float(losses[-m:].mean()))
-    echo(f"train: {iters} iterations per level in {probe_wall + main_wall:.1f} s (budget {s['train_seconds']:g} s); "
-         "final loss (mean of last 10%) " + ", ".join(f"{v:.4f}" for v in final_loss))
-    return {"split": rule, "iters_per_level": iters, "probe_iters": probe, "batch": s["batch"],
-            "seconds_per_iteration": sec_per_iter, "train_seconds_per_level": level_seconds,
-            "train_wall_seconds": probe_wall + main_wall, "budget_seconds": s["train_seconds"],
-            "call_overhead_seconds": overhead, "final_loss": final_loss}
+    echo(
+        f"train: {iters} iterations per level in {probe_wall + main_wall:.1f} s (budget {s['train_seconds']:g} s); "
+        "final loss (mean of last 10%) " + ", ".join(f"{v:.4f}" for v in final_loss)
+    )
+    return {
+        "split": rule,
+        "iters_per_level": iters,
+        "probe_iters": probe,
+        "batch": s["batch"],
+        "seconds_per_iteration": sec_per_iter,
+        "train_seconds_per_level": level_seconds,
+        "train_wall_seconds": probe_wall + main_wall,
+        "budget_seconds": s["train_seconds"],
+        "call_overhead_seconds": overhead,
+        "final_loss": final_loss,
+    }
 
 
 # ----------------------------------------------------------------------------- sampling on the device
@@ -323,8 +430,7 @@ class DevicePipeline(MultilevelPipeline):
         sizes = range(pad, pad * -(-n // pad) + 1, pad)
         return [bucketed(m, sizes) for m in levels]
 
-    def run(self, n: int, method: str, *, steps: int | None = None, budget: float | None = None,
-            seed: int = 0):
+    def run(self, n: int, method: str, *, steps: int | None = None, budget: float | None = None, seed: int = 0):
         """(samples on the device, report) of ``n`` samples; the report as ``pipe(...).report``, its
         ``wall_seconds`` measured between two ``torch.cuda.synchronize`` on a GPU."""
         L = self.ladder
@@ -337,9 +443,15 @@ class DevicePipeline(MultilevelPipeline):
             plan = self.sampling_plan(budget, steps, "em")
             levels, sampler, steps = list(plan.levels), "em", plan.steps
             rates = [ReverseTimeRate(r, L.schedule.t_max) for r in plan.rates]
-            denoiser = MultilevelDenoiser([models[i] for i in levels], costs=[L.costs[i] for i in levels],
-                                          rates=rates, draws="per_sample", generator=g_draws, schedule=L.schedule,
-                                          names=[L.names[i] for i in levels])
+            denoiser = MultilevelDenoiser(
+                [models[i] for i in levels],
+                costs=[L.costs[i] for i in levels],
+                rates=rates,
+                draws="per_sample",
+                generator=g_draws,
+                schedule=L.schedule,
+                names=[L.names[i] for i in levels],
+            )
         elif method in ("em", "dpmpp_2m"):
             levels, sampler = [len(L) - 1], method
             denoiser = MultilevelDenoiser([models[-1]], costs=[L.costs[-1]], schedule=L.schedule, names=L.names[-1:])
@@ -429,7 +541,7 @@ class Scorer:
         self.seed = s["seed"]
         ref = data.x
         if not self.digits and len(ref) > s["ref_max"]:
-            idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(s["seed"]))[:s["ref_max"]]
+            idx = torch.randperm(len(ref), generator=torch.Generator().manual_seed(s["seed"]))[: s["ref_max"]]
             ref = ref[idx]
         self.ref = ref
         self.ref_dev = ref.to(device)
@@ -438,16 +550,20 @@ class Scorer:
             with torch.no_grad():
                 self.ref_feats = self.clf.features(ref)
             self.metric, self.key = "KID", "kid"
-            self.description = (f"KID: unbiased MMD^2, cubic polynomial kernel, on the 64-d features of the project's "
-                                f"digit classifier (samples and all {len(ref)} digits area-resampled to 16x16); "
-                                f"kid_se from {CHUNKS} disjoint chunks. Also pixel sliced Wasserstein (256 "
-                                "projections) at full size")
+            self.description = (
+                f"KID: unbiased MMD^2, cubic polynomial kernel, on the 64-d features of the project's "
+                f"digit classifier (samples and all {len(ref)} digits area-resampled to 16x16); "
+                f"kid_se from {CHUNKS} disjoint chunks. Also pixel sliced Wasserstein (256 "
+                "projections) at full size"
+            )
         else:
             self.metric, self.key = "SW", "sliced_wasserstein"
-            self.description = (f"pixel sliced Wasserstein (256 projections) against {len(ref)} images of the folder; "
-                                f"sliced_wasserstein_se from {CHUNKS} disjoint chunks (each chunk's SW is biased up by "
-                                "its small size; only differences between runs are meaningful). The digit "
-                                "classifier's KID does not apply to other images")
+            self.description = (
+                f"pixel sliced Wasserstein (256 projections) against {len(ref)} images of the folder; "
+                f"sliced_wasserstein_se from {CHUNKS} disjoint chunks (each chunk's SW is biased up by "
+                "its small size; only differences between runs are meaningful). The digit "
+                "classifier's KID does not apply to other images"
+            )
 
     def _sw(self, x) -> float:
         return sliced_wasserstein(x, self.ref_dev, projections=256, generator=torch.Generator().manual_seed(self.seed))
@@ -458,11 +574,18 @@ class Scorer:
             xc = x.cpu()
             m = image_metrics(xc, self.ref, self.clf, seed=self.seed)
             chunks = chunk_kids(self.clf, xc, self.ref_feats)
-            return {"kid": m["kid"], "kid_chunks": chunks, "kid_se": sample_sd(chunks) / math.sqrt(len(chunks)),
-                    "sliced_wasserstein": m["sliced_wasserstein"]}
+            return {
+                "kid": m["kid"],
+                "kid_chunks": chunks,
+                "kid_se": sample_sd(chunks) / math.sqrt(len(chunks)),
+                "sliced_wasserstein": m["sliced_wasserstein"],
+            }
         chunks = [self._sw(c) for c in torch.tensor_split(x.to(self.ref_dev.device), CHUNKS)]
-        return {"sliced_wasserstein": self._sw(x.to(self.ref_dev.device)), "sliced_wasserstein_chunks": chunks,
-                "sliced_wasserstein_se": sample_sd(chunks) / math.sqrt(len(chunks))}
+        return {
+            "sliced_wasserstein": self._sw(x.to(self.ref_dev.device)),
+            "sliced_wasserstein_chunks": chunks,
+            "sliced_wasserstein_se": sample_sd(chunks) / math.sqrt(len(chunks)),
+        }
 
 
 def summarize(runs: list[dict], scorer: Scorer) -> dict:
@@ -476,8 +599,11 @@ def summarize(runs: list[dict], scorer: Scorer) -> dict:
         if "kid_diff" in sh:
             r[key + "_diff"], r[key + "_diff_se"] = sh["kid_diff"], sh["kid_diff_se"]
     methods = {r["method"] for r in done}
-    lines = [ln.replace("KID", scorer.metric) for ln in summary.pop("lines")
-             if ln.startswith("reference") or ln.split(":")[0] in methods]
+    lines = [
+        ln.replace("KID", scorer.metric)
+        for ln in summary.pop("lines")
+        if ln.startswith("reference") or ln.split(":")[0] in methods
+    ]
     summary = {k: v for k, v in summary.items() if k == "reference" or k in methods}
     equal = []
     for r in done:
@@ -488,15 +614,24 @@ def summarize(runs: list[dict], scorer: Scorer) -> dict:
             continue
         e = em[0]
         diffs = [a - b for a, b in zip(r[key + "_chunks"], e[key + "_chunks"])]
-        row = {"budget": r["budget"], "em_steps": e["steps"], "mlem_top_equivalents": r["top_equivalents"],
-               "em_top_equivalents": e["top_equivalents"], f"mlem_{key}": r[key], f"em_{key}": e[key],
-               "diff": r[key] - e[key], "diff_se": sample_sd(diffs) / math.sqrt(len(diffs)),
-               "wall_ratio_mlem_over_em": r["wall_seconds_per_sample"] / e["wall_seconds_per_sample"]}
+        row = {
+            "budget": r["budget"],
+            "em_steps": e["steps"],
+            "mlem_top_equivalents": r["top_equivalents"],
+            "em_top_equivalents": e["top_equivalents"],
+            f"mlem_{key}": r[key],
+            f"em_{key}": e[key],
+            "diff": r[key] - e[key],
+            "diff_se": sample_sd(diffs) / math.sqrt(len(diffs)),
+            "wall_ratio_mlem_over_em": r["wall_seconds_per_sample"] / e["wall_seconds_per_sample"],
+        }
         equal.append(row)
-        lines.append(f"equal cost {r['budget']:g}: ML-EM {scorer.metric} {r[key]:.4g} vs EM {e[key]:.4g} (diff "
-                     f"{row['diff']:+.3g} +- {row['diff_se']:.2g} paired se), counted cost "
-                     f"{r['top_equivalents']:.1f} vs "
-                     f"{e['top_equivalents']:.0f}, wall-clock ML-EM/EM {row['wall_ratio_mlem_over_em']:.2f}")
+        lines.append(
+            f"equal cost {r['budget']:g}: ML-EM {scorer.metric} {r[key]:.4g} vs EM {e[key]:.4g} (diff "
+            f"{row['diff']:+.3g} +- {row['diff_se']:.2g} paired se), counted cost "
+            f"{r['top_equivalents']:.1f} vs "
+            f"{e['top_equivalents']:.0f}, wall-clock ML-EM/EM {row['wall_ratio_mlem_over_em']:.2f}"
+        )
     return {"metric": scorer.metric, **summary, "equal_cost": equal, "lines": lines}
 
 
@@ -511,19 +646,36 @@ def plot(path: str, result: dict, grids: dict[str, torch.Tensor]) -> str:
 
     key = "kid" if result["metric"]["name"] == "KID" else "sliced_wasserstein"
     runs = [r for r in result["runs"] if "skipped" not in r]
-    fig, axes = plt.subplots(1, 2 + len(grids), figsize=(5 * (2 + len(grids)), 4.2),
-                             gridspec_kw={"width_ratios": [1.3, 1.3] + [1] * len(grids)})
-    styles = {"em": ("EM (top level)", "o-", "C0"), "dpmpp_2m": ("DPM-Solver++(2M)", "s-", "C1"),
-              "mlem": ("ML-EM", "D-", "C3")}
-    for ax, xkey, xlabel in ((axes[0], "top_equivalents", "cost: top-level equivalents per sample"),
-                             (axes[1], "wall_ms_per_sample", f"wall-clock ms per sample ({result['device_name']})")):
+    fig, axes = plt.subplots(
+        1,
+        2 + len(grids),
+        figsize=(5 * (2 + len(grids)), 4.2),
+        gridspec_kw={"width_ratios": [1.3, 1.3] + [1] * len(grids)},
+    )
+    styles = {
+        "em": ("EM (top level)", "o-", "C0"),
+        "dpmpp_2m": ("DPM-Solver++(2M)", "s-", "C1"),
+        "mlem": ("ML-EM", "D-", "C3"),
+    }
+    for ax, xkey, xlabel in (
+        (axes[0], "top_equivalents", "cost: top-level equivalents per sample"),
+        (axes[1], "wall_ms_per_sample", f"wall-clock ms per sample ({result['device_name']})"),
+    ):
         for method, (label, fmt, color) in styles.items():
             rs = sorted((r for r in runs if r["method"] == method), key=lambda r: r["top_equivalents"])
             if not rs:
                 continue
             xs = [r["top_equivalents"] if xkey == "top_equivalents" else 1e3 * r["wall_seconds_per_sample"] for r in rs]
-            ax.errorbar(xs, [r[key] for r in rs], yerr=[r[key + "_se"] for r in rs], fmt=fmt, color=color,
-                        label=label, capsize=3, ms=5)
+            ax.errorbar(
+                xs,
+                [r[key] for r in rs],
+                yerr=[r[key + "_se"] for r in rs],
+                fmt=fmt,
+                color=color,
+                label=label,
+                capsize=3,
+                ms=5,
+            )
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{result['metric']['name']} (lower is better)")
@@ -548,8 +700,9 @@ def plot(path: str, result: dict, grids: dict[str, torch.Tensor]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo=print,
-        command: str | None = None) -> dict:
+def run(
+    s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo=print, command: str | None = None
+) -> dict:
     command = command or shlex.join(["mlem", "bench", "gpu", *argv])
     device = torch.device(s["device"])
     deadline = t_start + s["deadline_seconds"]
@@ -561,18 +714,26 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
         sync_device(device)
     data = load_dataset(s["data"], size=s["size"], channels=s["channels"])
     echo("data: " + data.report())
-    shapes = {"sample_size": data.size, "channels": data.channels, "layers_per_block": 1,
-              "norm_groups": s["norm_groups"]}
+    shapes = {
+        "sample_size": data.size,
+        "channels": data.channels,
+        "layers_per_block": 1,
+        "norm_groups": s["norm_groups"],
+    }
     unets = [build_unet(w, **shapes) for w in s["widths"]]
     flops = [unet_flops(u, data.size, data.channels) for u in unets]
     params = [sum(p.numel() for p in u.parameters()) for u in unets]
     del unets
     cheapest = flops[0] / flops[-1]
     if min(s["mlem_budgets"]) < cheapest:
-        raise SystemExit(f"--mlem-budgets: {min(s['mlem_budgets']):g} is below one step of the cheapest level "
-                         f"({cheapest:.3g} top-level equivalents)")
-    echo("ladder: widths " + ", ".join(f"{w} ({f / 1e9:.3f} GFLOPs, {p / 1e6:.2f}M params)"
-                                       for w, f, p in zip(s["widths"], flops, params)))
+        raise SystemExit(
+            f"--mlem-budgets: {min(s['mlem_budgets']):g} is below one step of the cheapest level "
+            f"({cheapest:.3g} top-level equivalents)"
+        )
+    echo(
+        "ladder: widths "
+        + ", ".join(f"{w} ({f / 1e9:.3f} GFLOPs, {p / 1e6:.2f}M params)" for w, f, p in zip(s["widths"], flops, params))
+    )
     phases["setup"] = _now() - t
 
     tmp = None
@@ -593,13 +754,17 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
         phases["calibrate"] = _now() - t
         gamma_se = None if cal.gamma_se is None or not math.isfinite(cal.gamma_se) else float(cal.gamma_se)
         gamma = None if cal.gamma is None else float(cal.gamma)
-        echo(f"calibrate: gamma = {gamma} +- {gamma_se}, EM step error a = {cal.step_error:.4g}, "
-             f"in {phases['calibrate']:.1f} s")
+        echo(
+            f"calibrate: gamma = {gamma} +- {gamma_se}, EM step error a = {cal.step_error:.4g}, "
+            f"in {phases['calibrate']:.1f} s"
+        )
 
         t = _now()
-        settings = ([{"method": "em", "steps": k} for k in sorted(s["em_steps"], reverse=True)]
-                    + [{"method": "dpmpp_2m", "steps": k} for k in sorted(s["dpm_steps"], reverse=True)]
-                    + [{"method": "mlem", "budget": b} for b in sorted(s["mlem_budgets"], reverse=True)])
+        settings = (
+            [{"method": "em", "steps": k} for k in sorted(s["em_steps"], reverse=True)]
+            + [{"method": "dpmpp_2m", "steps": k} for k in sorted(s["dpm_steps"], reverse=True)]
+            + [{"method": "mlem", "budget": b} for b in sorted(s["mlem_budgets"], reverse=True)]
+        )
         n_req, n = s["n"], s["n"]
         with torch.no_grad():
             level_t = time_levels(pipe, n, repeats=3)
@@ -632,20 +797,28 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
                     runs.append(dict(st, skipped=f"error: {type(e).__name__}: {e}"))
                     echo(f"{st['method']:>8} {st}: failed: {type(e).__name__}: {e}")
                     continue
-                row = dict(st, steps_run=rep["steps"], top_equivalents=rep["top_equivalents_per_sample"],
-                           flops_per_sample=rep["flops_per_sample"], wall_seconds=rep["wall_seconds"],
-                           wall_seconds_per_sample=rep["wall_seconds_per_sample"], predicted_seconds=pred,
-                           evaluations_per_sample=[lv["evaluations_per_sample"] for lv in rep["levels"]],
-                           levels=[lv["level"] for lv in rep["levels"]])
+                row = dict(
+                    st,
+                    steps_run=rep["steps"],
+                    top_equivalents=rep["top_equivalents_per_sample"],
+                    flops_per_sample=rep["flops_per_sample"],
+                    wall_seconds=rep["wall_seconds"],
+                    wall_seconds_per_sample=rep["wall_seconds_per_sample"],
+                    predicted_seconds=pred,
+                    evaluations_per_sample=[lv["evaluations_per_sample"] for lv in rep["levels"]],
+                    levels=[lv["level"] for lv in rep["levels"]],
+                )
                 if "plan" in rep:
                     row["plan"] = rep["plan"]
                 row.update(scorer(x))
                 runs.append(row)
                 knob = f"steps {st['steps']}" if "steps" in st else f"budget {st['budget']:g}"
-                echo(f"{st['method']:>8} {knob:>11}: {row['top_equivalents']:8.2f} top-eq/sample, "
-                     f"{row['wall_seconds_per_sample'] * 1e3:8.3f} ms/sample, {scorer.metric} "
-                     f"{row[scorer.key]:.4g} +- {row[scorer.key + '_se']:.2g}"
-                     + (f", SW {row['sliced_wasserstein']:.4f}" if scorer.digits else ""))
+                echo(
+                    f"{st['method']:>8} {knob:>11}: {row['top_equivalents']:8.2f} top-eq/sample, "
+                    f"{row['wall_seconds_per_sample'] * 1e3:8.3f} ms/sample, {scorer.metric} "
+                    f"{row[scorer.key]:.4g} +- {row[scorer.key + '_se']:.2g}"
+                    + (f", SW {row['sliced_wasserstein']:.4f}" if scorer.digits else "")
+                )
                 # Sample grids for the plot: EM with the most steps, ML-EM with the largest budget.
                 if st["method"] in ("em", "mlem") and not any(k.startswith(st["method"] + ":") for k in grids):
                     grids[f"{st['method']}: {knob}"] = x.cpu()
@@ -669,15 +842,32 @@ def run(s: dict, argv: list[str], out: str, plot_path: str, t_start: float, echo
         "device_name": device_name(device),
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
         "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "settings": {k: v for k, v in s.items()},
-        "data": {"name": data.name, "n_images": int(data.x.shape[0]), "size": data.size, "channels": data.channels,
-                 "skipped_files": len(data.skipped)},
-        "ladder": {"widths": s["widths"], "block_out_channels": [[w, 2 * w, 2 * w] for w in s["widths"]],
-                   "flops": flops, "params": params, "layers_per_block": 1, "norm_groups": s["norm_groups"],
-                   "saved_in": s["ladder_dir"]},
+        "settings": dict(s.items()),
+        "data": {
+            "name": data.name,
+            "n_images": int(data.x.shape[0]),
+            "size": data.size,
+            "channels": data.channels,
+            "skipped_files": len(data.skipped),
+        },
+        "ladder": {
+            "widths": s["widths"],
+            "block_out_channels": [[w, 2 * w, 2 * w] for w in s["widths"]],
+            "flops": flops,
+            "params": params,
+            "layers_per_block": 1,
+            "norm_groups": s["norm_groups"],
+            "saved_in": s["ladder_dir"],
+        },
         "training": training,
-        "calibration": {"gamma": gamma, "gamma_se": gamma_se, "n": s["cal_n"], "steps": s["cal_steps"],
-                        "seconds": phases["calibrate"], "full": cal.to_dict()},
+        "calibration": {
+            "gamma": gamma,
+            "gamma_se": gamma_se,
+            "n": s["cal_n"],
+            "steps": s["cal_steps"],
+            "seconds": phases["calibrate"],
+            "full": cal.to_dict(),
+        },
         "metric": {"name": scorer.metric, "key": scorer.key, "description": scorer.description},
         "n_requested": n_req,
         "n": n,

@@ -28,7 +28,6 @@ from ..engine import BrownianPath, solve
 from ..problems import htmc
 from .common import fit_slope, pareto_front, rms_error, single_thread, write_json
 
-
 #: Fits and speedups use errors of at least this many times the ladder's floor.
 FLOOR_MARGIN = 2.0
 
@@ -36,8 +35,17 @@ FLOOR_MARGIN = 2.0
 def measure_deltas(problem, x0: torch.Tensor, *, steps: int = 32, noise=None) -> List[float]:
     """delta_l = RMS over states of |f^l - f^{l-1}| along EM trajectories of the top level (l = 2..K)."""
     lad = problem.ladder
-    sol = solve(lad, x0, t0=problem.t0, t1=problem.t1, steps=steps, diffusion=problem.diffusion,
-                method="em", noise=noise, save_every=1)
+    sol = solve(
+        lad,
+        x0,
+        t0=problem.t0,
+        t1=problem.t1,
+        steps=steps,
+        diffusion=problem.diffusion,
+        method="em",
+        noise=noise,
+        save_every=1,
+    )
     sq = [0.0] * len(lad)
     for t, x in zip(sol.ts.tolist()[:-1], sol.xs[:-1]):
         outs = [f(x, t) for f in lad]
@@ -66,7 +74,12 @@ def _fit_front(front, lo: float, hi: float) -> Optional[Dict]:
     if len(pts) < 3:
         return None
     slope, se = fit_slope([c for c, _ in pts], [e for _, e in pts])
-    return {"slope": slope, "stderr": se, "points": len(pts), "error_range": [min(e for _, e in pts), max(e for _, e in pts)]}
+    return {
+        "slope": slope,
+        "stderr": se,
+        "points": len(pts),
+        "error_range": [min(e for _, e in pts), max(e for _, e in pts)],
+    }
 
 
 def run_gamma(
@@ -97,7 +110,9 @@ def run_gamma(
     for L in range(levels):
         for n in em_steps:
             s = solve(P.ladder, x0, steps=n, method="em", level=L, **kw)
-            runs.append({"method": "em", "level": L + 1, "steps": n, "cost": s.cost_per_sample, "error": rms_error(s.x, ref)})
+            runs.append(
+                {"method": "em", "level": L + 1, "steps": n, "cost": s.cost_per_sample, "error": rms_error(s.x, ref)}
+            )
     progress(f"gamma={gamma}: EM sweep done ({time.perf_counter() - t_start:.0f} s)")
     g = torch.Generator().manual_seed(seed + 3)
     for L in range(2, levels + 1):
@@ -106,8 +121,16 @@ def run_gamma(
             for top_rate in top_rates:
                 rates = closed_form_rates(costs[:L], deltas[: L - 1], top_rate)
                 s = solve(sub, x0, steps=n, method="mlem", rates=rates, generator=g, **kw)
-                runs.append({"method": "mlem", "levels": L, "steps": n, "top_rate": top_rate, "cost": s.cost_per_sample,
-                             "error": rms_error(s.x, ref)})
+                runs.append(
+                    {
+                        "method": "mlem",
+                        "levels": L,
+                        "steps": n,
+                        "top_rate": top_rate,
+                        "cost": s.cost_per_sample,
+                        "error": rms_error(s.x, ref),
+                    }
+                )
                 # Past the point where every correction fires at every step, larger mu only repeats EM.
                 if all(r * (P.t1 - P.t0) / n >= 1 for r in rates):
                     break
@@ -116,17 +139,35 @@ def run_gamma(
     # target errors (the way the library is meant to be used).
     for L in range(2, levels + 1):
         sub = P.ladder.select(range(L))
-        cal = calibrate(sub, x0[:64], t0=P.t0, t1=P.t1, diffusion=P.diffusion, reference=P.true_drift,
-                        timing="given", generator=torch.Generator().manual_seed(seed + 4))
+        cal = calibrate(
+            sub,
+            x0[:64],
+            t0=P.t0,
+            t1=P.t1,
+            diffusion=P.diffusion,
+            reference=P.true_drift,
+            timing="given",
+            generator=torch.Generator().manual_seed(seed + 4),
+        )
         for target in np.geomspace(1.1 * cal.top_bias, max(0.5, 2 * cal.top_bias), plan_targets):
             try:
                 plan = cal.plan(target=float(target))
             except ValueError:
                 continue
             s = solve(plan.select(sub), x0, steps=plan.steps, method="mlem", rates=plan.rates, generator=g, **kw)
-            runs.append({"method": "mlem", "levels": L, "kept": [l + 1 for l in plan.levels], "steps": plan.steps,
-                         "mu": plan.mu, "target": float(target), "planned_cost": plan.ladder_cost,
-                         "cost": s.cost_per_sample, "error": rms_error(s.x, ref)})
+            runs.append(
+                {
+                    "method": "mlem",
+                    "levels": L,
+                    "kept": [l + 1 for l in plan.levels],
+                    "steps": plan.steps,
+                    "mu": plan.mu,
+                    "target": float(target),
+                    "planned_cost": plan.ladder_cost,
+                    "cost": s.cost_per_sample,
+                    "error": rms_error(s.x, ref),
+                }
+            )
     progress(f"gamma={gamma}: ML-EM sweep done ({time.perf_counter() - t_start:.0f} s)")
     fronts = {m: pareto_front((r["cost"], r["error"]) for r in runs if r["method"] == m) for m in ("em", "mlem")}
     # The ladder's floor: EM with the top level and the most steps (its own bias). Near it
@@ -139,8 +180,15 @@ def run_gamma(
     speedups = []
     for e in np.geomspace(hi, lo, 6).tolist() + [1.25 * floor]:
         c_em, c_ml = cost_to_reach(fronts["em"], e), cost_to_reach(fronts["mlem"], e)
-        speedups.append({"error": e, "em_cost": c_em, "mlem_cost": c_ml, "in_fit_range": e >= lo * (1 - 1e-9),
-                         "speedup": c_em / c_ml if math.isfinite(c_ml) and math.isfinite(c_em) else None})
+        speedups.append(
+            {
+                "error": e,
+                "em_cost": c_em,
+                "mlem_cost": c_ml,
+                "in_fit_range": e >= lo * (1 - 1e-9),
+                "speedup": c_em / c_ml if math.isfinite(c_ml) and math.isfinite(c_em) else None,
+            }
+        )
     theory = {"em": gamma + 1, "mlem": max(gamma, 2.0)}
     return {
         "gamma": gamma,
@@ -184,8 +232,14 @@ def plot(results: Dict, path: str) -> None:
             i = int(np.argmin(np.abs(np.log(front[:, 1] / mid))))
             e_line = np.geomspace(lo, hi, 10)
             k = r["theory_slopes"][m]
-            ax.loglog(e_line, front[i, 0] * (front[i, 1] / e_line) ** k, "--", color=colors[m], alpha=0.6,
-                      label=f"theory: slope {k:g}")
+            ax.loglog(
+                e_line,
+                front[i, 0] * (front[i, 1] / e_line) ** k,
+                "--",
+                color=colors[m],
+                alpha=0.6,
+                label=f"theory: slope {k:g}",
+            )
         ax.axvspan(lo, hi, color="0.9", zorder=0)
         ax.set_title(f"gamma = {r['gamma']:g}")
         ax.set_xlabel("RMS error vs true-drift reference")
@@ -211,8 +265,14 @@ def run_bench(
     """Run the benchmark for each gamma, write JSON (and the plot), print a table."""
     settings = dict(n_paths=n_paths, seed=seed)
     if quick:
-        settings.update(levels=6, em_steps=tuple(2**k for k in range(1, 11)), mlem_steps=(512,),
-                        top_rates=tuple(4.0**k for k in range(-1, 5)), ref_steps=4096, plan_targets=4)
+        settings.update(
+            levels=6,
+            em_steps=tuple(2**k for k in range(1, 11)),
+            mlem_steps=(512,),
+            top_rates=tuple(4.0**k for k in range(-1, 5)),
+            ref_steps=4096,
+            plan_targets=4,
+        )
     per = []
     with single_thread():  # the states are tiny (batch x dim)
         for gamma in gammas:
@@ -227,13 +287,18 @@ def run_bench(
     write_json(out, results)
     if plot_path:
         plot(results, plot_path)
-    echo(f"{'gamma':>6} {'EM slope':>16} {'ML-EM slope':>16} {'theory EM/ML-EM':>16}   "
-         "speedup (EM cost / ML-EM cost) at errors, high -> low")
+    echo(
+        f"{'gamma':>6} {'EM slope':>16} {'ML-EM slope':>16} {'theory EM/ML-EM':>16}   "
+        "speedup (EM cost / ML-EM cost) at errors, high -> low"
+    )
     for r in per:
         f = r["fits"]
         fmt = lambda x: f"{x['slope']:.2f} ± {x['stderr']:.2f}" if x else "n/a"  # noqa: E731
-        sp = ", ".join((f"{s['error']:.3g}: {s['speedup']:.1f}x" if s["speedup"] else f"{s['error']:.3g}: n/a")
-                       + ("" if s["in_fit_range"] else " (1.25x floor)") for s in r["speedups"])
+        sp = ", ".join(
+            (f"{s['error']:.3g}: {s['speedup']:.1f}x" if s["speedup"] else f"{s['error']:.3g}: n/a")
+            + ("" if s["in_fit_range"] else " (1.25x floor)")
+            for s in r["speedups"]
+        )
         th = r["theory_slopes"]
         echo(f"{r['gamma']:>6g} {fmt(f['em']):>16} {fmt(f['mlem']):>16} {th['em']:>8g}/{th['mlem']:<7g}   {sp}")
     return results

@@ -5,7 +5,7 @@ Every name of the new module is reachable here, with a DeprecationWarning on imp
 import warnings
 
 from ..demo import images as _moved
-from ..demo.images import *  # noqa: F401,F403
+from ..demo.images import *  # noqa: F403
 
 warnings.warn("multilevel_em.bench.image_demo moved to multilevel_em.demo.images", DeprecationWarning, stacklevel=2)
 

@@ -44,36 +44,65 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..calibration.samplers import squared_distances
 from ..diffusion import registry
 from ..diffusion.registry import SAMPLERS
 from ..engine.random import sample_generators
 from ..images.data import load_digits
-from ..images.metrics import (bootstrap_counts, frechet_bootstrap, frechet_distance, kid_bootstrap, kid_unbiased,
-                              load_digit_classifier, percentile_ci)
+from ..images.metrics import (
+    bootstrap_counts,
+    frechet_bootstrap,
+    frechet_distance,
+    kid_bootstrap,
+    kid_unbiased,
+    load_digit_classifier,
+    percentile_ci,
+)
 from ..images.pipeline import MultilevelPipeline
-from ..calibration.samplers import squared_distances
 from .common import device_name, pareto_front, single_thread, write_json
 
 __all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds", "em_pathwise", "repair_em_pathwise"]
 
 #: Runs: (method, knobs). T-Stitch uses the pipeline's default: level 1 for 40% of DDIM's steps.
 FULL_RUNS = (
-    ("em", {"steps": 10}), ("em", {"steps": 25}), ("em", {"steps": 50}),
-    ("ddpm", {"steps": 10}), ("ddpm", {"steps": 25}), ("ddpm", {"steps": 50}),
-    ("ddim", {"steps": 10}), ("ddim", {"steps": 25}),
-    ("dpmpp_2m", {"steps": 5}), ("dpmpp_2m", {"steps": 10}), ("dpmpp_2m", {"steps": 25}),
+    ("em", {"steps": 10}),
+    ("em", {"steps": 25}),
+    ("em", {"steps": 50}),
+    ("ddpm", {"steps": 10}),
+    ("ddpm", {"steps": 25}),
+    ("ddpm", {"steps": 50}),
+    ("ddim", {"steps": 10}),
+    ("ddim", {"steps": 25}),
+    ("dpmpp_2m", {"steps": 5}),
+    ("dpmpp_2m", {"steps": 10}),
+    ("dpmpp_2m", {"steps": 25}),
     ("stitch", {"steps": 25}),
-    ("mlem", {"sampler": "em", "budget": 10}), ("mlem", {"sampler": "em", "budget": 25}),
+    ("mlem", {"sampler": "em", "budget": 10}),
+    ("mlem", {"sampler": "em", "budget": 25}),
     ("mlem", {"sampler": "em", "budget": 50}),
-    ("mlem", {"sampler": "dpmpp_2m", "budget": 10}), ("mlem", {"sampler": "dpmpp_2m", "budget": 25}),
+    ("mlem", {"sampler": "dpmpp_2m", "budget": 10}),
+    ("mlem", {"sampler": "dpmpp_2m", "budget": 25}),
     ("mlem", {"sampler": "ddpm", "budget": 25}),
 )
 SETTINGS = {
-    "full": {"n": 2000, "runs": FULL_RUNS, "boot": 1000, "pathwise_n": 192, "em_ref_steps": 500,
-             "ode_ref_steps": 200, "batch": 250},
-    "quick": {"n": 128, "runs": (("em", {"steps": 10}), ("dpmpp_2m", {"steps": 5}),
-                                 ("mlem", {"sampler": "em", "budget": 10})),
-              "boot": 100, "pathwise_n": 32, "em_ref_steps": 40, "ode_ref_steps": 20, "batch": 128},
+    "full": {
+        "n": 2000,
+        "runs": FULL_RUNS,
+        "boot": 1000,
+        "pathwise_n": 192,
+        "em_ref_steps": 500,
+        "ode_ref_steps": 200,
+        "batch": 250,
+    },
+    "quick": {
+        "n": 128,
+        "runs": (("em", {"steps": 10}), ("dpmpp_2m", {"steps": 5}), ("mlem", {"sampler": "em", "budget": 10})),
+        "boot": 100,
+        "pathwise_n": 32,
+        "em_ref_steps": 40,
+        "ode_ref_steps": 20,
+        "batch": 128,
+    },
 }
 #: Fewest samples per run (--n): the bootstrap and the covariance fit need a few dozen.
 N_MIN = 64
@@ -161,12 +190,24 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
         per_run.append({"run": _label(method, knob), "predicted_top_equivalents": cost, "seconds": sec})
         total += sec
     kinds = {_pathwise_kind(m, k) for m, k in runs}
-    em_again = sum(r["predicted_top_equivalents"] * (MLEM_WALL_FACTOR if m == "mlem" else 1.0)
-                   for r, (m, k) in zip(per_run, runs) if _pathwise_kind(m, k) == "em")  # em_pathwise's batch
-    ref = pathwise_n * SECONDS_PER_TOP_EQ * ((em_ref_steps + em_again if "em" in kinds else 0)
-                                            + (ode_ref_steps if "ode" in kinds else 0))
-    return {"seconds": total + ref, "runs_seconds": total, "references_seconds": ref, "per_run": per_run,
-            "seconds_per_top_equivalent": SECONDS_PER_TOP_EQ, "mlem_wall_factor": MLEM_WALL_FACTOR}
+    em_again = sum(
+        r["predicted_top_equivalents"] * (MLEM_WALL_FACTOR if m == "mlem" else 1.0)
+        for r, (m, k) in zip(per_run, runs)
+        if _pathwise_kind(m, k) == "em"
+    )  # em_pathwise's batch
+    ref = (
+        pathwise_n
+        * SECONDS_PER_TOP_EQ
+        * ((em_ref_steps + em_again if "em" in kinds else 0) + (ode_ref_steps if "ode" in kinds else 0))
+    )
+    return {
+        "seconds": total + ref,
+        "runs_seconds": total,
+        "references_seconds": ref,
+        "per_run": per_run,
+        "seconds_per_top_equivalent": SECONDS_PER_TOP_EQ,
+        "mlem_wall_factor": MLEM_WALL_FACTOR,
+    }
 
 
 #: Metrics whose bootstrap replicates are centred on the point estimate before the percentile interval (their
@@ -174,8 +215,9 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
 CENTRED = ("fd",)
 
 
-def em_pathwise(pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_seed: int,
-                echo: Callable[[str], None] = print) -> Dict[str, Dict]:
+def em_pathwise(
+    pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_seed: int, echo: Callable[[str], None] = print
+) -> Dict[str, Dict]:
     """Pathwise errors of EM-family runs ((method, knobs) pairs whose sampler is "em"): each run once more on
     ``pn`` samples from one ``torch.Generator().manual_seed(seed)`` (so x_T and the virtual Brownian tree are
     the same in every run, whatever its step count) against EM-top with ``ref_steps`` steps on them.
@@ -194,9 +236,11 @@ def em_pathwise(pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_
         for method, knob in runs:
             sq = squared_distances(run(method, knob), ref)
             out[_label(method, knob)] = {
-                "pathwise_error": math.sqrt(float(sq.mean())), "pathwise_error_ci": _interval((counts @ sq / pn).sqrt()),
+                "pathwise_error": math.sqrt(float(sq.mean())),
+                "pathwise_error_ci": _interval((counts @ sq / pn).sqrt()),
                 "pathwise_reference": f"EM-top {ref_steps} steps, same noise and Brownian path",
-                "pathwise_samples": f"a separate batch of {pn} from Generator({seed})"}
+                "pathwise_samples": f"a separate batch of {pn} from Generator({seed})",
+            }
     return out
 
 
@@ -218,17 +262,23 @@ def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = pri
             row["pathwise_error_per_sample_generators"] = row.get("pathwise_error")
             row.update(em[row["label"]])
             d["summary"]["pathwise_error"][row["label"]] = row["pathwise_error"]
-            echo(f"{row['label']}: pathwise error {row['pathwise_error']:.3g} (was {row['pathwise_error_per_sample_generators']:.3g} "
-                 "without a shared Brownian path)")
+            echo(
+                f"{row['label']}: pathwise error {row['pathwise_error']:.3g} (was {row['pathwise_error_per_sample_generators']:.3g} "
+                "without a shared Brownian path)"
+            )
     annotate_equal_cost(d["runs"], d["equal_cost"])
     d["notes"].append("equal_cost entries annotated after the run (annotate_equal_cost: top_level_fires_every_step)")
-    d["notes"].append("EM-family pathwise errors recomputed after the run by multilevel_em.bench.images.repair_em_pathwise "
-                      "(a separate batch from Generator(seed) with a shared Brownian tree); the run's own values, measured "
-                      "with per-sample generators whose EM increments are not shared across step counts, are kept as "
-                      "pathwise_error_per_sample_generators")
-    d["noise"] = ("sample i of every run from sample_generators(seed, i): the same initial noise in every run; EM's "
-                  "Brownian increments are then drawn step by step (not shared across step counts), so the EM pathwise "
-                  "errors use a separate batch from Generator(seed) with a shared Brownian tree")
+    d["notes"].append(
+        "EM-family pathwise errors recomputed after the run by multilevel_em.bench.images.repair_em_pathwise "
+        "(a separate batch from Generator(seed) with a shared Brownian tree); the run's own values, measured "
+        "with per-sample generators whose EM increments are not shared across step counts, are kept as "
+        "pathwise_error_per_sample_generators"
+    )
+    d["noise"] = (
+        "sample i of every run from sample_generators(seed, i): the same initial noise in every run; EM's "
+        "Brownian increments are then drawn step by step (not shared across step counts), so the EM pathwise "
+        "errors use a separate batch from Generator(seed) with a shared Brownian tree"
+    )
     write_json(path, d)
     return d
 
@@ -268,8 +318,15 @@ def run_images_bench(
     Raises ValueError (naming the argument) for bad settings, FloatingPointError for NaN samples or metrics.
     """
     cfg = dict(SETTINGS["quick" if quick else "full"])
-    for key, val in (("n", n), ("runs", runs), ("boot", boot), ("pathwise_n", pathwise_n),
-                     ("em_ref_steps", em_ref_steps), ("ode_ref_steps", ode_ref_steps), ("batch", batch)):
+    for key, val in (
+        ("n", n),
+        ("runs", runs),
+        ("boot", boot),
+        ("pathwise_n", pathwise_n),
+        ("em_ref_steps", em_ref_steps),
+        ("ode_ref_steps", ode_ref_steps),
+        ("batch", batch),
+    ):
         if val is not None:
             cfg[key] = val
     for key in ("n", "boot", "pathwise_n", "em_ref_steps", "ode_ref_steps", "batch"):
@@ -289,9 +346,11 @@ def run_images_bench(
     if any(m == "mlem" for m, _ in plan_runs) and pipe.calibration is None:
         raise ValueError(f"{ladder}: ML-EM runs need a calibration (mlem calibrate --ladder {ladder})")
     est = estimate_seconds(pipe, plan_runs, n, pn, cfg["em_ref_steps"], cfg["ode_ref_steps"])
-    echo(f"{len(plan_runs)} runs x {n} samples; estimated {est['seconds'] / 60:.1f} min on 1 thread "
-         f"(counted cost x {SECONDS_PER_TOP_EQ * 1e3:g} ms per sample per top-level equivalent, ML-EM x "
-         f"{MLEM_WALL_FACTOR:g}; references {est['references_seconds'] / 60:.1f} min)")
+    echo(
+        f"{len(plan_runs)} runs x {n} samples; estimated {est['seconds'] / 60:.1f} min on 1 thread "
+        f"(counted cost x {SECONDS_PER_TOP_EQ * 1e3:g} ms per sample per top-level equivalent, ML-EM x "
+        f"{MLEM_WALL_FACTOR:g}; references {est['references_seconds'] / 60:.1f} min)"
+    )
     clf = load_digit_classifier()
     ref_x = load_digits(pipe.ladder.sample_size).x
     with torch.no_grad():
@@ -323,8 +382,11 @@ def run_images_bench(
         refs = {}
         kinds = {_pathwise_kind(m, k) for m, k in plan_runs}
         em_runs = [(m, k) for m, k in plan_runs if _pathwise_kind(m, k) == "em"]
-        em_path = em_pathwise(pipe, em_runs, pn, cfg["em_ref_steps"], seed, cfg["boot"], boot_seed + 1,
-                              echo) if em_runs else {}
+        em_path = (
+            em_pathwise(pipe, em_runs, pn, cfg["em_ref_steps"], seed, cfg["boot"], boot_seed + 1, echo)
+            if em_runs
+            else {}
+        )
         if "ode" in kinds:
             echo(f"pathwise reference: DPM++ {cfg['ode_ref_steps']} steps on the first {pn} samples")
             refs["ode"] = sample("dpmpp_2m", {"steps": cfg["ode_ref_steps"]}, pn)[0]
@@ -336,12 +398,22 @@ def run_images_bench(
                 raise FloatingPointError(f"{label}: the classifier's features are NaN or Inf")
             kid, fd = kid_unbiased(f, ref_feats), frechet_distance(f, ref_feats)
             kb, fb = kid_bootstrap(f, ref_feats, counts), frechet_bootstrap(f, ref_feats, counts)
-            row = {"label": label, "family": _family(method, knob), "method": method,
-                   "sampler": _sampler(method, knob), **knob, "steps_run": rep["steps"],
-                   "top_equivalents": top, "wall_seconds_per_sample": wall,
-                   "kid": kid, "kid_ci": _interval(kb, "kid", kid), "fd": fd, "fd_ci": _interval(fb, "fd", fd),
-                   "fd_ci_uncentred": _interval(fb),
-                   "evaluations_per_sample": [lv["evaluations_per_sample"] for lv in rep["levels"]]}
+            row = {
+                "label": label,
+                "family": _family(method, knob),
+                "method": method,
+                "sampler": _sampler(method, knob),
+                **knob,
+                "steps_run": rep["steps"],
+                "top_equivalents": top,
+                "wall_seconds_per_sample": wall,
+                "kid": kid,
+                "kid_ci": _interval(kb, "kid", kid),
+                "fd": fd,
+                "fd_ci": _interval(fb, "fd", fd),
+                "fd_ci_uncentred": _interval(fb),
+                "evaluations_per_sample": [lv["evaluations_per_sample"] for lv in rep["levels"]],
+            }
             for m, point, b in (("kid", kid, kb), ("fd", fd, fb)):
                 # the percentile interval can miss the point estimate when the bootstrap is biased (resamples
                 # repeat samples: FD's finite-n bias grows; KID's heavy tail): recorded, not hidden
@@ -351,26 +423,34 @@ def run_images_bench(
             kind = _pathwise_kind(method, knob)
             if kind is None:
                 row["pathwise_error"] = None
-                row["pathwise_note"] = (f"{row['sampler']} draws fresh noise for every step count: no converged "
-                                        "pathwise solution to measure against")
+                row["pathwise_note"] = (
+                    f"{row['sampler']} draws fresh noise for every step count: no converged "
+                    "pathwise solution to measure against"
+                )
             elif kind == "em":
                 row.update(em_path[label])
             else:
                 sq = squared_distances(x[:pn], refs[kind])
                 row["pathwise_error"] = math.sqrt(float(sq.mean()))
                 row["pathwise_error_ci"] = _interval((counts_p @ sq / pn).sqrt())
-                row["pathwise_reference"] = (f"EM-top {cfg['em_ref_steps']} steps" if kind == "em"
-                                             else f"DPM++ {cfg['ode_ref_steps']} steps")
+                row["pathwise_reference"] = (
+                    f"EM-top {cfg['em_ref_steps']} steps" if kind == "em" else f"DPM++ {cfg['ode_ref_steps']} steps"
+                )
             if method == "mlem":
                 plan, warned = _plan(pipe, knob)
                 row["plan"] = rep.get("plan")
-                row["plan_source"] = (f"the calibration's EM model ({warned})" if warned
-                                      else f"the calibration's measured {row['sampler']} curve")
+                row["plan_source"] = (
+                    f"the calibration's EM model ({warned})"
+                    if warned
+                    else f"the calibration's measured {row['sampler']} curve"
+                )
             rows.append(row)
             pw = "" if row["pathwise_error"] is None else f", path err {row['pathwise_error']:.3g}"
-            echo(f"{label:>28}: {top:7.2f} top-eq, {wall * 1e3:7.2f} ms/sample, KID {kid:8.4g} "
-                 f"[{row['kid_ci'][0]:.4g}, {row['kid_ci'][1]:.4g}], FD {fd:8.4g} "
-                 f"[{row['fd_ci'][0]:.3f}, {row['fd_ci'][1]:.3f}]{pw}")
+            echo(
+                f"{label:>28}: {top:7.2f} top-eq, {wall * 1e3:7.2f} ms/sample, KID {kid:8.4g} "
+                f"[{row['kid_ci'][0]:.4g}, {row['kid_ci'][1]:.4g}], FD {fd:8.4g} "
+                f"[{row['fd_ci'][0]:.3f}, {row['fd_ci'][1]:.3f}]{pw}"
+            )
     total_wall = time.perf_counter() - started
     analysis = _analyse(rows, reps)
     for line in analysis["lines"]:
@@ -384,33 +464,50 @@ def run_images_bench(
         "widths": pipe.ladder.widths,
         "flops": pipe.ladder.costs,
         "gamma": None if cal is None else cal.gamma,
-        "settings": {"n": n, "seed": seed, "boot": cfg["boot"], "boot_seed": boot_seed, "level": LEVEL,
-                     "pathwise_n": pn, "em_ref_steps": cfg["em_ref_steps"], "ode_ref_steps": cfg["ode_ref_steps"],
-                     "batch": cfg["batch"], "runs": [[m, k] for m, k in plan_runs],
-                     "equal_cost_slack": EQUAL_COST_SLACK},
+        "settings": {
+            "n": n,
+            "seed": seed,
+            "boot": cfg["boot"],
+            "boot_seed": boot_seed,
+            "level": LEVEL,
+            "pathwise_n": pn,
+            "em_ref_steps": cfg["em_ref_steps"],
+            "ode_ref_steps": cfg["ode_ref_steps"],
+            "batch": cfg["batch"],
+            "runs": [[m, k] for m, k in plan_runs],
+            "equal_cost_slack": EQUAL_COST_SLACK,
+        },
         "machine": f"{device_name(torch.device('cpu'))}, 1 torch thread, shared CPU ({platform.machine()})",
-        "noise": ("sample i of every run from sample_generators(seed, i): the same initial noise in every run; "
-                  "EM's Brownian increments are then drawn step by step (not shared across step counts), so the "
-                  "EM pathwise errors use a separate batch from Generator(seed) with a shared Brownian tree"),
+        "noise": (
+            "sample i of every run from sample_generators(seed, i): the same initial noise in every run; "
+            "EM's Brownian increments are then drawn step by step (not shared across step counts), so the "
+            "EM pathwise errors use a separate batch from Generator(seed) with a shared Brownian tree"
+        ),
         "reference_set": f"all {len(ref_x)} scikit-learn digits at 16x16 (fixed, not resampled)",
         "metrics": {
             "kid": "unbiased MMD^2, cubic polynomial kernel, 64-d digit-classifier features (unscaled)",
             "fd": "Fréchet distance of Gaussians fitted to the 64-d digit-classifier features (eigh square roots)",
-            "ci": (f"{LEVEL:.0%} percentile bootstrap over the generated samples, {cfg['boot']} resamples, seed "
-                   f"{boot_seed}; the same resampled indices for every run, so differences are paired. KID's "
-                   "replicates pair only distinct original samples (no duplicate self-pairs: unbiased); FD's "
-                   "replicates (and those of FD differences) are shifted to have the point estimate as their mean "
-                   "before taking percentiles, removing the bootstrap's upward bias (fd_ci_uncentred: without "
-                   "the shift)"),
-            "point_in_ci": ("whether the point estimate lies inside its percentile interval; *_boot_mean is the "
-                            "replicates' mean (their offset from the point estimate is the bootstrap's bias estimate)"),
+            "ci": (
+                f"{LEVEL:.0%} percentile bootstrap over the generated samples, {cfg['boot']} resamples, seed "
+                f"{boot_seed}; the same resampled indices for every run, so differences are paired. KID's "
+                "replicates pair only distinct original samples (no duplicate self-pairs: unbiased); FD's "
+                "replicates (and those of FD differences) are shifted to have the point estimate as their mean "
+                "before taking percentiles, removing the bootstrap's upward bias (fd_ci_uncentred: without "
+                "the shift)"
+            ),
+            "point_in_ci": (
+                "whether the point estimate lies inside its percentile interval; *_boot_mean is the "
+                "replicates' mean (their offset from the point estimate is the bootstrap's bias estimate)"
+            ),
             "resolved": "a difference is resolved when its paired bootstrap interval excludes 0 (per pair, uncorrected)",
-            "pathwise_error": (f"RMS over {pn} samples (a subset, to save compute) of the Euclidean distance (data "
-                               f"scale, 1x16x16) to the sampler's converged output from the same noise: em and ML-EM "
-                               f"in em: a separate batch of {pn} from Generator(seed) (shared Brownian tree) against "
-                               f"EM-top {cfg['em_ref_steps']} steps; ODE samplers (ddim, dpmpp_2m, stitch, ML-EM in "
-                               f"dpmpp_2m): the run's first {pn} samples against DPM++ {cfg['ode_ref_steps']} steps; "
-                               f"none for ddpm; CI by bootstrap over that subset (seed {boot_seed + 1})"),
+            "pathwise_error": (
+                f"RMS over {pn} samples (a subset, to save compute) of the Euclidean distance (data "
+                f"scale, 1x16x16) to the sampler's converged output from the same noise: em and ML-EM "
+                f"in em: a separate batch of {pn} from Generator(seed) (shared Brownian tree) against "
+                f"EM-top {cfg['em_ref_steps']} steps; ODE samplers (ddim, dpmpp_2m, stitch, ML-EM in "
+                f"dpmpp_2m): the run's first {pn} samples against DPM++ {cfg['ode_ref_steps']} steps; "
+                f"none for ddpm; CI by bootstrap over that subset (seed {boot_seed + 1})"
+            ),
             "top_equivalents": "counted evaluations x FLOPs / top-level FLOPs, per sample (the pipeline's report)",
             "wall_seconds_per_sample": "single-thread CPU seconds of sampling per sample (batches of `batch`)",
         },
@@ -476,48 +573,80 @@ def _analyse(rows: List[Dict], reps: Dict) -> Dict:
                 continue
             best = min(cands, key=lambda s: s[m])
             d = _diff(reps, r["label"], best["label"], m, by)
-            verdict = ("ML-EM better" if d["ci"][1] < 0 else "single model better" if d["ci"][0] > 0
-                       else "not resolved")
-            entry[m] = {"best_single": best["label"], "best_single_top_equivalents": best["top_equivalents"],
-                        **d, "verdict": verdict}
-            lines.append(f"{r['label']} ({r['top_equivalents']:.1f} top-eq) vs the best single model at most that cost "
-                         f"by {m.upper()}, {best['label']} ({best['top_equivalents']:.1f}): diff {_fmt(m, d['diff'])} "
-                         f"[{_fmt(m, d['ci'][0])}, {_fmt(m, d['ci'][1])}]: {verdict}")
-        same = [s for s in single if s["method"] == r["sampler"]
-                and s["top_equivalents"] <= r["top_equivalents"] * (1 + EQUAL_COST_SLACK)]
+            verdict = "ML-EM better" if d["ci"][1] < 0 else "single model better" if d["ci"][0] > 0 else "not resolved"
+            entry[m] = {
+                "best_single": best["label"],
+                "best_single_top_equivalents": best["top_equivalents"],
+                **d,
+                "verdict": verdict,
+            }
+            lines.append(
+                f"{r['label']} ({r['top_equivalents']:.1f} top-eq) vs the best single model at most that cost "
+                f"by {m.upper()}, {best['label']} ({best['top_equivalents']:.1f}): diff {_fmt(m, d['diff'])} "
+                f"[{_fmt(m, d['ci'][0])}, {_fmt(m, d['ci'][1])}]: {verdict}"
+            )
+        same = [
+            s
+            for s in single
+            if s["method"] == r["sampler"] and s["top_equivalents"] <= r["top_equivalents"] * (1 + EQUAL_COST_SLACK)
+        ]
         if same:
             s = max(same, key=lambda s: s["top_equivalents"])
-            entry["same_sampler"] = {"single": s["label"], "kid": _diff(reps, r["label"], s["label"], "kid", by),
-                                     "fd": _diff(reps, r["label"], s["label"], "fd", by)}
+            entry["same_sampler"] = {
+                "single": s["label"],
+                "kid": _diff(reps, r["label"], s["label"], "kid", by),
+                "fd": _diff(reps, r["label"], s["label"], "fd", by),
+            }
         equal.append(entry)
     annotate_equal_cost(rows, equal)
     pairs = []
     for i, a in enumerate(rows):
-        for b in rows[i + 1:]:
-            pairs.append({"a": a["label"], "b": b["label"], "kid": _diff(reps, a["label"], b["label"], "kid", by),
-                          "fd": _diff(reps, a["label"], b["label"], "fd", by)})
+        for b in rows[i + 1 :]:
+            pairs.append(
+                {
+                    "a": a["label"],
+                    "b": b["label"],
+                    "kid": _diff(reps, a["label"], b["label"], "kid", by),
+                    "fd": _diff(reps, a["label"], b["label"], "fd", by),
+                }
+            )
     summary = {"reference_run": ref["label"], "pairs": len(pairs)}
     for m in ("kid", "fd"):
         summary[f"{m}_resolved_pairs"] = sum(p[m]["resolved"] for p in pairs)
         summary[f"{m}_unresolved"] = [[p["a"], p["b"]] for p in pairs if not p[m]["resolved"]]
         summary[f"mlem_better_than_best_single_at_equal_cost_{m}"] = [
-            e["mlem"] for e in equal if e.get(m) and e[m]["verdict"] == "ML-EM better"]
+            e["mlem"] for e in equal if e.get(m) and e[m]["verdict"] == "ML-EM better"
+        ]
         summary[f"single_better_than_mlem_at_equal_cost_{m}"] = [
-            e["mlem"] for e in equal if e.get(m) and e[m]["verdict"] == "single model better"]
-    summary["kid_and_fd_disagree"] = [[p["a"], p["b"]] for p in pairs if p["kid"]["resolved"] and p["fd"]["resolved"]
-                                      and (p["kid"]["diff"] > 0) != (p["fd"]["diff"] > 0)]
+            e["mlem"] for e in equal if e.get(m) and e[m]["verdict"] == "single model better"
+        ]
+    summary["kid_and_fd_disagree"] = [
+        [p["a"], p["b"]]
+        for p in pairs
+        if p["kid"]["resolved"] and p["fd"]["resolved"] and (p["kid"]["diff"] > 0) != (p["fd"]["diff"] > 0)
+    ]
     pw = [r for r in rows if r.get("pathwise_error") is not None]
     summary["pathwise_error"] = {r["label"]: r["pathwise_error"] for r in pw}
-    lines.append(f"resolved (paired {LEVEL:.0%} CI excludes 0): KID {summary['kid_resolved_pairs']}/{len(pairs)} pairs, "
-                 f"FD {summary['fd_resolved_pairs']}/{len(pairs)}; resolved by both with opposite signs: "
-                 f"{len(summary['kid_and_fd_disagree'])}")
+    lines.append(
+        f"resolved (paired {LEVEL:.0%} CI excludes 0): KID {summary['kid_resolved_pairs']}/{len(pairs)} pairs, "
+        f"FD {summary['fd_resolved_pairs']}/{len(pairs)}; resolved by both with opposite signs: "
+        f"{len(summary['kid_and_fd_disagree'])}"
+    )
     for m in ("kid", "fd"):
         better = summary[f"mlem_better_than_best_single_at_equal_cost_{m}"]
         worse = summary[f"single_better_than_mlem_at_equal_cost_{m}"]
-        lines.append(f"{m.upper()}: ML-EM better than the best single model at equal cost in {len(better)} of "
-                     f"{len(equal)} ML-EM runs, worse in {len(worse)}")
-    return {"reference": ref["label"], "fronts": fronts, "equal_cost": equal, "pairs": pairs, "summary": summary,
-            "lines": lines}
+        lines.append(
+            f"{m.upper()}: ML-EM better than the best single model at equal cost in {len(better)} of "
+            f"{len(equal)} ML-EM runs, worse in {len(worse)}"
+        )
+    return {
+        "reference": ref["label"],
+        "fronts": fronts,
+        "equal_cost": equal,
+        "pairs": pairs,
+        "summary": summary,
+        "lines": lines,
+    }
 
 
 def annotate_equal_cost(rows: List[Dict], equal: List[Dict]) -> None:
@@ -533,9 +662,11 @@ def annotate_equal_cost(rows: List[Dict], equal: List[Dict]) -> None:
         e["top_level_evaluations_per_sample"] = top_evals
         e["steps_run"] = r["steps_run"]
         if e["top_level_fires_every_step"]:
-            e["note"] = (f"the top level fires at every one of the {r['steps_run']} steps: this run is the top model "
-                         f"alone with {r['sampler']} at {r['steps_run']} steps (plus unused lower-level calls); a "
-                         "difference from a single-model run with fewer steps is a step-count effect, not ML-EM's")
+            e["note"] = (
+                f"the top level fires at every one of the {r['steps_run']} steps: this run is the top model "
+                f"alone with {r['sampler']} at {r['steps_run']} steps (plus unused lower-level calls); a "
+                "difference from a single-model run with fewer steps is a step-count effect, not ML-EM's"
+            )
 
 
 def _fmt(metric: str, v: float) -> str:
@@ -574,8 +705,16 @@ def _plot(rows: List[Dict], path: str) -> None:
             # bars span the CI; where the point lies outside it (a biased bootstrap) the bar on that side is 0
             err = [[max(0.0, r[m] - r[f"{m}_ci"][0]) for r in rs], [max(0.0, r[f"{m}_ci"][1] - r[m]) for r in rs]]
             label = FAMILY_NAMES.get(fam, fam)
-            ax.errorbar([r["top_equivalents"] for r in rs], y, yerr=err, fmt=marker + ("--" if fam.startswith("mlem")
-                        else "-"), color=color, label=label, capsize=2, markersize=5)
+            ax.errorbar(
+                [r["top_equivalents"] for r in rs],
+                y,
+                yerr=err,
+                fmt=marker + ("--" if fam.startswith("mlem") else "-"),
+                color=color,
+                label=label,
+                capsize=2,
+                markersize=5,
+            )
         ax.set_xscale("log")
         if all(min(r[m], r[f"{m}_ci"][0]) > 0 for r in rows):
             ax.set_yscale("log")

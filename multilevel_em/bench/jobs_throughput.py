@@ -38,7 +38,6 @@ from ..jobs import SamplingJob, load_samples, run_job
 from .common import DIGITS_LADDER
 
 
-
 def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> Dict:
     """``mlem bench jobs [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command``: the command line
     recorded in the results (default: ``mlem bench jobs`` and the arguments)."""
@@ -63,10 +62,20 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> 
     runs, samples = {}, {}
     tmp = tempfile.mkdtemp(prefix="mlem-jobs-bench-")
     try:
-        for name, kw in (("local", {}), ("ray-1", {"ray": "local", "workers": 1}),
-                         ("ray-2", {"ray": "local", "workers": 2})):
-            job = SamplingJob(ladder=args.ladder, n=args.n, out=os.path.join(tmp, name), method="mlem",
-                              batch_size=args.batch_size, seed=0, budget=args.budget)
+        for name, kw in (
+            ("local", {}),
+            ("ray-1", {"ray": "local", "workers": 1}),
+            ("ray-2", {"ray": "local", "workers": 2}),
+        ):
+            job = SamplingJob(
+                ladder=args.ladder,
+                n=args.n,
+                out=os.path.join(tmp, name),
+                method="mlem",
+                batch_size=args.batch_size,
+                seed=0,
+                budget=args.budget,
+            )
             t0 = time.perf_counter()
             report = run_job(job, progress=False, echo=lambda *_: None, **kw)
             total = time.perf_counter() - t0
@@ -81,8 +90,10 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> 
                 "worker_seconds_per_sample": report["worker_seconds_per_sample"],
                 "top_equivalents_per_sample": report["top_equivalents_per_sample"],
             }
-            print(f"{name:>6}: {runs[name]['samples_per_second']:.3g} samples/s sampling, "
-                  f"{runs[name]['samples_per_second_with_startup']:.3g} with start-up ({total:.1f} s)")
+            print(
+                f"{name:>6}: {runs[name]['samples_per_second']:.3g} samples/s sampling, "
+                f"{runs[name]['samples_per_second_with_startup']:.3g} with start-up ({total:.1f} s)"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     identical = all(np.array_equal(samples["local"], samples[k]) for k in ("ray-1", "ray-2"))

@@ -124,16 +124,28 @@ def time_solve(ladder, x0, *, steps, diffusion, method, rates, draws, seed, devi
     if diffusion is not None:
         depth = max(1, math.ceil(math.log2(steps)) + 1)  # solve's default depth
         noise = BrownianPath(x0.shape, T0, T1, seed=seed, dtype=x0.dtype, device=x0.device, depth=depth)
-    sol = solve(ladder, x0, t0=T0, t1=T1, steps=steps, diffusion=diffusion, method=method,
-                rates=rates, noise=noise, generator=gen, draws=draws)
+    sol = solve(
+        ladder,
+        x0,
+        t0=T0,
+        t1=T1,
+        steps=steps,
+        diffusion=diffusion,
+        method=method,
+        rates=rates,
+        noise=noise,
+        generator=gen,
+        draws=draws,
+    )
     sync_device(device)
     return time.perf_counter() - start, sol
 
 
 def level_microbench(mlps, batch: int, device, dtype, repeats: int) -> List[dict]:
     """Seconds per sample-evaluation of each level at full batch and at sub-batch sizes."""
-    sizes = sorted({batch, max(1, round(0.3 * batch)), max(1, round(0.1 * batch)), max(1, round(0.03 * batch))},
-                   reverse=True)
+    sizes = sorted(
+        {batch, max(1, round(0.3 * batch)), max(1, round(0.1 * batch)), max(1, round(0.03 * batch))}, reverse=True
+    )
     rows = []
     for m, w in zip(mlps, WIDTHS):
         row = {"width": w, "flops": mlp_flops(DIM, w), "seconds_per_sample": {}}
@@ -161,9 +173,18 @@ def level_microbench(mlps, batch: int, device, dtype, repeats: int) -> List[dict
     return rows
 
 
-def run(*, quick: bool = False, device: str = "cpu", steps: Optional[int] = None, batch: Optional[int] = None,
-        repeats: Optional[int] = None, settings: Sequence[str] = ("typical", "sparse"), dtype=torch.float32,
-        microbench: bool = True, echo=print) -> dict:
+def run(
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    steps: Optional[int] = None,
+    batch: Optional[int] = None,
+    repeats: Optional[int] = None,
+    settings: Sequence[str] = ("typical", "sparse"),
+    dtype=torch.float32,
+    microbench: bool = True,
+    echo=print,
+) -> dict:
     """Run the benchmark and return the results (JSON-serialisable)."""
     dev = torch.device(device)
     steps = steps if steps is not None else (128 if quick else STEPS)
@@ -190,16 +211,34 @@ def run(*, quick: bool = False, device: str = "cpu", steps: Optional[int] = None
     times: Dict[str, List[float]] = {k: [] for k in runs}
     sols = {}
     with torch.inference_mode():
-        for name, r in runs.items():  # warm-up (first-use checks, allocator, thread pools)
-            time_solve(r["ladder"], x0, steps=steps, diffusion=r["diffusion"], method=r["method"],
-                       rates=r["rates"], draws=r["draws"], seed=10_000, device=dev)
+        for r in runs.values():  # warm-up (first-use checks, allocator, thread pools)
+            time_solve(
+                r["ladder"],
+                x0,
+                steps=steps,
+                diffusion=r["diffusion"],
+                method=r["method"],
+                rates=r["rates"],
+                draws=r["draws"],
+                seed=10_000,
+                device=dev,
+            )
         order = list(runs)
         for rep in range(repeats):
             seq = order if rep % 2 == 0 else order[::-1]  # alternate, so drifts hit all methods alike
             for name in seq:
                 r = runs[name]
-                dt, sol = time_solve(r["ladder"], x0, steps=steps, diffusion=r["diffusion"], method=r["method"],
-                                     rates=r["rates"], draws=r["draws"], seed=rep, device=dev)
+                dt, sol = time_solve(
+                    r["ladder"],
+                    x0,
+                    steps=steps,
+                    diffusion=r["diffusion"],
+                    method=r["method"],
+                    rates=r["rates"],
+                    draws=r["draws"],
+                    seed=rep,
+                    device=dev,
+                )
                 times[name].append(dt)
                 sols.setdefault(name, []).append(sol.top_equivalents)
         micro = level_microbench(mlps, batch, dev, dtype, repeats=3 if quick else 5) if microbench else None
@@ -265,27 +304,35 @@ def run(*, quick: bool = False, device: str = "cpu", steps: Optional[int] = None
 
 
 def _print_table(res: dict, echo) -> None:
-    echo(f"overhead: torch {res['torch']}, {res['device']} ({res['device_name']}), {res['threads']} threads, "
-         f"batch {res['batch']}, {res['steps']} steps, {res['repeats']} repeats (medians)")
+    echo(
+        f"overhead: torch {res['torch']}, {res['device']} ({res['device_name']}), {res['threads']} threads, "
+        f"batch {res['batch']}, {res['steps']} steps, {res['repeats']} repeats (medians)"
+    )
     for s, v in res["settings"].items():
         echo(f"  setting {s}: p = {v['p']}  (rates {[round(r, 2) for r in v['rates']]})")
     steps = res["steps"]
-    echo(f"{'run':<26}{'top eq':>8}{'seconds':>9}{'us/top-eq/sample':>18}{'ratio':>7}{'(levels only)':>14}"
-         f"{'| per step (us): levels':>24}{'noise':>8}{'loop':>8}")
+    echo(
+        f"{'run':<26}{'top eq':>8}{'seconds':>9}{'us/top-eq/sample':>18}{'ratio':>7}{'(levels only)':>14}"
+        f"{'| per step (us): levels':>24}{'noise':>8}{'loop':>8}"
+    )
     for name, m in res["methods"].items():
         b = m["breakdown_seconds"]
-        echo(f"{name:<26}{m['top_equivalents']:>8.2f}{m['seconds_median']:>9.3f}"
-             f"{1e6 * m['seconds_per_top_equivalent']:>18.3f}{m['ratio_to_em']:>7.2f}{m['ratio_to_em_levels_only']:>14.2f}"
-             f"{1e6 * b['levels'] / steps:>24.1f}{1e6 * b['noise'] / steps:>8.1f}{1e6 * b['loop'] / steps:>8.1f}")
+        echo(
+            f"{name:<26}{m['top_equivalents']:>8.2f}{m['seconds_median']:>9.3f}"
+            f"{1e6 * m['seconds_per_top_equivalent']:>18.3f}{m['ratio_to_em']:>7.2f}{m['ratio_to_em_levels_only']:>14.2f}"
+            f"{1e6 * b['levels'] / steps:>24.1f}{1e6 * b['noise'] / steps:>8.1f}{1e6 * b['loop'] / steps:>8.1f}"
+        )
     if res["level_microbench"]:
         echo("level cost, real / counted (relative to the top level at full batch), by sub-batch size:")
         for row in res["level_microbench"]:
             cells = "  ".join(f"b={b}: {v:.2f}" for b, v in row["real_over_counted"].items())
             echo(f"  width {row['width']:>4} ({row['flops']} FLOPs/sample)  {cells}")
     ok = all(r <= res["target_ratio"] for r in res["ratio"].values())
-    echo("ratio ML-EM/EM per top-level equivalent (per-sample draws): "
-         + ", ".join(f"{s} {r:.2f}" for s, r in res["ratio"].items())
-         + f"  -> target <= {res['target_ratio']}: {'met' if ok else 'NOT met'}")
+    echo(
+        "ratio ML-EM/EM per top-level equivalent (per-sample draws): "
+        + ", ".join(f"{s} {r:.2f}" for s, r in res["ratio"].items())
+        + f"  -> target <= {res['target_ratio']}: {'met' if ok else 'NOT met'}"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None) -> dict:
@@ -298,8 +345,9 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
     p.add_argument("--steps", type=int, default=None, help=f"override the step count (default {STEPS}, quick 128)")
     p.add_argument("--batch", type=int, default=None, help=f"override the batch size (default {BATCH})")
     p.add_argument("--repeats", type=int, default=None, help="override the number of timed repeats")
-    p.add_argument("--settings", default="typical,sparse",
-                   help=f"comma-separated rate settings among {sorted(SETTINGS)}")
+    p.add_argument(
+        "--settings", default="typical,sparse", help=f"comma-separated rate settings among {sorted(SETTINGS)}"
+    )
     p.add_argument("--no-microbench", action="store_true", help="skip the per-level micro-benchmark")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
@@ -309,8 +357,15 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
     for s in settings:
         if s not in SETTINGS:
             p.error(f"--settings: unknown setting {s!r}; expected some of {sorted(SETTINGS)}")
-    res = run(quick=args.quick, device=args.device, steps=args.steps, batch=args.batch, repeats=args.repeats,
-              settings=settings, microbench=not args.no_microbench)
+    res = run(
+        quick=args.quick,
+        device=args.device,
+        steps=args.steps,
+        batch=args.batch,
+        repeats=args.repeats,
+        settings=settings,
+        microbench=not args.no_microbench,
+    )
     write_json(args.out, res)
     print(f"wrote {args.out}")
     return res

@@ -49,30 +49,84 @@ class Benchmark:
         return importlib.import_module(f"{__package__}.{self.module}")
 
 
-BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("htmc", "htmc", "Cost-vs-error fronts and fitted cost exponents of EM and ML-EM on the synthetic HTMC "
-              "family.", ("results/htmc.json", "results/htmc.png")),
-    Benchmark("diffusion", "diffusion", "Cost-error Pareto fronts of EM, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM "
-              "with trained MLP ladders.", ("results/diffusion.json", "results/diffusion.png")),
-    Benchmark("images", "images", "Cost against KID, FD and pathwise error of every sampler and ML-EM on a UNet "
-              "ladder.", ("results/images.json", "results/images.png")),
-    Benchmark("samplers", "samplers", "Plans inside each measured sampler against what ML-EM measures there and the "
-              "top UNet alone.", ("results/samplers.json", "results/samplers.png")),
-    Benchmark("rates", "rates", "Closed-form, sensitivity-weighted and learned ML-EM rates at equal expected cost.",
-              ("results/rates.json", "results/rates.png")),
-    Benchmark("overhead", "overhead", "Is the counted cost the real cost? Wall time per top-level equivalent, ML-EM "
-              "vs EM, on an MLP ladder.", ("results/overhead.json",), options="argv"),
-    Benchmark("wallclock", "wallclock", "Wall and CPU seconds per top-level equivalent, ML-EM vs EM-top, eager and "
-              "traced, on the digits and MLP ladders.", ("results/wallclock.json",), options="argv"),
-    Benchmark("jobs", "jobs_throughput", "Throughput of a sampling job: this process vs Ray with 1 and 2 workers.",
-              ("results/jobs_throughput.json",), options="argv"),
-    Benchmark("gpu", "gpu_images", "On a GPU: train a bigger UNet ladder and compare EM, DPM-Solver++ and ML-EM at "
-              "equal cost.", ("results/gpu_images.json", "results/gpu_images.png"), options="argv"),
-    Benchmark("distill", "distill", "A distilled ladder against one trained on data, at equal widths and "
-              "iterations.", ("results/distill.json", "results/distill.png"), options="argv"),
-    Benchmark("cfg-pairing", "cfg_pairing", "Classifier-free guidance with MultilevelModel: the variance that "
-              "pairing the two copies' draws saves.", ("results/cfg_pairing.json",), options="argv"),
-)}
+BENCHMARKS: Dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "htmc",
+            "htmc",
+            "Cost-vs-error fronts and fitted cost exponents of EM and ML-EM on the synthetic HTMC family.",
+            ("results/htmc.json", "results/htmc.png"),
+        ),
+        Benchmark(
+            "diffusion",
+            "diffusion",
+            "Cost-error Pareto fronts of EM, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM with trained MLP ladders.",
+            ("results/diffusion.json", "results/diffusion.png"),
+        ),
+        Benchmark(
+            "images",
+            "images",
+            "Cost against KID, FD and pathwise error of every sampler and ML-EM on a UNet ladder.",
+            ("results/images.json", "results/images.png"),
+        ),
+        Benchmark(
+            "samplers",
+            "samplers",
+            "Plans inside each measured sampler against what ML-EM measures there and the top UNet alone.",
+            ("results/samplers.json", "results/samplers.png"),
+        ),
+        Benchmark(
+            "rates",
+            "rates",
+            "Closed-form, sensitivity-weighted and learned ML-EM rates at equal expected cost.",
+            ("results/rates.json", "results/rates.png"),
+        ),
+        Benchmark(
+            "overhead",
+            "overhead",
+            "Is the counted cost the real cost? Wall time per top-level equivalent, ML-EM vs EM, on an MLP ladder.",
+            ("results/overhead.json",),
+            options="argv",
+        ),
+        Benchmark(
+            "wallclock",
+            "wallclock",
+            "Wall and CPU seconds per top-level equivalent, ML-EM vs EM-top, eager and "
+            "traced, on the digits and MLP ladders.",
+            ("results/wallclock.json",),
+            options="argv",
+        ),
+        Benchmark(
+            "jobs",
+            "jobs_throughput",
+            "Throughput of a sampling job: this process vs Ray with 1 and 2 workers.",
+            ("results/jobs_throughput.json",),
+            options="argv",
+        ),
+        Benchmark(
+            "gpu",
+            "gpu_images",
+            "On a GPU: train a bigger UNet ladder and compare EM, DPM-Solver++ and ML-EM at equal cost.",
+            ("results/gpu_images.json", "results/gpu_images.png"),
+            options="argv",
+        ),
+        Benchmark(
+            "distill",
+            "distill",
+            "A distilled ladder against one trained on data, at equal widths and iterations.",
+            ("results/distill.json", "results/distill.png"),
+            options="argv",
+        ),
+        Benchmark(
+            "cfg-pairing",
+            "cfg_pairing",
+            "Classifier-free guidance with MultilevelModel: the variance that pairing the two copies' draws saves.",
+            ("results/cfg_pairing.json",),
+            options="argv",
+        ),
+    )
+}
 
 
 def get(name: str) -> Benchmark:

@@ -77,8 +77,10 @@ def run_sampler_bench(
     pipe = MultilevelPipeline.from_pretrained(ladder)
     cal = pipe.calibration
     if cal is None or not cal.samplers:
-        raise ValueError(f"{ladder}: its calibration has measured no samplers; run "
-                         f"`mlem calibrate --ladder {ladder} --samplers em,ddim,euler_ode,dpmpp_2m` first")
+        raise ValueError(
+            f"{ladder}: its calibration has measured no samplers; run "
+            f"`mlem calibrate --ladder {ladder} --samplers em,ddim,euler_ode,dpmpp_2m` first"
+        )
     samplers = tuple(samplers or cal.samplers)
     for s in samplers:
         cal.sampler_fit(s)  # a clear error for one it has not measured
@@ -122,31 +124,54 @@ def run_sampler_bench(
                 measured_helps = diff_mean < 0
                 m = _rms(sq_ml)
                 row = {
-                    "sampler": s, "family": fit.family, "budget": b,
-                    "plan": {"levels": [l + 1 for l in plan.levels], "steps": plan.steps, "mu": plan.mu,
-                             "predicted_error": plan.error, "step_error": plan.step_error,
-                             "randomization": plan.randomization, "predicted_top_equivalents": plan.top_equivalents,
-                             "helps": plan.helps, "speedup": plan.speedup, "same_sampler": plan.same_sampler,
-                             "best_single": best, "best_at_budget": at, "message": plan.message},
-                    "mlem": {**m, "top_equivalents": ml.report["top_equivalents_per_sample"],
-                             "wall_seconds_per_sample": ml_wall},
-                    "alone": {**_rms(sq_alone), "steps": same_steps, "predicted_error": plan.same_sampler["error"],
-                              "top_equivalents": alone.report["top_equivalents_per_sample"],
-                              "wall_seconds_per_sample": alone_wall},
+                    "sampler": s,
+                    "family": fit.family,
+                    "budget": b,
+                    "plan": {
+                        "levels": [l + 1 for l in plan.levels],
+                        "steps": plan.steps,
+                        "mu": plan.mu,
+                        "predicted_error": plan.error,
+                        "step_error": plan.step_error,
+                        "randomization": plan.randomization,
+                        "predicted_top_equivalents": plan.top_equivalents,
+                        "helps": plan.helps,
+                        "speedup": plan.speedup,
+                        "same_sampler": plan.same_sampler,
+                        "best_single": best,
+                        "best_at_budget": at,
+                        "message": plan.message,
+                    },
+                    "mlem": {
+                        **m,
+                        "top_equivalents": ml.report["top_equivalents_per_sample"],
+                        "wall_seconds_per_sample": ml_wall,
+                    },
+                    "alone": {
+                        **_rms(sq_alone),
+                        "steps": same_steps,
+                        "predicted_error": plan.same_sampler["error"],
+                        "top_equivalents": alone.report["top_equivalents_per_sample"],
+                        "wall_seconds_per_sample": alone_wall,
+                    },
                     "best_at_budget_measured": _rms(sq_at),
                     "best_single_measured_error": best_meas,
                     "prediction_ratio": plan.error / m["error"],
                     "within_target": 1 / RATIO_TARGET <= plan.error / m["error"] <= RATIO_TARGET,
-                    "paired_sq_difference": diff_mean, "paired_sq_difference_se": diff_se,
-                    "measured_helps": measured_helps, "resolved": resolved,
+                    "paired_sq_difference": diff_mean,
+                    "paired_sq_difference_se": diff_se,
+                    "measured_helps": measured_helps,
+                    "resolved": resolved,
                     "helps_right": (plan.helps == measured_helps) if resolved else None,
                 }
                 rows.append(row)
-                echo(f"{s:>9} budget {b:>5g}: ML-EM error {m['error']:.4g} +- {m['error_se']:.2g} (plan "
-                     f"{plan.error:.4g}, ratio {row['prediction_ratio']:.2f}) for {row['mlem']['top_equivalents']:.3g} "
-                     f"top-eq; {s} alone {same_steps} steps {row['alone']['error']:.4g}; best single at this cost "
-                     f"{at['sampler']} {at['steps']} steps {row['best_at_budget_measured']['error']:.4g}; helps: plan "
-                     f"{plan.helps}, measured {measured_helps if resolved else 'not resolved'}")
+                echo(
+                    f"{s:>9} budget {b:>5g}: ML-EM error {m['error']:.4g} +- {m['error_se']:.2g} (plan "
+                    f"{plan.error:.4g}, ratio {row['prediction_ratio']:.2f}) for {row['mlem']['top_equivalents']:.3g} "
+                    f"top-eq; {s} alone {same_steps} steps {row['alone']['error']:.4g}; best single at this cost "
+                    f"{at['sampler']} {at['steps']} steps {row['best_at_budget_measured']['error']:.4g}; helps: plan "
+                    f"{plan.helps}, measured {measured_helps if resolved else 'not resolved'}"
+                )
     within = [r["within_target"] for r in rows]
     judged = [r["helps_right"] for r in rows if r["helps_right"] is not None]
     summary = {
@@ -157,10 +182,12 @@ def run_sampler_bench(
         "helps_right": sum(judged),
         "mlem_helps_measured": sum(1 for r in rows if r["resolved"] and r["measured_helps"]),
     }
-    echo(f"plan error within {RATIO_TARGET}x of measured in {summary['prediction_within_1.5x']}/{len(rows)} runs "
-         f"(ratios {summary['prediction_ratio_range'][0]:.2f}..{summary['prediction_ratio_range'][1]:.2f}); helps right "
-         f"in {summary['helps_right']}/{summary['helps_resolved']} resolved comparisons; ML-EM measured better than "
-         f"the best single model at equal cost in {summary['mlem_helps_measured']}")
+    echo(
+        f"plan error within {RATIO_TARGET}x of measured in {summary['prediction_within_1.5x']}/{len(rows)} runs "
+        f"(ratios {summary['prediction_ratio_range'][0]:.2f}..{summary['prediction_ratio_range'][1]:.2f}); helps right "
+        f"in {summary['helps_right']}/{summary['helps_resolved']} resolved comparisons; ML-EM measured better than "
+        f"the best single model at equal cost in {summary['mlem_helps_measured']}"
+    )
     result = {
         "benchmark": "samplers",
         "command": command,
@@ -171,8 +198,10 @@ def run_sampler_bench(
         "ref_steps": ref_steps,
         "budgets": list(budgets),
         "noise": "seeded by `seed`; the calibration measured its curves on other noise (its own seed, 0 by default)",
-        "error": ("RMS over images of the Euclidean distance (data scale [-1, 1], 1x16x16) to the sampler's converged "
-                  "solution (the top model alone with ref_steps steps of that sampler, same noise)"),
+        "error": (
+            "RMS over images of the Euclidean distance (data scale [-1, 1], 1x16x16) to the sampler's converged "
+            "solution (the top model alone with ref_steps steps of that sampler, same noise)"
+        ),
         "machine": f"{platform.processor() or platform.machine()}, 1 torch thread, shared CPU",
         "fits": {s: cal.samplers[s].to_dict() for s in cal.samplers},
         "rows": rows,
@@ -198,14 +227,37 @@ def _plot(rows: List[Dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(samplers), figsize=(4.2 * len(samplers), 3.6), squeeze=False)
     for ax, s in zip(axes[0], samplers):
         rs = [r for r in rows if r["sampler"] == s]
-        ax.errorbar([r["alone"]["top_equivalents"] for r in rs], [r["alone"]["error"] for r in rs],
-                    yerr=[2 * r["alone"]["error_se"] for r in rs], fmt="o-", color="C0", label=f"{s}, top model alone")
-        ax.plot([r["alone"]["top_equivalents"] for r in rs], [r["alone"]["predicted_error"] for r in rs], "x",
-                color="C0", label="  predicted (its curve)")
-        ax.errorbar([r["mlem"]["top_equivalents"] for r in rs], [r["mlem"]["error"] for r in rs],
-                    yerr=[2 * r["mlem"]["error_se"] for r in rs], fmt="s-", color="C3", label=f"ML-EM inside {s}")
-        ax.plot([r["plan"]["predicted_top_equivalents"] for r in rs], [r["plan"]["predicted_error"] for r in rs], "+",
-                color="C3", markersize=10, label="  predicted (plan)")
+        ax.errorbar(
+            [r["alone"]["top_equivalents"] for r in rs],
+            [r["alone"]["error"] for r in rs],
+            yerr=[2 * r["alone"]["error_se"] for r in rs],
+            fmt="o-",
+            color="C0",
+            label=f"{s}, top model alone",
+        )
+        ax.plot(
+            [r["alone"]["top_equivalents"] for r in rs],
+            [r["alone"]["predicted_error"] for r in rs],
+            "x",
+            color="C0",
+            label="  predicted (its curve)",
+        )
+        ax.errorbar(
+            [r["mlem"]["top_equivalents"] for r in rs],
+            [r["mlem"]["error"] for r in rs],
+            yerr=[2 * r["mlem"]["error_se"] for r in rs],
+            fmt="s-",
+            color="C3",
+            label=f"ML-EM inside {s}",
+        )
+        ax.plot(
+            [r["plan"]["predicted_top_equivalents"] for r in rs],
+            [r["plan"]["predicted_error"] for r in rs],
+            "+",
+            color="C3",
+            markersize=10,
+            label="  predicted (plan)",
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("top-level equivalents per sample")

@@ -71,14 +71,36 @@ from .common import DIGITS_LADDER as DIGITS
 from .common import device_name, em_cost_at, rms_error, write_json
 
 CONFIGS = {
-    "full": {"n": 48, "budgets": (8, 16, 32, 64), "repeats": 3, "ref_steps": 256, "extra_em_steps": (128,),
-             "dpm_steps": (5, 10, 20, 40), "ode_ref_steps": 100, "micro_sizes": (48, 16, 4, 1), "micro_calls": 20,
-             "micro_channels_last": True,
-             "mlp_steps": 256, "mlp_batch": 256, "mlp_repeats": 7},
-    "quick": {"n": 4, "budgets": (4, 8), "repeats": 1, "ref_steps": 16, "extra_em_steps": (), "dpm_steps": (4,),
-              "ode_ref_steps": 8, "micro_sizes": (4, 1), "micro_calls": 2,
-              "micro_channels_last": False, "mlp_steps": 8, "mlp_batch": 16,
-              "mlp_repeats": 1},
+    "full": {
+        "n": 48,
+        "budgets": (8, 16, 32, 64),
+        "repeats": 3,
+        "ref_steps": 256,
+        "extra_em_steps": (128,),
+        "dpm_steps": (5, 10, 20, 40),
+        "ode_ref_steps": 100,
+        "micro_sizes": (48, 16, 4, 1),
+        "micro_calls": 20,
+        "micro_channels_last": True,
+        "mlp_steps": 256,
+        "mlp_batch": 256,
+        "mlp_repeats": 7,
+    },
+    "quick": {
+        "n": 4,
+        "budgets": (4, 8),
+        "repeats": 1,
+        "ref_steps": 16,
+        "extra_em_steps": (),
+        "dpm_steps": (4,),
+        "ode_ref_steps": 8,
+        "micro_sizes": (4, 1),
+        "micro_calls": 2,
+        "micro_channels_last": False,
+        "mlp_steps": 8,
+        "mlp_batch": 16,
+        "mlp_repeats": 1,
+    },
 }
 #: Sub-batch buckets for the padded-execution measurement (a sub-batch is padded to the next one).
 BUCKETS = (1, 2, 4, 8, 16, 32, 48)
@@ -97,14 +119,30 @@ def _digits_runs(cfg: dict) -> List[dict]:
     runs = []
     for ex in ("eager", "traced"):
         for b in cfg["budgets"]:
-            runs.append({"name": f"{ex}/mlem/{b:g}", "execution": ex, "method": "mlem", "budget": b,
-                         "draws": "per_sample"})
+            runs.append(
+                {"name": f"{ex}/mlem/{b:g}", "execution": ex, "method": "mlem", "budget": b, "draws": "per_sample"}
+            )
             runs.append({"name": f"{ex}/em/{b:g}", "execution": ex, "method": "em", "steps": int(b), "budget": b})
     for b in cfg["budgets"]:
-        runs.append({"name": f"traced+exact/mlem/{b:g}", "execution": "traced+exact", "method": "mlem", "budget": b,
-                     "draws": "exact"})
-        runs.append({"name": f"traced+wallplan/mlem/{b:g}", "execution": "traced+wallplan", "method": "mlem",
-                     "budget": b, "draws": "per_sample", "plan": "wall"})
+        runs.append(
+            {
+                "name": f"traced+exact/mlem/{b:g}",
+                "execution": "traced+exact",
+                "method": "mlem",
+                "budget": b,
+                "draws": "exact",
+            }
+        )
+        runs.append(
+            {
+                "name": f"traced+wallplan/mlem/{b:g}",
+                "execution": "traced+wallplan",
+                "method": "mlem",
+                "budget": b,
+                "draws": "per_sample",
+                "plan": "wall",
+            }
+        )
     for s in cfg["dpm_steps"]:
         runs.append({"name": f"traced/dpmpp_2m/{s}", "execution": "traced", "method": "dpmpp_2m", "steps": s})
     return runs
@@ -156,7 +194,7 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
     for ex in ("eager", "traced"):  # warm-up: traces, first-use checks, allocator
         _pipe_call(pipes, n, {"execution": ex, "method": "mlem", "budget": cfg["budgets"][0], "draws": "per_sample"})
     for rep in range(cfg["repeats"]):
-        for r in (runs if rep % 2 == 0 else runs[::-1]):
+        for r in runs if rep % 2 == 0 else runs[::-1]:
             out, dt = _timed(_pipe_call, pipes, n, r)
             for k in CLOCKS:
                 seconds[r["name"]][k].append(dt[k])
@@ -165,11 +203,16 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
         echo(f"  digits: repeat {rep + 1}/{cfg['repeats']} done")
     # References and the extra EM-top steps for the equal-quality curves, timed once.
     once = {}
-    for label, method, steps in ([("ref_sde", "em", cfg["ref_steps"]), ("ref_ode", "dpmpp_2m", cfg["ode_ref_steps"])]
-                                 + [(f"traced/em/{s}", "em", s) for s in cfg["extra_em_steps"]]):
+    for label, method, steps in [("ref_sde", "em", cfg["ref_steps"]), ("ref_ode", "dpmpp_2m", cfg["ode_ref_steps"])] + [
+        (f"traced/em/{s}", "em", s) for s in cfg["extra_em_steps"]
+    ]:
         out, dt = _timed(_pipe_call, pipes, n, {"execution": "traced", "method": method, "steps": steps})
-        once[label] = {"method": method, "steps": steps, "seconds": dt,
-                       "top_equivalents_per_sample": out.report["top_equivalents_per_sample"]}
+        once[label] = {
+            "method": method,
+            "steps": steps,
+            "seconds": dt,
+            "top_equivalents_per_sample": out.report["top_equivalents_per_sample"],
+        }
         samples[label] = out.x
 
     table = {}
@@ -179,9 +222,14 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
         table[name]["top_equivalents_per_sample"] = top_eq[name]
         for k in CLOCKS:
             sk = seconds[name][k]
-            table[name].update({f"{k}_seconds": sk, f"{k}_seconds_median": statistics.median(sk),
-                                f"{k}_seconds_per_top_equivalent": statistics.median(sk) / (top_eq[name] * n),
-                                f"{k}_seconds_per_sample": statistics.median(sk) / n})
+            table[name].update(
+                {
+                    f"{k}_seconds": sk,
+                    f"{k}_seconds_median": statistics.median(sk),
+                    f"{k}_seconds_per_top_equivalent": statistics.median(sk) / (top_eq[name] * n),
+                    f"{k}_seconds_per_sample": statistics.median(sk) / n,
+                }
+            )
     ratio = {k: {} for k in CLOCKS}
     ratio_paired = {k: {} for k in CLOCKS}
     for k in CLOCKS:
@@ -193,15 +241,26 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
                 ratio[k][ex][f"{b:g}"] = ml[f"{k}_seconds_per_top_equivalent"] / em[f"{k}_seconds_per_top_equivalent"]
                 ratio_paired[k][ex][f"{b:g}"] = statistics.median(  # repeat by repeat (neighbours in time)
                     (s / ml["top_equivalents_per_sample"]) / (e / em["top_equivalents_per_sample"])
-                    for s, e in zip(ml[f"{k}_seconds"], em[f"{k}_seconds"]))
-    eager_over_traced = {k: {name.split("/", 1)[1]: table[f"eager/{name.split('/', 1)[1]}"][f"{k}_seconds_median"]
-                             / v[f"{k}_seconds_median"]
-                             for name, v in table.items()
-                             if name.startswith("traced/") and f"eager/{name.split('/', 1)[1]}" in table}
-                         for k in CLOCKS}
+                    for s, e in zip(ml[f"{k}_seconds"], em[f"{k}_seconds"])
+                )
+    eager_over_traced = {
+        k: {
+            name.split("/", 1)[1]: table[f"eager/{name.split('/', 1)[1]}"][f"{k}_seconds_median"]
+            / v[f"{k}_seconds_median"]
+            for name, v in table.items()
+            if name.startswith("traced/") and f"eager/{name.split('/', 1)[1]}" in table
+        }
+        for k in CLOCKS
+    }
     quality = _equal_quality(cfg, table, once, samples, n)
-    return {"runs": table, "once": once, "ratio": ratio, "ratio_paired_median": ratio_paired,
-            "eager_over_traced_seconds": eager_over_traced, "equal_quality": quality}
+    return {
+        "runs": table,
+        "once": once,
+        "ratio": ratio,
+        "ratio_paired_median": ratio_paired,
+        "eager_over_traced_seconds": eager_over_traced,
+        "equal_quality": quality,
+    }
 
 
 def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) -> dict:
@@ -227,9 +286,12 @@ def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) ->
             name = f"{ex}/mlem/{b:g}"
             e = err[name]
             c_em = em_cost_at(em_cost, e)
-            rows[name] = {"path_error": e, "top_equivalents_per_sample": cost[name],
-                          "em_top_top_equivalents_at_same_error": c_em,
-                          "speedup_counted_vs_em_top": None if c_em is None else c_em / cost[name]}
+            rows[name] = {
+                "path_error": e,
+                "top_equivalents_per_sample": cost[name],
+                "em_top_top_equivalents_at_same_error": c_em,
+                "speedup_counted_vs_em_top": None if c_em is None else c_em / cost[name],
+            }
             for k in CLOCKS:
                 sec = {m: table[m][f"{k}_seconds_per_sample"] for m in table}
                 sec.update({m: v["seconds"][k] / n for m, v in once.items()})
@@ -243,13 +305,16 @@ def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) ->
                     "speedup_vs_dpmpp_2m": None if s_dpm is None else s_dpm / sec[name],
                 }
     return {
-        "how": ("path error: RMS over samples of the L2 distance (256 pixels, data scale [-1, 1]) to a reference on "
-                f"the same noise: EM-top {cfg['ref_steps']} steps (same Brownian path) for ML-EM and EM-top, "
-                f"DPM-Solver++ {cfg['ode_ref_steps']} steps for DPM-Solver++ (the probability-flow ODE: another "
-                "noise-to-image map, so its error is to its own limit); samples per second at equal error: log-log "
-                "interpolation on each method's own (seconds per sample, error) runs, None outside them; traced "
-                "execution; per clock (wall, cpu)"),
-        "path_error": err, "mlem": rows,
+        "how": (
+            "path error: RMS over samples of the L2 distance (256 pixels, data scale [-1, 1]) to a reference on "
+            f"the same noise: EM-top {cfg['ref_steps']} steps (same Brownian path) for ML-EM and EM-top, "
+            f"DPM-Solver++ {cfg['ode_ref_steps']} steps for DPM-Solver++ (the probability-flow ODE: another "
+            "noise-to-image map, so its error is to its own limit); samples per second at equal error: log-log "
+            "interpolation on each method's own (seconds per sample, error) runs, None outside them; traced "
+            "execution; per clock (wall, cpu)"
+        ),
+        "path_error": err,
+        "mlem": rows,
     }
 
 
@@ -272,8 +337,9 @@ def digits_profile(pipe, budget: float, n: int, trace: bool) -> dict:
     eps_models = pipe.ladder.eps_models
     pipe.ladder.eps_models = lambda trace=False: [_TimedLevel(m, log) for m, log in zip(eps_models(trace), logs)]
     try:
-        out, dt = _timed(pipe, n, method="mlem", budget=budget, trace=trace,
-                         generator=torch.Generator().manual_seed(SEED))
+        out, dt = _timed(
+            pipe, n, method="mlem", budget=budget, trace=trace, generator=torch.Generator().manual_seed(SEED)
+        )
     finally:
         del pipe.ladder.eps_models  # back to the class's method
     total, costs = dt["cpu"], pipe.ladder.costs
@@ -281,14 +347,29 @@ def digits_profile(pipe, budget: float, n: int, trace: bool) -> dict:
     for i, log in enumerate(logs):
         rows = sum(r for r, _ in log)
         secs = sum(s for _, s in log)
-        levels.append({"level": i + 1, "calls": len(log), "rows": rows, "seconds": secs,
-                       "mean_rows_per_call": rows / max(len(log), 1),
-                       "counted_share": rows * costs[i] / (out.report["top_equivalents_per_sample"] * n * costs[-1]),
-                       "seconds_share": secs / total})
+        levels.append(
+            {
+                "level": i + 1,
+                "calls": len(log),
+                "rows": rows,
+                "seconds": secs,
+                "mean_rows_per_call": rows / max(len(log), 1),
+                "counted_share": rows * costs[i] / (out.report["top_equivalents_per_sample"] * n * costs[-1]),
+                "seconds_share": secs / total,
+            }
+        )
     in_levels = sum(lv["seconds"] for lv in levels)
-    return {"budget": budget, "trace": trace, "clock": "cpu", "seconds": total, "seconds_in_levels": in_levels,
-            "seconds_outside_levels": total - in_levels, "wall_seconds": dt["wall"],
-            "note": "rows and calls include the one-row shape check of each level on the first call", "levels": levels}
+    return {
+        "budget": budget,
+        "trace": trace,
+        "clock": "cpu",
+        "seconds": total,
+        "seconds_in_levels": in_levels,
+        "seconds_outside_levels": total - in_levels,
+        "wall_seconds": dt["wall"],
+        "note": "rows and calls include the one-row shape check of each level on the first call",
+        "levels": levels,
+    }
 
 
 def _time_calls(f, x, calls: int, repeats: int = 3) -> float:
@@ -327,14 +408,16 @@ def digits_microbench(pipe, cfg: dict) -> dict:
                 ctx = torch.inference_mode() if inference else torch.no_grad()
                 with ctx:
                     row["ms_per_call"].setdefault(name, {})[str(b)] = 1e3 * _time_calls(
-                        lambda z: m(z, t), xcl if channels_last else x, cfg["micro_calls"])
+                        lambda z: m(z, t), xcl if channels_last else x, cfg["micro_calls"]
+                    )
         rows.append(row)
     top = rows[-1]["ms_per_call"]["eager"][str(cfg["micro_sizes"][0])]
     for row in rows:  # real / counted cost relative to the eager top level at full batch (per sample)
         share = row["flops"] / rows[-1]["flops"]
         row["real_over_counted"] = {
             name: {b: (ms / int(b)) / (top / cfg["micro_sizes"][0]) / share for b, ms in v.items()}
-            for name, v in row["ms_per_call"].items()}
+            for name, v in row["ms_per_call"].items()
+        }
     return {"sizes": list(cfg["micro_sizes"]), "buckets": list(BUCKETS), "levels": rows}
 
 
@@ -373,8 +456,9 @@ class _TracedMLP:
 def _mlp_microbench(levels, batch: int, costs, cfg: dict) -> List[dict]:
     """CPU seconds per sample-evaluation of each MLP level at the full batch and sub-batch sizes, and real over
     counted cost (relative to the top level at the full batch)."""
-    sizes = sorted({batch, max(1, round(0.3 * batch)), max(1, round(0.1 * batch)), max(1, round(0.03 * batch))},
-                   reverse=True)
+    sizes = sorted(
+        {batch, max(1, round(0.3 * batch)), max(1, round(0.1 * batch)), max(1, round(0.03 * batch))}, reverse=True
+    )
     rows = []
     for f, c in zip(levels, costs):
         per_sample = {}
@@ -384,7 +468,9 @@ def _mlp_microbench(levels, batch: int, costs, cfg: dict) -> List[dict]:
         rows.append({"flops": c, "seconds_per_sample": per_sample})
     top = rows[-1]["seconds_per_sample"][str(batch)]
     for row in rows:
-        row["real_over_counted"] = {b: (v / top) / (row["flops"] / costs[-1]) for b, v in row["seconds_per_sample"].items()}
+        row["real_over_counted"] = {
+            b: (v / top) / (row["flops"] / costs[-1]) for b, v in row["seconds_per_sample"].items()
+        }
     return rows
 
 
@@ -406,38 +492,51 @@ def mlp_wallclock(cfg: dict, echo: Callable) -> dict:
         runs[f"{ex}/em"] = dict(ladder=ladders[ex], method="em", rates=None, draws="per_sample", diffusion=0.5)
         for s in settings:
             rates = [p / h for p in overhead.SETTINGS[s]]
-            runs[f"{ex}/mlem_{s}"] = dict(ladder=ladders[ex], method="mlem", rates=rates, draws="per_sample",
-                                          diffusion=0.5)
-            runs[f"{ex}+exact/mlem_{s}"] = dict(ladder=ladders[ex], method="mlem", rates=rates, draws="exact",
-                                                diffusion=0.5)
+            runs[f"{ex}/mlem_{s}"] = dict(
+                ladder=ladders[ex], method="mlem", rates=rates, draws="per_sample", diffusion=0.5
+            )
+            runs[f"{ex}+exact/mlem_{s}"] = dict(
+                ladder=ladders[ex], method="mlem", rates=rates, draws="exact", diffusion=0.5
+            )
     for name in [k for k in runs if k.startswith("eager")]:  # stub twins: same draws, zero-cost levels
         runs[name.replace("eager", "stub", 1)] = dict(runs[name], ladder=stub)
         runs[name.replace("eager", "stub_ode", 1)] = dict(runs[name], ladder=stub, diffusion=None)
     times: Dict[str, Dict[str, List[float]]] = {k: {c: [] for c in CLOCKS} for k in runs}
     te: Dict[str, List[float]] = {k: [] for k in runs}
     with torch.inference_mode():
-        for name, r in runs.items():
+        for r in runs.values():
             overhead.time_solve(x0=x0, steps=steps, seed=10_000, device=dev, **r)
         order = list(runs)
         for rep in range(cfg["mlp_repeats"]):
-            for name in (order if rep % 2 == 0 else order[::-1]):
+            for name in order if rep % 2 == 0 else order[::-1]:
                 (_, sol), dt = _timed(overhead.time_solve, x0=x0, steps=steps, seed=rep, device=dev, **runs[name])
                 for c in CLOCKS:
                     times[name][c].append(dt[c])
                 te[name].append(sol.top_equivalents)
-        micro = {"eager": _mlp_microbench(mlps, batch, eager.costs, cfg),
-                 "traced": _mlp_microbench(traced_levels, batch, eager.costs, cfg)}
+        micro = {
+            "eager": _mlp_microbench(mlps, batch, eager.costs, cfg),
+            "traced": _mlp_microbench(traced_levels, batch, eager.costs, cfg),
+        }
     echo("  mlp: done")
     table = {}
     for name in runs:
         if name.startswith("stub"):
             continue
-        table[name] = {"method": runs[name]["method"], "draws": runs[name]["draws"],
-                       "top_equivalents": statistics.median(te[name])}
+        table[name] = {
+            "method": runs[name]["method"],
+            "draws": runs[name]["draws"],
+            "top_equivalents": statistics.median(te[name]),
+        }
         for c in CLOCKS:
-            table[name].update({f"{c}_seconds": times[name][c], f"{c}_seconds_median": statistics.median(times[name][c]),
-                                f"{c}_seconds_per_top_equivalent": statistics.median(
-                                    t / (e * batch) for t, e in zip(times[name][c], te[name]))})
+            table[name].update(
+                {
+                    f"{c}_seconds": times[name][c],
+                    f"{c}_seconds_median": statistics.median(times[name][c]),
+                    f"{c}_seconds_per_top_equivalent": statistics.median(
+                        t / (e * batch) for t, e in zip(times[name][c], te[name])
+                    ),
+                }
+            )
         base = name.split("/", 1)[1]
         if name.startswith("eager/"):
             table[name]["breakdown_seconds"] = {}
@@ -445,17 +544,30 @@ def mlp_wallclock(cfg: dict, echo: Callable) -> dict:
                 med = statistics.median(times[name][c])
                 stub_med = statistics.median(times[f"stub/{base}"][c])
                 ode_med = statistics.median(times[f"stub_ode/{base}"][c])
-                table[name]["breakdown_seconds"][c] = {"levels": med - stub_med, "noise": stub_med - ode_med,
-                                                       "loop": ode_med}
+                table[name]["breakdown_seconds"][c] = {
+                    "levels": med - stub_med,
+                    "noise": stub_med - ode_med,
+                    "loop": ode_med,
+                }
     ratio = {c: {} for c in CLOCKS}
     for c in CLOCKS:
         for ex in ("eager", "traced", "eager+exact", "traced+exact"):
             em = table[f"{ex.split('+')[0]}/em"]
-            ratio[c][ex] = {s: table[f"{ex}/mlem_{s}"][f"{c}_seconds_per_top_equivalent"]
-                            / em[f"{c}_seconds_per_top_equivalent"] for s in settings}
-    return {"batch": batch, "steps": steps, "widths": list(overhead.WIDTHS), "costs_flops": list(eager.costs),
-            "settings": {s: list(overhead.SETTINGS[s]) for s in settings}, "traced_max_abs_diff": max_diff,
-            "runs": table, "ratio": ratio, "level_microbench": micro}
+            ratio[c][ex] = {
+                s: table[f"{ex}/mlem_{s}"][f"{c}_seconds_per_top_equivalent"] / em[f"{c}_seconds_per_top_equivalent"]
+                for s in settings
+            }
+    return {
+        "batch": batch,
+        "steps": steps,
+        "widths": list(overhead.WIDTHS),
+        "costs_flops": list(eager.costs),
+        "settings": {s: list(overhead.SETTINGS[s]) for s in settings},
+        "traced_max_abs_diff": max_diff,
+        "runs": table,
+        "ratio": ratio,
+        "level_microbench": micro,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -473,25 +585,53 @@ def run(*, quick: bool = False, threads: int = 1, echo: Callable = print) -> dic
         micro = digits_microbench(pipe, cfg)
         wall = wall_calibration(pipe, micro, cfg["n"])
         digits = digits_wallclock({"flops": pipe, "wall": wall}, cfg, echo)
-        digits["profile"] = [digits_profile(pipe, cfg["budgets"][0], cfg["n"], trace=True),
-                             digits_profile(pipe, cfg["budgets"][-1], cfg["n"], trace=True)]
+        digits["profile"] = [
+            digits_profile(pipe, cfg["budgets"][0], cfg["n"], trace=True),
+            digits_profile(pipe, cfg["budgets"][-1], cfg["n"], trace=True),
+        ]
         digits["microbench"] = micro
         digits["wall_costs_seconds_per_sample"] = [float(c) for c in wall.calibration.costs]
-        digits["wall_plans"] = {f"{b:g}": {"levels": [lv + 1 for lv in p.levels], "steps": p.steps, "mu": p.mu,
-                                           "predicted_speedup_in_seconds": p.speedup}
-                                for b in cfg["budgets"] for p in [wall.plan(b)]}
-        digits.update({"n": cfg["n"], "budgets": list(cfg["budgets"]), "repeats": cfg["repeats"],
-                       "widths": list(pipe.ladder.widths), "costs_flops": list(pipe.ladder.costs),
-                       "plans": {f"{b:g}": {"levels": [lv + 1 for lv in p.levels], "steps": p.steps, "mu": p.mu}
-                                 for b in cfg["budgets"] for p in [pipe.plan(b)]}})
+        digits["wall_plans"] = {
+            f"{b:g}": {
+                "levels": [lv + 1 for lv in p.levels],
+                "steps": p.steps,
+                "mu": p.mu,
+                "predicted_speedup_in_seconds": p.speedup,
+            }
+            for b in cfg["budgets"]
+            for p in [wall.plan(b)]
+        }
+        digits.update(
+            {
+                "n": cfg["n"],
+                "budgets": list(cfg["budgets"]),
+                "repeats": cfg["repeats"],
+                "widths": list(pipe.ladder.widths),
+                "costs_flops": list(pipe.ladder.costs),
+                "plans": {
+                    f"{b:g}": {"levels": [lv + 1 for lv in p.levels], "steps": p.steps, "mu": p.mu}
+                    for b in cfg["budgets"]
+                    for p in [pipe.plan(b)]
+                },
+            }
+        )
         mlp = mlp_wallclock(cfg, echo)
         mlp["repeats"] = cfg["mlp_repeats"]
     finally:
         torch.set_num_threads(old_threads)
-    res = {"benchmark": "wallclock", "torch": torch.__version__, "python": platform.python_version(),
-           "device": "cpu", "device_name": device_name(torch.device("cpu")), "threads": threads, "quick": quick,
-           "seconds_total": time.perf_counter() - start, "targets": {"digits": 1.25, "mlp": 2.0},
-           "digits": digits, "mlp": mlp}
+    res = {
+        "benchmark": "wallclock",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cpu",
+        "device_name": device_name(torch.device("cpu")),
+        "threads": threads,
+        "quick": quick,
+        "seconds_total": time.perf_counter() - start,
+        "targets": {"digits": 1.25, "mlp": 2.0},
+        "digits": digits,
+        "mlp": mlp,
+    }
     for line in summary_lines(res):
         echo(line)
     return res
@@ -504,24 +644,37 @@ def summary_lines(res: dict) -> List[str]:
     def f(v):
         return "-" if v is None else f"{v:.2f}"
 
-    out = [f"digits ladder, {d['n']} samples, {res['threads']} thread(s), medians of {d['repeats']}: ML-EM / EM-top "
-           "seconds per counted top-level equivalent, wall / cpu"]
+    out = [
+        f"digits ladder, {d['n']} samples, {res['threads']} thread(s), medians of {d['repeats']}: ML-EM / EM-top "
+        "seconds per counted top-level equivalent, wall / cpu"
+    ]
     out.append(f"{'budget':>8}" + "".join(f"{ex:>18}" for ex in d["ratio"]["wall"]))
     for b in d["ratio"]["wall"]["eager"]:
-        out.append(f"{b:>8}" + "".join(f"{d['ratio']['wall'][ex][b]:>11.2f} / {d['ratio']['cpu'][ex][b]:.2f}"
-                                       for ex in d["ratio"]["wall"]))
-    out.append(f"MLP ladder, batch {m['batch']}, {m['steps']} steps, medians of {m['repeats']}: ML-EM / EM-top, "
-               "wall / cpu")
+        out.append(
+            f"{b:>8}"
+            + "".join(
+                f"{d['ratio']['wall'][ex][b]:>11.2f} / {d['ratio']['cpu'][ex][b]:.2f}" for ex in d["ratio"]["wall"]
+            )
+        )
+    out.append(
+        f"MLP ladder, batch {m['batch']}, {m['steps']} steps, medians of {m['repeats']}: ML-EM / EM-top, wall / cpu"
+    )
     for ex in m["ratio"]["wall"]:
-        out.append(f"  {ex:>14}: " + ", ".join(f"{s} {m['ratio']['wall'][ex][s]:.2f} / {m['ratio']['cpu'][ex][s]:.2f}"
-                                              for s in m["ratio"]["wall"][ex]))
+        out.append(
+            f"  {ex:>14}: "
+            + ", ".join(
+                f"{s} {m['ratio']['wall'][ex][s]:.2f} / {m['ratio']['cpu'][ex][s]:.2f}" for s in m["ratio"]["wall"][ex]
+            )
+        )
     out.append("equal quality (traced, cpu clock): samples per second at ML-EM's path error")
     for name, r in d["equal_quality"]["mlem"].items():
         c = r["cpu"]
-        out.append(f"  {name:>25}: error {r['path_error']:.3f}, ML-EM {c['samples_per_second']:.2f}/s, EM-top "
-                   f"{f(c['em_top_samples_per_second_at_same_error'])}/s, DPM-Solver++ "
-                   f"{f(c['dpmpp_2m_samples_per_second_at_same_error'])}/s; ML-EM's speedup over EM-top: "
-                   f"{f(c['speedup_vs_em_top'])} in seconds, {f(r['speedup_counted_vs_em_top'])} counted")
+        out.append(
+            f"  {name:>25}: error {r['path_error']:.3f}, ML-EM {c['samples_per_second']:.2f}/s, EM-top "
+            f"{f(c['em_top_samples_per_second_at_same_error'])}/s, DPM-Solver++ "
+            f"{f(c['dpmpp_2m_samples_per_second_at_same_error'])}/s; ML-EM's speedup over EM-top: "
+            f"{f(c['speedup_vs_em_top'])} in seconds, {f(r['speedup_counted_vs_em_top'])} counted"
+        )
     return out
 
 

@@ -13,10 +13,21 @@ measurement), :mod:`.plot`.
 """
 
 from .measure import MIN_STATES, MIN_TIMES, calibrate
-from .model import CallPlan, Calibration, PiecewiseLinearRate, Plan, Prediction
+from .model import Calibration, CallPlan, PiecewiseLinearRate, Plan, Prediction
 from .planning import budget_steps
 from .rates import ReverseTimeRate
 from .samplers import SamplerFit
 
-__all__ = ["calibrate", "CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "SamplerFit", "MIN_STATES",
-           "MIN_TIMES", "ReverseTimeRate", "budget_steps"]
+__all__ = [
+    "calibrate",
+    "CallPlan",
+    "Calibration",
+    "Plan",
+    "Prediction",
+    "PiecewiseLinearRate",
+    "SamplerFit",
+    "MIN_STATES",
+    "MIN_TIMES",
+    "ReverseTimeRate",
+    "budget_steps",
+]

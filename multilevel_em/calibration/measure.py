@@ -79,8 +79,7 @@ def _check_times(times, t0: float, t1: float) -> np.ndarray:
 def _check_batch(name: str, batch: int) -> None:
     if batch < MIN_STATES:
         raise ValueError(
-            f"{name}: calibration needs at least {MIN_STATES} states per time to estimate RMS differences, "
-            f"got {batch}"
+            f"{name}: calibration needs at least {MIN_STATES} states per time to estimate RMS differences, got {batch}"
         )
 
 
@@ -99,7 +98,7 @@ def _wall_costs(ladder: Ladder, x: torch.Tensor, t: float, warmup: int, repeats:
     """Median wall-clock seconds per sample of one evaluation of each level on ``x``."""
     cuda = x.device.type == "cuda"
     costs = []
-    for j, f in enumerate(ladder):
+    for _j, f in enumerate(ladder):
         seconds = []
         for r in range(warmup + repeats):
             if cuda:
@@ -229,8 +228,9 @@ def calibrate(
             least as much and is not more accurate); ``Calibration.plan`` will likely drop it.
     """
     _, t0, t1, fine_steps = _check_arguments(ladder, x, t0, t1, timing, steps, step_error_refine, reference, states)
-    t_arr, picked, x_end, noise = _calibration_states(ladder, x, t0, t1, times, states, steps, fine_steps, diffusion,
-                                                      noise, generator)
+    t_arr, picked, x_end, noise = _calibration_states(
+        ladder, x, t0, t1, times, states, steps, fine_steps, diffusion, noise, generator
+    )
     costs = _level_costs(ladder, x if x is not None else picked[0], float(t_arr[0]), timing, device, warmup, repeats)
     pairwise, errors_t = _level_differences(ladder, t_arr, picked, reference)
     errors = np.sqrt((errors_t**2).mean(0))
@@ -331,8 +331,9 @@ def _calibration_states(ladder, x, t0, t1, times, states, steps, fine_steps, dif
         save_every = math.gcd(steps, *[int(i) for i in idx])
         if noise is None and diffusion is not None:
             noise = _default_noise(x, t0, t1, fine_steps, generator)
-        sol = solve(ladder, x, t0=t0, t1=t1, steps=steps, diffusion=diffusion, method="em", noise=noise,
-                    save_every=save_every)
+        sol = solve(
+            ladder, x, t0=t0, t1=t1, steps=steps, diffusion=diffusion, method="em", noise=noise, save_every=save_every
+        )
         picked = [sol.xs[int(i) // save_every] for i in idx]
         x_end = sol.x  # EM with `steps` steps: reused by the step-error estimate
     return t_arr, picked, x_end, noise

@@ -152,23 +152,32 @@ class Calibration:
         """Constant rates lambda_l = mu delta_l_bar / sqrt(C_l), for comparisons (:func:`.prediction.uniform_rates`)."""
         return prediction.uniform_rates(self, mu, levels)
 
-    def predict(self, mu: float, steps: int, *, levels: Optional[Sequence[int]] = None,
-                uniform: bool = False) -> Prediction:
+    def predict(
+        self, mu: float, steps: int, *, levels: Optional[Sequence[int]] = None, uniform: bool = False
+    ) -> Prediction:
         """Expected cost and added variance per sample of ML-EM with ``rates(mu)`` on ``steps`` uniform steps
         (:func:`.prediction.predict`)."""
         return prediction.predict(self, mu, steps, levels=levels, uniform=uniform)
 
     # ------------------------------------------------------------------ planning (.planning)
 
-    def plan(self, target: Optional[float] = None, *, budget: Optional[float] = None, steps: Optional[int] = None,
-             max_steps: int = 2**16, sampler: Optional[str] = None) -> Plan:
+    def plan(
+        self,
+        target: Optional[float] = None,
+        *,
+        budget: Optional[float] = None,
+        steps: Optional[int] = None,
+        max_steps: int = 2**16,
+        sampler: Optional[str] = None,
+    ) -> Plan:
         """Choose mu, the step count and the levels to keep, for a ``target`` RMS error or a ``budget`` in
         top-level equivalents per sample, optionally inside a measured ``sampler`` (:func:`.planning.plan`,
         which documents the error model, the search and what it raises)."""
         return planning.plan(self, target, budget=budget, steps=steps, max_steps=max_steps, sampler=sampler)
 
-    def plan_calls(self, budget: float, times: Sequence[float], spans: Sequence[float], *,
-                   levels: Optional[Sequence[int]] = None) -> CallPlan:
+    def plan_calls(
+        self, budget: float, times: Sequence[float], spans: Sequence[float], *, levels: Optional[Sequence[int]] = None
+    ) -> CallPlan:
         """Closed-form rates sized to ``budget`` top-level equivalents per sample for a sampler whose model calls
         are fixed: call n at ``times[n]`` standing for ``spans[n]`` (shapes (calls,)) (:func:`.planning.plan_calls`)."""
         return planning.plan_calls(self, budget, times, spans, levels=levels)
@@ -222,10 +231,7 @@ class Calibration:
 
     def __repr__(self) -> str:
         gamma = "None" if self.gamma is None else f"{self.gamma:.3g}"
-        return (
-            f"Calibration({self.n_levels} levels, {len(self.times)} times, timing={self.timing!r}, "
-            f"gamma={gamma})"
-        )
+        return f"Calibration({self.n_levels} levels, {len(self.times)} times, timing={self.timing!r}, gamma={gamma})"
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable data (nan as None)."""
@@ -259,11 +265,23 @@ class Calibration:
     def from_dict(cls, d: dict) -> "Calibration":
         """Inverse of :meth:`to_dict`; raises ValueError saying what is wrong."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"not a calibration (expected \"format\": \"{FORMAT}\")")
+            raise ValueError(f'not a calibration (expected "format": "{FORMAT}")')
         if d.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported calibration format version {d.get('version')!r} (expected {FORMAT_VERSION})")
-        required = ["t0", "t1", "times", "names", "costs", "ladder_costs", "timing", "cost_unit", "pairwise",
-                    "errors_t", "reference", "n_states"]
+        required = [
+            "t0",
+            "t1",
+            "times",
+            "names",
+            "costs",
+            "ladder_costs",
+            "timing",
+            "cost_unit",
+            "pairwise",
+            "errors_t",
+            "reference",
+            "n_states",
+        ]
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"missing fields {missing}")

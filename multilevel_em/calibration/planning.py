@@ -33,8 +33,17 @@ from .rates import closed_form_probabilities, expected_cost, search_mu
 from .samplers import SamplerFit
 from .verdicts import call_plan_message, em_verdict, sampler_verdict
 
-__all__ = ["BUDGET_TOLERANCE", "CallPlan", "Plan", "budget_steps", "choose", "plan", "plan_calls", "plan_for_budget",
-           "sampling_plan"]
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "CallPlan",
+    "Plan",
+    "budget_steps",
+    "choose",
+    "plan",
+    "plan_calls",
+    "plan_for_budget",
+    "sampling_plan",
+]
 
 #: A plan for a budget with a fixed step count may fall this far (relative) below the budget, no more.
 BUDGET_TOLERANCE = 0.02
@@ -116,7 +125,6 @@ class Plan:
         d = {k: v for k, v in asdict(self).items() if k not in ("rates", "prediction")}
         d["prediction"] = self.prediction.to_dict()
         return d
-
 
 
 @dataclass
@@ -324,6 +332,7 @@ def step_error_model(cal, fit: Optional[SamplerFit]):
     a, T = float(cal.step_error), cal.t1 - cal.t0
     return lambda n: a * T / n
 
+
 def fewest_steps(cal, step_err, fit, room: float, max_steps: int) -> int:
     """The fewest steps whose step error squared is below ``room`` (ValueError if none within max_steps)."""
     if fit is None:
@@ -337,8 +346,9 @@ def fewest_steps(cal, step_err, fit, room: float, max_steps: int) -> int:
     return n
 
 
-def plan_calls(cal, budget: float, times: Sequence[float], spans: Sequence[float], *,
-               levels: Optional[Sequence[int]] = None) -> CallPlan:
+def plan_calls(
+    cal, budget: float, times: Sequence[float], spans: Sequence[float], *, levels: Optional[Sequence[int]] = None
+) -> CallPlan:
     """Closed-form rates sized to ``budget`` for a sampler whose model calls are fixed.
 
     Where :func:`plan` chooses the step count of a uniform EM grid, this takes the calls a
@@ -386,9 +396,19 @@ def plan_calls(cal, budget: float, times: Sequence[float], spans: Sequence[float
     added = float(added[0])
     te = float(mean[0] / c_top)
     message = call_plan_message(lv, mu, budget, calls, te, all_ones=bool(np.all(p >= 1.0)))
-    return CallPlan(levels=lv, names=tuple(cal.names[l] for l in lv), mu=mu, rates=rates(cal, mu, levels=lv),
-                    probabilities=p, budget=budget, calls=calls, top_equivalents=te,
-                    evaluations=tuple(float(e) for e in evaluations[0]), added_variance=added, message=message)
+    return CallPlan(
+        levels=lv,
+        names=tuple(cal.names[l] for l in lv),
+        mu=mu,
+        rates=rates(cal, mu, levels=lv),
+        probabilities=p,
+        budget=budget,
+        calls=calls,
+        top_equivalents=te,
+        evaluations=tuple(float(e) for e in evaluations[0]),
+        added_variance=added,
+        message=message,
+    )
 
 
 def make_plan(cal, lv, n, mu, target, budget, fit: Optional[SamplerFit] = None) -> Plan:
@@ -414,14 +434,25 @@ def make_plan(cal, lv, n, mu, target, budget, fit: Optional[SamplerFit] = None) 
     extra = {}
     if fit is None:
         speedup = em_cost / pred.cost
-        message = em_verdict(lv, mu, n, error, pred.top_equivalents, target, budget, em_steps, em_cost / c_top,
-                             speedup)
+        message = em_verdict(lv, mu, n, error, pred.top_equivalents, target, budget, em_steps, em_cost / c_top, speedup)
     else:
         extra = single_model_comparison(cal, fit, error, pred.top_equivalents, max(n, 2**16))
         best = extra["best_single"]
         speedup = math.inf if best is None else best["top_equivalents"] / pred.top_equivalents
-        message = sampler_verdict(fit.sampler, lv, mu, n, error, pred.top_equivalents, target, budget,
-                                  extra["same_sampler"], best, extra["best_at_budget"], speedup)
+        message = sampler_verdict(
+            fit.sampler,
+            lv,
+            mu,
+            n,
+            error,
+            pred.top_equivalents,
+            target,
+            budget,
+            extra["same_sampler"],
+            best,
+            extra["best_at_budget"],
+            speedup,
+        )
     helps = speedup > 1
     return Plan(
         levels=tuple(lv),
@@ -450,6 +481,7 @@ def make_plan(cal, lv, n, mu, target, budget, fit: Optional[SamplerFit] = None) 
         **extra,
     )
 
+
 def single_model_comparison(cal, fit: SamplerFit, error: float, cost: float, max_steps: int) -> dict:
     """The top level alone: with ``fit``'s sampler at ML-EM's ``cost`` (top-level equivalents), the
     cheapest measured sampler reaching ``error``, and the smallest error of any measured sampler at ``cost``."""
@@ -457,8 +489,12 @@ def single_model_comparison(cal, fit: SamplerFit, error: float, cost: float, max
     n_same = max(1, int(math.floor(cost + 1e-9)))
 
     def run(f: SamplerFit, steps: int) -> dict:
-        return {"sampler": f.sampler, "steps": steps, "top_equivalents": float(steps),
-                "error": math.sqrt(b2 + f.error(steps) ** 2)}
+        return {
+            "sampler": f.sampler,
+            "steps": steps,
+            "top_equivalents": float(steps),
+            "error": math.sqrt(b2 + f.error(steps) ** 2),
+        }
 
     fits = [fit] + [f for k, f in sorted(cal.samplers.items()) if k != fit.sampler]
     reach = []
@@ -507,8 +543,14 @@ def budget_steps(budget: float) -> int:
     return int(math.floor(budget + 1e-9))
 
 
-def plan_for_budget(cal, budget: float, *, steps: Optional[int] = None, sampler: Optional[str] = None,
-                    tolerance: float = BUDGET_TOLERANCE) -> Plan:
+def plan_for_budget(
+    cal,
+    budget: float,
+    *,
+    steps: Optional[int] = None,
+    sampler: Optional[str] = None,
+    tolerance: float = BUDGET_TOLERANCE,
+) -> Plan:
     """:func:`plan` for ``budget`` top-level equivalents per sample (``steps``: fixed, else planned; ``sampler``:
     inside that measured sampler).  With ``steps``, a plan spending less than ``(1 - tolerance) budget``
     means the two disagree: ValueError rather than silently following the step count."""
@@ -521,8 +563,7 @@ def plan_for_budget(cal, budget: float, *, steps: Optional[int] = None, sampler:
     return p
 
 
-def sampling_plan(cal, budget: float, *, steps: Optional[int] = None, sampler: str = "em",
-                  stacklevel: int = 2) -> Plan:
+def sampling_plan(cal, budget: float, *, steps: Optional[int] = None, sampler: str = "em", stacklevel: int = 2) -> Plan:
     """The plan ML-EM inside ``sampler`` follows for ``budget``: :func:`plan_for_budget` inside ``sampler`` when
     ``cal`` measured it; otherwise the EM model (``a h``), with a UserWarning (at ``stacklevel``) unless
     ``sampler`` is "em" (that model is EM's)."""
@@ -531,7 +572,9 @@ def sampling_plan(cal, budget: float, *, steps: Optional[int] = None, sampler: s
         warnings.warn(
             f"sampler={sampler!r}: the calibration has not measured it, so the plan models EM steps and "
             "cannot say whether ML-EM beats this sampler with the top model alone; measure it with "
-            "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)", stacklevel=stacklevel)
+            "pipe.calibrate_samplers() (`mlem calibrate --ladder DIR --samplers ...`)",
+            stacklevel=stacklevel,
+        )
     return plan_for_budget(cal, budget, steps=steps, sampler=sampler if measured else None)
 
 
@@ -547,11 +590,25 @@ def choose(cal, budget: float) -> dict:
     cands = []
     for name, fit in sorted(cal.samplers.items()):
         p = plan_for_budget(cal, budget, sampler=name)
-        cands.append({"method": "mlem", "sampler": name, "steps": None, "predicted_error": p.error,
-                      "predicted_top_equivalents": p.top_equivalents})
+        cands.append(
+            {
+                "method": "mlem",
+                "sampler": name,
+                "steps": None,
+                "predicted_error": p.error,
+                "predicted_top_equivalents": p.top_equivalents,
+            }
+        )
         if steps >= 1:
             err = math.sqrt(float(cal.top_bias or 0.0) ** 2 + fit.error(steps) ** 2)
-            cands.append({"method": name, "sampler": None, "steps": steps, "predicted_error": err,
-                          "predicted_top_equivalents": float(steps)})
+            cands.append(
+                {
+                    "method": name,
+                    "sampler": None,
+                    "steps": steps,
+                    "predicted_error": err,
+                    "predicted_top_equivalents": float(steps),
+                }
+            )
     best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
     return {**best, "candidates": cands}

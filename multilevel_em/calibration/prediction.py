@@ -24,8 +24,19 @@ import numpy as np
 from ..engine.rates import firing_probability
 from .rates import PiecewiseLinearRate, added_variance, idle_probabilities
 
-__all__ = ["PLAN_POINTS", "Prediction", "check_mu", "cost_stats", "predict", "probabilities", "profile", "rates",
-           "step_grid", "uniform_rates", "variances"]
+__all__ = [
+    "PLAN_POINTS",
+    "Prediction",
+    "check_mu",
+    "cost_stats",
+    "predict",
+    "probabilities",
+    "profile",
+    "rates",
+    "step_grid",
+    "uniform_rates",
+    "variances",
+]
 
 #: Above this many steps, plans and predictions sum the per-step terms over this many evenly spread
 #: steps (each standing for steps / PLAN_POINTS of them): delta_l(t) is piecewise linear between a few
@@ -152,9 +163,7 @@ def cost_stats(cal, levels, mus: np.ndarray, d_true, rate_per_mu, w, h, costs=No
     return evaluations, mean, var, variances(mus, d_true, rate_per_mu, w, h)
 
 
-def predict(
-    cal, mu: float, steps: int, *, levels: Optional[Sequence[int]] = None, uniform: bool = False
-) -> Prediction:
+def predict(cal, mu: float, steps: int, *, levels: Optional[Sequence[int]] = None, uniform: bool = False) -> Prediction:
     """Expected cost and added variance per sample of ML-EM with ``rates(mu)``.
 
     On the uniform grid t_n = t0 + n h, h = (t1 - t0) / steps, with p_{n,l} =

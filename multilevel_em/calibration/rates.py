@@ -34,9 +34,20 @@ import numpy as np
 
 from ..engine.rates import firing_probability
 
-__all__ = ["PiecewiseLinearRate", "RATE_RULES", "RateShape", "ReverseTimeRate", "added_variance",
-           "closed_form_probabilities", "expected_cost", "idle_probabilities", "per_call_rates", "rate_shape",
-           "search_mu", "search_threshold"]
+__all__ = [
+    "PiecewiseLinearRate",
+    "RATE_RULES",
+    "RateShape",
+    "ReverseTimeRate",
+    "added_variance",
+    "closed_form_probabilities",
+    "expected_cost",
+    "idle_probabilities",
+    "per_call_rates",
+    "rate_shape",
+    "search_mu",
+    "search_threshold",
+]
 
 
 # ----------------------------------------------------------------------------- rate callables
@@ -54,8 +65,9 @@ class PiecewiseLinearRate:
         times = np.asarray(times, dtype=np.float64)
         values = np.asarray(values, dtype=np.float64)
         if times.shape != values.shape or times.ndim != 1 or times.size == 0:
-            raise ValueError(f"times, values: expected two equal-length 1-d sequences, got shapes {times.shape} "
-                             f"and {values.shape}")
+            raise ValueError(
+                f"times, values: expected two equal-length 1-d sequences, got shapes {times.shape} and {values.shape}"
+            )
         if np.any(np.diff(times) < 0):
             order = np.argsort(times)
             times, values = times[order], values[order]
@@ -135,8 +147,9 @@ def added_variance(p: np.ndarray, deltas: np.ndarray, h: float, weights: np.ndar
 # ----------------------------------------------------------------------------- the search for mu
 
 
-def search_threshold(ok: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, *, smallest: bool,
-                     points: int = 17, rounds: int = 4) -> float:
+def search_threshold(
+    ok: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, *, smallest: bool, points: int = 17, rounds: int = 4
+) -> float:
     """Where a monotone condition flips on [lo, hi], by ``rounds`` refinements of a grid of ``points``.
 
     ``ok`` maps an array of values to booleans and must be True above (``smallest``) or below a threshold.
@@ -162,8 +175,9 @@ def search_threshold(ok: Callable[[np.ndarray], np.ndarray], lo: float, hi: floa
     return float(hi if smallest else lo)
 
 
-def search_mu(ok: Callable[[np.ndarray], np.ndarray], rh: np.ndarray, *, smallest: bool,
-              precise: bool = False) -> float:
+def search_mu(
+    ok: Callable[[np.ndarray], np.ndarray], rh: np.ndarray, *, smallest: bool, precise: bool = False
+) -> float:
     """The smallest (or largest) rate scale mu with ``ok(mu)`` True, searched in log mu.
 
     ``ok`` maps an array of mu to booleans (monotone, see :func:`search_threshold`).  rh: rate per unit mu
@@ -177,13 +191,18 @@ def search_mu(ok: Callable[[np.ndarray], np.ndarray], rh: np.ndarray, *, smalles
     hi = math.log(1.0 / float(rh[rh > 0].min()))
     lo = math.log(1.0 / float(rh.max())) - 46.0
     points, rounds = (3, 100) if precise else (17, 4)
-    return math.exp(search_threshold(lambda v: ok(np.exp(v)), lo, hi, smallest=smallest, points=points,
-                                     rounds=rounds))
+    return math.exp(search_threshold(lambda v: ok(np.exp(v)), lo, hi, smallest=smallest, points=points, rounds=rounds))
 
 
-def closed_form_probabilities(rh: np.ndarray, costs: Sequence[float], budget: float, *,
-                              floor: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None,
-                              precise: bool = False):
+def closed_form_probabilities(
+    rh: np.ndarray,
+    costs: Sequence[float],
+    budget: float,
+    *,
+    floor: Optional[np.ndarray] = None,
+    weights: Optional[np.ndarray] = None,
+    precise: bool = False,
+):
     """The per-call closed form sized to a budget: p = min(1, max(floor, mu rh)) at the largest mu whose
     :func:`expected_cost` is at most ``budget``.
 
@@ -197,8 +216,9 @@ def closed_form_probabilities(rh: np.ndarray, costs: Sequence[float], budget: fl
         mu = np.asarray(mu, dtype=float)[..., None, None]
         return firing_probability(mu * rh if floor is None else np.maximum(floor, mu * rh), 1.0)
 
-    mu = search_mu(lambda m: expected_cost(probabilities(m), costs, weights) <= budget, rh, smallest=False,
-                   precise=precise)
+    mu = search_mu(
+        lambda m: expected_cost(probabilities(m), costs, weights) <= budget, rh, smallest=False, precise=precise
+    )
     return mu, probabilities(mu)
 
 
@@ -236,16 +256,20 @@ class RateShape:
         c = np.asarray(costs, dtype=float) / float(costs[-1])
         base = c[0] * len(self.times)
         if not budget > base:
-            raise ValueError(f"budget: expected more than the base level's cost {base:.4g} top-level equivalents "
-                             f"per sample on {len(self.times)} calls, got {budget!r}")
+            raise ValueError(
+                f"budget: expected more than the base level's cost {base:.4g} top-level equivalents "
+                f"per sample on {len(self.times)} calls, got {budget!r}"
+            )
         full = expected_cost(np.ones_like(rh), c)
         if budget >= full or not np.any(rh > 0):
             return np.ones_like(rh)
         if self.floor is not None:
             at_floor = expected_cost(firing_probability(self.floor, 1.0), c)
             if at_floor > budget:
-                raise ValueError(f"budget: {budget:.4g} top-level equivalents per sample is below the cost of this "
-                                 f"shape's floor ({at_floor:.4g})")
+                raise ValueError(
+                    f"budget: {budget:.4g} top-level equivalents per sample is below the cost of this "
+                    f"shape's floor ({at_floor:.4g})"
+                )
         return closed_form_probabilities(rh, c, budget, floor=self.floor, precise=True)[1]
 
 
@@ -253,16 +277,23 @@ class RateShape:
 RATE_RULES = {
     "closed": "lambda_l(t) = mu delta_l(t) / sqrt(C_l): the closed form (docs/method.md, 'Choosing the rates')",
     "sensitivity": "lambda_l(t) = mu s_l(t) delta_l(t) / sqrt(C_l): delta weighted by how much of a perturbation "
-                   "at t survives to the end of the sampler (measured), with p floored so a fired correction's "
-                   "kick stays below max_kick times the state's RMS norm",
+    "at t survives to the end of the sampler (measured), with p floored so a fired correction's "
+    "kick stays below max_kick times the state's RMS norm",
     "learned": "probabilities learned by stochastic gradient descent through the sampler at a fixed expected cost "
-               "(multilevel_em.diffusion.learn_probabilities, started from the closed form)",
+    "(multilevel_em.diffusion.learn_probabilities, started from the closed form)",
 }
 
 
-def rate_shape(rule: str, times: np.ndarray, spans: np.ndarray, deltas: np.ndarray, *,
-               sensitivity: Optional[np.ndarray] = None, state_rms: Optional[np.ndarray] = None,
-               max_kick: float = 1.0) -> RateShape:
+def rate_shape(
+    rule: str,
+    times: np.ndarray,
+    spans: np.ndarray,
+    deltas: np.ndarray,
+    *,
+    sensitivity: Optional[np.ndarray] = None,
+    state_rms: Optional[np.ndarray] = None,
+    max_kick: float = 1.0,
+) -> RateShape:
     """The :class:`RateShape` of the rule named ``rule`` (:data:`RATE_RULES`) on a sampler's calls.
 
     times, spans: (N,); deltas: (N, K - 1) RMS drift differences per call (state units per unit time);
@@ -279,6 +310,8 @@ def rate_shape(rule: str, times: np.ndarray, spans: np.ndarray, deltas: np.ndarr
         floor = spans[:, None] * deltas / (max_kick * state_rms[:, None])
         return RateShape(times, spans, deltas * sensitivity, rule, floor)
     if rule == "learned":
-        raise ValueError("rule 'learned': learned probabilities have no closed shape; run "
-                         "multilevel_em.diffusion.learn_probabilities (it runs the sampler)")
+        raise ValueError(
+            "rule 'learned': learned probabilities have no closed shape; run "
+            "multilevel_em.diffusion.learn_probabilities (it runs the sampler)"
+        )
     raise ValueError(f"rule: expected one of {', '.join(map(repr, RATE_RULES))}, got {rule!r}")

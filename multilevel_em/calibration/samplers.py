@@ -52,8 +52,19 @@ import torch
 
 from .._fit import loglog_slope
 
-__all__ = ["SamplerFit", "FAMILIES", "combine_gains", "CURVE_STEPS", "GAIN_STEPS", "GAIN_BUDGET_FRACTION",
-           "check_samplers", "fit_table", "measure_samplers", "rms_error", "squared_distances"]
+__all__ = [
+    "SamplerFit",
+    "FAMILIES",
+    "combine_gains",
+    "CURVE_STEPS",
+    "GAIN_STEPS",
+    "GAIN_BUDGET_FRACTION",
+    "check_samplers",
+    "fit_table",
+    "measure_samplers",
+    "rms_error",
+    "squared_distances",
+]
 
 #: What a sampler converges to: "sde" (the reverse-SDE path for its Brownian motion) or "ode"
 #: (the probability-flow ODE solution from its initial noise).
@@ -99,8 +110,10 @@ class SamplerFit:
         steps = np.asarray(self.steps, dtype=np.float64)
         errors = np.asarray(self.errors, dtype=np.float64)
         if steps.ndim != 1 or steps.shape != errors.shape or len(steps) < 2:
-            raise ValueError(f"steps, errors: expected two equal-length sequences of 2 or more, got "
-                             f"{len(self.steps)} and {len(self.errors)}")
+            raise ValueError(
+                f"steps, errors: expected two equal-length sequences of 2 or more, got "
+                f"{len(self.steps)} and {len(self.errors)}"
+            )
         if len(self.errors_se) != len(steps):
             raise ValueError(f"errors_se: expected {len(steps)} values, got {len(self.errors_se)}")
         if np.any(np.diff(steps) <= 0) or steps[0] < 1:
@@ -142,8 +155,11 @@ class SamplerFit:
     def gain_at(self, steps) -> float:
         """The randomization gain at ``steps`` steps: log-log interpolation of the measured points (module
         docstring), constant beyond them; ``gain`` when nothing was measured."""
-        pts = sorted((p["steps"], p["measured_variance"] / p["predicted_variance"]) for p in self.gain_points
-                     if p.get("measured_variance", 0) > 0 and p.get("predicted_variance", 0) > 0)
+        pts = sorted(
+            (p["steps"], p["measured_variance"] / p["predicted_variance"])
+            for p in self.gain_points
+            if p.get("measured_variance", 0) > 0 and p.get("predicted_variance", 0) > 0
+        )
         if not pts:
             return self.gain
         s = np.log([p[0] for p in pts])
@@ -180,11 +196,18 @@ class SamplerFit:
     def from_dict(cls, d: dict) -> "SamplerFit":
         """Inverse of :meth:`to_dict`; ValueError saying what is wrong."""
         try:
-            return cls(sampler=str(d["sampler"]), family=str(d["family"]), steps=tuple(d["steps"]),
-                       errors=tuple(d["errors"]), errors_se=tuple(d["errors_se"]), ref_steps=int(d["ref_steps"]),
-                       n=int(d["n"]), gain=float(d.get("gain", 1.0)),
-                       gain_se=math.nan if d.get("gain_se") is None else float(d["gain_se"]),
-                       gain_points=list(d.get("gain_points", [])))
+            return cls(
+                sampler=str(d["sampler"]),
+                family=str(d["family"]),
+                steps=tuple(d["steps"]),
+                errors=tuple(d["errors"]),
+                errors_se=tuple(d["errors_se"]),
+                ref_steps=int(d["ref_steps"]),
+                n=int(d["n"]),
+                gain=float(d.get("gain", 1.0)),
+                gain_se=math.nan if d.get("gain_se") is None else float(d["gain_se"]),
+                gain_points=list(d.get("gain_points", [])),
+            )
         except (KeyError, TypeError) as e:
             raise ValueError(f"sampler fit: malformed ({e!r})") from None
 
@@ -286,8 +309,10 @@ def measure_samplers(
         ``n`` samples per sampler, plus the ML-EM runs.
     """
     if not isinstance(samplers, Mapping):
-        raise TypeError(f"samplers: expected {{name: family}} (e.g. {{'em': 'sde'}}; the registry's "
-                        f"measurable_samplers()), got {samplers!r}")
+        raise TypeError(
+            f"samplers: expected {{name: family}} (e.g. {{'em': 'sde'}}; the registry's "
+            f"measurable_samplers()), got {samplers!r}"
+        )
     samplers = check_samplers(list(samplers), samplers)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n: expected an int >= 2 (errors are RMS over images), got {n!r}")
@@ -299,8 +324,10 @@ def measure_samplers(
         raise ValueError(f"gain_steps: {missing} not among the measured steps {steps}")
     T = num_train_timesteps
     if "ddim" in samplers and T is not None and T % ref_steps:
-        raise ValueError(f"ref_steps: {ref_steps} does not divide num_train_timesteps = {T}; DDIM's scheduler steps by "
-                         f"T // N timesteps, so its {ref_steps}-step run is not converged; use a divisor of {T}")
+        raise ValueError(
+            f"ref_steps: {ref_steps} does not divide num_train_timesteps = {T}; DDIM's scheduler steps by "
+            f"T // N timesteps, so its {ref_steps}-step run is not converged; use a divisor of {T}"
+        )
     if calibration is None:
         raise ValueError("the pipeline has no calibration: run pipe.calibrate() first (the gain needs its rates)")
     say = progress or (lambda _: None)
@@ -308,14 +335,24 @@ def measure_samplers(
     for s in samplers:
         errors, ses, tops = _step_error_curve(run, s, steps, ref_steps, gain_steps, say)
         gain, gain_se, points = _randomization_gain(run, calibration, s, gain_steps, tops, cheapest, say)
-        fits[s] = SamplerFit(sampler=s, family=samplers[s], steps=tuple(steps), errors=tuple(errors),
-                             errors_se=tuple(ses), ref_steps=int(ref_steps), n=n, gain=gain, gain_se=gain_se,
-                             gain_points=points)
+        fits[s] = SamplerFit(
+            sampler=s,
+            family=samplers[s],
+            steps=tuple(steps),
+            errors=tuple(errors),
+            errors_se=tuple(ses),
+            ref_steps=int(ref_steps),
+            n=n,
+            gain=gain,
+            gain_se=gain_se,
+            gain_points=points,
+        )
     return fits
 
 
-def _step_error_curve(run: SamplerRun, s: str, steps: Sequence[int], ref_steps: int, gain_steps: Sequence[int],
-                      say: Callable[[str], None]) -> tuple:
+def _step_error_curve(
+    run: SamplerRun, s: str, steps: Sequence[int], ref_steps: int, gain_steps: Sequence[int], say: Callable[[str], None]
+) -> tuple:
     """Sampler ``s``'s RMS errors and their standard errors at ``steps`` against ``ref_steps`` steps, and the
     top-level samples at ``gain_steps`` ({steps: samples}) for the gain."""
     say(f"{s}: {ref_steps} steps (reference)")
@@ -332,8 +369,9 @@ def _step_error_curve(run: SamplerRun, s: str, steps: Sequence[int], ref_steps: 
     return errors, ses, tops
 
 
-def _randomization_gain(run: SamplerRun, cal, s: str, gain_steps: Sequence[int], tops: dict, cheapest: float,
-                        say: Callable[[str], None]) -> tuple:
+def _randomization_gain(
+    run: SamplerRun, cal, s: str, gain_steps: Sequence[int], tops: dict, cheapest: float, say: Callable[[str], None]
+) -> tuple:
     """ML-EM's measured added variance inside ``s`` over the calibration's predicted one, at ``gain_steps``:
     (gain, standard error of its log, the measured points)."""
     measured, predicted, points = [], [], []
@@ -349,8 +387,16 @@ def _randomization_gain(run: SamplerRun, cal, s: str, gain_steps: Sequence[int],
         if var > 0 and pred > 0:
             measured.append(var)
             predicted.append(pred)
-        points.append({"steps": k, "mu": plan.mu, "levels": [l + 1 for l in plan.levels],
-                       "measured_variance": var, "measured_variance_se": var_se, "predicted_variance": pred})
+        points.append(
+            {
+                "steps": k,
+                "mu": plan.mu,
+                "levels": [l + 1 for l in plan.levels],
+                "measured_variance": var,
+                "measured_variance_se": var_se,
+                "predicted_variance": pred,
+            }
+        )
     gain, gain_se = combine_gains(measured, predicted) if measured else (1.0, math.nan)
     return gain, gain_se, points
 
@@ -361,7 +407,9 @@ def fit_table(fits: Dict[str, SamplerFit]) -> str:
     for s, f in fits.items():
         se = "n/a" if math.isnan(f.order_se) else f"{f.order_se:.2g}"
         gse = "n/a" if math.isnan(f.gain_se) else f"x/ {math.exp(f.gain_se):.2g}"
-        lines.append(f"{s:>10} ({f.family}): error ~ {f.constant:.3g} N^-{f.order:.3g} (+- {se}), "
-                     f"ML-EM randomization gain {f.gain:.3g} ({gse}); errors vs {f.ref_steps} steps: "
-                     + ", ".join(f"{k}: {e:.3g}" for k, e in zip(f.steps, f.errors)))
+        lines.append(
+            f"{s:>10} ({f.family}): error ~ {f.constant:.3g} N^-{f.order:.3g} (+- {se}), "
+            f"ML-EM randomization gain {f.gain:.3g} ({gse}); errors vs {f.ref_steps} steps: "
+            + ", ".join(f"{k}: {e:.3g}" for k, e in zip(f.steps, f.errors))
+        )
     return "\n".join(lines)

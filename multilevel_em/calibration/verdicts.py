@@ -19,9 +19,18 @@ def _asked(target: Optional[float], budget: Optional[float]) -> str:
     return f"target {target:.4g}" if target is not None else f"budget {budget:.4g} top-level equivalents"
 
 
-def em_verdict(levels: Sequence[int], mu: float, steps: int, error: float, top_equivalents: float,
-               target: Optional[float], budget: Optional[float], em_steps: int, em_top_equivalents: float,
-               speedup: float) -> str:
+def em_verdict(
+    levels: Sequence[int],
+    mu: float,
+    steps: int,
+    error: float,
+    top_equivalents: float,
+    target: Optional[float],
+    budget: Optional[float],
+    em_steps: int,
+    em_top_equivalents: float,
+    speedup: float,
+) -> str:
     """The message of a plan on the EM model: ML-EM's predicted error and cost against EM with the top level
     alone reaching the same error in ``em_steps`` steps (``speedup`` = EM's cost / ML-EM's)."""
     kept, what = _kept(levels), _asked(target, budget)
@@ -39,32 +48,56 @@ def em_verdict(levels: Sequence[int], mu: float, steps: int, error: float, top_e
     )
 
 
-def sampler_verdict(sampler: str, levels: Sequence[int], mu: float, steps: int, error: float,
-                    top_equivalents: float, target: Optional[float], budget: Optional[float], same: dict,
-                    best: Optional[dict], at_budget: dict, speedup: float) -> str:
+def sampler_verdict(
+    sampler: str,
+    levels: Sequence[int],
+    mu: float,
+    steps: int,
+    error: float,
+    top_equivalents: float,
+    target: Optional[float],
+    budget: Optional[float],
+    same: dict,
+    best: Optional[dict],
+    at_budget: dict,
+    speedup: float,
+) -> str:
     """The message of a plan inside a measured ``sampler``: against the top level alone in the same sampler at
     the same cost (``same``), the cheapest single-model run reaching the same error (``best``, None if none
     does) and the most accurate one at the same cost (``at_budget``); runs are ``{"sampler", "steps",
     "top_equivalents", "error"}`` dicts."""
-    head = (f"ML-EM inside {sampler} (levels {_kept(levels)}, mu={mu:.4g}, steps={steps}; "
-            f"{_asked(target, budget)}) is predicted to reach error {error:.4g} for {top_equivalents:.4g} "
-            f"top-level equivalents per sample; the top level alone with {sampler} at that cost "
-            f"({same['steps']} steps): error {same['error']:.4g}")
+    head = (
+        f"ML-EM inside {sampler} (levels {_kept(levels)}, mu={mu:.4g}, steps={steps}; "
+        f"{_asked(target, budget)}) is predicted to reach error {error:.4g} for {top_equivalents:.4g} "
+        f"top-level equivalents per sample; the top level alone with {sampler} at that cost "
+        f"({same['steps']} steps): error {same['error']:.4g}"
+    )
     if best is None:
         return f"{head}; no measured single-model sampler reaches {error:.4g}: predicted to help"
     if speedup > 1:
-        return (f"{head}; the cheapest single-model run reaching {error:.4g} is {best['sampler']} with "
-                f"{best['steps']} steps: predicted speedup {speedup:.3g}x")
+        return (
+            f"{head}; the cheapest single-model run reaching {error:.4g} is {best['sampler']} with "
+            f"{best['steps']} steps: predicted speedup {speedup:.3g}x"
+        )
     same_run = (at_budget["sampler"], at_budget["steps"]) == (best["sampler"], best["steps"])
-    at_cost = "" if same_run else (f", or {at_budget['sampler']} with {at_budget['steps']} steps for "
-                                   f"error {at_budget['error']:.4g} at the same cost")
-    return (f"ML-EM is not predicted to help here. {head}; run the top level alone with "
-            f"{best['sampler']}, {best['steps']} steps ({best['top_equivalents']:.4g} top-level "
-            f"equivalents) for the same error{at_cost} (speedup {speedup:.3g}x <= 1)")
+    at_cost = (
+        ""
+        if same_run
+        else (
+            f", or {at_budget['sampler']} with {at_budget['steps']} steps for "
+            f"error {at_budget['error']:.4g} at the same cost"
+        )
+    )
+    return (
+        f"ML-EM is not predicted to help here. {head}; run the top level alone with "
+        f"{best['sampler']}, {best['steps']} steps ({best['top_equivalents']:.4g} top-level "
+        f"equivalents) for the same error{at_cost} (speedup {speedup:.3g}x <= 1)"
+    )
 
 
-def call_plan_message(levels: Sequence[int], mu: float, budget: float, calls: int, top_equivalents: float,
-                      all_ones: bool) -> str:
+def call_plan_message(
+    levels: Sequence[int], mu: float, budget: float, calls: int, top_equivalents: float, all_ones: bool
+) -> str:
     """The message of a plan for a fixed grid of ``calls`` model calls (``all_ones``: every p is 1)."""
     if all_ones:
         return (

@@ -23,16 +23,23 @@ import click
 #: Advice in library messages that has no command-line equivalent, or another one: (pattern, replacement).
 _PYTHON_ONLY = (
     (re.compile(r"[;,]? ?pass check_finite=False to continue( anyway)?"), ""),
-    (re.compile(r"run pipe\.calibrate\(\)( \(and save_pretrained\))?(, or `mlem calibrate --ladder DIR` on the "
-                r"command line)?"), "run `mlem calibrate --ladder DIR`"),
+    (
+        re.compile(
+            r"run pipe\.calibrate\(\)( \(and save_pretrained\))?(, or `mlem calibrate --ladder DIR` on the "
+            r"command line)?"
+        ),
+        "run `mlem calibrate --ladder DIR`",
+    ),
     # "pipe.calibrate_samplers() (`mlem calibrate ...`)": a Python call followed by its command: the command
     (re.compile(r"\bpipe\.\w+\(\) \((`mlem [^`]*`)\)"), r"\1"),
 )
 
 #: ``name=value``, ``name=``, ``(name)`` or a bare ``snake_name``: a Python argument, with the value as
 #: written by repr().
-_ARGUMENT = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|True|False|None|[-+]?[0-9][0-9.e+-]*"
-                       r"|\[[^\]]*\])?|(?<=\()([a-z][a-z0-9_]*)(?=\))|(?<![\w./-])([a-z][a-z0-9]*_[a-z0-9_]*)\b(?![/.]\w)")
+_ARGUMENT = re.compile(
+    r"(?<![\w.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|True|False|None|[-+]?[0-9][0-9.e+-]*"
+    r"|\[[^\]]*\])?|(?<=\()([a-z][a-z0-9_]*)(?=\))|(?<![\w./-])([a-z][a-z0-9]*_[a-z0-9_]*)\b(?![/.]\w)"
+)
 
 
 def _option_names(ctx: Optional[click.Context]) -> Dict[str, str]:

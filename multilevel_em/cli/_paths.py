@@ -34,14 +34,16 @@ def _probe(path: str, option: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=existing, prefix=".mlem-write-check-")
     except OSError as e:
-        raise click.BadParameter(f"cannot write {path}: {existing} is not writable ({e.strerror or e})",
-                                 param_hint=option) from None
+        raise click.BadParameter(
+            f"cannot write {path}: {existing} is not writable ({e.strerror or e})", param_hint=option
+        ) from None
     os.close(fd)
     os.unlink(tmp)
 
 
-def check_output_file(path: Optional[str], option: str, *, suffixes: Optional[Sequence[str]] = None,
-                      overwrite: bool = True) -> None:
+def check_output_file(
+    path: Optional[str], option: str, *, suffixes: Optional[Sequence[str]] = None, overwrite: bool = True
+) -> None:
     """``path`` can be written as a file: not a folder, its folder creatable and writable, the suffix
     one of ``suffixes`` (lower case, with the dot), and, unless ``overwrite``, not there yet."""
     if path is None:
@@ -64,7 +66,6 @@ def check_output_folder(path: Optional[str], option: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise click.BadParameter(f"{path} exists and is not a folder", param_hint=option)
     _probe(os.path.join(path, "x") if os.path.isdir(path) else path, option)
-
 
 
 class FiniteFloat(click.FloatRange):
@@ -102,8 +103,10 @@ def check_device(name: str, option: str = "--device") -> None:
         if count == 0:
             raise click.BadParameter(f"{name!r}: no CUDA device here (or this torch has no CUDA)", param_hint=option)
         if device.index is not None and device.index >= count:
-            raise click.BadParameter(f"{name!r}: this machine has {plural(count, 'CUDA device')} (cuda:0 .. "
-                                     f"cuda:{count - 1})", param_hint=option)
+            raise click.BadParameter(
+                f"{name!r}: this machine has {plural(count, 'CUDA device')} (cuda:0 .. cuda:{count - 1})",
+                param_hint=option,
+            )
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise click.BadParameter(f"{name!r}: MPS is not available here", param_hint=option)

@@ -19,8 +19,11 @@ from ._paths import SEED, check_output_file, check_output_folder
 
 @click.command("htmc")
 @click.option("--gammas", default="1.5,2.5,4", show_default=True, help="Comma-separated cost exponents.")
-@click.option("--quick", is_flag=True, help="A reduced sweep: 6 levels, coarser sweeps (about 25 s on 2 idle CPU "
-                                            "cores; the full run about 8 minutes).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A reduced sweep: 6 levels, coarser sweeps (about 25 s on 2 idle CPU cores; the full run about 8 minutes).",
+)
 @click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=16), help="Sample paths.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/htmc.json", show_default=True, type=click.Path(dir_okay=False))
@@ -40,21 +43,46 @@ def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot
 
 @click.command("diffusion")
 @click.option("--quick", is_flag=True, help="A reduced sweep (under 2 minutes on 2 CPU cores).")
-@click.option("--ladders", default=None, type=click.Path(file_okay=False, exists=True),
-              help="Load the ladders from DIR/gaussian and DIR/mixture (folders written by train-mlp) instead of training.")
+@click.option(
+    "--ladders",
+    default=None,
+    type=click.Path(file_okay=False, exists=True),
+    help="Load the ladders from DIR/gaussian and DIR/mixture (folders written by train-mlp) instead of training.",
+)
 @click.option("--save-ladders", default=None, type=click.Path(file_okay=False), help="Save the trained ladders here.")
 @click.option("--train-steps", default=None, type=click.IntRange(min=1), help="Override the training steps per level.")
-@click.option("--paths", "n_paths", default=None, type=click.IntRange(min=16),
-              help="Override the samples per run (both problems).")
-@click.option("--seed", default=0, show_default=True, type=SEED,
-              help="Seeds the problems and the ladder training; run seed i (0-based) is SEED + 1000 i.")
-@click.option("--seeds", "n_seeds", default=None, type=click.IntRange(min=1),
-              help="Run seeds (each redraws x_T, the Brownian path, the level draws and the exact reference "
-                   "samples; the ladders are trained once) [default: 5; 2 with --quick].")
-@click.option("--retrain", is_flag=True, help="Each run seed also retrains the ladders (training seed = run seed; "
-                                               "the problems stay those of --seed). Not with --ladders.")
+@click.option(
+    "--paths",
+    "n_paths",
+    default=None,
+    type=click.IntRange(min=16),
+    help="Override the samples per run (both problems).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=SEED,
+    help="Seeds the problems and the ladder training; run seed i (0-based) is SEED + 1000 i.",
+)
+@click.option(
+    "--seeds",
+    "n_seeds",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Run seeds (each redraws x_T, the Brownian path, the level draws and the exact reference "
+    "samples; the ladders are trained once) [default: 5; 2 with --quick].",
+)
+@click.option(
+    "--retrain",
+    is_flag=True,
+    help="Each run seed also retrains the ladders (training seed = run seed; "
+    "the problems stay those of --seed). Not with --ladders.",
+)
 @click.option("--out", default="results/diffusion.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/diffusion.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--plot", "plot_path", default="results/diffusion.png", show_default=True, type=click.Path(dir_okay=False)
+)
 def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, n_seeds, retrain, out, plot_path) -> None:
     """Cost-error Pareto fronts of EM, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM with trained MLP ladders
     on a Gaussian (pathwise error) and a Gaussian mixture (sliced Wasserstein, MMD), over several run seeds:
@@ -72,19 +100,38 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, n_
     if n_paths is not None:
         overrides["n_gauss"] = overrides["n_mix"] = n_paths
     command = command_line()
-    run_bench(quick=quick, out=out, plot_path=plot_path, ladders=ladders, save_ladders=save_ladders, seed=seed,
-              seeds=n_seeds, retrain=retrain, overrides=overrides, command=command, echo=click.echo)
+    run_bench(
+        quick=quick,
+        out=out,
+        plot_path=plot_path,
+        ladders=ladders,
+        save_ladders=save_ladders,
+        seed=seed,
+        seeds=n_seeds,
+        retrain=retrain,
+        overrides=overrides,
+        command=command,
+        echo=click.echo,
+    )
     click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("images")
-@click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
-              help="A ladder folder with a calibration (default: the shipped digits ladder).")
-@click.option("--n", "n", default=None, type=int,
-              help="Samples per run, >= 64 (default 2000; 128 with --quick).")
-@click.option("--quick", is_flag=True, help="3 runs of 128 samples, 100 bootstrap resamples (for tests; under a minute).")
+@click.option(
+    "--ladder",
+    "ladder_path",
+    default=None,
+    type=click.Path(file_okay=False, exists=True),
+    help="A ladder folder with a calibration (default: the shipped digits ladder).",
+)
+@click.option("--n", "n", default=None, type=int, help="Samples per run, >= 64 (default 2000; 128 with --quick).")
+@click.option(
+    "--quick", is_flag=True, help="3 runs of 128 samples, 100 bootstrap resamples (for tests; under a minute)."
+)
 @click.option("--boot", default=None, type=int, help="Bootstrap resamples, >= 20 (default 1000; 100 with --quick).")
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Noise seed (sample i: sample_generators(seed, i)).")
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Noise seed (sample i: sample_generators(seed, i))."
+)
 @click.option("--out", default="results/images.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_path", default="results/images.png", show_default=True, type=click.Path(dir_okay=False))
 def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
@@ -107,16 +154,30 @@ def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
 
     ladder_path = ladder_path or DIGITS_LADDER
     try:
-        run_images_bench(os.path.normpath(ladder_path), quick=quick, n=n, boot=boot, seed=seed, out=out,
-                         plot_path=plot_path, command=command_line(), echo=click.echo)
+        run_images_bench(
+            os.path.normpath(ladder_path),
+            quick=quick,
+            n=n,
+            boot=boot,
+            seed=seed,
+            out=out,
+            plot_path=plot_path,
+            command=command_line(),
+            echo=click.echo,
+        )
     except (ValueError, FloatingPointError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("samplers")
-@click.option("--ladder", "ladder_path", default=None, type=click.Path(file_okay=False, exists=True),
-              help="A ladder folder whose calibration measured samplers (default: the shipped digits ladder).")
+@click.option(
+    "--ladder",
+    "ladder_path",
+    default=None,
+    type=click.Path(file_okay=False, exists=True),
+    help="A ladder folder whose calibration measured samplers (default: the shipped digits ladder).",
+)
 @click.option("--quick", is_flag=True, help="4 images, budgets 4 and 8, 20-step references (for tests; seconds).")
 @click.option("--n", "n", default=None, type=click.IntRange(min=2), help="Images per run (default 32).")
 @click.option("--out", default="results/samplers.json", show_default=True, type=click.Path(dir_okay=False))
@@ -131,18 +192,32 @@ def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
     check_output_file(plot_path, "--plot", suffixes=(".png",))
     ladder_path = ladder_path or DIGITS_LADDER
     try:
-        run_sampler_bench(os.path.normpath(ladder_path), quick=quick, n=n, out=out, plot_path=plot_path,
-                          command=command_line(), echo=click.echo)
+        run_sampler_bench(
+            os.path.normpath(ladder_path),
+            quick=quick,
+            n=n,
+            out=out,
+            plot_path=plot_path,
+            command=command_line(),
+            echo=click.echo,
+        )
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("rates")
-@click.option("--quick", is_flag=True, help="The mixture problem only, tiny ladder and sweeps (for tests; under a "
-                                            "minute on 2 CPU cores; the full run about 30 minutes).")
-@click.option("--problems", default=None,
-              help="Comma-separated problems among gaussian, mixture, digits (default: all three; --quick: mixture).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="The mixture problem only, tiny ladder and sweeps (for tests; under a "
+    "minute on 2 CPU cores; the full run about 30 minutes).",
+)
+@click.option(
+    "--problems",
+    default=None,
+    help="Comma-separated problems among gaussian, mixture, digits (default: all three; --quick: mixture).",
+)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default="results/rates.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_path", default="results/rates.png", show_default=True, type=click.Path(dir_okay=False))
@@ -155,13 +230,21 @@ def bench_rates_cmd(quick, problems, seed, out, plot_path):
     if problems is not None:
         names = [p.strip() for p in problems.split(",") if p.strip()]
         if not names or any(p not in PROBLEMS for p in names):
-            raise click.BadParameter(f"expected some of {', '.join(PROBLEMS)}, got {problems!r}",
-                                     param_hint="--problems")
+            raise click.BadParameter(
+                f"expected some of {', '.join(PROBLEMS)}, got {problems!r}", param_hint="--problems"
+            )
     check_output_file(out, "--out", suffixes=(".json",))
     check_output_file(plot_path, "--plot", suffixes=(".png",))
     try:
-        run_rates_bench(quick=quick, problems=names, seed=seed, out=out, plot_path=plot_path,
-                        command=command_line(), echo=click.echo)
+        run_rates_bench(
+            quick=quick,
+            problems=names,
+            seed=seed,
+            out=out,
+            plot_path=plot_path,
+            command=command_line(),
+            echo=click.echo,
+        )
     except FloatingPointError as e:
         raise click.ClickException(f"{e}; nothing was written") from None
     click.echo(f"wrote {out} and {plot_path}")
@@ -171,8 +254,12 @@ def _argv_command(b: Benchmark) -> click.Command:
     """``mlem bench NAME ARGS...`` for a benchmark that parses its own arguments: ARGS go to its module's
     ``main`` unchanged (``--help`` too: the benchmark's own help)."""
 
-    @click.command(b.name, help=f"{b.summary} Its options: mlem bench {b.name} --help.",
-                   add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.command(
+        b.name,
+        help=f"{b.summary} Its options: mlem bench {b.name} --help.",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def command(args) -> None:
         b.load().main(list(args), command=command_line())
@@ -181,8 +268,13 @@ def _argv_command(b: Benchmark) -> click.Command:
 
 
 #: The benchmarks whose options are declared here, by registry name.
-DECLARED = {"htmc": bench_htmc, "diffusion": bench_diffusion, "images": bench_images_cmd,
-            "samplers": bench_samplers_cmd, "rates": bench_rates_cmd}
+DECLARED = {
+    "htmc": bench_htmc,
+    "diffusion": bench_diffusion,
+    "images": bench_images_cmd,
+    "samplers": bench_samplers_cmd,
+    "rates": bench_rates_cmd,
+}
 
 
 @click.group()

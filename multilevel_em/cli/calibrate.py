@@ -30,8 +30,20 @@ def _write_calibration(cal, plan, out, plot_path, as_json) -> None:
             click.echo(f"wrote {path}")
 
 
-def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers=None,
-                      sampler_images=32, timing="given", trace=False) -> None:
+def _calibrate_ladder(
+    ladder_dir,
+    n_images,
+    budget,
+    target,
+    seed,
+    out,
+    as_json,
+    plot_path,
+    samplers=None,
+    sampler_images=32,
+    timing="given",
+    trace=False,
+) -> None:
     """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it; with
     --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it."""
     import os
@@ -41,8 +53,9 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
     from ..images import CheckpointError, MultilevelPipeline
 
     if target is not None:
-        raise click.BadParameter("an image ladder is planned by budget (top-level equivalents per sample)",
-                                 param_hint="--target")
+        raise click.BadParameter(
+            "an image ladder is planned by budget (top-level equivalents per sample)", param_hint="--target"
+        )
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_dir)
     except (CheckpointError, ValueError, OSError) as e:
@@ -54,23 +67,30 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
         from ..diffusion.registry import measurable_samplers
 
         try:
-            samplers = tuple(check_samplers([s.strip() for s in samplers.split(",") if s.strip()],
-                                            measurable_samplers()))
+            samplers = tuple(
+                check_samplers([s.strip() for s in samplers.split(",") if s.strip()], measurable_samplers())
+            )
         except ValueError as e:
             raise click.BadParameter(str(e).removeprefix("samplers: "), param_hint="--samplers") from None
     torch.set_num_threads(1)
     # The ladder's declared costs are its FLOPs: "given" and "flops" are the same here.
-    cal = pipe.calibrate(n=n_images, generator=torch.Generator().manual_seed(seed),
-                         timing="wall" if timing == "wall" else "flops", trace=trace)
+    cal = pipe.calibrate(
+        n=n_images,
+        generator=torch.Generator().manual_seed(seed),
+        timing="wall" if timing == "wall" else "flops",
+        trace=trace,
+    )
     if samplers is not None:
         from tqdm import tqdm
 
-        from ..calibration.samplers import CURVE_STEPS as DEFAULT_STEPS, GAIN_STEPS, fit_table
+        from ..calibration.samplers import CURVE_STEPS as DEFAULT_STEPS
+        from ..calibration.samplers import GAIN_STEPS, fit_table
 
         runs = len(samplers) * (1 + len(DEFAULT_STEPS) + len(GAIN_STEPS))  # reference, curve, ML-EM per sampler
         with tqdm(total=runs, desc="samplers", unit="run") as bar:
-            fits = pipe.calibrate_samplers(samplers, n=sampler_images, seed=seed,
-                                           progress=lambda what: (bar.set_postfix_str(what), bar.update()))
+            fits = pipe.calibrate_samplers(
+                samplers, n=sampler_images, seed=seed, progress=lambda what: (bar.set_postfix_str(what), bar.update())
+            )
         click.echo(fit_table(fits))
     plan = None
     if budget is not None:
@@ -82,40 +102,90 @@ def _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, 
 
 
 @click.command()
-@click.option("--problem", type=click.Choice(["htmc"]), default="htmc", show_default=True,
-              help="The built-in ladder to calibrate.")
-@click.option("--ladder", "ladder_dir", default=None, type=click.Path(file_okay=False),
-              help="Calibrate a trained image ladder folder instead (mlem train / mlem distill output); the "
-                   "calibration is written to DIR/calibration.json unless --out is given.")
-@click.option("--images", "n_images", default=16, show_default=True, type=click.IntRange(min=8),
-              help="With --ladder: noise images whose reverse-SDE trajectories are measured.")
-@click.option("--samplers", default=None,
-              help="With --ladder: also measure these samplers (comma-separated: em, ddim, euler_ode, dpmpp_2m), "
-                   "so that plans inside them compare ML-EM with the top model alone in every measured sampler "
-                   "(a few minutes per sampler on a CPU); --budget then plans inside the first.")
-@click.option("--sampler-images", default=32, show_default=True, type=click.IntRange(min=2),
-              help="With --samplers: noise images per run.")
+@click.option(
+    "--problem",
+    type=click.Choice(["htmc"]),
+    default="htmc",
+    show_default=True,
+    help="The built-in ladder to calibrate.",
+)
+@click.option(
+    "--ladder",
+    "ladder_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Calibrate a trained image ladder folder instead (mlem train / mlem distill output); the "
+    "calibration is written to DIR/calibration.json unless --out is given.",
+)
+@click.option(
+    "--images",
+    "n_images",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="With --ladder: noise images whose reverse-SDE trajectories are measured.",
+)
+@click.option(
+    "--samplers",
+    default=None,
+    help="With --ladder: also measure these samplers (comma-separated: em, ddim, euler_ode, dpmpp_2m), "
+    "so that plans inside them compare ML-EM with the top model alone in every measured sampler "
+    "(a few minutes per sampler on a CPU); --budget then plans inside the first.",
+)
+@click.option(
+    "--sampler-images",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="With --samplers: noise images per run.",
+)
 @click.option("--gamma", default=4.0, show_default=True, type=POSITIVE)
 @click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
 @click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
-@click.option("--timing", type=click.Choice(["given", "wall", "flops"]), default="given", show_default=True,
-              help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs (--ladder: its "
-                   "declared costs are its FLOPs).")
-@click.option("--trace", is_flag=True,
-              help="With --ladder: measure the TorchScript-traced UNets (what `mlem sample --trace` runs); with "
-                   "--timing wall the plans then use their real per-call costs.")
-@click.option("--target", type=POSITIVE, default=None,
-              help="Plan for this RMS pathwise error.")
-@click.option("--budget", type=POSITIVE, default=None,
-              help="Plan for this cost per sample, in top-level equivalents.")
+@click.option(
+    "--timing",
+    type=click.Choice(["given", "wall", "flops"]),
+    default="given",
+    show_default=True,
+    help="Level costs: the ladder's declared costs, measured wall-clock, or counted FLOPs (--ladder: its "
+    "declared costs are its FLOPs).",
+)
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="With --ladder: measure the TorchScript-traced UNets (what `mlem sample --trace` runs); with "
+    "--timing wall the plans then use their real per-call costs.",
+)
+@click.option("--target", type=POSITIVE, default=None, help="Plan for this RMS pathwise error.")
+@click.option("--budget", type=POSITIVE, default=None, help="Plan for this cost per sample, in top-level equivalents.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Save the calibration as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
-@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
-              help="Write a PNG of delta_l(t) and of error against cost.")
-def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, levels, n_paths, timing, trace, target,
-              budget, seed, out, as_json,
-              plot_path) -> None:
+@click.option(
+    "--plot",
+    "plot_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write a PNG of delta_l(t) and of error against cost.",
+)
+def calibrate(
+    problem,
+    ladder_dir,
+    n_images,
+    samplers,
+    sampler_images,
+    gamma,
+    levels,
+    n_paths,
+    timing,
+    trace,
+    target,
+    budget,
+    seed,
+    out,
+    as_json,
+    plot_path,
+) -> None:
     """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
     import torch
 
@@ -127,20 +197,32 @@ def calibrate(problem, ladder_dir, n_images, samplers, sampler_images, gamma, le
     check_output_file(out, "--out")
     check_output_file(plot_path, "--plot", suffixes=(".png",))
     if ladder_dir is not None:
-        _calibrate_ladder(ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers, sampler_images,
-                          timing, trace)
+        _calibrate_ladder(
+            ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers, sampler_images, timing, trace
+        )
         return
     if samplers is not None:
         raise click.BadParameter("only with --ladder (an image ladder's samplers)", param_hint="--samplers")
     if trace:
         raise click.BadParameter("only with --ladder (an image ladder's UNets are traced)", param_hint="--trace")
     if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
-        raise click.BadParameter(f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
-                                 "keep --gamma times (--levels - 1) at most 1000", param_hint="--gamma")
+        raise click.BadParameter(
+            f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "
+            "keep --gamma times (--levels - 1) at most 1000",
+            param_hint="--gamma",
+        )
     P = htmc(gamma, levels=levels, seed=seed)
     x0 = P.initial_state(n_paths, seed=seed + 1)
-    cal = run_calibration(P.ladder, x0, t0=P.t0, t1=P.t1, diffusion=P.diffusion, reference=P.true_drift,
-                          timing=timing, generator=torch.Generator().manual_seed(seed + 2))
+    cal = run_calibration(
+        P.ladder,
+        x0,
+        t0=P.t0,
+        t1=P.t1,
+        diffusion=P.diffusion,
+        reference=P.true_drift,
+        timing=timing,
+        generator=torch.Generator().manual_seed(seed + 2),
+    )
     plan = None
     if target is not None or budget is not None:
         try:

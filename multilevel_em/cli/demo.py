@@ -16,19 +16,33 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 
 
 @click.command()
-@click.option("--problem", type=click.Choice(["images", "htmc"]), default="images", show_default=True,
-              help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
-                   "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.")
-@click.option("--quick", is_flag=True, help="Fewer settings and samples (images: 10-20 s; htmc: under 10 s; on 2 CPU cores).")
+@click.option(
+    "--problem",
+    type=click.Choice(["images", "htmc"]),
+    default="images",
+    show_default=True,
+    help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
+    "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.",
+)
+@click.option(
+    "--quick", is_flag=True, help="Fewer settings and samples (images: 10-20 s; htmc: under 10 s; on 2 CPU cores)."
+)
 @click.option("--seed", default=0, show_default=True, type=SEED, help="One seed for every run (shared noise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
-@click.option("--out-dir", default="mlem-demo", show_default=True, type=click.Path(file_okay=False),
-              help="images: folder for grids.png, cost_quality.png and demo.json.")
-@click.option("--n", "n", default=None, type=click.IntRange(min=4),
-              help="images: samples per run [default: 48; 8 with --quick].")
+@click.option(
+    "--out-dir",
+    default="mlem-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="images: folder for grids.png, cost_quality.png and demo.json.",
+)
+@click.option(
+    "--n", "n", default=None, type=click.IntRange(min=4), help="images: samples per run [default: 48; 8 with --quick]."
+)
 @click.option("--overwrite", is_flag=True, help="images: replace existing outputs in --out-dir.")
-@click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=2),
-              help="htmc: sample paths.")
+@click.option(
+    "--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=2), help="htmc: sample paths."
+)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="htmc: also write the table as JSON here.")
 def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwrite: bool, n_paths: int, out) -> None:
     """The main job. Default (--problem images): sample the shipped digits ladder with EM on the top
@@ -37,8 +51,11 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
     --problem htmc: the synthetic gamma = 4 ladder's cost/error table."""
     ctx = click.get_current_context()
     wrong = _IMAGES_ONLY if problem == "htmc" else _HTMC_ONLY
-    given = [p for p in ctx.command.params if p.name in wrong
-             and ctx.get_parameter_source(p.name) != click.core.ParameterSource.DEFAULT]
+    given = [
+        p
+        for p in ctx.command.params
+        if p.name in wrong and ctx.get_parameter_source(p.name) != click.core.ParameterSource.DEFAULT
+    ]
     if given:
         names = ", ".join(p.opts[0] for p in given)
         raise click.UsageError(f"{names}: not an option of --problem {problem}")
@@ -59,8 +76,16 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
         from ..demo.images import OutputsExist, run_image_demo
 
         try:
-            result = run_image_demo(out_dir, n=n, seed=seed, quick=quick, overwrite=overwrite, progress=not as_json,
-                                    command=command_line(ctx), echo=echo)
+            result = run_image_demo(
+                out_dir,
+                n=n,
+                seed=seed,
+                quick=quick,
+                overwrite=overwrite,
+                progress=not as_json,
+                command=command_line(ctx),
+                echo=echo,
+            )
         except (OutputsExist, ValueError) as e:
             raise user_error(e) from None
     if as_json:

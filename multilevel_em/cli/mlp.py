@@ -11,12 +11,20 @@ from ._paths import POSITIVE, SEED, check_output_folder
 
 
 @click.command("train-mlp")
-@click.option("--problem", type=click.Choice(["gaussian", "mixture"]), required=True,
-              help="Gaussian with a full covariance, or a Gaussian mixture (4 components).")
+@click.option(
+    "--problem",
+    type=click.Choice(["gaussian", "mixture"]),
+    required=True,
+    help="Gaussian with a full covariance, or a Gaussian mixture (4 components).",
+)
 @click.option("--dim", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for config.json and level_k.safetensors.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder for config.json and level_k.safetensors."
+)
 @click.option("--steps", default=2000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps per level.")
-@click.option("--widths", default="32,64,128,256", show_default=True, help="Comma-separated hidden widths, cheapest first.")
+@click.option(
+    "--widths", default="32,64,128,256", show_default=True, help="Comma-separated hidden widths, cheapest first."
+)
 @click.option("--batch", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seeds the problem, the weights and the data.")
@@ -33,10 +41,14 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
         raise click.BadParameter(f"expected positive widths, got {widths!r}", param_hint="--widths")
     check_output_folder(out, "--out")
     if any(b < a for a, b in zip(ws, ws[1:])):
-        raise click.BadParameter(f"expected nondecreasing widths, cheapest first, got {widths!r}", param_hint="--widths")
+        raise click.BadParameter(
+            f"expected nondecreasing widths, cheapest first, got {widths!r}", param_hint="--widths"
+        )
     if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "config.json")):
-        raise click.BadParameter(f"{out} exists, is not empty and holds no MLP ladder (config.json); refusing to "
-                                 "write into it", param_hint="--out")
+        raise click.BadParameter(
+            f"{out} exists, is not empty and holds no MLP ladder (config.json); refusing to write into it",
+            param_hint="--out",
+        )
     P = gaussian(dim, seed=seed) if problem == "gaussian" else gaussian_mixture(dim, seed=seed)
     # Small layers: one thread is as fast as several and does not fight other work for the cores.
     with single_thread(), tqdm(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:

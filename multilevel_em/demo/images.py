@@ -44,8 +44,13 @@ OUTPUT_FILES = {"grids": "grids.png", "plot": "cost_quality.png", "json": "demo.
 #: The sweeps: EM-top step counts, ML-EM budgets (top-level equivalents per sample), DPM-Solver++ steps.
 #: The ML-EM run shown in the grid is the middle budget (fixed before anything is measured).
 SETTINGS = {
-    "full": {"n": 48, "ref_steps": 256, "em_steps": (16, 32, 64, 128), "budgets": (8, 16, 32, 64),
-             "dpm_steps": (10, 20)},
+    "full": {
+        "n": 48,
+        "ref_steps": 256,
+        "em_steps": (16, 32, 64, 128),
+        "budgets": (8, 16, 32, 64),
+        "dpm_steps": (10, 20),
+    },
     "quick": {"n": 8, "ref_steps": 64, "em_steps": (8, 16, 32), "budgets": (4, 8), "dpm_steps": (5,)},
 }
 GRID_MAX = 48  # images per grid
@@ -116,8 +121,10 @@ def _check_outputs(out_dir: str, overwrite: bool) -> dict[str, str]:
     paths = {k: os.path.join(out_dir, v) for k, v in OUTPUT_FILES.items()}
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not overwrite:
-        raise OutputsExist(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
-                           "pass overwrite=True to replace them, or choose another out_dir")
+        raise OutputsExist(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+            "pass overwrite=True to replace them, or choose another out_dir"
+        )
     return paths
 
 
@@ -161,28 +168,34 @@ def run_image_demo(
             kid = _KID(clf.features(ref_data))
         result = _run(pipe, clf, kid, cfg, seed, progress, echo)
     cal = pipe.calibration
-    result.update({
-        "command": command,
-        "ladder": os.path.abspath(ladder),
-        "widths": pipe.ladder.widths,
-        "flops": pipe.ladder.costs,
-        "gamma": cal.gamma,
-        "n": cfg["n"],
-        "seed": seed,
-        "quick": quick,
-        "settings": {k: v for k, v in cfg.items() if k != "n"},
-        "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
-        "metrics": {
-            "path_error": ("RMS over samples of the L2 distance (256 pixels, data scale [-1, 1], unclipped) to EM with "
-                           f"the top model at {cfg['ref_steps']} steps on the same initial noise and Brownian path; "
-                           "se by the delta method over samples; paired se for differences"),
-            "kid": ("unbiased KID (unscaled, as in mlem bench images), cubic polynomial kernel on the 64-d digit-classifier features, against "
-                         f"all {len(ref_data)} digits; se: delete-one jackknife; kid_diff: minus the reference run's "
-                         "KID, with the paired jackknife se (same noise)"),
-            "confidence": "mean max-softmax probability of the digit classifier; se over samples; paired se for diffs",
-            "noise_rule": f"a difference is called noise when it is within {Z_NOISE:g} paired standard errors",
-        },
-    })
+    result.update(
+        {
+            "command": command,
+            "ladder": os.path.abspath(ladder),
+            "widths": pipe.ladder.widths,
+            "flops": pipe.ladder.costs,
+            "gamma": cal.gamma,
+            "n": cfg["n"],
+            "seed": seed,
+            "quick": quick,
+            "settings": {k: v for k, v in cfg.items() if k != "n"},
+            "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
+            "metrics": {
+                "path_error": (
+                    "RMS over samples of the L2 distance (256 pixels, data scale [-1, 1], unclipped) to EM with "
+                    f"the top model at {cfg['ref_steps']} steps on the same initial noise and Brownian path; "
+                    "se by the delta method over samples; paired se for differences"
+                ),
+                "kid": (
+                    "unbiased KID (unscaled, as in mlem bench images), cubic polynomial kernel on the 64-d digit-classifier features, against "
+                    f"all {len(ref_data)} digits; se: delete-one jackknife; kid_diff: minus the reference run's "
+                    "KID, with the paired jackknife se (same noise)"
+                ),
+                "confidence": "mean max-softmax probability of the digit classifier; se over samples; paired se for diffs",
+                "noise_rule": f"a difference is called noise when it is within {Z_NOISE:g} paired standard errors",
+            },
+        }
+    )
     _write_outputs(result, paths, pipe)
     result["total_seconds"] = time.perf_counter() - t_start
     result["files"] = paths
@@ -202,20 +215,33 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         with tqdm(desc=f"{label:>22}", unit="step", leave=False, disable=not progress) as bar:
             out = pipe(n, method=method, generator=torch.Generator().manual_seed(seed), progress=bar, **knob)
         rep = out.report
-        row = {"label": label, "method": method, **knob, "steps": rep["steps"],
-               "top_equivalents_per_sample": rep["top_equivalents_per_sample"],
-               "evaluations_per_sample": {f"L{lv['level']}": lv["evaluations_per_sample"] for lv in rep["levels"]},
-               "wall_seconds": rep["wall_seconds"], "wall_seconds_per_sample": rep["wall_seconds_per_sample"]}
+        row = {
+            "label": label,
+            "method": method,
+            **knob,
+            "steps": rep["steps"],
+            "top_equivalents_per_sample": rep["top_equivalents_per_sample"],
+            "evaluations_per_sample": {f"L{lv['level']}": lv["evaluations_per_sample"] for lv in rep["levels"]},
+            "wall_seconds": rep["wall_seconds"],
+            "wall_seconds_per_sample": rep["wall_seconds_per_sample"],
+        }
         if method == "mlem":
             plan = pipe.sampling_plan(knob["budget"])  # the plan the run followed
-            row["plan"] = {"levels": [lv + 1 for lv in plan.levels], "steps": plan.steps, "mu": plan.mu,
-                           "predicted_top_equivalents": plan.top_equivalents, "predicted_path_error": plan.error,
-                           "em_steps_for_that_error": plan.em_steps,
-                           "predicted_speedup": plan.em_cost / plan.cost,  # against EM with the top level
-                           "message": plan.message}
+            row["plan"] = {
+                "levels": [lv + 1 for lv in plan.levels],
+                "steps": plan.steps,
+                "mu": plan.mu,
+                "predicted_top_equivalents": plan.top_equivalents,
+                "predicted_path_error": plan.error,
+                "em_steps_for_that_error": plan.em_steps,
+                "predicted_speedup": plan.em_cost / plan.cost,  # against EM with the top level
+                "message": plan.message,
+            }
             # The correction levels fire at random (Bernoulli per sample and step): Poisson-like count noise.
-            var = sum(lv["evaluations_per_sample"] * n * (lv["flops"] / pipe.ladder.costs[-1]) ** 2
-                      for lv in rep["levels"][1:])
+            var = sum(
+                lv["evaluations_per_sample"] * n * (lv["flops"] / pipe.ladder.costs[-1]) ** 2
+                for lv in rep["levels"][1:]
+            )
             row["top_equivalents_se"] = math.sqrt(var) / n
         samples[label] = out.x
         with torch.no_grad():
@@ -230,8 +256,10 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         echo(f"  {label:>22}: {row['top_equivalents_per_sample']:7.1f} top-eq/sample, {row['wall_seconds']:6.1f} s")
         return row
 
-    echo(f"Digits ladder {pipe.ladder.names} ({', '.join(f'{c / 1e6:.1f}' for c in pipe.ladder.costs)} MFLOPs per "
-         f"sample); {n} samples per run, seed {seed}; all runs share the initial noise (and the SDE runs the Brownian path)")
+    echo(
+        f"Digits ladder {pipe.ladder.names} ({', '.join(f'{c / 1e6:.1f}' for c in pipe.ladder.costs)} MFLOPs per "
+        f"sample); {n} samples per run, seed {seed}; all runs share the initial noise (and the SDE runs the Brownian path)"
+    )
     ref = run(f"EM top {cfg['ref_steps']} (reference)", "em", steps=cfg["ref_steps"])
     ref["role"] = "reference"
     for s in cfg["em_steps"]:
@@ -268,8 +296,9 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         same = [r for r in runs if r["method"] == "em" and r["steps"] == steps_eq]
         em_show = same[0] if same else run(f"EM top {steps_eq} (matched)", "em", steps=steps_eq)
         score_path(em_show)
-        match_note = (f"EM-top steps interpolated (log-log) from the EM sweep to ML-EM budget {ml_show['budget']:g}'s "
-                      "path error")
+        match_note = (
+            f"EM-top steps interpolated (log-log) from the EM sweep to ML-EM budget {ml_show['budget']:g}'s path error"
+        )
     em_show["role"] = "grid_em"
     ml_show["role"] = "grid_mlem"
 
@@ -281,7 +310,9 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
 
     comparisons = [_compare(r, em_curve, em_rows, path_u, n) for r in runs if r["method"] == "mlem"]
     grid = {
-        "em": _grid_entry(em_show), "mlem": _grid_entry(ml_show), "how_matched": match_note,
+        "em": _grid_entry(em_show),
+        "mlem": _grid_entry(ml_show),
+        "how_matched": match_note,
         "path_error_diff": ml_show["path_error"] - em_show["path_error"],
         "path_error_diff_se": _paired_se(path_u[ml_show["label"]], path_u[em_show["label"]]),
         "kid_diff": ml_show["kid"] - em_show["kid"],
@@ -295,14 +326,35 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
     for row in runs:
         for k in [k for k in row if k.startswith("_")]:
             del row[k]
-    return {"reference": {"method": "em", "steps": cfg["ref_steps"], "own_error_estimate": ref_floor,
-                          "own_error_how": f"path distance of EM at {cfg['ref_steps'] // 2} steps to the reference"},
-            "runs": runs, "comparisons": comparisons, "grid": grid, "table_lines": table, "summary_lines": summary}
+    return {
+        "reference": {
+            "method": "em",
+            "steps": cfg["ref_steps"],
+            "own_error_estimate": ref_floor,
+            "own_error_how": f"path distance of EM at {cfg['ref_steps'] // 2} steps to the reference",
+        },
+        "runs": runs,
+        "comparisons": comparisons,
+        "grid": grid,
+        "table_lines": table,
+        "summary_lines": summary,
+    }
 
 
 def _grid_entry(r: dict) -> dict:
-    return {k: r.get(k) for k in ("label", "method", "steps", "budget", "top_equivalents_per_sample", "path_error",
-                                  "path_error_se", "wall_seconds_per_sample")}
+    return {
+        k: r.get(k)
+        for k in (
+            "label",
+            "method",
+            "steps",
+            "budget",
+            "top_equivalents_per_sample",
+            "path_error",
+            "path_error_se",
+            "wall_seconds_per_sample",
+        )
+    }
 
 
 def _compare(ml: dict, em_curve, em_rows, path_u, n) -> dict:
@@ -316,12 +368,17 @@ def _compare(ml: dict, em_curve, em_rows, path_u, n) -> dict:
         if c0 <= c_ml <= c1:
             em_err = math.exp(math.log(e0) + (math.log(e1) - math.log(e0)) * math.log(c_ml / c0) / math.log(c1 / c0))
     nearest = min(em_rows, key=lambda r: abs(math.log(r["top_equivalents_per_sample"] / c_ml)))
-    ms_per_top = sum(r["wall_seconds_per_sample"] for r in em_rows) / sum(r["top_equivalents_per_sample"] for r in em_rows)
+    ms_per_top = sum(r["wall_seconds_per_sample"] for r in em_rows) / sum(
+        r["top_equivalents_per_sample"] for r in em_rows
+    )
     out = {
-        "label": ml["label"], "budget": ml["budget"], "top_equivalents_per_sample": c_ml,
+        "label": ml["label"],
+        "budget": ml["budget"],
+        "top_equivalents_per_sample": c_ml,
         "top_equivalents_se": ml["top_equivalents_se"],
         "predicted_top_equivalents": ml["plan"]["predicted_top_equivalents"],
-        "path_error": e_ml, "predicted_path_error": ml["plan"]["predicted_path_error"],
+        "path_error": e_ml,
+        "predicted_path_error": ml["plan"]["predicted_path_error"],
         "predicted_speedup": ml["plan"]["predicted_speedup"],
         "em_top_equivalents_at_same_error": em_cost,
         "speedup_top_equivalents": None if em_cost is None else em_cost / c_ml,
@@ -339,9 +396,17 @@ def _fmt(v, spec, none="–"):
 
 
 def _table(runs: list[dict], ref_floor) -> list[str]:
-    cols = [("method", "<", 24), ("steps", ">", 5), ("top-eq/sample", ">", 18), ("evals/sample by level", "<", 21),
-            ("wall s", ">", 6), ("ms/sample", ">", 9), ("path error ± se", ">", 16),
-            ("KID (minus ref ± paired se)", ">", 28), ("confidence ± se", ">", 15)]
+    cols = [
+        ("method", "<", 24),
+        ("steps", ">", 5),
+        ("top-eq/sample", ">", 18),
+        ("evals/sample by level", "<", 21),
+        ("wall s", ">", 6),
+        ("ms/sample", ">", 9),
+        ("path error ± se", ">", 16),
+        ("KID (minus ref ± paired se)", ">", 28),
+        ("confidence ± se", ">", 15),
+    ]
 
     def line(values):
         return "  ".join(f"{v:{a}{w}}" for v, (_, a, w) in zip(values, cols))
@@ -359,16 +424,38 @@ def _table(runs: list[dict], ref_floor) -> list[str]:
         else:
             pe = "– (ODE)" if r["path_error"] is None else f"{r['path_error']:.3f} ± {r['path_error_se']:.3f}"
             kd = f"{r['kid']:.1f} ({r['kid_diff']:+.1f} ± {r['kid_diff_se']:.1f})"
-        lines.append(line([r["label"], r["steps"], te, ev, f"{r['wall_seconds']:.1f}",
-                           f"{r['wall_seconds_per_sample'] * 1e3:.1f}", pe, kd,
-                           f"{r['confidence']:.3f} ± {r['confidence_se']:.3f}"]))
-    lines.append("top-eq: top-level equivalents (evaluations x FLOPs / top FLOPs); L1..L4: evaluations per sample of "
-                 "each level; wall: sampling only, 1 CPU thread.")
-    lines.append("path error: RMS L2 distance to the reference on the same noise, ± se over samples"
-                 + (f"; the reference's own step error is about {ref_floor:.3f} (EM at half its steps), so errors "
-                    "near it are not resolved" if ref_floor is not None else ""))
-    lines.append("KID (digit-classifier features vs all digits) ± jackknife se; in brackets: minus the reference's KID "
-                 "± paired se. confidence: the classifier's mean max-softmax ± se.")
+        lines.append(
+            line(
+                [
+                    r["label"],
+                    r["steps"],
+                    te,
+                    ev,
+                    f"{r['wall_seconds']:.1f}",
+                    f"{r['wall_seconds_per_sample'] * 1e3:.1f}",
+                    pe,
+                    kd,
+                    f"{r['confidence']:.3f} ± {r['confidence_se']:.3f}",
+                ]
+            )
+        )
+    lines.append(
+        "top-eq: top-level equivalents (evaluations x FLOPs / top FLOPs); L1..L4: evaluations per sample of "
+        "each level; wall: sampling only, 1 CPU thread."
+    )
+    lines.append(
+        "path error: RMS L2 distance to the reference on the same noise, ± se over samples"
+        + (
+            f"; the reference's own step error is about {ref_floor:.3f} (EM at half its steps), so errors "
+            "near it are not resolved"
+            if ref_floor is not None
+            else ""
+        )
+    )
+    lines.append(
+        "KID (digit-classifier features vs all digits) ± jackknife se; in brackets: minus the reference's KID "
+        "± paired se. confidence: the classifier's mean max-softmax ± se."
+    )
     return lines
 
 
@@ -376,15 +463,19 @@ def _summary(comparisons, grid, ref, ref_floor, runs) -> list[str]:
     lines = []
     for c in comparisons:
         dev = c["top_equivalents_per_sample"] - c["predicted_top_equivalents"]
-        s = (f"ML-EM budget {c['budget']:g}: {c['top_equivalents_per_sample']:.2f} ± {c['top_equivalents_se']:.2f} "
-             f"top-eq/sample measured vs {c['predicted_top_equivalents']:.2f} planned ({dev:+.2f}); path error "
-             f"{c['path_error']:.3f} (plan predicted {c['predicted_path_error']:.3f} against the exact top-model path). ")
+        s = (
+            f"ML-EM budget {c['budget']:g}: {c['top_equivalents_per_sample']:.2f} ± {c['top_equivalents_se']:.2f} "
+            f"top-eq/sample measured vs {c['predicted_top_equivalents']:.2f} planned ({dev:+.2f}); path error "
+            f"{c['path_error']:.3f} (plan predicted {c['predicted_path_error']:.3f} against the exact top-model path). "
+        )
         if c["speedup_top_equivalents"] is None:
             s += "Its error is outside the EM sweep's range: no equal-error comparison."
         else:
-            s += (f"EM-top needs ~{c['em_top_equivalents_at_same_error']:.1f} top-eq for that error: ML-EM is "
-                  f"{c['speedup_top_equivalents']:.2f}x cheaper in top-level equivalents (plan predicted "
-                  f"{c['predicted_speedup']:.2f}x) and {c['speedup_wall']:.2f}x in wall-clock time.")
+            s += (
+                f"EM-top needs ~{c['em_top_equivalents_at_same_error']:.1f} top-eq for that error: ML-EM is "
+                f"{c['speedup_top_equivalents']:.2f}x cheaper in top-level equivalents (plan predicted "
+                f"{c['predicted_speedup']:.2f}x) and {c['speedup_wall']:.2f}x in wall-clock time."
+            )
         d, se = c["path_error_diff_vs_nearest_em"], c["path_error_diff_se_vs_nearest_em"]
         verdict = "within noise" if abs(d) <= Z_NOISE * se else ("ML-EM better" if d < 0 else "EM better")
         s += f" Against {c['nearest_em']} (nearest cost): error difference {d:+.3f} ± {se:.3f} ({verdict})."
@@ -396,11 +487,18 @@ def _summary(comparisons, grid, ref, ref_floor, runs) -> list[str]:
         f"Grid: {g['em']['label']} ({g['em']['top_equivalents_per_sample']:.1f} top-eq, path error "
         f"{g['em']['path_error']:.3f}) vs {g['mlem']['label']} ({g['mlem']['top_equivalents_per_sample']:.1f} top-eq, "
         f"{g['mlem']['path_error']:.3f}): error difference {g['path_error_diff']:+.3f} ± {g['path_error_diff_se']:.3f}, "
-        f"KID difference {g['kid_diff']:+.1f} ± {g['kid_diff_se']:.1f}.")
+        f"KID difference {g['kid_diff']:+.1f} ± {g['kid_diff_se']:.1f}."
+    )
     beyond = [r["label"] for r in runs if r is not ref and abs(r["kid_diff"]) > Z_NOISE * r["kid_diff_se"]]
-    lines.append("KID: " + ("no run differs from the reference by more than 2 paired se: at this sample size KID "
-                            "cannot tell these samplers apart" if not beyond else
-                            f"beyond 2 paired se of the reference: {', '.join(beyond)}; the others are within noise"))
+    lines.append(
+        "KID: "
+        + (
+            "no run differs from the reference by more than 2 paired se: at this sample size KID "
+            "cannot tell these samplers apart"
+            if not beyond
+            else f"beyond 2 paired se of the reference: {', '.join(beyond)}; the others are within noise"
+        )
+    )
     return lines
 
 
@@ -427,13 +525,20 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
         if key == "em":
             title = f"EM top, {e['steps']} steps, {e['top_equivalents_per_sample']:.1f} top-level equiv."
         else:
-            title = (f"ML-EM, budget {e['budget']:g} ({e['steps']} steps), "
-                     f"{e['top_equivalents_per_sample']:.1f} top-level equiv.")
-        ax.set_title(f"{title}\npath error {e['path_error']:.3f} ± {e['path_error_se']:.3f}, "
-                     f"{e['wall_seconds_per_sample'] * 1e3:.0f} ms/sample", fontsize=11)
-    fig.suptitle(f"Digits ladder, same seed ({result['n']} samples, same initial noise and Brownian path); "
-                 f"error difference ML-EM - EM: {grid['path_error_diff']:+.3f} ± {grid['path_error_diff_se']:.3f}",
-                 fontsize=11)
+            title = (
+                f"ML-EM, budget {e['budget']:g} ({e['steps']} steps), "
+                f"{e['top_equivalents_per_sample']:.1f} top-level equiv."
+            )
+        ax.set_title(
+            f"{title}\npath error {e['path_error']:.3f} ± {e['path_error_se']:.3f}, "
+            f"{e['wall_seconds_per_sample'] * 1e3:.0f} ms/sample",
+            fontsize=11,
+        )
+    fig.suptitle(
+        f"Digits ladder, same seed ({result['n']} samples, same initial noise and Brownian path); "
+        f"error difference ML-EM - EM: {grid['path_error_diff']:+.3f} ± {grid['path_error_diff_se']:.3f}",
+        fontsize=11,
+    )
     fig.tight_layout()
     atomic_write(paths["grids"], lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
@@ -441,26 +546,57 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     runs = result["runs"]
     ref = next(r for r in runs if r.get("role") == "reference")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.2))
-    styles = {"em": ("EM top", "o-", "C0"), "mlem": ("ML-EM (budget plans)", "s-", "C3"),
-              "dpmpp_2m": ("DPM-Solver++ 2M (top)", "^-", "C2")}
+    styles = {
+        "em": ("EM top", "o-", "C0"),
+        "mlem": ("ML-EM (budget plans)", "s-", "C3"),
+        "dpmpp_2m": ("DPM-Solver++ 2M (top)", "^-", "C2"),
+    }
     for method, (name, fmt, color) in styles.items():
-        rs = sorted((r for r in runs if r["method"] == method and r is not ref), key=lambda r: r["top_equivalents_per_sample"])
+        rs = sorted(
+            (r for r in runs if r["method"] == method and r is not ref), key=lambda r: r["top_equivalents_per_sample"]
+        )
         if not rs:
             continue
         c = [r["top_equivalents_per_sample"] for r in rs]
         if method != "dpmpp_2m":
-            a1.errorbar(c, [r["path_error"] for r in rs], yerr=[r["path_error_se"] for r in rs], fmt=fmt, color=color,
-                        capsize=3, label=name)
-        a2.errorbar(c, [r["kid_diff"] for r in rs], yerr=[r["kid_diff_se"] for r in rs], fmt=fmt,
-                    color=color, capsize=3, label=name)
+            a1.errorbar(
+                c,
+                [r["path_error"] for r in rs],
+                yerr=[r["path_error_se"] for r in rs],
+                fmt=fmt,
+                color=color,
+                capsize=3,
+                label=name,
+            )
+        a2.errorbar(
+            c,
+            [r["kid_diff"] for r in rs],
+            yerr=[r["kid_diff_se"] for r in rs],
+            fmt=fmt,
+            color=color,
+            capsize=3,
+            label=name,
+        )
     ml = [r for r in runs if r["method"] == "mlem"]
-    a1.plot([r["plan"]["predicted_top_equivalents"] for r in ml], [r["plan"]["predicted_path_error"] for r in ml],
-            "s", mfc="none", color="C3", alpha=0.6, label="ML-EM plan's predicted error (vs exact path)")
+    a1.plot(
+        [r["plan"]["predicted_top_equivalents"] for r in ml],
+        [r["plan"]["predicted_path_error"] for r in ml],
+        "s",
+        mfc="none",
+        color="C3",
+        alpha=0.6,
+        label="ML-EM plan's predicted error (vs exact path)",
+    )
     floor = result["reference"]["own_error_estimate"]
     if floor is not None:
         a1.axhline(floor, color="gray", ls="--", lw=1)
-        a1.text(min(r["top_equivalents_per_sample"] for r in ml), floor * 1.04,
-                f"reference's own error ≈ {floor:.2f}", color="gray", fontsize=9)
+        a1.text(
+            min(r["top_equivalents_per_sample"] for r in ml),
+            floor * 1.04,
+            f"reference's own error ≈ {floor:.2f}",
+            color="gray",
+            fontsize=9,
+        )
     a1.set_xscale("log")
     a1.set_yscale("log")
     from matplotlib.ticker import FormatStrFormatter
@@ -472,7 +608,9 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     a1.set_title("Error against the top model's sample on the same noise")
     a1.legend(fontsize=9)
     a2.axhline(0, color="gray", lw=1)
-    a2.errorbar([ref["top_equivalents_per_sample"]], [0], fmt="o", color="k", label=f"reference (EM top {ref['steps']})")
+    a2.errorbar(
+        [ref["top_equivalents_per_sample"]], [0], fmt="o", color="k", label=f"reference (EM top {ref['steps']})"
+    )
     a2.set_xscale("log")
     a2.set_xlabel("cost: top-level equivalents per sample")
     a2.set_ylabel("KID minus the reference's, ± paired jackknife se")
@@ -483,4 +621,3 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     fig.tight_layout()
     atomic_write(paths["plot"], lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
-

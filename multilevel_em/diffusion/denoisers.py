@@ -18,12 +18,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from numbers import Real
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..engine import Ladder, LevelEvaluator, all_finite, check_rates, firing_probabilities, non_finite_error, telescoping_estimate
+from ..engine import (
+    Ladder,
+    LevelEvaluator,
+    all_finite,
+    check_rates,
+    firing_probabilities,
+    non_finite_error,
+    telescoping_estimate,
+)
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import DRAWS
 from .outputs import model_output, single_time
@@ -129,8 +136,12 @@ def as_eps_model(model, schedule: Optional[VPSchedule] = None) -> EpsModel:
 
 def _single_time(t) -> float:
     """t as one float: a number, a one-element tensor, or a (batch,) tensor of equal times."""
-    return single_time(t, name="t", why="a MultilevelDenoiser draws its levels for one time per call; got a tensor of "
-                       "different times (call it once per time, as the samplers do)")
+    return single_time(
+        t,
+        name="t",
+        why="a MultilevelDenoiser draws its levels for one time per call; got a tensor of "
+        "different times (call it once per time, as the samplers do)",
+    )
 
 
 class _LadderDenoiser:
@@ -177,8 +188,11 @@ class _LadderDenoiser:
     @property
     def cost(self) -> float:
         """Deprecated: :attr:`total_cost` (the running total, all samples together)."""
-        warnings.warn(f"{type(self).__name__}.cost is deprecated; read .total_cost (the running total since reset)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{type(self).__name__}.cost is deprecated; read .total_cost (the running total since reset)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.total_cost
 
     def reset(self) -> None:
@@ -300,8 +314,15 @@ class MultilevelDenoiser(_LadderDenoiser):
                 raise non_finite_error(call, {0: out}, _single_time(t))
             return out
         t = _single_time(t)
-        return telescoping_estimate(call, x, t, self.probabilities(t), draws=self.draws, generator=self.generator,
-                                    check_finite=self.check_finite)
+        return telescoping_estimate(
+            call,
+            x,
+            t,
+            self.probabilities(t),
+            draws=self.draws,
+            generator=self.generator,
+            check_finite=self.check_finite,
+        )
 
     def __repr__(self) -> str:
         return f"MultilevelDenoiser({self.ladder!r}, draws={self.draws!r})"

@@ -67,9 +67,7 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(d[iu[0], iu[1]].median())
 
 
-def mmd2_unbiased(
-    x: torch.Tensor, y: torch.Tensor, *, bandwidth: Union[None, float, Sequence[float]] = None
-) -> float:
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, *, bandwidth: Union[None, float, Sequence[float]] = None) -> float:
     """Unbiased estimate of MMD^2 with the Gaussian kernel k(a, b) = exp(-|a - b|^2 / (2 bandwidth^2)).
 
     MMD^2 = E k(X, X') + E k(Y, Y') - 2 E k(X, Y); the estimate drops the diagonal terms, so

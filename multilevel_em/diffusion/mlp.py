@@ -27,8 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .._io import atomic_write, write_json
 from .._fit import loglog_slope
+from .._io import atomic_write, write_json
 from ..engine import Ladder
 from .schedule import VPSchedule, as_time
 
@@ -56,7 +56,12 @@ class EpsMLP(torch.nn.Module):
 
     def __init__(self, dim: int, width: int, depth: int = 3, time_features: int = 32, max_period: float = 10000.0):
         super().__init__()
-        for name, v, lo in (("dim", dim, 1), ("width", width, 1), ("depth", depth, 1), ("time_features", time_features, 2)):
+        for name, v, lo in (
+            ("dim", dim, 1),
+            ("width", width, 1),
+            ("depth", depth, 1),
+            ("time_features", time_features, 2),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if time_features % 2:
@@ -65,14 +70,21 @@ class EpsMLP(torch.nn.Module):
         self.max_period = float(max_period)
         half = time_features // 2
         self.register_buffer(
-            "freqs", torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32) / half), persistent=False
+            "freqs",
+            torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32) / half),
+            persistent=False,
         )
         sizes = [dim + time_features] + [width] * depth + [dim]
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def config(self) -> Dict:
-        return {"dim": self.dim, "width": self.width, "depth": self.depth, "time_features": self.time_features,
-                "max_period": self.max_period}
+        return {
+            "dim": self.dim,
+            "width": self.width,
+            "depth": self.depth,
+            "time_features": self.time_features,
+            "max_period": self.max_period,
+        }
 
     def flops(self) -> int:
         """FLOPs per sample: 2 in out + out per linear layer (multiply-add, bias), 4 per hidden unit
@@ -103,8 +115,13 @@ def problem_spec(problem) -> Dict:
     """A JSON-able description of a Gaussian / mixture problem (its parameters, exactly); read it back with
     :func:`multilevel_em.problems.gaussian.problem_from_spec`."""
     kind = "gaussian" if callable(getattr(problem, "ode_flow", None)) else "mixture"
-    return {"kind": kind, "dim": problem.dim, "weights": problem.weights.tolist(), "means": problem.means.tolist(),
-            "covs": problem.covs.tolist()}
+    return {
+        "kind": kind,
+        "dim": problem.dim,
+        "weights": problem.weights.tolist(),
+        "means": problem.means.tolist(),
+        "covs": problem.covs.tolist(),
+    }
 
 
 # ----------------------------------------------------------------------------- the ladder
@@ -145,11 +162,20 @@ class MLPLadder:
         for k, m in enumerate(self.models, start=1):
             tensors = {name: p.detach().contiguous().cpu() for name, p in m.state_dict().items()}
             meta = {"format": FORMAT, "level": str(k), "width": str(m.width)}
-            atomic_write(os.path.join(directory, f"level_{k}.safetensors"),
-                         lambda tmp, t=tensors, md=meta: save_file(t, tmp, metadata=md))
-        cfg = dict(self.config, format=FORMAT, version=VERSION, levels=len(self.models), widths=self.widths,
-                   costs=self.costs, cost_unit="FLOPs per sample",
-                   files=[f"level_{k}.safetensors" for k in range(1, len(self.models) + 1)])
+            atomic_write(
+                os.path.join(directory, f"level_{k}.safetensors"),
+                lambda tmp, t=tensors, md=meta: save_file(t, tmp, metadata=md),
+            )
+        cfg = dict(
+            self.config,
+            format=FORMAT,
+            version=VERSION,
+            levels=len(self.models),
+            widths=self.widths,
+            costs=self.costs,
+            cost_unit="FLOPs per sample",
+            files=[f"level_{k}.safetensors" for k in range(1, len(self.models) + 1)],
+        )
         write_json(os.path.join(directory, "config.json"), cfg)
 
 
@@ -184,9 +210,15 @@ def load_mlp_ladder(directory: str) -> MLPLadder:
         if got != expected:
             missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
             wrong = sorted(n for n in set(got) & set(expected) if got[n] != expected[n])
-            detail = "; ".join(s for s in (
-                f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else "",
-                ", ".join(f"{n}: shape {got[n]}, expected {expected[n]}" for n in wrong)) if s)
+            detail = "; ".join(
+                s
+                for s in (
+                    f"missing {missing}" if missing else "",
+                    f"unexpected {extra}" if extra else "",
+                    ", ".join(f"{n}: shape {got[n]}, expected {expected[n]}" for n in wrong),
+                )
+                if s
+            )
             raise ValueError(
                 f"{fpath}: does not match config.json (level {k}: dim {cfg['dim']}, width {width}, depth {cfg['depth']}): "
                 f"{detail}"
@@ -258,10 +290,22 @@ def train_mlp_ladder(
         for p in model.parameters():
             p.requires_grad_(False)
         models.append(model)
-    config = {"dim": problem.dim, "depth": depth, "time_features": time_features, "max_period": models[0].max_period,
-              "schedule": schedule.to_dict(), "problem": problem_spec(problem),
-              "training": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "t_min": t_min,
-                           "loss": "denoising score matching on eps, t ~ U(t_min, 1)"}}
+    config = {
+        "dim": problem.dim,
+        "depth": depth,
+        "time_features": time_features,
+        "max_period": models[0].max_period,
+        "schedule": schedule.to_dict(),
+        "problem": problem_spec(problem),
+        "training": {
+            "steps": steps,
+            "batch": batch,
+            "lr": lr,
+            "seed": seed,
+            "t_min": t_min,
+            "loss": "denoising score matching on eps, t ~ U(t_min, 1)",
+        },
+    }
     return MLPLadder(models, config)
 
 
@@ -287,5 +331,3 @@ def measure_gamma(mlp: MLPLadder, problem, **kw) -> Dict:
     if len(errors) >= 3:
         out["gamma"], out["gamma_stderr"] = loglog_slope(mlp.costs, errors)
     return out
-
-

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from .._fit import loglog_slope
-from ..calibration import CallPlan, Calibration
+from ..calibration import Calibration, CallPlan
 from ..engine import Ladder, LevelEvaluator, check_rates, firing_probabilities, telescoping_estimate
 from ..engine.random import check_generators, is_per_sample
 from .outputs import model_output, single_time
@@ -133,8 +133,12 @@ def _warn_nonlinear(scheduler) -> None:
 
 
 def _single_timestep(timestep, batch: int) -> float:
-    return single_time(timestep, name="timestep", why="MultilevelModel draws its levels for one timestep per call; "
-                       f"got different timesteps in one batch of {batch}")
+    return single_time(
+        timestep,
+        name="timestep",
+        why="MultilevelModel draws its levels for one timestep per call; "
+        f"got different timesteps in one batch of {batch}",
+    )
 
 
 # ----------------------------------------------------------------------------- per-row inputs
@@ -368,12 +372,15 @@ class MultilevelModel(torch.nn.Module):
                 )
         configs = [(j, getattr(m, "config", None)) for j, m in modules]
         for key in ("in_channels", "out_channels"):
-            vals = [(j, c.get(key) if hasattr(c, "get") else getattr(c, key, None)) for j, c in configs if c is not None]
+            vals = [
+                (j, c.get(key) if hasattr(c, "get") else getattr(c, key, None)) for j, c in configs if c is not None
+            ]
             vals = [(j, v) for j, v in vals if v is not None]
             if len({v for _, v in vals}) > 1:
                 raise ValueError(
                     f"models: config.{key} differs between levels ("
-                    + ", ".join(f"level {j + 1}: {v}" for j, v in vals) + ")"
+                    + ", ".join(f"level {j + 1}: {v}" for j, v in vals)
+                    + ")"
                 )
 
     @staticmethod
@@ -387,7 +394,9 @@ class MultilevelModel(torch.nn.Module):
         if prediction_types is not None:
             prediction_types = [str(p) for p in prediction_types]
             if len(prediction_types) != len(models):
-                raise ValueError(f"prediction_types: expected {len(models)} (one per model), got {len(prediction_types)}")
+                raise ValueError(
+                    f"prediction_types: expected {len(models)} (one per model), got {len(prediction_types)}"
+                )
             found += list(enumerate(prediction_types))
         if len({v for _, v in found}) > 1:
             raise ValueError(
@@ -443,8 +452,10 @@ class MultilevelModel(torch.nn.Module):
 
     def _spans(self) -> Dict[float, Tuple[float, float]]:
         if self.scheduler is None:
-            raise ValueError("scheduler: rates, calibrate() and plan() need the pipeline's scheduler "
-                             "(MultilevelModel(..., scheduler=pipe.scheduler))")
+            raise ValueError(
+                "scheduler: rates, calibrate() and plan() need the pipeline's scheduler "
+                "(MultilevelModel(..., scheduler=pipe.scheduler))"
+            )
         ts = getattr(self.scheduler, "timesteps", None)
         if self._spans_cache[0] is not ts:
             self._spans_cache = (ts, scheduler_spans(self.scheduler))
@@ -464,8 +475,10 @@ class MultilevelModel(torch.nn.Module):
     def probabilities_at(self, timestep: float) -> List[float]:
         """p_2..p_K for a call at ``timestep``."""
         if self.probabilities is not None:
-            return [self._probability(j, p(timestep) if callable(p) else p, timestep)
-                    for j, p in enumerate(self.probabilities)]
+            return [
+                self._probability(j, p(timestep) if callable(p) else p, timestep)
+                for j, p in enumerate(self.probabilities)
+            ]
         if self.rates is not None:
             t, span = self.time_and_span(timestep)
             return firing_probabilities(self.rates, t, span)
@@ -528,8 +541,11 @@ class MultilevelModel(torch.nn.Module):
     @property
     def cost(self) -> float:
         """Deprecated: :attr:`total_cost` (the running total since :meth:`reset`)."""
-        warnings.warn("MultilevelModel.cost is deprecated; read .total_cost (the running total since reset)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "MultilevelModel.cost is deprecated; read .total_cost (the running total since reset)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.total_cost
 
     def report(self) -> dict:
@@ -541,11 +557,17 @@ class MultilevelModel(torch.nn.Module):
         rows_per_call = self.rows / self.calls if self.calls else 0.0
         levels = []
         for j, e in enumerate(self.evaluations):
-            levels.append({"level": j + 1, "name": self.names[j], "cost": None if self.costs is None else self.costs[j],
-                           "evaluations": e, "evaluations_per_image": e / rows_per_call if rows_per_call else 0.0})
+            levels.append(
+                {
+                    "level": j + 1,
+                    "name": self.names[j],
+                    "cost": None if self.costs is None else self.costs[j],
+                    "evaluations": e,
+                    "evaluations_per_image": e / rows_per_call if rows_per_call else 0.0,
+                }
+            )
         te = self.total_cost / (self.costs[-1] * rows_per_call) if self.costs and rows_per_call else 0.0
-        return {"calls": self.calls, "rows_per_call": rows_per_call, "levels": levels,
-                "top_equivalents_per_image": te}
+        return {"calls": self.calls, "rows_per_call": rows_per_call, "levels": levels, "top_equivalents_per_image": te}
 
     # ------------------------------------------------------------------ the call
 
@@ -561,7 +583,7 @@ class MultilevelModel(torch.nn.Module):
             return 1
         if self.pair_guidance is True:
             return 2
-        return 2 if torch.equal(sample[: n // 2], sample[n // 2:]) else 1
+        return 2 if torch.equal(sample[: n // 2], sample[n // 2 :]) else 1
 
     def _first_call(self, call: _Call) -> None:
         """Run every level on image 0's rows: output shapes must agree; count FLOPs when costs are not given."""
@@ -629,8 +651,9 @@ class MultilevelModel(torch.nn.Module):
                 check_generators(generator, call.images)
             elif is_per_sample(generator):
                 raise ValueError("generator: a list of per-image generators needs draws='per_sample'")
-            est = telescoping_estimate(evaluator, call.state, tau, probs, draws=self.draws, generator=generator,
-                                       check_finite=self.check_finite)
+            est = telescoping_estimate(
+                evaluator, call.state, tau, probs, draws=self.draws, generator=generator, check_finite=self.check_finite
+            )
         for j in range(K):
             self.evaluations[j] += evaluator.evaluations[j] * call.groups
         self.calls += 1
@@ -655,7 +678,9 @@ class MultilevelModel(torch.nn.Module):
                 pairwise[l, j] = pairwise[j, l] = d
         if not np.all(np.isfinite(pairwise)):
             bad = [j for j, o in enumerate(outs) if not bool(torch.isfinite(o).all())]
-            raise FloatingPointError(f"level {bad[0] + 1} ({self.names[bad[0]]}) produced NaN or Inf at timestep {tau:g}")
+            raise FloatingPointError(
+                f"level {bad[0] + 1} ({self.names[bad[0]]}) produced NaN or Inf at timestep {tau:g}"
+            )
         t, span = self.time_and_span(tau)
         self._recording.append((t, span, pairwise, call.images))
         return outs[-1]
@@ -685,8 +710,10 @@ class MultilevelModel(torch.nn.Module):
         finally:
             self._recording = None
         if not records:
-            raise ValueError("calibrate: run() never called the model; pass a function that runs the pipeline "
-                             "whose denoiser is this MultilevelModel")
+            raise ValueError(
+                "calibrate: run() never called the model; pass a function that runs the pipeline "
+                "whose denoiser is this MultilevelModel"
+            )
         by_time: Dict[float, list] = {}
         for t, _, pw, _ in records:
             by_time.setdefault(t, []).append(pw**2)
@@ -703,9 +730,21 @@ class MultilevelModel(torch.nn.Module):
         else:
             fit = []
         cal = Calibration(
-            t0=0.0, t1=1.0, times=times, names=tuple(self.names), costs=costs, ladder_costs=costs.copy(),
-            timing="given", cost_unit="per-row cost (FLOPs when measured)", pairwise=pairwise, errors_t=errors_t,
-            reference="top", n_states=int(records[0][3]), gamma=gamma, gamma_se=gamma_se, fit_levels=tuple(fit),
+            t0=0.0,
+            t1=1.0,
+            times=times,
+            names=tuple(self.names),
+            costs=costs,
+            ladder_costs=costs.copy(),
+            timing="given",
+            cost_unit="per-row cost (FLOPs when measured)",
+            pairwise=pairwise,
+            errors_t=errors_t,
+            reference="top",
+            n_states=int(records[0][3]),
+            gamma=gamma,
+            gamma_se=gamma_se,
+            fit_levels=tuple(fit),
         )
         self.calibration = cal
         self._call_grid = ([r[0] for r in records], [r[1] for r in records])
@@ -723,8 +762,10 @@ class MultilevelModel(torch.nn.Module):
             raise ValueError("plan: run calibrate(lambda: pipe(...)) first")
         plan = self.calibration.plan_calls(budget, *self._call_grid, levels=levels)
         if len(plan.levels) != len(self.models):
-            raise ValueError("levels: a sub-ladder plan needs a MultilevelModel over those models; build one with "
-                             "MultilevelModel([models[i] for i in plan.levels], ...)")
+            raise ValueError(
+                "levels: a sub-ladder plan needs a MultilevelModel over those models; build one with "
+                "MultilevelModel([models[i] for i in plan.levels], ...)"
+            )
         self.set_rates(plan.rates)
         self.call_plan = plan
         return plan

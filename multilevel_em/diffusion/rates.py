@@ -57,8 +57,11 @@ def __getattr__(name: str):
     if name in _MOVED:
         import warnings
 
-        warnings.warn(f"multilevel_em.diffusion.rates.{name} moved to multilevel_em.calibration.rates.{name}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"multilevel_em.diffusion.rates.{name} moved to multilevel_em.calibration.rates.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(_home, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -75,8 +78,9 @@ class LadderResponse:
     model's output and are not recorded.
     """
 
-    def __init__(self, models: Sequence[Callable], schedule: VPSchedule, batch: int,
-                 weights: Optional[torch.Tensor] = None):
+    def __init__(
+        self, models: Sequence[Callable], schedule: VPSchedule, batch: int, weights: Optional[torch.Tensor] = None
+    ):
         if len(models) < 2:
             raise ValueError(f"models: expected at least 2 levels, got {len(models)}")
         self.models, self.schedule, self.batch, self.weights = list(models), schedule, int(batch), weights
@@ -155,8 +159,9 @@ class Profiles:
         logt = np.log(np.maximum(self.times, 1e-12))
         centres = np.array([logt[c].mean() for c in self.block_calls])  # geometric mean time of each block
         order = np.argsort(centres)
-        return np.stack([np.interp(logt, centres[order], self.sensitivity[order, l])
-                         for l in range(self.sensitivity.shape[1])], 1)
+        return np.stack(
+            [np.interp(logt, centres[order], self.sensitivity[order, l]) for l in range(self.sensitivity.shape[1])], 1
+        )
 
     def shape(self, kind: str, max_kick: float = 1.0) -> "_home.RateShape":
         """The per-call rate shape of the rule ``kind`` (:func:`multilevel_em.calibration.rates.rate_shape`):
@@ -165,8 +170,9 @@ class Profiles:
         if kind not in ("closed", "sensitivity"):
             raise ValueError(f"kind: expected 'closed' or 'sensitivity', got {kind!r}")
         sens = self.per_call_sensitivity() if kind == "sensitivity" else None
-        return rate_shape(kind, self.times, self.spans, self.deltas, sensitivity=sens, state_rms=self.state_rms,
-                          max_kick=max_kick)
+        return rate_shape(
+            kind, self.times, self.spans, self.deltas, sensitivity=sens, state_rms=self.state_rms, max_kick=max_kick
+        )
 
     def predicted_mse(self, p: np.ndarray, propagate: bool = True) -> float:
         """The first-order added MSE sum_{n,l} h_n^2 (s delta)^2 (1 / p - 1) of probabilities p (N, K - 1);
@@ -177,16 +183,32 @@ class Profiles:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Profiles":
-        return cls(sampler=d["sampler"], steps=int(d["steps"]), n=int(d["n"]), times=np.asarray(d["times"]),
-                   spans=np.asarray(d["spans"]), deltas=np.asarray(d["deltas"]), state_rms=np.asarray(d["state_rms"]),
-                   block_calls=[list(b) for b in d["block_calls"]], sensitivity=np.asarray(d["sensitivity"]),
-                   sensitivity_se=np.asarray(d["sensitivity_se"]))
+        return cls(
+            sampler=d["sampler"],
+            steps=int(d["steps"]),
+            n=int(d["n"]),
+            times=np.asarray(d["times"]),
+            spans=np.asarray(d["spans"]),
+            deltas=np.asarray(d["deltas"]),
+            state_rms=np.asarray(d["state_rms"]),
+            block_calls=[list(b) for b in d["block_calls"]],
+            sensitivity=np.asarray(d["sensitivity"]),
+            sensitivity_se=np.asarray(d["sensitivity_se"]),
+        )
 
     def to_dict(self) -> dict:
-        return {"sampler": self.sampler, "steps": self.steps, "n": self.n, "times": self.times.tolist(),
-                "spans": self.spans.tolist(), "deltas": self.deltas.tolist(),
-                "state_rms": self.state_rms.tolist(), "block_calls": self.block_calls,
-                "sensitivity": self.sensitivity.tolist(), "sensitivity_se": self.sensitivity_se.tolist()}
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "n": self.n,
+            "times": self.times.tolist(),
+            "spans": self.spans.tolist(),
+            "deltas": self.deltas.tolist(),
+            "state_rms": self.state_rms.tolist(),
+            "block_calls": self.block_calls,
+            "sensitivity": self.sensitivity.tolist(),
+            "sensitivity_se": self.sensitivity_se.tolist(),
+        }
 
 
 def measure_profiles(
@@ -244,8 +266,18 @@ def measure_profiles(
             if local > 0 and m > 0:
                 sens[b, l] = math.sqrt(m / local)
                 sens_se[b, l] = 0.5 * sens[b, l] * se / m
-    return Profiles(sampler=sampler, steps=N, times=times, spans=spans, deltas=deltas, state_rms=state_rms, block_calls=calls,
-                    sensitivity=sens, sensitivity_se=sens_se, n=n)
+    return Profiles(
+        sampler=sampler,
+        steps=N,
+        times=times,
+        spans=spans,
+        deltas=deltas,
+        state_rms=state_rms,
+        block_calls=calls,
+        sensitivity=sens,
+        sensitivity_se=sens_se,
+        n=n,
+    )
 
 
 def as_rates(times: np.ndarray, spans: np.ndarray, p: np.ndarray) -> list:
@@ -365,8 +397,10 @@ def learn_probabilities(
             raise FloatingPointError(f"learned rates diverged at iteration {it}: loss {loss}; lower lr (now {lr})")
         bad = bad + 1 if loss > 100 * losses[0] else 0
         if bad >= 5:
-            raise FloatingPointError(f"learned rates diverged at iteration {it}: loss {loss:.3g} is over 100 times "
-                                     f"its start {losses[0]:.3g} for 5 iterations; lower lr (now {lr})")
+            raise FloatingPointError(
+                f"learned rates diverged at iteration {it}: loss {loss:.3g} is over 100 times "
+                f"its start {losses[0]:.3g} for 5 iterations; lower lr (now {lr})"
+            )
         baseline = (f.sum() - f) / (n - 1)  # leave-one-out mean: keeps the score-function term unbiased
         pe = p[..., None]
         score = ((f - baseline) * (B - pe) / (pe * (1 - pe))).mean(2)
@@ -382,5 +416,10 @@ def learn_probabilities(
             say(f"learned rates: iteration {it + 1}/{iterations}, loss {loss:.4g}")
     with torch.no_grad():
         p = torch.sigmoid(A_t @ theta).numpy()
-    return LearnedRates(p=p, losses=losses, iterations=iterations, budget=float(budget),
-                        settings=dict(batch=batch, knots=knots, lr=lr, fd_scale=fd_scale, seed=seed))
+    return LearnedRates(
+        p=p,
+        losses=losses,
+        iterations=iterations,
+        budget=float(budget),
+        settings=dict(batch=batch, knots=knots, lr=lr, fd_scale=fd_scale, seed=seed),
+    )

@@ -23,9 +23,22 @@ from types import MappingProxyType
 from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 __all__ = [
-    "SamplerSpec", "MethodSpec", "SAMPLER_SPECS", "METHOD_SPECS", "SAMPLERS", "METHODS", "DEFAULT_STEPS",
-    "sampler_spec", "method_spec", "measurable_samplers", "teacher_samplers", "scheduler_samplers", "family",
-    "label", "title", "style",
+    "SamplerSpec",
+    "MethodSpec",
+    "SAMPLER_SPECS",
+    "METHOD_SPECS",
+    "SAMPLERS",
+    "METHODS",
+    "DEFAULT_STEPS",
+    "sampler_spec",
+    "method_spec",
+    "measurable_samplers",
+    "teacher_samplers",
+    "scheduler_samplers",
+    "family",
+    "label",
+    "title",
+    "style",
 ]
 
 #: Options every sampler takes (see :func:`multilevel_em.diffusion.sample`).
@@ -119,29 +132,77 @@ class MethodSpec:
 _LOOPS = "multilevel_em.diffusion.samplers"
 
 _SAMPLER_SPECS = (
-    SamplerSpec("em", "sde", 250, f"{_LOOPS}:em_loop", options=frozenset({"noise"}), teacher=True, conditional="ddpm",
-                label="EM-top", title="EM-top", style=("C0", "o"), mlem_title="ML-EM in EM", mlem_style=("C3", "s")),
-    SamplerSpec("ddpm", "sde", 250, f"{_LOOPS}:scheduler_loop", options=frozenset({"scheduler_config"}),
-                scheduler="DDPMScheduler", scheduler_config=_frozen({"clip_sample": False}), measurable=False,
-                label="DDPM", title="DDPM", style=("C1", "v"), mlem_title="ML-EM in DDPM (EM plan)",
-                mlem_style=("C8", "s")),
-    SamplerSpec("ddim", "ode", 50, f"{_LOOPS}:scheduler_loop", options=frozenset({"scheduler_config", "eta", "noise"}),
-                scheduler="DDIMScheduler", scheduler_config=_frozen({"clip_sample": False}), teacher=True,
-                conditional="ddim", label="DDIM", title="DDIM", style=("C2", "^"), mlem_title="ML-EM in DDIM",
-                mlem_style=("C9", "s")),
-    SamplerSpec("euler_ode", "ode", 100, f"{_LOOPS}:euler_ode_loop", label="Euler-ODE", title="Euler ODE",
-                style=("C5", "P")),
-    SamplerSpec("dpmpp_2m", "ode", 20, f"{_LOOPS}:scheduler_loop", options=frozenset({"scheduler_config"}),
-                scheduler="DPMSolverMultistepScheduler",
-                scheduler_config=_frozen({"algorithm_type": "dpmsolver++", "solver_order": 2}), teacher=True,
-                conditional="dpmpp_2m", label="DPM++", title="DPM-Solver++ 2M", style=("C4", "D"),
-                mlem_title="ML-EM in DPM++", mlem_style=("C6", "s")),
+    SamplerSpec(
+        "em",
+        "sde",
+        250,
+        f"{_LOOPS}:em_loop",
+        options=frozenset({"noise"}),
+        teacher=True,
+        conditional="ddpm",
+        label="EM-top",
+        title="EM-top",
+        style=("C0", "o"),
+        mlem_title="ML-EM in EM",
+        mlem_style=("C3", "s"),
+    ),
+    SamplerSpec(
+        "ddpm",
+        "sde",
+        250,
+        f"{_LOOPS}:scheduler_loop",
+        options=frozenset({"scheduler_config"}),
+        scheduler="DDPMScheduler",
+        scheduler_config=_frozen({"clip_sample": False}),
+        measurable=False,
+        label="DDPM",
+        title="DDPM",
+        style=("C1", "v"),
+        mlem_title="ML-EM in DDPM (EM plan)",
+        mlem_style=("C8", "s"),
+    ),
+    SamplerSpec(
+        "ddim",
+        "ode",
+        50,
+        f"{_LOOPS}:scheduler_loop",
+        options=frozenset({"scheduler_config", "eta", "noise"}),
+        scheduler="DDIMScheduler",
+        scheduler_config=_frozen({"clip_sample": False}),
+        teacher=True,
+        conditional="ddim",
+        label="DDIM",
+        title="DDIM",
+        style=("C2", "^"),
+        mlem_title="ML-EM in DDIM",
+        mlem_style=("C9", "s"),
+    ),
+    SamplerSpec(
+        "euler_ode", "ode", 100, f"{_LOOPS}:euler_ode_loop", label="Euler-ODE", title="Euler ODE", style=("C5", "P")
+    ),
+    SamplerSpec(
+        "dpmpp_2m",
+        "ode",
+        20,
+        f"{_LOOPS}:scheduler_loop",
+        options=frozenset({"scheduler_config"}),
+        scheduler="DPMSolverMultistepScheduler",
+        scheduler_config=_frozen({"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        teacher=True,
+        conditional="dpmpp_2m",
+        label="DPM++",
+        title="DPM-Solver++ 2M",
+        style=("C4", "D"),
+        mlem_title="ML-EM in DPM++",
+        mlem_style=("C6", "s"),
+    ),
 )
 
 _METHOD_SPECS = (
     MethodSpec("mlem", default_sampler="em", label="ML-EM", title="ML-EM"),
-    MethodSpec("stitch", default_sampler="ddim", default_steps=50, label="T-Stitch", title="T-Stitch (DDIM)",
-               style=("C7", "X")),
+    MethodSpec(
+        "stitch", default_sampler="ddim", default_steps=50, label="T-Stitch", title="T-Stitch (DDIM)", style=("C7", "X")
+    ),
     MethodSpec("auto", label="auto", title="auto"),
 )
 
@@ -156,8 +217,10 @@ SAMPLERS: Tuple[str, ...] = tuple(SAMPLER_SPECS)
 METHODS: Tuple[str, ...] = ("mlem",) + SAMPLERS + ("stitch", "auto")
 #: Default step count of each method that has one.
 DEFAULT_STEPS: Mapping[str, int] = MappingProxyType(
-    {**{s.name: s.default_steps for s in _SAMPLER_SPECS},
-     **{m.name: m.default_steps for m in _METHOD_SPECS if m.default_steps is not None}}
+    {
+        **{s.name: s.default_steps for s in _SAMPLER_SPECS},
+        **{m.name: m.default_steps for m in _METHOD_SPECS if m.default_steps is not None},
+    }
 )
 
 
@@ -194,7 +257,7 @@ def scheduler_samplers() -> Tuple[str, ...]:
 
 
 def family(name: str) -> Optional[str]:
-    """"sde" or "ode" for a sampler, None for a name that is not one."""
+    """ "sde" or "ode" for a sampler, None for a name that is not one."""
     spec = SAMPLER_SPECS.get(name)
     return None if spec is None else spec.family
 

@@ -82,8 +82,11 @@ class Samples:
     @property
     def cost(self) -> float:
         """Deprecated: :attr:`top_equivalents` (top-level equivalents per sample)."""
-        warnings.warn("Samples.cost is deprecated; read Samples.top_equivalents (top-level equivalents per sample)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Samples.cost is deprecated; read Samples.top_equivalents (top-level equivalents per sample)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.top_equivalents
 
 
@@ -206,13 +209,30 @@ def sample(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable (n, steps) -> None, got {type(callback).__name__}")
     with torch.no_grad():
-        x, times = spec.loop_function()(model, x_T, schedule, steps, spec=spec, generator=generator, t_min=t_min,
-                                        overrides=overrides, opts=opts, callback=callback)
+        x, times = spec.loop_function()(
+            model,
+            x_T,
+            schedule,
+            steps,
+            spec=spec,
+            generator=generator,
+            t_min=t_min,
+            overrides=overrides,
+            opts=opts,
+            callback=callback,
+        )
     evaluations = tuple(a - b for a, b in zip(model.evaluations, before))
     costs = model.costs
     top_equivalents = sum(e * c for e, c in zip(evaluations, costs)) / costs[-1] / x_T.shape[0]
-    return Samples(x=x, top_equivalents=top_equivalents, evaluations=evaluations, costs=costs, times=times,
-                   sampler=sampler, steps=len(times))
+    return Samples(
+        x=x,
+        top_equivalents=top_equivalents,
+        evaluations=evaluations,
+        costs=costs,
+        times=times,
+        sampler=sampler,
+        steps=len(times),
+    )
 
 
 # ----------------------------------------------------------------------------- continuous-time samplers
@@ -246,8 +266,19 @@ def _brownian_noise(x: torch.Tensor, schedule: VPSchedule, steps: int, generator
     return noise
 
 
-def em_loop(model, x: torch.Tensor, schedule: VPSchedule, steps: int, *, spec: SamplerSpec, generator, t_min: float,
-            overrides: dict, opts: dict, callback: Optional[StepCallback] = None):
+def em_loop(
+    model,
+    x: torch.Tensor,
+    schedule: VPSchedule,
+    steps: int,
+    *,
+    spec: SamplerSpec,
+    generator,
+    t_min: float,
+    overrides: dict,
+    opts: dict,
+    callback: Optional[StepCallback] = None,
+):
     """Euler-Maruyama on the reverse SDE, ``steps`` uniform steps from schedule.t_max down to ``t_min``.
 
     Step n from t to t' = t - h:  x <- x + reverse_sde_drift(x, t, eps, dt=t' - t) + sqrt(beta(t)) (W(t) - W(t')),
@@ -268,8 +299,19 @@ def em_loop(model, x: torch.Tensor, schedule: VPSchedule, steps: int, *, spec: S
     return x, torch.tensor(grid[:-1], dtype=torch.float64)
 
 
-def euler_ode_loop(model, x: torch.Tensor, schedule: VPSchedule, steps: int, *, spec: SamplerSpec, generator,
-                   t_min: float, overrides: dict, opts: dict, callback: Optional[StepCallback] = None):
+def euler_ode_loop(
+    model,
+    x: torch.Tensor,
+    schedule: VPSchedule,
+    steps: int,
+    *,
+    spec: SamplerSpec,
+    generator,
+    t_min: float,
+    overrides: dict,
+    opts: dict,
+    callback: Optional[StepCallback] = None,
+):
     """Euler on the probability-flow ODE, ``steps`` uniform steps from schedule.t_max down to ``t_min``:
     x <- x + probability_flow_drift(x, t, eps, dt=t' - t).  Arguments and result as :func:`em_loop`."""
     grid = _uniform_grid(schedule, steps, t_min)
@@ -330,9 +372,21 @@ def _check_scheduler_noise(noise, x: torch.Tensor) -> None:
         )
 
 
-def scheduler_loop(model, x: torch.Tensor, schedule: VPSchedule, steps: int, *, spec: SamplerSpec, generator,
-                   t_min: Optional[float] = None, overrides: Optional[dict] = None, opts: Optional[dict] = None,
-                   callback: Optional[StepCallback] = None, scheduler=None, model_kwargs: Optional[dict] = None):
+def scheduler_loop(
+    model,
+    x: torch.Tensor,
+    schedule: VPSchedule,
+    steps: int,
+    *,
+    spec: SamplerSpec,
+    generator,
+    t_min: Optional[float] = None,
+    overrides: Optional[dict] = None,
+    opts: Optional[dict] = None,
+    callback: Optional[StepCallback] = None,
+    scheduler=None,
+    model_kwargs: Optional[dict] = None,
+):
     """Drive the diffusers scheduler of ``spec`` as a diffusers pipeline does: ``set_timesteps(steps)``,
     then per timestep k ``step(eps, k, x, ...)`` with eps = model(x, t_k), t_k = schedule.time(k).
 
@@ -372,9 +426,12 @@ def scheduler_loop(model, x: torch.Tensor, schedule: VPSchedule, steps: int, *, 
         # DDIMScheduler.step goes from timestep k to k - T // N, but "trailing" places the calls T / N apart:
         # each step then ends short of the next call's time (measured on the digits ladder: the error
         # against DDIM-500 grows from 0.40 at 32 steps to 1.23 at 128).
-        warnings.warn(f"steps: {steps} does not divide num_train_timesteps = {T}, so DDIM steps off its "
-                      f"own grid (diffusers' DDIMScheduler steps by T // N); use a divisor of {T} or "
-                      "scheduler_config={'timestep_spacing': 'leading'}", stacklevel=3)
+        warnings.warn(
+            f"steps: {steps} does not divide num_train_timesteps = {T}, so DDIM steps off its "
+            f"own grid (diffusers' DDIMScheduler steps by T // N); use a divisor of {T} or "
+            "scheduler_config={'timestep_spacing': 'leading'}",
+            stacklevel=3,
+        )
     times = schedule.time(timesteps.cpu()).tolist() + [0.0]  # the last step lands on the clean sample
     N = len(timesteps)
     for n, k in enumerate(timesteps):

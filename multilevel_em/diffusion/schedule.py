@@ -86,7 +86,9 @@ class VPSchedule:
 
     def __post_init__(self):
         if self.kind not in ("linear", "cosine"):
-            raise ValueError(f"kind: expected 'linear' or 'cosine' (use VPSchedule.linear() / .cosine()), got {self.kind!r}")
+            raise ValueError(
+                f"kind: expected 'linear' or 'cosine' (use VPSchedule.linear() / .cosine()), got {self.kind!r}"
+            )
 
     # ------------------------------------------------------------------ constructors
 
@@ -144,7 +146,7 @@ class VPSchedule:
         raised on bad input.
         """
         if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a schedule dict with a \"kind\" key, got {d!r}")
+            raise ValueError(f'{where}: expected a schedule dict with a "kind" key, got {d!r}')
         kind = d.get("kind")
         if not isinstance(kind, str) or kind not in _REQUIRED:
             raise ValueError(f"{where}: \"kind\": expected 'linear' or 'cosine', got {kind!r}")
@@ -162,7 +164,7 @@ class VPSchedule:
                 ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok:
                 expected = "an int" if k == "num_train_timesteps" else "a finite number"
-                raise ValueError(f"{where}: \"{k}\": expected {expected}, got {v!r}")
+                raise ValueError(f'{where}: "{k}": expected {expected}, got {v!r}')
             values[k] = v if k == "num_train_timesteps" else float(v)
         try:
             if kind == "linear":
@@ -268,8 +270,9 @@ class VPSchedule:
             return _per_row(self.beta(t), x), _per_row(self.sigma(t), x)
         return float(self.beta(t)), float(self.sigma(t))
 
-    def reverse_sde_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable], *,
-                          dt: float = 1.0) -> torch.Tensor:
+    def reverse_sde_drift(
+        self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable], *, dt: float = 1.0
+    ) -> torch.Tensor:
         """Drift of the reverse-time SDE, f - g^2 score = -beta/2 x + beta eps / sigma, times ``dt``.
 
         The reverse SDE runs from t = 1 to 0: dX = (reverse drift) dt + g dW-bar with dt < 0.
@@ -285,8 +288,9 @@ class VPSchedule:
         b, s = self._coefficients(x, t)
         return (-dt * b) * (0.5 * x - eps / s)
 
-    def probability_flow_drift(self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable], *,
-                               dt: float = 1.0) -> torch.Tensor:
+    def probability_flow_drift(
+        self, x: torch.Tensor, t: Time, eps: Union[torch.Tensor, Callable], *, dt: float = 1.0
+    ) -> torch.Tensor:
         """Velocity of the probability-flow ODE, f - g^2/2 score = -beta/2 x + beta eps / (2 sigma), times ``dt``.
 
         Arguments as :meth:`reverse_sde_drift`; with ``dt = t_next - t`` the result is the Euler

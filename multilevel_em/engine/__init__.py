@@ -12,7 +12,24 @@ from .rates import check_rates, firing_probabilities, firing_probability, rate_v
 from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, telescoping_estimate
 
 __all__ = [
-    "BrownianPath", "Bucketed", "Drift", "all_finite", "non_finite_error", "Ladder", "LevelEvaluator", "Rate", "Solution", "evaluate_rates", "rand", "randn",
-    "bucketed", "sample_generators", "solve", "telescoping_estimate",
-    "check_rates", "firing_probabilities", "firing_probability", "rate_value",
+    "BrownianPath",
+    "Bucketed",
+    "Drift",
+    "all_finite",
+    "non_finite_error",
+    "Ladder",
+    "LevelEvaluator",
+    "Rate",
+    "Solution",
+    "evaluate_rates",
+    "rand",
+    "randn",
+    "bucketed",
+    "sample_generators",
+    "solve",
+    "telescoping_estimate",
+    "check_rates",
+    "firing_probabilities",
+    "firing_probability",
+    "rate_value",
 ]

@@ -56,5 +56,6 @@ def state_error(x: torch.Tensor, t: float) -> Optional[FloatingPointError]:
     term put it there); None if x is finite."""
     if bool(torch.isfinite(x).all()):
         return None
-    return FloatingPointError(f"the state is NaN or Inf at t={t:.6g}, with finite drifts so far: the diffusion "
-                              "term (diffusion=) produced it")
+    return FloatingPointError(
+        f"the state is NaN or Inf at t={t:.6g}, with finite drifts so far: the diffusion term (diffusion=) produced it"
+    )

@@ -78,8 +78,11 @@ def check_rates(rates, n_levels: int, t: Optional[float], *, missing: Optional[s
     ``missing``: the ValueError message when ``rates`` is None.  Returns the rates as a list.
     """
     if rates is None:
-        raise ValueError(missing or f"rates: expected {n_levels - 1} rates (lambda_2..lambda_{n_levels}, numbers or "
-                                    "callables of t), got None")
+        raise ValueError(
+            missing
+            or f"rates: expected {n_levels - 1} rates (lambda_2..lambda_{n_levels}, numbers or "
+            "callables of t), got None"
+        )
     if isinstance(rates, Real) or (isinstance(rates, torch.Tensor) and rates.ndim == 0) or callable(rates):
         raise TypeError(f"rates: expected a sequence of {n_levels - 1} rates (levels 2..{n_levels}), got one value")
     rates = list(rates)

@@ -72,8 +72,12 @@ class Solution:
     @property
     def cost(self) -> float:
         """Deprecated: :attr:`cost_per_sample` (mean cost per sample, in the ladder's cost units)."""
-        warnings.warn("Solution.cost is deprecated; read Solution.cost_per_sample (ladder cost units per sample) "
-                      "or Solution.top_equivalents", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Solution.cost is deprecated; read Solution.cost_per_sample (ladder cost units per sample) "
+            "or Solution.top_equivalents",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.cost_per_sample
 
     @property
@@ -115,9 +119,15 @@ def _check_positive_int(name: str, v, minimum: int = 1) -> int:
 
 
 def _check_rates(rates, n_levels: int, t0: float) -> list:
-    return check_rates(rates, n_levels, t0, missing=(
-        "rates: method='mlem' needs the rates lambda_2..lambda_K (numbers or callables of t); "
-        "use multilevel_em.calibrate(...).rates(mu) to choose them, or method='em'"))
+    return check_rates(
+        rates,
+        n_levels,
+        t0,
+        missing=(
+            "rates: method='mlem' needs the rates lambda_2..lambda_K (numbers or callables of t); "
+            "use multilevel_em.calibrate(...).rates(mu) to choose them, or method='em'"
+        ),
+    )
 
 
 def resolve_diffusion(diffusion: Diffusion) -> Optional[Callable[[torch.Tensor, float], object]]:
@@ -224,8 +234,10 @@ def _plan_draws(
         if draws == "shared":
             raise ValueError("draws='shared' draws once for the whole batch: it cannot use per-sample generators")
         if draws == "exact":
-            raise ValueError("draws='exact' chooses the firing rows jointly for the batch: it cannot use per-sample "
-                             "generators (a sample's draws would depend on its batch); use draws='per_sample'")
+            raise ValueError(
+                "draws='exact' chooses the firing rows jointly for the batch: it cannot use per-sample "
+                "generators (a sample's draws would depend on its batch); use draws='per_sample'"
+            )
         check_generators(generator, batch)
     gen_device = generator.device if isinstance(generator, torch.Generator) else device
     pieces = None
@@ -416,7 +428,9 @@ def solve(
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0: expected a torch.Tensor, got {type(x0).__name__}")
     if x0.ndim < 1 or not x0.dtype.is_floating_point:
-        raise ValueError(f"x0: expected a floating tensor of shape (batch, *state_shape), got {x0.dtype} {tuple(x0.shape)}")
+        raise ValueError(
+            f"x0: expected a floating tensor of shape (batch, *state_shape), got {x0.dtype} {tuple(x0.shape)}"
+        )
     if not all_finite(x0):
         raise ValueError("x0: contains NaN or Inf")
     t0, t1 = _check_time("t0", t0), _check_time("t1", t1)
@@ -501,7 +515,7 @@ def solve(
             try:
                 drift = _mlem_drift(call, x, t, probs_log[n], fired, needed, check_finite)
             except FloatingPointError as e:
-                raise state_error(x, t) or e
+                raise (state_error(x, t) or e) from None
         # X_{n+1} = X_n + h_n F_n + g (W(t_{n+1}) - W(t_n)), with as few tensor operations as possible.
         x_next = torch.add(x, drift, alpha=h_n)
         if g is not None:

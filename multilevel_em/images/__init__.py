@@ -9,8 +9,8 @@ Imports :mod:`multilevel_em.diffusion` and the engine; neither imports this pack
 """
 
 from .conditioning import Conditioning, load_conditioning, sample_ladder
-from .distill import distill_ladder, load_teacher
 from .data import ImageData, load_dataset, load_digits, load_image_folder
+from .distill import distill_ladder, load_teacher
 from .ladder import CheckpointError, UNetLadder, build_unet, load_ladder, unet_flops
 from .pipeline import MultilevelPipeline, PipelineOutput, image_grid
 from .train import plot_losses, train_ladder

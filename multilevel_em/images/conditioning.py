@@ -33,8 +33,16 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["Conditioning", "load_conditioning", "dummy_conditioning", "is_conditional", "ladder_model",
-           "sample_ladder", "ConditionalSamples", "KEYS"]
+__all__ = [
+    "Conditioning",
+    "load_conditioning",
+    "dummy_conditioning",
+    "is_conditional",
+    "ladder_model",
+    "sample_ladder",
+    "ConditionalSamples",
+    "KEYS",
+]
 
 KEYS = ("encoder_hidden_states", "class_labels", "uncond_encoder_hidden_states", "uncond_class_labels")
 CONDITIONAL_CLASS = "UNet2DConditionModel"
@@ -93,15 +101,18 @@ class Conditioning:
     @property
     def has_uncond(self) -> bool:
         """Whether the unconditional row is given for every kind of conditioning present."""
-        return ((self.encoder_hidden_states is None) == (self.uncond_encoder_hidden_states is None)
-                and (self.class_labels is None) == (self.uncond_class_labels is None))
+        return (self.encoder_hidden_states is None) == (self.uncond_encoder_hidden_states is None) and (
+            self.class_labels is None
+        ) == (self.uncond_class_labels is None)
 
     @property
     def spec(self) -> Dict:
         """The shapes one row needs, JSON-able: ``{"encoder_hidden_states": [seq, dim] or None, "class_labels": bool}``."""
         e = self.encoder_hidden_states
-        return {"encoder_hidden_states": None if e is None else [int(e.shape[1]), int(e.shape[2])],
-                "class_labels": self.class_labels is not None}
+        return {
+            "encoder_hidden_states": None if e is None else [int(e.shape[1]), int(e.shape[2])],
+            "class_labels": self.class_labels is not None,
+        }
 
     def rows(self, idx: torch.Tensor, uncond: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """The UNet keyword arguments for rows ``idx`` ``(batch,)`` int64; where the bool mask ``uncond``
@@ -125,29 +136,39 @@ class Conditioning:
         config = dict(unet.config)
         src = self.source
         if self.encoder_hidden_states is None:
-            raise ValueError(f"{where}: {src} has no 'encoder_hidden_states'; a UNet2DConditionModel needs prompt "
-                             "embeddings of shape (N, seq, cross_attention_dim)")
+            raise ValueError(
+                f"{where}: {src} has no 'encoder_hidden_states'; a UNet2DConditionModel needs prompt "
+                "embeddings of shape (N, seq, cross_attention_dim)"
+            )
         dim = config.get("cross_attention_dim")
         if isinstance(dim, (list, tuple)):
             dim = dim[0] if len(set(dim)) == 1 else None
         if dim is not None and int(self.encoder_hidden_states.shape[2]) != int(dim):
-            raise ValueError(f"{where}: {src}: 'encoder_hidden_states' has shape "
-                             f"{tuple(self.encoder_hidden_states.shape)}, expected (N, seq, {dim}) (the teacher's "
-                             "cross_attention_dim)")
+            raise ValueError(
+                f"{where}: {src}: 'encoder_hidden_states' has shape "
+                f"{tuple(self.encoder_hidden_states.shape)}, expected (N, seq, {dim}) (the teacher's "
+                "cross_attention_dim)"
+            )
         wants = _has_class_embedding(config)
         if wants and self.class_labels is None:
-            raise ValueError(f"{where}: {src} has no 'class_labels', but the teacher has a class embedding "
-                             f"(num_class_embeds={config.get('num_class_embeds')}); expected a (N,) int tensor")
+            raise ValueError(
+                f"{where}: {src} has no 'class_labels', but the teacher has a class embedding "
+                f"(num_class_embeds={config.get('num_class_embeds')}); expected a (N,) int tensor"
+            )
         if not wants and self.class_labels is not None:
-            raise ValueError(f"{where}: {src} has 'class_labels', but the teacher has no class embedding "
-                             "(num_class_embeds and class_embed_type are null); remove them")
+            raise ValueError(
+                f"{where}: {src} has 'class_labels', but the teacher has no class embedding "
+                "(num_class_embeds and class_embed_type are null); remove them"
+            )
         k = config.get("num_class_embeds")
         if self.class_labels is not None and k is not None:
             for name in ("class_labels", "uncond_class_labels"):
                 v = getattr(self, name)
                 if v is not None and (int(v.min()) < 0 or int(v.max()) >= int(k)):
-                    raise ValueError(f"{where}: {src}: '{name}' has labels in [{int(v.min())}, {int(v.max())}], "
-                                     f"expected labels in [0, {int(k) - 1}] (num_class_embeds={k})")
+                    raise ValueError(
+                        f"{where}: {src}: '{name}' has labels in [{int(v.min())}, {int(v.max())}], "
+                        f"expected labels in [0, {int(k) - 1}] (num_class_embeds={k})"
+                    )
 
 
 def _bad(src: str, key: str, shape, expected: str) -> ValueError:
@@ -157,8 +178,9 @@ def _bad(src: str, key: str, shape, expected: str) -> ValueError:
 def _check_rows(c: Conditioning, src: str) -> None:
     e, y = c.encoder_hidden_states, c.class_labels
     if e is None and y is None:
-        raise ValueError(f"conditioning: {src} holds neither 'encoder_hidden_states' (N, seq, dim) nor "
-                         "'class_labels' (N,)")
+        raise ValueError(
+            f"conditioning: {src} holds neither 'encoder_hidden_states' (N, seq, dim) nor 'class_labels' (N,)"
+        )
     if e is not None:
         if e.ndim != 3 or min(e.shape) < 1:
             raise _bad(src, "encoder_hidden_states", e.shape, "(N, seq, dim) with N, seq, dim >= 1")
@@ -177,8 +199,12 @@ def _check_rows(c: Conditioning, src: str) -> None:
             raise ValueError(f"conditioning: {src}: 'uncond_encoder_hidden_states' without 'encoder_hidden_states'")
         u = u.reshape(1, *u.shape) if u.ndim == 2 else u
         if tuple(u.shape) != (1, *e.shape[1:]):
-            raise _bad(src, "uncond_encoder_hidden_states", c.uncond_encoder_hidden_states.shape,
-                       f"({e.shape[1]}, {e.shape[2]}) or (1, {e.shape[1]}, {e.shape[2]})")
+            raise _bad(
+                src,
+                "uncond_encoder_hidden_states",
+                c.uncond_encoder_hidden_states.shape,
+                f"({e.shape[1]}, {e.shape[2]}) or (1, {e.shape[1]}, {e.shape[2]})",
+            )
         c.uncond_encoder_hidden_states = u.float().contiguous()
     v = c.uncond_class_labels
     if v is not None:
@@ -196,8 +222,10 @@ def load_conditioning(path: str) -> Conditioning:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"conditioning: {path} does not exist (expected a safetensors file with "
-                         "'encoder_hidden_states' (N, seq, dim) and/or 'class_labels' (N,))")
+        raise ValueError(
+            f"conditioning: {path} does not exist (expected a safetensors file with "
+            "'encoder_hidden_states' (N, seq, dim) and/or 'class_labels' (N,))"
+        )
     try:
         tensors = load_file(path)
     except Exception as e:  # safetensors raises SafetensorError / OSError on bad headers
@@ -232,9 +260,17 @@ class ConditionalSamples:
     report: Dict
 
 
-def sample_ladder(ladder, conditioning: Dict[str, torch.Tensor], *, steps: int = 25, sampler: str = "ddim",
-                  probabilities: Optional[Sequence] = None, rates: Optional[Sequence] = None,
-                  generator=None, level_generator: Optional[torch.Generator] = None) -> ConditionalSamples:
+def sample_ladder(
+    ladder,
+    conditioning: Dict[str, torch.Tensor],
+    *,
+    steps: int = 25,
+    sampler: str = "ddim",
+    probabilities: Optional[Sequence] = None,
+    rates: Optional[Sequence] = None,
+    generator=None,
+    level_generator: Optional[torch.Generator] = None,
+) -> ConditionalSamples:
     """ML-EM sampling of a (conditional) eps-prediction ladder: a diffusers scheduler loop over :func:`ladder_model`.
 
     A stock diffusers pipeline works the same way (``pipe.unet = ladder_model(ladder, pipe.scheduler, ...)``);
@@ -256,20 +292,31 @@ def sample_ladder(ladder, conditioning: Dict[str, torch.Tensor], *, steps: int =
     from ..engine import randn
 
     if not conditioning:
-        raise ValueError("conditioning: expected the UNet keyword arguments of n rows (Conditioning.rows); "
-                         "sample unconditional ladders with MultilevelPipeline")
+        raise ValueError(
+            "conditioning: expected the UNet keyword arguments of n rows (Conditioning.rows); "
+            "sample unconditional ladders with MultilevelPipeline"
+        )
     spec = sampler_spec(sampler)
     n = int(next(iter(conditioning.values())).shape[0])
     scheduler = make_scheduler(sampler, ladder.schedule)  # eps prediction, the ladder's betas
     if len(ladder) == 1 and probabilities is None and rates is None:
         probabilities = []  # one model: nothing to draw
-    model = ladder_model(ladder, scheduler=scheduler, probabilities=probabilities, rates=rates,
-                         generator=level_generator)
+    model = ladder_model(
+        ladder, scheduler=scheduler, probabilities=probabilities, rates=rates, generator=level_generator
+    )
     x = randn((n, *ladder.shape), generator)
     with torch.no_grad():
         # the one scheduler loop of diffusion.samplers; MultilevelModel reads its step from the scheduler
-        x, _ = scheduler_loop(model, x, ladder.schedule, steps, spec=spec, generator=generator, scheduler=scheduler,
-                              model_kwargs=conditioning)
+        x, _ = scheduler_loop(
+            model,
+            x,
+            ladder.schedule,
+            steps,
+            spec=spec,
+            generator=generator,
+            scheduler=scheduler,
+            model_kwargs=conditioning,
+        )
     return ConditionalSamples(x=x, report=model.report())
 
 

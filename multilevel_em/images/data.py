@@ -151,7 +151,9 @@ def load_fashion_mnist(split: str = "train", size: int = 32, data_dir: str = Non
     x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # background is 0 (black) in [0, 1]
     if x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    data = ImageData(x=(x.clamp(0, 1) * 2 - 1).contiguous(), name="fashion-mnist" if split == "train" else "fashion-mnist-test")
+    data = ImageData(
+        x=(x.clamp(0, 1) * 2 - 1).contiguous(), name="fashion-mnist" if split == "train" else "fashion-mnist-test"
+    )
     if not labels:
         return data
     y = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))

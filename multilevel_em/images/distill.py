@@ -57,8 +57,15 @@ from .ladder import (
 )
 from .train import Objective, train_ladder
 
-__all__ = ["Teacher", "Distillation", "load_teacher", "student_config", "teacher_samples", "distill_ladder",
-           "SAMPLES_FILE"]
+__all__ = [
+    "Teacher",
+    "Distillation",
+    "load_teacher",
+    "student_config",
+    "teacher_samples",
+    "distill_ladder",
+    "SAMPLES_FILE",
+]
 
 SAMPLES_FILE = "teacher_samples.safetensors"
 #: Samplers the data-free mode may draw the teacher's samples with (one-model methods of MultilevelPipeline).
@@ -79,8 +86,9 @@ class Teacher:
         source: the folder it was read from.
     """
 
-    def __init__(self, unet, schedule: VPSchedule, fingerprint: str, source: str,
-                 conditioning: Optional[Conditioning] = None):
+    def __init__(
+        self, unet, schedule: VPSchedule, fingerprint: str, source: str, conditioning: Optional[Conditioning] = None
+    ):
         self.unet, self.schedule, self.fingerprint, self.source = unet.eval(), schedule, fingerprint, source
         self.conditioning = conditioning
         self.width = int(unet.config.block_out_channels[0])
@@ -114,17 +122,21 @@ def _plain_schedule(path: str) -> VPSchedule:
     """A plain diffusers model folder's schedule: its ``scheduler_config.json`` (in the folder, or in
     ``../scheduler/`` of a pipeline layout) when there is one, else diffusers' default linear DDPM
     schedule, with a warning (the students would be trained on that schedule's x_t)."""
-    for cand in (os.path.join(path, "scheduler_config.json"),
-                 os.path.join(os.path.dirname(os.path.abspath(path)), "scheduler", "scheduler_config.json")):
+    for cand in (
+        os.path.join(path, "scheduler_config.json"),
+        os.path.join(os.path.dirname(os.path.abspath(path)), "scheduler", "scheduler_config.json"),
+    ):
         if os.path.isfile(cand):
             try:
                 return VPSchedule.from_diffusers(read_json(cand))
             except (ValueError, TypeError) as e:
                 raise ValueError(f"teacher: {cand}: {e}") from None
-    warnings.warn(f"teacher: {path} stores no noise schedule (no \"_mlem\" in config.json, no scheduler_config.json "
-                  "beside it); assuming diffusers' default linear DDPM schedule (beta 1e-4 .. 0.02, 1000 steps). "
-                  "Put the teacher's scheduler_config.json in its folder if it was trained with another",
-                  stacklevel=3)
+    warnings.warn(
+        f'teacher: {path} stores no noise schedule (no "_mlem" in config.json, no scheduler_config.json '
+        "beside it); assuming diffusers' default linear DDPM schedule (beta 1e-4 .. 0.02, 1000 steps). "
+        "Put the teacher's scheduler_config.json in its folder if it was trained with another",
+        stacklevel=3,
+    )
     return VPSchedule.linear()
 
 
@@ -144,20 +156,26 @@ def load_teacher(path: str, conditioning: Optional[Conditioning] = None) -> Teac
     if os.path.isfile(index_path):
         index = read_json(index_path)
         if index.get("format") != FORMAT:
-            raise ValueError(f"teacher: {index_path} is not a multilevel_em ladder (no \"format\": \"{FORMAT}\"); "
-                             "give a ladder folder or one diffusers UNet2DModel / UNet2DConditionModel folder")
+            raise ValueError(
+                f'teacher: {index_path} is not a multilevel_em ladder (no "format": "{FORMAT}"); '
+                "give a ladder folder or one diffusers UNet2DModel / UNet2DConditionModel folder"
+            )
         ladder = load_ladder(path)
         top = os.path.join(path, index["levels"][-1])
         unet, schedule, fingerprint = ladder.unets[-1], ladder.schedule, _sha256(os.path.join(top, WEIGHTS))
     elif not os.path.isfile(cfg_path):
-        raise ValueError(f"teacher: {path} is neither a ladder folder ({INDEX}) nor a diffusers model folder "
-                         f"({UNET_CONFIG} + {WEIGHTS})")
+        raise ValueError(
+            f"teacher: {path} is neither a ladder folder ({INDEX}) nor a diffusers model folder "
+            f"({UNET_CONFIG} + {WEIGHTS})"
+        )
     else:
         config = read_json(cfg_path)
         name = config.get("_class_name")
         if name not in ("UNet2DModel", "UNet2DConditionModel"):
-            raise ValueError(f"teacher: {cfg_path} describes a {name!r}; only UNet2DModel and UNet2DConditionModel "
-                             "teachers are supported")
+            raise ValueError(
+                f"teacher: {cfg_path} describes a {name!r}; only UNet2DModel and UNet2DConditionModel "
+                "teachers are supported"
+            )
         if "_mlem" in config:
             unet, _, _, schedule = load_unet(path)
         else:
@@ -172,13 +190,17 @@ def load_teacher(path: str, conditioning: Optional[Conditioning] = None) -> Teac
         fingerprint = _sha256(weights) if os.path.isfile(weights) else ""
     if is_conditional(unet):
         if conditioning is None:
-            raise ValueError(f"conditioning: the teacher {path} is a UNet2DConditionModel; give a conditioning file "
-                             "(safetensors: 'encoder_hidden_states' (N, seq, "
-                             f"{unet.config.cross_attention_dim}) and/or 'class_labels' (N,))")
+            raise ValueError(
+                f"conditioning: the teacher {path} is a UNet2DConditionModel; give a conditioning file "
+                "(safetensors: 'encoder_hidden_states' (N, seq, "
+                f"{unet.config.cross_attention_dim}) and/or 'class_labels' (N,))"
+            )
         conditioning.check_for(unet)
     elif conditioning is not None:
-        raise ValueError(f"conditioning: the teacher {path} is an unconditional {type(unet).__name__}; it takes no "
-                         f"conditioning ({conditioning.source}); drop the conditioning file")
+        raise ValueError(
+            f"conditioning: the teacher {path} is an unconditional {type(unet).__name__}; it takes no "
+            f"conditioning ({conditioning.source}); drop the conditioning file"
+        )
     return Teacher(unet, schedule, fingerprint, path, conditioning)
 
 
@@ -192,15 +214,21 @@ def student_config(teacher_config, width: int) -> Dict:
     channels = [int(c) for c in config["block_out_channels"]]
     tw, groups = channels[0], int(config.get("norm_num_groups") or 32)
     if isinstance(width, bool) or not isinstance(width, int) or not 0 < width < tw:
-        raise ValueError(f"widths: expected ints smaller than the teacher's width {tw} "
-                         f"(block_out_channels {tuple(channels)}), got {width!r}")
+        raise ValueError(
+            f"widths: expected ints smaller than the teacher's width {tw} "
+            f"(block_out_channels {tuple(channels)}), got {width!r}"
+        )
     if any(c * width % tw for c in channels):
-        raise ValueError(f"widths: width {width} scales the teacher's block_out_channels {tuple(channels)} to "
-                         "fractional channels; choose a width that divides them evenly")
+        raise ValueError(
+            f"widths: width {width} scales the teacher's block_out_channels {tuple(channels)} to "
+            "fractional channels; choose a width that divides them evenly"
+        )
     scaled = [c * width // tw for c in channels]
     if any(c % groups for c in scaled):
-        raise ValueError(f"widths: width {width} gives block_out_channels {tuple(scaled)}, not divisible by the "
-                         f"group norm's norm_num_groups = {groups}; choose a multiple of {groups}")
+        raise ValueError(
+            f"widths: width {width} gives block_out_channels {tuple(scaled)}, not divisible by the "
+            f"group norm's norm_num_groups = {groups}; choose a multiple of {groups}"
+        )
     config["block_out_channels"] = scaled
     return config
 
@@ -217,17 +245,22 @@ class Distillation(Objective):
             the row each teacher sample was generated with); None: a row drawn at random per example.
     """
 
-    def __init__(self, teacher: Teacher, x0_source: str, uncond_prob: float = 0.0,
-                 rows: Optional[torch.Tensor] = None):
+    def __init__(self, teacher: Teacher, x0_source: str, uncond_prob: float = 0.0, rows: Optional[torch.Tensor] = None):
         self.teacher, self.x0_source = teacher, x0_source
         self.uncond_prob, self.rows = float(uncond_prob), rows
         cond = teacher.conditioning
         if not 0 <= self.uncond_prob <= 1:
             raise ValueError(f"uncond_prob: expected a probability in [0, 1], got {uncond_prob}")
         if self.uncond_prob > 0 and (cond is None or not cond.has_uncond):
-            where = "the teacher is unconditional" if cond is None else (
-                f"{cond.source} has no unconditional row ('uncond_encoder_hidden_states' (seq, dim)"
-                + (" and 'uncond_class_labels' ()" if cond.class_labels is not None else "") + ")")
+            where = (
+                "the teacher is unconditional"
+                if cond is None
+                else (
+                    f"{cond.source} has no unconditional row ('uncond_encoder_hidden_states' (seq, dim)"
+                    + (" and 'uncond_class_labels' ()" if cond.class_labels is not None else "")
+                    + ")"
+                )
+            )
             raise ValueError(f"uncond_prob: {self.uncond_prob} > 0, but {where}")
         self.conditioning_spec = teacher.conditioning_spec
 
@@ -239,8 +272,10 @@ class Distillation(Objective):
             out = self.teacher.unet(xt, k, **conditioning).sample
         if not bool(torch.isfinite(out).all()):  # a broken teacher, not a learning rate, would make the loss NaN
             bad = sorted({int(v) for v in k[~torch.isfinite(out).flatten(1).all(1)].tolist()})[:5]
-            raise ValueError(f"teacher: {self.teacher.source} outputs NaN or Inf (at timesteps {bad} of this batch); "
-                             "it cannot teach. Check the teacher's weights")
+            raise ValueError(
+                f"teacher: {self.teacher.source} outputs NaN or Inf (at timesteps {bad} of this batch); "
+                "it cannot teach. Check the teacher's weights"
+            )
         return out
 
     def draw_conditioning(self, idx, generator):
@@ -257,8 +292,9 @@ class Distillation(Objective):
         out = {"objective": "distill", "teacher_sha256": self.teacher.fingerprint, "x0": self.x0_source}
         cond = self.teacher.conditioning
         if cond is not None:  # unconditional runs keep the settings they had before conditioning existed
-            out.update(conditioning_sha256=cond.fingerprint, uncond_prob=self.uncond_prob,
-                       paired_rows=self.rows is not None)
+            out.update(
+                conditioning_sha256=cond.fingerprint, uncond_prob=self.uncond_prob, paired_rows=self.rows is not None
+            )
         return out
 
 
@@ -270,11 +306,17 @@ def check_students(teacher: Teacher, widths: Sequence[int]) -> None:
     for w in ws:
         config = student_config(teacher.unet.config, w)
         try:  # one forward: attention heads, group norms and skip shapes only fail when run
-            unet_flops(teacher.model_class.from_config(config), teacher.sample_size, teacher.channels,
-                       teacher.conditioning_spec)
+            unet_flops(
+                teacher.model_class.from_config(config),
+                teacher.sample_size,
+                teacher.channels,
+                teacher.conditioning_spec,
+            )
         except Exception as e:  # diffusers / torch raise ValueError, RuntimeError, ... for impossible shapes
-            raise ValueError(f"widths: width {w} (block_out_channels {tuple(config['block_out_channels'])}) does not "
-                             f"build: {type(e).__name__}: {e}") from None
+            raise ValueError(
+                f"widths: width {w} (block_out_channels {tuple(config['block_out_channels'])}) does not "
+                f"build: {type(e).__name__}: {e}"
+            ) from None
 
 
 def check_out(out: str, x0_source: str, teacher: Teacher, uncond_prob: float = 0.0, paired_rows: bool = False) -> None:
@@ -292,8 +334,10 @@ def check_out(out: str, x0_source: str, teacher: Teacher, uncond_prob: float = 0
     diff = {k: (training.get(k), v) for k, v in want.items() if training.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-        raise ValueError(f"out: {out} holds something else ({details}); resume with the same teacher and data "
-                         "or choose another --out")
+        raise ValueError(
+            f"out: {out} holds something else ({details}); resume with the same teacher and data "
+            "or choose another --out"
+        )
 
 
 def samples_name(sampler: str, steps: int, n: int, seed: int) -> str:
@@ -311,21 +355,38 @@ def _generate(teacher: Teacher, start: int, stop: int, sampler: str, steps: int,
     from .pipeline import MultilevelPipeline
 
     gens = sample_generators(seed, range(start, stop))
-    one = UNetLadder([teacher.unet], [teacher.width], [teacher.cost], teacher.schedule,
-                     {"conditioning": teacher.conditioning_spec} if teacher.conditional else None)
+    one = UNetLadder(
+        [teacher.unet],
+        [teacher.width],
+        [teacher.cost],
+        teacher.schedule,
+        {"conditioning": teacher.conditioning_spec} if teacher.conditional else None,
+    )
     try:
         if not teacher.conditional:
             return MultilevelPipeline(one)(stop - start, method=sampler, steps=steps, generator=gens).x
         rows = torch.tensor(teacher_rows(stop, teacher.conditioning)[start:stop], dtype=torch.int64)
-        return sample_ladder(one, teacher.conditioning.rows(rows), steps=steps,
-                             sampler=CONDITIONAL_SCHEDULERS[sampler], generator=gens).x
+        return sample_ladder(
+            one, teacher.conditioning.rows(rows), steps=steps, sampler=CONDITIONAL_SCHEDULERS[sampler], generator=gens
+        ).x
     except FloatingPointError:  # the samplers' own finite checks: the teacher's output went NaN or Inf
-        raise ValueError(f"teacher: {teacher.source} outputs NaN or Inf while generating its {sampler} samples; "
-                         "it cannot teach data-free. Check the teacher's weights") from None
+        raise ValueError(
+            f"teacher: {teacher.source} outputs NaN or Inf while generating its {sampler} samples; "
+            "it cannot teach data-free. Check the teacher's weights"
+        ) from None
 
 
-def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp_2m", steps: int = 20, seed: int = 0,
-                    batch: int = 256, progress: Optional[Callable[[int], None]] = None) -> ImageData:
+def teacher_samples(
+    teacher: Teacher,
+    out: str,
+    n: int,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    seed: int = 0,
+    batch: int = 256,
+    progress: Optional[Callable[[int], None]] = None,
+) -> ImageData:
     """``n`` samples of the teacher (clipped to [-1, 1]), generated once and cached in ``out/SAMPLES_FILE``.
 
     Sample i's randomness is keyed by (seed, i), so the cache does not depend on ``batch``. A
@@ -339,8 +400,13 @@ def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp
     for name, v in (("samples", n), ("sampler_steps", steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-    meta = {"sampler": sampler, "steps": str(steps), "n": str(n), "seed": str(seed),
-            "teacher_sha256": teacher.fingerprint}
+    meta = {
+        "sampler": sampler,
+        "steps": str(steps),
+        "n": str(n),
+        "seed": str(seed),
+        "teacher_sha256": teacher.fingerprint,
+    }
     if teacher.conditioning is not None:
         meta["conditioning_sha256"] = teacher.conditioning.fingerprint
     path = os.path.join(out, SAMPLES_FILE)
@@ -352,10 +418,15 @@ def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp
             old = dict(f.metadata() or {})
         if old != meta:
             differ = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in meta.items() if old.get(k) != v)
-            raise ValueError(f"out: {path} holds teacher samples made with other settings ({differ}); choose another "
-                             "--out or the same sampler settings, or delete that file to generate them again"
-                             + (" (the teacher's weights changed since it was written)"
-                                if old.get("teacher_sha256") != meta["teacher_sha256"] else ""))
+            raise ValueError(
+                f"out: {path} holds teacher samples made with other settings ({differ}); choose another "
+                "--out or the same sampler settings, or delete that file to generate them again"
+                + (
+                    " (the teacher's weights changed since it was written)"
+                    if old.get("teacher_sha256") != meta["teacher_sha256"]
+                    else ""
+                )
+            )
         return ImageData(x=load_tensors(path)["x"], name=name)
     xs = []
     with torch.no_grad():
@@ -363,8 +434,10 @@ def teacher_samples(teacher: Teacher, out: str, n: int, *, sampler: str = "dpmpp
             stop = min(n, start + batch)
             x = _generate(teacher, start, stop, sampler, steps, seed)
             if not torch.isfinite(x).all():  # a sampler without a finite check of its own
-                raise ValueError(f"teacher: {teacher.source}'s {sampler} samples contain NaN or Inf; it cannot teach "
-                                 "data-free. Check the teacher's weights")
+                raise ValueError(
+                    f"teacher: {teacher.source}'s {sampler} samples contain NaN or Inf; it cannot teach "
+                    "data-free. Check the teacher's weights"
+                )
             xs.append(x.clamp(-1, 1))
             if progress:
                 progress(stop - start)
@@ -412,8 +485,10 @@ def distill_ladder(
     """
     check_students(teacher, widths)
     if (data.channels, data.size) != (teacher.channels, teacher.sample_size):
-        raise ValueError(f"data: {data.name} has {data.channels}x{data.size}x{data.size} images, the teacher expects "
-                         f"{teacher.channels}x{teacher.sample_size}x{teacher.sample_size}")
+        raise ValueError(
+            f"data: {data.name} has {data.channels}x{data.size}x{data.size} images, the teacher expects "
+            f"{teacher.channels}x{teacher.sample_size}x{teacher.sample_size}"
+        )
     rows = None
     if paired_rows:
         if teacher.conditioning is None:
@@ -423,21 +498,44 @@ def distill_ladder(
     check_out(out, data.name, teacher, uncond_prob, paired_rows)
     cfg = teacher.unet.config
     lpb = cfg.layers_per_block
-    students = train_ladder(data, out, widths=[int(w) for w in widths], iters=iters, seed=seed, batch=batch, lr=lr,
-                            ema_decay=ema_decay, save_every=save_every, schedule=teacher.schedule,
-                            layers_per_block=int(lpb if isinstance(lpb, int) else max(lpb)),
-                            norm_groups=int(cfg.norm_num_groups or 32),
-                            progress=progress, command=command, loss_plot=loss_plot, objective=objective)
+    students = train_ladder(
+        data,
+        out,
+        widths=[int(w) for w in widths],
+        iters=iters,
+        seed=seed,
+        batch=batch,
+        lr=lr,
+        ema_decay=ema_decay,
+        save_every=save_every,
+        schedule=teacher.schedule,
+        layers_per_block=int(lpb if isinstance(lpb, int) else max(lpb)),
+        norm_groups=int(cfg.norm_num_groups or 32),
+        progress=progress,
+        command=command,
+        loss_plot=loss_plot,
+        objective=objective,
+    )
     # The teacher joins as the top level (its weights unchanged); the index then lists all K + 1.
     top = os.path.join(out, f"level_{len(students) + 1}")
     save_level(top, teacher.unet, teacher.width, teacher.cost, teacher.schedule)
-    ladder = UNetLadder(students.unets + [teacher.unet], students.widths + [teacher.width],
-                        students.costs + [teacher.cost], teacher.schedule, students.info)
-    ladder.info["teacher"] = {"source": os.fspath(teacher.source), "sha256": teacher.fingerprint,
-                              "level": f"level_{len(ladder)}"}
+    ladder = UNetLadder(
+        students.unets + [teacher.unet],
+        students.widths + [teacher.width],
+        students.costs + [teacher.cost],
+        teacher.schedule,
+        students.info,
+    )
+    ladder.info["teacher"] = {
+        "source": os.fspath(teacher.source),
+        "sha256": teacher.fingerprint,
+        "level": f"level_{len(ladder)}",
+    }
     if teacher.conditioning is not None:
-        ladder.info["teacher"]["conditioning"] = {"source": teacher.conditioning.source,
-                                                  "sha256": teacher.conditioning.fingerprint}
+        ladder.info["teacher"]["conditioning"] = {
+            "source": teacher.conditioning.source,
+            "sha256": teacher.conditioning.fingerprint,
+        }
     from .._io import write_json
 
     write_json(os.path.join(out, INDEX), ladder.index())

@@ -67,7 +67,9 @@ def schedule_from_dict(d: Dict, where: str = "schedule") -> VPSchedule:
         raise CheckpointError(str(e)) from None
 
 
-def build_unet(width: int, *, sample_size: int = 16, channels: int = 1, layers_per_block: int = 1, norm_groups: int = 4):
+def build_unet(
+    width: int, *, sample_size: int = 16, channels: int = 1, layers_per_block: int = 1, norm_groups: int = 4
+):
     """A ``UNet2DModel`` with ``block_out_channels = (width, 2 width, 2 width)``, no attention.
 
     Three resolutions (size, size/2, size/4); FLOPs grow about as width^2.
@@ -152,8 +154,14 @@ class UNetLadder:
         info: the rest of ``model_index.json`` (dataset, training settings).
     """
 
-    def __init__(self, unets: Sequence, widths: Sequence[int], costs: Sequence[float], schedule: VPSchedule,
-                 info: Optional[Dict] = None):
+    def __init__(
+        self,
+        unets: Sequence,
+        widths: Sequence[int],
+        costs: Sequence[float],
+        schedule: VPSchedule,
+        info: Optional[Dict] = None,
+    ):
         if len(unets) < 1 or not (len(unets) == len(widths) == len(costs)):
             raise ValueError("unets, widths, costs: expected the same nonzero number of each")
         self.unets = list(unets)
@@ -164,7 +172,11 @@ class UNetLadder:
         self.sample_size, self.channels = int(first.sample_size), int(first.in_channels)
         for k, u in enumerate(self.unets):
             c = u.config
-            if (int(c.sample_size), int(c.in_channels), int(c.out_channels)) != (self.sample_size, self.channels, self.channels):
+            if (int(c.sample_size), int(c.in_channels), int(c.out_channels)) != (
+                self.sample_size,
+                self.channels,
+                self.channels,
+            ):
                 raise ValueError(
                     f"level {k + 1}: UNet for {c.in_channels}->{c.out_channels} channels at {c.sample_size}px, but level 1 is "
                     f"{self.channels}->{self.channels} channels at {self.sample_size}px; a ladder's levels must agree"
@@ -235,12 +247,25 @@ class UNetLadder:
         return f"UNetLadder(widths={self.widths}, {self.channels}x{self.sample_size}x{self.sample_size})"
 
 
-_INDEX_KEYS = {"_class_name", "format", "version", "levels", "widths", "costs", "cost_unit", "sample_size", "channels",
-               "schedule"}
+_INDEX_KEYS = {
+    "_class_name",
+    "format",
+    "version",
+    "levels",
+    "widths",
+    "costs",
+    "cost_unit",
+    "sample_size",
+    "channels",
+    "schedule",
+}
 
 
 def unet_config(unet, width: int, cost: float, schedule: VPSchedule) -> Dict:
-    config = {"_class_name": type(unet).__name__, **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
+    config = {
+        "_class_name": type(unet).__name__,
+        **{k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
+    }
     config["_mlem"] = {"width": width, "flops": cost, "schedule": schedule_to_dict(schedule)}
     return config
 
@@ -248,8 +273,11 @@ def unet_config(unet, width: int, cost: float, schedule: VPSchedule) -> Dict:
 def save_level(directory: str, unet, width: int, cost: float, schedule: VPSchedule, state_dict=None) -> None:
     """Write ``config.json`` and the sampling weights (``state_dict`` or the UNet's own) of one level."""
     write_json(os.path.join(directory, UNET_CONFIG), unet_config(unet, width, cost, schedule))
-    save_tensors(os.path.join(directory, WEIGHTS), state_dict if state_dict is not None else unet.state_dict(),
-                 metadata={"format": "pt"})
+    save_tensors(
+        os.path.join(directory, WEIGHTS),
+        state_dict if state_dict is not None else unet.state_dict(),
+        metadata={"format": "pt"},
+    )
 
 
 #: The diffusers model classes a ladder level may be (its config's ``_class_name``).
@@ -264,12 +292,12 @@ def load_unet(directory: str, schedule: Optional[VPSchedule] = None):
     config = read_json(cfg_path)
     cls_name = config.get("_class_name", "UNet2DModel")
     if cls_name not in UNET_CLASSES:
-        raise CheckpointError(f"{cfg_path}: \"_class_name\" {cls_name!r}, expected one of {list(UNET_CLASSES)}")
+        raise CheckpointError(f'{cfg_path}: "_class_name" {cls_name!r}, expected one of {list(UNET_CLASSES)}')
     UNet = getattr(diffusers, cls_name)
     mlem = config.pop("_mlem", None)
     if not isinstance(mlem, dict) or "schedule" not in mlem:
-        raise CheckpointError(f"{cfg_path}: no \"_mlem\" entry (width, flops, schedule); not written by multilevel_em")
-    level_schedule = schedule_from_dict(mlem["schedule"], f"{cfg_path}: \"_mlem\".\"schedule\"")
+        raise CheckpointError(f'{cfg_path}: no "_mlem" entry (width, flops, schedule); not written by multilevel_em')
+    level_schedule = schedule_from_dict(mlem["schedule"], f'{cfg_path}: "_mlem"."schedule"')
     if schedule is not None and level_schedule != schedule:
         raise CheckpointError(
             f"{cfg_path}: this UNet was trained with schedule {level_schedule}, but the ladder uses {schedule}; "
@@ -294,18 +322,25 @@ def _check_costs(directory: str, index: Dict, widths: List[int], costs: List[flo
     loaded UNets) must not fall: a misordered ladder would make its cheapest UNet the "top" level."""
     index_path = os.path.join(directory, INDEX)
     if list(index.get("widths", widths)) != widths:
-        raise CheckpointError(f"{index_path}: \"widths\" {index.get('widths')} disagree with the levels' configs {widths}")
+        raise CheckpointError(
+            f'{index_path}: "widths" {index.get("widths")} disagree with the levels\' configs {widths}'
+        )
     stated = index.get("costs", costs)
-    if not isinstance(stated, list) or len(stated) != len(costs) or any(
-            not isinstance(a, (int, float)) or abs(a - b) > 1e-6 * b for a, b in zip(stated, costs)):
-        raise CheckpointError(f"{index_path}: \"costs\" {stated} disagree with the levels' configs {costs}")
+    if (
+        not isinstance(stated, list)
+        or len(stated) != len(costs)
+        or any(not isinstance(a, (int, float)) or abs(a - b) > 1e-6 * b for a, b in zip(stated, costs))
+    ):
+        raise CheckpointError(f'{index_path}: "costs" {stated} disagree with the levels\' configs {costs}')
     size, channels = int(index["sample_size"]), int(index["channels"])
     spec = index.get("conditioning")
     kinds = {type(u).__name__ for u in unets}
     if len(kinds) > 1 or (spec is None) != (kinds == {"UNet2DModel"}):
-        raise CheckpointError(f"{index_path}: levels of classes {sorted(kinds)} with \"conditioning\" {spec!r}; a "
-                              "ladder's levels are all UNet2DModel (no \"conditioning\") or all UNet2DConditionModel "
-                              "(with it)")
+        raise CheckpointError(
+            f'{index_path}: levels of classes {sorted(kinds)} with "conditioning" {spec!r}; a '
+            'ladder\'s levels are all UNet2DModel (no "conditioning") or all UNet2DConditionModel '
+            "(with it)"
+        )
     measured = [unet_flops(u, size, channels, spec) for u in unets]
     names = index["levels"]
     for k, (a, b) in enumerate(zip(measured, measured[1:])):
@@ -316,8 +351,10 @@ def _check_costs(directory: str, index: Dict, widths: List[int], costs: List[flo
             )
     for k, (a, b) in enumerate(zip(measured, costs)):
         if abs(a - b) > 1e-6 * a:
-            raise CheckpointError(f"{os.path.join(directory, names[k], UNET_CONFIG)}: states {b:.6g} FLOPs per sample, "
-                                  f"but its UNet counts {a:.6g}")
+            raise CheckpointError(
+                f"{os.path.join(directory, names[k], UNET_CONFIG)}: states {b:.6g} FLOPs per sample, "
+                f"but its UNet counts {a:.6g}"
+            )
 
 
 def load_ladder(directory: str) -> UNetLadder:
@@ -325,18 +362,20 @@ def load_ladder(directory: str) -> UNetLadder:
     index_path = os.path.join(directory, INDEX)
     index = read_json(index_path)
     if index.get("format") != FORMAT:
-        raise CheckpointError(f"{index_path}: not a UNet ladder (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{index_path}: not a UNet ladder (expected "format": "{FORMAT}")')
     if index.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{index_path}: unsupported version {index.get('version')!r} (expected {FORMAT_VERSION})")
     if "schedule" not in index:
-        raise CheckpointError(f"{index_path}: no \"schedule\" entry")
-    schedule = schedule_from_dict(index["schedule"], f"{index_path}: \"schedule\"")
+        raise CheckpointError(f'{index_path}: no "schedule" entry')
+    schedule = schedule_from_dict(index["schedule"], f'{index_path}: "schedule"')
     unets, widths, costs = [], [], []
-    for k, name in enumerate(index.get("levels", [])):
+    for _k, name in enumerate(index.get("levels", [])):
         unet, w, c, _ = load_unet(os.path.join(directory, name), schedule)
         c_ = unet.config
         if (int(c_.sample_size), int(c_.in_channels), int(c_.out_channels)) != (
-            int(index["sample_size"]), int(index["channels"]), int(index["channels"])
+            int(index["sample_size"]),
+            int(index["channels"]),
+            int(index["channels"]),
         ):
             raise CheckpointError(
                 f"{os.path.join(directory, name, UNET_CONFIG)}: UNet for {c_.in_channels} channels at {c_.sample_size}px, "

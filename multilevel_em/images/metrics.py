@@ -26,10 +26,24 @@ from ..diffusion.metrics import sliced_wasserstein
 from .data import load_digits, load_fashion_mnist
 from .ladder import load_tensors, save_tensors
 
-__all__ = ["DigitClassifier", "train_digit_classifier", "load_digit_classifier", "kid_unbiased", "image_metrics",
-           "DEFAULT_CLASSIFIER", "frechet_gaussian", "frechet_distance", "bootstrap_counts", "kid_bootstrap",
-           "frechet_bootstrap", "percentile_ci", "FashionClassifier", "train_fashion_classifier",
-           "load_fashion_classifier", "FASHION_CLASSIFIER"]
+__all__ = [
+    "DigitClassifier",
+    "train_digit_classifier",
+    "load_digit_classifier",
+    "kid_unbiased",
+    "image_metrics",
+    "DEFAULT_CLASSIFIER",
+    "frechet_gaussian",
+    "frechet_distance",
+    "bootstrap_counts",
+    "kid_bootstrap",
+    "frechet_bootstrap",
+    "percentile_ci",
+    "FashionClassifier",
+    "train_fashion_classifier",
+    "load_fashion_classifier",
+    "FASHION_CLASSIFIER",
+]
 
 DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(__file__), "pretrained", "digit_classifier.safetensors")
 #: The shipped Fashion-MNIST feature extractor (``mlem train-classifier --dataset fashion-mnist``).
@@ -42,9 +56,15 @@ class DigitClassifier(torch.nn.Module):
     def __init__(self, features: int = 64):
         super().__init__()
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, features), torch.nn.ReLU(),
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32 * 4 * 4, features),
+            torch.nn.ReLU(),
         )
         self.head = torch.nn.Linear(features, 10)
 
@@ -56,8 +76,9 @@ class DigitClassifier(torch.nn.Module):
         return self.head(self.body(x))
 
 
-def train_digit_classifier(out: Optional[str] = None, *, epochs: int = 30, seed: int = 0,
-                           holdout: float = 0.2) -> Tuple[DigitClassifier, Dict]:
+def train_digit_classifier(
+    out: Optional[str] = None, *, epochs: int = 30, seed: int = 0, holdout: float = 0.2
+) -> Tuple[DigitClassifier, Dict]:
     """Train :class:`DigitClassifier` on the digits (random shifts of up to 1 pixel); save it to
     ``out`` when given (the shipped file is ``DEFAULT_CLASSIFIER``).
 
@@ -77,11 +98,11 @@ def train_digit_classifier(out: Optional[str] = None, *, epochs: int = 30, seed:
         torch.manual_seed(seed)
         model = DigitClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         model.train()
         order = train[torch.randperm(len(train), generator=g)]
         for i in range(0, len(order), 64):
-            idx = order[i:i + 64]
+            idx = order[i : i + 64]
             xb = x[idx]
             dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
             xb = torch.roll(xb, shifts=(dx, dy), dims=(2, 3))
@@ -93,8 +114,13 @@ def train_digit_classifier(out: Optional[str] = None, *, epochs: int = 30, seed:
     with torch.no_grad():
         acc_train = float((model(x[train]).argmax(1) == y[train]).float().mean())
         acc_hold = float((model(x[hold]).argmax(1) == y[hold]).float().mean())
-    info = {"train_accuracy": acc_train, "holdout_accuracy": acc_hold, "epochs": epochs, "seed": seed,
-            "holdout": holdout}
+    info = {
+        "train_accuracy": acc_train,
+        "holdout_accuracy": acc_hold,
+        "epochs": epochs,
+        "seed": seed,
+        "holdout": holdout,
+    }
     if out:
         save_tensors(out, model.state_dict(), metadata={k: str(v) for k, v in info.items()})
     return model, info
@@ -114,10 +140,22 @@ class FashionClassifier(torch.nn.Module):
         super().__init__()
         c = torch.nn.Conv2d
         self.body = torch.nn.Sequential(
-            c(1, 32, 3, padding=1), torch.nn.ReLU(), c(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            c(32, 64, 3, padding=1), torch.nn.ReLU(), c(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            c(64, 128, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(128 * 4 * 4, features), torch.nn.ReLU(),
+            c(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            c(32, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            c(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            c(64, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            c(64, 128, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(128 * 4 * 4, features),
+            torch.nn.ReLU(),
         )
         self.head = torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.Linear(features, 10))
 
@@ -131,12 +169,20 @@ class FashionClassifier(torch.nn.Module):
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     with torch.no_grad():
-        hits = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+        hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
     return hits / len(x)
 
 
-def train_fashion_classifier(out: Optional[str] = None, *, epochs: int = 8, seed: int = 0, data_dir: Optional[str] = None,
-                             batch: int = 128, lr: float = 2e-3, progress=None) -> Tuple[FashionClassifier, Dict]:
+def train_fashion_classifier(
+    out: Optional[str] = None,
+    *,
+    epochs: int = 8,
+    seed: int = 0,
+    data_dir: Optional[str] = None,
+    batch: int = 128,
+    lr: float = 2e-3,
+    progress=None,
+) -> Tuple[FashionClassifier, Dict]:
     """Train :class:`FashionClassifier` on the 60,000 Fashion-MNIST training images (random horizontal flips
     and shifts of up to 2 pixels; Adam, learning rate halved every 3 epochs); save it to ``out`` when given.
 
@@ -156,7 +202,7 @@ def train_fashion_classifier(out: Optional[str] = None, *, epochs: int = 8, seed
             model.train()
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
+                idx = order[i : i + batch]
                 xb = x[idx]
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
@@ -170,8 +216,15 @@ def train_fashion_classifier(out: Optional[str] = None, *, epochs: int = 8, seed
                     progress(1)
             sched.step()
     model.eval()
-    info = {"train_accuracy": _accuracy(model, x, y), "test_accuracy": _accuracy(model, test.x, y_test),
-            "epochs": epochs, "seed": seed, "batch": batch, "lr": lr, "dataset": "fashion-mnist"}
+    info = {
+        "train_accuracy": _accuracy(model, x, y),
+        "test_accuracy": _accuracy(model, test.x, y_test),
+        "epochs": epochs,
+        "seed": seed,
+        "batch": batch,
+        "lr": lr,
+        "dataset": "fashion-mnist",
+    }
     if out:
         save_tensors(out, model.state_dict(), metadata={k: str(v) for k, v in info.items()})
     return model, info
@@ -193,12 +246,16 @@ def kid_unbiased(fx: torch.Tensor, fy: torch.Tensor) -> float:
     kxx = (fx @ fx.T / d + 1) ** 3
     kyy = (fy @ fy.T / d + 1) ** 3
     kxy = (fx @ fy.T / d + 1) ** 3
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    return float(
+        (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+        + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        - 2 * kxy.mean()
+    )
 
 
-def image_metrics(x: torch.Tensor, reference: torch.Tensor, classifier: Optional[DigitClassifier] = None,
-                  seed: int = 0) -> Dict[str, float]:
+def image_metrics(
+    x: torch.Tensor, reference: torch.Tensor, classifier: Optional[DigitClassifier] = None, seed: int = 0
+) -> Dict[str, float]:
     """KID (digit-classifier features) and pixel sliced Wasserstein of samples ``x`` vs ``reference``.
 
     Both are (n, 1, 16, 16) in [-1, 1]; samples are clipped to [-1, 1] first (as images are).
@@ -209,8 +266,9 @@ def image_metrics(x: torch.Tensor, reference: torch.Tensor, classifier: Optional
         fx, fr = classifier.features(x), classifier.features(reference)
     return {
         "kid": kid_unbiased(fx, fr),
-        "sliced_wasserstein": sliced_wasserstein(x, reference, projections=256,
-                                                 generator=torch.Generator().manual_seed(seed)),
+        "sliced_wasserstein": sliced_wasserstein(
+            x, reference, projections=256, generator=torch.Generator().manual_seed(seed)
+        ),
     }
 
 
@@ -239,8 +297,10 @@ def frechet_gaussian(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
     mu1, mu2, cov1, cov2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, cov1, cov2))
     d = mu1.shape[-1]
     if mu2.shape[-1] != d or cov1.shape[-2:] != (d, d) or cov2.shape[-2:] != (d, d):
-        raise ValueError(f"frechet: expected means (..., d) and covariances (..., d, d) with one d, got "
-                         f"{tuple(mu1.shape)}, {tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}")
+        raise ValueError(
+            f"frechet: expected means (..., d) and covariances (..., d, d) with one d, got "
+            f"{tuple(mu1.shape)}, {tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}"
+        )
     if not all(bool(torch.isfinite(t).all()) for t in (mu1, mu2, cov1, cov2)):
         raise FloatingPointError("frechet: the means or covariances are NaN or Inf")
     r = _sqrt_psd(cov1)
@@ -255,9 +315,13 @@ def frechet_distance(fx: torch.Tensor, fy: torch.Tensor) -> float:
     covariances are noisy), so compare values at equal sample sizes. Needs n, m >= 2."""
     fx, fy = fx.double(), fy.double()
     if fx.ndim != 2 or fy.ndim != 2 or fx.shape[1] != fy.shape[1]:
-        raise ValueError(f"frechet_distance: expected (n, d) and (m, d) features, got {tuple(fx.shape)} and {tuple(fy.shape)}")
+        raise ValueError(
+            f"frechet_distance: expected (n, d) and (m, d) features, got {tuple(fx.shape)} and {tuple(fy.shape)}"
+        )
     if fx.shape[0] < 2 or fy.shape[0] < 2:
-        raise ValueError(f"frechet_distance: expected at least 2 samples in each set, got {fx.shape[0]} and {fy.shape[0]}")
+        raise ValueError(
+            f"frechet_distance: expected at least 2 samples in each set, got {fx.shape[0]} and {fy.shape[0]}"
+        )
     out = float(frechet_gaussian(fx.mean(0), torch.cov(fx.T), fy.mean(0), torch.cov(fy.T)))
     if out != out:
         raise FloatingPointError("frechet_distance: NaN (are the features finite?)")

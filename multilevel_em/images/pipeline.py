@@ -28,9 +28,9 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from ..calibration import Calibration, calibrate
-from ..calibration import planning
-from ..calibration.planning import BUDGET_TOLERANCE as _BUDGET_TOLERANCE, budget_steps
+from ..calibration import Calibration, calibrate, planning
+from ..calibration.planning import BUDGET_TOLERANCE as _BUDGET_TOLERANCE
+from ..calibration.planning import budget_steps
 from ..calibration.rates import ReverseTimeRate
 from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, check_samplers, measure_samplers
 from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
@@ -86,8 +86,7 @@ class _FiniteEps:
         out = self.model(x, t)
         if not all_finite(out):
             tt = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
-            raise FloatingPointError(f"{self.label} produced NaN or Inf at t={tt:.4g} (are its weights "
-                                     "corrupt?)")
+            raise FloatingPointError(f"{self.label} produced NaN or Inf at t={tt:.4g} (are its weights corrupt?)")
         return out
 
 
@@ -99,7 +98,7 @@ class _RowByRow:
 
     def __call__(self, x, t):
         per_row = isinstance(t, torch.Tensor) and t.ndim == 1
-        return torch.cat([self.model(x[i:i + 1], t[i:i + 1] if per_row else t) for i in range(x.shape[0])])
+        return torch.cat([self.model(x[i : i + 1], t[i : i + 1] if per_row else t) for i in range(x.shape[0])])
 
 
 @dataclass
@@ -142,7 +141,7 @@ def image_grid(images: np.ndarray, ncols: Optional[int] = None, scale: int = 1, 
     grid = np.ones((nrows * (H + pad) + pad, ncols * (W + pad) + pad, C), dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, ncols)
-        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = images[i]
+        grid[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = images[i]
     u8 = np.round(grid * 255).astype(np.uint8)
     im = Image.fromarray(u8[..., 0], "L") if C == 1 else Image.fromarray(u8, "RGB")
     return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
@@ -161,9 +160,11 @@ class MultilevelPipeline:
         if not isinstance(ladder, UNetLadder):
             raise TypeError(f"ladder: expected a UNetLadder, got {type(ladder).__name__}")
         if ladder.conditional:
-            raise ValueError(f"ladder: {ladder} has UNet2DConditionModel levels; MultilevelPipeline samples unconditional "
-                             "ladders only. Sample it with multilevel_em.diffusion.MultilevelModel "
-                             "(multilevel_em.images.conditioning.sample_ladder(ladder, conditioning_rows, ...))")
+            raise ValueError(
+                f"ladder: {ladder} has UNet2DConditionModel levels; MultilevelPipeline samples unconditional "
+                "ladders only. Sample it with multilevel_em.diffusion.MultilevelModel "
+                "(multilevel_em.images.conditioning.sample_ladder(ladder, conditioning_rows, ...))"
+            )
         self.ladder = ladder
         self.calibration = calibration
         if calibration is not None:
@@ -210,9 +211,7 @@ class MultilevelPipeline:
 
     def _check_calibration(self, cal: Calibration) -> None:
         if cal.n_levels != len(self.ladder) or list(cal.names) != self.ladder.names:
-            raise ValueError(
-                f"calibration: made for levels {list(cal.names)}, but the ladder has {self.ladder.names}"
-            )
+            raise ValueError(f"calibration: made for levels {list(cal.names)}, but the ladder has {self.ladder.names}")
 
     # ------------------------------------------------------------------ calibration
 
@@ -220,11 +219,19 @@ class MultilevelPipeline:
         """The reverse-time SDE drifts of the levels (module docstring), costs in FLOPs per sample;
         ``trace``: of the traced UNets (so that ``calibrate(timing="wall")`` times what sampling runs)."""
         s = self.ladder.schedule
-        return Ladder([_ReverseDrift(m, s) for m in self.ladder.eps_models(trace)], self.ladder.costs,
-                      self.ladder.names)
+        return Ladder(
+            [_ReverseDrift(m, s) for m in self.ladder.eps_models(trace)], self.ladder.costs, self.ladder.names
+        )
 
-    def calibrate(self, n: int = 16, steps: int = 144, generator: Optional[torch.Generator] = None,
-                  t_min: float = T_MIN, timing: str = "flops", trace: bool = False) -> Calibration:
+    def calibrate(
+        self,
+        n: int = 16,
+        steps: int = 144,
+        generator: Optional[torch.Generator] = None,
+        t_min: float = T_MIN,
+        timing: str = "flops",
+        trace: bool = False,
+    ) -> Calibration:
         """Measure the ladder along reverse-SDE trajectories of the top level; stores and returns it.
 
         ``n`` noise images, ``steps`` EM steps (and 8 ``steps`` for the step-error estimate);
@@ -242,15 +249,26 @@ class MultilevelPipeline:
         sch = self.ladder.schedule
         S = sch.t_max - t_min
         h = S / steps
-        idx = sorted({int(round(f * steps)) for f in (0, 1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9,
-                                                       0.94, 0.97)} | {steps - 1})
+        idx = sorted(
+            {int(round(f * steps)) for f in (0, 1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9, 0.94, 0.97)}
+            | {steps - 1}
+        )
         times = [i * h for i in idx]
         x = torch.randn((n, *self.ladder.shape), generator=generator).to(self.device)
         noise_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         with torch.no_grad():
-            cal = calibrate(self.drift_ladder(trace), x, t0=0.0, t1=S, times=times, steps=steps, timing=timing,
-                            diffusion=lambda s: math.sqrt(float(sch.beta(sch.t_max - float(s)))),
-                            generator=noise_gen, fit_gamma=len(self.ladder) >= 3)
+            cal = calibrate(
+                self.drift_ladder(trace),
+                x,
+                t0=0.0,
+                t1=S,
+                times=times,
+                steps=steps,
+                timing=timing,
+                diffusion=lambda s: math.sqrt(float(sch.beta(sch.t_max - float(s)))),
+                generator=noise_gen,
+                fit_gamma=len(self.ladder) >= 3,
+            )
         self.calibration = cal
         return cal
 
@@ -262,17 +280,32 @@ class MultilevelPipeline:
         t_max = self.ladder.schedule.t_max
 
         def run(sampler: str, steps: int, plan=None) -> torch.Tensor:
-            kw = {} if plan is None else dict(method="mlem", sampler=sampler, levels=list(plan.levels),
-                                              rates=[ReverseTimeRate(r, t_max) for r in plan.rates])
+            kw = (
+                {}
+                if plan is None
+                else dict(
+                    method="mlem",
+                    sampler=sampler,
+                    levels=list(plan.levels),
+                    rates=[ReverseTimeRate(r, t_max) for r in plan.rates],
+                )
+            )
             kw.setdefault("method", sampler)
             return self(n, steps=steps, generator=torch.Generator().manual_seed(seed), **kw).x
 
         return run
 
-    def calibrate_samplers(self, samplers: Optional[Sequence[str]] = None, *, n: int = 16,
-                           steps: Optional[Sequence[int]] = None, ref_steps: int = 500,
-                           gain_steps: Optional[Sequence[int]] = None, seed: int = 0,
-                           progress: Optional[Callable[[str], None]] = None) -> Dict[str, SamplerFit]:
+    def calibrate_samplers(
+        self,
+        samplers: Optional[Sequence[str]] = None,
+        *,
+        n: int = 16,
+        steps: Optional[Sequence[int]] = None,
+        ref_steps: int = 500,
+        gain_steps: Optional[Sequence[int]] = None,
+        seed: int = 0,
+        progress: Optional[Callable[[str], None]] = None,
+    ) -> Dict[str, SamplerFit]:
         """Measure each sampler's step-error curve and ML-EM's randomization gain inside it, and store them in
         ``self.calibration.samplers`` (:func:`~multilevel_em.calibration.samplers.measure_samplers`, running
         :meth:`sampler_runner`), so that ``plan(budget, sampler=...)`` and ``pipe(method="mlem", sampler=...)``
@@ -281,11 +314,18 @@ class MultilevelPipeline:
         L = self.ladder
         measurable = measurable_samplers()
         samplers = check_samplers(measurable if samplers is None else samplers, measurable)
-        fits = measure_samplers(self.sampler_runner(n, seed), self.calibration, samplers, n=n,
-                                steps=CURVE_STEPS if steps is None else steps, ref_steps=ref_steps,
-                                gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
-                                cheapest=L.costs[0] / L.costs[-1], num_train_timesteps=L.schedule.num_train_timesteps,
-                                progress=progress)
+        fits = measure_samplers(
+            self.sampler_runner(n, seed),
+            self.calibration,
+            samplers,
+            n=n,
+            steps=CURVE_STEPS if steps is None else steps,
+            ref_steps=ref_steps,
+            gain_steps=GAIN_STEPS if gain_steps is None else gain_steps,
+            cheapest=L.costs[0] / L.costs[-1],
+            num_train_timesteps=L.schedule.num_train_timesteps,
+            progress=progress,
+        )
         self.calibration.samplers.update(fits)
         return fits
 
@@ -297,8 +337,9 @@ class MultilevelPipeline:
         (:func:`multilevel_em.calibration.planning.plan_for_budget`)."""
         self._require_calibration()
         self._check_budget(budget)
-        return planning.plan_for_budget(self.calibration, budget, steps=steps, sampler=sampler,
-                                        tolerance=_BUDGET_TOLERANCE)
+        return planning.plan_for_budget(
+            self.calibration, budget, steps=steps, sampler=sampler, tolerance=_BUDGET_TOLERANCE
+        )
 
     def sampling_plan(self, budget: float, steps: Optional[int] = None, sampler: str = "em"):
         """The plan ``pipe(method="mlem", sampler=sampler, budget=budget)`` follows: :meth:`plan` inside
@@ -317,8 +358,10 @@ class MultilevelPipeline:
         Returns ``{"method", "sampler", "steps", "predicted_error", "predicted_top_equivalents", "candidates"}``
         (``sampler`` None for a one-model method, ``steps`` None for ML-EM: its plan's)."""
         if self.calibration is None or not self.calibration.samplers:
-            raise ValueError("method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
-                             "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)")
+            raise ValueError(
+                "method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
+                "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)"
+            )
         self._check_budget(budget)
         return planning.choose(self.calibration, budget)
 
@@ -415,20 +458,39 @@ class MultilevelPipeline:
         if method == "auto":
             if rates is not None or steps is not None or sampler is not None:
                 raise ValueError("method='auto' chooses the sampler, steps and rates from budget=; pass budget= only")
-            return self._auto(batch_size, budget, dict(generator=generator, draws=draws, t_min=t_min, progress=progress,
-                                                       batch_invariant=batch_invariant, trace=trace))
+            return self._auto(
+                batch_size,
+                budget,
+                dict(
+                    generator=generator,
+                    draws=draws,
+                    t_min=t_min,
+                    progress=progress,
+                    batch_invariant=batch_invariant,
+                    trace=trace,
+                ),
+            )
         self._check_call(batch_size, method, steps, rates, budget, sampler, levels)
         L = self.ladder
         models = self._models(trace, batch_invariant)
         g_noise, g_draws = _split_generator(generator, batch_size)
         x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
-        denoiser, sampler, steps, levels, plan = self._denoiser(models, method, sampler, steps, rates, budget, levels,
-                                                                fractions, draws, g_draws)
+        denoiser, sampler, steps, levels, plan = self._denoiser(
+            models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws
+        )
         if steps is None:
             steps = self._one_model_steps(method, budget)
         start = time.perf_counter()
-        out = sample(denoiser, x_T, schedule=L.schedule, steps=int(steps), sampler=sampler, generator=g_noise,
-                     t_min=t_min, callback=_progress_callback(progress))
+        out = sample(
+            denoiser,
+            x_T,
+            schedule=L.schedule,
+            steps=int(steps),
+            sampler=sampler,
+            generator=g_noise,
+            t_min=t_min,
+            callback=_progress_callback(progress),
+        )
         wall = time.perf_counter() - start
         if not all_finite(out.x):  # finite eps can still overflow the state: never return NaN images
             raise FloatingPointError(f"method={method!r}: the samples are NaN or Inf after {out.steps} steps")
@@ -497,9 +559,15 @@ class MultilevelPipeline:
                 raise ValueError("steps: required for method='mlem' with explicit rates")
             elif rate_levels is not None:
                 levels = self._check_levels(rate_levels, len(rates))
-            denoiser = MultilevelDenoiser([models[i] for i in levels], costs=[L.costs[i] for i in levels], rates=rates,
-                                          draws=draws, generator=g_draws, schedule=L.schedule,
-                                          names=[L.names[i] for i in levels])
+            denoiser = MultilevelDenoiser(
+                [models[i] for i in levels],
+                costs=[L.costs[i] for i in levels],
+                rates=rates,
+                draws=draws,
+                generator=g_draws,
+                schedule=L.schedule,
+                names=[L.names[i] for i in levels],
+            )
         elif method == "stitch":
             sampler = sampler or METHOD_SPECS["stitch"].default_sampler
             K = len(L)
@@ -537,8 +605,16 @@ class MultilevelPipeline:
             evals = out.evaluations[j] / n
             flops = evals * L.costs[i]
             total_flops += flops
-            per_level.append({"level": i + 1, "name": L.names[i], "width": L.widths[i], "flops": L.costs[i],
-                              "evaluations_per_sample": evals, "top_equivalents": flops / L.costs[-1]})
+            per_level.append(
+                {
+                    "level": i + 1,
+                    "name": L.names[i],
+                    "width": L.widths[i],
+                    "flops": L.costs[i],
+                    "evaluations_per_sample": evals,
+                    "top_equivalents": flops / L.costs[-1],
+                }
+            )
         report = {
             "method": method,
             "sampler": sampler,
@@ -558,7 +634,6 @@ class MultilevelPipeline:
 
     def __repr__(self) -> str:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
-
 
 
 def _progress_callback(progress):
@@ -582,6 +657,14 @@ def plan_summary(plan) -> Dict:
     """What a sampling report says of the :class:`~multilevel_em.calibration.Plan` it followed: levels
     (1-based), mu, steps, sampler, predicted top-level equivalents and error per sample, whether ML-EM
     is predicted to help, the best one-model alternative, and the plan's message."""
-    return {"levels": [l + 1 for l in plan.levels], "mu": plan.mu, "steps": plan.steps, "sampler": plan.sampler,
-            "predicted_top_equivalents": plan.top_equivalents, "predicted_error": plan.error, "helps": plan.helps,
-            "best_single": plan.best_single, "message": plan.message}
+    return {
+        "levels": [l + 1 for l in plan.levels],
+        "mu": plan.mu,
+        "steps": plan.steps,
+        "sampler": plan.sampler,
+        "predicted_top_equivalents": plan.top_equivalents,
+        "predicted_error": plan.error,
+        "helps": plan.helps,
+        "best_single": plan.best_single,
+        "message": plan.message,
+    }

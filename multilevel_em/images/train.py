@@ -175,8 +175,9 @@ def train_ladder(
 
     # A killed run leaves the temporary files of its atomic writes behind; they are never checkpoints.
     remove_temporaries(out, *(os.path.join(out, f"level_{k + 1}") for k in range(len(widths))))
-    shapes = dict(sample_size=data.size, channels=data.channels, layers_per_block=layers_per_block,
-                  norm_groups=norm_groups)
+    shapes = dict(
+        sample_size=data.size, channels=data.channels, layers_per_block=layers_per_block, norm_groups=norm_groups
+    )
     spec = objective.conditioning_spec
     costs = [unet_flops(objective.build(w, **shapes), data.size, data.channels, spec) for w in widths]
     # Read every existing checkpoint before writing anything: a corrupt one stops the run with nothing overwritten.
@@ -190,8 +191,13 @@ def train_ladder(
                 f"iters: level {level + 1} in {out} has already been trained for {done} iterations, more than the "
                 f"{iters} asked for; pass iters >= {done} to keep training it, or choose another out folder"
             )
-    index = UNetLadder([objective.build(w, **shapes) for w in widths[:1]] * len(widths), widths, costs, schedule,
-                       {"conditioning": spec} if spec else None).index()
+    index = UNetLadder(
+        [objective.build(w, **shapes) for w in widths[:1]] * len(widths),
+        widths,
+        costs,
+        schedule,
+        {"conditioning": spec} if spec else None,
+    ).index()
     index["training"] = dict(settings, iters=int(iters))
     if command:
         index["training"]["command"] = command
@@ -199,8 +205,24 @@ def train_ladder(
 
     trained = False
     for level, width in enumerate(widths):
-        trained |= _train_level(data, os.path.join(out, f"level_{level + 1}"), level, width, costs[level], iters, seed,
-                                batch, lr, ema_decay, save_every, schedule, shapes, progress, device, objective)
+        trained |= _train_level(
+            data,
+            os.path.join(out, f"level_{level + 1}"),
+            level,
+            width,
+            costs[level],
+            iters,
+            seed,
+            batch,
+            lr,
+            ema_decay,
+            save_every,
+            schedule,
+            shapes,
+            progress,
+            device,
+            objective,
+        )
     stale = os.path.join(out, "calibration.json")
     if trained and os.path.exists(stale):  # it describes the old weights
         os.unlink(stale)
@@ -209,8 +231,24 @@ def train_ladder(
     return load_ladder(out)
 
 
-def _train_level(data, directory, level, width, cost, iters, seed, batch, lr, ema_decay, save_every, schedule,
-                 shapes, progress, device, objective):
+def _train_level(
+    data,
+    directory,
+    level,
+    width,
+    cost,
+    iters,
+    seed,
+    batch,
+    lr,
+    ema_decay,
+    save_every,
+    schedule,
+    shapes,
+    progress,
+    device,
+    objective,
+):
     with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
         torch.manual_seed(_seed(seed, level, 0xC0FFEE))
         unet = objective.build(width, **shapes)
@@ -285,9 +323,13 @@ def _diverged_message(directory, level, width, it, lr) -> str:
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
-            kept = f"the last good checkpoint (iteration {(f.metadata() or {}).get('iteration')}) is kept in {directory}"
-    return (f"training diverged: level {level + 1} (width {width}) has a NaN or Inf loss or weights at iteration "
-            f"{it + 1} with learning rate {lr:g}; {kept}. Lower the learning rate")
+            kept = (
+                f"the last good checkpoint (iteration {(f.metadata() or {}).get('iteration')}) is kept in {directory}"
+            )
+    return (
+        f"training diverged: level {level + 1} (width {width}) has a NaN or Inf loss or weights at iteration "
+        f"{it + 1} with learning rate {lr:g}; {kept}. Lower the learning rate"
+    )
 
 
 def _checkpoint(directory, unet, opt, ema, losses, iteration, width, cost, schedule):
@@ -302,8 +344,10 @@ def _checkpoint(directory, unet, opt, ema, losses, iteration, width, cost, sched
     # Sampling weights first: the training state is what marks the iteration as done.
     save_level(directory, unet, width, cost, schedule, state_dict=ema)
     save_tensors(os.path.join(directory, TRAIN_STATE + ".safetensors"), tensors, metadata={"iteration": str(iteration)})
-    write_json(os.path.join(directory, TRAIN_STATE + ".json"),
-                      {"iteration": iteration, "last_loss": losses[-1] if losses else None, "ema": ema is not None})
+    write_json(
+        os.path.join(directory, TRAIN_STATE + ".json"),
+        {"iteration": iteration, "last_loss": losses[-1] if losses else None, "ema": ema is not None},
+    )
 
 
 def _resume(directory, unet, opt, ema):

@@ -8,4 +8,12 @@ Ray is optional: ``pip install 'multilevel-em[distributed]'``.
 from .job import JobError, SamplingJob, read_ladder_bundle
 from .runner import ShardWorker, completed_shards, load_samples, run_job
 
-__all__ = ["JobError", "SamplingJob", "ShardWorker", "completed_shards", "load_samples", "read_ladder_bundle", "run_job"]
+__all__ = [
+    "JobError",
+    "SamplingJob",
+    "ShardWorker",
+    "completed_shards",
+    "load_samples",
+    "read_ladder_bundle",
+    "run_job",
+]

@@ -113,7 +113,9 @@ class SamplingJob:
         if self.steps is not None and (not is_int(self.steps) or self.steps < 1):
             raise ValueError(f"steps: expected an int >= 1 or None, got {self.steps!r}")
         if self.budget is not None and (
-            isinstance(self.budget, bool) or not isinstance(self.budget, Real) or not math.isfinite(self.budget)
+            isinstance(self.budget, bool)
+            or not isinstance(self.budget, Real)
+            or not math.isfinite(self.budget)
             or self.budget <= 0
         ):
             raise ValueError(f"budget: expected a positive number of top-level equivalents, got {self.budget!r}")
@@ -179,8 +181,13 @@ class SamplingJob:
 
     def manifest(self, ladder_digest: str) -> Dict:
         d = self.description(ladder_digest)
-        return {"job": d, "fingerprint": self.fingerprint(d), "n_shards": self.n_shards,
-                "shard_pattern": SHARD_PATTERN, "version": __version__}
+        return {
+            "job": d,
+            "fingerprint": self.fingerprint(d),
+            "n_shards": self.n_shards,
+            "shard_pattern": SHARD_PATTERN,
+            "version": __version__,
+        }
 
 
 def shard_path(out: str, k: int) -> str:

@@ -105,8 +105,11 @@ class ShardWorker:
         torch.set_num_threads(1)  # the same numerics on every worker; small UNets gain nothing from threads
         try:
             t0 = time.perf_counter()
-            out = self.pipe(stop - start, generator=sample_generators(self.job.seed, range(start, stop)),
-                            **self.job.pipeline_kwargs())
+            out = self.pipe(
+                stop - start,
+                generator=sample_generators(self.job.seed, range(start, stop)),
+                **self.job.pipeline_kwargs(),
+            )
             wall = time.perf_counter() - t0
         finally:
             torch.set_num_threads(threads)
@@ -167,8 +170,12 @@ def _read_shard(job: SamplingJob, path: str, k: int, keys=_SUMMARY_KEYS) -> Opti
 
 def completed_shards(job: SamplingJob) -> List[int]:
     """Indices of the shards already complete in ``job.out``."""
-    return [k for k in range(job.n_shards) if os.path.exists(shard_path(job.out, k))
-            and _read_shard(job, shard_path(job.out, k), k, keys=("indices",)) is not None]
+    return [
+        k
+        for k in range(job.n_shards)
+        if os.path.exists(shard_path(job.out, k))
+        and _read_shard(job, shard_path(job.out, k), k, keys=("indices",)) is not None
+    ]
 
 
 def load_samples(out: str, *, partial: bool = False) -> Dict[str, np.ndarray]:
@@ -187,8 +194,10 @@ def load_samples(out: str, *, partial: bool = False) -> Dict[str, np.ndarray]:
     for path in sorted(glob.glob(os.path.join(os.fspath(out), "shard-*.npz"))):
         k = _shard_number(path)
         if k is None or not 0 <= k < n_shards:
-            raise JobError(f"{path}: not a shard of this job (it has shards 0 to {n_shards - 1}, named like "
-                           f"{os.path.basename(shard_path(out, 0))}); move the file out of {out}")
+            raise JobError(
+                f"{path}: not a shard of this job (it has shards 0 to {n_shards - 1}, named like "
+                f"{os.path.basename(shard_path(out, 0))}); move the file out of {out}"
+            )
         try:
             with np.load(path) as z:
                 arrays = {key: z[key] for key in parts}
@@ -196,15 +205,19 @@ def load_samples(out: str, *, partial: bool = False) -> Dict[str, np.ndarray]:
             raise JobError(f"{path}: not a complete shard ({e}); rerun the job to compute it again") from None
         start, stop = k * batch_size, min(n, (k + 1) * batch_size)
         if not np.array_equal(arrays["indices"], np.arange(start, stop)) or len(arrays["x"]) != stop - start:
-            raise JobError(f"{path}: holds samples other than this job's shard {k} (samples {start} to {stop - 1}); "
-                           f"it belongs to another job: move it out of {out}")
+            raise JobError(
+                f"{path}: holds samples other than this job's shard {k} (samples {start} to {stop - 1}); "
+                f"it belongs to another job: move it out of {out}"
+            )
         for key in parts:
             parts[key].append(arrays[key])
     if not parts["x"]:
         raise JobError(f"{out}: no complete shard yet")
     if not partial and len(parts["x"]) < n_shards:
-        raise JobError(f"{out}: unfinished job, {len(parts['x'])} of {plural(n_shards, 'shard')} complete; rerun the "
-                       "job to finish it, or pass partial=True for the complete shards only")
+        raise JobError(
+            f"{out}: unfinished job, {len(parts['x'])} of {plural(n_shards, 'shard')} complete; rerun the "
+            "job to finish it, or pass partial=True for the complete shards only"
+        )
     return {key: np.concatenate(v) for key, v in parts.items()}
 
 
@@ -212,7 +225,7 @@ def _shard_number(path: str) -> Optional[int]:
     """k for a file named like ``shard_path(out, k)``, else None."""
     name = os.path.basename(path)
     prefix, _, suffix = SHARD_PATTERN.partition("{:06d}")
-    digits = name[len(prefix):len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+    digits = name[len(prefix) : len(name) - len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
     return int(digits) if digits.isdigit() and len(digits) >= 6 else None
 
 
@@ -229,17 +242,23 @@ def _read_manifest(out: str) -> Optional[Dict]:
         raise JobError(f"{path}: unreadable ({e}); not resuming into {out}") from None
     job = manifest.get("job") if isinstance(manifest, dict) else None
     if not isinstance(job, dict) or not isinstance(manifest.get("fingerprint"), str):
-        raise JobError(f"{path}: expected an object with a 'job' description and its 'fingerprint'; not a job file "
-                       f"this version wrote (delete the folder to start over)")
+        raise JobError(
+            f"{path}: expected an object with a 'job' description and its 'fingerprint'; not a job file "
+            f"this version wrote (delete the folder to start over)"
+        )
     if SamplingJob.fingerprint(job) != manifest["fingerprint"]:
-        raise JobError(f"{path}: the job description does not match its fingerprint: the file was edited by hand. "
-                       "A job's settings cannot be changed in place: restore the file, or start the new job in "
-                       "another folder")
+        raise JobError(
+            f"{path}: the job description does not match its fingerprint: the file was edited by hand. "
+            "A job's settings cannot be changed in place: restore the file, or start the new job in "
+            "another folder"
+        )
     n, batch_size = job.get("n"), job.get("batch_size")
     valid = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, batch_size))
     if not valid or manifest.get("n_shards") != -(-n // batch_size):
-        raise JobError(f"{path}: 'n_shards' ({manifest.get('n_shards')!r}) does not follow from n={n!r} and "
-                       f"batch_size={batch_size!r}; the file was edited by hand: restore it")
+        raise JobError(
+            f"{path}: 'n_shards' ({manifest.get('n_shards')!r}) does not follow from n={n!r} and "
+            f"batch_size={batch_size!r}; the file was edited by hand: restore it"
+        )
     return manifest
 
 
@@ -302,8 +321,10 @@ def _lock_folder(out: str, echo: Callable[[str], None]) -> int:
             holder = os.pread(fd, 200, 0).decode(errors="replace").split()
             os.close(fd)
             who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
-            raise JobError(f"{out} is in use by another mlem process{who}; wait for it to finish or stop it, "
-                           "then run the same command again to resume") from None
+            raise JobError(
+                f"{out} is in use by another mlem process{who}; wait for it to finish or stop it, "
+                "then run the same command again to resume"
+            ) from None
         except OSError as e:  # a file system without locks: run, but say that nothing guards the folder
             echo(f"warning: cannot lock {path} ({e.strerror or e}); do not run a second process on {out}")
             return fd
@@ -343,11 +364,10 @@ def _write_shard(job: SamplingJob, result: Dict) -> None:
 
 # ----------------------------------------------------------------------------- executors
 
+
 def _run_local(worker: ShardWorker, pending: List[int]) -> Iterator[Dict]:
     for k in pending:
         yield worker.run(k)
-
-
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -404,6 +424,7 @@ def _run_ray(job: SamplingJob, pending: List[int], bundle: Dict[str, bytes], ray
 
 # ----------------------------------------------------------------------------- the job
 
+
 def run_job(
     job: SamplingJob,
     *,
@@ -447,8 +468,9 @@ def run_job(
     t_start = time.perf_counter()
     lock = _lock_folder(out, echo)  # held for the whole run: a second process on this folder refuses
     try:
-        return _run_in_folder(job, manifest, bundle, created, t_start, ray=ray, workers=workers, progress=progress,
-                              echo=echo)
+        return _run_in_folder(
+            job, manifest, bundle, created, t_start, ray=ray, workers=workers, progress=progress, echo=echo
+        )
     finally:  # remove the file, then unlock: a process that opened it meanwhile sees it gone and retries
         try:
             os.unlink(os.path.join(out, LOCK_FILE))
@@ -495,8 +517,10 @@ def _run_in_folder(job, manifest, bundle, created, t_start, *, ray, workers, pro
     pending = [k for k in range(job.n_shards) if k not in set(done)]
     n_done = sum(job.shard_range(k)[1] - job.shard_range(k)[0] for k in done)
     if done:
-        echo(f"resuming {out}: {len(done)} of {plural(job.n_shards, 'shard')} ({plural(n_done, 'sample')}) "
-             "already complete")
+        echo(
+            f"resuming {out}: {len(done)} of {plural(job.n_shards, 'shard')} ({plural(n_done, 'sample')}) "
+            "already complete"
+        )
     results = iter(())
     computed = 0
     try:

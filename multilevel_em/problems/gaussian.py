@@ -25,8 +25,14 @@ import torch
 from ..diffusion.schedule import VPSchedule, as_time
 from ..engine import Ladder
 
-__all__ = ["GaussianMixtureProblem", "GaussianProblem", "gaussian", "gaussian_mixture", "perturbed_ladder",
-           "problem_from_spec"]
+__all__ = [
+    "GaussianMixtureProblem",
+    "GaussianProblem",
+    "gaussian",
+    "gaussian_mixture",
+    "perturbed_ladder",
+    "problem_from_spec",
+]
 
 
 class GaussianMixtureProblem:

@@ -94,8 +94,13 @@ class _SeriesDrift:
             r = p["n_rough"] * dim
             self._cache[key] = tuple(
                 a.to(dtype=like.dtype, device=like.device)
-                for a in (p["omega"][:n].reshape(n * dim, dim).T.contiguous(), p["nu"][:n].reshape(-1),
-                          p["phi"][:n].reshape(-1), weights[:r], weights[r:])
+                for a in (
+                    p["omega"][:n].reshape(n * dim, dim).T.contiguous(),
+                    p["nu"][:n].reshape(-1),
+                    p["phi"][:n].reshape(-1),
+                    weights[:r],
+                    weights[r:],
+                )
             )
         return self._cache[key]
 
@@ -160,19 +165,23 @@ def htmc(
     # Ladder blocks: smooth (frequencies ~ frequency * 2^(l/4)), so a level's drift error
     # is felt by the path instead of averaging out. Rough blocks: fast in x and t, shared by
     # every level, so EM needs many steps whichever level it uses.
-    scale = torch.cat([
-        torch.full((n_rough,), rough_frequency, dtype=torch.float64),
-        frequency * 2.0 ** (0.25 * torch.arange(1, n_total + 1, dtype=torch.float64)),
-    ])
+    scale = torch.cat(
+        [
+            torch.full((n_rough,), rough_frequency, dtype=torch.float64),
+            frequency * 2.0 ** (0.25 * torch.arange(1, n_total + 1, dtype=torch.float64)),
+        ]
+    )
     # omega_{l,i} ~ N(0, I) * scale_l / sqrt(dim): |<omega, x>| ~ scale_l for |x| ~ sqrt(dim).
     omega = torch.randn((n_rough + n_total, dim, dim), generator=g, dtype=torch.float64)
     omega = omega * (scale / math.sqrt(dim)).view(-1, 1, 1)
     nu = torch.randn((n_rough + n_total, dim), generator=g, dtype=torch.float64) * scale.view(-1, 1) * 2.0
     phi = 2 * math.pi * torch.rand((n_rough + n_total, dim), generator=g, dtype=torch.float64)
-    amp = torch.cat([
-        torch.full((n_rough,), roughness / math.sqrt(max(n_rough, 1)), dtype=torch.float64),
-        2.0 ** -torch.arange(1, n_total + 1, dtype=torch.float64),
-    ])
+    amp = torch.cat(
+        [
+            torch.full((n_rough,), roughness / math.sqrt(max(n_rough, 1)), dtype=torch.float64),
+            2.0 ** -torch.arange(1, n_total + 1, dtype=torch.float64),
+        ]
+    )
     if time_profile == 0.0:
         envelope: Callable = lambda t: torch.ones_like(t)  # noqa: E731
     else:
@@ -180,8 +189,9 @@ def htmc(
         # a(t) = exp(k (t - t0)) / sqrt(mean of exp(2 k (t - t0)) over [t0, t1])
         norm = math.sqrt((math.exp(2 * k * span) - 1) / (2 * k * span))
         envelope = lambda t: torch.exp(k * (t - t0)) / norm  # noqa: E731
-    params = dict(omega=omega.to(dtype), nu=nu.to(dtype), phi=phi.to(dtype), amp=amp.to(dtype), envelope=envelope,
-                  n_rough=n_rough)
+    params = dict(
+        omega=omega.to(dtype), nu=nu.to(dtype), phi=phi.to(dtype), amp=amp.to(dtype), envelope=envelope, n_rough=n_rough
+    )
     drifts = [_SeriesDrift(params, l, f"f{l}") for l in range(1, levels + 1)]
     costs = [2.0 ** (gamma * (l - 1)) for l in range(1, levels + 1)]
     return HTMCProblem(

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from multilevel_em.bench.diffusion import (aggregate_settings, cost_to_reach, mean_band, mean_fronts, reach_summary,
-                                           seed_list, speedup_summary, t_quantile_975, target_check)
+from multilevel_em.bench.diffusion import (
+    aggregate_settings,
+    cost_to_reach,
+    mean_band,
+    mean_fronts,
+    reach_summary,
+    seed_list,
+    speedup_summary,
+    t_quantile_975,
+    target_check,
+)
 from multilevel_em.cli.main import main
 
 
@@ -41,18 +50,29 @@ def test_aggregate_settings_recomputes_mean_and_se_over_seeds():
     rng = np.random.default_rng(0)
     seeds = []
     for s in range(3):
-        runs = [_run("em_top", n, float(n), float(rng.uniform(0.1, 1.0)), mmd2=float(rng.uniform(0, 1e-2)))
-                for n in (10, 20)]
+        runs = [
+            _run("em_top", n, float(n), float(rng.uniform(0.1, 1.0)), mmd2=float(rng.uniform(0, 1e-2)))
+            for n in (10, 20)
+        ]
         runs.append(_run("mlem_em", 100, float(rng.uniform(5, 6)), float(rng.uniform(0.1, 0.2)), top_fires=4))
         if s != 1:  # missing from seed 1 (saturation stopped the sweep earlier there): left out
             runs.append(_run("mlem_em", 100, 9.0, 0.05, top_fires=8))
         seeds.append(runs)
     agg = aggregate_settings(seeds)
     assert [(e["method"], e["steps"], e.get("top_fires")) for e in agg] == [
-        ("em_top", 10, None), ("em_top", 20, None), ("mlem_em", 100, 4)]
+        ("em_top", 10, None),
+        ("em_top", 20, None),
+        ("mlem_em", 100, 4),
+    ]
     for e in agg:
-        match = [[r for r in runs if r["method"] == e["method"] and r["steps"] == e["steps"]
-                  and r.get("top_fires") == e.get("top_fires")][0] for runs in seeds]
+        match = [
+            [
+                r
+                for r in runs
+                if r["method"] == e["method"] and r["steps"] == e["steps"] and r.get("top_fires") == e.get("top_fires")
+            ][0]
+            for runs in seeds
+        ]
         for f in ("error", "cost", "seconds"):
             vals = np.array([r[f] for r in match])
             assert e[f]["mean"] == pytest.approx(vals.mean(), rel=1e-12)
@@ -62,8 +82,11 @@ def test_aggregate_settings_recomputes_mean_and_se_over_seeds():
         assert e["seeds"] == 3
     fronts = mean_fronts(agg)
     assert [p["steps"] for p in fronts["mlem_em"]] == [100]
-    assert all(a["cost"]["mean"] < b["cost"]["mean"] and a["error"]["mean"] > b["error"]["mean"]
-               for f in fronts.values() for a, b in zip(f, f[1:]))
+    assert all(
+        a["cost"]["mean"] < b["cost"]["mean"] and a["error"]["mean"] > b["error"]["mean"]
+        for f in fronts.values()
+        for a, b in zip(f, f[1:])
+    )
     with pytest.raises(ValueError, match="per_seed_runs"):
         aggregate_settings([])
 
@@ -92,8 +115,13 @@ def test_reach_and_speedup_summaries():
     assert partial["reached"] == 2 and partial["mean"] is None and partial["lo"] is None
     sp2 = speedup_summary(partial, reach_summary([8.0, 9.0, 7.0]))
     assert sp2["pairs"] == 2 and sp2["lo"] is None and not sp2["resolved"] and sp2["per_seed"][1] is None
-    row = {"target": "t", "error": 0.1, "cost": {"dpmpp_top": ref, "mlem_dpmpp": ml, "mlem_em": partial},
-           "mlem_dpmpp_speedup_vs_dpmpp_top": sp, "mlem_em_speedup_vs_dpmpp_top": sp2}
+    row = {
+        "target": "t",
+        "error": 0.1,
+        "cost": {"dpmpp_top": ref, "mlem_dpmpp": ml, "mlem_em": partial},
+        "mlem_dpmpp_speedup_vs_dpmpp_top": sp,
+        "mlem_em_speedup_vs_dpmpp_top": sp2,
+    }
     check = {c["method"]: c for c in target_check([row])}
     assert check["mlem_dpmpp"]["met"] and check["mlem_dpmpp"]["met_strict"] == (sp["lo"] >= 2)
     assert not check["mlem_em"]["met"]
@@ -109,8 +137,20 @@ def test_seed_list():
 
 @pytest.mark.parametrize("bad", ["0", "-2", "two"])
 def test_cli_rejects_bad_seeds_without_a_traceback(bad, tmp_path):
-    r = CliRunner().invoke(main, ["bench", "diffusion", "--quick", "--seeds", bad,
-                                  "--out", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "diffusion",
+            "--quick",
+            "--seeds",
+            bad,
+            "--out",
+            str(tmp_path / "d.json"),
+            "--plot",
+            str(tmp_path / "d.png"),
+        ],
+    )
     assert r.exit_code == 2, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "--seeds" in errors[0], r.output
@@ -122,8 +162,23 @@ def test_retrain_trains_one_ladder_per_seed(tmp_path):
     import json
 
     out = tmp_path / "d.json"
-    r = CliRunner().invoke(main, ["bench", "diffusion", "--quick", "--retrain", "--train-steps", "20", "--paths", "32",
-                                  "--out", str(out), "--plot", str(tmp_path / "d.png")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "diffusion",
+            "--quick",
+            "--retrain",
+            "--train-steps",
+            "20",
+            "--paths",
+            "32",
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "d.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert data["retrain"] and "retrains" in data["seed_varies"]
@@ -143,13 +198,18 @@ def test_front_reach_band_is_ordered_and_uses_the_means():
 
     def setting(method, steps, cost, errors):
         return {"method": method, "steps": steps, "cost": mean_band([cost] * 3), "error": mean_band(errors)}
-    settings = [setting("dpmpp_top", 10, 10.0, [0.30, 0.32, 0.28]), setting("dpmpp_top", 20, 20.0, [0.10, 0.12, 0.08]),
-                setting("mlem_dpmpp", 10, 4.0, [0.25, 0.35, 0.30]), setting("mlem_dpmpp", 20, 8.0, [0.09, 0.11, 0.10])]
+
+    settings = [
+        setting("dpmpp_top", 10, 10.0, [0.30, 0.32, 0.28]),
+        setting("dpmpp_top", 20, 20.0, [0.10, 0.12, 0.08]),
+        setting("mlem_dpmpp", 10, 4.0, [0.25, 0.35, 0.30]),
+        setting("mlem_dpmpp", 20, 8.0, [0.09, 0.11, 0.10]),
+    ]
     ref = front_reach(settings, "dpmpp_top", 0.2)
     ml = front_reach(settings, "mlem_dpmpp", 0.2)
     # mean front: (10, 0.30) -> (20, 0.10), log-log interpolation at 0.2
     w = (math.log(0.3) - math.log(0.2)) / (math.log(0.3) - math.log(0.1))
-    assert ref["mean"] == pytest.approx(10 * 2 ** w)
+    assert ref["mean"] == pytest.approx(10 * 2**w)
     for r in (ref, ml):
         assert r["lo"] <= r["mean"] <= r["hi"]
     sp = front_speedup(ref, ml)
@@ -167,10 +227,26 @@ def test_reaggregate_reproduces_the_aggregate(tmp_path):
 
     for kind, P in (("gaussian", gaussian(2, seed=0)), ("mixture", gaussian_mixture(2, components=2, seed=0))):
         train_mlp_ladder(P, (4, 8, 16), steps=5, batch=16, seed=0).save(str(tmp_path / "lad" / kind))
-    small = dict(n_gauss=16, n_mix=16, ref_steps=64, em_steps=(5, 10), ode_steps=(5, 10), mlem_steps=(10,),
-                 mlem_ode_steps=(5,), top_fires=(1, 4), stitch_fractions=(0.4,))
-    res = run_bench(quick=True, out=str(tmp_path / "d.json"), plot_path=None, ladders=str(tmp_path / "lad"),
-                    seeds=3, overrides=small, echo=lambda *_: None)
+    small = dict(
+        n_gauss=16,
+        n_mix=16,
+        ref_steps=64,
+        em_steps=(5, 10),
+        ode_steps=(5, 10),
+        mlem_steps=(10,),
+        mlem_ode_steps=(5,),
+        top_fires=(1, 4),
+        stitch_fractions=(0.4,),
+    )
+    res = run_bench(
+        quick=True,
+        out=str(tmp_path / "d.json"),
+        plot_path=None,
+        ladders=str(tmp_path / "lad"),
+        seeds=3,
+        overrides=small,
+        echo=lambda *_: None,
+    )
     stored = json.loads((tmp_path / "d.json").read_text())
     again = reaggregate(stored)
     for a, b in zip(res["problems"], again["problems"]):

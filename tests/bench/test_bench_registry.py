@@ -99,19 +99,24 @@ def test_demo_htmc_records_the_command(monkeypatch, tmp_path):
 
 
 def test_cli_modules_import_no_benchmark():
-    code = ("import sys, multilevel_em.cli.main; "
-            "print(sorted(m for m in sys.modules if m.startswith('multilevel_em.bench.') "
-            "and m != 'multilevel_em.bench.registry'))")
+    code = (
+        "import sys, multilevel_em.cli.main; "
+        "print(sorted(m for m in sys.modules if m.startswith('multilevel_em.bench.') "
+        "and m != 'multilevel_em.bench.registry'))"
+    )
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("old, new, name", [
-    ("multilevel_em.bench.demo", "multilevel_em.demo.htmc", "run_demo"),
-    ("multilevel_em.bench.image_demo", "multilevel_em.demo.images", "run_image_demo"),
-])
+@pytest.mark.parametrize(
+    "old, new, name",
+    [
+        ("multilevel_em.bench.demo", "multilevel_em.demo.htmc", "run_demo"),
+        ("multilevel_em.bench.image_demo", "multilevel_em.demo.images", "run_image_demo"),
+    ],
+)
 def test_old_demo_paths_still_work_with_a_deprecation_warning(old, new, name):
     sys.modules.pop(old, None)
     with warnings.catch_warnings(record=True) as caught:
@@ -119,4 +124,4 @@ def test_old_demo_paths_still_work_with_a_deprecation_warning(old, new, name):
         module = importlib.import_module(old)
     assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
     assert getattr(module, name) is getattr(importlib.import_module(new), name)
-    assert getattr(module, "_run") is getattr(importlib.import_module(new), "_run")  # private names too
+    assert module._run is importlib.import_module(new)._run  # private names too

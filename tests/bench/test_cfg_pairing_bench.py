@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from multilevel_em.bench import cfg_pairing  # noqa: E402
+from multilevel_em.bench import cfg_pairing
 
 
 def test_cfg_pairing_benchmark_quick(tmp_path, capsys):

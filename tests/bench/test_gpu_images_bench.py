@@ -28,8 +28,24 @@ def bench():
 
 
 def _check_result(data: dict, settings: list, budget_s: float) -> None:
-    for key in ("device_name", "torch", "command", "argv", "settings", "data", "ladder", "training", "calibration",
-                "metric", "runs", "summary", "summary_lines", "n", "phases_seconds", "total_seconds"):
+    for key in (
+        "device_name",
+        "torch",
+        "command",
+        "argv",
+        "settings",
+        "data",
+        "ladder",
+        "training",
+        "calibration",
+        "metric",
+        "runs",
+        "summary",
+        "summary_lines",
+        "n",
+        "phases_seconds",
+        "total_seconds",
+    ):
         assert key in data, key
     assert data["device"] == "cpu" and data["settings"]["quick"]
     tr = data["training"]
@@ -72,8 +88,11 @@ def test_quick_run_writes_json_and_plot(bench, tmp_path, capsys):
     assert data["metric"]["name"] == "KID" and data["data"]["name"] == "digits"
     assert data["ladder"]["block_out_channels"][-1] == [16, 32, 32]
     q = bench.QUICK
-    settings = ([("em", s) for s in q["em_steps"]] + [("dpmpp_2m", s) for s in q["dpm_steps"]]
-                + [("mlem", b) for b in q["mlem_budgets"]])
+    settings = (
+        [("em", s) for s in q["em_steps"]]
+        + [("dpmpp_2m", s) for s in q["dpm_steps"]]
+        + [("mlem", b) for b in q["mlem_budgets"]]
+    )
     _check_result(data, settings, q["train_seconds"])
     assert all("sliced_wasserstein" in r for r in data["runs"])  # digits: KID and pixel SW
     assert [e["budget"] for e in data["summary"]["equal_cost"]] == [10]  # ML-EM budget 10 vs EM with 10 steps
@@ -94,8 +113,29 @@ def test_folder_data_is_scored_by_sliced_wasserstein(bench, tmp_path):
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "f.json"
-    bench.main(["--quick", "--data", str(folder), "--train-seconds", "1", "--probe-iters", "2", "--cal-steps", "24",
-                "--em-steps", "6", "--dpm-steps", "4", "--mlem-budgets", "3", "--out", str(out), "--plot", ""])
+    bench.main(
+        [
+            "--quick",
+            "--data",
+            str(folder),
+            "--train-seconds",
+            "1",
+            "--probe-iters",
+            "2",
+            "--cal-steps",
+            "24",
+            "--em-steps",
+            "6",
+            "--dpm-steps",
+            "4",
+            "--mlem-budgets",
+            "3",
+            "--out",
+            str(out),
+            "--plot",
+            "",
+        ]
+    )
     data = json.loads(out.read_text())
     assert data["metric"]["name"] == "SW" and "kid" not in data["runs"][0]
     assert data["data"] == {"name": str(folder), "n_images": 24, "size": 16, "channels": 3, "skipped_files": 1}
@@ -121,17 +161,23 @@ def test_device_runner_samples_as_the_pipeline_does(bench):
         assert rep_p["top_equivalents_per_sample"] == rep["top_equivalents_per_sample"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--data", "/no/such/folder"], "is not a folder"),
-    (["--widths", "8,8,16"], "strictly increasing"),
-    (["--widths", "16,8,32"], "strictly increasing"),
-    (["--widths", "6,8,12"], "multiple of --norm-groups"),
-    (["--n", "20"], "multiple of 16"),
-    (["--mlem-budgets", "10,-1"], "positive numbers"),
-    (["--widths", "8"], "at least 2 levels"),
-    pytest.param(["--device", "cuda"], "CUDA is not available",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "/no/such/folder"], "is not a folder"),
+        (["--widths", "8,8,16"], "strictly increasing"),
+        (["--widths", "16,8,32"], "strictly increasing"),
+        (["--widths", "6,8,12"], "multiple of --norm-groups"),
+        (["--n", "20"], "multiple of 16"),
+        (["--mlem-budgets", "10,-1"], "positive numbers"),
+        (["--widths", "8"], "at least 2 levels"),
+        pytest.param(
+            ["--device", "cuda"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
+    ],
+)
 def test_bad_arguments_are_refused_before_any_work(bench, tmp_path, capsys, argv, message):
     out = tmp_path / "x.json"
     with pytest.raises(SystemExit) as exc:

@@ -9,8 +9,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from multilevel_em.demo import images as image_demo
 from multilevel_em.cli.main import main
+from multilevel_em.demo import images as image_demo
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,14 +26,35 @@ def test_quick_demo_writes_grids_plot_and_json(tmp_path, monkeypatch):
     data = json.loads((out / "demo.json").read_text())
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]  # atomic writes leave no temporaries
     assert "top-eq/sample" in r.stdout and "ML-EM budget" in r.stdout  # the cost table is printed
-    assert set(data) >= {"runs", "comparisons", "grid", "reference", "table_lines", "summary_lines", "n", "seed",
-                         "total_seconds", "metrics", "command"}
+    assert set(data) >= {
+        "runs",
+        "comparisons",
+        "grid",
+        "reference",
+        "table_lines",
+        "summary_lines",
+        "n",
+        "seed",
+        "total_seconds",
+        "metrics",
+        "command",
+    }
     assert data["n"] == 8 and data["seed"] == 1 and data["quick"] is True
     methods = {r["method"] for r in data["runs"]}
     assert methods == {"em", "mlem", "dpmpp_2m"}
     for row in data["runs"]:
-        assert set(row) >= {"label", "steps", "top_equivalents_per_sample", "evaluations_per_sample", "wall_seconds",
-                            "wall_seconds_per_sample", "kid", "kid_se", "confidence", "path_error"}
+        assert set(row) >= {
+            "label",
+            "steps",
+            "top_equivalents_per_sample",
+            "evaluations_per_sample",
+            "wall_seconds",
+            "wall_seconds_per_sample",
+            "kid",
+            "kid_se",
+            "confidence",
+            "path_error",
+        }
         assert row["top_equivalents_per_sample"] > 0 and row["wall_seconds"] > 0
         assert all(v > 0 for v in row["evaluations_per_sample"].values())
         assert 0 < row["confidence"] <= 1 and math.isfinite(row["kid"]) and row["kid_se"] >= 0
@@ -49,8 +70,9 @@ def test_quick_demo_writes_grids_plot_and_json(tmp_path, monkeypatch):
         planned, se = row["plan"]["predicted_top_equivalents"], row["top_equivalents_se"]
         assert abs(row["top_equivalents_per_sample"] - planned) <= 5 * se + 0.05 * planned, row
         assert row["plan"]["steps"] == row["steps"]
-    em = sorted((r for r in data["runs"] if r["method"] == "em" and r.get("role") != "reference"),
-                key=lambda r: r["steps"])
+    em = sorted(
+        (r for r in data["runs"] if r["method"] == "em" and r.get("role") != "reference"), key=lambda r: r["steps"]
+    )
     errors = [r["path_error"] for r in em]
     assert errors == sorted(errors, reverse=True), errors  # EM's path error falls with more steps
     g = data["grid"]

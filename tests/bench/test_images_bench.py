@@ -14,8 +14,16 @@ from click.testing import CliRunner
 
 from multilevel_em.cli.main import main
 from multilevel_em.images.data import load_digits
-from multilevel_em.images.metrics import (bootstrap_counts, frechet_bootstrap, frechet_distance, frechet_gaussian,
-                                          kid_bootstrap, kid_unbiased, load_digit_classifier, percentile_ci)
+from multilevel_em.images.metrics import (
+    bootstrap_counts,
+    frechet_bootstrap,
+    frechet_distance,
+    frechet_gaussian,
+    kid_bootstrap,
+    kid_unbiased,
+    load_digit_classifier,
+    percentile_ci,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +49,11 @@ def test_frechet_gaussian_matches_closed_forms():
     # general covariances: the scipy.linalg.sqrtm formula
     s1, s2 = _spd(5, g), _spd(5, g)
     m1, m2 = m1[:5], m2[:5]
-    ref = float((m1 - m2).pow(2).sum()) + np.trace(s1.numpy() + s2.numpy()) - 2 * np.trace(
-        scipy.linalg.sqrtm(s1.numpy() @ s2.numpy())).real
+    ref = (
+        float((m1 - m2).pow(2).sum())
+        + np.trace(s1.numpy() + s2.numpy())
+        - 2 * np.trace(scipy.linalg.sqrtm(s1.numpy() @ s2.numpy())).real
+    )
     assert float(frechet_gaussian(m1, s1, m2, s2)) == pytest.approx(ref, rel=1e-8)
     assert float(frechet_gaussian(m1, s1, m1, s1)) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="frechet"):
@@ -72,12 +83,15 @@ def test_bootstrap_with_unit_counts_is_the_point_estimate_and_matches_explicit_r
     counts = bootstrap_counts(60, 5, seed=3)
     assert torch.equal(counts.sum(1), torch.full((5,), 60.0, dtype=torch.float64))
     kb, fb = kid_bootstrap(fx, fy, counts), frechet_bootstrap(fx, fy, counts, chunk=2)
-    k = lambda a, b: (a.double() @ b.double().T / 4 + 1) ** 3  # noqa: E731
+    k = lambda a, b: (a.double() @ b.double().T / 4 + 1) ** 3
     for b in range(5):
         idx = torch.repeat_interleave(torch.arange(60), counts[b].long())
         distinct = (idx[:, None] != idx[None, :]).double()  # pairs of two different original samples
-        want = float((k(fx[idx], fx[idx]) * distinct).sum() / distinct.sum()
-                     + (k(fy, fy).sum() - k(fy, fy).diagonal().sum()) / (50 * 49) - 2 * k(fx[idx], fy).mean())
+        want = float(
+            (k(fx[idx], fx[idx]) * distinct).sum() / distinct.sum()
+            + (k(fy, fy).sum() - k(fy, fy).diagonal().sum()) / (50 * 49)
+            - 2 * k(fx[idx], fy).mean()
+        )
         assert float(kb[b]) == pytest.approx(want, rel=1e-9)
         assert float(fb[b]) == pytest.approx(frechet_distance(fx[idx], fy), rel=1e-8)
 
@@ -91,8 +105,9 @@ def test_bootstrap_ci_contains_the_estimate_and_paired_difference_of_identical_r
     with torch.no_grad():
         f_all = clf.features(x).double()
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(4))
-    f = f_all[perm[:1000]] + 0.5 * torch.randn(1000, f_all.shape[1], generator=torch.Generator().manual_seed(5),
-                                               dtype=torch.float64)
+    f = f_all[perm[:1000]] + 0.5 * torch.randn(
+        1000, f_all.shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
     counts = bootstrap_counts(1000, 200, seed=0)
     kb, fb = kid_bootstrap(f, f_all, counts), frechet_bootstrap(f, f_all, counts)
     kid, fd = kid_unbiased(f, f_all), frechet_distance(f, f_all)
@@ -118,10 +133,12 @@ def test_em_pathwise_errors_share_the_brownian_path():
     from multilevel_em.bench.images import em_pathwise
     from multilevel_em.images.pipeline import MultilevelPipeline
 
-    pipe = MultilevelPipeline.from_pretrained(os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images",
-                                                           "pretrained", "digits"))
-    out = em_pathwise(pipe, [("em", {"steps": 5}), ("em", {"steps": 20})], 8, 40, seed=0, boot=50, boot_seed=1,
-                      echo=lambda s: None)
+    pipe = MultilevelPipeline.from_pretrained(
+        os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
+    )
+    out = em_pathwise(
+        pipe, [("em", {"steps": 5}), ("em", {"steps": 20})], 8, 40, seed=0, boot=50, boot_seed=1, echo=lambda s: None
+    )
     e5, e20 = out["EM-top 5"]["pathwise_error"], out["EM-top 20"]["pathwise_error"]
     assert e20 < 0.5 * e5, (e5, e20)
     lo, hi = out["EM-top 20"]["pathwise_error_ci"]
@@ -136,16 +153,43 @@ def test_quick_bench_through_the_cli_writes_json_and_png(tmp_path):
     assert "estimated" in r.output and f"wrote {out}" in r.output
     d = json.loads(out.read_text())
     assert plot.stat().st_size > 1000
-    for key in ("command", "settings", "machine", "runs", "fronts", "equal_cost", "pairs", "summary", "summary_lines",
-                "estimate", "wall_seconds_total", "metrics", "reference_run", "notes"):
+    for key in (
+        "command",
+        "settings",
+        "machine",
+        "runs",
+        "fronts",
+        "equal_cost",
+        "pairs",
+        "summary",
+        "summary_lines",
+        "estimate",
+        "wall_seconds_total",
+        "metrics",
+        "reference_run",
+        "notes",
+    ):
         assert key in d, key
     assert d["command"].startswith("mlem") and d["quick"] is True  # (sys.argv: under CliRunner, pytest's)
     s = d["settings"]
     assert s["n"] == 128 and s["boot"] == 100 and s["pathwise_n"] == 32
     assert len(d["runs"]) == 3 and len(d["pairs"]) == 3
     for row in d["runs"]:
-        for key in ("label", "family", "top_equivalents", "wall_seconds_per_sample", "kid", "kid_ci", "fd", "fd_ci",
-                    "kid_diff", "kid_diff_ci", "fd_diff_ci", "pathwise_error", "pathwise_error_ci"):
+        for key in (
+            "label",
+            "family",
+            "top_equivalents",
+            "wall_seconds_per_sample",
+            "kid",
+            "kid_ci",
+            "fd",
+            "fd_ci",
+            "kid_diff",
+            "kid_diff_ci",
+            "fd_diff_ci",
+            "pathwise_error",
+            "pathwise_error_ci",
+        ):
             assert key in row, (row["label"], key)
         for v in (row["kid"], row["fd"], row["top_equivalents"], row["wall_seconds_per_sample"], row["pathwise_error"]):
             assert math.isfinite(v)
@@ -170,7 +214,8 @@ def test_bench_rejects_bad_input_before_any_work(tmp_path):
     assert "Traceback" not in r.output and not (tmp_path / "results").exists()
     r = CliRunner().invoke(main, ["bench", "images", "--quick", "--out", str(tmp_path / "a.txt")])
     assert r.exit_code == 2 and ".json" in r.output
-    r = CliRunner().invoke(main, ["bench", "images", "--quick", "--out", str(tmp_path / "a.json"),
-                                  "--plot", str(tmp_path / "a.jpg")])
+    r = CliRunner().invoke(
+        main, ["bench", "images", "--quick", "--out", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.jpg")]
+    )
     assert r.exit_code == 2 and "--plot" in r.output
     assert sorted(os.listdir(tmp_path)) == ["file"]

@@ -11,7 +11,6 @@ pytest.importorskip("ray")
 pytest.importorskip("diffusers")
 
 
-
 @pytest.mark.slow
 def test_jobs_throughput_quick(tmp_path):
     from multilevel_em.bench import jobs_throughput as module

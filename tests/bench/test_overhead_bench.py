@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from multilevel_em.bench import overhead as overhead_module
 
 
@@ -22,8 +23,21 @@ def test_overhead_quick_writes_json(overhead, tmp_path, capsys):
     res = overhead.main(["--quick", "--steps", "4", "--repeats", "1", "--batch", "16", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(res))
-    for key in ("torch", "device", "device_name", "threads", "batch", "steps", "settings", "methods", "ratio",
-                "ratio_shared", "target_ratio", "level_microbench", "costs_flops"):
+    for key in (
+        "torch",
+        "device",
+        "device_name",
+        "threads",
+        "batch",
+        "steps",
+        "settings",
+        "methods",
+        "ratio",
+        "ratio_shared",
+        "target_ratio",
+        "level_microbench",
+        "costs_flops",
+    ):
         assert key in data, key
     assert data["device"] == "cpu" and data["batch"] == 16 and data["steps"] == 4 and data["quick"]
     assert set(data["ratio"]) == {"typical", "sparse"}

@@ -15,12 +15,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import rms
 
 from multilevel_em import BrownianPath, Calibration, Ladder, calibrate, solve
 from multilevel_em.calibration import MIN_STATES, MIN_TIMES, Plan, Prediction
 from multilevel_em.problems import htmc
-
-from conftest import rms
 
 
 def make_problem(gamma: float, **kw):
@@ -32,8 +31,13 @@ def calibrate_problem(P, n_states: int = 64, ladder=None, **kw) -> Calibration:
     kw.setdefault("reference", P.true_drift)
     kw.setdefault("timing", "given")
     return calibrate(
-        ladder if ladder is not None else P.ladder, x, t0=P.t0, t1=P.t1, diffusion=P.diffusion,
-        generator=torch.Generator().manual_seed(2), **kw,
+        ladder if ladder is not None else P.ladder,
+        x,
+        t0=P.t0,
+        t1=P.t1,
+        diffusion=P.diffusion,
+        generator=torch.Generator().manual_seed(2),
+        **kw,
     )
 
 
@@ -126,11 +130,21 @@ def test_rates_closed_form_interpolation_and_solve(problem4):
     P = problem4
     x = P.initial_state(32, seed=1)
     times = [0.0, 0.25, 0.5, 0.75]
-    traj = solve(P.ladder, x, t0=P.t0, t1=P.t1, steps=64, diffusion=P.diffusion, method="em",
-                 noise=BrownianPath(x.shape, 0.0, 1.0, seed=3, dtype=x.dtype), save_every=16)
+    traj = solve(
+        P.ladder,
+        x,
+        t0=P.t0,
+        t1=P.t1,
+        steps=64,
+        diffusion=P.diffusion,
+        method="em",
+        noise=BrownianPath(x.shape, 0.0, 1.0, seed=3, dtype=x.dtype),
+        save_every=16,
+    )
     states = traj.xs[:4]
-    cal = calibrate(P.ladder, None, t0=P.t0, t1=P.t1, times=times, states=states, reference=P.true_drift,
-                    timing="given")
+    cal = calibrate(
+        P.ladder, None, t0=P.t0, t1=P.t1, times=times, states=states, reference=P.true_drift, timing="given"
+    )
     assert cal.step_error is None  # no x: nothing to integrate
     mu, c = 7.0, P.ladder.costs
     rates = cal.rates(mu)
@@ -147,8 +161,16 @@ def test_rates_closed_form_interpolation_and_solve(problem4):
     assert cal.uniform_rates(mu)[2] == pytest.approx(mu * bar, rel=1e-3)
 
     steps = 32
-    sol = solve(P.ladder, x, t0=P.t0, t1=P.t1, steps=steps, diffusion=P.diffusion, rates=rates,
-                generator=torch.Generator().manual_seed(4))
+    sol = solve(
+        P.ladder,
+        x,
+        t0=P.t0,
+        t1=P.t1,
+        steps=steps,
+        diffusion=P.diffusion,
+        rates=rates,
+        generator=torch.Generator().manual_seed(4),
+    )
     h = 1.0 / steps
     for n in (0, 5, 31):
         expected = [min(1.0, rr(n * h) * h) for rr in rates]
@@ -233,8 +255,16 @@ def test_predicted_cost_matches_solve(cal4, problem4, uniform):
     x = P.initial_state(n, seed=11)
     pred = cal4.predict(mu, steps, uniform=uniform)
     rates = cal4.uniform_rates(mu) if uniform else cal4.rates(mu)
-    sol = solve(P.ladder, x, t0=P.t0, t1=P.t1, steps=steps, diffusion=P.diffusion, rates=rates,
-                generator=torch.Generator().manual_seed(12 + uniform))
+    sol = solve(
+        P.ladder,
+        x,
+        t0=P.t0,
+        t1=P.t1,
+        steps=steps,
+        diffusion=P.diffusion,
+        rates=rates,
+        generator=torch.Generator().manual_seed(12 + uniform),
+    )
     se = pred.ladder_cost_sd / math.sqrt(n)
     assert abs(sol.cost_per_sample - pred.ladder_cost) < 5 * se, (sol.cost_per_sample, pred.ladder_cost, se)
     assert sol.evaluations[0] == n * steps
@@ -252,13 +282,22 @@ def test_plan_predicts_cost_and_error_of_the_run(cal4, problem4):
     assert isinstance(plan, Plan) and plan.levels[-1] == 4
     assert plan.helps and plan.speedup > 1 and "predicted speedup" in plan.message
     assert plan.error == pytest.approx(target, rel=1e-3)
-    assert plan.error ** 2 == pytest.approx(plan.bias**2 + plan.step_error**2 + plan.randomization**2)
+    assert plan.error**2 == pytest.approx(plan.bias**2 + plan.step_error**2 + plan.randomization**2)
     assert plan.em_top_equivalents == plan.em_steps and plan.speedup == pytest.approx(plan.em_cost / plan.cost)
     x = P.initial_state(n, seed=21)
     W = BrownianPath(x.shape, P.t0, P.t1, seed=22, dtype=x.dtype, depth=12)
     ref = solve(P.true_ladder(), x, t0=P.t0, t1=P.t1, steps=1024, diffusion=P.diffusion, method="em", noise=W).x
-    sol = solve(plan.select(P.ladder), x, t0=P.t0, t1=P.t1, steps=plan.steps, diffusion=P.diffusion,
-                rates=plan.rates, noise=W, generator=torch.Generator().manual_seed(23))
+    sol = solve(
+        plan.select(P.ladder),
+        x,
+        t0=P.t0,
+        t1=P.t1,
+        steps=plan.steps,
+        diffusion=P.diffusion,
+        rates=plan.rates,
+        noise=W,
+        generator=torch.Generator().manual_seed(23),
+    )
     assert sol.cost_per_sample == pytest.approx(plan.ladder_cost, rel=0.3)
     err = rms(sol.x, ref)
     assert target / 1.5 < err < 1.5 * target, err

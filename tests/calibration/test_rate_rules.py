@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from multilevel_em.calibration import Calibration, ReverseTimeRate, budget_steps
-from multilevel_em.calibration import planning
-from multilevel_em.calibration.rates import (RATE_RULES, PiecewiseLinearRate, RateShape, closed_form_probabilities,
-                                             expected_cost, idle_probabilities, per_call_rates, rate_shape, search_mu,
-                                             search_threshold)
+from multilevel_em.calibration import Calibration, ReverseTimeRate, budget_steps, planning
+from multilevel_em.calibration.rates import (
+    RATE_RULES,
+    PiecewiseLinearRate,
+    RateShape,
+    closed_form_probabilities,
+    expected_cost,
+    idle_probabilities,
+    per_call_rates,
+    rate_shape,
+    search_mu,
+    search_threshold,
+)
 from multilevel_em.calibration.samplers import check_samplers, measure_samplers
 from multilevel_em.diffusion.registry import measurable_samplers
 from multilevel_em.engine import check_rates, firing_probabilities, firing_probability, rate_value
@@ -77,10 +85,11 @@ def test_expected_cost_is_the_cost_sharing_rule_by_enumeration():
 
 
 def test_search_threshold_grid_and_bisection():
-    ok = lambda v: v >= 0.3  # noqa: E731
+    ok = lambda v: v >= 0.3
     assert search_threshold(ok, 0.0, 1.0, smallest=True) == pytest.approx(0.3, abs=1 / 16**4)
-    assert search_threshold(lambda v: v <= 0.3, 0.0, 1.0, smallest=False, points=3, rounds=100) == pytest.approx(0.3,
-                                                                                                              abs=1e-15)
+    assert search_threshold(lambda v: v <= 0.3, 0.0, 1.0, smallest=False, points=3, rounds=100) == pytest.approx(
+        0.3, abs=1e-15
+    )
     assert search_threshold(lambda v: v <= 2.0, 0.0, 1.0, smallest=False) == 1.0  # good everywhere: the end
     assert search_threshold(lambda v: v < -1.0, 0.0, 1.0, smallest=False) == 0.0  # bad everywhere: the start
     assert search_mu(lambda m: m > 1.0, np.zeros((3, 2)), smallest=True) == 0.0  # nothing to scale
@@ -158,7 +167,9 @@ def test_measure_samplers_takes_a_runner(digits):
             x = x + 0.01 * torch.randn(4, 3, generator=torch.Generator().manual_seed(steps))
         return x
 
-    fits = measure_samplers(run, digits, {"em": "sde"}, n=4, steps=(4, 8, 16), ref_steps=64, gain_steps=(8,), cheapest=0.01)
+    fits = measure_samplers(
+        run, digits, {"em": "sde"}, n=4, steps=(4, 8, 16), ref_steps=64, gain_steps=(8,), cheapest=0.01
+    )
     f = fits["em"]
     assert f.order == pytest.approx(1.0, abs=0.05) and f.family == "sde"
     assert calls[0] == ("em", 64, False) and ("em", 8, True) in calls
@@ -190,14 +201,17 @@ def test_old_paths_still_work_with_a_deprecation_warning():
     assert R2 is ReverseTimeRate
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        from multilevel_em.calibration.model import CallPlan, PiecewiseLinearRate as P2, Plan, Prediction  # noqa: F401
+        from multilevel_em.calibration.model import CallPlan, Plan, Prediction  # noqa: F401
+        from multilevel_em.calibration.model import PiecewiseLinearRate as P2
 
         assert P2 is PiecewiseLinearRate
 
 
 def test_calibration_imports_neither_diffusion_nor_images():
-    code = ("import sys, multilevel_em.calibration, multilevel_em.calibration.planning; "
-            "print(sorted(m for m in sys.modules if m.startswith(('multilevel_em.diffusion', 'multilevel_em.images'))))")
+    code = (
+        "import sys, multilevel_em.calibration, multilevel_em.calibration.planning; "
+        "print(sorted(m for m in sys.modules if m.startswith(('multilevel_em.diffusion', 'multilevel_em.images'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 

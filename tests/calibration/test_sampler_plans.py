@@ -15,14 +15,23 @@ from multilevel_em.calibration.samplers import SamplerFit, combine_gains
 from multilevel_em.cli.main import main
 from multilevel_em.images import MultilevelPipeline
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits",
-                       "calibration.json")
+SHIPPED = os.path.join(
+    os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits", "calibration.json"
+)
 
 
 def power_fit(name, C, q, family="ode", gain=1.0, steps=(4, 8, 16, 32, 64)):
     errors = [C * n**-q for n in steps]
-    return SamplerFit(sampler=name, family=family, steps=steps, errors=errors, errors_se=[0.0] * len(steps),
-                      ref_steps=500, n=16, gain=gain)
+    return SamplerFit(
+        sampler=name,
+        family=family,
+        steps=steps,
+        errors=errors,
+        errors_se=[0.0] * len(steps),
+        ref_steps=500,
+        n=16,
+        gain=gain,
+    )
 
 
 @pytest.fixture
@@ -54,8 +63,15 @@ def test_steps_for_is_the_fewest_steps_reaching_the_target():
 
 def test_a_measured_rise_is_kept_and_steps_for_finds_the_first_crossing():
     """DDIM's errors rise at step counts that do not divide T: the curve keeps what was measured."""
-    f = SamplerFit(sampler="s", family="ode", steps=(4, 8, 16, 32), errors=(1.0, 0.5, 0.9, 0.2), errors_se=(0,) * 4,
-                   ref_steps=500, n=8)
+    f = SamplerFit(
+        sampler="s",
+        family="ode",
+        steps=(4, 8, 16, 32),
+        errors=(1.0, 0.5, 0.9, 0.2),
+        errors_se=(0,) * 4,
+        ref_steps=500,
+        n=8,
+    )
     assert f.error(16) == pytest.approx(0.9)
     assert f.steps_for(0.5) == 8 and f.steps_for(0.3) > 16 and f.error(f.steps_for(0.3)) <= 0.3
     assert f.error(f.steps_for(0.3) - 1) > 0.3
@@ -63,8 +79,10 @@ def test_a_measured_rise_is_kept_and_steps_for_finds_the_first_crossing():
 
 def test_gain_interpolates_its_points_and_round_trips():
     f = power_fit("s", 3.0, 1.0)
-    f.gain_points = [{"steps": 8, "measured_variance": 2.0, "predicted_variance": 1.0},
-                     {"steps": 32, "measured_variance": 8.0, "predicted_variance": 1.0}]
+    f.gain_points = [
+        {"steps": 8, "measured_variance": 2.0, "predicted_variance": 1.0},
+        {"steps": 32, "measured_variance": 8.0, "predicted_variance": 1.0},
+    ]
     assert f.gain_at(8) == pytest.approx(2.0) and f.gain_at(32) == pytest.approx(8.0)
     assert f.gain_at(16) == pytest.approx(4.0)  # log-log midpoint
     assert f.gain_at(4) == pytest.approx(2.0) and f.gain_at(1000) == pytest.approx(8.0)  # constant beyond
@@ -74,12 +92,15 @@ def test_gain_interpolates_its_points_and_round_trips():
     assert gain == pytest.approx(4.0) and se == pytest.approx(np.std(np.log([2.0, 8.0]), ddof=1) / math.sqrt(2))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(family="sdx"), "family"),
-    (dict(errors=(1.0, -1.0)), "errors"),
-    (dict(steps=(8, 4)), "steps"),
-    (dict(errors_se=(0.0,)), "errors_se"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(family="sdx"), "family"),
+        (dict(errors=(1.0, -1.0)), "errors"),
+        (dict(steps=(8, 4)), "steps"),
+        (dict(errors_se=(0.0,)), "errors_se"),
+    ],
+)
 def test_bad_fits_are_refused_by_name(kw, match):
     base = dict(sampler="s", family="ode", steps=(4, 8), errors=(1.0, 0.5), errors_se=(0.0, 0.0), ref_steps=500, n=4)
     with pytest.raises(ValueError, match=match):
@@ -190,7 +211,7 @@ def test_calibrate_samplers_measures_curves_and_gains(tiny):
 def test_measured_error_is_the_distance_to_the_reference(tiny):
     """The curve's point at 4 steps is the RMS distance between the 4-step and 20-step runs of the top model."""
     _, pipe, fits = tiny
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)
     ref = pipe(4, method="dpmpp_2m", steps=20, generator=g()).x
     x = pipe(4, method="dpmpp_2m", steps=4, generator=g()).x
     rms = float((x - ref).double().flatten(1).pow(2).sum(1).mean().sqrt())
@@ -242,14 +263,31 @@ def test_cli_refuses_bad_sampler_options(tiny, tmp_path):
     assert r.exit_code == 2 and "--samplers" in r.output and "'heun'" in r.output
     r = _cli(["calibrate", "--samplers", "em"])
     assert r.exit_code == 2 and "only with --ladder" in r.output
-    r = _cli(["sample", "--ladder", folder, "--method", "em", "--sampler", "ddim", "--n", "2", "--out", tmp_path / "g.png"])
+    r = _cli(
+        ["sample", "--ladder", folder, "--method", "em", "--sampler", "ddim", "--n", "2", "--out", tmp_path / "g.png"]
+    )
     assert r.exit_code == 2 and "--sampler" in r.output and not (tmp_path / "g.png").exists()
 
 
 def test_cli_sample_prints_the_sampler_plan(tiny, tmp_path):
     folder, pipe, _ = tiny
-    r = _cli(["sample", "--ladder", folder, "--method", "mlem", "--sampler", "dpmpp_2m", "--budget", "6", "--n", "2",
-              "--out", tmp_path / "g.png"])
+    r = _cli(
+        [
+            "sample",
+            "--ladder",
+            folder,
+            "--method",
+            "mlem",
+            "--sampler",
+            "dpmpp_2m",
+            "--budget",
+            "6",
+            "--n",
+            "2",
+            "--out",
+            tmp_path / "g.png",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert f"plan: {pipe.plan(6, sampler='dpmpp_2m').message}" in r.output
 
@@ -263,7 +301,9 @@ def test_bench_samplers_quick_writes_its_table(tiny, tmp_path):
 
     d = json.loads(out.read_text())
     assert plot.stat().st_size > 0
-    assert {(row["sampler"], row["budget"]) for row in d["rows"]} == {(s, b) for s in ("em", "dpmpp_2m") for b in (4, 8)}
+    assert {(row["sampler"], row["budget"]) for row in d["rows"]} == {
+        (s, b) for s in ("em", "dpmpp_2m") for b in (4, 8)
+    }
     for row in d["rows"]:
         assert row["mlem"]["error"] > 0 and math.isfinite(row["prediction_ratio"])
         assert row["mlem"]["top_equivalents"] <= row["budget"] * 1.5  # counted cost near the plan's budget
@@ -280,7 +320,9 @@ def test_bench_samplers_needs_measured_samplers(tmp_path):
     c = Calibration.load(folder / "calibration.json")
     c.samplers = {}
     c.save(folder / "calibration.json")
-    r = _cli(["bench", "samplers", "--ladder", folder, "--quick", "--out", tmp_path / "s.json", "--plot", tmp_path / "s.png"])
+    r = _cli(
+        ["bench", "samplers", "--ladder", folder, "--quick", "--out", tmp_path / "s.json", "--plot", tmp_path / "s.png"]
+    )
     assert r.exit_code == 1 and "--samplers" in r.output and not (tmp_path / "s.json").exists()
 
 
@@ -296,7 +338,9 @@ def test_auto_runs_the_predicted_winner(tiny, tmp_path):
     assert ran == (choice["sampler"] or choice["method"])
     with pytest.raises(ValueError, match="budget= only"):
         pipe(2, method="auto", budget=6, steps=4)
-    r = _cli(["sample", "--ladder", folder, "--method", "auto", "--budget", "6", "--n", "2", "--out", tmp_path / "g.png"])
+    r = _cli(
+        ["sample", "--ladder", folder, "--method", "auto", "--budget", "6", "--n", "2", "--out", tmp_path / "g.png"]
+    )
     assert r.exit_code == 0 and "auto: ran" in r.output, r.output
 
 

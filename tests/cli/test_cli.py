@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-
 from click.testing import CliRunner
 
 import multilevel_em
@@ -60,8 +59,9 @@ def test_demo_quick_json():
 @pytest.mark.slow
 def test_bench_htmc_quick(tmp_path):
     out, png = tmp_path / "htmc.json", tmp_path / "htmc.png"
-    r = CliRunner().invoke(main, ["bench", "htmc", "--quick", "--gammas", "4", "--paths", "64",
-                                  "--out", str(out), "--plot", str(png)])
+    r = CliRunner().invoke(
+        main, ["bench", "htmc", "--quick", "--gammas", "4", "--paths", "64", "--out", str(out), "--plot", str(png)]
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert png.stat().st_size > 0
@@ -80,8 +80,25 @@ def test_bench_htmc_rejects_bad_gammas(tmp_path):
 
 def test_calibrate_command_plans(tmp_path):
     out, png = tmp_path / "cal.json", tmp_path / "cal.png"
-    r = CliRunner().invoke(main, ["calibrate", "--gamma", "4", "--levels", "4", "--paths", "16",
-                                  "--target", "0.1", "--out", str(out), "--plot", str(png), "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "--gamma",
+            "4",
+            "--levels",
+            "4",
+            "--paths",
+            "16",
+            "--target",
+            "0.1",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["plan"]["target"] == 0.1 and data["plan"]["steps"] >= 1

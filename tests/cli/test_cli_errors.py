@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
-from click.testing import CliRunner  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from click.testing import CliRunner
+from safetensors.torch import load_file
 
-from multilevel_em.cli.main import main  # noqa: E402
-from multilevel_em.images import CheckpointError, MultilevelPipeline, load_ladder  # noqa: E402
-from multilevel_em.images.ladder import INDEX  # noqa: E402
+from multilevel_em.cli.main import main
+from multilevel_em.images import CheckpointError, MultilevelPipeline, load_ladder
+from multilevel_em.images.ladder import INDEX
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +52,33 @@ def test_a_nan_top_level_fails_named_and_writes_no_grid(nan_top, tmp_path, metho
 
 def test_a_nan_top_level_writes_no_shard(nan_top, tmp_path):
     out = tmp_path / "job"
-    r = _cli(["sample", "--ladder", nan_top, "--method", "em", "--steps", "3", "--n", "4", "--batch-size", "2",
-              "--out", out])
+    r = _cli(
+        ["sample", "--ladder", nan_top, "--method", "em", "--steps", "3", "--n", "4", "--batch-size", "2", "--out", out]
+    )
     assert r.exit_code != 0 and "level 2 (width 8)" in r.output, r.output
     assert not glob.glob(str(out / "shard-*.npz"))
 
 
 def test_diverging_training_stops_and_writes_no_nan(tmp_path):
     out = tmp_path / "t"
-    r = _cli(["train", "--dataset", "digits", "--out", out, "--widths", "4", "--lr", "1e6", "--iters", "60",
-              "--save-every", "1", "--no-calibrate"])
+    r = _cli(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--out",
+            out,
+            "--widths",
+            "4",
+            "--lr",
+            "1e6",
+            "--iters",
+            "60",
+            "--save-every",
+            "1",
+            "--no-calibrate",
+        ]
+    )
     assert r.exit_code != 0 and "training diverged" in r.output and "level 1 (width 4)" in r.output, r.output
     for path in glob.glob(str(out / "**" / "*.json"), recursive=True):
         json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
@@ -88,8 +105,23 @@ def test_misordered_ladder_is_refused_naming_the_folders(tiny, tmp_path):
 
 def test_mlem_budget_and_steps_that_disagree_are_refused_like_em(tiny, tmp_path):
     for method in ("mlem", "em"):
-        r = _cli(["sample", "--ladder", tiny, "--method", method, "--steps", "4", "--budget", "50", "--n", "2",
-                  "--out", tmp_path / "g.png"])
+        r = _cli(
+            [
+                "sample",
+                "--ladder",
+                tiny,
+                "--method",
+                method,
+                "--steps",
+                "4",
+                "--budget",
+                "50",
+                "--n",
+                "2",
+                "--out",
+                tmp_path / "g.png",
+            ]
+        )
         assert r.exit_code != 0 and "disagree" in r.output, r.output
     assert os.listdir(tmp_path) == []
     pipe = MultilevelPipeline.from_pretrained(tiny)  # a budget the steps can pay is still planned at those steps
@@ -100,14 +132,17 @@ def test_mlem_budget_and_steps_that_disagree_are_refused_like_em(tiny, tmp_path)
 # ----------------------------------------------------------------------------- items 6-15
 
 
-@pytest.mark.parametrize("args, hint", [
-    (["calibrate", "--paths", "8", "--out", "/proc/x/cal.json"], "--out"),
-    (["calibrate", "--paths", "8", "--plot", "cal.xyz"], "--plot"),
-    (["train", "--dataset", "digits", "--out", "/proc/ladder", "--iters", "1"], "--out"),
-    (["train-mlp", "--problem", "gaussian", "--out", "/proc/mlp", "--steps", "1"], "--out"),
-    (["bench", "htmc", "--quick", "--out", "/proc/h.json"], "--out"),
-    (["demo", "--out-dir", "/proc/demo"], "--out-dir"),
-])
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["calibrate", "--paths", "8", "--out", "/proc/x/cal.json"], "--out"),
+        (["calibrate", "--paths", "8", "--plot", "cal.xyz"], "--plot"),
+        (["train", "--dataset", "digits", "--out", "/proc/ladder", "--iters", "1"], "--out"),
+        (["train-mlp", "--problem", "gaussian", "--out", "/proc/mlp", "--steps", "1"], "--out"),
+        (["bench", "htmc", "--quick", "--out", "/proc/h.json"], "--out"),
+        (["demo", "--out-dir", "/proc/demo"], "--out-dir"),
+    ],
+)
 def test_unwritable_outputs_fail_before_the_work(args, hint):
     r = _cli(args)
     assert r.exit_code != 0 and hint in r.output and "Traceback" not in r.output, r.output
@@ -117,9 +152,13 @@ def test_sample_output_paths_are_checked_before_sampling(tiny, tmp_path):
     base = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--out"]
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir.png").mkdir()
-    for out, why in ((tmp_path / "file" / "g.png", "is a file"), ("/proc/g.png", "not writable"),
-                     (tmp_path / "dir.png", "is a folder"), (tmp_path / "grid.jpg", "PNG only"),
-                     (tmp_path / "file", "not a folder")):
+    for out, why in (
+        (tmp_path / "file" / "g.png", "is a file"),
+        ("/proc/g.png", "not writable"),
+        (tmp_path / "dir.png", "is a folder"),
+        (tmp_path / "grid.jpg", "PNG only"),
+        (tmp_path / "file", "not a folder"),
+    ):
         r = _cli(base + [out, "--overwrite"] if str(out).endswith(".png") else base + [out])
         assert r.exit_code != 0 and "--out" in r.output and why in r.output, (out, r.output)
     assert sorted(os.listdir(tmp_path)) == ["dir.png", "file"]  # nothing else was written
@@ -127,8 +166,23 @@ def test_sample_output_paths_are_checked_before_sampling(tiny, tmp_path):
 
 def test_negative_seeds_are_refused(tiny, tmp_path):
     for seed in ("-1", "18446744073709551615"):
-        r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--seed", seed,
-                  "--out", tmp_path / "g.png"])
+        r = _cli(
+            [
+                "sample",
+                "--ladder",
+                tiny,
+                "--method",
+                "em",
+                "--steps",
+                "2",
+                "--n",
+                "2",
+                "--seed",
+                seed,
+                "--out",
+                tmp_path / "g.png",
+            ]
+        )
         assert r.exit_code != 0 and "--seed" in r.output, r.output
 
 
@@ -152,17 +206,20 @@ def test_messages_agree_in_number(tiny, tmp_path):
     assert r.exit_code != 0 and "s1.json exist;" in r.output, r.output
 
 
-@pytest.mark.parametrize("args, hint", [
-    (["train", "--dataset", "digits", "--out", "OUT", "--size", "5"], "--size"),
-    (["calibrate", "--gamma", "nan"], "--gamma"),
-    (["calibrate", "--gamma", "inf"], "--gamma"),
-    (["calibrate", "--gamma", "2000"], "--gamma"),
-    (["train-mlp", "--problem", "gaussian", "--out", "OUT", "--lr", "nan"], "--lr"),
-    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "meta"], "--device"),
-    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "cpu:5"], "--device"),
-    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--threads", "100000"], "--threads"),
-    (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--budget", "nan"], "--budget"),
-])
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["train", "--dataset", "digits", "--out", "OUT", "--size", "5"], "--size"),
+        (["calibrate", "--gamma", "nan"], "--gamma"),
+        (["calibrate", "--gamma", "inf"], "--gamma"),
+        (["calibrate", "--gamma", "2000"], "--gamma"),
+        (["train-mlp", "--problem", "gaussian", "--out", "OUT", "--lr", "nan"], "--lr"),
+        (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "meta"], "--device"),
+        (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--device", "cpu:5"], "--device"),
+        (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--threads", "100000"], "--threads"),
+        (["sample", "--ladder", "LADDER", "--out", "OUT/g.png", "--budget", "nan"], "--budget"),
+    ],
+)
 def test_bad_numbers_and_devices_are_refused_at_the_cli(tiny, tmp_path, args, hint):
     args = [a.replace("OUT", str(tmp_path / "o")).replace("LADDER", tiny) for a in args]
     r = _cli(args)
@@ -171,13 +228,39 @@ def test_bad_numbers_and_devices_are_refused_at_the_cli(tiny, tmp_path, args, hi
 
 
 def test_train_mlp_refuses_what_mlem_train_refuses(tmp_path):
-    r = _cli(["train-mlp", "--problem", "gaussian", "--dim", "2", "--steps", "1", "--widths", "32,8",
-              "--out", tmp_path / "m"])
+    r = _cli(
+        [
+            "train-mlp",
+            "--problem",
+            "gaussian",
+            "--dim",
+            "2",
+            "--steps",
+            "1",
+            "--widths",
+            "32,8",
+            "--out",
+            tmp_path / "m",
+        ]
+    )
     assert r.exit_code != 0 and "--widths" in r.output and "nondecreasing" in r.output, r.output
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    r = _cli(["train-mlp", "--problem", "gaussian", "--dim", "2", "--steps", "1", "--widths", "8",
-              "--out", tmp_path / "foreign"])
+    r = _cli(
+        [
+            "train-mlp",
+            "--problem",
+            "gaussian",
+            "--dim",
+            "2",
+            "--steps",
+            "1",
+            "--widths",
+            "8",
+            "--out",
+            tmp_path / "foreign",
+        ]
+    )
     assert r.exit_code != 0 and "--out" in r.output and "not empty" in r.output, r.output
     assert os.listdir(tmp_path / "foreign") == ["notes.txt"] and not (tmp_path / "m").exists()
     from multilevel_em.diffusion.mlp import train_mlp_ladder
@@ -190,8 +273,7 @@ def test_train_mlp_refuses_what_mlem_train_refuses(tmp_path):
 def test_sample_prints_the_plan_on_the_terminal(tiny, tmp_path):
     """Item 17: the plan's message (whether ML-EM is predicted to help) reaches the terminal; --help shows
     the default budget; item 20: --help names the report file as it is written."""
-    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--budget", "4", "--n", "2",
-              "--out", tmp_path / "g.png"])
+    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--budget", "4", "--n", "2", "--out", tmp_path / "g.png"])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "g.json").read_text())
     assert f"plan: {report['plan']['message']}" in r.output
@@ -227,8 +309,9 @@ def test_calibrate_an_image_ladder_with_traced_wall_costs_and_sample_traced(tiny
     from multilevel_em import Calibration
 
     out = tmp_path / "cal.json"
-    r = _cli(["calibrate", "--ladder", tiny, "--images", "8", "--timing", "wall", "--trace", "--budget", "4",
-              "--out", out])
+    r = _cli(
+        ["calibrate", "--ladder", tiny, "--images", "8", "--timing", "wall", "--trace", "--budget", "4", "--out", out]
+    )
     assert r.exit_code == 0, r.output
     cal = Calibration.load(str(out))
     assert cal.timing == "wall" and all(0 < c < 1 for c in cal.costs)  # seconds per sample, not FLOPs
@@ -236,8 +319,22 @@ def test_calibrate_an_image_ladder_with_traced_wall_costs_and_sample_traced(tiny
     assert flops.timing == "flops" and flops.costs[0] > 1e3
     r = _cli(["calibrate", "--trace"])
     assert r.exit_code != 0 and "--trace" in r.output
-    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "2", "--trace",
-              "--out", tmp_path / "g.png"])
+    r = _cli(
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--method",
+            "em",
+            "--steps",
+            "2",
+            "--n",
+            "2",
+            "--trace",
+            "--out",
+            tmp_path / "g.png",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.png").exists()
 
@@ -250,8 +347,10 @@ def test_a_second_process_on_a_job_folder_refuses_and_a_killed_one_does_not_bloc
     import sys
 
     out = tmp_path / "job"
-    hold = ("import sys, time; from multilevel_em.jobs.runner import _lock_folder; "
-            "_lock_folder(sys.argv[1], print); print('locked', flush=True); time.sleep(300)")
+    hold = (
+        "import sys, time; from multilevel_em.jobs.runner import _lock_folder; "
+        "_lock_folder(sys.argv[1], print); print('locked', flush=True); time.sleep(300)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -289,13 +388,19 @@ def test_a_job_report_holds_the_plan(tiny, tmp_path):
 _PYTHON_ISMS = re.compile(r"\b[a-z_]+=|\(\)|\bTrue\b|\bFalse\b|\bNone\b|'(em|mlem|stitch)'")
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--method", "em", "--budget", "4", "--steps", "8"], ["--budget 4.0 and --steps 8", "pass --budget or --steps"]),
-    (["--method", "mlem", "--rates", "1", "--budget", "3"], ["--rates and --budget"]),
-    (["--method", "em", "--rates", "1"], ["--rates", "--method em"]),
-    (["--method", "stitch", "--budget", "4"], ["--budget", "pass --steps"]),
-    (["--method", "mlem", "--rates", "1"], ["--steps", "--method mlem"]),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (
+            ["--method", "em", "--budget", "4", "--steps", "8"],
+            ["--budget 4.0 and --steps 8", "pass --budget or --steps"],
+        ),
+        (["--method", "mlem", "--rates", "1", "--budget", "3"], ["--rates and --budget"]),
+        (["--method", "em", "--rates", "1"], ["--rates", "--method em"]),
+        (["--method", "stitch", "--budget", "4"], ["--budget", "pass --steps"]),
+        (["--method", "mlem", "--rates", "1"], ["--steps", "--method mlem"]),
+    ],
+)
 @pytest.mark.parametrize("out", ["g.png", "job"])
 def test_cli_errors_name_cli_options(tiny, tmp_path, args, named, out):
     """Item 19: the library's errors reach the terminal in the CLI's words (options, not Python arguments),
@@ -330,15 +435,61 @@ def test_sample_refuses_absurd_step_counts_and_shows_steps_of_one_batch(tiny, tm
     and --max-steps, with nothing written; a grid of one batch shows a bar over its steps."""
     r = _cli(["sample", "--ladder", tiny, "--method", "em", "--budget", "1e7", "--n", "2", "--out", tmp_path / "g.png"])
     assert r.exit_code != 0 and "--budget" in r.output and "--max-steps 65536" in r.output, r.output
-    r = _cli(["sample", "--ladder", tiny, "--method", "ddim", "--steps", "5", "--max-steps", "4", "--n", "2",
-              "--out", tmp_path / "job"])
+    r = _cli(
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--method",
+            "ddim",
+            "--steps",
+            "5",
+            "--max-steps",
+            "4",
+            "--n",
+            "2",
+            "--out",
+            tmp_path / "job",
+        ]
+    )
     assert r.exit_code != 0 and "--steps" in r.output and "--max-steps 4" in r.output, r.output
     assert os.listdir(tmp_path) == []
-    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--max-steps", "7", "--n", "2",
-              "--out", tmp_path / "g.png"])
+    r = _cli(
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--method",
+            "em",
+            "--steps",
+            "7",
+            "--max-steps",
+            "7",
+            "--n",
+            "2",
+            "--out",
+            tmp_path / "g.png",
+        ]
+    )
     assert r.exit_code == 0 and "7/7" in r.output and "step" in r.output, r.output
-    r = _cli(["sample", "--ladder", tiny, "--method", "em", "--steps", "7", "--n", "3", "--batch-size", "2",
-              "--out", tmp_path / "g.png", "--overwrite"])
+    r = _cli(
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--method",
+            "em",
+            "--steps",
+            "7",
+            "--n",
+            "3",
+            "--batch-size",
+            "2",
+            "--out",
+            tmp_path / "g.png",
+            "--overwrite",
+        ]
+    )
     assert r.exit_code == 0 and "3/3" in r.output and "img" in r.output, r.output
 
 
@@ -355,8 +506,21 @@ def test_ctrl_c_of_a_job_says_that_rerunning_resumes(tiny, tmp_path, monkeypatch
         return run(self, k)
 
     monkeypatch.setattr(ShardWorker, "run", interrupted_at_shard_1)
-    args = ["sample", "--ladder", tiny, "--method", "em", "--steps", "2", "--n", "3", "--batch-size", "2",
-            "--out", tmp_path / "job"]
+    args = [
+        "sample",
+        "--ladder",
+        tiny,
+        "--method",
+        "em",
+        "--steps",
+        "2",
+        "--n",
+        "3",
+        "--batch-size",
+        "2",
+        "--out",
+        tmp_path / "job",
+    ]
     r = _cli(args)
     assert r.exit_code == 130, r.output
     assert f"1 of 2 shards complete in {tmp_path / 'job'}; run the same command again to resume" in r.output
@@ -377,8 +541,23 @@ def test_ctrl_c_of_a_job_says_that_rerunning_resumes(tiny, tmp_path, monkeypatch
 def test_library_warnings_reach_the_terminal_in_cli_words(tiny, tmp_path):
     """Item 19: a library warning (here: a sampler the calibration has not measured) is one 'warning:' line
     naming CLI options and commands, not Python's 'file.py:N: UserWarning' with pipe.calibrate_samplers()."""
-    r = _cli(["sample", "--ladder", tiny, "--method", "mlem", "--sampler", "ddim", "--budget", "3", "--n", "2",
-              "--out", tmp_path / "g.png"])
+    r = _cli(
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--method",
+            "mlem",
+            "--sampler",
+            "ddim",
+            "--budget",
+            "3",
+            "--n",
+            "2",
+            "--out",
+            tmp_path / "g.png",
+        ]
+    )
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.output.splitlines() if "warning:" in ln)
     assert "warning: --sampler ddim:" in line and "`mlem calibrate --ladder DIR --samplers" in line, line

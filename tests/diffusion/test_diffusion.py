@@ -13,8 +13,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import F64, assert_moments, rms, tiny_unet
+
 from multilevel_em import BrownianPath, Ladder
 from multilevel_em.diffusion import (
     SAMPLERS,
@@ -68,14 +68,20 @@ def test_schedule_dict_round_trips_and_bad_dicts_are_named():
     # The dict every ladder file so far holds (shipped digits ladder, `mlem train-mlp` configs).
     old = {"kind": "linear", "beta_min": 0.1, "beta_max": 20.0, "s": 0.008, "num_train_timesteps": 1000, "t_max": 1.0}
     assert VPSchedule.from_dict(old) == LINEAR
-    assert VPSchedule.from_dict({"kind": "linear", "beta_min": 0.1, "beta_max": 20, "num_train_timesteps": 1000}) == LINEAR
-    for bad, what in ((None, "expected a schedule dict"), ({}, "kind"), ({"kind": "quadratic"}, "quadratic"),
-                      ({"kind": "linear", "beta_min": 0.1}, "beta_max"),
-                      (dict(old, beta_min=30.0), "beta_min, beta_max"),
-                      (dict(old, num_train_timesteps=1000.0), "num_train_timesteps"),
-                      (dict(COSINE.to_dict(), s=-1.0), "s: expected a positive offset"),
-                      (dict(COSINE.to_dict(), t_max=2.0), "t_max"),
-                      (dict(old, beta_max="20"), "beta_max")):
+    assert (
+        VPSchedule.from_dict({"kind": "linear", "beta_min": 0.1, "beta_max": 20, "num_train_timesteps": 1000}) == LINEAR
+    )
+    for bad, what in (
+        (None, "expected a schedule dict"),
+        ({}, "kind"),
+        ({"kind": "quadratic"}, "quadratic"),
+        ({"kind": "linear", "beta_min": 0.1}, "beta_max"),
+        (dict(old, beta_min=30.0), "beta_min, beta_max"),
+        (dict(old, num_train_timesteps=1000.0), "num_train_timesteps"),
+        (dict(COSINE.to_dict(), s=-1.0), "s: expected a positive offset"),
+        (dict(COSINE.to_dict(), t_max=2.0), "t_max"),
+        (dict(old, beta_max="20"), "beta_max"),
+    ):
         with pytest.raises(ValueError, match=r"^ladder\.json: \"schedule\": .*" + re.escape(what)):
             VPSchedule.from_dict(bad, 'ladder.json: "schedule"')
 
@@ -220,8 +226,14 @@ def test_scheduler_samplers_match_diffusers_pipelines(sampler):
     g = gen(16)
     x_T = diffusers.utils.torch_utils.randn_tensor((2, 1, 8, 8), generator=g)
     out = sample(
-        unet, x_T, schedule=LINEAR, steps=10, sampler=sampler, generator=g,
-        scheduler_config={"timestep_spacing": "leading"}, **kwargs,
+        unet,
+        x_T,
+        schedule=LINEAR,
+        steps=10,
+        sampler=sampler,
+        generator=g,
+        scheduler_config={"timestep_spacing": "leading"},
+        **kwargs,
     )
     torch.testing.assert_close((out.x / 2 + 0.5).clamp(0, 1), images, rtol=1e-5, atol=1e-5)
 
@@ -305,9 +317,7 @@ def test_whole_trajectory_is_unbiased_for_affine_levels(sampler):
     affine recursions with independent random coefficients, so the mean final state over the
     draws equals the top model's run exactly; checked within 5 standard errors."""
     base = gaussian(3, seed=12)
-    levels = [
-        GaussianProblem(base.mean + 0.3 * 2.0**-l, base.cov * (1 + 0.2 * 2.0**-l), LINEAR).eps for l in (1, 2, 3)
-    ]
+    levels = [GaussianProblem(base.mean + 0.3 * 2.0**-l, base.cov * (1 + 0.2 * 2.0**-l), LINEAR).eps for l in (1, 2, 3)]
     n = 3000
     x_T = torch.randn(1, 3, generator=gen(25), dtype=F64).expand(n, -1).contiguous()
     den = MultilevelDenoiser(levels, costs=[1, 4, 16], rates=[10.0, 5.0], generator=gen(26))
@@ -337,8 +347,13 @@ def test_step_aware_models_are_told_the_step():
     P = gaussian(2, seed=18)
     inner = MultilevelDenoiser(perturbed_ladder(P.eps, 2, levels=2, seed=18), rates=[1e9], generator=gen(36))
     out = sample(inner, torch.randn(4, 2, generator=gen(37), dtype=F64), schedule=LINEAR, steps=5, sampler="ddim")
-    outer = sample(MultilevelDenoiser([inner]), torch.randn(4, 2, generator=gen(37), dtype=F64),
-                   schedule=LINEAR, steps=5, sampler="ddim")
+    outer = sample(
+        MultilevelDenoiser([inner]),
+        torch.randn(4, 2, generator=gen(37), dtype=F64),
+        schedule=LINEAR,
+        steps=5,
+        sampler="ddim",
+    )
     torch.testing.assert_close(outer.x, out.x)  # without set_step the inner denoiser would raise
 
 
@@ -463,7 +478,7 @@ def test_sliced_wasserstein():
 def test_mmd2_unbiased_matches_the_closed_form():
     d, b, shift = 3, 1.5, 0.8
     # Gaussian kernel, N(0, I) vs N(c, I): MMD^2 = 2 (b^2 / (b^2 + 2))^(d/2) (1 - exp(-|c|^2 / (2 (b^2 + 2)))).
-    exact = 2 * (b * b / (b * b + 2)) ** (d / 2) * (1 - math.exp(-shift**2 / (2 * (b * b + 2))))
+    exact = 2 * (b * b / (b * b + 2)) ** (d / 2) * (1 - math.exp(-(shift**2) / (2 * (b * b + 2))))
     g = gen(35)
     same, diff = [], []
     for _ in range(40):
@@ -488,9 +503,11 @@ def test_ddim_warns_when_its_steps_do_not_divide_the_training_timesteps():
 
     def eps(x, t):
         return 0.1 * x
+
     with pytest.warns(UserWarning, match="30 does not divide num_train_timesteps = 1000"):
         sample(eps, x, schedule=sched, steps=30, sampler="ddim")
     import warnings as w
+
     with w.catch_warnings():
         w.simplefilter("error")
         sample(eps, x, schedule=sched, steps=25, sampler="ddim")

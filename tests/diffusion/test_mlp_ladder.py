@@ -89,8 +89,14 @@ def test_schedule_in_config_is_read_with_the_one_format_and_checked_at_load(tiny
     path = tmp_path / "config.json"
     cfg = json.loads(path.read_text())
     # What `mlem train-mlp` has always written: every VPSchedule field.
-    assert cfg["schedule"] == {"kind": "linear", "beta_min": 0.1, "beta_max": 20.0, "s": 0.008,
-                               "num_train_timesteps": 1000, "t_max": 1.0}
+    assert cfg["schedule"] == {
+        "kind": "linear",
+        "beta_min": 0.1,
+        "beta_max": 20.0,
+        "s": 0.008,
+        "num_train_timesteps": 1000,
+        "t_max": 1.0,
+    }
     assert load_mlp_ladder(str(tmp_path)).schedule == VPSchedule.linear()
     del cfg["schedule"]["beta_max"]
     path.write_text(json.dumps(cfg))
@@ -113,15 +119,39 @@ def test_ddim_eta_one_is_ddpm_and_shared_noise_converges():
     # With its noise from a Brownian path shared with "em", DDPM approaches the same reverse-SDE path.
     W = BrownianPath(x.shape, 1e-4, 1.0, seed=3, dtype=x.dtype, depth=13)
     ref = sample(P.eps, x, schedule=S, steps=2000, sampler="em", noise=W, t_min=1e-4).x
-    errs = [float((sample(P.eps, x, schedule=S, steps=n, sampler="ddim", eta=1.0, noise=W).x - ref)
-                  .pow(2).sum(1).mean().sqrt()) for n in (10, 1000)]
+    errs = [
+        float(
+            (sample(P.eps, x, schedule=S, steps=n, sampler="ddim", eta=1.0, noise=W).x - ref)
+            .pow(2)
+            .sum(1)
+            .mean()
+            .sqrt()
+        )
+        for n in (10, 1000)
+    ]
     assert errs[1] < 0.25 * errs[0], errs
 
 
 def test_cli_train_mlp(tmp_path):
     out = tmp_path / "lad"
-    r = CliRunner().invoke(main, ["train-mlp", "--problem", "gaussian", "--dim", "2", "--out", str(out),
-                                  "--steps", "20", "--widths", "4,8,16", "--batch", "32"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train-mlp",
+            "--problem",
+            "gaussian",
+            "--dim",
+            "2",
+            "--out",
+            str(out),
+            "--steps",
+            "20",
+            "--widths",
+            "4,8,16",
+            "--batch",
+            "32",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "gamma" in r.output and (out / "level_3.safetensors").exists()
     assert load_mlp_ladder(str(out)).widths == [4, 8, 16]
@@ -130,16 +160,42 @@ def test_cli_train_mlp(tmp_path):
 @pytest.mark.slow
 def test_bench_diffusion_quick(tmp_path):
     out, png = tmp_path / "d.json", tmp_path / "d.png"
-    r = CliRunner().invoke(main, ["bench", "diffusion", "--quick", "--train-steps", "60", "--paths", "48",
-                                  "--out", str(out), "--plot", str(png)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "diffusion",
+            "--quick",
+            "--train-steps",
+            "60",
+            "--paths",
+            "48",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
-    assert png.exists() and data["benchmark"] == "diffusion" and data["command"].startswith("mlem bench diffusion --quick --train-steps 60 --paths 48 ")
+    assert (
+        png.exists()
+        and data["benchmark"] == "diffusion"
+        and data["command"].startswith("mlem bench diffusion --quick --train-steps 60 --paths 48 ")
+    )
     assert [p["problem"] for p in data["problems"]] == ["gaussian", "mixture"]
     for p in data["problems"]:
         assert set(p) >= {"gamma", "runs", "fronts", "fronts_seconds", "table", "deltas", "ladder", "metric"}
-        assert set(p["fronts"]) == {"em_top", "ddpm_top", "ddim_top", "dpmpp_top", "tstitch_em", "tstitch_dpmpp",
-                                    "mlem_em", "mlem_dpmpp"}
+        assert set(p["fronts"]) == {
+            "em_top",
+            "ddpm_top",
+            "ddim_top",
+            "dpmpp_top",
+            "tstitch_em",
+            "tstitch_dpmpp",
+            "mlem_em",
+            "mlem_dpmpp",
+        }
         for run in p["runs"]:
             assert math.isfinite(run["error"]) and run["error"] >= 0 and run["cost"] > 0
             if run["method"].endswith("_top"):
@@ -154,15 +210,19 @@ def test_bench_diffusion_quick(tmp_path):
         assert p["seeds"] == [0, 1000] and [s["seed"] for s in p["per_seed"]] == [0, 1000]
         assert {run["seed"] for run in p["runs"]} == {0, 1000}
         for e in p["settings"]:  # the means recomputed from the recorded runs; ordered bands
-            vals = [run["error"] for run in p["runs"] if run["method"] == e["method"]
-                    and all(run.get(k) == e.get(k) for k in ("steps", "fraction", "top_fires"))]
+            vals = [
+                run["error"]
+                for run in p["runs"]
+                if run["method"] == e["method"]
+                and all(run.get(k) == e.get(k) for k in ("steps", "fraction", "top_fires"))
+            ]
             assert len(vals) == 2 and e["error"]["mean"] == pytest.approx(sum(vals) / 2, rel=1e-12)
             for f in ("error", "cost"):
                 assert e[f]["lo"] <= e[f]["mean"] <= e[f]["hi"]
         for m, front in p["front_bands"].items():
             assert [[q["cost"]["mean"], q["error"]["mean"]] for q in front] == p["fronts"][m]
         for row in p["table"]:
-            for m, c in row["cost"].items():
+            for c in row["cost"].values():
                 assert c["n"] == 2 and (c["mean"] is None) == (c["reached"] < 2)
                 if c["lo"] is not None:
                     assert c["lo"] <= c["mean"] <= c["hi"]
@@ -196,11 +256,26 @@ def test_bench_diffusion_with_a_loaded_two_level_ladder_has_no_gamma(tmp_path):
 
     for kind, P in (("gaussian", gaussian(2, seed=0)), ("mixture", gaussian_mixture(2, components=2, seed=0))):
         train_mlp_ladder(P, (4, 8), steps=5, batch=16, seed=0).save(str(tmp_path / "lad" / kind))
-    small = dict(n_gauss=16, n_mix=16, ref_steps=64, em_steps=(5, 10), ode_steps=(5,), mlem_steps=(10,),
-                 mlem_ode_steps=(5,), top_fires=(1,), stitch_fractions=(0.4,))
+    small = dict(
+        n_gauss=16,
+        n_mix=16,
+        ref_steps=64,
+        em_steps=(5, 10),
+        ode_steps=(5,),
+        mlem_steps=(10,),
+        mlem_ode_steps=(5,),
+        top_fires=(1,),
+        stitch_fractions=(0.4,),
+    )
     lines = []
-    res = run_bench(quick=True, out=str(tmp_path / "d.json"), plot_path=str(tmp_path / "d.png"),
-                    ladders=str(tmp_path / "lad"), overrides=small, echo=lines.append)
+    res = run_bench(
+        quick=True,
+        out=str(tmp_path / "d.json"),
+        plot_path=str(tmp_path / "d.png"),
+        ladders=str(tmp_path / "lad"),
+        overrides=small,
+        echo=lines.append,
+    )
     assert [p["gamma"]["gamma"] for p in res["problems"]] == [None, None]
     assert (tmp_path / "d.png").stat().st_size > 0
     assert sum("gamma n/a" in line for line in lines) == 2, lines
@@ -213,8 +288,10 @@ def test_bench_diffusion_records_the_command(monkeypatch):
 
     seen = []
     monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.append(kw["command"]))
-    for args, expected in (([], "mlem bench diffusion"),
-                           (["--seed", "3", "--paths", "64"], "mlem bench diffusion --paths 64 --seed 3")):
+    for args, expected in (
+        ([], "mlem bench diffusion"),
+        (["--seed", "3", "--paths", "64"], "mlem bench diffusion --paths 64 --seed 3"),
+    ):
         r = CliRunner().invoke(main, ["bench", "diffusion", *args])
         assert r.exit_code == 0, r.output
         assert seen[-1] == expected

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+from conftest import tiny_dit as _dit  # noqa: E402
+from conftest import tiny_unet2d_condition as _unet_cond  # noqa: E402
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     DDIMScheduler,
@@ -27,8 +29,6 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 
-from conftest import tiny_dit as _dit  # noqa: E402
-from conftest import tiny_unet2d_condition as _unet_cond  # noqa: E402
 from multilevel_em.diffusion import MultilevelModel, scheduler_spans  # noqa: E402
 
 SCHEDULERS = {
@@ -67,8 +67,16 @@ def _dit_pipe(top, scheduler):
 def _sd_pipe(top, scheduler):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=None, tokenizer=None, unet=top, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        unet=top,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -106,8 +114,15 @@ def test_dit_pipeline_with_probabilities_one_is_the_top_model(dit_ladder, name):
 def test_stable_diffusion_pipeline_with_probabilities_one_is_the_top_model(unet_ladder, name):
     """Stock StableDiffusionPipeline with prompt embeddings (one per image) and guidance 5."""
     pipe = _sd_pipe(unet_ladder[-1], SCHEDULERS[name]())
-    kw = dict(prompt_embeds=_embeds(2, 0), negative_prompt_embeds=_embeds(2, 1), num_inference_steps=4,
-              guidance_scale=5.0, height=8, width=8, output_type="np")
+    kw = dict(
+        prompt_embeds=_embeds(2, 0),
+        negative_prompt_embeds=_embeds(2, 1),
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        height=8,
+        width=8,
+        output_type="np",
+    )
     ref = pipe(generator=torch.Generator().manual_seed(0), **kw).images
     pipe.unet = MultilevelModel(unet_ladder, probabilities=[1.0, 1.0], generator=torch.Generator().manual_seed(1))
     assert pipe.unet.config.in_channels == 4 and pipe.unet.dtype == torch.float32
@@ -121,8 +136,15 @@ def test_multilevel_pipeline_spends_less_than_the_top_model(unet_ladder):
     pipe = _sd_pipe(unet_ladder[-1], DDIMScheduler())
     mm = MultilevelModel(unet_ladder, probabilities=[0.5, 0.25], generator=torch.Generator().manual_seed(3))
     pipe.unet = mm
-    out = pipe(prompt_embeds=_embeds(3, 0), negative_prompt_embeds=_embeds(3, 1), num_inference_steps=6,
-               guidance_scale=5.0, height=8, width=8, output_type="np").images
+    out = pipe(
+        prompt_embeds=_embeds(3, 0),
+        negative_prompt_embeds=_embeds(3, 1),
+        num_inference_steps=6,
+        guidance_scale=5.0,
+        height=8,
+        width=8,
+        output_type="np",
+    ).images
     assert out.shape == (3, 8, 8, 3) and np.isfinite(out).all()
     rep = mm.report()
     assert rep["calls"] == 6 and 1.0 < rep["top_equivalents_per_image"] < 6.0
@@ -164,20 +186,26 @@ def test_unbiased_for_the_top_model_step_with_per_row_conditioning(unet_ladder, 
         sch = DDIMScheduler(prediction_type=prediction, clip_sample=False)  # clipping x0 is nonlinear
         sch.set_timesteps(10)
         k = int(sch.timesteps[3])
-    mm = MultilevelModel(unet_ladder, probabilities=[0.4, 0.2], pair_guidance=pairing,
-                         generator=torch.Generator().manual_seed(11))
+    mm = MultilevelModel(
+        unet_ladder, probabilities=[0.4, 0.2], pair_guidance=pairing, generator=torch.Generator().manual_seed(11)
+    )
     with torch.no_grad():
         est = mm(xs, torch.tensor(k), encoder_hidden_states=emb).sample
-        top = unet_ladder[-1](torch.cat([x, x]), torch.tensor(k), encoder_hidden_states=torch.cat([uncond, cond])).sample
+        top = unet_ladder[-1](
+            torch.cat([x, x]), torch.tensor(k), encoder_hidden_states=torch.cat([uncond, cond])
+        ).sample
         mid = unet_ladder[1](torch.cat([x, x]), torch.tensor(k), encoder_hidden_states=torch.cat([uncond, cond])).sample
     w = 3.0
-    guided = lambda o: o[:n_img] + w * (o[n_img:] - o[:n_img])  # noqa: E731
+    guided = lambda o: o[:n_img] + w * (o[n_img:] - o[:n_img])
     est = est.view(2, reps, n_img, 4, 8, 8).transpose(0, 1).reshape(reps, 2 * n_img, 4, 8, 8)
     outs = [guided(e) for e in est]
 
     def step(o):
-        s = (FlowMatchEulerDiscreteScheduler() if prediction == "flow"
-             else DDIMScheduler(prediction_type=prediction, clip_sample=False))
+        s = (
+            FlowMatchEulerDiscreteScheduler()
+            if prediction == "flow"
+            else DDIMScheduler(prediction_type=prediction, clip_sample=False)
+        )
         s.set_timesteps(10)
         if prediction == "flow":
             s._step_index = 3
@@ -198,8 +226,9 @@ def test_guidance_pairs_share_their_draws(unet_ladder):
     emb = torch.cat([uncond.repeat(reps, 1, 1), cond.repeat(reps, 1, 1)])
     var = {}
     for pairing in (True, False):
-        mm = MultilevelModel(unet_ladder, probabilities=[0.3, 0.1], pair_guidance=pairing,
-                             generator=torch.Generator().manual_seed(2))
+        mm = MultilevelModel(
+            unet_ladder, probabilities=[0.3, 0.1], pair_guidance=pairing, generator=torch.Generator().manual_seed(2)
+        )
         with torch.no_grad():
             o = mm(xs, 500, encoder_hidden_states=emb).sample
         if pairing:  # level 3 ran on whole pairs only
@@ -212,8 +241,9 @@ def test_guidance_pairs_share_their_draws(unet_ladder):
 def test_evaluation_counts_match_the_probabilities(unet_ladder):
     """Rows evaluating level 2: 1 - (1 - p2)(1 - p3); level 3: p3 (cost sharing); within 5 SE."""
     p2, p3, n = 0.3, 0.1, 2000
-    mm = MultilevelModel(unet_ladder, probabilities=[p2, p3], pair_guidance=False,
-                         generator=torch.Generator().manual_seed(4))
+    mm = MultilevelModel(
+        unet_ladder, probabilities=[p2, p3], pair_guidance=False, generator=torch.Generator().manual_seed(4)
+    )
     x = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         mm(x, 500, encoder_hidden_states=_embeds(n, 1))
@@ -225,7 +255,7 @@ def test_evaluation_counts_match_the_probabilities(unet_ladder):
 def test_per_image_generators_make_draws_independent_of_the_batch(unet_ladder):
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     emb = _embeds(3, 1)
-    gens = lambda ids: [torch.Generator().manual_seed(100 + i) for i in ids]  # noqa: E731
+    gens = lambda ids: [torch.Generator().manual_seed(100 + i) for i in ids]
     mm = MultilevelModel(unet_ladder, probabilities=[0.5, 0.5], generator=gens(range(3)))
     with torch.no_grad():
         full = mm(x, 300, encoder_hidden_states=emb).sample
@@ -244,8 +274,9 @@ def test_conditioning_is_sliced_with_the_rows(unet_ladder):
     n, p2, p3 = 8, 0.5, 0.5
     x = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     emb = _embeds(n, 2)
-    mm = MultilevelModel(unet_ladder, probabilities=[p2, p3], pair_guidance=False,
-                         generator=torch.Generator().manual_seed(0))
+    mm = MultilevelModel(
+        unet_ladder, probabilities=[p2, p3], pair_guidance=False, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         est = mm(x, 200, encoder_hidden_states=emb, return_dict=False)[0]
         f1, f2, f3 = (m(x, 200, encoder_hidden_states=emb).sample for m in unet_ladder)
@@ -311,9 +342,18 @@ def test_rates_need_a_scheduler_and_use_its_grid(unet_ladder):
 
 def test_bad_inputs_are_named(unet_ladder, dit_ladder):
     with pytest.raises(TypeError, match="one family"):
-        MultilevelModel([UNet2DModel(sample_size=8, block_out_channels=(4, 8), norm_num_groups=2,
-                                     down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
-                         unet_ladder[-1]])
+        MultilevelModel(
+            [
+                UNet2DModel(
+                    sample_size=8,
+                    block_out_channels=(4, 8),
+                    norm_num_groups=2,
+                    down_block_types=("DownBlock2D",) * 2,
+                    up_block_types=("UpBlock2D",) * 2,
+                ),
+                unet_ladder[-1],
+            ]
+        )
     with pytest.raises(TypeError, match="list of denoisers"):
         MultilevelModel(unet_ladder[-1])
     with pytest.raises(ValueError, match=r"probabilities\[1\] \(level 3\).*\[0, 1\]"):
@@ -335,7 +375,8 @@ def test_bad_inputs_are_named(unet_ladder, dit_ladder):
         mm(torch.randn(2, 4, 8, 8), torch.tensor([500, 400]), encoder_hidden_states=_embeds(2, 0))
     with pytest.raises(ValueError, match="one generator per sample"):
         MultilevelModel(unet_ladder, probabilities=[0.5, 0.5], generator=[torch.Generator()] * 3)(
-            torch.randn(2, 4, 8, 8), 500, encoder_hidden_states=_embeds(2, 0))
+            torch.randn(2, 4, 8, 8), 500, encoder_hidden_states=_embeds(2, 0)
+        )
     # output shapes differ (learned sigma vs not): refused on the first call, naming the level
     with pytest.raises(ValueError, match=r"config.out_channels differs between levels \(level 1: 4, level 2: 8\)"):
         MultilevelModel([_dit(1, 1, 1, out_channels=4), dit_ladder[-1]], probabilities=[0.5])
@@ -371,10 +412,19 @@ def test_nan_from_a_level_is_an_error_naming_it(unet_ladder):
 def _unet_sdxl(width: int, seed: int) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2, addition_embed_type="text_time",
-        addition_time_embed_dim=4, projection_class_embeddings_input_dim=8 + 6 * 4,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(width, 2 * width),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=2,
+        attention_head_dim=2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=8 + 6 * 4,
     ).eval()
 
 
@@ -384,14 +434,28 @@ def test_sdxl_pipeline_with_added_cond_kwargs():
     from diffusers import StableDiffusionXLPipeline
 
     ladder = [_unet_sdxl(4, 1), _unet_sdxl(8, 2), _unet_sdxl(16, 3)]
-    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                     tokenizer_2=None, unet=ladder[-1], scheduler=EulerDiscreteScheduler())
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=ladder[-1],
+        scheduler=EulerDiscreteScheduler(),
+    )
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
-    kw = dict(prompt_embeds=torch.randn(2, 4, 16, generator=g), negative_prompt_embeds=torch.randn(2, 4, 16, generator=g),
-              pooled_prompt_embeds=torch.randn(2, 8, generator=g),
-              negative_pooled_prompt_embeds=torch.randn(2, 8, generator=g),
-              num_inference_steps=4, guidance_scale=5.0, height=8, width=8, output_type="np")
+    kw = dict(
+        prompt_embeds=torch.randn(2, 4, 16, generator=g),
+        negative_prompt_embeds=torch.randn(2, 4, 16, generator=g),
+        pooled_prompt_embeds=torch.randn(2, 8, generator=g),
+        negative_pooled_prompt_embeds=torch.randn(2, 8, generator=g),
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        height=8,
+        width=8,
+        output_type="np",
+    )
     ref = pipe(generator=torch.Generator().manual_seed(0), **kw).images
     pipe.unet = MultilevelModel(ladder, probabilities=[1.0, 1.0])
     out = pipe(generator=torch.Generator().manual_seed(0), **kw).images

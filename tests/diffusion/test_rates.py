@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from multilevel_em.cli.main import main
 from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample
-from multilevel_em.diffusion.rates import (RateShape, as_rates, expected_cost, learn_probabilities,
-                                           measure_profiles)
+from multilevel_em.diffusion.rates import RateShape, as_rates, expected_cost, learn_probabilities, measure_profiles
 
 SCHED = VPSchedule.linear()
 
@@ -42,7 +41,7 @@ def test_sensitivity_of_linear_models_in_the_ode_sampler_is_the_exact_product_of
     beta = np.array([float(SCHED.beta(v)) for v in t])
     sigma = np.array([float(SCHED.sigma(v)) for v in t])
     g = 1 + h * beta / 2 * (1 - a[-1] / sigma)
-    expected = np.array([np.prod(np.abs(g[n + 1:])) / 2 for n in range(steps)])
+    expected = np.array([np.prod(np.abs(g[n + 1 :])) / 2 for n in range(steps)])
     for l in range(2):
         np.testing.assert_allclose(prof.sensitivity[:, l], expected, rtol=1e-6)
     # delta per call: (beta / sigma) |a_l - a_{l-1}| RMS |x_n|
@@ -58,8 +57,13 @@ def test_probabilities_meet_the_budget_and_expected_cost_matches_the_counted_cos
         p = prof.shape(kind).probabilities(costs, 4.0)
         c = np.asarray(costs) / costs[-1]
         assert expected_cost(p, c) == pytest.approx(4.0, rel=1e-6)
-        den = MultilevelDenoiser(models, costs=costs, rates=as_rates(prof.times, prof.spans, p),
-                                 generator=torch.Generator().manual_seed(2), schedule=SCHED)
+        den = MultilevelDenoiser(
+            models,
+            costs=costs,
+            rates=as_rates(prof.times, prof.spans, p),
+            generator=torch.Generator().manual_seed(2),
+            schedule=SCHED,
+        )
         out = sample(den, x, schedule=SCHED, steps=10, sampler="euler_ode", t_min=1e-2)
         # counted cost: a mean of 2000 independent per-sample costs; 3% is > 5 standard errors here
         assert out.top_equivalents == pytest.approx(4.0, rel=0.03)
@@ -92,8 +96,13 @@ def test_predicted_mse_of_linear_models_against_the_exact_second_moment():
     norm_profile = float(x[:256].pow(2).sum(1).mean())
     assert prof.predicted_mse(p) == pytest.approx(norm_profile * first, rel=1e-6)
     exact = float(x.pow(2).sum(1).mean()) * (np.prod(g**2 + (var * k**2).sum(1)) - np.prod(g**2))
-    den = MultilevelDenoiser(models, costs=costs, rates=as_rates(prof.times, prof.spans, p),
-                             generator=torch.Generator().manual_seed(5), schedule=SCHED)
+    den = MultilevelDenoiser(
+        models,
+        costs=costs,
+        rates=as_rates(prof.times, prof.spans, p),
+        generator=torch.Generator().manual_seed(5),
+        schedule=SCHED,
+    )
     ml = sample(den, x, schedule=SCHED, steps=steps, sampler="euler_ode", t_min=1e-2).x
     top = sample(models[-1], x, schedule=SCHED, steps=steps, sampler="euler_ode", t_min=1e-2).x
     sq = (ml - top).pow(2).sum(1)
@@ -105,8 +114,9 @@ def test_predicted_mse_of_linear_models_against_the_exact_second_moment():
 
 
 def test_floor_keeps_fired_kicks_below_the_state_norm():
-    shape = RateShape(np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([[1.0], [1e-6]]), "x",
-                      floor=np.array([[0.0], [0.2]]))
+    shape = RateShape(
+        np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([[1.0], [1e-6]]), "x", floor=np.array([[0.0], [0.2]])
+    )
     # costs (0.25, 1): base 2 x 0.25; the budget leaves 0.7 for the correction; call 1's own share would be
     # ~0 (value 1e-6), the floor gives it 0.2, so call 0 gets the other 0.5.
     p = shape.probabilities([0.25, 1.0], 0.5 + 0.7)
@@ -125,17 +135,30 @@ def test_learned_probabilities_keep_the_budget_and_stop_on_nan():
 
     def draw(i):
         return torch.randn(32, 2, generator=torch.Generator().manual_seed(10 + i), dtype=torch.float64), {"t_min": 1e-2}
-    res = learn_probabilities(models, costs, SCHED, draw, sampler="euler_ode", steps=8, budget=3.0, init=init,
-                              iterations=4, batch=32)
+
+    res = learn_probabilities(
+        models, costs, SCHED, draw, sampler="euler_ode", steps=8, budget=3.0, init=init, iterations=4, batch=32
+    )
     assert expected_cost(res.p, np.asarray(costs) / 16) == pytest.approx(3.0, rel=1e-6)
     assert len(res.losses) == 4 and all(math.isfinite(v) for v in res.losses)
 
     class Bad:
         def __call__(self, x, t):
             return x * float("nan") if x.shape[0] > 1 else x
+
     with pytest.raises(FloatingPointError, match="NaN"):
-        learn_probabilities([Bad(), models[1], models[2]], costs, SCHED, draw, sampler="euler_ode", steps=8,
-                            budget=3.0, init=init, iterations=2, batch=32)
+        learn_probabilities(
+            [Bad(), models[1], models[2]],
+            costs,
+            SCHED,
+            draw,
+            sampler="euler_ode",
+            steps=8,
+            budget=3.0,
+            init=init,
+            iterations=2,
+            batch=32,
+        )
     with pytest.raises(ValueError, match="lr"):
         learn_probabilities(models, costs, SCHED, draw, sampler="euler_ode", steps=8, budget=3.0, init=init, lr=0)
 
@@ -161,11 +184,14 @@ def test_bench_rates_quick_through_the_cli(tmp_path):
 
 
 def test_bench_rates_bad_input_through_the_cli(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "rates", "--quick", "--problems", "cifar", "--out", str(tmp_path / "a.json")])
+    r = CliRunner().invoke(
+        main, ["bench", "rates", "--quick", "--problems", "cifar", "--out", str(tmp_path / "a.json")]
+    )
     assert r.exit_code == 2 and "--problems" in r.output and "Traceback" not in r.output
     blocker = tmp_path / "file"
     blocker.write_text("")
-    r = CliRunner().invoke(main, ["bench", "rates", "--quick", "--out", str(blocker / "x.json"),
-                                  "--plot", str(tmp_path / "p.png")])
+    r = CliRunner().invoke(
+        main, ["bench", "rates", "--quick", "--out", str(blocker / "x.json"), "--plot", str(tmp_path / "p.png")]
+    )
     assert r.exit_code != 0 and "--out" in r.output and "Traceback" not in r.output
     assert not os.path.exists(tmp_path / "p.png")

@@ -37,8 +37,14 @@ def test_every_list_reads_the_registry():
     assert SAMPLERS == ("em", "ddpm", "ddim", "euler_ode", "dpmpp_2m")
     assert METHODS == ("mlem",) + SAMPLERS + ("stitch", "auto")
     assert pipeline.METHODS is METHODS and job._METHODS is METHODS
-    assert dict(pipeline.DEFAULT_STEPS) == {"em": 250, "ddpm": 250, "ddim": 50, "euler_ode": 100, "dpmpp_2m": 20,
-                                            "stitch": 50}
+    assert dict(pipeline.DEFAULT_STEPS) == {
+        "em": 250,
+        "ddpm": 250,
+        "ddim": 50,
+        "euler_ode": 100,
+        "dpmpp_2m": 20,
+        "stitch": 50,
+    }
     assert sampler_calibration.MEASURABLE == {"em": "sde", "ddim": "ode", "euler_ode": "ode", "dpmpp_2m": "ode"}
     assert distill.SAMPLERS == ("em", "ddim", "dpmpp_2m")
     assert distill.CONDITIONAL_SCHEDULERS == {"em": "ddpm", "ddim": "ddim", "dpmpp_2m": "dpmpp_2m"}
@@ -55,7 +61,7 @@ def test_bench_labels_and_styles_come_from_the_registry():
 
 
 def test_every_registry_entry_resolves():
-    for name, spec in SAMPLER_SPECS.items():
+    for _name, spec in SAMPLER_SPECS.items():
         assert spec.family in ("sde", "ode") and spec.default_steps >= 1 and spec.label and spec.title
         assert callable(spec.loop_function())
         if spec.scheduler is not None:
@@ -70,8 +76,10 @@ def test_every_registry_entry_resolves():
 
 
 def test_registry_and_diffusion_package_import_without_torch():
-    code = ("import sys, multilevel_em.diffusion.registry, multilevel_em.jobs.job, multilevel_em.cli.main; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, multilevel_em.diffusion.registry, multilevel_em.jobs.job, multilevel_em.cli.main; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -87,10 +95,10 @@ def test_drift_increments_equal_the_inlined_steps_bit_for_bit(t, dtype):
         x, eps = torch.randn(3, 5, generator=g, dtype=dtype), torch.randn(3, 5, generator=g, dtype=dtype)
         t_next = t - 0.013
         beta, sigma = float(s.beta(t)), float(s.sigma(t))
-        assert torch.equal(s.reverse_sde_drift(x, t, eps, dt=t_next - t),
-                           (t - t_next) * beta * (0.5 * x - eps / sigma))
-        assert torch.equal(s.probability_flow_drift(x, t, eps, dt=t_next - t),
-                           (t - t_next) * 0.5 * beta * (x - eps / sigma))
+        assert torch.equal(s.reverse_sde_drift(x, t, eps, dt=t_next - t), (t - t_next) * beta * (0.5 * x - eps / sigma))
+        assert torch.equal(
+            s.probability_flow_drift(x, t, eps, dt=t_next - t), (t - t_next) * 0.5 * beta * (x - eps / sigma)
+        )
         assert torch.equal(s.reverse_sde_drift(x, t, eps, dt=-1.0), beta * (0.5 * x - eps / sigma))
 
 
@@ -98,8 +106,14 @@ def test_sample_calls_back_after_every_step():
     from multilevel_em.diffusion import VPSchedule, sample
 
     seen = []
-    out = sample(lambda x, t: 0.1 * x, torch.randn(2, 3, generator=torch.Generator().manual_seed(0)),
-                 schedule=VPSchedule.linear(), steps=7, sampler="euler_ode", callback=lambda n, N: seen.append((n, N)))
+    out = sample(
+        lambda x, t: 0.1 * x,
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(0)),
+        schedule=VPSchedule.linear(),
+        steps=7,
+        sampler="euler_ode",
+        callback=lambda n, N: seen.append((n, N)),
+    )
     assert seen == [(n, 7) for n in range(7)] and out.top_equivalents == 7
 
 
@@ -107,14 +121,26 @@ def test_old_cost_names_still_read_with_a_deprecation_warning():
     from multilevel_em import Ladder, solve
     from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample
 
-    sol = solve(Ladder([lambda x, t: -x, lambda x, t: -1.1 * x], costs=[1.0, 4.0]), torch.ones(3, 2), t0=0.0, t1=1.0,
-                steps=5, method="em")
+    sol = solve(
+        Ladder([lambda x, t: -x, lambda x, t: -1.1 * x], costs=[1.0, 4.0]),
+        torch.ones(3, 2),
+        t0=0.0,
+        t1=1.0,
+        steps=5,
+        method="em",
+    )
     with pytest.warns(DeprecationWarning, match="cost_per_sample"):
         assert sol.cost == sol.cost_per_sample == 20.0
     assert sol.top_equivalents == 5.0 and sol.to_dict()["cost"] == 20.0  # the report's key is unchanged
     den = MultilevelDenoiser([lambda x, t: 0.1 * x], costs=[3.0])
-    out = sample(den, torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), schedule=VPSchedule.linear(),
-                 steps=4, sampler="em", generator=torch.Generator().manual_seed(1))
+    out = sample(
+        den,
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(0)),
+        schedule=VPSchedule.linear(),
+        steps=4,
+        sampler="em",
+        generator=torch.Generator().manual_seed(1),
+    )
     with pytest.warns(DeprecationWarning, match="top_equivalents"):
         assert out.cost == out.top_equivalents == 4
     with pytest.warns(DeprecationWarning, match="total_cost"):

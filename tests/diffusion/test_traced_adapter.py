@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from multilevel_em.diffusion import DiffusersUNetAdapter  # noqa: E402
-from multilevel_em.images.ladder import build_unet  # noqa: E402
+from multilevel_em.diffusion import DiffusersUNetAdapter
+from multilevel_em.images.ladder import build_unet
 
 
 @pytest.fixture(autouse=True)

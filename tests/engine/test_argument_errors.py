@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import F64, three_level_ladder
+
 from multilevel_em.engine import BrownianPath, Ladder, solve
 
 f = lambda x, t: -x
@@ -86,9 +86,14 @@ def test_ladder_not_a_ladder():
         solve([f], _x0(), t0=0.0, t1=1.0, steps=1, method="em")
 
 
-@pytest.mark.parametrize("x0,match", [([[0.0]], r"x0: expected a torch.Tensor"),
-                                      (torch.zeros(3, 2, dtype=torch.int64), r"x0: expected a floating tensor"),
-                                      (torch.tensor(1.0, dtype=F64), r"x0: expected a floating tensor of shape")])
+@pytest.mark.parametrize(
+    "x0,match",
+    [
+        ([[0.0]], r"x0: expected a torch.Tensor"),
+        (torch.zeros(3, 2, dtype=torch.int64), r"x0: expected a floating tensor"),
+        (torch.tensor(1.0, dtype=F64), r"x0: expected a floating tensor of shape"),
+    ],
+)
 def test_bad_x0(x0, match):
     with pytest.raises((TypeError, ValueError), match=match):
         solve(Ladder([f], [1.0]), x0, t0=0.0, t1=1.0, steps=1, method="em")
@@ -142,7 +147,9 @@ def test_rates_missing_for_mlem():
 
 @pytest.mark.parametrize("rates", [[1.0], [1.0, 2.0, 3.0]])
 def test_rates_wrong_length(rates):
-    with pytest.raises(ValueError, match=r"rates: expected 2 rates \(one for each of levels 2..3\), got %d" % len(rates)):
+    with pytest.raises(
+        ValueError, match=r"rates: expected 2 rates \(one for each of levels 2..3\), got %d" % len(rates)
+    ):
         _solve(rates=rates)
 
 
@@ -224,7 +231,9 @@ def test_bad_generator():
 def test_level_output_shape_differs(method):
     g = lambda x, t: -x[:, :1]
     L = Ladder([f, g], [1.0, 2.0], names=["small", "big"])
-    with pytest.raises(ValueError, match=r"level 2 \(big\): output shape \(\d+, 1\) differs from the state's shape \(\d+, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"level 2 \(big\): output shape \(\d+, 1\) differs from the state's shape \(\d+, 2\)"
+    ):
         solve(L, _x0(), t0=0.0, t1=1.0, steps=3, method=method, rates=[1e9])
 
 

@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
-
 from conftest import F64
+
 from multilevel_em.engine import BrownianPath
 
 # Rounding tolerance for sums/differences of O(1) float64 values.
@@ -170,7 +170,7 @@ def test_disjoint_increments_and_entries_are_uncorrelated():
     incs = [W.increment(a, b) for a, b in zip(grid[:-1], grid[1:])]
     # Standardise each increment: its variance must be b - a.
     cols = [(d / math.sqrt(b - a)) for d, (a, b) in zip(incs, zip(grid[:-1], grid[1:]))]
-    Z = torch.cat([c for c in cols], dim=1)  # (N, 16): every pair should be independent N(0,1)
+    Z = torch.cat(list(cols), dim=1)  # (N, 16): every pair should be independent N(0,1)
     corr = (Z.T @ Z) / N_STAT
     off = corr - torch.diag(torch.diag(corr))
     # Each sample correlation of independent normals has SE 1/sqrt(N) ~ 0.0071; tolerance 5 SE

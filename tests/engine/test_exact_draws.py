@@ -57,8 +57,9 @@ def test_exact_draws_need_a_shared_generator():
     with pytest.raises(ValueError, match="per-sample generators needs draws='per_sample'"):
         MultilevelDenoiser([lambda x, t: x] * 4, costs=[1, 2, 3, 4], rates=[1, 1, 1], draws="exact", generator=gens)
     with pytest.raises(ValueError, match="draws"):
-        solve(Ladder([lambda x, t: x] * 2, [1, 2]), torch.zeros(2, 1), t0=0, t1=1, steps=2, rates=[1.0],
-              draws="exactly")
+        solve(
+            Ladder([lambda x, t: x] * 2, [1, 2]), torch.zeros(2, 1), t0=0, t1=1, steps=2, rates=[1.0], draws="exactly"
+        )
 
 
 def _levels():
@@ -90,7 +91,20 @@ def test_solve_with_exact_draws_matches_em_in_mean():
     ladder, _, _ = _levels()
     x0 = torch.full((64, 1), 0.5, dtype=torch.float64)
     em = solve(ladder, x0, t0=0.0, t1=0.5, steps=8, method="em").x
-    runs = torch.cat([solve(ladder, x0, t0=0.0, t1=0.5, steps=8, rates=[8 * p for p in P], draws="exact",
-                            generator=torch.Generator().manual_seed(s)).x for s in range(20)])
+    runs = torch.cat(
+        [
+            solve(
+                ladder,
+                x0,
+                t0=0.0,
+                t1=0.5,
+                steps=8,
+                rates=[8 * p for p in P],
+                draws="exact",
+                generator=torch.Generator().manual_seed(s),
+            ).x
+            for s in range(20)
+        ]
+    )
     se = runs.std() / math.sqrt(runs.shape[0])
     assert abs(runs.mean() - em[0, 0]) < 5 * se

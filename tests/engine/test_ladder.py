@@ -8,7 +8,7 @@ from multilevel_em.engine import Ladder
 
 
 def _levels(n):
-    return [(lambda k: (lambda x, t: -x * (k + 1)))(k) for k in range(n)]
+    return [(lambda k: lambda x, t: -x * (k + 1))(k) for k in range(n)]
 
 
 def test_sequence_protocol_and_defaults():

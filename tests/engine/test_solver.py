@@ -12,8 +12,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import F64, Counting, fit_slope, rms, three_level_ladder, wiggle_levels
+
 from multilevel_em.engine import BrownianPath, Ladder, solve
 
 ROUND = 1e-12
@@ -76,7 +76,7 @@ def test_mlem_drift_takes_the_four_telescoping_values_with_bernoulli_frequencies
     f1, f2, f3 = (L[j](STATE[None], 0.0)[0] for j in range(3))
     d2, d3 = (f2 - f1) / P2, (f3 - f2) / P3
     combos = {(0, 0): f1, (1, 0): f1 + d2, (0, 1): f1 + d3, (1, 1): f1 + d2 + d3}
-    counts = {k: 0 for k in combos}
+    counts = dict.fromkeys(combos, 0)
     for row in D:
         hits = [k for k, v in combos.items() if float((row - v).abs().max()) < 1e-9]
         assert len(hits) == 1, f"drift estimate {row.tolist()} is not one of the telescoping values"
@@ -116,8 +116,19 @@ def test_mlem_with_all_probabilities_one_equals_em_with_the_top_level(draws, rat
     W = BrownianPath(x0.shape, 0.0, 1.0, seed=2, dtype=F64)
     steps = 64
     em = solve(L, x0, t0=0.0, t1=1.0, steps=steps, diffusion=0.5, method="em", noise=W)
-    ml = solve(L, x0, t0=0.0, t1=1.0, steps=steps, diffusion=0.5, method="mlem", rates=rates, noise=W,
-               draws=draws, generator=_gen(3))
+    ml = solve(
+        L,
+        x0,
+        t0=0.0,
+        t1=1.0,
+        steps=steps,
+        diffusion=0.5,
+        method="mlem",
+        rates=rates,
+        noise=W,
+        draws=draws,
+        generator=_gen(3),
+    )
     assert all(p == [1.0, 1.0] for p in ml.probabilities)
     err = float((ml.x - em.x).abs().max())
     assert err < ROUND, f"ML-EM with p = 1 differs from EM with the top level by {err:.3g}"
@@ -262,8 +273,10 @@ def test_em_strong_order_one_half_for_geometric_brownian_motion():
     W = BrownianPath(x0.shape, 0.0, 1.0, seed=9, dtype=F64, depth=12)
     exact = x0 * torch.exp((a - b * b / 2) + b * W.value(1.0))
     ns = [2**k for k in range(4, 11)]
-    errs = [rms(solve(L, x0, t0=0.0, t1=1.0, steps=n, diffusion=lambda x, t: b * x, method="em", noise=W).x, exact)
-            for n in ns]
+    errs = [
+        rms(solve(L, x0, t0=0.0, t1=1.0, steps=n, diffusion=lambda x, t: b * x, method="em", noise=W).x, exact)
+        for n in ns
+    ]
     order = fit_slope([1.0 / n for n in ns], errs)
     assert abs(order - 0.5) < 0.15, f"fitted strong order {order:.3f}, expected 0.5 +- 0.15 (errors {errs})"
 
@@ -279,8 +292,18 @@ def test_mlem_extra_error_falls_like_mu_to_the_minus_one_half():
     mus = [2.0, 4.0, 8.0, 16.0, 32.0, 64.0]  # 1.5 decades; p ranges 0.002 .. 0.125
     errs = []
     for i, mu in enumerate(mus):
-        s = solve(L, x0, t0=0.0, t1=1.0, steps=steps, diffusion=0.5, method="mlem", rates=[mu, mu / 2],
-                  noise=W, generator=_gen(100 + i))
+        s = solve(
+            L,
+            x0,
+            t0=0.0,
+            t1=1.0,
+            steps=steps,
+            diffusion=0.5,
+            method="mlem",
+            rates=[mu, mu / 2],
+            noise=W,
+            generator=_gen(100 + i),
+        )
         assert max(max(p) for p in s.probabilities) < 0.2
         errs.append(rms(s.x, top))
     slope = fit_slope(mus, errs)
@@ -290,7 +313,9 @@ def test_mlem_extra_error_falls_like_mu_to_the_minus_one_half():
 # ----------------------------------------------------------------------------- cost accounting
 
 
-@pytest.mark.parametrize("probs", [(0.3, 0.1), (0.3, 0.2, 0.1), (0.05, 0.5), (1.0, 1.0, 1.0), (0.0, 1.0), (1.0, 0.0, 0.2)])
+@pytest.mark.parametrize(
+    "probs", [(0.3, 0.1), (0.3, 0.2, 0.1), (0.05, 0.5), (1.0, 1.0, 1.0), (0.0, 1.0), (1.0, 0.0, 0.2)]
+)
 def test_per_sample_evaluation_counts_match_the_cost_sharing_rule(probs):
     K = len(probs) + 1
     levels = [Counting((lambda k: lambda x, t: -x + 0.1 * k * torch.sin(x))(k)) for k in range(K)]
@@ -306,7 +331,7 @@ def test_per_sample_evaluation_counts_match_the_cost_sharing_rule(probs):
     assert s.evaluations == tuple(f.rows for f in levels)
     n = steps * batch
     assert s.evaluations[0] == n, "level 1 must run on every sample at every step"
-    ps = [pp for pp in s.probabilities[0]] + [0.0]
+    ps = list(s.probabilities[0]) + [0.0]
     for j in range(2, K + 1):  # level j needed where B_j or B_{j+1} fired
         q = 1 - (1 - ps[j - 2]) * (1 - ps[j - 1])
         se = math.sqrt(n * q * (1 - q))
@@ -324,8 +349,17 @@ def test_shared_evaluation_counts_match_the_cost_sharing_rule():
     steps, batch, T = 2000, 3, 1.0
     probs = (0.3, 0.1)
     x0 = torch.zeros(batch, 1, dtype=F64)
-    s = solve(L, x0, t0=0.0, t1=T, steps=steps, method="mlem", rates=[p * steps / T for p in probs],
-              draws="shared", generator=_gen(14))
+    s = solve(
+        L,
+        x0,
+        t0=0.0,
+        t1=T,
+        steps=steps,
+        method="mlem",
+        rates=[p * steps / T for p in probs],
+        draws="shared",
+        generator=_gen(14),
+    )
     assert s.evaluations == tuple(f.rows for f in levels)
     assert all(e % batch == 0 for e in s.evaluations), "shared draws evaluate whole batches"
     assert s.evaluations[0] == steps * batch
@@ -375,8 +409,18 @@ def test_same_generator_seed_same_result(draws):
 
     def run(seed):
         # The default noise path is also drawn from the generator.
-        return solve(L, x0, t0=0.0, t1=1.0, steps=50, diffusion=0.4, method="mlem", rates=[10.0, 4.0],
-                     draws=draws, generator=_gen(seed))
+        return solve(
+            L,
+            x0,
+            t0=0.0,
+            t1=1.0,
+            steps=50,
+            diffusion=0.4,
+            method="mlem",
+            rates=[10.0, 4.0],
+            draws=draws,
+            generator=_gen(seed),
+        )
 
     a, b, c = run(17), run(17), run(18)
     assert torch.equal(a.x, b.x) and a.evaluations == b.evaluations
@@ -392,14 +436,25 @@ def test_same_generator_seed_same_result(draws):
 # ----------------------------------------------------------------------------- outputs and inputs
 
 
-@pytest.mark.parametrize("steps,every,expect_n", [(10, 3, [0, 3, 6, 9, 10]), (8, 4, [0, 4, 8]), (5, 1, [0, 1, 2, 3, 4, 5]),
-                                                  (4, 9, [0, 4])])
+@pytest.mark.parametrize(
+    "steps,every,expect_n", [(10, 3, [0, 3, 6, 9, 10]), (8, 4, [0, 4, 8]), (5, 1, [0, 1, 2, 3, 4, 5]), (4, 9, [0, 4])]
+)
 def test_save_every(steps, every, expect_n):
     L = three_level_ladder()
     x0 = torch.randn(6, 2, generator=_gen(20), dtype=F64)
     t0, t1 = 0.5, 2.5
-    s = solve(L, x0, t0=t0, t1=t1, steps=steps, diffusion=0.3, method="mlem", rates=[5.0, 2.0],
-              generator=_gen(21), save_every=every)
+    s = solve(
+        L,
+        x0,
+        t0=t0,
+        t1=t1,
+        steps=steps,
+        diffusion=0.3,
+        method="mlem",
+        rates=[5.0, 2.0],
+        generator=_gen(21),
+        save_every=every,
+    )
     h = (t1 - t0) / steps
     assert s.ts.dtype == torch.float64 and s.ts.shape == (len(expect_n),)
     assert torch.allclose(s.ts, torch.tensor([t0 + n * h for n in expect_n], dtype=F64), rtol=0, atol=ROUND)
@@ -451,8 +506,9 @@ def test_time_dependent_diffusion_forms_agree():
     x0 = torch.randn(16, 2, generator=_gen(26), dtype=F64)
     W = BrownianPath(x0.shape, 0.0, 1.0, seed=27, dtype=F64)
     a = solve(L, x0, t0=0.0, t1=1.0, steps=30, diffusion=lambda t: 1.0 + t, method="em", noise=W).x
-    b = solve(L, x0, t0=0.0, t1=1.0, steps=30, diffusion=lambda x, t: (1.0 + t) * torch.ones_like(x),
-              method="em", noise=W).x
+    b = solve(
+        L, x0, t0=0.0, t1=1.0, steps=30, diffusion=lambda x, t: (1.0 + t) * torch.ones_like(x), method="em", noise=W
+    ).x
     assert torch.allclose(a, b, rtol=0, atol=ROUND)
 
 
@@ -461,8 +517,9 @@ def test_per_row_diffusion_broadcasts():
     gives that coordinate's ODE solution."""
     L = Ladder([lambda x, t: -x], [1.0])
     x0 = torch.ones(8, 2, dtype=F64)
-    s = solve(L, x0, t0=0.0, t1=1.0, steps=10, diffusion=torch.tensor([0.0, 1.0], dtype=F64), method="em",
-              generator=_gen(28))
+    s = solve(
+        L, x0, t0=0.0, t1=1.0, steps=10, diffusion=torch.tensor([0.0, 1.0], dtype=F64), method="em", generator=_gen(28)
+    )
     assert torch.allclose(s.x[:, 0], torch.full((8,), 0.9**10, dtype=F64), rtol=ROUND, atol=0)
     assert float(s.x[:, 1].std()) > 0.1
 
@@ -480,9 +537,16 @@ def test_check_finite_false_lets_nan_through():
     assert bool(torch.isnan(s.x).all())
 
 
-@pytest.mark.parametrize("method,draws,rates", [("em", "per_sample", None), ("mlem", "per_sample", [1e9, 1e9]),
-                                                ("mlem", "per_sample", [20.0, 10.0]), ("mlem", "shared", [20.0, 10.0]),
-                                                ("mlem", "per_sample", [0.0, 0.0])])
+@pytest.mark.parametrize(
+    "method,draws,rates",
+    [
+        ("em", "per_sample", None),
+        ("mlem", "per_sample", [1e9, 1e9]),
+        ("mlem", "per_sample", [20.0, 10.0]),
+        ("mlem", "shared", [20.0, 10.0]),
+        ("mlem", "per_sample", [0.0, 0.0]),
+    ],
+)
 def test_solve_never_modifies_inputs_or_level_outputs_in_place(method, draws, rates):
     """Level 1 returns one cached tensor every time and level 3 returns its input itself; after
     the solve, x0 and the cached tensor must be unchanged."""
@@ -491,8 +555,19 @@ def test_solve_never_modifies_inputs_or_level_outputs_in_place(method, draws, ra
     keep_cached, x0 = cached.clone(), torch.randn(batch, 2, generator=_gen(31), dtype=F64)
     keep_x0 = x0.clone()
     L = Ladder([lambda x, t: cached, lambda x, t: 0.5 * x, lambda x, t: x], [1.0, 2.0, 4.0])
-    solve(L, x0, t0=0.0, t1=1.0, steps=20, diffusion=0.3, method=method, rates=rates, draws=draws,
-          generator=_gen(32), save_every=5)
+    solve(
+        L,
+        x0,
+        t0=0.0,
+        t1=1.0,
+        steps=20,
+        diffusion=0.3,
+        method=method,
+        rates=rates,
+        draws=draws,
+        generator=_gen(32),
+        save_every=5,
+    )
     assert torch.equal(x0, keep_x0), "x0 was modified in place"
     assert torch.equal(cached, keep_cached), "a level's output was modified in place"
 

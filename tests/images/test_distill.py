@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 from click.testing import CliRunner  # noqa: E402
-
 from conftest import tiny_unet  # noqa: E402
+
 from multilevel_em.cli.main import main  # noqa: E402
 from multilevel_em.images import MultilevelPipeline, load_digits  # noqa: E402
 from multilevel_em.images.distill import (  # noqa: E402
@@ -59,8 +59,25 @@ def test_distillation_target_is_the_teachers_output_without_grad(teacher):
 
 def test_mlem_distill_end_to_end_on_the_shipped_top(tmp_path):
     out = tmp_path / "ladder"
-    r = CliRunner().invoke(main, ["distill", "--teacher", SHIPPED, "--widths", "4,8", "--iters", "4", "--out", str(out),
-                                  "--data", "digits", "--save-every", "2", "--no-calibrate"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "--teacher",
+            SHIPPED,
+            "--widths",
+            "4,8",
+            "--iters",
+            "4",
+            "--out",
+            str(out),
+            "--data",
+            "digits",
+            "--save-every",
+            "2",
+            "--no-calibrate",
+        ],
+    )
     assert r.exit_code == 0, r.output
     pipe = MultilevelPipeline.from_pretrained(str(out))
     assert pipe.ladder.widths == [4, 8, 32]
@@ -88,8 +105,24 @@ def test_distillation_resumes_to_the_same_weights(tmp_path, teacher, digits):
 def test_data_free_distillation_caches_the_teachers_samples(tmp_path):
     teacher_dir = _tiny_teacher_folder(tmp_path / "teacher")
     out = tmp_path / "out"
-    args = ["distill", "--teacher", teacher_dir, "--widths", "4", "--iters", "2", "--out", str(out), "--samples", "6",
-            "--sampler", "ddim", "--sampler-steps", "3", "--no-calibrate"]
+    args = [
+        "distill",
+        "--teacher",
+        teacher_dir,
+        "--widths",
+        "4",
+        "--iters",
+        "2",
+        "--out",
+        str(out),
+        "--samples",
+        "6",
+        "--sampler",
+        "ddim",
+        "--sampler-steps",
+        "3",
+        "--no-calibrate",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     x = load_tensors(str(out / SAMPLES_FILE))["x"]
@@ -98,8 +131,9 @@ def test_data_free_distillation_caches_the_teachers_samples(tmp_path):
     r = CliRunner().invoke(main, args)  # resumed: same cache, nothing left to train
     assert r.exit_code == 0, r.output
     assert torch.equal(load_tensors(str(out / SAMPLES_FILE))["x"], x)
-    r = CliRunner().invoke(main, args[:-5] + ["--samples", "7", "--sampler", "ddim", "--sampler-steps", "3",
-                                              "--no-calibrate"])
+    r = CliRunner().invoke(
+        main, args[:-5] + ["--samples", "7", "--sampler", "ddim", "--sampler-steps", "3", "--no-calibrate"]
+    )
     assert r.exit_code != 0 and "--out" in r.output and "holds something else" in r.output
 
 
@@ -122,10 +156,15 @@ def test_bad_teacher_is_refused_by_name(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("widths,words", [("4,32", ["smaller than the teacher's width 32"]),
-                                          ("4,64", ["smaller"]),
-                                          ("6,8", ["norm_num_groups = 4"]),
-                                          ("8,4", ["nondecreasing"])])
+@pytest.mark.parametrize(
+    "widths,words",
+    [
+        ("4,32", ["smaller than the teacher's width 32"]),
+        ("4,64", ["smaller"]),
+        ("6,8", ["norm_num_groups = 4"]),
+        ("8,4", ["nondecreasing"]),
+    ],
+)
 def test_bad_widths_are_refused_before_training(tmp_path, widths, words):
     out = _refused(tmp_path, {"--widths": widths}, "--widths", words)
     assert not out.exists()
@@ -150,8 +189,13 @@ def test_output_folder_holding_something_else_is_refused(tmp_path):
 def test_distill_benchmark_quick(tmp_path):
     from multilevel_em.bench import distill as bench
 
-    res = bench.run(quick=True, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"),
-                    echo=lambda *_: None)
+    res = bench.run(
+        quick=True,
+        out=str(tmp_path / "d.json"),
+        plot=str(tmp_path / "d.png"),
+        work=str(tmp_path / "w"),
+        echo=lambda *_: None,
+    )
     assert (tmp_path / "d.json").exists() and (tmp_path / "d.png").exists()
     assert [s["iters"] for s in res["stages"]] == [3, 6] and len(res["shipped"]["eps_distance"]) == 1
     assert [s["iters"] for s in res["data_free"]["stages"]] == [3, 6]
@@ -165,12 +209,19 @@ def test_distill_benchmark_quick(tmp_path):
     assert isinstance(kid["distilled"]["resolved"], bool) and kid["distilled"]["kid_diff_se"] > 0
     assert (tmp_path / "w" / "data_free" / SAMPLES_FILE).exists()
     with pytest.raises(ValueError, match="out/plot"):
-        bench.run(quick=True, out=str(tmp_path / "missing" / "d.json"), plot=str(tmp_path / "d.png"),
-                  work=str(tmp_path / "w2"))
-    with pytest.raises(ValueError, match="already trained to 6 iterations"):  # stage 3 would measure 6-iteration weights
+        bench.run(
+            quick=True,
+            out=str(tmp_path / "missing" / "d.json"),
+            plot=str(tmp_path / "d.png"),
+            work=str(tmp_path / "w2"),
+        )
+    with pytest.raises(
+        ValueError, match="already trained to 6 iterations"
+    ):  # stage 3 would measure 6-iteration weights
         bench.run(quick=True, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"))
-    ext = bench.extend(8, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"),
-                       echo=lambda *_: None)
+    ext = bench.extend(
+        8, out=str(tmp_path / "d.json"), plot=str(tmp_path / "d.png"), work=str(tmp_path / "w"), echo=lambda *_: None
+    )
     assert [s["iters"] for s in ext["data_free"]["stages"]] == [3, 6, 8] and ext["stages"][-1]["extended"]
 
 
@@ -190,8 +241,27 @@ def _nan_teacher_folder(path, value=float("nan")):
 def test_a_non_finite_teacher_is_named_data_free(tmp_path, value):
     teacher_dir = _nan_teacher_folder(tmp_path / "teacher", value)
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["distill", "--teacher", teacher_dir, "--widths", "4", "--iters", "2", "--out", str(out),
-                                  "--samples", "4", "--sampler", "ddim", "--sampler-steps", "3", "--no-calibrate"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "--teacher",
+            teacher_dir,
+            "--widths",
+            "4",
+            "--iters",
+            "2",
+            "--out",
+            str(out),
+            "--samples",
+            "4",
+            "--sampler",
+            "ddim",
+            "--sampler-steps",
+            "3",
+            "--no-calibrate",
+        ],
+    )
     assert r.exit_code != 0 and "Traceback" not in r.output, r.output
     assert "outputs NaN or Inf" in r.output and "check_finite" not in r.output and "learning rate" not in r.output
     assert not (out / SAMPLES_FILE).exists()
@@ -205,7 +275,22 @@ def test_a_non_finite_teacher_is_named_with_data_not_the_learning_rate(tmp_path)
 
     for i in range(4):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
-    r = CliRunner().invoke(main, ["distill", "--teacher", teacher_dir, "--widths", "4", "--iters", "2", "--out",
-                                  str(tmp_path / "out"), "--data", str(folder), "--no-calibrate"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "--teacher",
+            teacher_dir,
+            "--widths",
+            "4",
+            "--iters",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--data",
+            str(folder),
+            "--no-calibrate",
+        ],
+    )
     assert r.exit_code != 0 and "Traceback" not in r.output, r.output
     assert "outputs NaN or Inf" in r.output and "learning rate" not in r.output

@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 from click.testing import CliRunner  # noqa: E402
-
 from conftest import tiny_unet2d_condition  # noqa: E402
+
 from multilevel_em.cli.main import main  # noqa: E402
 from multilevel_em.images import MultilevelPipeline, load_ladder  # noqa: E402
 from multilevel_em.images.conditioning import Conditioning, load_conditioning, sample_ladder  # noqa: E402
@@ -34,8 +34,10 @@ def _conditioning_file(path, **override):
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
-    tensors = {"encoder_hidden_states": torch.randn(N_ROWS, SEQ, DIM, generator=g),
-               "uncond_encoder_hidden_states": torch.zeros(SEQ, DIM)}
+    tensors = {
+        "encoder_hidden_states": torch.randn(N_ROWS, SEQ, DIM, generator=g),
+        "uncond_encoder_hidden_states": torch.zeros(SEQ, DIM),
+    }
     tensors.update(override)
     save_file({k: v for k, v in tensors.items() if v is not None}, str(path))
     return str(path)
@@ -48,9 +50,32 @@ def distilled(tmp_path_factory):
     root = tmp_path_factory.mktemp("cond")
     teacher, cond = _teacher_folder(root / "teacher"), _conditioning_file(root / "prompts.safetensors")
     out = root / "ladder"
-    r = CliRunner().invoke(main, ["distill", "--teacher", teacher, "--conditioning", cond, "--uncond-prob", "0.2",
-                                  "--widths", "4", "--iters", "60", "--out", str(out), "--samples", "16",
-                                  "--sampler", "ddim", "--sampler-steps", "4", "--save-every", "30"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "distill",
+            "--teacher",
+            teacher,
+            "--conditioning",
+            cond,
+            "--uncond-prob",
+            "0.2",
+            "--widths",
+            "4",
+            "--iters",
+            "60",
+            "--out",
+            str(out),
+            "--samples",
+            "16",
+            "--sampler",
+            "ddim",
+            "--sampler-steps",
+            "4",
+            "--save-every",
+            "30",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "not calibrated" in r.output
     return {"teacher": teacher, "cond": cond, "out": str(out)}
@@ -80,7 +105,8 @@ def test_distillation_draws_rows_per_example_from_the_iteration_generator(tmp_pa
     rows = [int(((cond.encoder_hidden_states - r).abs().flatten(1).sum(1) == 0).nonzero()) for r in e[~uncond]]
     assert set(rows) == set(range(N_ROWS))
     paired = Distillation(teacher, "x", 0.0, rows=torch.arange(7) % N_ROWS).draw_conditioning(
-        torch.tensor([6, 1]), torch.Generator().manual_seed(0))
+        torch.tensor([6, 1]), torch.Generator().manual_seed(0)
+    )
     assert torch.equal(paired["encoder_hidden_states"], cond.encoder_hidden_states[[1, 1]])
 
 
@@ -127,17 +153,44 @@ def test_conditional_ladder_samples_through_multilevel_model(distilled):
     ref = sample_ladder(top, kw, steps=5, generator=torch.Generator().manual_seed(0)).x
     at_one = sample_ladder(ladder, kw, steps=5, probabilities=[1.0], generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(at_one.x, ref, atol=1e-4, rtol=0)  # p = 1: f1 + (f2 - f1) = f2, up to rounding
-    half = sample_ladder(ladder, kw, steps=5, probabilities=[0.5], generator=torch.Generator().manual_seed(0),
-                         level_generator=torch.Generator().manual_seed(2))
+    half = sample_ladder(
+        ladder,
+        kw,
+        steps=5,
+        probabilities=[0.5],
+        generator=torch.Generator().manual_seed(0),
+        level_generator=torch.Generator().manual_seed(2),
+    )
     assert torch.isfinite(half.x).all() and half.x.shape == (3, 4, 8, 8)
     assert half.report["top_equivalents_per_image"] < at_one.report["top_equivalents_per_image"]
 
 
 def test_resume_keeps_the_weights_and_refuses_another_conditioning_file(distilled, tmp_path):
     before = load_tensors(os.path.join(distilled["out"], "level_1", "diffusion_pytorch_model.safetensors"))
-    args = ["distill", "--teacher", distilled["teacher"], "--conditioning", distilled["cond"], "--uncond-prob", "0.2",
-            "--widths", "4", "--iters", "60", "--out", distilled["out"], "--samples", "16", "--sampler", "ddim",
-            "--sampler-steps", "4", "--save-every", "30", "--no-calibrate"]
+    args = [
+        "distill",
+        "--teacher",
+        distilled["teacher"],
+        "--conditioning",
+        distilled["cond"],
+        "--uncond-prob",
+        "0.2",
+        "--widths",
+        "4",
+        "--iters",
+        "60",
+        "--out",
+        distilled["out"],
+        "--samples",
+        "16",
+        "--sampler",
+        "ddim",
+        "--sampler-steps",
+        "4",
+        "--save-every",
+        "30",
+        "--no-calibrate",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     after = load_tensors(os.path.join(distilled["out"], "level_1", "diffusion_pytorch_model.safetensors"))
@@ -149,8 +202,10 @@ def test_resume_keeps_the_weights_and_refuses_another_conditioning_file(distille
 
 def _refused(tmp_path, teacher, extra, option, words):
     out = tmp_path / "never"
-    r = CliRunner().invoke(main, ["distill", "--teacher", teacher, "--widths", "4", "--iters", "2", "--out", str(out),
-                                  "--samples", "4", *extra])
+    r = CliRunner().invoke(
+        main,
+        ["distill", "--teacher", teacher, "--widths", "4", "--iters", "2", "--out", str(out), "--samples", "4", *extra],
+    )
     assert r.exit_code == 2, r.output
     assert option in r.output and all(w in r.output for w in words), r.output
     assert "Traceback" not in r.output and not out.exists()
@@ -159,28 +214,50 @@ def _refused(tmp_path, teacher, extra, option, words):
 def test_bad_conditioning_is_refused_by_name(tmp_path):
     teacher = _teacher_folder(tmp_path / "teacher")
     _refused(tmp_path, teacher, [], "--conditioning", ["UNet2DConditionModel", "(N, seq, 16)"])
-    _refused(tmp_path, teacher, ["--conditioning", str(tmp_path / "nope.safetensors")], "--conditioning",
-             ["nope.safetensors", "does not exist"])
+    _refused(
+        tmp_path,
+        teacher,
+        ["--conditioning", str(tmp_path / "nope.safetensors")],
+        "--conditioning",
+        ["nope.safetensors", "does not exist"],
+    )
     bad_key = _conditioning_file(tmp_path / "k.safetensors", prompt_embeds=torch.zeros(2, 3, 16))
     _refused(tmp_path, teacher, ["--conditioning", bad_key], "--conditioning", ["k.safetensors", "prompt_embeds"])
-    bad_dim = _conditioning_file(tmp_path / "d.safetensors", encoder_hidden_states=torch.zeros(2, 3, 8),
-                                 uncond_encoder_hidden_states=None)
-    _refused(tmp_path, teacher, ["--conditioning", bad_dim], "--conditioning",
-             ["d.safetensors", "'encoder_hidden_states'", "(2, 3, 8)", "expected (N, seq, 16)"])
-    bad_rank = _conditioning_file(tmp_path / "r.safetensors", encoder_hidden_states=torch.zeros(2, 16),
-                                  uncond_encoder_hidden_states=None)
+    bad_dim = _conditioning_file(
+        tmp_path / "d.safetensors", encoder_hidden_states=torch.zeros(2, 3, 8), uncond_encoder_hidden_states=None
+    )
+    _refused(
+        tmp_path,
+        teacher,
+        ["--conditioning", bad_dim],
+        "--conditioning",
+        ["d.safetensors", "'encoder_hidden_states'", "(2, 3, 8)", "expected (N, seq, 16)"],
+    )
+    bad_rank = _conditioning_file(
+        tmp_path / "r.safetensors", encoder_hidden_states=torch.zeros(2, 16), uncond_encoder_hidden_states=None
+    )
     _refused(tmp_path, teacher, ["--conditioning", bad_rank], "--conditioning", ["r.safetensors", "(N, seq, dim)"])
     labels = _conditioning_file(tmp_path / "y.safetensors", class_labels=torch.arange(N_ROWS))
     _refused(tmp_path, teacher, ["--conditioning", labels], "--conditioning", ["'class_labels'", "no class embedding"])
     no_uncond = _conditioning_file(tmp_path / "u.safetensors", uncond_encoder_hidden_states=None)
-    _refused(tmp_path, teacher, ["--conditioning", no_uncond, "--uncond-prob", "0.1"], "--uncond-prob",
-             ["no unconditional row"])
+    _refused(
+        tmp_path,
+        teacher,
+        ["--conditioning", no_uncond, "--uncond-prob", "0.1"],
+        "--uncond-prob",
+        ["no unconditional row"],
+    )
 
 
 def test_conditioning_for_an_unconditional_teacher_is_refused(tmp_path):
     cond = _conditioning_file(tmp_path / "c.safetensors")
-    _refused(tmp_path, SHIPPED, ["--conditioning", cond, "--data", "digits"], "--conditioning",
-             ["unconditional", "c.safetensors"])
+    _refused(
+        tmp_path,
+        SHIPPED,
+        ["--conditioning", cond, "--data", "digits"],
+        "--conditioning",
+        ["unconditional", "c.safetensors"],
+    )
 
 
 def test_plain_teacher_reads_its_scheduler_config_or_warns(tmp_path):
@@ -188,8 +265,9 @@ def test_plain_teacher_reads_its_scheduler_config_or_warns(tmp_path):
     cond = load_conditioning(_conditioning_file(tmp_path / "c.safetensors"))
     with pytest.warns(UserWarning, match="no noise schedule"):
         assert load_teacher(teacher, cond).schedule.kind == "linear"
-    (tmp_path / "teacher" / "scheduler_config.json").write_text(json.dumps(
-        {"_class_name": "DDPMScheduler", "beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000}))
+    (tmp_path / "teacher" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDPMScheduler", "beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000})
+    )
     assert load_teacher(teacher, cond).schedule.kind == "cosine"
     (tmp_path / "teacher" / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "scaled_linear"}))
     with pytest.raises(ValueError, match="teacher: .*scheduler_config.json.*scaled_linear"):
@@ -197,7 +275,21 @@ def test_plain_teacher_reads_its_scheduler_config_or_warns(tmp_path):
 
 
 def test_mlem_sample_refuses_a_conditional_ladder_by_name(distilled, tmp_path):
-    r = CliRunner().invoke(main, ["sample", "--ladder", distilled["out"], "--method", "em", "--steps", "2", "--n", "2",
-                                  "--out", str(tmp_path / "grid.png")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "sample",
+            "--ladder",
+            distilled["out"],
+            "--method",
+            "em",
+            "--steps",
+            "2",
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ],
+    )
     assert r.exit_code != 0 and "MultilevelModel" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "grid.png").exists()

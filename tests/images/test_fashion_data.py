@@ -56,7 +56,9 @@ def test_missing_fashion_names_the_package_and_option(tmp_path):
 
 
 def test_corrupt_idx_is_named(tmp_path):
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + struct.pack(">III", 5, 28, 28) + b"\x00" * 10)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        b"\x00\x00\x08\x03" + struct.pack(">III", 5, 28, 28) + b"\x00" * 10
+    )
     with pytest.raises(ValueError, match="train-images-idx3-ubyte: IDX header says"):
         load_fashion_mnist("train", data_dir=str(tmp_path))
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"PNG\x00garbage")
@@ -67,8 +69,20 @@ def test_corrupt_idx_is_named(tmp_path):
 def test_cli_train_reports_missing_dataset(tmp_path):
     from multilevel_em.cli.main import main
 
-    result = CliRunner().invoke(main, ["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none"),
-                                       "--out", str(tmp_path / "out"), "--iters", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+            "--iters",
+            "1",
+        ],
+    )
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "dataset-fashion-mnist" in result.output and not (tmp_path / "out").exists()
 
@@ -76,8 +90,10 @@ def test_cli_train_reports_missing_dataset(tmp_path):
 def test_cli_train_rejects_data_dir_with_digits(tmp_path):
     from multilevel_em.cli.main import main
 
-    result = CliRunner().invoke(main, ["train", "--dataset", "digits", "--data-dir", str(tmp_path),
-                                       "--out", str(tmp_path / "out"), "--iters", "1"])
+    result = CliRunner().invoke(
+        main,
+        ["train", "--dataset", "digits", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--iters", "1"],
+    )
     assert result.exit_code == 2 and "--data-dir" in result.output
 
 
@@ -86,8 +102,17 @@ def test_cli_train_classifier_on_fashion_and_no_silent_overwrite(fashion_dir, tm
     from multilevel_em.images.metrics import load_fashion_classifier
 
     out = tmp_path / "clf.safetensors"
-    args = ["train-classifier", "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir), "--epochs", "1",
-            "--out", str(out)]
+    args = [
+        "train-classifier",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(fashion_dir),
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "test accuracy" in r.output

@@ -12,10 +12,10 @@ pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 pytest.importorskip("PIL")
 
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner
 
-from multilevel_em.cli.main import main  # noqa: E402
-from multilevel_em.images import (  # noqa: E402
+from multilevel_em.cli.main import main
+from multilevel_em.images import (
     CheckpointError,
     MultilevelPipeline,
     load_digits,
@@ -23,7 +23,7 @@ from multilevel_em.images import (  # noqa: E402
     load_ladder,
     train_ladder,
 )
-from multilevel_em.images.metrics import image_metrics, kid_unbiased, load_digit_classifier  # noqa: E402
+from multilevel_em.images.metrics import image_metrics, kid_unbiased, load_digit_classifier
 
 PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 
@@ -60,13 +60,15 @@ def test_folder_dataset_skips_and_reports_bad_files(tmp_path):
     from PIL import Image
 
     for i in range(3):
-        Image.fromarray((np.random.default_rng(i).random((20, 24, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        Image.fromarray((np.random.default_rng(i).random((20, 24, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / f"{i}.png"
+        )
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "gray.jpg")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "notes.txt").write_text("hello")
     data = load_image_folder(str(tmp_path), size=16, channels=3)
     assert data.x.shape == (4, 3, 16, 16) and data.x.min() >= -1 and data.x.max() <= 1
-    reasons = dict((os.path.basename(f), why) for f, why in data.skipped)
+    reasons = {os.path.basename(f): why for f, why in data.skipped}
     assert set(reasons) == {"broken.png", "notes.txt"}
     assert "unreadable" in reasons["broken.png"] and "not a PNG/JPEG" in reasons["notes.txt"]
     assert "2 file(s) skipped" in data.report() and "broken.png" in data.report()
@@ -126,8 +128,10 @@ def test_corrupt_checkpoint_is_named_and_nothing_is_overwritten(tmp_path, tiny, 
 
 def test_levels_disagreeing_on_schedule_or_shape_are_refused(tmp_path, tiny):
     src, _ = tiny
-    for what, edit in (("schedule", lambda c: c["_mlem"]["schedule"].update(beta_max=10.0)),
-                       ("channels", lambda c: c.update(in_channels=3, out_channels=3))):
+    for what, edit in (
+        ("schedule", lambda c: c["_mlem"]["schedule"].update(beta_max=10.0)),
+        ("channels", lambda c: c.update(in_channels=3, out_channels=3)),
+    ):
         bad = tmp_path / what
         shutil.copytree(src, bad)
         cfg = bad / "level_2" / "config.json"
@@ -143,8 +147,13 @@ def test_pipeline_round_trip_and_methods(tmp_path, tiny):
     pipe.save_pretrained(str(tmp_path / "copy"))
     again = MultilevelPipeline.from_pretrained(str(tmp_path / "copy"))
     assert again.calibration is not None
-    for method, kw in (("mlem", dict(budget=3)), ("em", dict(steps=3)), ("ddim", dict(steps=3)),
-                       ("dpmpp_2m", dict(steps=3)), ("stitch", dict(steps=5))):
+    for method, kw in (
+        ("mlem", dict(budget=3)),
+        ("em", dict(steps=3)),
+        ("ddim", dict(steps=3)),
+        ("dpmpp_2m", dict(steps=3)),
+        ("stitch", dict(steps=5)),
+    ):
         a = pipe(3, method=method, generator=torch.Generator().manual_seed(1), **kw)
         b = again(3, method=method, generator=torch.Generator().manual_seed(1), **kw)
         assert torch.equal(a.x, b.x), method
@@ -166,7 +175,7 @@ def test_one_model_methods_refuse_a_budget_that_disagrees_with_steps(tiny):
     with pytest.raises(ValueError, match="budget: expected a positive number"):
         pipe(2, method="em", budget=-1.0, steps=3)
     # steps = floor(budget): the same run as either alone.
-    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(2)
     both = pipe(2, method="em", budget=3.5, steps=3, generator=g())
     assert torch.equal(both.x, pipe(2, method="em", steps=3, generator=g()).x)
     assert torch.equal(both.x, pipe(2, method="em", budget=3.5, generator=g()).x)
@@ -238,9 +247,16 @@ def test_bench_summary_uses_paired_standard_errors():
     from multilevel_em.bench.chunks import chunk_summary
 
     def run(method, cost, chunks, **knob):
-        return {"method": method, **knob, "steps_run": knob.get("steps", 10), "top_equivalents": cost,
-                "wall_seconds_per_sample": cost / 1000, "kid": sum(chunks) / len(chunks), "kid_se": 1.0,
-                "kid_chunks": chunks}
+        return {
+            "method": method,
+            **knob,
+            "steps_run": knob.get("steps", 10),
+            "top_equivalents": cost,
+            "wall_seconds_per_sample": cost / 1000,
+            "kid": sum(chunks) / len(chunks),
+            "kid_se": 1.0,
+            "kid_chunks": chunks,
+        }
 
     ref = run("em", 1000, [10.0, 30.0, 20.0, 40.0], steps=1000)
     close = run("mlem", 100, [11.0, 31.0, 21.0, 41.0], budget=100)  # +1 everywhere: se 0, diff 1 > 0: refused
@@ -272,6 +288,6 @@ def test_chunked_kid_needs_two_samples_per_chunk(digits):
 
     clf = load_digit_classifier()
     ref = clf.features(digits.x[:200])
-    assert len(chunk_kids(clf, digits.x[:2 * CHUNKS + 3], ref)) == CHUNKS  # uneven sizes, none below 2
+    assert len(chunk_kids(clf, digits.x[: 2 * CHUNKS + 3], ref)) == CHUNKS  # uneven sizes, none below 2
     with pytest.raises(ValueError, match="at least"):
         chunk_kids(clf, digits.x[: 2 * CHUNKS - 1], ref)

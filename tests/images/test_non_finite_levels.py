@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from multilevel_em.images import MultilevelPipeline  # noqa: E402
+from multilevel_em.images import MultilevelPipeline
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from multilevel_em.images import MultilevelPipeline  # noqa: E402
+from multilevel_em.images import MultilevelPipeline
 
 PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "..", "multilevel_em", "images", "pretrained", "digits")
 

@@ -9,8 +9,20 @@ from multilevel_em.cli.main import main
 
 def test_train_smaller_iters_refused_and_index_kept(tmp_path):
     out = tmp_path / "ladder"
-    base = ["train", "--dataset", "digits", "--widths", "4", "--batch", "4", "--save-every", "1", "--no-calibrate",
-            "--out", str(out)]
+    base = [
+        "train",
+        "--dataset",
+        "digits",
+        "--widths",
+        "4",
+        "--batch",
+        "4",
+        "--save-every",
+        "1",
+        "--no-calibrate",
+        "--out",
+        str(out),
+    ]
     first = CliRunner().invoke(main, base + ["--iters", "3"])
     assert first.exit_code == 0, first.output
     index = (out / "model_index.json").read_text()

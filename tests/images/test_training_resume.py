@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from multilevel_em.images import load_digits, train_ladder  # noqa: E402
+from multilevel_em.images import load_digits, train_ladder
 
 
 def test_resumed_training_cleans_temporaries_and_its_bar_reaches_the_total(tmp_path):

@@ -15,27 +15,27 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("sklearn")
 
-from click.testing import CliRunner  # noqa: E402
-from conftest import three_level_ladder, train_tiny_ladder  # noqa: E402
+from click.testing import CliRunner
+from conftest import three_level_ladder, train_tiny_ladder
 
-from multilevel_em.cli.main import main  # noqa: E402
-from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample  # noqa: E402
-from multilevel_em.engine import (  # noqa: E402
+from multilevel_em.cli.main import main
+from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample
+from multilevel_em.engine import (
     LevelEvaluator,
     rand,
     randn,
     sample_generators,
     telescoping_estimate,
 )
-from multilevel_em.images import MultilevelPipeline  # noqa: E402
-from multilevel_em.jobs import (  # noqa: E402
+from multilevel_em.images import MultilevelPipeline
+from multilevel_em.jobs import (
     JobError,
     SamplingJob,
     completed_shards,
     load_samples,
     run_job,
 )
-from multilevel_em.jobs import runner as job_runner  # noqa: E402
+from multilevel_em.jobs import runner as job_runner
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def _same_samples(out, ref):
 
 # ----------------------------------------------------------------------------- per-sample generators
 
+
 def test_per_sample_draws_use_only_their_own_generator():
     gens = sample_generators(3, [5, 9])
     z = randn((2, 4), gens, dtype=torch.float64)
@@ -85,8 +86,13 @@ def test_per_sample_generator_errors():
     with pytest.raises(ValueError, match="indices"):
         sample_generators(0, [-1])
     with pytest.raises(ValueError, match="per_sample"):
-        MultilevelDenoiser([lambda x, t: x, lambda x, t: x], costs=[1, 2], rates=[1.0], draws="shared",
-                           generator=sample_generators(0, range(2)))
+        MultilevelDenoiser(
+            [lambda x, t: x, lambda x, t: x],
+            costs=[1, 2],
+            rates=[1.0],
+            draws="shared",
+            generator=sample_generators(0, range(2)),
+        )
 
 
 def test_telescoping_estimate_rows_do_not_depend_on_the_batch():
@@ -95,8 +101,12 @@ def test_telescoping_estimate_rows_do_not_depend_on_the_batch():
     x = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(6, 2)
     probs = [0.4, 0.3]
     whole = telescoping_estimate(LevelEvaluator(ladder, x), x, 0.2, probs, generator=sample_generators(1, range(6)))
-    parts = [telescoping_estimate(LevelEvaluator(ladder, x[a:b]), x[a:b], 0.2, probs,
-                                  generator=sample_generators(1, range(a, b))) for a, b in ((0, 1), (1, 4), (4, 6))]
+    parts = [
+        telescoping_estimate(
+            LevelEvaluator(ladder, x[a:b]), x[a:b], 0.2, probs, generator=sample_generators(1, range(a, b))
+        )
+        for a, b in ((0, 1), (1, 4), (4, 6))
+    ]
     assert torch.equal(whole, torch.cat(parts))
 
 
@@ -117,10 +127,15 @@ def test_samplers_with_per_sample_generators_split_batches_exactly(sampler):
     opts = {"eta": 1.0} if sampler == "ddim" else {}
 
     def run(a, b):
-        den = MultilevelDenoiser([lambda x, t: 0.2 * x, lambda x, t: 0.3 * x], costs=[1, 4], rates=[30.0],
-                                 generator=sample_generators(9, range(a, b)))
-        return sample(den, x_T[a:b], schedule=sch, steps=8, sampler=sampler, generator=sample_generators(5, range(a, b)),
-                      **opts).x
+        den = MultilevelDenoiser(
+            [lambda x, t: 0.2 * x, lambda x, t: 0.3 * x],
+            costs=[1, 4],
+            rates=[30.0],
+            generator=sample_generators(9, range(a, b)),
+        )
+        return sample(
+            den, x_T[a:b], schedule=sch, steps=8, sampler=sampler, generator=sample_generators(5, range(a, b)), **opts
+        ).x
 
     assert torch.equal(run(0, 5), torch.cat([run(0, 2), run(2, 5)]))
 
@@ -132,28 +147,43 @@ def test_pipeline_per_sample_generators(tiny):
     kw = dict(method="mlem", steps=12, rates=[6.0, 3.0])
     a = pipe(5, generator=sample_generators(0, range(5)), **kw).x
     assert torch.equal(a, pipe(5, generator=sample_generators(0, range(5)), **kw).x)
-    b = torch.cat([pipe(2, generator=sample_generators(0, range(2)), **kw).x,
-                   pipe(3, generator=sample_generators(0, range(2, 5)), **kw).x])
+    b = torch.cat(
+        [
+            pipe(2, generator=sample_generators(0, range(2)), **kw).x,
+            pipe(3, generator=sample_generators(0, range(2, 5)), **kw).x,
+        ]
+    )
     assert (a - b).abs().max() <= 1e-5 * a.abs().max()
     with pytest.raises(ValueError, match="one generator per sample"):
         pipe(3, generator=sample_generators(0, range(2)), **kw)
     # batch_invariant: the UNets see one image at a time, so any split is bit-identical.
     kw["batch_invariant"] = True
     c = pipe(5, generator=sample_generators(0, range(5)), **kw).x
-    d = torch.cat([pipe(2, generator=sample_generators(0, range(2)), **kw).x,
-                   pipe(3, generator=sample_generators(0, range(2, 5)), **kw).x])
+    d = torch.cat(
+        [
+            pipe(2, generator=sample_generators(0, range(2)), **kw).x,
+            pipe(3, generator=sample_generators(0, range(2, 5)), **kw).x,
+        ]
+    )
     assert torch.equal(c, d) and (c - a).abs().max() <= 1e-5 * a.abs().max()
 
 
 def test_batch_invariant_jobs_agree_across_batch_sizes(tiny, tmp_path):
-    runs = [run_job(_job(tiny, tmp_path / f"b{b}", n=7, batch_size=b, batch_invariant=True), progress=False,
-                    echo=lambda *_: None) for b in (2, 7)]
+    runs = [
+        run_job(
+            _job(tiny, tmp_path / f"b{b}", n=7, batch_size=b, batch_invariant=True),
+            progress=False,
+            echo=lambda *_: None,
+        )
+        for b in (2, 7)
+    ]
     assert [r["shards"] for r in runs] == [4, 1]
     a, b = load_samples(str(tmp_path / "b2")), load_samples(str(tmp_path / "b7"))
     assert np.array_equal(a["x"], b["x"]) and a["indices"].tolist() == list(range(7))
 
 
 # ----------------------------------------------------------------------------- jobs
+
 
 def test_job_writes_shards_manifest_and_report(tiny, tmp_path, reference):
     out = tmp_path / "job"
@@ -206,8 +236,26 @@ def test_a_killed_job_resumes_to_exactly_the_requested_samples(tiny, tmp_path, r
     out = tmp_path / "job"
     marks = tmp_path / "marks"
     marks.mkdir()
-    cmd = [sys.executable, "-m", "multilevel_em.cli.main", "sample", "--ladder", tiny, "--n", "10", "--out", str(out),
-           "--batch-size", "3", "--seed", "7", "--steps", "12", "--rates", "6,3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "multilevel_em.cli.main",
+        "sample",
+        "--ladder",
+        tiny,
+        "--n",
+        "10",
+        "--out",
+        str(out),
+        "--batch-size",
+        "3",
+        "--seed",
+        "7",
+        "--steps",
+        "12",
+        "--rates",
+        "6,3",
+    ]
     env = dict(os.environ, **{job_runner.CRASH_DIR_ENV: str(marks), job_runner.CRASH_SHARDS_ENV: "2"})
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 137, first.stderr
@@ -261,17 +309,27 @@ def test_unreachable_ray_address_writes_nothing(tiny, tmp_path):
     with pytest.raises(JobError, match="cannot reach a Ray cluster"):
         run_job(_job(tiny, out), ray=f"127.0.0.1:{port}", progress=False, echo=lambda *_: None)
     assert not out.exists()
-    r = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "4", "--out", str(out), "--ray", f"127.0.0.1:{port}"])
+    r = CliRunner().invoke(
+        main, ["sample", "--ladder", tiny, "--n", "4", "--out", str(out), "--ray", f"127.0.0.1:{port}"]
+    )
     assert r.exit_code != 0 and "cannot reach a Ray cluster" in r.output and not out.exists()
     with pytest.raises(JobError, match="HOST:PORT"):
         run_job(_job(tiny, out), ray="no-port-here", progress=False, echo=lambda *_: None)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"n": 0}, "n: expected"), ({"n": -5}, "n: expected"), ({"batch_size": 0}, "batch_size"),
-    ({"method": "magic"}, "method"), ({"budget": -1.0}, "budget"), ({"rates": ("a",)}, "rates"),
-    ({"out": "grid.png"}, "image file"), ({"batch_invariant": 1}, "batch_invariant"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"n": 0}, "n: expected"),
+        ({"n": -5}, "n: expected"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"method": "magic"}, "method"),
+        ({"budget": -1.0}, "budget"),
+        ({"rates": ("a",)}, "rates"),
+        ({"out": "grid.png"}, "image file"),
+        ({"batch_invariant": 1}, "batch_invariant"),
+    ],
+)
 def test_bad_job_descriptions(tiny, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         kw = dict(kw)
@@ -280,14 +338,31 @@ def test_bad_job_descriptions(tiny, tmp_path, kw, match):
 
 def test_cli_job_folder_and_bad_inputs(tiny, tmp_path, reference):
     out = tmp_path / "job"
-    base = ["sample", "--ladder", tiny, "--out", str(out), "--batch-size", "3", "--seed", "7", "--steps", "12",
-            "--rates", "6,3"]
+    base = [
+        "sample",
+        "--ladder",
+        tiny,
+        "--out",
+        str(out),
+        "--batch-size",
+        "3",
+        "--seed",
+        "7",
+        "--steps",
+        "12",
+        "--rates",
+        "6,3",
+    ]
     r = CliRunner().invoke(main, base + ["--n", "10"])
     assert r.exit_code == 0, r.output
     assert "10 samples in 4 shards" in r.output
     _same_samples(out, reference)
-    for extra, hint in ((["--n", "0"], "--n"), (["--n", "-3"], "--n"), (["--n", "4", "--overwrite"], "--overwrite"),
-                        (["--n", "4", "--workers", "2"], "--workers")):
+    for extra, hint in (
+        (["--n", "0"], "--n"),
+        (["--n", "-3"], "--n"),
+        (["--n", "4", "--overwrite"], "--overwrite"),
+        (["--n", "4", "--workers", "2"], "--workers"),
+    ):
         r = CliRunner().invoke(main, base + extra)
         assert r.exit_code != 0 and hint in r.output, r.output
     grid = ["sample", "--ladder", tiny, "--n", "2", "--steps", "2", "--method", "em", "--out", str(tmp_path / "g.png")]
@@ -312,8 +387,24 @@ def test_an_unusable_device_is_named_and_leaves_nothing(tiny, tmp_path):
     with pytest.raises((JobError, ValueError), match="device"):
         run_job(_job(tiny, out, device="no-such-device"), progress=False, echo=lambda *_: None)
     assert not out.exists()
-    r = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "2", "--steps", "2", "--method", "em",
-                                  "--device", "no-such-device", "--out", str(tmp_path / "g.png")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--method",
+            "em",
+            "--device",
+            "no-such-device",
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+    )
     assert r.exit_code != 0 and "--device" in r.output and not (tmp_path / "g.png").exists()
 
 
@@ -379,6 +470,24 @@ def test_a_hand_edited_job_file_is_refused_on_resume_and_load(tiny, tmp_path):
     with pytest.raises(JobError, match="edited by hand"):
         load_samples(str(out))
     assert sorted(os.listdir(out)) == ["job.json", "report.json", "shard-000000.npz"]  # nothing new written
-    result = CliRunner().invoke(main, ["sample", "--ladder", tiny, "--n", "6", "--batch-size", "3", "--seed", "7",
-                                       "--steps", "12", "--rates", "6,3", "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sample",
+            "--ladder",
+            tiny,
+            "--n",
+            "6",
+            "--batch-size",
+            "3",
+            "--seed",
+            "7",
+            "--steps",
+            "12",
+            "--rates",
+            "6,3",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code != 0 and "Traceback" not in result.output and "edited by hand" in result.output

@@ -17,8 +17,11 @@ def test_load_samples_refuses_an_unfinished_job(tiny, tmp_path):
     from multilevel_em.jobs import JobError, SamplingJob, load_samples, run_job
 
     out = tmp_path / "job"
-    run_job(SamplingJob(ladder=tiny, n=4, out=str(out), method="em", steps=1, batch_size=2), progress=False,
-            echo=lambda *_: None)
+    run_job(
+        SamplingJob(ladder=tiny, n=4, out=str(out), method="em", steps=1, batch_size=2),
+        progress=False,
+        echo=lambda *_: None,
+    )
     assert load_samples(str(out))["x"].shape[0] == 4
     os.unlink(out / "shard-000001.npz")
     with pytest.raises(JobError, match="unfinished job, 1 of 2 shards complete"):

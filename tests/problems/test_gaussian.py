@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import F64, assert_moments
+
 from multilevel_em import Ladder
 from multilevel_em.problems import gaussian, gaussian_mixture, perturbed_ladder
 
