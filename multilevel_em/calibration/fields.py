@@ -141,7 +141,7 @@ def real_array(v, field: str, shape: Tuple[int, ...], dims: str, *, lo: Optional
         at = tuple(int(i) for i in np.argwhere(bad)[0])
         idx = "".join(f"[{i}]" for i in at)
         want = "finite numbers" + (f" >= {lo:g}" if lo is not None else "")
-        raise FieldError(f"{field}{idx}", f"expected {want}, got {arr[at]!r}")
+        raise FieldError(f"{field}{idx}", f"expected {want}, got {float(arr[at])!r}")
     return arr
 
 

@@ -367,17 +367,19 @@ def _from_dict(cls, d) -> "Calibration":
         i = int(np.argmax(np.diff(times) <= 0))
         raise FieldError(
             "times",
-            f"expected strictly increasing times, but times[{i + 1}] = {times[i + 1]!r} <= times[{i}] = {times[i]!r}",
+            f"expected strictly increasing times, but times[{i + 1}] = {float(times[i + 1])!r} <= times[{i}] = {float(times[i])!r}",
         )
     if times[0] < t0 or times[-1] > t1:
-        raise FieldError("times", f"expected times in [t0, t1] = [{t0!r}, {t1!r}], got {times[0]!r} ... {times[-1]!r}")
+        raise FieldError(
+            "times", f"expected times in [t0, t1] = [{t0!r}, {t1!r}], got {float(times[0])!r} ... {float(times[-1])!r}"
+        )
 
     costs = real_array(d["costs"], "costs", (K,), "(levels,)")
     ladder_costs = real_array(d["ladder_costs"], "ladder_costs", (K,), "(levels,)")
     for name, c in (("costs", costs), ("ladder_costs", ladder_costs)):
         if np.any(c <= 0):
             i = int(np.argmax(c <= 0))
-            raise FieldError(f"{name}[{i}]", f"expected a positive cost, got {c[i]!r}")
+            raise FieldError(f"{name}[{i}]", f"expected a positive cost, got {float(c[i])!r}")
     _check_nondecreasing("ladder_costs", ladder_costs)
     timing = text(d["timing"], "timing", TIMINGS)
     if timing == "given" and not np.array_equal(costs, ladder_costs):
@@ -394,14 +396,14 @@ def _from_dict(cls, d) -> "Calibration":
     if np.any(diag != 0):
         i, k = (int(j) for j in np.argwhere(diag != 0)[0])
         raise FieldError(
-            f"pairwise[{i}][{k}][{k}]", f"expected 0 (a level's difference from itself), got {diag[i, k]!r}"
+            f"pairwise[{i}][{k}][{k}]", f"expected 0 (a level's difference from itself), got {float(diag[i, k])!r}"
         )
     asym = ~np.isclose(pairwise, pairwise.transpose(0, 2, 1), rtol=1e-9, atol=0.0)
     if asym.any():
         i, l, j = (int(x) for x in np.argwhere(asym)[0])
         raise FieldError(
             f"pairwise[{i}][{l}][{j}]",
-            f"expected a symmetric matrix: {pairwise[i, l, j]!r} != pairwise[{i}][{j}][{l}] = {pairwise[i, j, l]!r}",
+            f"expected a symmetric matrix: {float(pairwise[i, l, j])!r} != pairwise[{i}][{j}][{l}] = {float(pairwise[i, j, l])!r}",
         )
     errors_t = real_array(d["errors_t"], "errors_t", (T, K), "(times, levels)", lo=0.0)
     reference = text(d["reference"], "reference", REFERENCES)
@@ -411,7 +413,7 @@ def _from_dict(cls, d) -> "Calibration":
             i, l = (int(x) for x in np.argwhere(off)[0])
             raise FieldError(
                 f"errors_t[{i}][{l}]",
-                f"with reference 'top' the errors are the differences from the top level: expected pairwise[{i}][{l}][{K - 1}] = {pairwise[i, l, K - 1]!r}, got {errors_t[i, l]!r}",
+                f"with reference 'top' the errors are the differences from the top level: expected pairwise[{i}][{l}][{K - 1}] = {float(pairwise[i, l, K - 1])!r}, got {float(errors_t[i, l])!r}",
             )
     n_states = integer(d["n_states"], "n_states", lo=1)
 
@@ -507,7 +509,7 @@ def _check_nondecreasing(name: str, c: np.ndarray) -> None:
         if c[i] < c[i - 1]:
             raise FieldError(
                 name,
-                f"expected nondecreasing costs (cheapest level first), but {name}[{i}] = {c[i]!r} < {name}[{i - 1}] = {c[i - 1]!r}",
+                f"expected nondecreasing costs (cheapest level first), but {name}[{i}] = {float(c[i])!r} < {name}[{i - 1}] = {float(c[i - 1])!r}",
             )
 
 

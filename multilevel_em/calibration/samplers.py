@@ -213,7 +213,7 @@ class SamplerFit:
         errors = real_array(d["errors"], at("errors"), (S,), "(steps,)", lo=0.0)
         if np.any(errors <= 0):
             i = int(np.argmax(errors <= 0))
-            raise FieldError(at(f"errors[{i}]"), f"expected a positive error, got {errors[i]!r}")
+            raise FieldError(at(f"errors[{i}]"), f"expected a positive error, got {float(errors[i])!r}")
         errors_se = real_array(d["errors_se"], at("errors_se"), (S,), "(steps,)", lo=0.0)
         ref_steps = integer(d["ref_steps"], at("ref_steps"), lo=steps[-1] + 1)
         n = integer(d["n"], at("n"), lo=2)
