@@ -344,7 +344,7 @@ def fewest_steps(cal, step_err, fit, room: float, max_steps: int) -> int:
         need = a * span / math.sqrt(room)  # EM's step error a T / n is below sqrt(room) for n > need
         if not need < max_steps:
             target = math.sqrt(room + float(cal.top_bias) ** 2)
-            n_need = f"{math.floor(need) + 1:,}" if math.isfinite(need) else "more than can be counted"
+            n_need = f"{math.floor(need) + 1:,}" if need < 1e15 else f"about {need:.3g}"
             raise ValueError(
                 f"target {target:.4g} cannot be met within max_steps={max_steps:,}: EM's step error a h "
                 f"(a = {a:.4g}) alone is {step_err(max_steps):.4g} at {max_steps:,} steps, above the "
