@@ -484,3 +484,23 @@ def test_measured_sampler_fits_load_back(tmp_path):
     back = _round_trip(cal, tmp_path)
     assert back.samplers["em"].gain_at(8) == pytest.approx(fits["em"].gain_at(8))
     assert np.isfinite(back.plan(budget=4.0, sampler="ddim").error)
+
+
+def test_a_multilevel_model_calibration_loads_back(tmp_path):
+    """MultilevelModel.calibrate's calibration (its own call grid, no step error) round-trips through the file."""
+    diffusers = pytest.importorskip("diffusers")
+    from conftest import tiny_dit
+
+    from multilevel_em.diffusion import MultilevelModel
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(block_out_channels=[8], latent_channels=4, norm_num_groups=8, layers_per_block=1)
+    models = [tiny_dit(1, 1, 1), tiny_dit(1, 2, 2), tiny_dit(2, 2, 3)]
+    pipe = diffusers.DiTPipeline(transformer=models[-1], vae=vae.eval(), scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    mm = MultilevelModel(models, scheduler=pipe.scheduler, generator=torch.Generator().manual_seed(0))
+    pipe.transformer = mm
+    kw = dict(num_inference_steps=6, guidance_scale=4.0, output_type="latent")
+    cal = mm.calibrate(lambda: pipe(class_labels=[1, 2], generator=torch.Generator().manual_seed(0), **kw))
+    assert cal.step_error is None and cal.timing == "given"
+    _round_trip(cal, tmp_path)
