@@ -23,7 +23,7 @@ import torch
 
 from .._fit import loglog_slope as _fit_gamma
 from ..engine import BrownianPath, Ladder, solve
-from .model import Calibration
+from .model import TIMINGS, Calibration
 
 __all__ = ["calibrate", "MIN_STATES", "MIN_TIMES"]
 
@@ -37,7 +37,7 @@ DEFAULT_N_TIMES = 9
 #: default times fall on the grid).
 DEFAULT_STEPS = 72
 
-_TIMINGS = ("wall", "flops", "given")
+_TIMINGS = TIMINGS
 _COST_UNITS = {"wall": "seconds per sample", "flops": "FLOPs per sample", "given": "ladder cost units"}
 
 
@@ -130,6 +130,12 @@ def _flop_costs(ladder: Ladder, x: torch.Tensor, t: float) -> List[float]:
                 "torch ops. Use timing='wall' or timing='given'"
             )
         costs.append(flops / x.shape[0])
+        if j and costs[j] < costs[j - 1]:  # the file would be refused too (Calibration.from_dict)
+            raise ValueError(
+                f"timing='flops': level {j + 1} ({ladder.names[j]}) counted {costs[j]:.4g} FLOPs per sample, fewer "
+                f"than level {j} ({ladder.names[j - 1]}, {costs[j - 1]:.4g}); the ladder's levels are out of order "
+                "for this count (cheapest first). Reorder them, or use timing='given' or 'wall'"
+            )
     return costs
 
 

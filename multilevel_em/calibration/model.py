@@ -30,6 +30,7 @@ import numpy as np
 
 from .._io import write_json
 from . import planning, prediction
+from .fields import FieldError, check_keys, integer, integers, join, optional_real, real, real_array, text
 from .planning import CallPlan, Plan
 from .plot import plot_calibration
 from .prediction import Prediction
@@ -40,6 +41,9 @@ __all__ = ["CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate
 
 FORMAT = "multilevel_em.Calibration"
 FORMAT_VERSION = 1
+#: How ``Calibration.costs`` were obtained, and what the levels' errors are measured against.
+TIMINGS = ("wall", "flops", "given")
+REFERENCES = ("given", "top")
 
 
 @dataclass(eq=False)
@@ -263,83 +267,10 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        """Inverse of :meth:`to_dict`; raises ValueError saying what is wrong."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f'not a calibration (expected "format": "{FORMAT}")')
-        if d.get("version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported calibration format version {d.get('version')!r} (expected {FORMAT_VERSION})")
-        required = [
-            "t0",
-            "t1",
-            "times",
-            "names",
-            "costs",
-            "ladder_costs",
-            "timing",
-            "cost_unit",
-            "pairwise",
-            "errors_t",
-            "reference",
-            "n_states",
-        ]
-        missing = [k for k in required if k not in d]
-        if missing:
-            raise ValueError(f"missing fields {missing}")
-        try:
-            times = np.asarray(d["times"], dtype=np.float64)
-            costs = np.asarray(d["costs"], dtype=np.float64)
-            ladder_costs = np.asarray(d["ladder_costs"], dtype=np.float64)
-            pairwise = np.asarray(d["pairwise"], dtype=np.float64)
-            errors_t = np.asarray(d["errors_t"], dtype=np.float64)
-            t0, t1 = float(d["t0"]), float(d["t1"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"a numeric field is malformed ({e})") from None
-        T, K = len(times), len(d["names"])
-        shapes = {
-            "times": (times.shape, (T,)),
-            "costs": (costs.shape, (K,)),
-            "ladder_costs": (ladder_costs.shape, (K,)),
-            "pairwise": (pairwise.shape, (T, K, K)),
-            "errors_t": (errors_t.shape, (T, K)),
-        }
-        for name, (got, want) in shapes.items():
-            if got != want:
-                raise ValueError(f"field {name!r} has shape {got}, expected {want} ({T} times, {K} levels)")
-        for name, arr in (("times", times), ("costs", costs), ("pairwise", pairwise), ("errors_t", errors_t)):
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"field {name!r} has non-finite values")
-        if K < 2 or T < 1 or np.any(costs <= 0) or np.any(pairwise < 0) or not t1 > t0:
-            raise ValueError(
-                "inconsistent values (need K >= 2 levels, positive costs, t1 > t0, nonnegative differences)"
-            )
-
-        def opt(key, kind):
-            v = d.get(key)
-            return None if v is None else kind(v)
-
-        return cls(
-            t0=t0,
-            t1=t1,
-            times=times,
-            names=tuple(str(n) for n in d["names"]),
-            costs=costs,
-            ladder_costs=ladder_costs,
-            timing=str(d["timing"]),
-            cost_unit=str(d["cost_unit"]),
-            pairwise=pairwise,
-            errors_t=errors_t,
-            reference=str(d["reference"]),
-            n_states=int(d["n_states"]),
-            gamma=opt("gamma", float),
-            gamma_se=math.nan if d.get("gamma") is not None and d.get("gamma_se") is None else opt("gamma_se", float),
-            fit_levels=tuple(int(l) for l in d.get("fit_levels", [])),
-            step_error=opt("step_error", float),
-            step_error_steps=opt("step_error_steps", int),
-            step_error_refine=opt("step_error_refine", int),
-            top_bias=opt("top_bias", float),
-            top_bias_source=str(d.get("top_bias_source", "none")),
-            samplers=_sampler_fits(d.get("samplers") or {}),
-        )
+        """Inverse of :meth:`to_dict`, checking every field (type, shape, range and consistency with the
+        others); raises ValueError (:class:`~multilevel_em.calibration.fields.FieldError`) whose message
+        starts with the field at fault, e.g. ``step_error: expected a finite number >= 0, got nan``."""
+        return _from_dict(cls, d)
 
     def plot(self, path) -> None:
         """Write a PNG of delta_l(t) and of error against cost with the gamma fit."""
@@ -351,18 +282,23 @@ class Calibration:
 
     @classmethod
     def load(cls, path) -> "Calibration":
-        """Read a file written by :meth:`save`; ValueError naming the file if it is not one."""
+        """Read a file written by :meth:`save`, checking every field (:meth:`from_dict`); ValueError
+        ``"PATH: field: what is wrong"`` if it is not a valid calibration, OSError if it cannot be read."""
         path = os.fspath(path)
-        with open(path) as f:
-            text = f.read()
+        if os.path.isdir(path):
+            raise ValueError(f"{path}: is a folder, not a calibration file")
         try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
             data = json.loads(text)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a calibration file: not UTF-8 text") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not a calibration file: invalid JSON ({e})") from None
         try:
             return cls.from_dict(data)
         except ValueError as e:
-            raise ValueError(f"{path}: invalid calibration file: {e}") from None
+            raise ValueError(f"{path}: {e}") from None
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Calibration):
@@ -373,16 +309,208 @@ class Calibration:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _sampler_fits(d) -> dict:
-    if not isinstance(d, dict):
-        raise ValueError("field 'samplers': expected an object {name: fit}")
-    out = {}
-    for name, v in d.items():
-        try:
-            out[str(name)] = SamplerFit.from_dict(v)
-        except ValueError as e:
-            raise ValueError(f"field 'samplers', {name!r}: {e}") from None
-    return out
+_REQUIRED = (
+    "format",
+    "version",
+    "t0",
+    "t1",
+    "times",
+    "names",
+    "costs",
+    "ladder_costs",
+    "timing",
+    "cost_unit",
+    "pairwise",
+    "errors_t",
+    "reference",
+    "n_states",
+)
+_OPTIONAL = (
+    "gamma",
+    "gamma_se",
+    "fit_levels",
+    "step_error",
+    "step_error_steps",
+    "step_error_refine",
+    "top_bias",
+    "top_bias_source",
+    "samplers",
+)
+
+
+def _from_dict(cls, d) -> "Calibration":
+    """:meth:`Calibration.from_dict`: every field checked, in file order, then their consistency."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        got = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise FieldError("format", f'not a calibration (expected "format": "{FORMAT}", got {got!r})')
+    if d.get("version") != FORMAT_VERSION:
+        raise FieldError(
+            "version", f"unsupported calibration format version {d.get('version')!r} (expected {FORMAT_VERSION})"
+        )
+    check_keys(d, "", _REQUIRED, _OPTIONAL)
+    t0, t1 = real(d["t0"], "t0"), real(d["t1"], "t1")
+    if not t1 > t0:
+        raise FieldError("t1", f"expected t1 > t0 = {t0!r}, got {t1!r}")
+
+    names = d["names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise FieldError("names", f"expected a list of level names (strings), got {names!r:.80}")
+    K = len(names)
+    if K < 2:
+        raise FieldError("names", f"expected 2 or more levels (ML-EM needs at least 2), got {K}")
+    times_in = d["times"]
+    if not isinstance(times_in, (list, np.ndarray)) or len(times_in) < 1:
+        raise FieldError("times", f"expected a non-empty list of times, got {times_in!r:.80}")
+    T = len(times_in)
+    times = real_array(times_in, "times", (T,), "(times,)")
+    if np.any(np.diff(times) <= 0):
+        i = int(np.argmax(np.diff(times) <= 0))
+        raise FieldError(
+            "times",
+            f"expected strictly increasing times, but times[{i + 1}] = {float(times[i + 1])!r} <= times[{i}] = {float(times[i])!r}",
+        )
+    if times[0] < t0 or times[-1] > t1:
+        raise FieldError(
+            "times", f"expected times in [t0, t1] = [{t0!r}, {t1!r}], got {float(times[0])!r} ... {float(times[-1])!r}"
+        )
+
+    costs = real_array(d["costs"], "costs", (K,), "(levels,)")
+    ladder_costs = real_array(d["ladder_costs"], "ladder_costs", (K,), "(levels,)")
+    for name, c in (("costs", costs), ("ladder_costs", ladder_costs)):
+        if np.any(c <= 0):
+            i = int(np.argmax(c <= 0))
+            raise FieldError(f"{name}[{i}]", f"expected a positive cost, got {float(c[i])!r}")
+    _check_nondecreasing("ladder_costs", ladder_costs)
+    timing = text(d["timing"], "timing", TIMINGS)
+    if timing == "given" and not np.array_equal(costs, ladder_costs):
+        raise FieldError(
+            "costs",
+            f"with timing 'given' the costs are the ladder's own: expected ladder_costs {ladder_costs.tolist()}, got {costs.tolist()}",
+        )
+    if timing == "flops":  # counted, not timed: a level counted cheaper than the one below is out of order
+        _check_nondecreasing("costs", costs)
+    cost_unit = text(d["cost_unit"], "cost_unit")
+
+    pairwise = real_array(d["pairwise"], "pairwise", (T, K, K), "(times, levels, levels)", lo=0.0)
+    diag = np.einsum("tkk->tk", pairwise)
+    if np.any(diag != 0):
+        i, k = (int(j) for j in np.argwhere(diag != 0)[0])
+        raise FieldError(
+            f"pairwise[{i}][{k}][{k}]", f"expected 0 (a level's difference from itself), got {float(diag[i, k])!r}"
+        )
+    asym = ~np.isclose(pairwise, pairwise.transpose(0, 2, 1), rtol=1e-9, atol=0.0)
+    if asym.any():
+        i, l, j = (int(x) for x in np.argwhere(asym)[0])
+        raise FieldError(
+            f"pairwise[{i}][{l}][{j}]",
+            f"expected a symmetric matrix: {float(pairwise[i, l, j])!r} != pairwise[{i}][{j}][{l}] = {float(pairwise[i, j, l])!r}",
+        )
+    errors_t = real_array(d["errors_t"], "errors_t", (T, K), "(times, levels)", lo=0.0)
+    reference = text(d["reference"], "reference", REFERENCES)
+    if reference == "top":
+        off = ~np.isclose(errors_t, pairwise[:, :, K - 1], rtol=1e-9, atol=0.0)
+        if off.any():
+            i, l = (int(x) for x in np.argwhere(off)[0])
+            raise FieldError(
+                f"errors_t[{i}][{l}]",
+                f"with reference 'top' the errors are the differences from the top level: expected pairwise[{i}][{l}][{K - 1}] = {float(pairwise[i, l, K - 1])!r}, got {float(errors_t[i, l])!r}",
+            )
+    n_states = integer(d["n_states"], "n_states", lo=1)
+
+    gamma = optional_real(d.get("gamma"), "gamma")
+    gamma_se = d.get("gamma_se")
+    fit_levels = integers(d.get("fit_levels", []), "fit_levels", lo=0, hi=K - 1)
+    if gamma is None:
+        if gamma_se is not None and not (isinstance(gamma_se, float) and math.isnan(gamma_se)):
+            raise FieldError("gamma_se", f"expected null without gamma, got {gamma_se!r}")
+        if fit_levels:
+            raise FieldError("fit_levels", f"expected [] without gamma, got {list(fit_levels)}")
+        gamma_se = None
+    else:
+        gamma_se = (
+            math.nan
+            if gamma_se is None or (isinstance(gamma_se, float) and math.isnan(gamma_se))
+            else real(gamma_se, "gamma_se", lo=0.0)
+        )
+        if len(fit_levels) < 2 or any(b <= a for a, b in zip(fit_levels, fit_levels[1:])):
+            raise FieldError(
+                "fit_levels",
+                f"expected 2 or more increasing 0-based level indices (the levels gamma was fitted on), got {list(fit_levels)}",
+            )
+        if reference == "top" and fit_levels[-1] == K - 1:
+            raise FieldError(
+                "fit_levels",
+                f"level index {K - 1} is the top level, the reference itself (error 0): it cannot be in the fit, got {list(fit_levels)}",
+            )
+
+    step_error = optional_real(d.get("step_error"), "step_error", lo=0.0)
+    steps = d.get("step_error_steps")
+    refine = d.get("step_error_refine")
+    if step_error is None:
+        for key, v in (("step_error_steps", steps), ("step_error_refine", refine)):
+            if v is not None:
+                raise FieldError(key, f"expected null without step_error, got {v!r}")
+    else:
+        if steps is None or refine is None:
+            key = "step_error_steps" if steps is None else "step_error_refine"
+            raise FieldError(key, "missing: step_error was measured with N and m N steps; give both")
+        steps = integer(steps, "step_error_steps", lo=1)
+        refine = integer(refine, "step_error_refine", lo=2)
+    top_bias = optional_real(d.get("top_bias"), "top_bias", lo=0.0)
+    if step_error is not None and top_bias is None:
+        raise FieldError("top_bias", "missing: expected a number >= 0 with step_error (the two are measured together)")
+    if reference == "top" and top_bias not in (None, 0.0):
+        raise FieldError(
+            "top_bias", f"expected 0 with reference 'top' (the top level is its own reference), got {top_bias!r}"
+        )
+    top_bias_source = text(d.get("top_bias_source", "none"), "top_bias_source")
+
+    samplers = d.get("samplers")
+    samplers = {} if samplers is None else samplers
+    if not isinstance(samplers, dict):
+        raise FieldError("samplers", f"expected an object {{name: fit}}, got {samplers!r:.80}")
+    fits = {}
+    for name, v in samplers.items():
+        where = join("samplers", name)
+        fit = SamplerFit.from_dict(v, where=where, n_levels=K)
+        if fit.sampler != name:
+            raise FieldError(
+                join(where, "sampler"), f"expected {name!r} (the name it is filed under), got {fit.sampler!r}"
+            )
+        fits[name] = fit
+
+    return cls(
+        t0=t0,
+        t1=t1,
+        times=times,
+        names=tuple(names),
+        costs=costs,
+        ladder_costs=ladder_costs,
+        timing=timing,
+        cost_unit=cost_unit,
+        pairwise=pairwise,
+        errors_t=errors_t,
+        reference=reference,
+        n_states=n_states,
+        gamma=gamma,
+        gamma_se=gamma_se,
+        fit_levels=fit_levels,
+        step_error=step_error,
+        step_error_steps=steps,
+        step_error_refine=refine,
+        top_bias=top_bias,
+        top_bias_source=top_bias_source,
+        samplers=fits,
+    )
+
+
+def _check_nondecreasing(name: str, c: np.ndarray) -> None:
+    for i in range(1, len(c)):
+        if c[i] < c[i - 1]:
+            raise FieldError(
+                name,
+                f"expected nondecreasing costs (cheapest level first), but {name}[{i}] = {float(c[i])!r} < {name}[{i - 1}] = {float(c[i - 1])!r}",
+            )
 
 
 def _none_if_nan(v):

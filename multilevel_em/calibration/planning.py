@@ -194,7 +194,8 @@ def plan(
         target: RMS pathwise error to reach; give it or ``budget``.
         budget: cost per sample in top-level equivalents (``cost_unit`` / top cost).
         steps: fix the step count instead of searching (an int >= 1).
-        max_steps: largest step count searched.
+        max_steps: the largest step count a plan may have: ``steps`` above it, or a ``target`` that needs
+            more steps (EM's step error, or the sampler's, alone above it at ``max_steps``), raise ValueError.
         sampler: plan ML-EM inside this measured sampler (a key of :attr:`samplers`): its
             measured step-error curve replaces ``a h`` and its measured gain scales ``V``
             (:mod:`multilevel_em.calibration.samplers`); the plan is then compared with the
@@ -209,8 +210,9 @@ def plan(
 
     Raises:
         ValueError: the target is at or below the top level's own bias (unreachable with
-            this ladder; the message gives both numbers), the step error at ``steps`` alone
-            exceeds the target, the budget cannot pay one step of the cheapest level, or
+            this ladder; the message gives both numbers), the target cannot be met within
+            ``max_steps`` (the message gives the steps it needs), the step error at ``steps`` alone
+            exceeds the target, ``steps`` exceeds ``max_steps``, the budget cannot pay one step of the cheapest level, or
             the calibration has no step-error/bias measurement (calibrate with ``x``).
     """
     if (target is None) == (budget is None):
@@ -225,6 +227,8 @@ def plan(
         raise ValueError(f"steps: expected an int >= 1 or None, got {steps!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps: expected an int >= 1, got {max_steps!r}")
+    if steps is not None and steps > max_steps:
+        raise ValueError(f"steps={steps} is above max_steps={max_steps}; lower steps or raise max_steps")
     K = cal.n_levels
     b = float(cal.top_bias)
     step_err = step_error_model(cal, fit)
@@ -250,7 +254,7 @@ def plan(
                 )
             step_grid = [steps]
         else:
-            step_grid = geometric_steps(n_min, max(max_steps, n_min))
+            step_grid = geometric_steps(n_min, max_steps)
         lv, n, mu = _cheapest_for_target(cal, subsets, step_grid, room, step_err, gain)
     else:
         budget = check_positive("budget", budget)
@@ -336,12 +340,25 @@ def step_error_model(cal, fit: Optional[SamplerFit]):
 def fewest_steps(cal, step_err, fit, room: float, max_steps: int) -> int:
     """The fewest steps whose step error squared is below ``room`` (ValueError if none within max_steps)."""
     if fit is None:
-        return math.floor(float(cal.step_error) * (cal.t1 - cal.t0) / math.sqrt(room)) + 1
+        a, span = float(cal.step_error), cal.t1 - cal.t0
+        need = a * span / math.sqrt(room)  # EM's step error a T / n is below sqrt(room) for n > need
+        if not need < max_steps:
+            target = math.sqrt(room + float(cal.top_bias) ** 2)
+            n_need = f"{math.floor(need) + 1:,}" if need < 1e15 else f"about {need:.3g}"
+            raise ValueError(
+                f"target {target:.4g} cannot be met within max_steps={max_steps:,}: EM's step error a h "
+                f"(a = {a:.4g}) alone is {step_err(max_steps):.4g} at {max_steps:,} steps, above the "
+                f"{math.sqrt(room):.4g} the target leaves after the top level's bias {float(cal.top_bias):.4g}; it "
+                f"needs {n_need} steps. Raise the target or max_steps"
+            )
+        return math.floor(need) + 1
     n = fit.steps_for(math.sqrt(room) * (1 - 1e-9), max_steps)
     if n is None:
+        target = math.sqrt(room + float(cal.top_bias) ** 2)
         raise ValueError(
-            f"target: the top level alone with {fit.sampler} does not reach error {math.sqrt(room):.4g} (above "
-            f"the bias) within max_steps={max_steps} steps (predicted {step_err(max_steps):.4g} there)"
+            f"target {target:.4g} cannot be met within max_steps={max_steps:,}: the top level alone with "
+            f"{fit.sampler} does not reach error {math.sqrt(room):.4g} (the target less the top level's bias) "
+            f"within {max_steps:,} steps (predicted {step_err(max_steps):.4g} there). Raise the target or max_steps"
         )
     return n
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from .._fit import loglog_slope
+from .fields import FieldError, check_keys, integer, integers, join, optional_real, real, real_array, text
 
 __all__ = [
     "SamplerFit",
@@ -122,6 +123,9 @@ class SamplerFit:
             raise ValueError(f"errors: expected positive finite errors, got {list(self.errors)}")
         if not (math.isfinite(self.gain) and self.gain > 0):
             raise ValueError(f"gain: expected a positive finite number, got {self.gain!r}")
+        if isinstance(self.gain_points, (str, bytes, dict)) or not isinstance(self.gain_points, (list, tuple)):
+            raise FieldError("gain_points", f"expected a list of measurements, got {self.gain_points!r:.80}")
+        self.gain_points = [_gain_point(p, f"gain_points[{i}]", self.steps) for i, p in enumerate(self.gain_points)]
         self.steps = tuple(int(s) for s in self.steps)
         self.errors = tuple(float(e) for e in self.errors)
         self.errors_se = tuple(float(e) for e in self.errors_se)
@@ -193,23 +197,82 @@ class SamplerFit:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SamplerFit":
-        """Inverse of :meth:`to_dict`; ValueError saying what is wrong."""
+    def from_dict(cls, d: dict, where: str = "", n_levels: Optional[int] = None) -> "SamplerFit":
+        """Inverse of :meth:`to_dict`, checking every field; ValueError (a
+        :class:`~multilevel_em.calibration.fields.FieldError`) whose message starts with the field at fault,
+        inside ``where`` (``samplers.em.gain_points[1].steps: ...``).  ``n_levels``: the calibration's level
+        count, to check the gain points' levels (1-based, with the top level)."""
+        check_keys(d, where, _FIT_REQUIRED, _FIT_OPTIONAL)
+        at = lambda k: join(where, k)  # noqa: E731
+        sampler = text(d["sampler"], at("sampler"))
+        family = text(d["family"], at("family"), FAMILIES)
+        steps = integers(d["steps"], at("steps"), lo=1)
+        S = len(steps)
+        if S < 2 or any(b <= a for a, b in zip(steps, steps[1:])):
+            raise FieldError(at("steps"), f"expected 2 or more increasing step counts >= 1, got {list(steps)}")
+        errors = real_array(d["errors"], at("errors"), (S,), "(steps,)", lo=0.0)
+        if np.any(errors <= 0):
+            i = int(np.argmax(errors <= 0))
+            raise FieldError(at(f"errors[{i}]"), f"expected a positive error, got {float(errors[i])!r}")
+        errors_se = real_array(d["errors_se"], at("errors_se"), (S,), "(steps,)", lo=0.0)
+        ref_steps = integer(d["ref_steps"], at("ref_steps"), lo=steps[-1] + 1)
+        n = integer(d["n"], at("n"), lo=2)
+        for k in ("order", "order_se", "constant"):  # derived from the above and recomputed; written for readers
+            optional_real(d.get(k), at(k))
+        gain = real(d.get("gain", 1.0), at("gain"), lo=0.0, lo_open=True)
+        gain_se = optional_real(d.get("gain_se"), at("gain_se"), lo=0.0)
         try:
-            return cls(
-                sampler=str(d["sampler"]),
-                family=str(d["family"]),
-                steps=tuple(d["steps"]),
-                errors=tuple(d["errors"]),
-                errors_se=tuple(d["errors_se"]),
-                ref_steps=int(d["ref_steps"]),
-                n=int(d["n"]),
-                gain=float(d.get("gain", 1.0)),
-                gain_se=math.nan if d.get("gain_se") is None else float(d["gain_se"]),
-                gain_points=list(d.get("gain_points", [])),
+            fit = cls(
+                sampler=sampler,
+                family=family,
+                steps=steps,
+                errors=tuple(errors.tolist()),
+                errors_se=tuple(errors_se.tolist()),
+                ref_steps=ref_steps,
+                n=n,
+                gain=gain,
+                gain_se=math.nan if gain_se is None else gain_se,
+                gain_points=d.get("gain_points", []),
             )
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"sampler fit: malformed ({e!r})") from None
+        except FieldError as e:
+            raise e.within(where) from None
+        except ValueError as e:
+            raise FieldError(where, str(e)) from None
+        if n_levels is not None:
+            for i, p in enumerate(fit.gain_points):
+                lv = p.get("levels")
+                if lv is not None and (len(lv) < 2 or lv[-1] != n_levels):
+                    raise FieldError(
+                        at(f"gain_points[{i}].levels"),
+                        f"expected 2 or more levels of the {n_levels} (1-based), ending with the top level "
+                        f"{n_levels}, got {lv}",
+                    )
+        return fit
+
+
+_FIT_REQUIRED = ("sampler", "family", "steps", "errors", "errors_se", "ref_steps", "n")
+_FIT_OPTIONAL = ("order", "order_se", "constant", "gain", "gain_se", "gain_points")
+_POINT_REQUIRED = ("steps", "measured_variance", "predicted_variance")
+_POINT_OPTIONAL = ("mu", "levels", "measured_variance_se")
+
+
+def _gain_point(p, where: str, steps: Sequence[int]) -> dict:
+    """One gain measurement checked (its step count among the measured ``steps``); ``where`` names it."""
+    check_keys(p, where, _POINT_REQUIRED, _POINT_OPTIONAL)
+    out = dict(p)
+    out["steps"] = k = integer(p["steps"], join(where, "steps"), lo=1)
+    if k not in steps:
+        raise FieldError(join(where, "steps"), f"expected one of the measured step counts {list(steps)}, got {k}")
+    for key in ("measured_variance", "predicted_variance", "measured_variance_se"):
+        if key in p:
+            out[key] = real(p[key], join(where, key), lo=0.0)
+    if "mu" in p:
+        out["mu"] = real(p["mu"], join(where, "mu"), lo=0.0)
+    if "levels" in p:
+        lv = out["levels"] = list(integers(p["levels"], join(where, "levels"), lo=1))
+        if any(b <= a for a, b in zip(lv, lv[1:])):
+            raise FieldError(join(where, "levels"), f"expected increasing 1-based levels, got {lv}")
+    return out
 
 
 def combine_gains(measured: Sequence[float], predicted: Sequence[float]) -> Tuple[float, float]:

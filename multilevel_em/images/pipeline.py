@@ -37,7 +37,7 @@ from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
 from ..diffusion.registry import DEFAULT_STEPS, METHOD_SPECS, METHODS, measurable_samplers
 from ..engine import Ladder, all_finite, randn
 from ..engine.random import Generators, check_generators, is_per_sample
-from .ladder import CheckpointError, UNetLadder, load_ladder, read_json
+from .ladder import CheckpointError, UNetLadder, load_ladder
 
 __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_grid", "METHODS"]
 
@@ -193,9 +193,16 @@ class MultilevelPipeline:
         calibration = None
         if os.path.exists(cal_path):
             try:
-                calibration = Calibration.from_dict(read_json(cal_path))
+                calibration = Calibration.load(cal_path)  # every field checked; errors say "PATH: field: ..."
             except ValueError as e:
-                raise CheckpointError(f"{cal_path}: {e}") from None
+                raise CheckpointError(str(e)) from None
+            except OSError as e:
+                raise CheckpointError(f"{cal_path}: cannot read it: {e.strerror or e}") from None
+            if list(calibration.names) != ladder.names:
+                raise CheckpointError(
+                    f"{cal_path}: names: made for levels {list(calibration.names)}, but the ladder in {path} has "
+                    f"{ladder.names}; recalibrate it (`mlem calibrate --ladder {path}`)"
+                )
         return cls(ladder, calibration)
 
     def save_pretrained(self, path: str) -> None:
