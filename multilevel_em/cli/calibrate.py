@@ -81,13 +81,12 @@ def _calibrate_ladder(
         trace=trace,
     )
     if samplers is not None:
-        from tqdm import tqdm
-
+        from .._progress import progress_bar
         from ..calibration.samplers import CURVE_STEPS as DEFAULT_STEPS
         from ..calibration.samplers import GAIN_STEPS, fit_table
 
         runs = len(samplers) * (1 + len(DEFAULT_STEPS) + len(GAIN_STEPS))  # reference, curve, ML-EM per sampler
-        with tqdm(total=runs, desc="samplers", unit="run") as bar:
+        with progress_bar(total=runs, desc="samplers", unit="run") as bar:
             fits = pipe.calibrate_samplers(
                 samplers, n=sampler_images, seed=seed, progress=lambda what: (bar.set_postfix_str(what), bar.update())
             )

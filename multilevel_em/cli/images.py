@@ -86,8 +86,8 @@ def train_cmd(
 ):
     """Train a ladder of UNet noise predictors (one per width) on an image data set; resumable."""
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..images import CheckpointError, load_dataset, train_ladder
 
     ws = parse_ints("--widths", widths)
@@ -110,7 +110,7 @@ def train_cmd(
     try:
         with (
             resume_on_interrupt(lambda: f"the checkpoints in {out} are kept"),
-            tqdm(total=iters * len(ws), desc="train", unit="it") as bar,
+            progress_bar(total=iters * len(ws), desc="train", unit="it") as bar,
         ):
             ladder = train_ladder(
                 data,
@@ -446,9 +446,9 @@ def _sample_grid(
 ):
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from .._io import atomic_write, write_json
+    from .._progress import progress_bar
     from ..engine import sample_generators
     from ..images import CheckpointError, MultilevelPipeline, image_grid
 
@@ -471,7 +471,9 @@ def _sample_grid(
         raise click.BadParameter(f"cannot use {device!r}: {e}", param_hint="--device") from None
     images, reports = [], []
     one_batch = n <= batch_size  # then a bar over the steps (its total set by the pipeline), else over the images
-    with tqdm(total=None if one_batch else n, desc=f"sample {method}", unit="step" if one_batch else "img") as bar:
+    with progress_bar(
+        total=None if one_batch else n, desc=f"sample {method}", unit="step" if one_batch else "img"
+    ) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
@@ -565,8 +567,8 @@ def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
 
     digits: about 30 s on one core; fashion-mnist: about 10 minutes of one core for 8 epochs."""
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..images.metrics import train_digit_classifier, train_fashion_classifier
 
     check_output_file(out, "--out", suffixes=(".safetensors",), overwrite=overwrite)
@@ -580,7 +582,7 @@ def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
         epochs = epochs or 8
         try:
             # Fashion-MNIST has 60,000 training images: ceil(60000 / 128) batches of 128 an epoch.
-            with tqdm(total=epochs * 469, desc="train-classifier", unit="batch", disable=None) as bar:
+            with progress_bar(total=epochs * 469, desc="train-classifier", unit="batch") as bar:
                 _, info = train_fashion_classifier(
                     out, epochs=epochs, seed=seed, data_dir=data_dir, progress=bar.update
                 )
@@ -680,8 +682,8 @@ def distill_cmd(
 ):
     """Distill a ladder from one model: narrower students that imitate the teacher, the teacher on top."""
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..images import CheckpointError, load_dataset
     from ..images.conditioning import load_conditioning
     from ..images.distill import (
@@ -740,12 +742,12 @@ def distill_cmd(
             )
         ):
             if x0 is None:
-                with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
+                with progress_bar(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
                     x0 = teacher_samples(
                         t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed, progress=bar.update
                     )
             click.echo(x0.report())
-            with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
+            with progress_bar(total=iters * len(ws), desc="distill", unit="it") as bar:
                 ladder = distill_ladder(
                     t,
                     out,

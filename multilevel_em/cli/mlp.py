@@ -30,8 +30,7 @@ from ._paths import POSITIVE, SEED, check_output_folder
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seeds the problem, the weights and the data.")
 def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
     """Train a ladder of MLP noise predictors on exact samples of a problem, save it, report its gamma."""
-    from tqdm import tqdm
-
+    from .._progress import progress_bar
     from ..bench.common import single_thread
     from ..diffusion.mlp import measure_gamma, train_mlp_ladder
     from ..problems.gaussian import gaussian, gaussian_mixture
@@ -51,7 +50,7 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
         )
     P = gaussian(dim, seed=seed) if problem == "gaussian" else gaussian_mixture(dim, seed=seed)
     # Small layers: one thread is as fast as several and does not fight other work for the cores.
-    with single_thread(), tqdm(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:
+    with single_thread(), progress_bar(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:
         mlp = train_mlp_ladder(P, ws, steps=steps, batch=batch, lr=lr, seed=seed, progress=bar.update)
     mlp.save(out)
     with single_thread():
