@@ -25,6 +25,7 @@ import torch
 
 from .._io import write_json
 from ..diffusion import MultilevelModel
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
 
 def unet(width: int, seed: int):
@@ -74,8 +75,15 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="mlem bench cfg-pairing", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="results/cfg_pairing.json")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default results/cfg_pairing.json; results/cfg_pairing_quick.json with --quick)",
+    )
+    add_overwrite_argument(ap)
     args = ap.parse_args(argv)
+    out = args.out or default_outputs("cfg-pairing", args.quick)[0]
+    check_outputs(ap, [out], args.overwrite)
     torch.set_num_threads(1)
     reps = 64 if args.quick else 1000
     ladder = [unet(4, 1), unet(8, 2), unet(16, 3)]
@@ -121,7 +129,7 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
             "dit_layers_heads_1x1_1x2_2x2": list(dit_mm.costs),
         },
     }
-    write_json(args.out, result, indent=1)
+    write_json(out, result, indent=1)
     json.dump(result, sys.stdout, indent=1)
     print()
     return result

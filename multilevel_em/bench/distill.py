@@ -37,7 +37,8 @@ Usage::
 
     mlem bench distill                 # writes results/distill.json and results/distill.png
     mlem bench distill --extend 2400   # then: distances at 2400 iterations, added to the same files
-    mlem bench distill --quick         # a smoke run; used by the tests
+    mlem bench distill --quick         # a smoke run: results/distill_quick.json and .png
+    (an existing results file is replaced only with --overwrite; --extend updates the run's own)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import torch
 
 from .._io import write_json
 from .common import DIGITS_LADDER, em_cost_at, single_thread
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
 SHIPPED = DIGITS_LADDER
 TIMES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
@@ -495,9 +497,19 @@ def main(argv=None, *, command: Optional[str] = None) -> None:
     command = command or shlex.join(["mlem", "bench", "distill", *argv])
     p = argparse.ArgumentParser(prog="mlem bench distill", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="results/distill.json")
-    p.add_argument("--plot", default="results/distill.png")
-    p.add_argument("--work", default="build/distill_bench", help="where the distilled ladder is kept (resumable)")
+    p.add_argument(
+        "--out", default=None, help="JSON (default results/distill.json; results/distill_quick.json with --quick)"
+    )
+    p.add_argument(
+        "--plot", default=None, help="plot (default results/distill.png; results/distill_quick.png with --quick)"
+    )
+    p.add_argument(
+        "--work",
+        default=None,
+        help="where the distilled ladder is kept (resumable; default build/distill_bench, "
+        "build/distill_bench_quick with --quick)",
+    )
+    add_overwrite_argument(p)
     p.add_argument("--stages", default=None, help="comma-separated iteration counts (resumed one after the other)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -510,6 +522,11 @@ def main(argv=None, *, command: Optional[str] = None) -> None:
     p.add_argument("--ladders", default="digits,data_free", help="with --extend: which distilled ladders to continue")
     a = p.parse_args(argv)
     stages = [int(s) for s in a.stages.split(",")] if a.stages else None
+    default_out, default_plot = default_outputs("distill", a.quick)
+    a.out, a.plot = a.out or default_out, a.plot or default_plot
+    a.work = a.work or ("build/distill_bench_quick" if a.quick else "build/distill_bench")
+    if a.extend is None:  # --extend adds stages to the results of the run it continues: it updates --out
+        check_outputs(p, [a.out, a.plot], a.overwrite)
     with single_thread():
         if a.extend is not None:
             extend(a.extend, out=a.out, plot=a.plot, work=a.work, ladders=a.ladders.split(","), command=command)

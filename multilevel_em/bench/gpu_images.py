@@ -83,6 +83,7 @@ from ..images.pipeline import (
 from ..images.train import TRAIN_STATE, train_ladder
 from .chunks import CHUNKS, chunk_kids, chunk_summary, sample_sd
 from .common import device_name, single_thread, sync_device
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
 #: Defaults of the full run (one GPU, < 8 minutes) and of --quick (a tiny CPU run, < 60 s).
 FULL = {
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON output (default results/gpu_images.json; results/gpu_images_quick.json with --quick)",
     )
     p.add_argument("--plot", default=None, help="cost-quality plot PNG (default: --out with .png)")
+    add_overwrite_argument(p)
     return p
 
 
@@ -896,8 +898,9 @@ def main(argv: Sequence[str] | None = None, *, command: str | None = None) -> di
     p = build_parser()
     args = p.parse_args(argv)
     s = resolve(args, p)
-    out = args.out or ("results/gpu_images_quick.json" if args.quick else "results/gpu_images.json")
+    out = args.out or default_outputs("gpu", args.quick)[0]
     plot_path = args.plot if args.plot is not None else os.path.splitext(out)[0] + ".png"
+    check_outputs(p, [out, plot_path or None], args.overwrite)
 
     def echo(line: str) -> None:
         print(f"[{_now() - t_start:6.1f} s] {line}", flush=True)

@@ -36,6 +36,7 @@ import numpy as np
 from .._io import write_json
 from ..jobs import SamplingJob, load_samples, run_job
 from .common import DIGITS_LADDER
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
 
 def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> Dict:
@@ -48,12 +49,19 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> 
     ap.add_argument("--batch-size", type=int, default=32, help="Samples per shard.")
     ap.add_argument("--budget", type=float, default=50.0, help="ML-EM budget, top-level equivalents per sample.")
     ap.add_argument("--quick", action="store_true", help="n = 8, batch 4, budget 10.")
-    ap.add_argument("--out", default="results/jobs_throughput.json")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default results/jobs_throughput.json; results/jobs_throughput_quick.json with --quick)",
+    )
+    add_overwrite_argument(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.batch_size, args.budget = 8, 4, 10.0
     if args.n < 1 or args.batch_size < 1:
         ap.error("--n and --batch-size must be >= 1")
+    out = args.out or default_outputs("jobs", args.quick)[0]
+    check_outputs(ap, [out], args.overwrite)
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -111,8 +119,8 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None) -> 
         "speedup_2_workers_over_1": speedup,
         "bit_identical": identical,
     }
-    write_json(args.out, result)
-    print(f"2 workers / 1 worker: {speedup:.2f}x; samples bit-identical across runs: {identical}; wrote {args.out}")
+    write_json(out, result)
+    print(f"2 workers / 1 worker: {speedup:.2f}x; samples bit-identical across runs: {identical}; wrote {out}")
     if not identical:
         raise SystemExit("samples differ between runs: the job is not deterministic")
     return result

@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from ..engine import BrownianPath, Ladder, solve
 from .common import device_name, sync_device, write_json
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
 WIDTHS = (64, 128, 256, 512)
 DIM = 64
@@ -341,7 +342,12 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
     p = argparse.ArgumentParser(prog="mlem bench overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (< 30 s)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--out", default="results/overhead.json", help="JSON output path")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON output path (default results/overhead.json; results/overhead_quick.json with --quick)",
+    )
+    add_overwrite_argument(p)
     p.add_argument("--steps", type=int, default=None, help=f"override the step count (default {STEPS}, quick 128)")
     p.add_argument("--batch", type=int, default=None, help=f"override the batch size (default {BATCH})")
     p.add_argument("--repeats", type=int, default=None, help="override the number of timed repeats")
@@ -357,6 +363,8 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
     for s in settings:
         if s not in SETTINGS:
             p.error(f"--settings: unknown setting {s!r}; expected some of {sorted(SETTINGS)}")
+    out = args.out or default_outputs("overhead", args.quick)[0]
+    check_outputs(p, [out], args.overwrite)
     res = run(
         quick=args.quick,
         device=args.device,
@@ -366,8 +374,8 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
         settings=settings,
         microbench=not args.no_microbench,
     )
-    write_json(args.out, res)
-    print(f"wrote {args.out}")
+    write_json(out, res)
+    print(f"wrote {out}")
     return res
 
 

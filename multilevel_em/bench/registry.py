@@ -14,11 +14,18 @@ command in :mod:`multilevel_em.cli.bench`). Importing this module imports no ben
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Dict, Tuple
 
-__all__ = ["BENCHMARKS", "Benchmark", "get", "load"]
+__all__ = ["BENCHMARKS", "Benchmark", "get", "load", "quick_path"]
+
+
+def quick_path(path: str) -> str:
+    """A quick run's version of a results path: ``results/NAME.json`` -> ``results/NAME_quick.json``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}_quick{ext}"
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,8 @@ class Benchmark:
         name: the subcommand name.
         module: the module under :mod:`multilevel_em.bench` that runs it.
         summary: one line for ``mlem bench --help``.
-        results: the files a default run writes (relative to the repository root).
+        results: the files a default run writes (relative to the repository root); a ``--quick`` run writes
+            :meth:`outputs` ``(quick=True)`` instead, never these.
         options: ``"click"`` (declared by :mod:`multilevel_em.cli.bench`) or ``"argv"`` (parsed by the
             module's ``main(argv, command=...)``).
     """
@@ -43,6 +51,12 @@ class Benchmark:
     def __post_init__(self):
         if self.options not in ("click", "argv"):
             raise ValueError(f"options: expected 'click' or 'argv', got {self.options!r}")
+
+    def outputs(self, quick: bool = False) -> Tuple[str, ...]:
+        """The files a run writes by default: :attr:`results`, or for a ``--quick`` run the same names with
+        ``_quick`` before the suffix (``results/images.json`` -> ``results/images_quick.json``), so that a
+        smoke test never replaces a full run's results."""
+        return tuple(quick_path(p) for p in self.results) if quick else self.results
 
     def load(self) -> ModuleType:
         """The benchmark's module (imported now: it may import torch)."""

@@ -69,6 +69,7 @@ from ..images import MultilevelPipeline
 from . import overhead  # the MLP ladder
 from .common import DIGITS_LADDER as DIGITS
 from .common import device_name, em_cost_at, rms_error, write_json
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
 CONFIGS = {
     "full": {
@@ -684,11 +685,18 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
     p = argparse.ArgumentParser(prog="mlem bench wallclock", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (< 30 s): checks the script runs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", default="results/wallclock.json", help="JSON output path")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON output path (default results/wallclock.json; results/wallclock_quick.json with --quick)",
+    )
+    add_overwrite_argument(p)
     args = p.parse_args(argv)
+    out = args.out or default_outputs("wallclock", args.quick)[0]
+    check_outputs(p, [out], args.overwrite)
     res = run(quick=args.quick, threads=args.threads)
-    write_json(args.out, res)
-    print(f"wrote {args.out}")
+    write_json(out, res)
+    print(f"wrote {out}")
     return res
 
 

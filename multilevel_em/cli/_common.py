@@ -45,6 +45,18 @@ def command_line(ctx: Optional[click.Context] = None) -> str:
     return " ".join(parts + arguments)
 
 
+def given_options(names, ctx: Optional[click.Context] = None) -> List[str]:
+    """The options among the parameters ``names`` (Python names) that were given on the command line rather than
+    left at their defaults, by their option spelling, in the order the command declares them: what a command
+    refuses, naming each, when they do not apply to what it was asked to do."""
+    ctx = ctx or click.get_current_context()
+    return [
+        p.opts[0]
+        for p in ctx.command.params
+        if isinstance(p, click.Option) and p.name in names and ctx.get_parameter_source(p.name) not in _UNSET
+    ]
+
+
 def parse_floats(name: str, text: str) -> List[float]:
     """``text`` as comma-separated numbers (at least one), else a BadParameter for option ``name``."""
     try:

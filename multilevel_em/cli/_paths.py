@@ -41,6 +41,17 @@ def _probe(path: str, option: str) -> None:
     os.unlink(tmp)
 
 
+#: The installed package's folder: the shipped ladders and classifiers live under it.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def inside_package(path) -> bool:
+    """``path`` is inside the installed package's folder (a shipped ladder, say), which commands do not write
+    into unless a path there is named explicitly."""
+    real, package = os.path.realpath(os.fspath(path)), os.path.realpath(PACKAGE_DIR)
+    return os.path.commonpath([real, package]) == package
+
+
 def check_output_file(
     path: Optional[str], option: str, *, suffixes: Optional[Sequence[str]] = None, overwrite: bool = True
 ) -> None:

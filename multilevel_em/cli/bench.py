@@ -12,9 +12,54 @@ import os
 
 import click
 
-from ..bench.registry import BENCHMARKS, Benchmark
+from ..bench.registry import BENCHMARKS, Benchmark, get
 from ._common import PLOT_SUFFIXES, command_line, parse_floats
 from ._paths import SEED, check_output_file, check_output_folder
+
+
+def output_options(name: str):
+    """``--out``, ``--plot`` and ``--overwrite`` of benchmark ``name``: the defaults are its registered results
+    (``results/NAME.json``), ``results/NAME_quick.json`` with ``--quick`` (:meth:`multilevel_em.bench.registry.Benchmark.outputs`)."""
+    out, plot = get(name).outputs(quick=False)
+    quick_out, quick_plot = get(name).outputs(quick=True)
+
+    def decorate(f):
+        for option in reversed(
+            (
+                click.option(
+                    "--out",
+                    default=None,
+                    type=click.Path(dir_okay=False),
+                    help=f"[default: {out}; {quick_out} with --quick]",
+                ),
+                click.option(
+                    "--plot",
+                    "plot_path",
+                    default=None,
+                    type=click.Path(dir_okay=False),
+                    help=f"[default: {plot}; {quick_plot} with --quick]",
+                ),
+                click.option(
+                    "--overwrite", is_flag=True, help="Replace existing --out / --plot files (checked before any work)."
+                ),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def resolve_outputs(name, quick, out, plot_path, overwrite, *, out_suffixes=None, plot_suffixes=PLOT_SUFFIXES):
+    """The paths benchmark ``name`` writes (the given ones, else its defaults for a quick or a full run), checked
+    before any work: writable, of the right suffix, and not there yet unless ``overwrite``."""
+    default_out, default_plot = get(name).outputs(quick)
+    out, plot_path = out or default_out, plot_path or default_plot
+    check_output_file(out, "--out", suffixes=out_suffixes, overwrite=overwrite)
+    check_output_file(plot_path, "--plot", suffixes=plot_suffixes, overwrite=overwrite)
+    if os.path.abspath(out) == os.path.abspath(plot_path):
+        raise click.BadParameter("--out and --plot name the same file", param_hint="--plot")
+    return out, plot_path
 
 
 @click.command("htmc")
@@ -26,17 +71,15 @@ from ._paths import SEED, check_output_file, check_output_folder
 )
 @click.option("--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=16), help="Sample paths.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--out", default="results/htmc.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/htmc.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot_path: str) -> None:
+@output_options("htmc")
+def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out, plot_path, overwrite: bool) -> None:
     """Cost-vs-error fronts and fitted cost exponents of EM and ML-EM on the synthetic HTMC family."""
     from ..bench.htmc import run_bench
 
     values = parse_floats("--gammas", gammas)
     if any(g <= 0 for g in values):
         raise click.BadParameter(f"expected positive exponents, got {gammas!r}", param_hint="--gammas")
-    check_output_file(out, "--out")
-    check_output_file(plot_path, "--plot", suffixes=PLOT_SUFFIXES)
+    out, plot_path = resolve_outputs("htmc", quick, out, plot_path, overwrite)
     run_bench(gammas=values, quick=quick, out=out, plot_path=plot_path, n_paths=n_paths, seed=seed, echo=click.echo)
     click.echo(f"wrote {out} and {plot_path}")
 
@@ -79,11 +122,10 @@ def bench_htmc(gammas: str, quick: bool, n_paths: int, seed: int, out: str, plot
     help="Each run seed also retrains the ladders (training seed = run seed; "
     "the problems stay those of --seed). Not with --ladders.",
 )
-@click.option("--out", default="results/diffusion.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--plot", "plot_path", default="results/diffusion.png", show_default=True, type=click.Path(dir_okay=False)
-)
-def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, n_seeds, retrain, out, plot_path) -> None:
+@output_options("diffusion")
+def bench_diffusion(
+    quick, ladders, save_ladders, train_steps, n_paths, seed, n_seeds, retrain, out, plot_path, overwrite
+) -> None:
     """Cost-error Pareto fronts of EM, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM with trained MLP ladders
     on a Gaussian (pathwise error) and a Gaussian mixture (sliced Wasserstein, MMD), over several run seeds:
     mean fronts with 95% t-interval bands, costs to reach stated errors and speedups with intervals."""
@@ -91,9 +133,17 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, n_
 
     if retrain and ladders:
         raise click.UsageError("--retrain: not with --ladders (retraining per seed needs the ladders trained here)")
-    check_output_file(out, "--out")
-    check_output_file(plot_path, "--plot", suffixes=PLOT_SUFFIXES)
+    out, plot_path = resolve_outputs("diffusion", quick, out, plot_path, overwrite)
     check_output_folder(save_ladders, "--save-ladders")
+    if save_ladders and not overwrite:
+        saved = [os.path.join(save_ladders, k) for k in ("gaussian", "mixture")]
+        saved = [d for d in saved if os.path.exists(os.path.join(d, "config.json"))]
+        if saved:
+            raise click.BadParameter(
+                f"{' and '.join(saved)} already hold{'s' if len(saved) == 1 else ''} a ladder; pass --overwrite to "
+                "replace it, or give another folder",
+                param_hint="--save-ladders",
+            )
     overrides = {}
     if train_steps is not None:
         overrides["train_steps"] = train_steps
@@ -132,9 +182,8 @@ def bench_diffusion(quick, ladders, save_ladders, train_steps, n_paths, seed, n_
 @click.option(
     "--seed", default=0, show_default=True, type=SEED, help="Noise seed (sample i: sample_generators(seed, i))."
 )
-@click.option("--out", default="results/images.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/images.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
+@output_options("images")
+def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path, overwrite):
     """Cost (top-level equivalents, CPU seconds) against KID and FD (bootstrap CIs, paired on shared noise) and the
     pathwise error of EM-top, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM inside EM / DPM-Solver++ / DDPM on a
     UNet ladder: one JSON, one plot."""
@@ -144,10 +193,9 @@ def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
         raise click.BadParameter(f"expected at least {N_MIN} samples per run, got {n}", param_hint="--n")
     if boot is not None and boot < 20:
         raise click.BadParameter(f"expected at least 20 bootstrap resamples, got {boot}", param_hint="--boot")
-    check_output_file(out, "--out", suffixes=(".json",))
-    check_output_file(plot_path, "--plot", suffixes=(".png",))
-    if os.path.abspath(out) == os.path.abspath(plot_path):
-        raise click.BadParameter("--out and --plot name the same file", param_hint="--plot")
+    out, plot_path = resolve_outputs(
+        "images", quick, out, plot_path, overwrite, out_suffixes=(".json",), plot_suffixes=(".png",)
+    )
     from ..bench.common import DIGITS_LADDER
     from ..bench.images import run_images_bench
     from ..images import CheckpointError
@@ -180,16 +228,16 @@ def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path):
 )
 @click.option("--quick", is_flag=True, help="4 images, budgets 4 and 8, 20-step references (for tests; seconds).")
 @click.option("--n", "n", default=None, type=click.IntRange(min=2), help="Images per run (default 32).")
-@click.option("--out", default="results/samplers.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/samplers.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
+@output_options("samplers")
+def bench_samplers_cmd(ladder_path, quick, n, out, plot_path, overwrite):
     """Plans inside each measured sampler against what ML-EM measures there, and against the top UNet alone
     (error to each sampler's converged solution, counted cost and CPU seconds; one JSON, one plot)."""
     from ..bench.common import DIGITS_LADDER
     from ..bench.samplers import run_sampler_bench
 
-    check_output_file(out, "--out", suffixes=(".json",))
-    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    out, plot_path = resolve_outputs(
+        "samplers", quick, out, plot_path, overwrite, out_suffixes=(".json",), plot_suffixes=(".png",)
+    )
     ladder_path = ladder_path or DIGITS_LADDER
     try:
         run_sampler_bench(
@@ -219,9 +267,8 @@ def bench_samplers_cmd(ladder_path, quick, n, out, plot_path):
     help="Comma-separated problems among gaussian, mixture, digits (default: all three; --quick: mixture).",
 )
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--out", default="results/rates.json", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", default="results/rates.png", show_default=True, type=click.Path(dir_okay=False))
-def bench_rates_cmd(quick, problems, seed, out, plot_path):
+@output_options("rates")
+def bench_rates_cmd(quick, problems, seed, out, plot_path, overwrite):
     """ML-EM inside EM and DPM-Solver++ with closed-form, sensitivity-weighted and learned rates, at equal
     expected cost: the MSE each adds to the top model alone, and each one's gain over the closed form."""
     from ..bench.rates import PROBLEMS, run_rates_bench
@@ -233,8 +280,9 @@ def bench_rates_cmd(quick, problems, seed, out, plot_path):
             raise click.BadParameter(
                 f"expected some of {', '.join(PROBLEMS)}, got {problems!r}", param_hint="--problems"
             )
-    check_output_file(out, "--out", suffixes=(".json",))
-    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    out, plot_path = resolve_outputs(
+        "rates", quick, out, plot_path, overwrite, out_suffixes=(".json",), plot_suffixes=(".png",)
+    )
     try:
         run_rates_bench(
             quick=quick,

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 
+from .._text import plural
+from ._common import given_options
 from ._errors import user_error
-from ._paths import POSITIVE, SEED, check_output_file
+from ._paths import POSITIVE, SEED, check_output_file, inside_package
+
+#: Below this many --sampler-images the measured step-error curves and gains are noisy enough that the
+#: verdicts they give (which sampler, ML-EM or the top model alone wins at a budget) can change with the seed.
+STEADY_SAMPLER_IMAGES = 16
+
+#: Options of the synthetic HTMC ladder only (refused with --ladder), and of an image ladder only.
+_HTMC_ONLY = ("problem", "gamma", "levels", "n_paths", "target")
+_LADDER_ONLY = ("n_images", "samplers", "sampler_images", "trace")
 
 
 def _write_calibration(cal, plan, out, plot_path, as_json) -> None:
@@ -34,7 +45,6 @@ def _calibrate_ladder(
     ladder_dir,
     n_images,
     budget,
-    target,
     seed,
     out,
     as_json,
@@ -43,25 +53,43 @@ def _calibrate_ladder(
     sampler_images=32,
     timing="given",
     trace=False,
+    overwrite=False,
 ) -> None:
-    """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it; with
-    --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it."""
-    import os
-
+    """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it (or to --out);
+    with --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it. The samplers
+    that the ladder's calibration measured before and that this run does not measure again are kept."""
     import torch
 
     from ..images import CheckpointError, MultilevelPipeline
 
-    if target is not None:
-        raise click.BadParameter(
-            "an image ladder is planned by budget (top-level equivalents per sample)", param_hint="--target"
-        )
     try:
         pipe = MultilevelPipeline.from_pretrained(ladder_dir)
     except (CheckpointError, ValueError, OSError) as e:
         raise user_error(e, hint="--ladder") from None
-    out = out or os.path.join(ladder_dir, "calibration.json")
-    check_output_file(out, "--out")
+    if out is None:
+        if inside_package(ladder_dir):
+            raise click.BadParameter(
+                f"{ladder_dir} is a ladder shipped inside the installed package; its calibration.json is not "
+                "rewritten: give --out FILE for the new calibration",
+                param_hint="--out",
+            )
+        out = os.path.join(ladder_dir, "calibration.json")
+        if os.path.exists(out) and not overwrite:
+            raise click.BadParameter(
+                f"{out} exists; pass --overwrite to replace it (samplers it measured and this run does not measure "
+                "again are kept), or --out FILE to write the new calibration elsewhere",
+                param_hint="--out",
+            )
+    check_output_file(out, "--out", overwrite=overwrite)
+    if budget is not None:  # refused before the calibration is spent, as pipe.plan would refuse it after
+        cheapest = pipe.ladder.costs[0] / pipe.ladder.costs[-1]
+        if budget < cheapest:
+            raise click.BadParameter(
+                f"{budget:.4g} top-level equivalents per sample is too small: one step of the cheapest level "
+                f"({pipe.ladder.names[0]}) alone costs {cheapest:.4g}",
+                param_hint="--budget",
+            )
+    earlier = pipe.calibration  # DIR/calibration.json as it was, if any
     if samplers is not None:
         from ..calibration.samplers import check_samplers
         from ..diffusion.registry import measurable_samplers
@@ -72,6 +100,14 @@ def _calibrate_ladder(
             )
         except ValueError as e:
             raise click.BadParameter(str(e).removeprefix("samplers: "), param_hint="--samplers") from None
+        if sampler_images < STEADY_SAMPLER_IMAGES:
+            click.echo(
+                f"warning: --sampler-images {sampler_images}: each sampler's errors and ML-EM's gain are RMS over "
+                f"{plural(sampler_images, 'image')}, so the verdicts they give (which of ML-EM and the top model "
+                f"alone wins, in which sampler) may change with --seed; {STEADY_SAMPLER_IMAGES} or more "
+                "(default 32) give steadier ones",
+                err=True,
+            )
     torch.set_num_threads(1)
     # The ladder's declared costs are its FLOPs: "given" and "flops" are the same here.
     cal = pipe.calibrate(
@@ -81,17 +117,24 @@ def _calibrate_ladder(
         trace=trace,
     )
     if samplers is not None:
-        from tqdm import tqdm
-
+        from .._progress import progress_bar
         from ..calibration.samplers import CURVE_STEPS as DEFAULT_STEPS
         from ..calibration.samplers import GAIN_STEPS, fit_table
 
         runs = len(samplers) * (1 + len(DEFAULT_STEPS) + len(GAIN_STEPS))  # reference, curve, ML-EM per sampler
-        with tqdm(total=runs, desc="samplers", unit="run") as bar:
+        with progress_bar(total=runs, desc="samplers", unit="run") as bar:
             fits = pipe.calibrate_samplers(
                 samplers, n=sampler_images, seed=seed, progress=lambda what: (bar.set_postfix_str(what), bar.update())
             )
         click.echo(fit_table(fits))
+    kept = {} if earlier is None else {k: v for k, v in earlier.samplers.items() if k not in cal.samplers}
+    if kept:  # measured before (minutes each) and not measured again: a new level calibration does not void them
+        cal.samplers.update(kept)
+        click.echo(
+            f"kept the measurements of {plural(len(kept), 'sampler')} ({', '.join(kept)}) from "
+            f"{os.path.join(ladder_dir, 'calibration.json')} (--samplers {','.join(kept)} measures them again)",
+            err=True,
+        )
     plan = None
     if budget is not None:
         try:
@@ -139,9 +182,18 @@ def _calibrate_ladder(
     type=click.IntRange(min=2),
     help="With --samplers: noise images per run.",
 )
-@click.option("--gamma", default=4.0, show_default=True, type=POSITIVE)
-@click.option("--levels", default=5, show_default=True, type=click.IntRange(min=2))
-@click.option("--paths", "n_paths", default=128, show_default=True, type=click.IntRange(min=8))
+@click.option("--gamma", default=4.0, show_default=True, type=POSITIVE, help="Without --ladder: the cost exponent.")
+@click.option(
+    "--levels", default=5, show_default=True, type=click.IntRange(min=2), help="Without --ladder: the number of levels."
+)
+@click.option(
+    "--paths",
+    "n_paths",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="Without --ladder: sample paths measured.",
+)
 @click.option(
     "--timing",
     type=click.Choice(["given", "wall", "flops"]),
@@ -156,10 +208,21 @@ def _calibrate_ladder(
     help="With --ladder: measure the TorchScript-traced UNets (what `mlem sample --trace` runs); with "
     "--timing wall the plans then use their real per-call costs.",
 )
-@click.option("--target", type=POSITIVE, default=None, help="Plan for this RMS pathwise error.")
+@click.option(
+    "--target",
+    type=POSITIVE,
+    default=None,
+    help="Without --ladder: plan for this RMS pathwise error (an image ladder is planned by --budget).",
+)
 @click.option("--budget", type=POSITIVE, default=None, help="Plan for this cost per sample, in top-level equivalents.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Save the calibration as JSON.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Save the calibration as JSON (with --ladder: default DIR/calibration.json, except for a ladder shipped "
+    "in the package).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration (and plan) as JSON.")
 @click.option(
     "--plot",
@@ -167,6 +230,12 @@ def _calibrate_ladder(
     default=None,
     type=click.Path(dir_okay=False),
     help="Write a PNG of delta_l(t) and of error against cost.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out / --plot file (with --ladder and no --out: DIR/calibration.json); checked "
+    "before any work.",
 )
 def calibrate(
     problem,
@@ -185,6 +254,7 @@ def calibrate(
     out,
     as_json,
     plot_path,
+    overwrite,
 ) -> None:
     """Measure a ladder (costs, level differences, gamma) and plan ML-EM for a target or budget."""
     import torch
@@ -194,17 +264,39 @@ def calibrate(
 
     if target is not None and budget is not None:
         raise click.UsageError("give at most one of --target and --budget")
-    check_output_file(out, "--out")
-    check_output_file(plot_path, "--plot", suffixes=(".png",))
+    if ladder_dir is not None:
+        wrong = given_options(_HTMC_ONLY)
+        if wrong:
+            raise click.UsageError(
+                f"{', '.join(wrong)}: only without --ladder (the built-in HTMC ladder); an image ladder is "
+                "measured with --images and planned by --budget"
+            )
+    else:
+        wrong = given_options(_LADDER_ONLY)
+        if wrong:
+            raise click.UsageError(f"{', '.join(wrong)}: only with --ladder (a trained image ladder)")
+    if samplers is None and given_options(("sampler_images",)):
+        raise click.UsageError("--sampler-images: only with --samplers (the images of each sampler's runs)")
+    check_output_file(out, "--out", overwrite=overwrite)
+    check_output_file(plot_path, "--plot", suffixes=(".png",), overwrite=overwrite)
+    if out is not None and plot_path is not None and os.path.abspath(out) == os.path.abspath(plot_path):
+        raise click.BadParameter("--out and --plot name the same file", param_hint="--plot")
     if ladder_dir is not None:
         _calibrate_ladder(
-            ladder_dir, n_images, budget, target, seed, out, as_json, plot_path, samplers, sampler_images, timing, trace
+            ladder_dir,
+            n_images,
+            budget,
+            seed,
+            out,
+            as_json,
+            plot_path,
+            samplers,
+            sampler_images,
+            timing,
+            trace,
+            overwrite,
         )
         return
-    if samplers is not None:
-        raise click.BadParameter("only with --ladder (an image ladder's samplers)", param_hint="--samplers")
-    if trace:
-        raise click.BadParameter("only with --ladder (an image ladder's UNets are traced)", param_hint="--trace")
     if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow
         raise click.BadParameter(
             f"level costs 2^(gamma (levels - 1)) = 2^{gamma * (levels - 1):.4g} overflow; "

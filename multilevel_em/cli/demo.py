@@ -7,12 +7,12 @@ import sys
 
 import click
 
-from ._common import command_line
+from ._common import command_line, given_options
 from ._errors import user_error
 from ._paths import SEED, check_output_file, check_output_folder
 
 _HTMC_ONLY = ("n_paths", "out")
-_IMAGES_ONLY = ("out_dir", "n", "overwrite")
+_IMAGES_ONLY = ("out_dir", "n")
 
 
 @click.command()
@@ -39,7 +39,9 @@ _IMAGES_ONLY = ("out_dir", "n", "overwrite")
 @click.option(
     "--n", "n", default=None, type=click.IntRange(min=4), help="images: samples per run [default: 48; 8 with --quick]."
 )
-@click.option("--overwrite", is_flag=True, help="images: replace existing outputs in --out-dir.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace existing outputs (images: in --out-dir; htmc: the --out file)."
+)
 @click.option(
     "--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=2), help="htmc: sample paths."
 )
@@ -50,17 +52,11 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
     grids, a cost-quality plot and a JSON of everything into --out-dir (about a minute on 2 CPU cores).
     --problem htmc: the synthetic gamma = 4 ladder's cost/error table."""
     ctx = click.get_current_context()
-    wrong = _IMAGES_ONLY if problem == "htmc" else _HTMC_ONLY
-    given = [
-        p
-        for p in ctx.command.params
-        if p.name in wrong and ctx.get_parameter_source(p.name) != click.core.ParameterSource.DEFAULT
-    ]
+    given = given_options(_IMAGES_ONLY if problem == "htmc" else _HTMC_ONLY, ctx)
     if given:
-        names = ", ".join(p.opts[0] for p in given)
-        raise click.UsageError(f"{names}: not an option of --problem {problem}")
+        raise click.UsageError(f"{', '.join(given)}: not an option of --problem {problem}")
     if problem == "htmc":
-        check_output_file(out, "--out")
+        check_output_file(out, "--out", overwrite=overwrite)
     else:
         check_output_folder(out_dir, "--out-dir")
     echo = (lambda *_: None) if as_json else click.echo

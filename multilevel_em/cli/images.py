@@ -17,6 +17,11 @@ from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, che
 #: Default of ``mlem sample --max-steps``: the ceiling of ``Calibration.plan``'s step search (2**16).
 MAX_STEPS = 2**16
 
+#: The largest grid ``mlem sample --out grid.png`` writes, in pixels: PIL's own limit for opening an image
+#: without a decompression-bomb warning (larger grids would be refused by image viewers and PIL alike, and
+#: upscaling them needs gigabytes of memory).
+MAX_GRID_PIXELS = 89_478_485
+
 
 @click.command("train")
 @click.option(
@@ -86,8 +91,8 @@ def train_cmd(
 ):
     """Train a ladder of UNet noise predictors (one per width) on an image data set; resumable."""
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..images import CheckpointError, load_dataset, train_ladder
 
     ws = parse_ints("--widths", widths)
@@ -106,11 +111,12 @@ def train_cmd(
     except ValueError as e:
         raise user_error(e) from None
     click.echo(data.report())
+    measured = _measured_samplers(out)
     start = time.perf_counter()
     try:
         with (
             resume_on_interrupt(lambda: f"the checkpoints in {out} are kept"),
-            tqdm(total=iters * len(ws), desc="train", unit="it") as bar,
+            progress_bar(total=iters * len(ws), desc="train", unit="it") as bar,
         ):
             ladder = train_ladder(
                 data,
@@ -127,6 +133,7 @@ def train_cmd(
             )
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None
+    _say_if_calibration_removed(out, measured)
     _finish_ladder(ladder, out, "trained", start, seed, do_calibrate)
 
 
@@ -143,13 +150,53 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
             "own pipeline call (MultilevelModel.calibrate; see multilevel_em.images.conditioning)"
         )
     elif do_calibrate:
-        from ..images.pipeline import MultilevelPipeline
+        from ..calibration import Calibration
+        from ..images.pipeline import CALIBRATION, MultilevelPipeline
 
-        pipe = MultilevelPipeline(ladder)
-        cal = pipe.calibrate(generator=torch.Generator().manual_seed(seed))
-        pipe.save_calibration(out)
+        path = os.path.join(out, CALIBRATION)
+        try:  # training removes the calibration of weights it changed: one still there describes these weights
+            cal = Calibration.load(path) if os.path.exists(path) else None
+        except (ValueError, OSError) as e:
+            click.echo(f"warning: {path} is unreadable ({e}); measuring it again", err=True)
+            cal = None
+        if cal is not None and list(cal.names) != list(ladder.names):
+            click.echo(f"warning: {path} was made for levels {list(cal.names)}; measuring it again", err=True)
+            cal = None
+        if cal is not None:
+            click.echo(
+                f"kept {path}: the ladder did not change since it was measured "
+                "(`mlem calibrate --ladder DIR --overwrite` measures it again)"
+            )
+        else:
+            pipe = MultilevelPipeline(ladder)
+            cal = pipe.calibrate(generator=torch.Generator().manual_seed(seed))
+            pipe.save_calibration(out)
         click.echo(cal.summary())
     click.echo(f"wrote {out}")
+
+
+def _measured_samplers(out) -> list:
+    """The samplers that OUT/calibration.json measured (``mlem calibrate --samplers``), before training changes
+    the weights it describes (and removes it); [] if none or unreadable."""
+    import json
+
+    try:
+        with open(os.path.join(out, "calibration.json")) as f:
+            return sorted(json.load(f).get("samplers") or {})
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _say_if_calibration_removed(out, samplers) -> None:
+    """Training changed the weights, so train_ladder removed the calibration that described the old ones: say
+    so when it held sampler measurements (minutes each), which `mlem calibrate` must then take again."""
+    if samplers and not os.path.exists(os.path.join(out, "calibration.json")):
+        click.echo(
+            f"removed {os.path.join(out, 'calibration.json')}: it measured the weights before this run, including "
+            f"samplers {', '.join(samplers)}; measure them again with `mlem calibrate --ladder {out} --samplers "
+            f"{','.join(samplers)}`",
+            err=True,
+        )
 
 
 @click.command("sample")
@@ -241,7 +288,11 @@ def _finish_ladder(ladder, out, verb, start, seed, do_calibrate) -> None:
 )
 @click.option("--png", "write_png", is_flag=True, help="Job folder: also write one PNG per sample under OUT/png.")
 @click.option(
-    "--scale", default=4, show_default=True, type=click.IntRange(min=1), help="Upscale the grid by this factor."
+    "--scale",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help=f"Upscale the grid by this factor (a grid has at most {MAX_GRID_PIXELS:,} pixels).",
 )
 @click.option(
     "--threads", default=1, show_default=True, type=THREADS, help="torch threads (grid only; job workers use 1 each)."
@@ -446,11 +497,12 @@ def _sample_grid(
 ):
     import numpy as np
     import torch
-    from tqdm import tqdm
 
     from .._io import atomic_write, write_json
+    from .._progress import progress_bar
     from ..engine import sample_generators
     from ..images import CheckpointError, MultilevelPipeline, image_grid
+    from ..images.pipeline import grid_size
 
     report_path = os.path.splitext(out)[0] + ".json"
     if not overwrite:
@@ -469,9 +521,20 @@ def _sample_grid(
         raise user_error(e) from None
     except (RuntimeError, AssertionError) as e:  # torch: unknown device, or no CUDA in this build
         raise click.BadParameter(f"cannot use {device!r}: {e}", param_hint="--device") from None
+    size = pipe.ladder.sample_size
+    width, height = grid_size(n, size, size, scale=scale)
+    if width * height > MAX_GRID_PIXELS:  # checked before sampling: the grid is made after all of it
+        raise click.BadParameter(
+            f"a grid of {plural(n, 'image')} at --scale {scale} would be {width} x {height} pixels, above the "
+            f"{MAX_GRID_PIXELS:,} a PNG grid may have; lower --scale or --n, or give a folder as --out "
+            "(a sampling job, one file per shard)",
+            param_hint="--scale",
+        )
     images, reports = [], []
     one_batch = n <= batch_size  # then a bar over the steps (its total set by the pipeline), else over the images
-    with tqdm(total=None if one_batch else n, desc=f"sample {method}", unit="step" if one_batch else "img") as bar:
+    with progress_bar(
+        total=None if one_batch else n, desc=f"sample {method}", unit="step" if one_batch else "img"
+    ) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             try:
@@ -565,8 +628,8 @@ def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
 
     digits: about 30 s on one core; fashion-mnist: about 10 minutes of one core for 8 epochs."""
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..images.metrics import train_digit_classifier, train_fashion_classifier
 
     check_output_file(out, "--out", suffixes=(".safetensors",), overwrite=overwrite)
@@ -580,7 +643,7 @@ def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
         epochs = epochs or 8
         try:
             # Fashion-MNIST has 60,000 training images: ceil(60000 / 128) batches of 128 an epoch.
-            with tqdm(total=epochs * 469, desc="train-classifier", unit="batch", disable=None) as bar:
+            with progress_bar(total=epochs * 469, desc="train-classifier", unit="batch") as bar:
                 _, info = train_fashion_classifier(
                     out, epochs=epochs, seed=seed, data_dir=data_dir, progress=bar.update
                 )
@@ -680,8 +743,8 @@ def distill_cmd(
 ):
     """Distill a ladder from one model: narrower students that imitate the teacher, the teacher on top."""
     import torch
-    from tqdm import tqdm
 
+    from .._progress import progress_bar
     from ..images import CheckpointError, load_dataset
     from ..images.conditioning import load_conditioning
     from ..images.distill import (
@@ -728,6 +791,7 @@ def distill_cmd(
         )
     except ValueError as e:
         raise user_error(e, hint="--out") from None
+    measured = _measured_samplers(out)
     start = time.perf_counter()
     try:
         # Teacher samples are written once, all generated: an interruption before that keeps none of them.
@@ -740,12 +804,12 @@ def distill_cmd(
             )
         ):
             if x0 is None:
-                with tqdm(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
+                with progress_bar(total=samples, desc=f"teacher samples ({sampler})", unit="img") as bar:
                     x0 = teacher_samples(
                         t, out, samples, sampler=sampler, steps=sampler_steps, seed=seed, progress=bar.update
                     )
             click.echo(x0.report())
-            with tqdm(total=iters * len(ws), desc="distill", unit="it") as bar:
+            with progress_bar(total=iters * len(ws), desc="distill", unit="it") as bar:
                 ladder = distill_ladder(
                     t,
                     out,
@@ -764,4 +828,5 @@ def distill_cmd(
                 )
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None
+    _say_if_calibration_removed(out, measured)
     _finish_ladder(ladder, out, "distilled", start, seed, do_calibrate)

@@ -28,10 +28,10 @@ from ._paths import POSITIVE, SEED, check_output_folder
 @click.option("--batch", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, show_default=True, type=POSITIVE)
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seeds the problem, the weights and the data.")
-def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the MLP ladder already in --out (checked before training).")
+def train_mlp(problem, dim, out, steps, widths, batch, lr, seed, overwrite) -> None:
     """Train a ladder of MLP noise predictors on exact samples of a problem, save it, report its gamma."""
-    from tqdm import tqdm
-
+    from .._progress import progress_bar
     from ..bench.common import single_thread
     from ..diffusion.mlp import measure_gamma, train_mlp_ladder
     from ..problems.gaussian import gaussian, gaussian_mixture
@@ -49,9 +49,11 @@ def train_mlp(problem, dim, out, steps, widths, batch, lr, seed) -> None:
             f"{out} exists, is not empty and holds no MLP ladder (config.json); refusing to write into it",
             param_hint="--out",
         )
+    if os.path.exists(os.path.join(out, "config.json")) and not overwrite:
+        raise click.BadParameter(f"{out} holds an MLP ladder; pass --overwrite to replace it", param_hint="--out")
     P = gaussian(dim, seed=seed) if problem == "gaussian" else gaussian_mixture(dim, seed=seed)
     # Small layers: one thread is as fast as several and does not fight other work for the cores.
-    with single_thread(), tqdm(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:
+    with single_thread(), progress_bar(total=steps * len(ws), desc=f"train {problem} d={dim}", unit="step") as bar:
         mlp = train_mlp_ladder(P, ws, steps=steps, batch=batch, lr=lr, seed=seed, progress=bar.update)
     mlp.save(out)
     with single_thread():

@@ -205,14 +205,14 @@ def run_image_demo(
 
 
 def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Callable) -> dict:
-    from tqdm import tqdm
+    from .._progress import progress_bar
 
     n = cfg["n"]
     runs: list[dict] = []
     samples: dict[str, torch.Tensor] = {}
 
     def run(label: str, method: str, **knob) -> dict:
-        with tqdm(desc=f"{label:>22}", unit="step", leave=False, disable=not progress) as bar:
+        with progress_bar(desc=f"{label:>22}", unit="step", leave=False, disable=not progress) as bar:
             out = pipe(n, method=method, generator=torch.Generator().manual_seed(seed), progress=bar, **knob)
         rep = out.report
         row = {

@@ -492,9 +492,9 @@ def solve(
 
     iterator = range(steps)
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        iterator = tqdm(iterator, desc=f"{method} ({steps} steps)", leave=False)
+        iterator = progress_bar(iterator, desc=f"{method} ({steps} steps)", leave=False)
     for n in iterator:
         t, t_next = times(n)
         h_n = t_next - t

@@ -131,8 +131,17 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
 
 
+def grid_size(n: int, height: int, width: int, ncols: Optional[int] = None, scale: int = 1, pad: int = 1):
+    """``(width, height)`` in pixels of :func:`image_grid`'s picture of ``n`` images of ``height x width``: known
+    before any image is made, so that a caller can refuse a grid too large to hold in memory."""
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    return (ncols * (width + pad) + pad) * scale, (nrows * (height + pad) + pad) * scale
+
+
 def image_grid(images: np.ndarray, ncols: Optional[int] = None, scale: int = 1, pad: int = 1):
-    """A PIL image tiling ``images`` (n, H, W, C) in [0, 1], ``ncols`` per row, upscaled by ``scale``."""
+    """A PIL image tiling ``images`` (n, H, W, C) in [0, 1], ``ncols`` per row, upscaled by ``scale``
+    (:func:`grid_size` pixels)."""
     from PIL import Image
 
     n, H, W, C = images.shape

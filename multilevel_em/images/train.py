@@ -357,12 +357,19 @@ def _resume(directory, unet, opt, ema):
         return 0, []
     from safetensors import safe_open
 
-    tensors = load_tensors(path)
+    restart = (
+        f"; to train this level again from scratch (its other levels are kept), delete {path} and "
+        f"{os.path.join(directory, TRAIN_STATE + '.json')}"
+    )
+    try:
+        tensors = load_tensors(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{restart}") from None
     try:
         with safe_open(path, framework="pt") as f:
             iteration = int((f.metadata() or {})["iteration"])
     except Exception as e:
-        raise CheckpointError(f"{path}: no iteration count in its metadata: {e}") from None
+        raise CheckpointError(f"{path}: no iteration count in its metadata: {e}{restart}") from None
     try:
         unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
         if ema is not None:
@@ -378,10 +385,10 @@ def _resume(directory, unet, opt, ema):
                 state.setdefault(int(i), {})[key] = v
         opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: does not fit this level's model or optimizer: {e}") from None
+        raise CheckpointError(f"{path}: does not fit this level's model or optimizer: {e}{restart}") from None
     losses = tensors["losses"].tolist() if "losses" in tensors else []
     if len(losses) != iteration:
-        raise CheckpointError(f"{path}: {len(losses)} losses stored for {iteration} iterations")
+        raise CheckpointError(f"{path}: {len(losses)} losses stored for {iteration} iterations{restart}")
     return iteration, losses
 
 

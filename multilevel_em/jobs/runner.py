@@ -481,7 +481,7 @@ def run_job(
 
 def _run_in_folder(job, manifest, bundle, created, t_start, *, ray, workers, progress, echo) -> Dict:
     """run_job, once this process holds the folder's lock."""
-    from tqdm import tqdm
+    from .._progress import progress_bar
 
     out = os.fspath(job.out)
     try:
@@ -535,7 +535,7 @@ def _run_in_folder(job, manifest, bundle, created, t_start, *, ray, workers, pro
                 results = _run_local(ShardWorker(job), pending)
             where = "this process"
         t_compute = time.perf_counter()
-        with tqdm(total=job.n, initial=n_done, desc="sample", unit="img", disable=not progress) as bar:
+        with progress_bar(total=job.n, initial=n_done, desc="sample", unit="img", disable=not progress) as bar:
             for result in results:
                 k = int(result["shard"])
                 try:
