@@ -112,6 +112,14 @@ BENCHMARKS: Dict[str, Benchmark] = {
             options="argv",
         ),
         Benchmark(
+            "fashion-reference",
+            "fashion_reference",
+            "Fashion-MNIST reference scores: training images (the floor) and blurred training images "
+            "against the test set, FD and KID in the shipped classifier's features.",
+            ("results/fashion_reference.json",),
+            options="argv",
+        ),
+        Benchmark(
             "jobs",
             "jobs_throughput",
             "Throughput of a sampling job: this process vs Ray with 1 and 2 workers.",
