@@ -80,6 +80,13 @@ MAX_GRID_PIXELS = 89_478_485
     help="torch threads (1 is fastest for these small UNets on a shared CPU).",
 )
 @click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the UNets train (cpu, cuda); batches, timesteps and noise are drawn on the CPU, so a run may resume "
+    "on another device.",
+)
+@click.option(
     "--calibrate/--no-calibrate",
     "do_calibrate",
     default=True,
@@ -87,7 +94,21 @@ MAX_GRID_PIXELS = 89_478_485
     help="Calibrate the trained ladder and save calibration.json next to it.",
 )
 def train_cmd(
-    dataset, data_dir, out, widths, iters, seed, batch, lr, ema_decay, size, channels, save_every, threads, do_calibrate
+    dataset,
+    data_dir,
+    out,
+    widths,
+    iters,
+    seed,
+    batch,
+    lr,
+    ema_decay,
+    size,
+    channels,
+    save_every,
+    threads,
+    device,
+    do_calibrate,
 ):
     """Train a ladder of UNet noise predictors (one per width) on an image data set; resumable."""
     import torch
@@ -97,6 +118,7 @@ def train_cmd(
 
     ws = parse_ints("--widths", widths)
     check_output_folder(out, "--out")
+    check_device(device)
     if size is None:
         size = 32 if dataset == "fashion-mnist" else 16
     if data_dir is not None and dataset != "fashion-mnist":
@@ -130,6 +152,7 @@ def train_cmd(
                 save_every=save_every,
                 progress=bar.update,
                 command=command_line(),
+                device=device,
             )
     except (CheckpointError, ValueError) as e:
         raise user_error(e) from None

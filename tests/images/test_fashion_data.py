@@ -123,3 +123,15 @@ def test_cli_train_classifier_on_fashion_and_no_silent_overwrite(fashion_dir, tm
     assert r.exit_code == 2 and "--overwrite" in r.output and out.read_bytes() == before
     r = CliRunner().invoke(main, args + ["--overwrite"])
     assert r.exit_code == 0, r.output
+
+
+def test_cli_train_refuses_a_device_this_machine_lacks(tmp_path):
+    from multilevel_em.cli.main import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(
+        main, ["train", "--dataset", "digits", "--device", "cuda", "--iters", "1", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "--device" in result.output and "no CUDA device" in result.output
+    assert not (tmp_path / "out").exists()
