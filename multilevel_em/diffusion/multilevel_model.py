@@ -376,8 +376,9 @@ class MultilevelModel(torch.nn.Module):
         costs: cost of one row's evaluation per model (any unit, nondecreasing); default:
             FLOPs per row counted on the first call (with its conditioning) by
             ``torch.utils.flop_counter``, which must rise along the ladder.
-        probabilities: p_2..p_K per call (a sequence, a 1-d tensor or array), numbers in [0, 1] or callables of the timestep
-            (the value the pipeline passes, e.g. 981.0). p = 1 runs both levels of that
+        probabilities: p_2..p_K per call (a sequence, or a 1-d tensor or array): numbers in
+            [0, 1] or callables of the timestep (the value the pipeline passes, e.g. 981.0);
+            ``rates`` take the same containers. p = 1 runs both levels of that
             correction at every call; all ones give the top model's output exactly (up to
             float rounding of the telescoping sum).
         rates: instead of probabilities: lambda_2..lambda_K per unit of t (numbers or
@@ -732,7 +733,7 @@ class MultilevelModel(torch.nn.Module):
 
     def _first_call(self, call: _Call) -> None:
         """Run every level on image 0's rows: output shapes, dtypes and devices must agree; count FLOPs when costs
-        are not given.  The probe runs without autograd on a detached copy of the rows' sample (the call itself
+        are not given.  The probe runs without autograd on a detached view of the rows' sample (the call itself
         keeps the sample's graph, for gradient-based guidance)."""
         one = torch.zeros(1, dtype=torch.long, device=call.sample.device)
         state = call.state[:1].detach()
