@@ -154,7 +154,7 @@ class _LadderDenoiser:
             costs = models.costs if costs is None else costs
             names = models.names if names is None else names
             models = list(models)
-        elif callable(models) and not isinstance(models, (list, tuple)):
+        elif callable(models) and not isinstance(models, (list, tuple, torch.nn.ModuleList)):
             raise TypeError(
                 "models: expected a sequence of eps models (cheapest first), got a single model; wrap it as [model]"
             )

@@ -39,7 +39,7 @@ class Ladder(Sequence):
     """
 
     def __init__(self, levels: Sequence[Drift], costs: Sequence[float], names: Optional[Sequence[str]] = None):
-        if callable(levels) and not isinstance(levels, (list, tuple)):
+        if callable(levels) and not isinstance(levels, (list, tuple, torch.nn.ModuleList)):
             raise TypeError("levels: expected a sequence of callables, got a single callable; wrap it as [f]")
         try:
             levels = tuple(levels)

@@ -177,3 +177,26 @@ def test_ml_em_keeps_its_per_step_probabilities_compact():
     rows = [s.probabilities[n] for n in range(steps)]
     assert s.probabilities == rows and s.probabilities[:2] == rows[:2] and s.probabilities != rows[:-1]
     assert all(p == pytest.approx([0.1, 0.025], rel=1e-9) for p in rows)
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = a
+
+    def forward(self, x, t):
+        return -self.a * x
+
+
+def test_levels_as_a_module_list():
+    """Item 18's sibling: a torch.nn.ModuleList of levels was refused as "a single callable"."""
+    mods = torch.nn.ModuleList([_Scale(1.0), _Scale(0.9)])
+    kw = dict(t0=0.0, t1=1.0, steps=4, rates=[3.0])
+    a = solve(Ladder(mods, [1, 2]), torch.ones(3, 2), generator=torch.Generator().manual_seed(0), **kw).x
+    b = solve(Ladder(list(mods), [1, 2]), torch.ones(3, 2), generator=torch.Generator().manual_seed(0), **kw).x
+    assert torch.equal(a, b)
+    den = MultilevelDenoiser(mods, costs=[1, 2], rates=[3.0])
+    den.set_step(0.25)
+    assert den(torch.ones(3, 2), 0.5).shape == (3, 2)
+    with pytest.raises(TypeError, match="single callable"):
+        Ladder(_Scale(1.0), [1])
