@@ -28,8 +28,10 @@ from ..engine import (
     all_finite,
     check_rates,
     firing_probabilities,
+    modified_input_error,
     non_finite_error,
     telescoping_estimate,
+    tensor_version,
 )
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import DRAWS
@@ -152,7 +154,7 @@ class _LadderDenoiser:
             costs = models.costs if costs is None else costs
             names = models.names if names is None else names
             models = list(models)
-        elif callable(models) and not isinstance(models, (list, tuple)):
+        elif callable(models) and not isinstance(models, (list, tuple, torch.nn.ModuleList)):
             raise TypeError(
                 "models: expected a sequence of eps models (cheapest first), got a single model; wrap it as [model]"
             )
@@ -225,12 +227,15 @@ class _LadderDenoiser:
         t1 = t[:1] if isinstance(t, torch.Tensor) and t.ndim == 1 else t
         for j, f in enumerate(self.ladder):
             label = f"level {j + 1} ({self.ladder.names[j]})"
+            version = tensor_version(x1)  # x1 is a view of the caller's x
             try:
                 out = f(x1, t1)
             except FloatingPointError:  # a finiteness check inside the model already names the level
                 raise
             except Exception as e:  # a model built for another input shape fails inside; name it
                 raise ValueError(f"{label}: failed on an input of shape {tuple(x1.shape)}: {e}") from e
+            if version is not None and x1._version != version:
+                raise modified_input_error(label, "x", t1)
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"{label}: expected a Tensor output, got {type(out).__name__}")
             if out.shape != x1.shape:
@@ -270,6 +275,8 @@ class MultilevelDenoiser(_LadderDenoiser):
 
     Attributes ``evaluations``, ``total_cost``, ``costs`` and :meth:`reset` report the work done.
     On its first call every level runs once on one row (not counted) to check its output shape.
+    Levels must not modify their input ``x`` in place (every level of a call gets the same ``x``,
+    the caller's own): a level that does is named in a ``ValueError`` (:class:`~multilevel_em.Ladder`).
     """
 
     def __init__(

@@ -38,17 +38,35 @@ only approximate there.
 
 Guidance.  Classifier-free guidance doubles the batch ([uncond; cond], identical latents) and
 combines the two halves affinely, so the estimate stays unbiased for the guided top model.
-By default (``pair_guidance="auto"``) a batch whose halves are identical is treated as
-guidance pairs: both copies of an image share their level draws, so the guidance difference
-is taken at the same levels.  Guidance rescale (``guidance_rescale > 0``), dynamic
+By default (``pair_guidance="auto"``) a batch is treated as guidance pairs when it looks like
+what a guided pipeline passes: its two halves have identical latents *and* differ in some
+per-row conditioning (prompt embeddings, class labels, ...); then both copies of an image share
+their level draws, so the guidance difference is taken at the same levels.  A list of
+per-image generators settles it: one per row means no pairs, one per pair means pairs.  So
+copies of one latent with the same (or no) conditioning, e.g. a variance study, draw row by
+row; copies of one latent with different prompts and no guidance are still taken for pairs
+(each row stays unbiased; only the two halves' draws are shared): pass
+``pair_guidance=False`` there.  Guidance rescale (``guidance_rescale > 0``), dynamic
 thresholding and x0 clipping are nonlinear in the output: with them the estimate is no
 longer unbiased for the top model's step (it stays close when the probabilities are high).
 A learned variance used nonlinearly by a scheduler (DDPM ``variance_type="learned_range"``)
 is biased in the same way; its mean channels are not.
+
+What a level may do.  A level reads its inputs (the sample, the timestep, the conditioning) and
+returns a new output; it must not modify them in place: the levels of a call share the
+pipeline's tensors (the latents among them).  A level that does is named in a ``ValueError``
+(detected through the tensors' version counters; not for inference tensors, made under
+``torch.inference_mode``).  The levels must return one output shape, dtype and device.
+
+Gradients.  The estimate is a differentiable function of the levels' outputs: with a sample
+that requires grad (gradient-based guidance), the output carries the gradients of the levels
+that ran, as the wrapped models' outputs would.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import warnings
 from numbers import Real
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -58,7 +76,15 @@ import torch
 
 from .._fit import loglog_slope
 from ..calibration import Calibration, CallPlan
-from ..engine import Ladder, LevelEvaluator, check_rates, firing_probabilities, telescoping_estimate
+from ..engine import (
+    Ladder,
+    LevelEvaluator,
+    check_rates,
+    firing_probabilities,
+    modified_input_error,
+    telescoping_estimate,
+    tensor_version,
+)
 from ..engine.random import check_generators, is_per_sample
 from .outputs import model_output, single_time
 
@@ -98,13 +124,7 @@ def scheduler_spans(scheduler) -> Dict[float, Tuple[float, float]]:
     times t_i occurs in ``timesteps`` (one call each).  Keys are the timesteps rounded to 1e-4.
     """
     T = _num_train_timesteps(scheduler)
-    ts = getattr(scheduler, "timesteps", None)
-    if ts is None or len(ts) == 0:
-        raise ValueError(
-            "scheduler: its timesteps are not set; the pipeline calls scheduler.set_timesteps(steps) before the "
-            "first model call (call it yourself when you use the model directly)"
-        )
-    values = [float(v) for v in (ts.tolist() if isinstance(ts, torch.Tensor) else list(ts))]
+    values = _timestep_values(scheduler)
     counts: Dict[float, int] = {}
     for v in values:
         counts[_key(v)] = counts.get(_key(v), 0) + 1
@@ -115,6 +135,30 @@ def scheduler_spans(scheduler) -> Dict[float, Tuple[float, float]]:
         t_next = _time(distinct[i + 1], T) if i + 1 < len(distinct) else 0.0
         out[k] = (t, (t - t_next) / counts[k])
     return out
+
+
+def _timestep_values(scheduler) -> List[float]:
+    """``scheduler.timesteps`` as floats; ValueError saying what is wrong when they are unset (None, empty, as
+    PNDMScheduler's before ``set_timesteps``) or not a sequence of finite numbers."""
+    ts = getattr(scheduler, "timesteps", None)
+    name = type(scheduler).__name__
+    if ts is None or (hasattr(ts, "__len__") and not isinstance(ts, (str, bytes)) and len(ts) == 0):
+        raise ValueError(
+            f"scheduler: the timesteps of {name} are not set; the pipeline calls scheduler.set_timesteps(steps) "
+            "before the first model call (call it yourself when you use the model directly)"
+        )
+    try:
+        if isinstance(ts, (str, bytes)):
+            raise TypeError
+        values = [float(v) for v in (ts.tolist() if isinstance(ts, (torch.Tensor, np.ndarray)) else list(ts))]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"scheduler: {name}.timesteps is {ts!r:.60}, not a sequence of numbers; expected a diffusers scheduler "
+            "after set_timesteps(steps)"
+        ) from None
+    if not all(np.isfinite(values)):
+        raise ValueError(f"scheduler: {name}.timesteps holds NaN or Inf")
+    return values
 
 
 def _warn_nonlinear(scheduler) -> None:
@@ -165,6 +209,44 @@ def _gather(value, name: str, batch: int, rows: Optional[torch.Tensor]):
     return value
 
 
+def _tensors(value, name: str) -> List[Tuple[str, torch.Tensor]]:
+    """The tensors inside ``value`` (dicts, lists and tuples too), each with its name for messages."""
+    if isinstance(value, torch.Tensor):
+        return [(name, value)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _tensors(v, f"{name}[{k!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [t for i, v in enumerate(value) for t in _tensors(v, f"{name}[{i}]")]
+    return []
+
+
+def _halves_differ(value, batch: int) -> bool:
+    """Whether some per-row tensor in ``value`` (first dimension ``batch``) differs between its two halves: what
+    classifier-free guidance passes (the unconditional and the conditional rows)."""
+    half = batch // 2
+    for _, v in _tensors(value, ""):
+        if v.ndim >= 1 and v.shape[0] == batch and not torch.equal(v[:half], v[half:]):
+            return True
+    return False
+
+
+def _model_list(models) -> list:
+    """``models`` as a list: a list, tuple, ``torch.nn.ModuleList``, generator or other iterable of denoisers."""
+    if isinstance(models, torch.nn.ModuleList):
+        return list(models)
+    if isinstance(models, (torch.nn.Module, torch.Tensor, str, bytes)) or callable(models):
+        raise TypeError(
+            f"models: expected a list of denoisers, cheapest first, got a single {type(models).__name__}; "
+            "wrap it as [model]"
+        )
+    if isinstance(models, dict):
+        raise TypeError("models: expected a list of denoisers, cheapest first, got a dict; pass list(d.values())")
+    try:
+        return list(models)
+    except TypeError:
+        raise TypeError(f"models: expected a list of denoisers, cheapest first, got {type(models).__name__}") from None
+
+
 class _CallableModule(torch.nn.Module):
     """A plain callable held as a module (so that MultilevelModel is a Module over its levels)."""
 
@@ -179,8 +261,9 @@ class _CallableModule(torch.nn.Module):
 class _Call:
     """One forward call: the inputs, how rows map to images, and each level run on a set of images."""
 
-    def __init__(self, models, names, sample, timestep, args, kwargs, groups: int):
+    def __init__(self, models, names, sample, timestep, args, kwargs, groups: int, tau: float):
         self.models, self.names = models, names
+        self.tau = tau
         self.rows_total = sample.shape[0]
         self.groups = groups
         self.images = self.rows_total // groups
@@ -206,7 +289,13 @@ class _Call:
         timestep = _gather(self.timestep, "timestep", n, rows)
         args = _gather(self.args, "args", n, rows)
         kwargs = {k: _gather(v, k, n, rows) for k, v in self.kwargs.items()}
+        watched = [("sample", x)] + _tensors(timestep, "timestep") + _tensors(args, "args")
+        watched += [t for k, v in kwargs.items() for t in _tensors(v, repr(k))]
+        versions = [tensor_version(t) for _, t in watched]
         result = self.models[j](x, timestep, *args, **kwargs)
+        for (what, t), v in zip(watched, versions):
+            if v is not None and t._version != v:
+                raise modified_input_error(f"level {j + 1} ({self.names[j]})", what, f"timestep {self.tau:g}")
         if not isinstance(result, (torch.Tensor, tuple, list)) and hasattr(result, "sample"):
             self.output_type = type(result)  # a diffusers output class: the estimate is returned in one
         out = model_output(result, f"level {j + 1} ({self.names[j]})")
@@ -224,10 +313,11 @@ class _Call:
 class _RowEvaluator(LevelEvaluator):
     """The engine's evaluator, running levels through a :class:`_Call` (conditioning sliced by row)."""
 
-    def __init__(self, ladder: Ladder, call: _Call, out_shape: Tuple[int, ...]):
+    def __init__(self, ladder: Ladder, call: _Call, out_shape: Tuple[int, ...], out_like: tuple):
         super().__init__(ladder, call.state)
         self._call_ = call
         self._out_shape = out_shape
+        self._out_like = out_like  # (dtype, device) of the levels' outputs, from the first call
 
     def evaluate(self, j, x, t, rows):
         return self._call_.run(j, x, rows)
@@ -239,6 +329,29 @@ class _RowEvaluator(LevelEvaluator):
                 f"level {j + 1} ({self.ladder.names[j]}): output per row {tuple(out.shape[2:])} differs from the other "
                 f"levels' {self._out_shape}"
             )
+        if (out.dtype, out.device) != self._out_like:
+            raise TypeError(
+                f"level {j + 1} ({self.ladder.names[j]}): output dtype/device {out.dtype}/{out.device} differs from "
+                f"the levels' {self._out_like[0]}/{self._out_like[1]} (at the first call); the levels must return one "
+                "dtype on one device"
+            )
+
+
+def _costly_plan_message(plan: CallPlan) -> str:
+    """A plan's message when it costs at least the top model alone at every call (nothing saved)."""
+    te, calls = plan.top_equivalents, plan.calls
+    more = f", {100 * (te / calls - 1):.0f}% more than" if te > calls * (1 + 1e-9) else ", as much as"
+    if bool(np.all(np.asarray(plan.probabilities) >= 1.0)):
+        what = (
+            f"budget {plan.budget:.4g} pays every level at every one of the {calls} calls: every probability is 1, "
+            "so every level runs at every call and the output is the top model's"
+        )
+    else:
+        what = f"budget {plan.budget:.4g}, mu={plan.mu:.4g}: the output stays unbiased for the top model's"
+    return (
+        f"{what}, at a predicted {te:.4g} top-level equivalents per image{more} the top model alone ({calls}); "
+        f"nothing is saved: use the top model alone, or a budget below {calls}"
+    )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -255,14 +368,17 @@ class MultilevelModel(torch.nn.Module):
     ``pipe.transformer = MultilevelModel([...])`` runs a stock pipeline unchanged.
 
     Args:
-        models: the denoisers, cheapest first: diffusers models of one class (``UNet2DModel``,
-            ``UNet2DConditionModel``, ``DiTTransformer2DModel``, ...) or callables with the
-            same signature.
+        models: the denoisers, cheapest first (a list, tuple, ``torch.nn.ModuleList`` or other
+            iterable): diffusers models of one class (``UNet2DModel``,
+            ``UNet2DConditionModel``, ``DiTTransformer2DModel``, ...; their configs must agree
+            on channels, ``sample_size`` and ``patch_size``) or callables with the same
+            signature. They must not modify their inputs in place (module docstring).
         costs: cost of one row's evaluation per model (any unit, nondecreasing); default:
             FLOPs per row counted on the first call (with its conditioning) by
             ``torch.utils.flop_counter``, which must rise along the ladder.
-        probabilities: p_2..p_K per call, numbers in [0, 1] or callables of the timestep
-            (the value the pipeline passes, e.g. 981.0). p = 1 runs both levels of that
+        probabilities: p_2..p_K per call (a sequence, or a 1-d tensor or array): numbers in
+            [0, 1] or callables of the timestep (the value the pipeline passes, e.g. 981.0);
+            ``rates`` take the same containers. p = 1 runs both levels of that
             correction at every call; all ones give the top model's output exactly (up to
             float rounding of the telescoping sum).
         rates: instead of probabilities: lambda_2..lambda_K per unit of t (numbers or
@@ -277,9 +393,11 @@ class MultilevelModel(torch.nn.Module):
             ``torch.Generator``, or a list with one generator per image (diffusers'
             convention; ``draws="per_sample"``): image b's draws then come from
             ``generator[b]`` alone. Settable between pipeline calls (``model.generator = ...``).
-        pair_guidance: ``"auto"`` (default): a batch whose two halves are identical (what
-            classifier-free guidance passes) shares its draws between the halves; ``True``:
-            always pair the halves (even batch required); ``False``: every row draws alone.
+        pair_guidance: ``"auto"`` (default): a batch whose two halves have identical latents and
+            differ in their per-row conditioning (what classifier-free guidance passes) shares
+            its draws between the halves (module docstring; a list of generators with one per
+            row or one per pair decides it); ``True``: always pair the halves (even batch
+            required); ``False``: every row draws alone.
         names: level names for messages (default: the models' class names).
         prediction_types: optional, one per model ("epsilon", "v_prediction", "sample",
             "flow"): refused if they disagree. Models whose ``config`` has a
@@ -309,9 +427,7 @@ class MultilevelModel(torch.nn.Module):
         check_finite: bool = True,
     ):
         super().__init__()
-        if isinstance(models, torch.nn.Module) or callable(models) or not isinstance(models, (list, tuple)):
-            raise TypeError("models: expected a list of denoisers, cheapest first (got a single object)")
-        models = list(models)
+        models = _model_list(models)
         if len(models) < 1:
             raise ValueError("models: expected at least one denoiser")
         for j, m in enumerate(models):
@@ -353,7 +469,8 @@ class MultilevelModel(torch.nn.Module):
         self._call_grid: Optional[Tuple[List[float], List[float]]] = None
         self._recording: Optional[list] = None
         self._out_shape: Optional[Tuple[int, ...]] = None
-        self._spans_cache = (None, None)
+        self._out_like: Optional[tuple] = None
+        self._spans_cache: Optional[tuple] = None  # (scheduler.timesteps, their spans)
         self.reset()
 
     # ------------------------------------------------------------------ checks
@@ -371,16 +488,24 @@ class MultilevelModel(torch.nn.Module):
                     "a ladder's models must be of one family (same class, same inputs and outputs)"
                 )
         configs = [(j, getattr(m, "config", None)) for j, m in modules]
-        for key in ("in_channels", "out_channels"):
+        # sample_size: a pipeline sizes its latents from the top model's (DiTPipeline always; Stable Diffusion by
+        # default), and a patch-based model (DiT) built for another size runs on them without a word
+        for key in ("in_channels", "out_channels", "sample_size", "patch_size"):
             vals = [
                 (j, c.get(key) if hasattr(c, "get") else getattr(c, key, None)) for j, c in configs if c is not None
             ]
-            vals = [(j, v) for j, v in vals if v is not None]
+            vals = [(j, tuple(v) if isinstance(v, list) else v) for j, v in vals if v is not None]
             if len({v for _, v in vals}) > 1:
+                why = (
+                    "; the pipeline makes latents of the top model's size, and every level must be built for it"
+                    if key in ("sample_size", "patch_size")
+                    else ""
+                )
                 raise ValueError(
                     f"models: config.{key} differs between levels ("
                     + ", ".join(f"level {j + 1}: {v}" for j, v in vals)
                     + ")"
+                    + why
                 )
 
     @staticmethod
@@ -432,9 +557,23 @@ class MultilevelModel(torch.nn.Module):
 
     def _sequence(self, name: str, values) -> list:
         K = len(self.models)
-        if isinstance(values, (Real, torch.Tensor)) or callable(values):
-            raise TypeError(f"{name}: expected a sequence of {K - 1} values (levels 2..{K}), got one value")
-        values = list(values)
+        one = TypeError(f"{name}: expected a sequence of {K - 1} values (levels 2..{K}), got one value")
+        if isinstance(values, (torch.Tensor, np.ndarray)):  # a 1-d tensor or array of numbers is a sequence
+            if values.ndim == 0:
+                raise one
+            if values.ndim != 1:
+                raise ValueError(
+                    f"{name}: expected {K - 1} values (levels 2..{K}), got an array of shape {tuple(values.shape)}"
+                )
+            values = values.tolist()
+        if isinstance(values, (Real, str, bytes)) or callable(values):
+            raise one
+        try:
+            values = list(values)
+        except TypeError:
+            raise TypeError(
+                f"{name}: expected a sequence of {K - 1} values (levels 2..{K}), got {type(values).__name__}"
+            ) from None
         if len(values) != K - 1:
             raise ValueError(f"{name}: expected {K - 1} values (one for each of levels 2..{K}), got {len(values)}")
         return values
@@ -457,8 +596,8 @@ class MultilevelModel(torch.nn.Module):
                 "(MultilevelModel(..., scheduler=pipe.scheduler))"
             )
         ts = getattr(self.scheduler, "timesteps", None)
-        if self._spans_cache[0] is not ts:
-            self._spans_cache = (ts, scheduler_spans(self.scheduler))
+        if self._spans_cache is None or self._spans_cache[0] is not ts:
+            self._spans_cache = (ts, scheduler_spans(self.scheduler))  # raises, saying why, on unset timesteps
         return self._spans_cache[1]
 
     def time_and_span(self, timestep: float) -> Tuple[float, float]:
@@ -571,29 +710,38 @@ class MultilevelModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ the call
 
-    def _groups(self, sample: torch.Tensor) -> int:
+    def _groups(self, sample: torch.Tensor, args, kwargs) -> int:
+        """2 when the batch is guidance pairs (rows i and i + n/2 are one image), else 1 (module docstring)."""
         n = sample.shape[0]
-        if self.pair_guidance is False or n < 2:
-            if self.pair_guidance is True and n < 2:
-                raise ValueError(f"pair_guidance=True: expected a batch of guidance pairs (even size), got {n}")
-            return 1
-        if n % 2:
-            if self.pair_guidance is True:
-                raise ValueError(f"pair_guidance=True: expected a batch of guidance pairs (even size), got {n}")
-            return 1
         if self.pair_guidance is True:
+            if n < 2 or n % 2:
+                raise ValueError(f"pair_guidance=True: expected a batch of guidance pairs (even size), got {n}")
             return 2
-        return 2 if torch.equal(sample[: n // 2], sample[n // 2 :]) else 1
+        if self.pair_guidance is False or n < 2 or n % 2:
+            return 1
+        # "auto": classifier-free guidance passes the same latents twice with different conditioning.
+        if not torch.equal(sample[: n // 2], sample[n // 2 :]):
+            return 1
+        generator = self.generator
+        if self.draws == "per_sample" and is_per_sample(generator):
+            # one generator per image: their number says what an image is
+            if len(generator) == n:
+                return 1
+            if len(generator) == n // 2:
+                return 2
+        return 2 if _halves_differ((args, kwargs), n) else 1
 
     def _first_call(self, call: _Call) -> None:
-        """Run every level on image 0's rows: output shapes must agree; count FLOPs when costs are not given."""
+        """Run every level on image 0's rows: output shapes, dtypes and devices must agree; count FLOPs when costs
+        are not given.  The probe runs without autograd on a detached view of the rows' sample (the call itself
+        keeps the sample's graph, for gradient-based guidance)."""
         one = torch.zeros(1, dtype=torch.long, device=call.sample.device)
-        state = call.state[:1]
-        shapes, flops = [], []
+        state = call.state[:1].detach()
+        shapes, likes, flops = [], [], []
         from torch.utils.flop_counter import FlopCounterMode
 
         for j in range(len(self.models)):
-            counter = FlopCounterMode(display=False)
+            counter = FlopCounterMode(display=False) if self.costs is None else contextlib.nullcontext()
             try:
                 with torch.no_grad(), counter:
                     out = call.run(j, state, one)
@@ -602,14 +750,22 @@ class MultilevelModel(torch.nn.Module):
             except Exception as e:  # a model built for other inputs fails inside: name it
                 raise ValueError(f"level {j + 1} ({self.names[j]}): failed on the pipeline's inputs: {e}") from e
             shapes.append(tuple(out.shape[2:]))
-            flops.append(counter.get_total_flops() / call.groups)
+            likes.append((out.dtype, out.device))
+            flops.append(counter.get_total_flops() / call.groups if self.costs is None else 0.0)
         for j in range(1, len(shapes)):
             if shapes[j] != shapes[0]:
                 raise ValueError(
                     f"models: level {j + 1} ({self.names[j]}) returns {shapes[j]} per row but level 1 "
                     f"({self.names[0]}) returns {shapes[0]}; the levels must share their output shape"
                 )
+            if likes[j] != likes[0]:
+                raise TypeError(
+                    f"models: level {j + 1} ({self.names[j]}) returns {likes[j][0]} on {likes[j][1]} but level 1 "
+                    f"({self.names[0]}) returns {likes[0][0]} on {likes[0][1]}; the levels must return one dtype on "
+                    "one device (the estimate adds their outputs): cast them alike, e.g. model.to(torch.float32)"
+                )
         self._out_shape = shapes[0]
+        self._out_like = likes[0]
         if self.costs is None:
             for j, f in enumerate(flops):
                 if f <= 0:
@@ -626,8 +782,11 @@ class MultilevelModel(torch.nn.Module):
             self.costs = tuple(float(f) for f in flops)
 
     def forward(self, sample: torch.Tensor, timestep=None, *args, **kwargs):
-        if not isinstance(sample, torch.Tensor) or sample.ndim < 1 or sample.shape[0] < 1:
-            raise TypeError(f"sample: expected a tensor of shape (batch, ...), got {type(sample).__name__}")
+        if not isinstance(sample, torch.Tensor) or sample.ndim < 1:
+            got = "a 0-dim tensor" if isinstance(sample, torch.Tensor) else type(sample).__name__
+            raise TypeError(f"sample: expected a tensor of shape (batch, ...), got {got}")
+        if sample.shape[0] < 1:
+            raise ValueError(f"sample: got an empty batch (shape {tuple(sample.shape)}); expected at least one row")
         if timestep is None:
             if "timestep" not in kwargs:
                 raise TypeError("timestep: missing (pass it as the second argument or timestep=)")
@@ -635,13 +794,13 @@ class MultilevelModel(torch.nn.Module):
         return_dict = kwargs.get("return_dict", True)
         n = sample.shape[0]
         tau = _single_timestep(timestep, n)
-        call = _Call(self.models, self.names, sample, timestep, args, kwargs, self._groups(sample))
+        call = _Call(self.models, self.names, sample, timestep, args, kwargs, self._groups(sample, args, kwargs), tau)
         if self._out_shape is None:
             self._first_call(call)
             # built once the costs are known (measured on this first call, or given)
             self._ladder = Ladder(list(self.models), self.costs, self.names)
         K = len(self.models)
-        evaluator = _RowEvaluator(self._ladder, call, self._out_shape)
+        evaluator = _RowEvaluator(self._ladder, call, self._out_shape, self._out_like)
         if self._recording is not None:
             est = self._record(evaluator, call, tau)
         else:
@@ -702,7 +861,16 @@ class MultilevelModel(torch.nn.Module):
             raise ValueError("calibrate: needs at least 2 models")
         if not callable(run):
             raise TypeError("run: expected a callable that runs the pipeline once, e.g. lambda: pipe(prompt, ...)")
-        self._spans()  # fails now, with its message, when there is no scheduler
+        if self._recording is not None:
+            raise RuntimeError(
+                "calibrate: this model is already calibrating (calibrate() was called from inside the run() of "
+                "another calibrate() of it); call it once, with run() running the pipeline"
+            )
+        if self.scheduler is None:
+            self._spans()  # fails now, with its message
+        _num_train_timesteps(self.scheduler)
+        if getattr(self.scheduler, "timesteps", None) is not None:
+            self._spans()  # set: they must be numbers (unset ones are set by the pipeline inside run())
         self._recording = []
         try:
             run()
@@ -711,8 +879,8 @@ class MultilevelModel(torch.nn.Module):
             self._recording = None
         if not records:
             raise ValueError(
-                "calibrate: run() never called the model; pass a function that runs the pipeline "
-                "whose denoiser is this MultilevelModel"
+                "calibrate: run() never called this model; pass a function that runs the pipeline "
+                "whose denoiser is this MultilevelModel (pipe.unet or pipe.transformer = this model)"
             )
         by_time: Dict[float, list] = {}
         for t, _, pw, _ in records:
@@ -766,6 +934,8 @@ class MultilevelModel(torch.nn.Module):
                 "levels: a sub-ladder plan needs a MultilevelModel over those models; build one with "
                 "MultilevelModel([models[i] for i in plan.levels], ...)"
             )
+        if plan.top_equivalents >= plan.calls * (1 - 1e-12):
+            plan = dataclasses.replace(plan, message=_costly_plan_message(plan))
         self.set_rates(plan.rates)
         self.call_plan = plan
         return plan

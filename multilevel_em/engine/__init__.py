@@ -5,7 +5,7 @@ Knows nothing of calibration, diffusion models or the command line.
 
 from .brownian import BrownianPath
 from .buckets import Bucketed, bucketed
-from .checks import all_finite, non_finite_error
+from .checks import all_finite, modified_input_error, non_finite_error, tensor_version
 from .ladder import Drift, Ladder
 from .random import rand, randn, sample_generators
 from .rates import check_rates, firing_probabilities, firing_probability, rate_value
@@ -17,6 +17,8 @@ __all__ = [
     "Drift",
     "all_finite",
     "non_finite_error",
+    "modified_input_error",
+    "tensor_version",
     "Ladder",
     "LevelEvaluator",
     "Rate",

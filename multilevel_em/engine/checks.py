@@ -8,11 +8,11 @@ message uniform.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import torch
 
-__all__ = ["all_finite", "non_finite_error", "state_error"]
+__all__ = ["all_finite", "non_finite_error", "state_error", "tensor_version", "modified_input_error"]
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -58,4 +58,36 @@ def state_error(x: torch.Tensor, t: float) -> Optional[FloatingPointError]:
         return None
     return FloatingPointError(
         f"the state is NaN or Inf at t={t:.6g}, with finite drifts so far: the diffusion term (diffusion=) produced it"
+    )
+
+
+def tensor_version(x) -> Optional[int]:
+    """``x``'s version counter (which every in-place operation on it or on a view of it advances), or None where
+    there is none to read: not a tensor, or an inference tensor (made under ``torch.inference_mode``)."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    try:
+        return x._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return None
+
+
+def modified_input_error(level: str, what: str, t: Union[float, str, torch.Tensor, None] = None) -> ValueError:
+    """The error to raise when ``level`` (e.g. "level 2 (unet-16)") modified its input ``what`` in place at time
+    ``t`` (a number, a one-element tensor, or a phrase such as "timestep 981").
+
+    Levels must treat their inputs as read-only: every level of a step (or of a model call) gets the
+    same tensor, and the first step's state is the caller's own ``x0`` (or the pipeline's latents).
+    """
+    if isinstance(t, str):
+        at = f" at {t}"
+    else:
+        try:
+            at = f" at t={float(t):.6g}"
+        except (TypeError, ValueError, RuntimeError):  # None, or a tensor of several times
+            at = ""
+    return ValueError(
+        f"{level} modified its input {what} in place{at}; a level must not modify its inputs: every level of a "
+        "step gets the same tensor (and the first step's is the caller's own), so the caller's data and the other "
+        "levels' results would change. Compute out of place, or copy first (x = x.clone())"
     )

@@ -10,7 +10,7 @@ import torch
 __all__ = ["Ladder", "Drift"]
 
 #: A drift level: ``f(x, t) -> Tensor`` shaped like ``x`` (``x``: ``(batch, *state_shape)``,
-#: ``t``: a float or a ``(batch,)`` tensor).
+#: ``t``: a float or a ``(batch,)`` tensor).  It must not modify ``x`` in place (see :class:`Ladder`).
 Drift = Callable[[torch.Tensor, float], torch.Tensor]
 
 
@@ -27,10 +27,19 @@ class Ladder(Sequence):
 
     Indexing follows Python (``ladder[0]`` is f^1); messages name levels 1-based as in
     the paper.
+
+    What a level may do: read ``x`` and ``t`` and return a new tensor (or a view of a tensor of
+    its own); it must not modify ``x`` in place.  Every level of a step gets the same ``x`` (the
+    first step's is the caller's ``x0``), so an in-place change would alter the caller's data and
+    what the next level sees.  The solver detects it (``x``'s version counter moved during the
+    call: any in-place torch operation on ``x`` or a view of it, but not writes through
+    ``x.data`` or ``x.numpy()``, nor on inference tensors) and raises ``ValueError`` naming the
+    level.  A level may keep state of its own (counters, caches) as long as its output depends
+    on ``(x, t)`` alone.
     """
 
     def __init__(self, levels: Sequence[Drift], costs: Sequence[float], names: Optional[Sequence[str]] = None):
-        if callable(levels) and not isinstance(levels, (list, tuple)):
+        if callable(levels) and not isinstance(levels, (list, tuple, torch.nn.ModuleList)):
             raise TypeError("levels: expected a sequence of callables, got a single callable; wrap it as [f]")
         try:
             levels = tuple(levels)

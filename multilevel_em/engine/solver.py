@@ -15,9 +15,11 @@ each needed level ({1} and {l, l-1} for every fired l) is evaluated once, and wi
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import math
 import warnings
+from array import array
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Callable, List, Optional, Sequence, Union
@@ -25,14 +27,58 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 
 from .brownian import BrownianPath
-from .checks import all_finite, non_finite_error, state_error
+from .checks import all_finite, modified_input_error, non_finite_error, state_error, tensor_version
 from .ladder import Ladder
 from .random import Generators, check_generators, is_per_sample, rand
 from .rates import Rate, check_rates, evaluate_rates, firing_probabilities
 
-__all__ = ["solve", "Solution", "Rate", "resolve_diffusion", "evaluate_rates", "LevelEvaluator", "telescoping_estimate"]
+__all__ = [
+    "solve",
+    "Solution",
+    "StepProbabilities",
+    "Rate",
+    "resolve_diffusion",
+    "evaluate_rates",
+    "LevelEvaluator",
+    "telescoping_estimate",
+]
 
 Diffusion = Union[None, float, Callable]
+
+
+class StepProbabilities(collections.abc.Sequence):
+    """The probabilities p_2..p_K of each step of an ML-EM run, stored flat as float64 (``array('d')``).
+
+    ``probs[n]`` is step n's list ``[p_2, ..., p_K]``; it compares equal to a list of such lists.
+    (A list of lists held ~130 bytes per step for 3 levels; this holds 16.)
+    """
+
+    def __init__(self, width: int):
+        self._width = width
+        self._flat = array("d")
+
+    def extend(self, rows: Sequence[Sequence[float]]) -> None:
+        for row in rows:
+            self._flat.extend(row)
+
+    def __len__(self) -> int:
+        return len(self._flat) // self._width if self._width else 0
+
+    def __getitem__(self, n):
+        if isinstance(n, slice):
+            return [self[i] for i in range(len(self))[n]]
+        n = range(len(self))[n]
+        return self._flat[n * self._width : (n + 1) * self._width].tolist()
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, collections.abc.Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == list(b) for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"StepProbabilities({len(self)} steps x {self._width})"
 
 
 @dataclass
@@ -49,6 +95,9 @@ class Solution:
         steps: number of steps.
         method: "em" or "mlem".
 
+    ``probabilities`` (ML-EM): p_2..p_K of every step, ``probabilities[n]`` a list (a
+    :class:`StepProbabilities`, stored as float64, 8 bytes per value).
+
     The cost actually spent: :attr:`cost_per_sample` (ladder cost units per sample; formerly
     ``cost``, still readable, deprecated) and :attr:`top_equivalents` (evaluations of the top
     level per sample).
@@ -62,7 +111,7 @@ class Solution:
     batch_size: int
     steps: int
     method: str
-    probabilities: Optional[List[List[float]]] = field(default=None, repr=False)
+    probabilities: Optional[Sequence[List[float]]] = field(default=None, repr=False)
 
     @property
     def cost_per_sample(self) -> float:
@@ -155,6 +204,20 @@ def resolve_diffusion(diffusion: Diffusion) -> Optional[Callable[[torch.Tensor, 
     return lambda x, t: diffusion(t)
 
 
+def _check_diffusion_shape(gx: torch.Tensor, x: torch.Tensor, t: float) -> None:
+    """ValueError naming ``diffusion`` unless g(x, t) (a tensor) broadcasts to the state's shape without changing it."""
+    try:
+        ok = torch.broadcast_shapes(gx.shape, x.shape) == x.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"diffusion: g(x, t) returned shape {tuple(gx.shape)} at t={t:.6g}, which does not broadcast to the "
+            f"state's shape {tuple(x.shape)}; it multiplies the Brownian increment elementwise (additive or diagonal "
+            "noise): return a number or a tensor that broadcasts to (batch, *state_shape)"
+        )
+
+
 # ----------------------------------------------------------------------------- the solver
 
 
@@ -163,7 +226,8 @@ class LevelEvaluator:
     device) on first use and counts sample-evaluations per level in ``evaluations``.
 
     ``evaluator(j, x, t, rows)`` returns ``ladder[j](x, t)`` (0-based j); ``x0`` fixes the expected
-    dtype and device.  ``rows`` says which rows of the whole batch ``x`` holds: None (all of
+    dtype and device.  A level must not modify ``x`` in place (:class:`~multilevel_em.Ladder`): the
+    evaluator compares x's version counter before and after the call and raises naming the level.  ``rows`` says which rows of the whole batch ``x`` holds: None (all of
     them, in order) or an increasing index tensor; the plain evaluator ignores it, subclasses
     that must slice per-row inputs alongside ``x`` (the conditioning of a diffusers model) override
     :meth:`evaluate`.  Subclasses whose levels return another per-row shape than the state's
@@ -178,10 +242,14 @@ class LevelEvaluator:
         self._like = (x0.dtype, x0.device)
 
     def __call__(self, j: int, x: torch.Tensor, t: float, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        version = tensor_version(x)
         out = self.evaluate(j, x, t, rows)
-        if not self._checked[j]:
-            self.check_output(j, x, out)
-            self._checked[j] = True
+        if version is not None and x._version != version:
+            raise modified_input_error(f"level {j + 1} ({self.ladder.names[j]})", "x", t)
+        # Checked at every call (a few attribute reads): a level whose output changes shape or dtype
+        # later in a run is named here, not by a broadcasting error further on.
+        self.check_output(j, x, out)
+        self._checked[j] = True
         self.evaluations[j] += x.shape[0]
         return out
 
@@ -205,6 +273,9 @@ class LevelEvaluator:
             )
 
 
+#: The most steps :func:`solve` takes: grid times t0 + n h stay distinct in float64, and the default Brownian
+#: path's depth (ceil(log2 steps) + 1) stays within its 52 levels.
+MAX_STEPS = 2**51
 #: The ways of drawing the level variables B_{n,l} (see :func:`solve`).
 DRAWS = ("per_sample", "shared", "exact")
 #: Rows selector meaning "every row of the batch" (no gather or scatter needed).
@@ -214,9 +285,47 @@ _ALL = "all"
 _DRAWS_PER_CHUNK = 1 << 20
 
 
+class _DrawPlan(collections.abc.Sequence):
+    """The draws of a run of steps, kept compact: ``plan[n]`` is step n's ``(fired, needed)`` (see :func:`_plan_draws`).
+
+    Per (step, mask) only the row count is stored (``counts``, flat, W per step) and the firing rows of all masks
+    one after another in one index tensor (``cols``); step n's selectors are made when the step asks for them.
+    (Making them for a whole run up front held a few hundred bytes of Python objects per step: ~0.5 GB for a
+    run of 262,144 steps, the run length of a batch of 2.)
+    """
+
+    def __init__(
+        self, counts: List[int], width: int, batch: int, cols: Optional[torch.Tensor], starts: Optional[List[int]]
+    ):
+        # counts[n * width + k]: rows of mask k at step n; starts[n]: where step n's rows begin in cols
+        self._counts, self._width, self._batch, self._cols, self._starts = counts, width, batch, cols, starts
+        self._k1 = (width + 1) // 2
+
+    def __len__(self) -> int:
+        return len(self._counts) // self._width
+
+    def __getitem__(self, n: int) -> tuple:
+        n = range(len(self))[n]
+        W, K1, batch = self._width, self._k1, self._batch
+        cn = self._counts[n * W : (n + 1) * W]
+        sel = []
+        at = self._starts[n] if self._cols is not None else 0
+        for c in cn:
+            if c == 0:
+                sel.append(None)
+            elif c == batch:
+                sel.append(_ALL)
+            else:
+                sel.append(self._cols[at : at + c])
+            if self._cols is not None:
+                at += c
+        fired = sel[:K1]
+        return fired, [_ALL] + sel[K1:] + [fired[-1]]
+
+
 def _plan_draws(
     probs: List[List[float]], batch: int, draws: str, generator: Generators, device: torch.device
-) -> List[tuple]:
+) -> _DrawPlan:
     """Draw B_{n,l} ~ Bernoulli(p_{n,l}) for a run of steps; per step, return (fired, needed).
 
     ``probs[n][l - 2]`` is p_l at step n of the run.  ``fired[l - 2]`` selects the rows where
@@ -227,6 +336,7 @@ def _plan_draws(
     as drawing step by step, and costs one random call and one host sync per run instead of
     several per step.  Uniforms are float64 so that P(u < p) = p to 2^-53.  With per-sample
     generators (a list, ``draws="per_sample"``) row b's uniforms come from ``generator[b]``.
+    Returns a :class:`_DrawPlan` (a sequence over the steps, made lazily).
     """
     C, K1 = len(probs), len(probs[0])
     W = 2 * K1 - 1  # per step: K1 fired masks, then K1 - 1 masks of the levels 2..K-1
@@ -240,33 +350,27 @@ def _plan_draws(
             )
         check_generators(generator, batch)
     gen_device = generator.device if isinstance(generator, torch.Generator) else device
-    pieces = None
     if draws == "shared" or batch == 0:
         u = torch.rand((C, K1), generator=generator, device=gen_device, dtype=torch.float64).tolist()
         counts = []
         for un, pn in zip(u, probs):
             f = [un[k] < pn[k] for k in range(K1)]
-            counts.append([batch if b else 0 for b in f] + [batch if f[k] or f[k + 1] else 0 for k in range(K1 - 1)])
+            counts += [batch if b else 0 for b in f] + [batch if f[k] or f[k + 1] else 0 for k in range(K1 - 1)]
+        return _DrawPlan(counts, W, batch, None, None)
+    if is_per_sample(generator):
+        u = rand((batch, C, K1), generator, dtype=torch.float64, device=gen_device).permute(1, 2, 0)
     else:
-        if is_per_sample(generator):
-            u = rand((batch, C, K1), generator, dtype=torch.float64, device=gen_device).permute(1, 2, 0)
-        else:
-            u = torch.rand((C, K1, batch), generator=generator, device=gen_device, dtype=torch.float64)
-        p = torch.tensor(probs, dtype=torch.float64, device=gen_device).unsqueeze(2)
-        if draws == "exact":
-            fired = _exact_fired(u, p * batch, generator, gen_device).to(device)
-        else:
-            fired = (u < p).to(device)
-        mask = torch.cat([fired, fired[:, :-1] | fired[:, 1:]], dim=1)  # (C, W, batch)
-        counts = mask.sum(2).tolist()
-        cols = mask.view(C * W, batch).nonzero(as_tuple=True)[1]  # row-major: by step, mask, row
-        pieces = cols.split([c for cn in counts for c in cn])
-    plan = []
-    for n, cn in enumerate(counts):
-        sel = [None if c == 0 else (_ALL if c == batch else pieces[n * W + k]) for k, c in enumerate(cn)]
-        fired_n = sel[:K1]
-        plan.append((fired_n, [_ALL] + sel[K1:] + [fired_n[-1]]))
-    return plan
+        u = torch.rand((C, K1, batch), generator=generator, device=gen_device, dtype=torch.float64)
+    p = torch.tensor(probs, dtype=torch.float64, device=gen_device).unsqueeze(2)
+    if draws == "exact":
+        fired = _exact_fired(u, p * batch, generator, gen_device).to(device)
+    else:
+        fired = (u < p).to(device)
+    mask = torch.cat([fired, fired[:, :-1] | fired[:, 1:]], dim=1)  # (C, W, batch)
+    counts = mask.sum(2)  # (C, W)
+    starts = [0] + counts.sum(1).cumsum(0)[:-1].tolist()
+    cols = mask.view(C * W, batch).nonzero(as_tuple=True)[1]  # row-major: by step, mask, row
+    return _DrawPlan(counts.view(-1).tolist(), W, batch, cols, starts)
 
 
 def _exact_fired(u: torch.Tensor, pb: torch.Tensor, generator, device) -> torch.Tensor:
@@ -391,7 +495,8 @@ def solve(
     """Integrate dX = f(X, t) dt + g dW from t0 to t1 with EM or ML-EM.
 
     Args:
-        ladder: the drift levels f^1..f^K and their costs.
+        ladder: the drift levels f^1..f^K and their costs. A level must not modify its input
+            in place (:class:`~multilevel_em.Ladder`: detected, ``ValueError`` naming it).
         x0: initial state, shape ``(batch, *state_shape)``, a floating tensor on any device.
         t0, t1: start and end time, ``t1 > t0``.
         steps: number of uniform steps, h = (t1 - t0) / steps.
@@ -437,6 +542,11 @@ def solve(
     if not t1 > t0:
         raise ValueError(f"t1: expected t1 > t0, got t0={t0}, t1={t1}")
     steps = _check_positive_int("steps", steps)
+    if steps > MAX_STEPS:
+        raise ValueError(
+            f"steps: expected at most 2**51 = {MAX_STEPS} steps, got {steps}: a float64 time grid (and the "
+            "Brownian path's dyadic tree) cannot resolve finer steps"
+        )
     if method not in ("em", "mlem"):
         raise ValueError(f"method: expected 'em' or 'mlem', got {method!r}")
     if draws not in DRAWS:
@@ -473,13 +583,14 @@ def solve(
             raise ValueError(f"noise: covers [{noise.t0}, {noise.t1}], which does not contain [t0, t1] = [{t0}, {t1}]")
 
     call = LevelEvaluator(ladder, x0)
+    g_shape = x0.shape  # the last shape of g(x, t) checked to broadcast to the state's
     h = (t1 - t0) / steps
     batch = x0.shape[0]
     x = x0
     w_prev = noise._value(t0) if g is not None else None
     saved_t, saved_x = ([t0], [x0]) if save_every else ([], [])
     mlem = method == "mlem" and K > 1
-    probs_log = [] if mlem else None
+    probs_log = StepProbabilities(K - 1) if mlem else None
     j_em = level if method == "em" else 0
     if mlem:
         # The Bernoulli draws are made for `chunk` steps at a time (see _plan_draws).
@@ -510,10 +621,12 @@ def solve(
                     new.append(firing_probabilities(rates, tm, tm_next - tm))
                 plan, pos = _plan_draws(new, batch, draws, generator, x.device), 0
                 probs_log.extend(new)
+                run_probs = new
             fired, needed = plan[pos]
+            probs_n = run_probs[pos]
             pos += 1
             try:
-                drift = _mlem_drift(call, x, t, probs_log[n], fired, needed, check_finite)
+                drift = _mlem_drift(call, x, t, probs_n, fired, needed, check_finite)
             except FloatingPointError as e:
                 raise (state_error(x, t) or e) from None
         # X_{n+1} = X_n + h_n F_n + g (W(t_{n+1}) - W(t_n)), with as few tensor operations as possible.
@@ -524,6 +637,9 @@ def solve(
             if isinstance(gx, Real) and not isinstance(gx, bool):
                 x_next.add_(w_next - w_prev, alpha=float(gx))
             else:
+                if isinstance(gx, torch.Tensor) and gx.shape != g_shape:
+                    _check_diffusion_shape(gx, x, t)
+                    g_shape = gx.shape
                 x_next = x_next + gx * (w_next - w_prev)
             w_prev = w_next
         x = x_next

@@ -185,7 +185,10 @@ def _check_rows(c: Conditioning, src: str) -> None:
         if e.ndim != 3 or min(e.shape) < 1:
             raise _bad(src, "encoder_hidden_states", e.shape, "(N, seq, dim) with N, seq, dim >= 1")
         if not e.dtype.is_floating_point or not bool(torch.isfinite(e).all()):
-            raise ValueError(f"conditioning: {src}: 'encoder_hidden_states' must be finite floats, got {e.dtype}")
+            raise ValueError(
+                f"conditioning: {src}: 'encoder_hidden_states' must be finite floats, got {e.dtype}"
+                + ("" if not e.dtype.is_floating_point else " with NaN or Inf")
+            )
         c.encoder_hidden_states = e.float().contiguous()
     if y is not None:
         if y.ndim != 1 or y.shape[0] < 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
@@ -197,6 +200,11 @@ def _check_rows(c: Conditioning, src: str) -> None:
     if u is not None:
         if e is None:
             raise ValueError(f"conditioning: {src}: 'uncond_encoder_hidden_states' without 'encoder_hidden_states'")
+        if not u.dtype.is_floating_point or not bool(torch.isfinite(u).all()):  # the rule of the main rows
+            raise ValueError(
+                f"conditioning: {src}: 'uncond_encoder_hidden_states' must be finite floats, got {u.dtype}"
+                + ("" if not u.dtype.is_floating_point else " with NaN or Inf")
+            )
         u = u.reshape(1, *u.shape) if u.ndim == 2 else u
         if tuple(u.shape) != (1, *e.shape[1:]):
             raise _bad(
@@ -210,8 +218,8 @@ def _check_rows(c: Conditioning, src: str) -> None:
     if v is not None:
         if y is None:
             raise ValueError(f"conditioning: {src}: 'uncond_class_labels' without 'class_labels'")
-        if v.numel() != 1 or v.ndim > 1 or v.dtype.is_floating_point:
-            raise _bad(src, "uncond_class_labels", v.shape, "() or (1,), an integer")
+        if v.numel() != 1 or v.ndim > 1 or v.dtype.is_floating_point or v.dtype == torch.bool:
+            raise _bad(src, "uncond_class_labels", v.shape, f"() or (1,), an integer (got dtype {v.dtype})")
         c.uncond_class_labels = v.reshape(1).long()
 
 
@@ -291,6 +299,12 @@ def sample_ladder(
     from ..diffusion.samplers import make_scheduler, scheduler_loop
     from ..engine import randn
 
+    T = int(ladder.schedule.num_train_timesteps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(
+            f"steps: expected an int in [1, {T}] (scheduler steps; the ladder's schedule has {T} timesteps), "
+            f"got {steps!r}"
+        )
     if not conditioning:
         raise ValueError(
             "conditioning: expected the UNet keyword arguments of n rows (Conditioning.rows); "
