@@ -98,15 +98,26 @@ def sampler_verdict(
 def call_plan_message(
     levels: Sequence[int], mu: float, budget: float, calls: int, top_equivalents: float, all_ones: bool
 ) -> str:
-    """The message of a plan for a fixed grid of ``calls`` model calls (``all_ones``: every p is 1)."""
-    if all_ones:
+    """The message of a plan for a fixed grid of ``calls`` model calls (``all_ones``: every p is 1).
+
+    A plan that costs at least the top model alone at every call (``top_equivalents >= calls``) says that
+    nothing is saved, and by how much it costs more: with every p = 1 every level runs at every call."""
+    te = top_equivalents
+    if te >= calls * (1 - 1e-12):
+        more = f", {100 * (te / calls - 1):.0f}% more than" if te > calls * (1 + 1e-9) else ", as much as"
+        if all_ones:
+            what = (
+                f"budget {budget:.4g} pays every level at every one of the {calls} calls: every probability is 1, "
+                "so every level runs at every call and the output is the top model's"
+            )
+        else:
+            what = f"budget {budget:.4g}, mu={mu:.4g}: the output stays unbiased for the top model's"
         return (
-            f"budget {budget:.4g} pays the top level at every one of the {calls} calls ({top_equivalents:.4g} "
-            "top-level equivalents per sample): every probability is 1, so this is the top model alone; nothing "
-            "is saved"
+            f"{what}, at a predicted {te:.4g} top-level equivalents per sample{more} the top model alone "
+            f"({calls}); nothing is saved: use the top model alone, or a budget below {calls}"
         )
     return (
-        f"levels {_kept(levels)}, mu={mu:.4g}: predicted {top_equivalents:.4g} top-level equivalents per sample "
+        f"levels {_kept(levels)}, mu={mu:.4g}: predicted {te:.4g} top-level equivalents per sample "
         f"for {calls} calls (the top model at every call: {calls}); the estimate stays unbiased for the top model "
         "at each call, at an added variance this plan minimises for its cost. Whether it beats the top model "
         "with fewer steps at the same cost is not predicted here: compare both"

@@ -66,7 +66,6 @@ that ran, as the wrapped models' outputs would.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from numbers import Real
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -335,23 +334,6 @@ class _RowEvaluator(LevelEvaluator):
                 f"the levels' {self._out_like[0]}/{self._out_like[1]} (at the first call); the levels must return one "
                 "dtype on one device"
             )
-
-
-def _costly_plan_message(plan: CallPlan) -> str:
-    """A plan's message when it costs at least the top model alone at every call (nothing saved)."""
-    te, calls = plan.top_equivalents, plan.calls
-    more = f", {100 * (te / calls - 1):.0f}% more than" if te > calls * (1 + 1e-9) else ", as much as"
-    if bool(np.all(np.asarray(plan.probabilities) >= 1.0)):
-        what = (
-            f"budget {plan.budget:.4g} pays every level at every one of the {calls} calls: every probability is 1, "
-            "so every level runs at every call and the output is the top model's"
-        )
-    else:
-        what = f"budget {plan.budget:.4g}, mu={plan.mu:.4g}: the output stays unbiased for the top model's"
-    return (
-        f"{what}, at a predicted {te:.4g} top-level equivalents per image{more} the top model alone ({calls}); "
-        f"nothing is saved: use the top model alone, or a budget below {calls}"
-    )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -934,8 +916,6 @@ class MultilevelModel(torch.nn.Module):
                 "levels: a sub-ladder plan needs a MultilevelModel over those models; build one with "
                 "MultilevelModel([models[i] for i in plan.levels], ...)"
             )
-        if plan.top_equivalents >= plan.calls * (1 - 1e-12):
-            plan = dataclasses.replace(plan, message=_costly_plan_message(plan))
         self.set_rates(plan.rates)
         self.call_plan = plan
         return plan

@@ -84,3 +84,15 @@ def test_a_sampler_target_beyond_max_steps_says_so(digits):
         digits.plan(target=target, sampler="dpmpp_2m", max_steps=64)
     p = digits.plan(target=target, sampler="dpmpp_2m", max_steps=2**16)
     assert p.steps <= 2**16 and p.error <= target * (1 + 1e-9)
+
+
+def test_a_call_plan_that_saves_nothing_says_so_and_by_how_much():
+    """Issue 20 item 27: Calibration.plan_calls (what MultilevelModel.plan calls) says the truth when the
+    budget pays every level at every call: every level runs, at more than the top model alone."""
+    from multilevel_em.calibration.verdicts import call_plan_message
+
+    msg = call_plan_message((0, 1, 2), 1.0, 100.0, 4, 5.25, all_ones=True)
+    assert "every level runs at every call" in msg and "31% more than the top model alone (4)" in msg
+    assert "nothing is saved" in msg and "this is the top model alone" not in msg
+    cheap = call_plan_message((0, 1, 2), 1.0, 2.0, 4, 2.0, all_ones=False)
+    assert "nothing is saved" not in cheap
