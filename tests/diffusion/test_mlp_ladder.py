@@ -283,9 +283,10 @@ def test_bench_diffusion_with_a_loaded_two_level_ladder_has_no_gamma(tmp_path):
     assert math.isfinite(floor["mmd2_mean"]) and floor["mmd2_std"] > 0
 
 
-def test_bench_diffusion_records_the_command(monkeypatch):
+def test_bench_diffusion_records_the_command(monkeypatch, tmp_path):
     import multilevel_em.bench.diffusion as bench
 
+    monkeypatch.chdir(tmp_path)  # the default results/diffusion.json is not there: no --overwrite needed
     seen = []
     monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.append(kw["command"]))
     for args, expected in (

@@ -10,9 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from multilevel_em.calibration.rates import RateShape, expected_cost
 from multilevel_em.cli.main import main
 from multilevel_em.diffusion import MultilevelDenoiser, VPSchedule, sample
-from multilevel_em.diffusion.rates import RateShape, as_rates, expected_cost, learn_probabilities, measure_profiles
+from multilevel_em.diffusion.rates import as_rates, learn_probabilities, measure_profiles
 
 SCHED = VPSchedule.linear()
 
