@@ -25,50 +25,13 @@ import torch
 
 from .._io import write_json
 from ..diffusion import MultilevelModel
+from ..testing import tiny_dit, tiny_unet2d_condition
 from .outputs import add_overwrite_argument, check_outputs, default_outputs
 
-
-def unet(width: int, seed: int):
-    """A tiny ``UNet2DConditionModel`` (channels (width, 2 width), 16-dim prompt tokens), random weights."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        norm_num_groups=2,
-        attention_head_dim=2,
-    ).eval()
+#: The ladders' levels: tiny models of the real classes, random weights (:mod:`multilevel_em.testing`).
+unet, dit = tiny_unet2d_condition, tiny_dit
 
 
-def dit(layers: int, heads: int, seed: int, out_channels: int = 8):
-    """A tiny class-conditional ``DiTTransformer2DModel`` (learned sigma with out_channels=8), random weights."""
-    from diffusers import DiTTransformer2DModel
-
-    torch.manual_seed(seed)
-    return DiTTransformer2DModel(
-        sample_size=8,
-        num_layers=layers,
-        patch_size=2,
-        attention_head_dim=8,
-        num_attention_heads=heads,
-        in_channels=4,
-        out_channels=out_channels,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_zero",
-        norm_elementwise_affine=False,
-    ).eval()
-
-
-@torch.no_grad()
 def main(argv=None, *, command: Optional[str] = None) -> dict:
     """``mlem bench cfg-pairing [ARGS]``: the argument list (default ``sys.argv[1:]``); ``command``: the command
     line recorded in the results (default: ``mlem bench cfg-pairing`` and the arguments)."""
