@@ -10,8 +10,7 @@ Results equal the unpadded call's up to float rounding (batched kernels may roun
 differently for different batch sizes).
 
 This module is the one implementation of bucketing: :func:`bucket_sizes` (the sizes a batch's level calls
-may take), :func:`next_bucket` (the size a sub-batch is padded to) and :func:`pad_indices` (padded row
-indices) serve ``draws="static"`` (:func:`multilevel_em.solve`), and :class:`Bucketed` wraps a level.
+may take), :func:`next_bucket` (the size a sub-batch is padded to) serve ``draws="static"`` (:func:`multilevel_em.solve`), and :class:`Bucketed` wraps a level.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["bucketed", "Bucketed", "bucket_sizes", "check_bucket_sizes", "next_bucket", "pad_indices", "MAX_BUCKETS"]
+__all__ = ["bucketed", "Bucketed", "bucket_sizes", "check_bucket_sizes", "next_bucket", "MAX_BUCKETS"]
 
 #: The default bucket set of :func:`bucket_sizes` has at most this many sizes: torch.compile's default
 #: recompile limit (8 per compiled function), so that a compiled level can hold one graph per size.
@@ -67,14 +66,6 @@ def next_bucket(m: int, sizes: Sequence[int]) -> int:
         return m
     i = bisect.bisect_left(sizes, m)
     return sizes[i] if i < len(sizes) else m
-
-
-def pad_indices(rows: torch.Tensor, size: int) -> torch.Tensor:
-    """Row indices ``rows`` (1-d, non-empty) padded to ``size`` entries by repeating the last one."""
-    m = rows.shape[0]
-    if size <= m:
-        return rows
-    return torch.cat([rows, rows[-1:].expand(size - m)])
 
 
 class Bucketed:
