@@ -33,8 +33,10 @@ from ..engine import (
     telescoping_estimate,
     tensor_version,
 )
+from ..engine.buckets import bucket_sizes
+from ..engine.compiled import CompiledLevel, check_compile_buckets
 from ..engine.random import check_generators, is_per_sample
-from ..engine.solver import DRAWS
+from ..engine.solver import DRAWS, check_buckets
 from .outputs import model_output, single_time
 from .schedule import VPSchedule
 
@@ -59,17 +61,33 @@ class DiffusersUNetAdapter(torch.nn.Module):
             tests (the trace is not frozen: freezing fuses ops and changes float rounding by
             ~1e-6).  The first traced call is checked against the eager forward; if tracing
             fails or differs, the adapter warns and stays eager.
+        compile: run the UNet through ``torch.compile`` (:class:`~multilevel_em.engine.CompiledLevel`: one
+            graph per batch size, CUDA graphs on CUDA); the integer timesteps are computed outside the
+            compiled graph, so a new time never recompiles. Not with ``trace``.
     """
 
-    def __init__(self, unet: torch.nn.Module, schedule: Optional[VPSchedule] = None, *, trace: bool = False):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        schedule: Optional[VPSchedule] = None,
+        *,
+        trace: bool = False,
+        compile: bool = False,
+    ):
         super().__init__()
         if not callable(unet):
             raise TypeError(f"unet: expected a diffusers model, got {type(unet).__name__}")
         if not isinstance(trace, bool):
             raise TypeError(f"trace: expected a bool, got {trace!r}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected a bool, got {compile!r}")
+        if trace and compile:
+            raise ValueError("trace and compile: choose one (a TorchScript trace or torch.compile)")
         self.unet = unet
         self.schedule = schedule if schedule is not None else VPSchedule.linear()
         self.trace = trace
+        self.compile_unet = compile  # (not .compile: torch.nn.Module.compile is a method)
+        self._compiled_unet = CompiledLevel(unet, type(unet).__name__) if compile else None
         self._traced = {}  # (dtype, device) -> traced module, or None where tracing failed
 
     def _eager(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -87,6 +105,8 @@ class DiffusersUNetAdapter(torch.nn.Module):
         k = k.expand(x.shape[0]) if k.ndim == 0 else k
         if self.trace:
             return self._run_traced(x, k)
+        if self.compile_unet:
+            return model_output(self._compiled_unet(x, k))
         return self._eager(x, k)
 
 
@@ -136,6 +156,36 @@ def as_eps_model(model, schedule: Optional[VPSchedule] = None) -> EpsModel:
     return model
 
 
+class _CompiledEps:
+    """An eps model ``(x, t) -> eps`` run through ``torch.compile`` (:class:`~multilevel_em.engine.CompiledLevel`),
+    its time given as a ``(batch,)`` tensor in x's dtype and device: a Python float would be specialised into
+    the compiled graph (a new graph at every time)."""
+
+    def __init__(self, model, name: str):
+        self.model = model
+        self._compiled = CompiledLevel(model, name)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        return self._compiled(x, t)
+
+    def __repr__(self) -> str:
+        return f"compiled({self.model!r})"
+
+
+def compiled_eps_model(model, name: str = "level"):
+    """``model`` (an eps model ``(x, t) -> eps``) run through ``torch.compile``: a diffusers UNet adapter compiles its
+    UNet (timesteps computed outside the graph), any other model gets t as a ``(batch,)`` tensor."""
+    if isinstance(model, DiffusersUNetAdapter):
+        if model.compile_unet:
+            return model
+        if model.trace:
+            raise ValueError(f"{name}: a traced adapter cannot also be compiled (trace and compile: choose one)")
+        return DiffusersUNetAdapter(model.unet, model.schedule, compile=True)
+    return _CompiledEps(model, name)
+
+
 def _single_time(t) -> float:
     """t as one float: a number, a one-element tensor, or a (batch,) tensor of equal times."""
     return single_time(
@@ -164,6 +214,7 @@ class _LadderDenoiser:
                 raise ValueError(f"costs: expected {len(models)} costs (one per model, any unit), got None")
             costs = [1.0]
         self.ladder = Ladder(models, costs, names)
+        self._probe_ladder = self.ladder  # what the first-call shape check runs (eager even when compiled)
         self._step_aware = [f for f in models if callable(getattr(f, "set_step", None))]
         self._caller: Optional[LevelEvaluator] = None
         self._h: Optional[float] = None
@@ -225,7 +276,7 @@ class _LadderDenoiser:
         """Run every level once on one row, so that a model of the wrong shape fails now, named."""
         x1 = x[:1]
         t1 = t[:1] if isinstance(t, torch.Tensor) and t.ndim == 1 else t
-        for j, f in enumerate(self.ladder):
+        for j, f in enumerate(self._probe_ladder):
             label = f"level {j + 1} ({self.ladder.names[j]})"
             version = tensor_version(x1)  # x1 is a view of the caller's x
             try:
@@ -262,13 +313,25 @@ class MultilevelDenoiser(_LadderDenoiser):
             ``UNet2DModel``), or a :class:`~multilevel_em.Ladder` (which brings its costs and names).
         costs: cost of one sample-evaluation per model, nondecreasing, any unit.
         rates: lambda_2..lambda_K per unit of continuous time: numbers or callables of t (K - 1 of them).
-        draws: ``"per_sample"`` (each row draws its own B's), ``"shared"`` (one draw per call) or
+        draws: ``"per_sample"`` (each row draws its own B's), ``"shared"`` (one draw per call),
             ``"exact"`` (floor(p B) + Bernoulli(frac(p B)) rows chosen at random fire: the same
-            marginal law per row, rows mildly dependent; see :func:`multilevel_em.solve`).
+            marginal law per row, rows mildly dependent; see :func:`multilevel_em.solve`) or
+            ``"static"`` (per-sample draws made on the host: row b fires correction l with probability
+            exactly p_l, independently of the other rows and levels, weighted 1 / p_l; each level runs on
+            a sub-batch padded to a bucket size, so its batch sizes are ``bucket_sizes(batch, buckets)``
+            and a call reads nothing back from the device when ``check_finite=False``).
+        buckets: ``draws="static"`` only: the sub-batch sizes (ints >= 1); default the powers of two
+            below the batch (at most 7) and the batch (:func:`~multilevel_em.engine.bucket_sizes`).
+        compile: run every level through ``torch.compile`` (``dynamic=False``, one code object per level; on
+            CUDA ``mode="reduce-overhead"``, CUDA graphs): needs fixed level batch sizes, i.e.
+            ``draws="static"`` (or ``"shared"``) for K > 1. Each (level, bucket size) compiles once, on first
+            use or in :meth:`warm_up`, and never again. A compiled level gets t as a ``(batch,)`` tensor in x's
+            dtype (diffusers UNets through their adapter: the integer timestep, computed outside the graph).
         generator: for the Bernoulli draws (keep it apart from the sampler's noise generator to
             compare runs on the same noise); None uses torch's global generator; a list of
-            generators (one per sample, ``draws="per_sample"``) draws row b from ``generator[b]``,
-            so a sample's draws do not depend on the batch it is in.
+            generators (one per sample, ``draws="per_sample"`` or ``"static"``) draws row b from
+            ``generator[b]``, so a sample's draws do not depend on the batch it is in. ``"static"`` draws on
+            the host: CPU generators only (None: torch's default CPU generator).
         schedule: gives T to the adapter that wraps diffusers models.
         names: level names for messages.
         check_finite: raise ``FloatingPointError`` naming the level that produced NaN or Inf.
@@ -290,18 +353,33 @@ class MultilevelDenoiser(_LadderDenoiser):
         schedule: Optional[VPSchedule] = None,
         names: Optional[Sequence[str]] = None,
         check_finite: bool = True,
+        buckets: Optional[Sequence[int]] = None,
+        compile: bool = False,
     ):
         super().__init__(models, costs, names, schedule)
         K = len(self.ladder)
         if draws not in DRAWS:
             raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
         check_generators(generator)
-        if is_per_sample(generator) and draws != "per_sample":
+        if is_per_sample(generator) and draws not in ("per_sample", "static"):
             raise ValueError(f"generator: a list of per-sample generators needs draws='per_sample', got {draws!r}")
+        self.buckets = check_buckets(buckets, draws)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected a bool, got {compile!r}")
+        if compile and K > 1 and draws not in ("static", "shared"):
+            raise ValueError(
+                f"compile: a compiled level needs a few fixed batch sizes, but draws={draws!r} gives every call its "
+                "own sub-batch sizes (a recompilation each); use draws='static' (or 'shared')"
+            )
         self.rates = [] if rates is None and K == 1 else check_rates(rates, K, 1.0)
         self.draws = draws
         self.generator = generator
         self.check_finite = check_finite
+        self.compile_levels = compile
+        if compile:
+            names = self.ladder.names
+            levels = [compiled_eps_model(f, f"level_{j + 1}_{names[j]}") for j, f in enumerate(self.ladder)]
+            self.ladder = Ladder(levels, self.ladder.costs, names)
 
     def probabilities(self, t: float, h: Optional[float] = None) -> list:
         """p_2..p_K = min(1, lambda_l(t) h) at time t (h: the last step size given)."""
@@ -313,6 +391,34 @@ class MultilevelDenoiser(_LadderDenoiser):
             )
         return firing_probabilities(self.rates, t, h)
 
+    def level_batch_sizes(self, batch: int) -> tuple:
+        """The batch sizes this denoiser's levels run on for a batch of ``batch`` rows: every size for
+        ``draws="static"`` (:func:`~multilevel_em.engine.bucket_sizes`), ``(batch,)`` for ``"shared"`` or one level;
+        None for per-sample and exact draws (any size up to ``batch``)."""
+        if len(self.ladder) == 1 or self.draws == "shared":
+            return (batch,)
+        if self.draws == "static":
+            return bucket_sizes(batch, self.buckets)
+        return None
+
+    @torch.no_grad()
+    def warm_up(self, x: torch.Tensor, t: float = 0.5) -> None:
+        """Run every level once at every batch size it can take for x's batch (:meth:`level_batch_sizes`), not
+        counted: with ``compile=True`` this compiles each (level, size), so that sampling compiles nothing.
+
+        Args:
+            x: a batch like the ones sampling will pass, shape ``(batch, ...)`` (its values do not matter).
+            t: a time in [0, 1] (the compiled graphs do not depend on it).
+        """
+        sizes = self.level_batch_sizes(x.shape[0])
+        if sizes is None:
+            raise ValueError(f"warm_up: draws={self.draws!r} gives a level any batch size; use draws='static'")
+        if self.compile_levels:
+            check_compile_buckets(sizes)
+        for j, f in enumerate(self.ladder):
+            for m in sizes if j > 0 else (x.shape[0],):
+                f(x[:1].expand(m, *x.shape[1:]).contiguous() if m > x.shape[0] else x[:m], float(t))
+
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         call = self._prepare(x, t)
         if len(self.ladder) == 1:
@@ -321,6 +427,8 @@ class MultilevelDenoiser(_LadderDenoiser):
                 raise non_finite_error(call, {0: out}, _single_time(t))
             return out
         t = _single_time(t)
+        if self.compile_levels and self.draws == "static":
+            check_compile_buckets(bucket_sizes(x.shape[0], self.buckets))
         return telescoping_estimate(
             call,
             x,
@@ -329,10 +437,12 @@ class MultilevelDenoiser(_LadderDenoiser):
             draws=self.draws,
             generator=self.generator,
             check_finite=self.check_finite,
+            buckets=self.buckets,
         )
 
     def __repr__(self) -> str:
-        return f"MultilevelDenoiser({self.ladder!r}, draws={self.draws!r})"
+        extra = ", compile=True" if self.compile_levels else ""
+        return f"MultilevelDenoiser({self.ladder!r}, draws={self.draws!r}{extra})"
 
 
 class TStitchDenoiser(_LadderDenoiser):

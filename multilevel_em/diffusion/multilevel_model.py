@@ -84,7 +84,10 @@ from ..engine import (
     telescoping_estimate,
     tensor_version,
 )
+from ..engine.buckets import bucket_sizes
+from ..engine.compiled import CompiledLevel, check_compile_buckets
 from ..engine.random import check_generators, is_per_sample
+from ..engine.solver import check_buckets
 from .outputs import model_output, single_time
 
 __all__ = ["MultilevelModel", "scheduler_spans"]
@@ -370,11 +373,26 @@ class MultilevelModel(torch.nn.Module):
             :meth:`calibrate` and :meth:`plan`. Replacing ``pipe.scheduler`` later needs
             ``model.scheduler = pipe.scheduler`` too.
         draws: ``"per_sample"`` (each image draws its own B's; a level runs only on the
-            images whose draw needs it) or ``"shared"`` (one draw per call for the batch).
+            images whose draw needs it), ``"shared"`` (one draw per call for the batch) or ``"static"``
+            (per-image draws made on the host, so every level call's batch size is known before it runs:
+            image b fires correction l with probability exactly p_l, independently of the other images and
+            levels, weighted 1 / p_l; both copies of a guidance pair share their draws, as with per-image
+            draws; each level runs on a sub-batch of images padded to a bucket size, see
+            :func:`multilevel_em.solve`).  A call then reads nothing back from the device when the timestep
+            is a number or a CPU tensor, ``pair_guidance`` is True or False (``"auto"`` compares the halves)
+            and ``check_finite=False``.
+        buckets: ``draws="static"`` only: the sub-batch sizes in images (ints >= 1); default the powers of
+            two below the batch of images (at most 7) and that batch (:func:`~multilevel_em.engine.bucket_sizes`).
+        compile: run every model through ``torch.compile`` (``dynamic=False``, one code object per level; on
+            CUDA ``mode="reduce-overhead"``, CUDA graphs): needs ``draws="static"`` (or ``"shared"``) for K > 1, so
+            that each model sees only the bucket sizes (times the guidance groups) and compiles each once. A
+            timestep given as a Python number is passed to the models as a 0-dim tensor (a number would be
+            specialised into the graph and recompile at every timestep).
         generator: the level draws' randomness: None (torch's global generator), a
             ``torch.Generator``, or a list with one generator per image (diffusers'
-            convention; ``draws="per_sample"``): image b's draws then come from
-            ``generator[b]`` alone. Settable between pipeline calls (``model.generator = ...``).
+            convention; ``draws="per_sample"`` or ``"static"``): image b's draws then come from
+            ``generator[b]`` alone. ``"static"`` draws on the host: CPU generators only. Settable between
+            pipeline calls (``model.generator = ...``).
         pair_guidance: ``"auto"`` (default): a batch whose two halves have identical latents and
             differ in their per-row conditioning (what classifier-free guidance passes) shares
             its draws between the halves (module docstring; a list of generators with one per
@@ -407,6 +425,8 @@ class MultilevelModel(torch.nn.Module):
         names: Optional[Sequence[str]] = None,
         prediction_types: Optional[Sequence[str]] = None,
         check_finite: bool = True,
+        buckets: Optional[Sequence[int]] = None,
+        compile: bool = False,
     ):
         super().__init__()
         models = _model_list(models)
@@ -428,9 +448,22 @@ class MultilevelModel(torch.nn.Module):
         if costs is not None:
             costs = self._checked_costs(costs)
         self.costs: Optional[Tuple[float, ...]] = costs
-        if draws not in ("per_sample", "shared"):
-            raise ValueError(f"draws: expected 'per_sample' or 'shared', got {draws!r}")
+        if draws not in ("per_sample", "shared", "static"):
+            raise ValueError(f"draws: expected 'per_sample', 'shared' or 'static', got {draws!r}")
         self.draws = draws
+        self.buckets = check_buckets(buckets, draws)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected a bool, got {compile!r}")
+        if compile and K > 1 and draws not in ("static", "shared"):
+            raise ValueError(
+                f"compile: a compiled model needs a few fixed batch sizes, but draws={draws!r} gives every call its "
+                "own sub-batch sizes (a recompilation each); use draws='static' (or 'shared')"
+            )
+        self.compile_levels = compile
+        # what a call runs: the models, or each through torch.compile (a plain list: not registered as modules)
+        self._levels = (
+            [CompiledLevel(m, f"level_{j + 1}_{names[j]}") for j, m in enumerate(self.models)] if compile else None
+        )
         if pair_guidance not in _PAIRING:
             raise ValueError(f"pair_guidance: expected 'auto', True or False, got {pair_guidance!r}")
         self.pair_guidance = pair_guidance
@@ -705,7 +738,7 @@ class MultilevelModel(torch.nn.Module):
         if not torch.equal(sample[: n // 2], sample[n // 2 :]):
             return 1
         generator = self.generator
-        if self.draws == "per_sample" and is_per_sample(generator):
+        if self.draws in ("per_sample", "static") and is_per_sample(generator):
             # one generator per image: their number says what an image is
             if len(generator) == n:
                 return 1
@@ -720,9 +753,18 @@ class MultilevelModel(torch.nn.Module):
         one = torch.zeros(1, dtype=torch.long, device=call.sample.device)
         state = call.state[:1].detach()
         shapes, likes, flops = [], [], []
+        levels, call.models = call.models, self.models  # the probe runs eagerly (no graph for one row)
+        try:
+            self._probe(call, state, one, shapes, likes, flops)
+        finally:
+            call.models = levels
+        self._check_probe(shapes, likes, flops)
+
+    def _probe(self, call: _Call, state, one, shapes, likes, flops) -> None:
+        """Run every level on image 0's rows, collecting output shapes, (dtype, device) pairs and FLOPs."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        for j in range(len(self.models)):
+        for j in range(len(call.models)):
             counter = FlopCounterMode(display=False) if self.costs is None else contextlib.nullcontext()
             try:
                 with torch.no_grad(), counter:
@@ -734,6 +776,9 @@ class MultilevelModel(torch.nn.Module):
             shapes.append(tuple(out.shape[2:]))
             likes.append((out.dtype, out.device))
             flops.append(counter.get_total_flops() / call.groups if self.costs is None else 0.0)
+
+    def _check_probe(self, shapes, likes, flops) -> None:
+        """Raise unless the levels agree on their output per row; set the costs from FLOPs when not given."""
         for j in range(1, len(shapes)):
             if shapes[j] != shapes[0]:
                 raise ValueError(
@@ -776,7 +821,10 @@ class MultilevelModel(torch.nn.Module):
         return_dict = kwargs.get("return_dict", True)
         n = sample.shape[0]
         tau = _single_timestep(timestep, n)
-        call = _Call(self.models, self.names, sample, timestep, args, kwargs, self._groups(sample, args, kwargs), tau)
+        if self.compile_levels and not isinstance(timestep, torch.Tensor):
+            timestep = torch.tensor(timestep, device=sample.device)  # a number would be specialised into the graph
+        levels = self._levels if self.compile_levels else self.models
+        call = _Call(levels, self.names, sample, timestep, args, kwargs, self._groups(sample, args, kwargs), tau)
         if self._out_shape is None:
             self._first_call(call)
             # built once the costs are known (measured on this first call, or given)
@@ -788,12 +836,21 @@ class MultilevelModel(torch.nn.Module):
         else:
             probs = self.probabilities_at(tau)
             generator = self.generator
-            if self.draws == "per_sample":
+            if self.draws in ("per_sample", "static"):
                 check_generators(generator, call.images)
             elif is_per_sample(generator):
-                raise ValueError("generator: a list of per-image generators needs draws='per_sample'")
+                raise ValueError("generator: a list of per-image generators needs draws='per_sample' or 'static'")
+            if self.compile_levels and self.draws == "static":
+                check_compile_buckets(bucket_sizes(call.images, self.buckets))
             est = telescoping_estimate(
-                evaluator, call.state, tau, probs, draws=self.draws, generator=generator, check_finite=self.check_finite
+                evaluator,
+                call.state,
+                tau,
+                probs,
+                draws=self.draws,
+                generator=generator,
+                check_finite=self.check_finite,
+                buckets=self.buckets,
             )
         for j in range(K):
             self.evaluations[j] += evaluator.evaluations[j] * call.groups
@@ -922,4 +979,5 @@ class MultilevelModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         mode = "probabilities" if self.probabilities is not None else ("rates" if self.rates is not None else "unset")
-        return f"levels={len(self.models)}, draws={self.draws!r}, pair_guidance={self.pair_guidance!r}, {mode}"
+        extra = ", compile=True" if self.compile_levels else ""
+        return f"levels={len(self.models)}, draws={self.draws!r}, pair_guidance={self.pair_guidance!r}, {mode}{extra}"

@@ -4,8 +4,9 @@ Knows nothing of calibration, diffusion models or the command line.
 """
 
 from .brownian import BrownianPath
-from .buckets import Bucketed, bucketed
+from .buckets import Bucketed, bucket_sizes, bucketed
 from .checks import all_finite, modified_input_error, non_finite_error, tensor_version
+from .compiled import CompiledLevel
 from .ladder import Drift, Ladder
 from .random import rand, randn, sample_generators
 from .rates import check_rates, firing_probabilities, firing_probability, rate_value
@@ -14,6 +15,8 @@ from .solver import LevelEvaluator, Rate, Solution, evaluate_rates, solve, teles
 __all__ = [
     "BrownianPath",
     "Bucketed",
+    "bucket_sizes",
+    "CompiledLevel",
     "Drift",
     "all_finite",
     "non_finite_error",

@@ -10,23 +10,30 @@ and ML-EM replaces f^L by the randomized telescoping estimate (docs/method.md, "
 
 with p_{n,l} = min(1, lambda_l(t_n) h), so that E[F_n | X_n] = f^K(X_n, t_n).  On a step,
 each needed level ({1} and {l, l-1} for every fired l) is evaluated once, and with
-``draws="per_sample"`` (or ``"exact"``) only on the rows of the batch that need it.
+``draws="per_sample"`` (or ``"exact"``, ``"static"``) only on the rows of the batch that need it.
+
+``draws="static"`` draws the same independent B_{n,l} as ``"per_sample"`` (row b fires with
+probability exactly p_{n,l}, weighted 1 / p_{n,l}), but on the host, so the row counts are known
+before any level runs: each sub-batch is padded to a bucket size (:mod:`.buckets`), the row
+indices are copied to the device asynchronously, and no level call waits for the device.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import math
 import warnings
 from array import array
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .brownian import BrownianPath
+from .buckets import bucket_sizes, check_bucket_sizes, next_bucket
 from .checks import all_finite, modified_input_error, non_finite_error, state_error, tensor_version
 from .ladder import Ladder
 from .random import Generators, check_generators, is_per_sample, rand
@@ -41,6 +48,7 @@ __all__ = [
     "evaluate_rates",
     "LevelEvaluator",
     "telescoping_estimate",
+    "check_buckets",
 ]
 
 Diffusion = Union[None, float, Callable]
@@ -228,7 +236,8 @@ class LevelEvaluator:
     ``evaluator(j, x, t, rows)`` returns ``ladder[j](x, t)`` (0-based j); ``x0`` fixes the expected
     dtype and device.  A level must not modify ``x`` in place (:class:`~multilevel_em.Ladder`): the
     evaluator compares x's version counter before and after the call and raises naming the level.  ``rows`` says which rows of the whole batch ``x`` holds: None (all of
-    them, in order) or an increasing index tensor; the plain evaluator ignores it, subclasses
+    them, in order) or an increasing index tensor (``draws="static"``: nondecreasing, the last row repeated
+    up to the bucket size); the plain evaluator ignores it, subclasses
     that must slice per-row inputs alongside ``x`` (the conditioning of a diffusers model) override
     :meth:`evaluate`.  Subclasses whose levels return another per-row shape than the state's
     (telescoping_estimate allows it; :func:`solve` does not) override :meth:`check_output`.
@@ -277,7 +286,7 @@ class LevelEvaluator:
 #: path's depth (ceil(log2 steps) + 1) stays within its 52 levels.
 MAX_STEPS = 2**51
 #: The ways of drawing the level variables B_{n,l} (see :func:`solve`).
-DRAWS = ("per_sample", "shared", "exact")
+DRAWS = ("per_sample", "shared", "exact", "static")
 #: Rows selector meaning "every row of the batch" (no gather or scatter needed).
 _ALL = "all"
 #: ML-EM draws the Bernoulli variables of about this many (steps x levels x samples) at a
@@ -321,6 +330,114 @@ class _DrawPlan(collections.abc.Sequence):
                 at += c
         fired = sel[:K1]
         return fired, [_ALL] + sel[K1:] + [fired[-1]]
+
+
+class _Padded:
+    """``draws="static"``: the ``count`` rows of a sub-batch (``rows``, increasing) and the same indices padded to
+    a bucket size (``index``: ``rows`` then copies of its last entry), both views of one device tensor."""
+
+    __slots__ = ("index", "count")
+
+    def __init__(self, index: torch.Tensor, count: int):
+        self.index, self.count = index, count
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self.index[: self.count]
+
+
+def _unpadded(sel):
+    """A selector of :func:`_plan_draws` with any padding dropped (None, ``_ALL`` or an index tensor)."""
+    return sel.rows if isinstance(sel, _Padded) else sel
+
+
+class _StaticPlan(collections.abc.Sequence):
+    """``draws="static"``: a run of steps' draws, as :class:`_DrawPlan` (``plan[n]`` is step n's ``(fired, needed)``)
+    but with :class:`_Padded` selectors: per (step, mask) the row count and its bucket are host ints."""
+
+    def __init__(self, counts: List[int], padded: List[int], width: int, batch: int, index: Optional[torch.Tensor]):
+        self._counts, self._padded, self._width, self._batch, self._index = counts, padded, width, batch, index
+        self._k1 = (width + 1) // 2
+        starts, at = [], 0
+        for n in range(len(counts) // width):
+            starts.append(at)
+            at += sum(padded[n * width : (n + 1) * width])
+        self._starts = starts
+
+    def __len__(self) -> int:
+        return len(self._counts) // self._width
+
+    def __getitem__(self, n: int) -> tuple:
+        n = range(len(self))[n]
+        W, K1 = self._width, self._k1
+        sel, at = [], self._starts[n]
+        for c, s in zip(self._counts[n * W : (n + 1) * W], self._padded[n * W : (n + 1) * W]):
+            if c == 0:
+                sel.append(None)
+            elif c == self._batch:
+                sel.append(_ALL)
+            else:
+                sel.append(_Padded(self._index[at : at + s], c))
+            at += s
+        fired = sel[:K1]
+        return fired, [_ALL] + sel[K1:] + [fired[-1]]
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_table(batch: int, sizes: tuple) -> torch.Tensor:
+    """``table[m]``: the padded size of a sub-batch of m rows (0 for m = 0 and m = batch: no index is needed)."""
+    return torch.tensor([0] + [next_bucket(m, sizes) for m in range(1, batch)] + [0], dtype=torch.int64)
+
+
+def _host_generators(generator: Generators) -> None:
+    """``draws="static"`` draws on the host: None, a CPU generator or a list of them (ValueError otherwise)."""
+    gens = generator if is_per_sample(generator) else [generator]
+    for g in gens:
+        if g is not None and g.device.type != "cpu":
+            raise ValueError(
+                f"generator: draws='static' draws its levels on the host, so it needs a CPU torch.Generator "
+                f"(or None: torch's default CPU generator), got one on {g.device}"
+            )
+
+
+def _plan_static(
+    probs: List[List[float]], batch: int, generator: Generators, device: torch.device, sizes: Sequence[int]
+) -> _StaticPlan:
+    """``draws="static"``: B_{n,l} ~ Bernoulli(p_{n,l}), independent over steps, levels and rows, drawn on the host.
+
+    The uniforms are those ``draws="per_sample"`` draws from a CPU generator (float64, the same numbers for the
+    same generator), so every row fires with probability exactly p_{n,l} and the joint law is per-sample draws'.
+    Each sub-batch (the rows of a fired or needed mask, as in :func:`_plan_draws`) of 0 < m < batch rows is
+    padded to ``next_bucket(m, sizes)`` rows by repeating its last row; the padded indices of the whole run go
+    to the device in one asynchronous copy (pinned memory on CUDA).  Nothing here reads a device tensor.
+    """
+    C, K1 = len(probs), len(probs[0])
+    W = 2 * K1 - 1
+    _host_generators(generator)
+    if is_per_sample(generator):
+        u = rand((batch, C, K1), generator, dtype=torch.float64, device="cpu").permute(1, 2, 0)
+    else:
+        u = torch.rand((C, K1, batch), generator=generator, dtype=torch.float64)
+    fired = u < torch.tensor(probs, dtype=torch.float64).unsqueeze(2)
+    mask = torch.cat([fired, fired[:, :-1] | fired[:, 1:]], dim=1).view(C * W, batch)  # (C W, batch), on the host
+    counts_t = mask.sum(1)
+    padded_t = _bucket_table(batch, tuple(sizes))[counts_t] if batch else torch.zeros_like(counts_t)
+    counts, padded = counts_t.tolist(), padded_t.tolist()
+    total = sum(padded)
+    index = None
+    if total:
+        partial = (counts_t > 0) & (counts_t < batch)
+        cols = mask[partial].nonzero(as_tuple=True)[1]  # rows of the partial masks, mask by mask, increasing
+        c_part, s_part = counts_t[partial], padded_t[partial]
+        start = torch.cumsum(c_part, 0) - c_part  # where each mask's rows begin in cols
+        which = torch.repeat_interleave(torch.arange(len(s_part)), s_part)
+        offset = torch.arange(total) - torch.repeat_interleave(torch.cumsum(s_part, 0) - s_part, s_part)
+        index = cols[start[which] + torch.minimum(offset, c_part[which] - 1)]
+        if device.type == "cuda":
+            index = index.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            index = index.to(device)
+    return _StaticPlan(counts, padded, W, batch, index)
 
 
 def _plan_draws(
@@ -411,6 +528,11 @@ def _mlem_drift(
             continue
         if rows is _ALL:
             out[j] = full[j] = call(j, x, t)
+        elif isinstance(rows, _Padded):  # draws="static": the level runs on a bucket of rows, the padding dropped
+            out[j] = o = call(j, x.index_select(0, rows.index), t, rows.index)[: rows.count]
+            rows = rows.rows
+            if j < K - 1:
+                full[j] = o.new_empty((x.shape[0], *o.shape[1:])).index_copy_(0, rows, o)
         else:
             out[j] = o = call(j, x.index_select(0, rows), t, rows)
             if j < K - 1:  # the top level's rows are exactly those of its correction: no scatter
@@ -421,7 +543,7 @@ def _mlem_drift(
     # with 16 threads even for 8 rows, against ~4 us for the alpha != 1 row loop.)
     drift, owned = out[0], False  # never modify a level's output in place
     for l in range(1, K):
-        rows = fired[l - 1]
+        rows = _unpadded(fired[l - 1])
         if rows is None:
             continue
         w = 1.0 / probs[l - 1]
@@ -438,6 +560,22 @@ def _mlem_drift(
     return drift
 
 
+def check_buckets(buckets, draws: str, batch: Optional[int] = None) -> Optional[Tuple[int, ...]]:
+    """The bucket sizes of ``draws="static"`` for a batch of ``batch`` rows (:func:`~multilevel_em.engine.buckets.bucket_sizes`);
+    None for the other modes.  ValueError for ``buckets`` given with another mode, or not a sequence of ints >= 1.
+    With ``batch`` None only ``buckets`` itself is checked (returns the sorted sizes, or None for the default)."""
+    if buckets is not None and draws != "static":
+        raise ValueError(
+            f"buckets: only draws='static' pads its level calls to bucket sizes, got draws={draws!r}; "
+            "pass draws='static' or leave buckets unset"
+        )
+    if draws != "static":
+        return None
+    if batch is None:
+        return None if buckets is None else check_bucket_sizes(buckets)
+    return bucket_sizes(batch, buckets)
+
+
 def telescoping_estimate(
     evaluator: LevelEvaluator,
     x: torch.Tensor,
@@ -447,13 +585,15 @@ def telescoping_estimate(
     draws: str = "per_sample",
     generator: Generators = None,
     check_finite: bool = True,
+    buckets: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """One draw of the ML-EM estimate f^1 + sum_{l=2..K} (B_l / p_l)(f^l - f^{l-1}) at (x, t).
 
     The building block of :func:`solve`, public for integrators that are not EM (diffusion
     samplers): ``probs[l - 2]`` is p_l in [0, 1] for l = 2..K; the levels are evaluated through
     ``evaluator`` (which counts them), each needed level once, on the rows that need it with
-    ``draws="per_sample"`` or ``"exact"`` (see :func:`solve`). ``generator``: None, a ``torch.Generator``, or (per-sample draws)
+    ``draws="per_sample"``, ``"exact"`` or ``"static"`` (see :func:`solve`; ``buckets``: the bucket sizes of
+    ``"static"``). ``generator``: None, a ``torch.Generator``, or (per-sample and static draws)
     one generator per row of ``x`` (see :mod:`multilevel_em.engine.random`). Shape of the
     result: the levels' output shape, ``(batch, *out_shape)`` (``x.shape`` for a plain
     :class:`LevelEvaluator`, which checks it).
@@ -465,12 +605,16 @@ def telescoping_estimate(
         raise ValueError(f"probs: expected probabilities in [0, 1], got {probs}")
     if draws not in DRAWS:
         raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
+    sizes = check_buckets(buckets, draws, x.shape[0])
     if not probs:
         out = evaluator(0, x, t)
         if check_finite and not all_finite(out):
             raise non_finite_error(evaluator, {0: out}, t)
         return out
-    ((fired, needed),) = _plan_draws([probs], x.shape[0], draws, generator, x.device)
+    if draws == "static":
+        ((fired, needed),) = _plan_static([probs], x.shape[0], generator, x.device, sizes)
+    else:
+        ((fired, needed),) = _plan_draws([probs], x.shape[0], draws, generator, x.device)
     return _mlem_drift(evaluator, x, t, probs, fired, needed, check_finite)
 
 
@@ -488,6 +632,7 @@ def solve(
     noise: Optional[BrownianPath] = None,
     generator: Optional[torch.Generator] = None,
     draws: str = "per_sample",
+    buckets: Optional[Sequence[int]] = None,
     save_every: Optional[int] = None,
     check_finite: bool = True,
     progress: bool = False,
@@ -518,7 +663,16 @@ def solve(
             ``"exact"`` (per step and level, floor(p B) + Bernoulli(frac(p B)) rows chosen
             uniformly at random fire: each row still fires with probability p, so each
             sample's estimate stays unbiased, but the rows of a batch become mildly dependent
-            and the sub-batch sizes vary less; not with per-sample generators).
+            and the sub-batch sizes vary less; not with per-sample generators), or ``"static"``
+            (the draws of ``"per_sample"``, made on the host from a CPU generator: row b fires correction l
+            with probability exactly p_{n,l}, independently of the other rows, levels and steps, and is
+            weighted 1 / p_{n,l}, so each sample's estimate is unbiased and the joint law is per-sample
+            draws' (the same draws for the same CPU generator); each sub-batch is padded to a bucket size, so
+            a level only ever runs on ``bucket_sizes(batch, buckets)`` rows, and no level call waits for the
+            device (with ``check_finite=False``: the finiteness check reads one number per step)).
+            ``Solution.evaluations`` then counts the padded rows too: they are real work.
+        buckets: ``draws="static"`` only: the sub-batch sizes (ints >= 1); default the powers of two below
+            the batch, at most 7 of them, and the batch itself (:func:`multilevel_em.engine.bucket_sizes`).
         save_every: save the state every this many steps (and at the end) into
             ``Solution.ts`` / ``Solution.xs``.
         check_finite: raise ``FloatingPointError`` naming the level and time when a level
@@ -551,6 +705,9 @@ def solve(
         raise ValueError(f"method: expected 'em' or 'mlem', got {method!r}")
     if draws not in DRAWS:
         raise ValueError(f"draws: expected one of {', '.join(map(repr, DRAWS))}, got {draws!r}")
+    sizes = check_buckets(buckets, draws, x0.shape[0])
+    if draws == "static":
+        _host_generators(generator)
     if save_every is not None:
         save_every = _check_positive_int("save_every", save_every)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -619,7 +776,10 @@ def solve(
                 for m in range(n, min(steps, n + chunk)):
                     tm, tm_next = times(m)
                     new.append(firing_probabilities(rates, tm, tm_next - tm))
-                plan, pos = _plan_draws(new, batch, draws, generator, x.device), 0
+                if draws == "static":
+                    plan, pos = _plan_static(new, batch, generator, x.device, sizes), 0
+                else:
+                    plan, pos = _plan_draws(new, batch, draws, generator, x.device), 0
                 probs_log.extend(new)
                 run_probs = new
             fired, needed = plan[pos]

@@ -205,12 +205,21 @@ class UNetLadder:
     def shape(self):
         return (self.channels, self.sample_size, self.sample_size)
 
-    def eps_models(self, trace: bool = False) -> List[DiffusersUNetAdapter]:
+    def eps_models(self, trace: bool = False, compile: bool = False) -> List[DiffusersUNetAdapter]:
         """The UNets as eps models of continuous time ``(x, t) -> eps``.
 
         ``trace=True``: TorchScript-traced adapters (:class:`DiffusersUNetAdapter`), kept on the
         ladder so that each UNet is traced once (per dtype/device) however often they are asked for.
+        ``compile=True``: adapters running their UNet through ``torch.compile``, kept on the ladder likewise, so
+        that each (UNet, batch size) compiles once across pipeline calls.
         """
+        if compile:
+            cached = getattr(self, "_compiled_models", None)
+            if cached is None or [m.unet for m in cached] != self.unets:
+                cached = self._compiled_models = [
+                    DiffusersUNetAdapter(u, self.schedule, compile=True) for u in self.unets
+                ]
+            return list(cached)
         if not trace:
             return [DiffusersUNetAdapter(u, self.schedule) for u in self.unets]
         cached = getattr(self, "_traced_models", None)

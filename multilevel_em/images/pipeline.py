@@ -429,6 +429,8 @@ class MultilevelPipeline:
         batch_invariant: bool = False,
         trace: bool = False,
         levels: Optional[Sequence[int]] = None,
+        compile: bool = False,
+        buckets: Optional[Sequence[int]] = None,
     ) -> PipelineOutput:
         """Sample ``batch_size`` images.
 
@@ -460,7 +462,13 @@ class MultilevelPipeline:
                 run is planned inside this sampler when the calibration has measured it
                 (:meth:`calibrate_samplers`; the report's plan then says whether a single model with some
                 sampler is predicted to do better); otherwise by the EM model, with a warning.
-            draws: "mlem": ``"per_sample"``, ``"shared"`` or ``"exact"`` level draws (see :func:`multilevel_em.solve`).
+            draws: "mlem": ``"per_sample"``, ``"shared"``, ``"exact"`` or ``"static"`` level draws (see
+                :func:`multilevel_em.solve`; ``"static"``: per-sample draws made on the host, each level run on a
+                sub-batch padded to a bucket size, so that its batch sizes are known before it runs).
+            buckets: ``draws="static"``: the sub-batch sizes (default: powers of two below the batch, and the batch).
+            compile: run the UNets through ``torch.compile`` (on CUDA with CUDA graphs), compiled once per ladder,
+                level and batch size (kept on the ladder across calls); "mlem" needs ``draws="static"`` (or
+                ``"shared"``), so that a level only sees the bucket sizes. Not with ``trace``.
             progress: called with 1 after every step; or a tqdm bar (its total is set to the step count).
             batch_invariant: evaluate the UNets one image at a time, so that with per-sample generators
                 an image is bit-identical whatever batch it is computed in (batched float32 kernels
@@ -484,15 +492,24 @@ class MultilevelPipeline:
                     progress=progress,
                     batch_invariant=batch_invariant,
                     trace=trace,
+                    compile=compile,
+                    buckets=buckets,
                 ),
             )
         self._check_call(batch_size, method, steps, rates, budget, sampler, levels)
         L = self.ladder
-        models = self._models(trace, batch_invariant)
+        if compile and method == "mlem" and draws not in ("static", "shared"):
+            raise ValueError(
+                f"compile: a compiled UNet needs a few fixed batch sizes, but draws={draws!r} gives every call its "
+                "own sub-batch sizes (a recompilation each); pass draws='static' (or 'shared')"
+            )
+        if buckets is not None and (method != "mlem" or draws != "static"):
+            raise ValueError("buckets: only for method='mlem' with draws='static'")
+        models = self._models(trace, batch_invariant, compile)
         g_noise, g_draws = _split_generator(generator, batch_size)
         x_T = randn((batch_size, *L.shape), g_noise, device=self.device)  # drawn on the CPU: the same on any device
         denoiser, sampler, steps, levels, plan = self._denoiser(
-            models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws
+            models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws, buckets
         )
         if steps is None:
             steps = self._one_model_steps(method, budget)
@@ -546,18 +563,24 @@ class MultilevelPipeline:
                     f"{budget_steps(budget)} steps from budget=; pass budget= or steps=, not both"
                 )
 
-    def _models(self, trace: bool, batch_invariant: bool) -> list:
-        """The levels' eps models as sampling runs them: traced or eager, row by row if asked, NaN-checked."""
+    def _models(self, trace: bool, batch_invariant: bool, compile: bool = False) -> list:
+        """The levels' eps models as sampling runs them: traced, compiled or eager, row by row if asked, NaN-checked."""
         L = self.ladder
         if not isinstance(trace, bool):
             raise TypeError(f"trace: expected a bool, got {trace!r}")
-        models = L.eps_models(trace)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile: expected a bool, got {compile!r}")
+        if trace and compile:
+            raise ValueError("trace and compile: choose one (a TorchScript trace or torch.compile)")
+        models = L.eps_models(trace, compile=compile)
         if batch_invariant:
             models = [_RowByRow(m) for m in models]
         models = [_FiniteEps(m, f"level {i + 1} ({name})") for i, (m, name) in enumerate(zip(models, L.names))]
         return models
 
-    def _denoiser(self, models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws) -> tuple:
+    def _denoiser(
+        self, models, method, sampler, steps, rates, budget, levels, fractions, draws, g_draws, buckets=None
+    ) -> tuple:
         """The denoiser ``method`` samples with: ML-EM (planned from the calibration unless ``rates`` are given),
         T-Stitch, or the top level alone.  Returns (denoiser, sampler, steps (None: not yet fixed), the 0-based
         levels it runs, the plan or None)."""
@@ -580,6 +603,7 @@ class MultilevelPipeline:
                 costs=[L.costs[i] for i in levels],
                 rates=rates,
                 draws=draws,
+                buckets=buckets,
                 generator=g_draws,
                 schedule=L.schedule,
                 names=[L.names[i] for i in levels],
