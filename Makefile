@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 # Where ruff looks: everything in the repository (ruff skips .venv and other ignored folders).
 LINT_PATHS ?= .
 
-.PHONY: demo test test-fast lint docs docs-serve install clean
+.PHONY: demo test test-fast test-compile lint docs docs-serve install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(BIN)/.installed
 # Everything but the end-to-end benchmark runs (marked slow).
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# torch.compile of UNet ladders end to end (marked compile; minutes each on a CPU, not in `make test`).
+test-compile: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m compile
 
 lint: $(BIN)/.installed-lint
 	$(BIN)/ruff check $(LINT_PATHS)

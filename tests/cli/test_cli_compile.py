@@ -23,6 +23,7 @@ def test_sample_compile_refusals(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compile
 def test_sample_compile_grid_runs_mlem_with_static_draws(tmp_path):
     reports = {}
     for flag in ([], ["--compile"]):

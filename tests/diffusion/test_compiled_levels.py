@@ -80,6 +80,7 @@ def test_compiled_denoiser_refuses_too_many_buckets():
 
 
 @pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_unet_ladder_in_a_sampler_matches_eager():
     """Tiny diffusers UNets through their adapter (the timestep computed outside the graph), DDIM, two budgets."""
     from conftest import tiny_unet
@@ -101,6 +102,7 @@ def test_compiled_unet_ladder_in_a_sampler_matches_eager():
 
 
 @pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_multilevel_model_with_guidance_pairs_matches_eager():
     """UNet2DConditionModel ladder, classifier-free guidance pairs, static draws: no recompilation after the
     first pipeline-like run, equal to eager."""

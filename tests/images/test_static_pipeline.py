@@ -36,6 +36,7 @@ def test_static_pipeline_gives_the_per_sample_samples():
 
 
 @pytest.mark.slow
+@pytest.mark.compile
 def test_compiled_pipeline_compiles_once_and_gives_the_eager_samples():
     from torch._dynamo.utils import counters
 
