@@ -62,7 +62,8 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
         mm = MultilevelModel(
             ladder, probabilities=probs, pair_guidance=pairing, generator=torch.Generator().manual_seed(1)
         )
-        outs[pairing] = mm(xs, 500, encoder_hidden_states=emb).sample
+        with torch.no_grad():  # a measurement: no autograd graph through the ladder
+            outs[pairing] = mm(xs, 500, encoder_hidden_states=emb).sample
         costs = mm.costs
     for w in (1.0, 3.0, 7.5):
         var = {}

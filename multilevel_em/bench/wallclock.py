@@ -336,7 +336,9 @@ def digits_profile(pipe, budget: float, n: int, trace: bool) -> dict:
     """One ML-EM run with every level call timed (CPU time): seconds per level against its counted share."""
     logs = [[] for _ in pipe.ladder.unets]
     eps_models = pipe.ladder.eps_models
-    pipe.ladder.eps_models = lambda trace=False: [_TimedLevel(m, log) for m, log in zip(eps_models(trace), logs)]
+    pipe.ladder.eps_models = lambda trace=False, **kw: [
+        _TimedLevel(m, log) for m, log in zip(eps_models(trace, **kw), logs)
+    ]
     try:
         out, dt = _timed(
             pipe, n, method="mlem", budget=budget, trace=trace, generator=torch.Generator().manual_seed(SEED)
