@@ -124,7 +124,7 @@ QUICK = {
     "dpm_steps": (10,),
     "mlem_budgets": (10, 5),
     "deadline_seconds": 600.0,
-    "real_ladders_seconds": 20.0,
+    "real_ladders_seconds": 12.0,
     "device": "cpu",
 }
 RESERVE = 20.0  # seconds kept for scoring, the plot and the JSON after the last run

@@ -142,7 +142,7 @@ QUICK_LATENT = 8
 TOKENS, QUICK_TOKENS = 77, 8  # prompt tokens (CLIP's 77 for SD); width = cross_attention_dim
 BATCHES = (1, 8, 32)
 CALLS = 50  # sampler calls per image in the plans (a 50-step sampler)
-BUDGETS = (0.5, 0.75, 1.0)  # plan budgets: fractions of the seconds of the top model at every call
+BUDGETS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # plan budgets: fractions of the seconds of the top model at every call
 
 
 def config(name: str, quick: bool = False) -> dict:

@@ -117,3 +117,10 @@ def test_published_configs():
     gflops = {m: real_ladders.count_flops(m) / 1e9 for m in ("dit-s", "dit-b", "dit-xl")}
     for m, paper in (("dit-s", 6.06), ("dit-b", 23.01), ("dit-xl", 118.64)):
         assert gflops[m] == pytest.approx(2 * paper, rel=0.01), (m, gflops[m])
+
+
+def test_within_is_what_the_gpu_script_embeds():
+    """`mlem bench gpu` calls real_ladders.within(seconds, device=...): the defaults inside a time budget."""
+    data = real_ladders.within(1e-6, device="cpu", quick=True, echo=lambda line: None)
+    assert data["timing"]["time_budget_seconds"] == 1e-6 and data["modes"] == ["eager", "compiled"]
+    assert data["batches"] == list(real_ladders.BATCHES) and "--time-budget" in data["command"]
