@@ -27,14 +27,21 @@ Steps (all on --device, default cuda when available):
    A folder: pixel SW only (the classifier knows only digits) against up to --ref-max images. Standard
    errors from 8 disjoint chunks; differences between runs by paired chunk-wise SEs (bench.images).
 
+0. Real ladders (first, --real-ladders-seconds, default 120 s; 0 skips it): ``mlem bench real-ladders`` on the
+   same device inside that time budget (multilevel_em/bench/real_ladders.py: SD 1.4 + BK-SDM and DiT S/B/XL
+   from their configs, random weights, fp16; seconds per image at batches 1, 8, 32, eager cells first, then
+   torch.compile with mode="reduce-overhead" while the budget lasts), embedded under "real_ladders".
+
 Writes --out (JSON, atomically; default results/gpu_images.json, results/gpu_images_quick.json with --quick)
 and a cost-quality plot with sample grids (--plot, default the JSON path with .png).
 
 Time on one H100 with the defaults, an ESTIMATE from FLOP counts (not measured):
 training 3 x 10.3 GFLOPs x 128 = 4.0 TFLOPs per iteration of all four levels; at ~100 TFLOP/s (TF32
 convolutions) plus ~10 ms of kernel-launch overhead per level, ~80 ms, i.e. ~12 iterations/s, ~3000
-iterations per level in 280 s. Sampling ~1400 top-level equivalents x 512 samples x 7.8 GFLOPs = 5.6 PFLOPs,
-~60-90 s. With start-up and calibration, ~7 of the 8 minutes. At --size 64 every UNet costs 4x as much:
+iterations per level in 280 s (200 s by default since the real ladders take 120 s of the 8 minutes: ~2100
+iterations). Sampling ~1400 top-level equivalents x 512 samples x 7.8 GFLOPs = 5.6 PFLOPs,
+~60-90 s. With start-up, the real ladders and calibration, ~7.5 of the 8 minutes (the sweep's --n shrinks
+to keep the deadline). At --size 64 every UNet costs 4x as much:
 training gets ~4x fewer iterations and the deadline shrinks --n (or pass --widths 8,16,32,64).
 
 Usage::
@@ -81,6 +88,7 @@ from ..images.pipeline import (
     to_numpy_images,
 )
 from ..images.train import TRAIN_STATE, train_ladder
+from . import real_ladders
 from .chunks import CHUNKS, chunk_kids, chunk_summary, sample_sd
 from .common import device_name, single_thread, sync_device
 from .outputs import add_overwrite_argument, check_outputs, default_outputs
@@ -91,7 +99,7 @@ FULL = {
     "widths": (16, 32, 64, 128),
     "norm_groups": 8,
     "batch": 128,
-    "train_seconds": 280.0,
+    "train_seconds": 200.0,
     "probe_iters": 20,
     "cal_n": 32,
     "cal_steps": 144,
@@ -100,6 +108,7 @@ FULL = {
     "dpm_steps": (20, 10),
     "mlem_budgets": (250, 100, 50, 25),
     "deadline_seconds": 450.0,
+    "real_ladders_seconds": 120.0,
 }
 QUICK = {
     "size": 16,
@@ -115,6 +124,7 @@ QUICK = {
     "dpm_steps": (10,),
     "mlem_budgets": (10, 5),
     "deadline_seconds": 600.0,
+    "real_ladders_seconds": 12.0,
     "device": "cpu",
 }
 RESERVE = 20.0  # seconds kept for scoring, the plot and the JSON after the last run
@@ -237,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole script's time limit, met by shrinking --n or skipping runs, " + d("deadline_seconds"),
     )
     p.add_argument(
+        "--real-ladders-seconds",
+        type=float,
+        default=None,
+        help="time budget of the real-ladders timings run first (0 skips them), " + d("real_ladders_seconds"),
+    )
+    p.add_argument(
         "--ref-max", type=int, default=2000, help="for --data: at most this many reference images for SW (default 2000)"
     )
     p.add_argument(
@@ -296,6 +312,8 @@ def resolve(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict:
         )
     if args.iters is not None and args.iters < 1:
         p.error(f"--iters: expected an int >= 1, got {args.iters}")
+    if not s["real_ladders_seconds"] >= 0:
+        p.error("--real-ladders-seconds: expected a number of seconds >= 0 (0 skips the real ladders)")
     if not s["train_seconds"] > 0 or not s["deadline_seconds"] > 0:
         p.error("--train-seconds, --deadline-seconds: expected positive numbers")
     if not (args.lr > 0 and math.isfinite(args.lr)) or not (0 <= args.ema < 1):
@@ -738,6 +756,13 @@ def run(
     )
     phases["setup"] = _now() - t
 
+    real = None
+    if s["real_ladders_seconds"] > 0:
+        t = _now()
+        echo(f"real ladders: mlem bench real-ladders within {s['real_ladders_seconds']:g} s")
+        real = real_ladders.within(s["real_ladders_seconds"], device=device, quick=s["quick"], echo=echo)
+        phases["real_ladders"] = _now() - t
+
     tmp = None
     directory = s["ladder_dir"]
     if directory is None:
@@ -878,6 +903,7 @@ def run(
         "runs": runs,
         "summary": {k: v for k, v in summary.items() if k != "lines"},
         "summary_lines": summary["lines"],
+        "real_ladders": real,
         "phases_seconds": phases,
         "plot": plot_path,
     }

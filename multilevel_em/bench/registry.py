@@ -147,6 +147,14 @@ BENCHMARKS: Dict[str, Benchmark] = {
             ("results/cfg_pairing.json",),
             options="argv",
         ),
+        Benchmark(
+            "real-ladders",
+            "real_ladders",
+            "SD 1.4 + BK-SDM and DiT S/B/XL from their configs: FLOP share against seconds share per level, "
+            "eager and compiled, and the ML-EM plan made in FLOPs against the one made in seconds.",
+            ("results/real_ladders.json",),
+            options="argv",
+        ),
     )
 }
 

@@ -100,6 +100,12 @@ def test_quick_run_writes_json_and_plot(bench, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert data["total_seconds"] > 0  # how long it took is the benchmark's to report, not a test's to judge
     assert "equal cost 10" in capsys.readouterr().out
+    # The real ladders ran first, inside their time budget, and are in the same results file.
+    real = data["real_ladders"]
+    assert (
+        real["quick"] and real["device"] == "cpu" and real["timing"]["time_budget_seconds"] == q["real_ladders_seconds"]
+    )
+    assert set(real["models"]) == set(bench.real_ladders.MODELS) and "real_ladders" in data["phases_seconds"]
 
 
 @pytest.mark.slow

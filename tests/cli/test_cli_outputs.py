@@ -176,6 +176,7 @@ WORK = {
     "gpu": ("multilevel_em.bench.gpu_images", "run"),
     "distill": ("multilevel_em.bench.distill", "run"),
     "cfg-pairing": ("multilevel_em.bench.cfg_pairing", "unet"),
+    "real-ladders": ("multilevel_em.bench.real_ladders", "count_flops"),
     "fashion-reference": ("multilevel_em.bench.fashion_reference", "fashion_reference"),
 }
 
