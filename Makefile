@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 # Where ruff looks: everything in the repository (ruff skips .venv and other ignored folders).
 LINT_PATHS ?= .
 
-.PHONY: demo test test-fast test-compile lint docs docs-serve install clean
+.PHONY: demo test test-fast test-compile fashion-data lint docs docs-serve install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ docs: $(BIN)/.installed-docs
 
 docs-serve: $(BIN)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Fashion-MNIST's IDX files for the image benchmarks and training (Debian's package; needs root).
+# The tests do not need it: they write tiny IDX files of their own.
+fashion-data:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache build/site

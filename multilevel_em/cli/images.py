@@ -736,7 +736,8 @@ def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
 @click.option(
     "--data",
     default=None,
-    help="x_0: 'digits' or a folder of PNG/JPEG images; default: data-free (the teacher's own samples).",
+    help="x_0: 'digits', 'fashion-mnist' (the IDX files of Debian's dataset-fashion-mnist) or a folder of PNG/JPEG "
+    "images; default: data-free (the teacher's own samples).",
 )
 @click.option(
     "--samples",
