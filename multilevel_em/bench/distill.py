@@ -521,15 +521,31 @@ def main(argv=None, *, command: Optional[str] = None) -> None:
     )
     p.add_argument("--ladders", default="digits,data_free", help="with --extend: which distilled ladders to continue")
     a = p.parse_args(argv)
-    stages = [int(s) for s in a.stages.split(",")] if a.stages else None
+    try:
+        stages = [int(s) for s in a.stages.split(",") if s.strip()] if a.stages else None
+    except ValueError:
+        p.error(f"--stages: expected comma-separated iteration counts, got {a.stages!r}")
+    if stages is not None and (not stages or any(s < 1 for s in stages) or stages != sorted(set(stages))):
+        p.error(f"--stages: expected increasing iteration counts >= 1, got {a.stages!r}")
+    ladders = [x.strip() for x in a.ladders.split(",") if x.strip()]
+    if not ladders or any(x not in ("digits", "data_free") for x in ladders):
+        p.error(f"--ladders: expected some of digits, data_free, got {a.ladders!r}")
     default_out, default_plot = default_outputs("distill", a.quick)
     a.out, a.plot = a.out or default_out, a.plot or default_plot
     a.work = a.work or ("build/distill_bench_quick" if a.quick else "build/distill_bench")
     if a.extend is None:  # --extend adds stages to the results of the run it continues: it updates --out
         check_outputs(p, [a.out, a.plot], a.overwrite)
+    else:
+        try:
+            with open(a.out) as f:
+                last = json.load(f)["settings"]["stages"][-1]
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            p.error(f"--extend: continues a finished run, but {a.out} is not its results ({type(e).__name__}: {e})")
+        if a.extend <= last:
+            p.error(f"--extend: expected more than the run's last stage {last}, got {a.extend}")
     with single_thread():
         if a.extend is not None:
-            extend(a.extend, out=a.out, plot=a.plot, work=a.work, ladders=a.ladders.split(","), command=command)
+            extend(a.extend, out=a.out, plot=a.plot, work=a.work, ladders=ladders, command=command)
         else:
             run(quick=a.quick, out=a.out, plot=a.plot, work=a.work, seed=a.seed, stages=stages, command=command)
 

@@ -14,7 +14,7 @@ methods of the same names call those modules:
 
 Units: costs are in ``Calibration.cost_unit`` (seconds, FLOPs or the ladder's units, per
 sample); "top-level equivalents" divide by the top level's cost; ``ladder_cost`` uses the
-ladder's own costs, the units of :attr:`Solution.cost <multilevel_em.Solution.cost>`.
+ladder's own costs, the units of :attr:`Solution.cost_per_sample <multilevel_em.Solution.cost_per_sample>`.
 Errors are RMS over samples of Euclidean norms, in the state's units.
 """
 

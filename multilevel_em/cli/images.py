@@ -10,7 +10,7 @@ import click
 
 from .._text import plural
 from ..diffusion.registry import METHODS, SAMPLERS, teacher_samplers
-from ._common import command_line, parse_floats, parse_ints
+from ._common import command_line, given_options, parse_floats, parse_ints
 from ._errors import resume_on_interrupt, user_error
 from ._paths import IMAGE_EXTENSIONS, POSITIVE, SEED, THREADS, check_device, check_output_file, check_output_folder
 
@@ -416,6 +416,13 @@ def sample_cmd(
             )
         if workers is not None and ray_address is None:
             raise click.BadParameter("needs --ray (without Ray the job runs in this process)", param_hint="--workers")
+        grid_only = given_options(("scale", "threads"))
+        if grid_only:  # a job writes arrays (and --png files at scale 1); its workers take one thread each
+            raise click.BadParameter(
+                "only for an image grid (OUT ending in .png); a job folder has no grid, and its workers use one "
+                "thread each",
+                param_hint=", ".join(grid_only),
+            )
         check_output_folder(out, "--out")
         _sample_job(
             ladder_path,
@@ -672,7 +679,7 @@ def _sample_grid(
 def train_classifier_cmd(out, dataset, data_dir, epochs, seed, overwrite):
     """Train the small classifier whose features the image metrics (KID, Frechet distance) use.
 
-    digits: about 30 s on one core; fashion-mnist: about 10 minutes of one core for 8 epochs."""
+    digits: about 30 s on one core; fashion-mnist: about 50 minutes of one busy core for 8 epochs."""
     import torch
 
     from .._progress import progress_bar
