@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple
 
 from .registry import get
 
-__all__ = ["default_outputs", "output_problem", "check_outputs", "add_overwrite_argument"]
+__all__ = ["default_outputs", "output_problem", "check_outputs", "add_overwrite_argument", "threads_argument"]
 
 
 def default_outputs(name: str, quick: bool) -> Tuple[str, ...]:
@@ -55,3 +55,16 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace existing output files (without it, a run that would replace one stops before any work)",
     )
+
+
+def threads_argument(text: str) -> int:
+    """argparse ``type=`` for ``--threads``: an int from 1 to this machine's CPU count (argparse names the option
+    and exits with status 2 otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    cpus = os.cpu_count() or 1
+    if not 1 <= n <= cpus:
+        raise argparse.ArgumentTypeError(f"expected 1 to {cpus} (this machine's CPUs), got {n}")
+    return n

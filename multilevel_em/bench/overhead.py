@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from ..engine import BrownianPath, Ladder, solve
 from .common import device_name, sync_device, write_json
-from .outputs import add_overwrite_argument, check_outputs, default_outputs
+from .outputs import add_overwrite_argument, check_outputs, default_outputs, threads_argument
 
 WIDTHS = (64, 128, 256, 512)
 DIM = 64
@@ -355,7 +355,7 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
         "--settings", default="typical,sparse", help=f"comma-separated rate settings among {sorted(SETTINGS)}"
     )
     p.add_argument("--no-microbench", action="store_true", help="skip the per-level micro-benchmark")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=threads_argument, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -50,7 +50,7 @@ from ..calibration.rates import (
     idle_probabilities,
 )
 from .common import DIGITS_LADDER, device_name, sync_device
-from .outputs import add_overwrite_argument, check_outputs, default_outputs
+from .outputs import add_overwrite_argument, check_outputs, default_outputs, threads_argument
 
 # ----------------------------------------------------------------------------- the published configs
 
@@ -464,7 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="eager timings only (no torch.compile)")
     p.add_argument("--device", default=None, help="torch device (default cpu; cuda runs in fp16)")
     p.add_argument(
-        "--threads", type=int, default=1, help="CPU threads (default 1: steady on a shared machine; ignored on cuda)"
+        "--threads",
+        type=threads_argument,
+        default=1,
+        help="CPU threads (default 1: steady on a shared machine; ignored on cuda)",
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; 2+ when compiled)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per cell, their median reported (default 3)")

@@ -69,7 +69,7 @@ from ..images import MultilevelPipeline
 from . import overhead  # the MLP ladder
 from .common import DIGITS_LADDER as DIGITS
 from .common import device_name, em_cost_at, rms_error, write_json
-from .outputs import add_overwrite_argument, check_outputs, default_outputs
+from .outputs import add_overwrite_argument, check_outputs, default_outputs, threads_argument
 
 CONFIGS = {
     "full": {
@@ -686,7 +686,7 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
     the command line's uniform call and not recorded (the results never held one)."""
     p = argparse.ArgumentParser(prog="mlem bench wallclock", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (< 30 s): checks the script runs")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=threads_argument, default=1, help="torch CPU threads (default 1)")
     p.add_argument(
         "--out",
         default=None,

@@ -35,3 +35,9 @@ def test_bench_distill_names_bad_arguments_without_a_traceback(tmp_path):
     r = _cli(["bench", "distill", "--extend", "600", "--out", done])
     assert r.exit_code == 2 and "more than the run's last stage 600" in r.output
     assert json.loads(done.read_text()) == {"settings": {"stages": [300, 600]}}
+
+
+def test_argv_benchmarks_bound_threads():
+    for name in ("overhead", "wallclock", "real-ladders"):
+        r = _cli(["bench", name, "--threads", "0"])
+        assert r.exit_code == 2 and "--threads" in r.output and "Traceback" not in r.output, (name, r.output)
