@@ -281,9 +281,15 @@ def measure_profiles(
 
 
 def as_rates(times: np.ndarray, spans: np.ndarray, p: np.ndarray) -> list:
-    """Rate callables for :class:`~multilevel_em.diffusion.MultilevelDenoiser` with ``p`` at the calls
-    (times (N,), spans (N,), p (N, K - 1)): lambda_l(t_n) = p_{n,l} / h_n
-    (:func:`multilevel_em.calibration.rates.per_call_rates`)."""
+    """Deprecated: :func:`multilevel_em.calibration.rates.per_call_rates` (the rate callables' one home), which
+    this calls: lambda_l(t_n) = p_{n,l} / h_n for times (N,), spans (N,), p (N, K - 1)."""
+    import warnings
+
+    warnings.warn(
+        "multilevel_em.diffusion.rates.as_rates is deprecated: use multilevel_em.calibration.rates.per_call_rates",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return per_call_rates(times, spans, p)
 
 

@@ -196,3 +196,13 @@ def test_bench_rates_bad_input_through_the_cli(tmp_path):
     )
     assert r.exit_code != 0 and "--out" in r.output and "Traceback" not in r.output
     assert not os.path.exists(tmp_path / "p.png")
+
+
+def test_as_rates_is_a_deprecated_name_for_per_call_rates():
+    from multilevel_em.diffusion import rates as drates
+
+    t, h, p = np.array([0.5, 0.25]), np.array([0.25, 0.25]), np.array([[0.5], [1.0]])
+    with pytest.warns(DeprecationWarning, match="per_call_rates"):
+        old = drates.as_rates(t, h, p)
+    new = as_rates(t, h, p)
+    assert [r(0.5) for r in old] == [r(0.5) for r in new] == [2.0]
