@@ -99,6 +99,33 @@ def assert_moments(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, *, n_
 # One home, shared with the quick benchmark runs: multilevel_em.testing.
 from multilevel_em.testing import tiny_dit, tiny_unet, tiny_unet2d_condition  # noqa: E402
 
+
+def tiny_vae():
+    """A tiny ``AutoencoderKL`` (4 latent channels), random weights (seed 0): the stock pipelines need one."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=[8], latent_channels=4, norm_num_groups=8, layers_per_block=1).eval()
+
+
+def tiny_sd_pipeline(unet, scheduler):
+    """A stock ``StableDiffusionPipeline`` around ``unet`` with a tiny VAE, no text encoder (pass prompt embeds)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # ----------------------------------------------------------------------------- tiny image ladders
 
 

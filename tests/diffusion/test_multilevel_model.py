@@ -13,9 +13,9 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 from conftest import tiny_dit as _dit  # noqa: E402
+from conftest import tiny_sd_pipeline, tiny_vae  # noqa: E402
 from conftest import tiny_unet2d_condition as _unet_cond  # noqa: E402
 from diffusers import (  # noqa: E402
-    AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
     DiTPipeline,
@@ -43,9 +43,7 @@ SCHEDULERS = {
 }
 
 
-def _vae() -> AutoencoderKL:
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=[8], latent_channels=4, norm_num_groups=8, layers_per_block=1).eval()
+_vae = tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +62,7 @@ def _dit_pipe(top, scheduler):
     return pipe
 
 
-def _sd_pipe(top, scheduler):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        unet=top,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+_sd_pipe = tiny_sd_pipeline
 
 
 def _embeds(n: int, seed: int) -> torch.Tensor:

@@ -13,15 +13,14 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 from conftest import tiny_dit as _dit  # noqa: E402
+from conftest import tiny_sd_pipeline, tiny_vae  # noqa: E402
 from conftest import tiny_unet as _unet  # noqa: E402
 from conftest import tiny_unet2d_condition as _unet_cond  # noqa: E402
 from diffusers import (  # noqa: E402
-    AutoencoderKL,
     DDIMScheduler,
     DiTPipeline,
     DiTTransformer2DModel,
     PNDMScheduler,
-    StableDiffusionPipeline,
 )
 
 from multilevel_em.diffusion import MultilevelDenoiser, MultilevelModel  # noqa: E402
@@ -45,24 +44,10 @@ def _latents(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def _vae() -> AutoencoderKL:
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=[8], latent_channels=4, norm_num_groups=8, layers_per_block=1).eval()
+_vae = tiny_vae
 
 
-def _sd_pipe(top, scheduler):
-    pipe = StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=None,
-        tokenizer=None,
-        unet=top,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+_sd_pipe = tiny_sd_pipeline
 
 
 def _sd_kw(**kw):
