@@ -126,6 +126,34 @@ def tiny_sd_pipeline(unet, scheduler):
     return pipe
 
 
+# ----------------------------------------------------------------------------- tiny Fashion-MNIST files
+
+
+def write_idx(path, array, compress: bool = False) -> None:
+    """Write ``array`` (uint8) as an IDX file (gzip-compressed when ``compress``), as Fashion-MNIST ships."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(raw)
+
+
+def write_fashion_files(folder, n_train: int, n_test: int, seed: int = 1) -> str:
+    """Random 28x28 "Fashion-MNIST" IDX files (train and t10k, images and labels) in ``folder``; returns it."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28)))
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), np.arange(n) % 10)
+    return str(folder)
+
+
 # ----------------------------------------------------------------------------- tiny image ladders
 
 
@@ -198,4 +226,6 @@ __all__ = [
     "tiny_unet2d_condition",
     "tiny_dit",
     "train_tiny_ladder",
+    "write_idx",
+    "write_fashion_files",
 ]

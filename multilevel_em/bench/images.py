@@ -37,6 +37,7 @@ pipeline's report) and single-thread CPU wall-clock seconds per sample (sampling
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 import warnings
@@ -48,17 +49,18 @@ from ..calibration.samplers import squared_distances
 from ..diffusion import registry
 from ..diffusion.registry import SAMPLERS
 from ..engine.random import sample_generators
-from ..images.data import load_digits
+from ..images.ladder import ladder_dataset
 from ..images.metrics import (
     bootstrap_counts,
     frechet_bootstrap,
     frechet_distance,
     kid_bootstrap,
     kid_unbiased,
-    load_digit_classifier,
     percentile_ci,
+    quality_reference,
 )
 from ..images.pipeline import MultilevelPipeline
+from .cache import RunCache, check_shard, file_sha256, jsonable, shard_units
 from .common import device_name, pareto_front, single_thread, write_json
 
 __all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds", "em_pathwise", "repair_em_pathwise"]
@@ -84,7 +86,50 @@ FULL_RUNS = (
     ("mlem", {"sampler": "dpmpp_2m", "budget": 25}),
     ("mlem", {"sampler": "ddpm", "budget": 25}),
 )
+#: Fashion-MNIST runs (the issue's list): the top model alone with every sampler, EM at 50 and 250 steps and
+#: DPM-Solver++ at 10 and 25 (the resolution checks), T-Stitch with its published default (the smallest level
+#: for 40% of DDIM's steps) and with each level inside DPM-Solver++, ML-EM inside every sampler the calibration
+#: measures (and DDPM / DPM++ SDE by EM's model), and the planner's choice at each budget.
+FASHION_RUNS = (
+    ("em", {"steps": 50}),
+    ("em", {"steps": 250}),
+    ("ddpm", {"steps": 50}),
+    ("ddim", {"steps": 10}),
+    ("ddim", {"steps": 25}),
+    ("dpmpp_2m", {"steps": 5}),
+    ("dpmpp_2m", {"steps": 10}),
+    ("dpmpp_2m", {"steps": 25}),
+    ("dpmpp_sde", {"steps": 10}),
+    ("dpmpp_sde", {"steps": 25}),
+    ("unipc", {"steps": 5}),
+    ("unipc", {"steps": 10}),
+    ("unipc", {"steps": 25}),
+    ("stitch", {"steps": 25}),
+    ("stitch", {"steps": 10, "sampler": "dpmpp_2m", "fractions": [0.4, 0.0, 0.0]}),
+    ("stitch", {"steps": 10, "sampler": "dpmpp_2m", "fractions": [0.0, 0.4, 0.0]}),
+    ("stitch", {"steps": 10, "sampler": "dpmpp_2m", "fractions": [0.0, 0.0, 0.4]}),
+    ("mlem", {"sampler": "em", "budget": 25}),
+    ("mlem", {"sampler": "em", "budget": 50}),
+    ("mlem", {"sampler": "dpmpp_2m", "budget": 5}),
+    ("mlem", {"sampler": "dpmpp_2m", "budget": 10}),
+    ("mlem", {"sampler": "unipc", "budget": 10}),
+    ("mlem", {"sampler": "ddim", "budget": 10}),
+    ("mlem", {"sampler": "ddpm", "budget": 25}),
+    ("mlem", {"sampler": "dpmpp_sde", "budget": 10}),
+    ("auto", {"budget": 5}),
+    ("auto", {"budget": 10}),
+    ("auto", {"budget": 25}),
+)
 SETTINGS = {
+    "fashion": {
+        "n": 2000,
+        "runs": FASHION_RUNS,
+        "boot": 1000,
+        "pathwise_n": 128,
+        "em_ref_steps": 500,
+        "ode_ref_steps": 200,
+        "batch": 250,
+    },
     "full": {
         "n": 2000,
         "runs": FULL_RUNS,
@@ -107,9 +152,12 @@ SETTINGS = {
 #: Fewest samples per run (--n): the bootstrap and the covariance fit need a few dozen.
 N_MIN = 64
 LEVEL = 0.95  # bootstrap interval level
-#: Single-thread seconds per sample per top-level equivalent of the top UNet on this project's CPU
-#: (2.2-2.5 ms measured on the shared 2-core machine, 2026-12-02), for the up-front estimate only.
+#: Single-thread seconds per sample per top-level equivalent of the digits ladder's top UNet on this project's CPU
+#: (2.2-2.5 ms measured on the shared 2-core machine, 2026-12-02), for the up-front estimate only; another
+#: ladder's is scaled by its top level's FLOPs (:func:`seconds_per_top_equivalent`).
 SECONDS_PER_TOP_EQ = 2.5e-3
+#: FLOPs per sample of the digits ladder's top UNet (width 32 at 16x16), the unit of SECONDS_PER_TOP_EQ.
+_DIGITS_TOP_FLOPS = 121.9e6
 #: ML-EM's runs took ~1.6x the time of their counted cost there (small levels cost more than their FLOP share).
 MLEM_WALL_FACTOR = 1.6
 #: An ML-EM run is compared with the single-model runs costing at most this much more (relative).
@@ -117,9 +165,16 @@ EQUAL_COST_SLACK = 0.05
 ODE_SAMPLERS = tuple(name for name in SAMPLERS if registry.family(name) == "ode")
 
 
-def _sampler(method: str, knob: Dict) -> str:
+#: Cache keys of the two reference units (the runs' keys are their labels).
+ODE_REF = "reference - DPM++ ODE"
+EM_PATHWISE = "pathwise - EM family"
+
+
+def _sampler(method: str, knob: Dict) -> Optional[str]:
     if method in ("mlem", "stitch"):
         return knob.get("sampler") or registry.METHOD_SPECS[method].default_sampler
+    if method == "auto":
+        return None  # chosen by the planner: known after the run (row["sampler"])
     return method
 
 
@@ -127,9 +182,23 @@ def _family(method: str, knob: Dict) -> str:
     return f"mlem:{_sampler(method, knob)}" if method == "mlem" else method
 
 
+def _stitch_levels(knob: Dict) -> str:
+    fr = knob.get("fractions")
+    if fr is None:
+        return ""
+    used = [f"level {i + 1} {f:.0%}" for i, f in enumerate(fr) if f > 0]
+    return f" ({', '.join(used) or 'top only'})"
+
+
 def _label(method: str, knob: Dict) -> str:
     if method == "mlem":
         return f"ML-EM in {_sampler(method, knob)}, budget {knob['budget']:g}"
+    if method == "auto":
+        return f"planner's choice, budget {knob['budget']:g}"
+    if method == "stitch":
+        s = knob.get("sampler")
+        inner = "" if s is None or s == registry.METHOD_SPECS["stitch"].default_sampler else f" {registry.label(s)}"
+        return f"{registry.label(method)}{inner} {knob['steps']}{_stitch_levels(knob)}"
     return f"{registry.label(method)} {knob['steps']}"
 
 
@@ -142,6 +211,13 @@ def _pathwise_kind(method: str, knob: Dict) -> Optional[str]:
     return None
 
 
+def _auto_pathwise_kind(report: Dict) -> Optional[str]:
+    """The planner's choice is scored pathwise when it chose a deterministic sampler (against the ODE reference)."""
+    choice = report.get("auto") or {}
+    s = choice.get("sampler") or choice.get("method")
+    return "ode" if s in ODE_SAMPLERS else None
+
+
 def _check_runs(runs) -> List[Tuple[str, Dict]]:
     out = []
     for item in runs:
@@ -150,9 +226,9 @@ def _check_runs(runs) -> List[Tuple[str, Dict]]:
             knob = dict(knob)
         except (TypeError, ValueError):
             raise ValueError(f"runs: expected (method, knobs) pairs, got {item!r}") from None
-        if method == "mlem":
+        if method in ("mlem", "auto"):
             if "budget" not in knob:
-                raise ValueError(f"runs: an 'mlem' run needs a budget, got {knob!r}")
+                raise ValueError(f"runs: an {method!r} run needs a budget, got {knob!r}")
         elif "steps" not in knob:
             raise ValueError(f"runs: a {method!r} run needs steps, got {knob!r}")
         out.append((method, knob))
@@ -171,22 +247,32 @@ def _plan(pipe, knob: Dict):
     return plan, (str(caught[0].message) if caught else None)
 
 
+def seconds_per_top_equivalent(pipe) -> float:
+    """Estimated single-thread seconds per sample of one top-level evaluation: :data:`SECONDS_PER_TOP_EQ` scaled by
+    the top level's FLOPs (the Fashion-MNIST top, 274 MFLOPs, measured 4.5-5.5 ms at batch 64)."""
+    return SECONDS_PER_TOP_EQ * pipe.ladder.costs[-1] / _DIGITS_TOP_FLOPS
+
+
 def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode_ref_steps: int) -> Dict:
     """Up-front wall-clock estimate from the counted costs: per run its predicted top-level equivalents
-    per sample (steps; T-Stitch's level shares; ML-EM's plan) x n x :data:`SECONDS_PER_TOP_EQ` (x
+    per sample (steps; T-Stitch's level shares; ML-EM's plan) x n x :func:`seconds_per_top_equivalent` (x
     :data:`MLEM_WALL_FACTOR` for ML-EM), plus the pathwise references on ``pathwise_n`` samples."""
     L = pipe.ladder
+    unit = seconds_per_top_equivalent(pipe)
     per_run, total = [], 0.0
     for method, knob in runs:
         if method == "mlem":
             cost = _plan(pipe, knob)[0].top_equivalents
             factor = MLEM_WALL_FACTOR
+        elif method == "auto":
+            cost, factor = float(knob["budget"]), MLEM_WALL_FACTOR
         elif method == "stitch":
-            cost = knob["steps"] * (0.4 * L.costs[0] / L.costs[-1] + 0.6)
+            fr = knob.get("fractions") or [0.4] + [0.0] * (len(L.costs) - 2)
+            cost = knob["steps"] * (sum(f * c / L.costs[-1] for f, c in zip(fr, L.costs)) + 1 - sum(fr))
             factor = 1.0
         else:
             cost, factor = float(knob["steps"]), 1.0
-        sec = cost * n * SECONDS_PER_TOP_EQ * factor
+        sec = cost * n * unit * factor
         per_run.append({"run": _label(method, knob), "predicted_top_equivalents": cost, "seconds": sec})
         total += sec
     kinds = {_pathwise_kind(m, k) for m, k in runs}
@@ -197,7 +283,7 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
     )  # em_pathwise's batch
     ref = (
         pathwise_n
-        * SECONDS_PER_TOP_EQ
+        * unit
         * ((em_ref_steps + em_again if "em" in kinds else 0) + (ode_ref_steps if "ode" in kinds else 0))
     )
     return {
@@ -205,7 +291,7 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
         "runs_seconds": total,
         "references_seconds": ref,
         "per_run": per_run,
-        "seconds_per_top_equivalent": SECONDS_PER_TOP_EQ,
+        "seconds_per_top_equivalent": unit,
         "mlem_wall_factor": MLEM_WALL_FACTOR,
     }
 
@@ -215,14 +301,11 @@ def estimate_seconds(pipe, runs, n: int, pathwise_n: int, em_ref_steps: int, ode
 CENTRED = ("fd",)
 
 
-def em_pathwise(
-    pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_seed: int, echo: Callable[[str], None] = print
-) -> Dict[str, Dict]:
-    """Pathwise errors of EM-family runs ((method, knobs) pairs whose sampler is "em"): each run once more on
-    ``pn`` samples from one ``torch.Generator().manual_seed(seed)`` (so x_T and the virtual Brownian tree are
-    the same in every run, whatever its step count) against EM-top with ``ref_steps`` steps on them.
-    Returns ``{label: {"pathwise_error", "pathwise_error_ci", "pathwise_reference", "pathwise_samples"}}``."""
-    counts = bootstrap_counts(pn, boot, boot_seed)
+def em_pathwise_sq(pipe, runs, pn: int, ref_steps: int, seed: int, echo: Callable[[str], None] = print) -> Dict:
+    """Squared pathwise distances of EM-family runs ((method, knobs) pairs whose sampler is "em"): each run once
+    more on ``pn`` samples from one ``torch.Generator().manual_seed(seed)`` (so x_T and the virtual Brownian tree
+    are the same in every run, whatever its step count) against EM-top with ``ref_steps`` steps on them.
+    Returns ``{label: (pn,) float64 tensor}``."""
 
     def run(method, knob):
         with warnings.catch_warnings():
@@ -232,16 +315,28 @@ def em_pathwise(
     with torch.no_grad():
         echo(f"pathwise reference: EM-top {ref_steps} steps on {pn} samples (one generator: shared Brownian tree)")
         ref = run("em", {"steps": ref_steps})
-        out = {}
-        for method, knob in runs:
-            sq = squared_distances(run(method, knob), ref)
-            out[_label(method, knob)] = {
-                "pathwise_error": math.sqrt(float(sq.mean())),
-                "pathwise_error_ci": _interval((counts @ sq / pn).sqrt()),
-                "pathwise_reference": f"EM-top {ref_steps} steps, same noise and Brownian path",
-                "pathwise_samples": f"a separate batch of {pn} from Generator({seed})",
-            }
-    return out
+        return {_label(m, k): squared_distances(run(m, k), ref) for m, k in runs}
+
+
+def _em_pathwise_rows(sq: Dict, counts: torch.Tensor, ref_steps: int, seed: int, pn: int) -> Dict[str, Dict]:
+    return {
+        label: {
+            "pathwise_error": math.sqrt(float(v.mean())),
+            "pathwise_error_ci": _interval((counts @ v / pn).sqrt()),
+            "pathwise_reference": f"EM-top {ref_steps} steps, same noise and Brownian path",
+            "pathwise_samples": f"a separate batch of {pn} from Generator({seed})",
+        }
+        for label, v in sq.items()
+    }
+
+
+def em_pathwise(
+    pipe, runs, pn: int, ref_steps: int, seed: int, boot: int, boot_seed: int, echo: Callable[[str], None] = print
+) -> Dict[str, Dict]:
+    """Pathwise errors of EM-family runs (:func:`em_pathwise_sq`) with bootstrap intervals over the ``pn`` samples.
+    Returns ``{label: {"pathwise_error", "pathwise_error_ci", "pathwise_reference", "pathwise_samples"}}``."""
+    sq = em_pathwise_sq(pipe, runs, pn, ref_steps, seed, echo)
+    return _em_pathwise_rows(sq, bootstrap_counts(pn, boot, boot_seed), ref_steps, seed, pn)
 
 
 def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = print) -> Dict:
@@ -283,6 +378,77 @@ def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = pri
     return d
 
 
+def _fingerprint(pipe, ladder: str, quality, cfg: Dict, n: int, pn: int, seed: int, boot_seed: int) -> Dict:
+    """What a cached run depends on: the ladder's weights and calibration, the scoring, and the sampling settings
+    (not ``boot``: the bootstrap is redone at analysis)."""
+    files = sorted(
+        os.path.join(root, f)
+        for root, _, names in os.walk(ladder)
+        for f in names
+        if f.endswith(".safetensors") and not f.startswith("training_state") or f == "calibration.json"
+    )
+    return {
+        "ladder": os.path.abspath(ladder),
+        "files_sha256": {os.path.relpath(f, ladder): file_sha256(f) for f in files},
+        "dataset": quality.dataset,
+        "reference": quality.reference_name,
+        "extractor": quality.extractor,
+        "n": n,
+        "pathwise_n": pn,
+        "seed": int(seed),
+        "batch": cfg["batch"],
+        "em_ref_steps": cfg["em_ref_steps"],
+        "ode_ref_steps": cfg["ode_ref_steps"],
+        "torch": torch.__version__,
+    }
+
+
+def _unit_costs(units, est: Dict, pn: int, cfg: Dict) -> List[float]:
+    """Estimated seconds of each unit (for balancing shards)."""
+    per_run = {r["run"]: r["seconds"] for r in est["per_run"]}
+    out = []
+    for key, kind, _payload in units:
+        if kind == "run":
+            out.append(per_run[key])
+        elif kind == "ode_ref":
+            out.append(pn * cfg["ode_ref_steps"] * est["seconds_per_top_equivalent"])
+        else:
+            out.append(est["references_seconds"])
+    return out
+
+
+def _reference_rows(quality, ref_feats: torch.Tensor, counts: torch.Tensor, n: int, seed: int) -> List[Dict]:
+    """Real images scored like the runs, at the same n: the floor (training images) and blurred training images
+    ("clearly worse"); empty when the reference set is the training set (digits)."""
+    if quality.floor_pool is None:
+        return []
+    from .fashion_reference import BLURS, gaussian_blur
+
+    if n > len(quality.floor_pool):
+        raise ValueError(f"n: the training split has {len(quality.floor_pool)} images, fewer than n = {n}")
+    idx = torch.randperm(len(quality.floor_pool), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    x = quality.floor_pool[idx]
+    images = {"training images (the floor)": x}
+    for sigma in BLURS:
+        images[f"training images blurred, sigma {sigma:g} px"] = gaussian_blur(x, sigma)
+    rows = []
+    for name, im in images.items():
+        f = quality.features(im)
+        fd, kid = frechet_distance(f, ref_feats), kid_unbiased(f, ref_feats)
+        rows.append(
+            {
+                "images": name,
+                "n": n,
+                "fd": fd,
+                "fd_ci": _interval(frechet_bootstrap(f, ref_feats, counts), "fd", fd),
+                "kid": kid,
+                "kid_ci": _interval(kid_bootstrap(f, ref_feats, counts), "kid", kid),
+                "samples": f"{n} training images drawn with torch.randperm (seed {seed})",
+            }
+        )
+    return rows
+
+
 def _interval(reps: torch.Tensor, metric: str = "", point: Optional[float] = None) -> List[float]:
     return list(percentile_ci(reps, LEVEL, center=point if metric in CENTRED else None))
 
@@ -304,6 +470,10 @@ def run_images_bench(
     plot_path: Optional[str] = "results/images.png",
     command: Optional[str] = None,
     echo: Callable[[str], None] = print,
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    shard: Optional[str] = None,
 ) -> Dict:
     """Run every setting (module docstring); write the JSON and the plot and return the results.
 
@@ -314,10 +484,22 @@ def run_images_bench(
             batch: override the settings (``runs``: (method, knobs) pairs as in :data:`FULL_RUNS`).
         seed: noise seed (sample i of every run uses ``sample_generators(seed, [i])``).
         boot_seed: seed of the bootstrap resamples (the same for every run: paired).
+        dataset: whose extractor and reference set score the images (:func:`quality_reference`); default
+            the ladder's own data set (``model_index.json``), else digits. It also picks the default
+            settings: :data:`SETTINGS` ``"fashion"`` for Fashion-MNIST, ``"full"`` otherwise.
+        data_dir: Fashion-MNIST's IDX folder (default: the Debian package's).
+        cache_dir: a folder keeping every finished run (features, costs, its first pathwise_n samples), so an
+            interrupted benchmark resumes where it stopped; entries of other settings or another ladder are
+            refused, naming the folder.
+        shard: ``"i/k"``: compute only the i-th of k shares of the runs (balanced by estimated cost) into
+            ``cache_dir`` and return without analysing; k processes (one per core) fill the cache, then a run
+            without ``shard`` analyses.
 
     Raises ValueError (naming the argument) for bad settings, FloatingPointError for NaN samples or metrics.
     """
-    cfg = dict(SETTINGS["quick" if quick else "full"])
+    pipe = MultilevelPipeline.from_pretrained(ladder)
+    dataset = dataset or ladder_dataset(pipe.ladder) or "digits"
+    cfg = dict(SETTINGS["quick" if quick else "fashion" if dataset.startswith("fashion") else "full"])
     for key, val in (
         ("n", n),
         ("runs", runs),
@@ -342,22 +524,31 @@ def run_images_bench(
     if pn < 2:
         raise ValueError(f"pathwise_n: expected at least 2, got {pn}")
     plan_runs = _check_runs(cfg["runs"])
-    pipe = MultilevelPipeline.from_pretrained(ladder)
-    if any(m == "mlem" for m, _ in plan_runs) and pipe.calibration is None:
-        raise ValueError(f"{ladder}: ML-EM runs need a calibration (mlem calibrate --ladder {ladder})")
+    if any(m in ("mlem", "auto") for m, _ in plan_runs) and pipe.calibration is None:
+        raise ValueError(f"{ladder}: ML-EM and auto runs need a calibration (mlem calibrate --ladder {ladder})")
+    shard_i, shard_k = check_shard(shard)
+    if shard is not None and cache_dir is None:
+        raise ValueError("shard: a shard writes its runs to cache_dir; give cache_dir too")
+    quality = quality_reference(dataset, pipe.ladder.sample_size, data_dir)
     est = estimate_seconds(pipe, plan_runs, n, pn, cfg["em_ref_steps"], cfg["ode_ref_steps"])
     echo(
         f"{len(plan_runs)} runs x {n} samples; estimated {est['seconds'] / 60:.1f} min on 1 thread "
-        f"(counted cost x {SECONDS_PER_TOP_EQ * 1e3:g} ms per sample per top-level equivalent, ML-EM x "
+        f"(counted cost x {est['seconds_per_top_equivalent'] * 1e3:.3g} ms per sample per top-level equivalent, ML-EM x "
         f"{MLEM_WALL_FACTOR:g}; references {est['references_seconds'] / 60:.1f} min)"
     )
-    clf = load_digit_classifier()
-    ref_x = load_digits(pipe.ladder.sample_size).x
-    with torch.no_grad():
-        ref_feats = clf.features(ref_x).double()
-    counts = bootstrap_counts(n, cfg["boot"], boot_seed)
-    counts_p = bootstrap_counts(pn, cfg["boot"], boot_seed + 1)
     gens_seed = int(seed)
+    kinds = {_pathwise_kind(m, k) for m, k in plan_runs}
+    em_runs = [(m, k) for m, k in plan_runs if _pathwise_kind(m, k) == "em"]
+    # Units of work, each cached on its own: every run (features, costs, its first pn samples), the ODE
+    # reference (pn samples), and the EM-family pathwise batch (one reference and every EM-family run on it).
+    units = [(_label(m, k), "run", (m, k)) for m, k in plan_runs]
+    if "ode" in kinds or "auto" in {m for m, _ in plan_runs}:
+        units.append((ODE_REF, "ode_ref", None))
+    if em_runs:
+        units.append((EM_PATHWISE, "em_pathwise", em_runs))
+    cache = RunCache(cache_dir, _fingerprint(pipe, ladder, quality, cfg, n, pn, seed, boot_seed))
+    if cache_dir is not None:
+        echo(f"cache: {cache_dir} ({sum(key in cache for key, _, _ in units)} of {len(units)} units done)")
     started = time.perf_counter()
 
     def sample(method, knob, count):
@@ -376,83 +567,112 @@ def run_images_bench(
             rep = res.report
         return torch.cat(xs), top / count, wall / count, rep
 
+    def compute(key, kind, payload):
+        if kind == "ode_ref":
+            echo(f"pathwise reference: DPM++ {cfg['ode_ref_steps']} steps on the first {pn} samples")
+            return {"x": sample("dpmpp_2m", {"steps": cfg["ode_ref_steps"]}, pn)[0]}, {}
+        if kind == "em_pathwise":
+            sq = em_pathwise_sq(pipe, payload, pn, cfg["em_ref_steps"], seed, echo)
+            return {f"sq{i}": v for i, v in enumerate(sq.values())}, {"labels": list(sq)}
+        method, knob = payload
+        x, top, wall, rep = sample(method, knob, n)
+        f = quality.features(x)
+        if not bool(torch.isfinite(f).all()):
+            raise FloatingPointError(f"{key}: the classifier's features are NaN or Inf")
+        meta = {"method": method, "knob": knob, "top": top, "wall": wall, "report": rep}
+        return {"features": f, "x_head": x[:pn].clone()}, meta
+
+    mine = units if shard is None else shard_units(units, _unit_costs(units, est, pn, cfg), shard_i, shard_k)
+    with single_thread(), torch.no_grad():
+        for key, kind, payload in mine:
+            if key in cache:
+                echo(f"{key}: from the cache ({cache.path(key)})")
+                continue
+            tensors, meta = compute(key, kind, payload)
+            cache.put(key, tensors, meta)
+    if shard is not None:
+        done = [key for key, _, _ in mine]
+        echo(f"shard {shard_i + 1}/{shard_k}: {len(done)} units in {cache_dir}; run without --shard to analyse")
+        return {"shard": [shard_i + 1, shard_k], "units": done, "cache_dir": cache_dir}
+    ref_feats = quality.features(quality.reference)
+    counts = bootstrap_counts(n, cfg["boot"], boot_seed)
+    counts_p = bootstrap_counts(pn, cfg["boot"], boot_seed + 1)
+    references = _reference_rows(quality, ref_feats, counts, n, seed)
     rows: List[Dict] = []
     reps: Dict[str, Dict[str, torch.Tensor]] = {}
-    with single_thread(), torch.no_grad():
-        refs = {}
-        kinds = {_pathwise_kind(m, k) for m, k in plan_runs}
-        em_runs = [(m, k) for m, k in plan_runs if _pathwise_kind(m, k) == "em"]
-        em_path = (
-            em_pathwise(pipe, em_runs, pn, cfg["em_ref_steps"], seed, cfg["boot"], boot_seed + 1, echo)
-            if em_runs
-            else {}
-        )
-        if "ode" in kinds:
-            echo(f"pathwise reference: DPM++ {cfg['ode_ref_steps']} steps on the first {pn} samples")
-            refs["ode"] = sample("dpmpp_2m", {"steps": cfg["ode_ref_steps"]}, pn)[0]
-        for method, knob in plan_runs:
-            label = _label(method, knob)
-            x, top, wall, rep = sample(method, knob, n)
-            f = clf.features(x.float().clamp(-1, 1)).double()
-            if not bool(torch.isfinite(f).all()):
-                raise FloatingPointError(f"{label}: the classifier's features are NaN or Inf")
-            kid, fd = kid_unbiased(f, ref_feats), frechet_distance(f, ref_feats)
-            kb, fb = kid_bootstrap(f, ref_feats, counts), frechet_bootstrap(f, ref_feats, counts)
-            row = {
-                "label": label,
-                "family": _family(method, knob),
-                "method": method,
-                "sampler": _sampler(method, knob),
-                **knob,
-                "steps_run": rep["steps"],
-                "top_equivalents": top,
-                "wall_seconds_per_sample": wall,
-                "kid": kid,
-                "kid_ci": _interval(kb, "kid", kid),
-                "fd": fd,
-                "fd_ci": _interval(fb, "fd", fd),
-                "fd_ci_uncentred": _interval(fb),
-                "evaluations_per_sample": [lv["evaluations_per_sample"] for lv in rep["levels"]],
-            }
-            for m, point, b in (("kid", kid, kb), ("fd", fd, fb)):
-                # the percentile interval can miss the point estimate when the bootstrap is biased (resamples
-                # repeat samples: FD's finite-n bias grows; KID's heavy tail): recorded, not hidden
-                row[f"{m}_boot_mean"] = float(b.mean())
-                row[f"{m}_point_in_ci"] = row[f"{m}_ci"][0] <= point <= row[f"{m}_ci"][1]
-            reps[label] = {"kid": kb, "fd": fb}
-            kind = _pathwise_kind(method, knob)
-            if kind is None:
-                row["pathwise_error"] = None
-                row["pathwise_note"] = (
-                    f"{row['sampler']} draws fresh noise for every step count: no converged "
-                    "pathwise solution to measure against"
-                )
-            elif kind == "em":
-                row.update(em_path[label])
-            else:
-                sq = squared_distances(x[:pn], refs[kind])
-                row["pathwise_error"] = math.sqrt(float(sq.mean()))
-                row["pathwise_error_ci"] = _interval((counts_p @ sq / pn).sqrt())
-                row["pathwise_reference"] = (
-                    f"EM-top {cfg['em_ref_steps']} steps" if kind == "em" else f"DPM++ {cfg['ode_ref_steps']} steps"
-                )
-            if method == "mlem":
-                plan, warned = _plan(pipe, knob)
-                row["plan"] = rep.get("plan")
-                row["plan_source"] = (
-                    f"the calibration's EM model ({warned})"
-                    if warned
-                    else f"the calibration's measured {row['sampler']} curve"
-                )
-            rows.append(row)
-            pw = "" if row["pathwise_error"] is None else f", path err {row['pathwise_error']:.3g}"
-            echo(
-                f"{label:>28}: {top:7.2f} top-eq, {wall * 1e3:7.2f} ms/sample, KID {kid:8.4g} "
-                f"[{row['kid_ci'][0]:.4g}, {row['kid_ci'][1]:.4g}], FD {fd:8.4g} "
-                f"[{row['fd_ci'][0]:.3f}, {row['fd_ci'][1]:.3f}]{pw}"
+    em_path = {}
+    if em_runs:
+        t, meta = cache.get(EM_PATHWISE)
+        sq = {label: t[f"sq{i}"] for i, label in enumerate(meta["labels"])}
+        em_path = _em_pathwise_rows(sq, counts_p, cfg["em_ref_steps"], seed, pn)
+    ode_ref = cache.get(ODE_REF)[0]["x"] if ODE_REF in cache else None
+    for method, knob in plan_runs:
+        label = _label(method, knob)
+        tensors, meta = cache.get(label)
+        if meta.get("method") != method or meta.get("knob") != jsonable(knob):
+            raise ValueError(f"cache_dir: {cache.path(label)} holds another run under the label {label!r}")
+        f, x_head, top, wall, rep = tensors["features"], tensors["x_head"], meta["top"], meta["wall"], meta["report"]
+        kid, fd = kid_unbiased(f, ref_feats), frechet_distance(f, ref_feats)
+        kb, fb = kid_bootstrap(f, ref_feats, counts), frechet_bootstrap(f, ref_feats, counts)
+        sampler_run = _sampler(method, knob) if method != "auto" else (rep.get("auto") or {}).get("sampler")
+        row = {
+            "label": label,
+            "family": _family(method, knob),
+            "method": method,
+            "sampler": sampler_run,
+            **knob,
+            "steps_run": rep["steps"],
+            "top_equivalents": top,
+            "wall_seconds_per_sample": wall,
+            "kid": kid,
+            "kid_ci": _interval(kb, "kid", kid),
+            "fd": fd,
+            "fd_ci": _interval(fb, "fd", fd),
+            "fd_ci_uncentred": _interval(fb),
+            "evaluations_per_sample": [lv["evaluations_per_sample"] for lv in rep["levels"]],
+        }
+        if method == "auto":
+            row["auto"] = rep.get("auto")
+        for m, point, b in (("kid", kid, kb), ("fd", fd, fb)):
+            # the percentile interval can miss the point estimate when the bootstrap is biased (resamples
+            # repeat samples: FD's finite-n bias grows; KID's heavy tail): recorded, not hidden
+            row[f"{m}_boot_mean"] = float(b.mean())
+            row[f"{m}_point_in_ci"] = row[f"{m}_ci"][0] <= point <= row[f"{m}_ci"][1]
+        reps[label] = {"kid": kb, "fd": fb}
+        kind = _pathwise_kind(method, knob) if method != "auto" else _auto_pathwise_kind(rep)
+        if kind is None:
+            row["pathwise_error"] = None
+            row["pathwise_note"] = (
+                f"{row['sampler']} draws fresh noise for every step count: no converged "
+                "pathwise solution to measure against"
             )
+        elif kind == "em":
+            row.update(em_path[label])
+        else:
+            sq = squared_distances(x_head, ode_ref)
+            row["pathwise_error"] = math.sqrt(float(sq.mean()))
+            row["pathwise_error_ci"] = _interval((counts_p @ sq / pn).sqrt())
+            row["pathwise_reference"] = f"DPM++ {cfg['ode_ref_steps']} steps"
+        if method == "mlem":
+            plan, warned = _plan(pipe, knob)
+            row["plan"] = rep.get("plan")
+            row["plan_source"] = (
+                f"the calibration's EM model ({warned})"
+                if warned
+                else f"the calibration's measured {row['sampler']} curve"
+            )
+        rows.append(row)
+        pw = "" if row["pathwise_error"] is None else f", path err {row['pathwise_error']:.3g}"
+        echo(
+            f"{label:>28}: {top:7.2f} top-eq, {wall * 1e3:7.2f} ms/sample, KID {kid:8.4g} "
+            f"[{row['kid_ci'][0]:.4g}, {row['kid_ci'][1]:.4g}], FD {fd:8.4g} "
+            f"[{row['fd_ci'][0]:.3f}, {row['fd_ci'][1]:.3f}]{pw}"
+        )
+    for r in references:
+        echo(f"{r['images']:>28}: FD {r['fd']:8.4g} [{r['fd_ci'][0]:.3f}, {r['fd_ci'][1]:.3f}]")
     total_wall = time.perf_counter() - started
     analysis = _analyse(rows, reps)
+    analysis["lines"] += _headline(rows, reps, analysis)
     for line in analysis["lines"]:
         echo(line)
     cal = pipe.calibration
@@ -483,10 +703,17 @@ def run_images_bench(
             "EM's Brownian increments are then drawn step by step (not shared across step counts), so the "
             "EM pathwise errors use a separate batch from Generator(seed) with a shared Brownian tree"
         ),
-        "reference_set": f"all {len(ref_x)} scikit-learn digits at 16x16 (fixed, not resampled)",
+        "dataset": quality.dataset,
+        "reference_set": quality.reference_name + ", not resampled",
+        "extractor": quality.extractor,
+        "protocol": (
+            f"{quality.extractor}; n = {n} generated samples per run against {quality.reference_name}; "
+            f"{LEVEL:.0%} paired bootstrap intervals ({cfg['boot']} resamples)"
+        ),
+        "references": references,
         "metrics": {
-            "kid": "unbiased MMD^2, cubic polynomial kernel, 64-d digit-classifier features (unscaled)",
-            "fd": "Fréchet distance of Gaussians fitted to the 64-d digit-classifier features (eigh square roots)",
+            "kid": f"unbiased MMD^2, cubic polynomial kernel, features of {quality.extractor} (unscaled)",
+            "fd": f"Fréchet distance of Gaussians fitted to the features of {quality.extractor} (eigh square roots)",
             "ci": (
                 f"{LEVEL:.0%} percentile bootstrap over the generated samples, {cfg['boot']} resamples, seed "
                 f"{boot_seed}; the same resampled indices for every run, so differences are paired. KID's "
@@ -502,7 +729,7 @@ def run_images_bench(
             "resolved": "a difference is resolved when its paired bootstrap interval excludes 0 (per pair, uncorrected)",
             "pathwise_error": (
                 f"RMS over {pn} samples (a subset, to save compute) of the Euclidean distance (data "
-                f"scale, 1x16x16) to the sampler's converged output from the same noise: em and ML-EM "
+                f"scale, {'x'.join(map(str, pipe.ladder.shape))}) to the sampler's converged output from the same noise: em and ML-EM "
                 f"in em: a separate batch of {pn} from Generator(seed) (shared Brownian tree) against "
                 f"EM-top {cfg['em_ref_steps']} steps; ODE samplers (ddim, dpmpp_2m, stitch, ML-EM in "
                 f"dpmpp_2m): the run's first {pn} samples against DPM++ {cfg['ode_ref_steps']} steps; "
@@ -520,6 +747,7 @@ def run_images_bench(
         "pairs": analysis["pairs"],
         "summary": analysis["summary"],
         "summary_lines": analysis["lines"],
+        "cache_dir": cache_dir,
         "notes": [
             "ML-EM inside DDPM is planned by the calibration's EM model: the calibration cannot measure DDPM "
             "(fresh noise per step count), so the plan cannot say whether it beats DDPM alone",
@@ -528,7 +756,7 @@ def run_images_bench(
         ],
     }
     if plot_path:
-        _plot(rows, plot_path)
+        _plot(rows, plot_path, quality.dataset, references)
         result["plot"] = plot_path
     if out:
         write_json(out, result)
@@ -544,7 +772,7 @@ def _diff(reps, a: str, b: str, metric: str, rows_by: Dict) -> Dict:
 def _analyse(rows: List[Dict], reps: Dict) -> Dict:
     """Reference-run differences, fronts, equal-cost comparisons of ML-EM, all pairs, and the summary."""
     by = {r["label"]: r for r in rows}
-    single = [r for r in rows if r["method"] != "mlem"]
+    single = [r for r in rows if r["method"] in SAMPLERS]  # the top model alone (not T-Stitch, ML-EM, the planner)
     lines: List[str] = []
     ref = max(single or rows, key=lambda r: r["top_equivalents"])  # the first of equals
     for r in rows:
@@ -563,7 +791,7 @@ def _analyse(rows: List[Dict], reps: Dict) -> Dict:
         lines.append(f"{m.upper()} front over all runs: " + "; ".join(fronts[m]["overall"]))
     equal = []
     for r in rows:
-        if r["method"] != "mlem":
+        if r["method"] not in ("mlem", "auto"):
             continue
         cands = [s for s in single if s["top_equivalents"] <= r["top_equivalents"] * (1 + EQUAL_COST_SLACK)]
         entry = {"mlem": r["label"], "top_equivalents": r["top_equivalents"]}
@@ -649,6 +877,83 @@ def _analyse(rows: List[Dict], reps: Dict) -> Dict:
     }
 
 
+def _headline(rows: List[Dict], reps: Dict, analysis: Dict) -> List[str]:
+    """The two questions users ask, answered from the paired FD differences (stored in ``analysis["summary"]``):
+
+    * which run reaches the best FD any run reaches, and the cheapest run (in top-level equivalents and in
+      seconds) not resolved worse than it;
+    * the target: does ML-EM or the planner's choice reach the best single-model FD (not resolved worse) at no
+      more than half that run's cost, in top-level equivalents and in seconds?"""
+    by = {r["label"]: r for r in rows}
+    summary, lines = analysis["summary"], []
+
+    def not_worse(a: Dict, b: Dict) -> Dict:
+        d = _diff(reps, a["label"], b["label"], "fd", by)
+        return {**d, "not_resolved_worse": a is b or d["ci"][0] <= 0}
+
+    best = min(rows, key=lambda r: r["fd"])
+    within = [r for r in rows if not_worse(r, best)["not_resolved_worse"]]
+    cheap, fast = (min(within, key=lambda r: r[k]) for k in ("top_equivalents", "wall_seconds_per_sample"))
+    summary["best_fd"] = {
+        "run": best["label"],
+        "fd": best["fd"],
+        "top_equivalents": best["top_equivalents"],
+        "wall_seconds_per_sample": best["wall_seconds_per_sample"],
+        "within_noise": [r["label"] for r in within],
+        "cheapest_within_noise": cheap["label"],
+        "fastest_within_noise": fast["label"],
+    }
+    lines.append(
+        f"best FD: {best['label']} ({best['fd']:.4g}, {best['top_equivalents']:.1f} top-eq, "
+        f"{best['wall_seconds_per_sample'] * 1e3:.1f} ms/sample); the cheapest run not resolved worse: "
+        f"{cheap['label']} ({cheap['top_equivalents']:.1f} top-eq), the fastest: {fast['label']} "
+        f"({fast['wall_seconds_per_sample'] * 1e3:.1f} ms/sample)"
+    )
+    single = [r for r in rows if r["method"] in SAMPLERS]
+    multi = [r for r in rows if r["method"] in ("mlem", "auto")]
+    if not single or not multi:
+        return lines
+    bs = min(single, key=lambda r: r["fd"])
+    checks = []
+    for r in multi:
+        d = not_worse(r, bs)
+        checks.append(
+            {
+                "run": r["label"],
+                "fd_diff": d["diff"],
+                "fd_diff_ci": d["ci"],
+                "not_resolved_worse": d["not_resolved_worse"],
+                "cost_ratio_top_equivalents": r["top_equivalents"] / bs["top_equivalents"],
+                "cost_ratio_seconds": r["wall_seconds_per_sample"] / bs["wall_seconds_per_sample"],
+            }
+        )
+    met = [
+        c
+        for c in checks
+        if c["not_resolved_worse"] and c["cost_ratio_top_equivalents"] <= 0.5 and c["cost_ratio_seconds"] <= 0.5
+    ]
+    summary["half_cost_target"] = {
+        "best_single": bs["label"],
+        "best_single_fd": bs["fd"],
+        "best_single_top_equivalents": bs["top_equivalents"],
+        "best_single_wall_seconds_per_sample": bs["wall_seconds_per_sample"],
+        "runs": checks,
+        "met_by": [c["run"] for c in met],
+        "rule": "FD difference to the best single-model run not resolved worse (paired CI lower end <= 0) at "
+        "<= 0.5x its top-level equivalents and <= 0.5x its seconds per sample",
+    }
+    lines.append(
+        f"half-cost target (reach the best single-model FD, {bs['label']} {bs['fd']:.4g}, at <= half its cost in "
+        f"top-level equivalents and seconds): {'met by ' + ', '.join(c['run'] for c in met) if met else 'not met'}"
+    )
+    for c in checks:
+        lines.append(
+            f"  {c['run']}: FD diff {c['fd_diff']:+.4g} [{c['fd_diff_ci'][0]:+.4g}, {c['fd_diff_ci'][1]:+.4g}] at "
+            f"{c['cost_ratio_top_equivalents']:.2f}x the top-level equivalents, {c['cost_ratio_seconds']:.2f}x the seconds"
+        )
+    return lines
+
+
 def annotate_equal_cost(rows: List[Dict], equal: List[Dict]) -> None:
     """Flag the ML-EM runs that are the top model alone in disguise: where the plan's top level fires at every
     step (its evaluations per sample equal the step count), ML-EM's output is the top model's with that sampler
@@ -683,12 +988,19 @@ def _front(rows: List[Dict], metric: str) -> List[str]:
 
 
 #: The plotted families: every sampler alone, T-Stitch, and ML-EM inside the samplers that have a style for it.
-_FAMILIES = (*SAMPLERS, "stitch", *(f"mlem:{name}" for name in SAMPLERS if registry.SAMPLER_SPECS[name].mlem_style))
+_FAMILIES = (
+    *SAMPLERS,
+    "stitch",
+    "auto",
+    *(f"mlem:{name}" for name in SAMPLERS if registry.SAMPLER_SPECS[name].mlem_style),
+)
 STYLE = {key: registry.style(key) for key in _FAMILIES}
 FAMILY_NAMES = {key: registry.title(key) for key in _FAMILIES}
 
 
-def _plot(rows: List[Dict], path: str) -> None:
+def _plot(rows: List[Dict], path: str, dataset: str = "digits", references: Sequence[Dict] = ()) -> None:
+    """KID and FD against top-level equivalents, and FD against seconds per sample; the real-image references
+    (the floor, blurred images) as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -696,17 +1008,22 @@ def _plot(rows: List[Dict], path: str) -> None:
 
     from .._io import atomic_write
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, m, name in ((axes[0], "kid", "KID"), (axes[1], "fd", "FD")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    panels = (
+        (axes[0], "kid", "KID", "top_equivalents", "top-level equivalents per sample"),
+        (axes[1], "fd", "FD", "top_equivalents", "top-level equivalents per sample"),
+        (axes[2], "fd", "FD", "wall_seconds_per_sample", "CPU seconds per sample (1 thread)"),
+    )
+    for ax, m, name, xkey, xlabel in panels:
         for fam in dict.fromkeys(r["family"] for r in rows):
-            rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["top_equivalents"])
+            rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r[xkey])
             color, marker = STYLE.get(fam, ("k", "o"))
             y = [r[m] for r in rs]
             # bars span the CI; where the point lies outside it (a biased bootstrap) the bar on that side is 0
             err = [[max(0.0, r[m] - r[f"{m}_ci"][0]) for r in rs], [max(0.0, r[f"{m}_ci"][1] - r[m]) for r in rs]]
             label = FAMILY_NAMES.get(fam, fam)
             ax.errorbar(
-                [r["top_equivalents"] for r in rs],
+                [r[xkey] for r in rs],
                 y,
                 yerr=err,
                 fmt=marker + ("--" if fam.startswith("mlem") else "-"),
@@ -715,14 +1032,18 @@ def _plot(rows: List[Dict], path: str) -> None:
                 capsize=2,
                 markersize=5,
             )
+        for ref, ls in zip(references, (":", "-.", "--")):
+            ax.axhline(ref[m], color="0.4", linestyle=ls, linewidth=1, label=ref["images"])
         ax.set_xscale("log")
-        if all(min(r[m], r[f"{m}_ci"][0]) > 0 for r in rows):
+        if all(min(r[m], r[f"{m}_ci"][0]) > 0 for r in rows) and all(ref[m] > 0 for ref in references):
             ax.set_yscale("log")
-        ax.set_xlabel("top-level equivalents per sample")
-        ax.set_ylabel(f"{name} vs all digits (classifier features)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(
+            f"{name} vs {'the test images' if dataset.startswith('fashion') else 'all digits'} (classifier features)"
+        )
         ax.set_title(f"{name} ({LEVEL:.0%} bootstrap CIs, paired noise)")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

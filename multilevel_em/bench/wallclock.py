@@ -78,6 +78,7 @@ CONFIGS = {
         "repeats": 3,
         "ref_steps": 256,
         "extra_em_steps": (128,),
+        "compiled": True,
         "dpm_steps": (5, 10, 20, 40),
         "ode_ref_steps": 100,
         "micro_sizes": (48, 16, 4, 1),
@@ -93,6 +94,7 @@ CONFIGS = {
         "repeats": 1,
         "ref_steps": 16,
         "extra_em_steps": (),
+        "compiled": False,
         "dpm_steps": (4,),
         "ode_ref_steps": 8,
         "micro_sizes": (4, 1),
@@ -115,44 +117,58 @@ def _median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- digits ladder
 
 
+#: ML-EM executions of the digits ladder: (name, execution of the levels, draws, plan units); each is compared
+#: with EM-top run the same way (``EM_PAIR``).
+MLEM_EXECUTIONS = (
+    ("eager", "eager", "per_sample", "flops"),
+    ("traced", "traced", "per_sample", "flops"),
+    ("traced+exact", "traced", "exact", "flops"),
+    ("traced+wallplan", "traced", "per_sample", "wall"),
+    ("traced+static", "traced", "static", "flops"),
+    ("traced+static+wallplan", "traced", "static", "wall"),
+    ("compiled+static+wallplan", "compiled", "static", "wall"),
+)
+#: The EM-top run each execution is compared with.
+EM_PAIR = {"eager": "eager", "traced": "traced", "compiled": "compiled"}
+
+
 def _digits_runs(cfg: dict) -> List[dict]:
     """The timed runs: (execution, method, knobs), in the order of an even repeat."""
     runs = []
-    for ex in ("eager", "traced"):
-        for b in cfg["budgets"]:
-            runs.append(
-                {"name": f"{ex}/mlem/{b:g}", "execution": ex, "method": "mlem", "budget": b, "draws": "per_sample"}
-            )
-            runs.append({"name": f"{ex}/em/{b:g}", "execution": ex, "method": "em", "steps": int(b), "budget": b})
+    executions = [e for e in MLEM_EXECUTIONS if cfg["compiled"] or e[1] != "compiled"]
     for b in cfg["budgets"]:
-        runs.append(
-            {
-                "name": f"traced+exact/mlem/{b:g}",
-                "execution": "traced+exact",
-                "method": "mlem",
-                "budget": b,
-                "draws": "exact",
-            }
-        )
-        runs.append(
-            {
-                "name": f"traced+wallplan/mlem/{b:g}",
-                "execution": "traced+wallplan",
-                "method": "mlem",
-                "budget": b,
-                "draws": "per_sample",
-                "plan": "wall",
-            }
-        )
+        for name, ex, draws, plan in executions:
+            runs.append(
+                {
+                    "name": f"{name}/mlem/{b:g}",
+                    "execution": ex,
+                    "method": "mlem",
+                    "budget": b,
+                    "draws": draws,
+                    "plan": plan,
+                }
+            )
+        for ex in dict.fromkeys(e[1] for e in executions):
+            runs.append({"name": f"{ex}/em/{b:g}", "execution": ex, "method": "em", "steps": int(b), "budget": b})
     for s in cfg["dpm_steps"]:
         runs.append({"name": f"traced/dpmpp_2m/{s}", "execution": "traced", "method": "dpmpp_2m", "steps": s})
     return runs
 
 
-def _pipe_call(pipes: dict, n: int, r: dict):
+def _wall_top_equivalents(report: dict, wall_costs: Sequence[float]) -> float:
+    """A run's evaluations per sample counted in measured-seconds units (the top level's seconds = 1).
+
+    ``report["levels"]``: the run's sub-ladder, each with its 1-based ladder ``level``."""
+    return sum(lv["evaluations_per_sample"] * wall_costs[lv["level"] - 1] / wall_costs[-1] for lv in report["levels"])
+
+
+def _pipe_call(pipes: dict, n: int, r: dict, buckets: Optional[Sequence[int]] = None):
     pipe = pipes[r.get("plan", "flops")]
-    kw = {"trace": r["execution"] != "eager", "generator": torch.Generator().manual_seed(SEED)}
+    ex = r["execution"]
+    kw = {"trace": ex == "traced", "compile": ex == "compiled", "generator": torch.Generator().manual_seed(SEED)}
     if r["method"] == "mlem":
+        if r["draws"] == "static" and buckets is not None:
+            kw["buckets"] = buckets
         return pipe(n, method="mlem", budget=r["budget"], draws=r["draws"], **kw)
     return pipe(n, method=r["method"], steps=r["steps"], **kw)
 
@@ -191,15 +207,27 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
     runs = _digits_runs(cfg)
     seconds: Dict[str, Dict[str, List[float]]] = {r["name"]: {k: [] for k in CLOCKS} for r in runs}
     top_eq: Dict[str, float] = {}
+    wall_eq: Dict[str, float] = {}  # the same evaluations counted in the wall plan's units (measured seconds)
+    wall_costs = [float(c) for c in pipes["wall"].calibration.costs]
     samples: Dict[str, torch.Tensor] = {}
     for ex in ("eager", "traced"):  # warm-up: traces, first-use checks, allocator
         _pipe_call(pipes, n, {"execution": ex, "method": "mlem", "budget": cfg["budgets"][0], "draws": "per_sample"})
+    # Compiled runs: every (level, bucket size) a run can meet is compiled by running each once (timed apart).
+    compile_seconds = None
+    compiled = [r for r in runs if r["execution"] == "compiled"]
+    if compiled:
+        t0 = time.perf_counter()
+        for r in compiled:
+            _pipe_call(pipes, n, r)
+        compile_seconds = time.perf_counter() - t0
+        echo(f"  digits: compiled warm-up (every level at every bucket size) {compile_seconds:.0f} s")
     for rep in range(cfg["repeats"]):
         for r in runs if rep % 2 == 0 else runs[::-1]:
             out, dt = _timed(_pipe_call, pipes, n, r)
             for k in CLOCKS:
                 seconds[r["name"]][k].append(dt[k])
             top_eq.setdefault(r["name"], out.report["top_equivalents_per_sample"])
+            wall_eq.setdefault(r["name"], _wall_top_equivalents(out.report, wall_costs))
             samples.setdefault(r["name"], out.x)
         echo(f"  digits: repeat {rep + 1}/{cfg['repeats']} done")
     # References and the extra EM-top steps for the equal-quality curves, timed once.
@@ -221,6 +249,7 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
         name = r["name"]
         table[name] = {k: v for k, v in r.items() if k != "name"}
         table[name]["top_equivalents_per_sample"] = top_eq[name]
+        table[name]["wall_top_equivalents_per_sample"] = wall_eq[name]
         for k in CLOCKS:
             sk = seconds[name][k]
             table[name].update(
@@ -228,18 +257,23 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
                     f"{k}_seconds": sk,
                     f"{k}_seconds_median": statistics.median(sk),
                     f"{k}_seconds_per_top_equivalent": statistics.median(sk) / (top_eq[name] * n),
+                    f"{k}_seconds_per_wall_top_equivalent": statistics.median(sk) / (wall_eq[name] * n),
                     f"{k}_seconds_per_sample": statistics.median(sk) / n,
                 }
             )
     ratio = {k: {} for k in CLOCKS}
     ratio_paired = {k: {} for k in CLOCKS}
+    ratio_wall_units = {k: {} for k in CLOCKS}
     for k in CLOCKS:
-        for ex in ("eager", "traced", "traced+exact", "traced+wallplan"):
-            em_ex = "eager" if ex == "eager" else "traced"
-            ratio[k][ex], ratio_paired[k][ex] = {}, {}
+        for ex in dict.fromkeys(r["name"].split("/")[0] for r in runs if r["method"] == "mlem"):
+            em_ex = EM_PAIR[next(e[1] for e in MLEM_EXECUTIONS if e[0] == ex)]
+            ratio[k][ex], ratio_paired[k][ex], ratio_wall_units[k][ex] = {}, {}, {}
             for b in cfg["budgets"]:
                 ml, em = table[f"{ex}/mlem/{b:g}"], table[f"{em_ex}/em/{b:g}"]
                 ratio[k][ex][f"{b:g}"] = ml[f"{k}_seconds_per_top_equivalent"] / em[f"{k}_seconds_per_top_equivalent"]
+                ratio_wall_units[k][ex][f"{b:g}"] = (
+                    ml[f"{k}_seconds_per_wall_top_equivalent"] / em[f"{k}_seconds_per_wall_top_equivalent"]
+                )
                 ratio_paired[k][ex][f"{b:g}"] = statistics.median(  # repeat by repeat (neighbours in time)
                     (s / ml["top_equivalents_per_sample"]) / (e / em["top_equivalents_per_sample"])
                     for s, e in zip(ml[f"{k}_seconds"], em[f"{k}_seconds"])
@@ -255,9 +289,16 @@ def digits_wallclock(pipes: dict, cfg: dict, echo: Callable) -> dict:
     }
     quality = _equal_quality(cfg, table, once, samples, n)
     return {
+        "compile_warm_up_seconds": compile_seconds,
         "runs": table,
         "once": once,
         "ratio": ratio,
+        "ratio_in_wall_units": ratio_wall_units,
+        "wall_units": (
+            "top-level equivalents counted with the wall plan's level costs (the traced levels' measured CPU "
+            "seconds per sample at the full batch) instead of FLOPs: evaluations x seconds-cost / top "
+            "seconds-cost; padding rows of static draws are counted (they are computed)"
+        ),
         "ratio_paired_median": ratio_paired,
         "eager_over_traced_seconds": eager_over_traced,
         "equal_quality": quality,
@@ -269,7 +310,7 @@ def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) ->
     ref_sde, ref_ode = samples["ref_sde"], samples["ref_ode"]
     err = {}
     for name in table:
-        if name.startswith("eager/") and name.replace("eager/", "traced/") in table:
+        if name.startswith(("eager/", "compiled/em/")) and "traced/" + name.split("/", 1)[1] in table:
             continue  # the same samples up to float rounding: scored once, under "traced"
         ref = ref_ode if table[name]["method"] == "dpmpp_2m" else ref_sde
         err[name] = rms_error(samples[name], ref)
@@ -282,7 +323,7 @@ def _equal_quality(cfg: dict, table: dict, once: dict, samples: dict, n: int) ->
     dpm_names = [k for k in err if "/dpmpp_2m/" in k]
     em_cost = [(cost[k], err[k]) for k in em_names]
     rows = {}
-    for ex in ("traced", "traced+exact", "traced+wallplan"):
+    for ex in dict.fromkeys(k.split("/")[0] for k in table if "/mlem/" in k and not k.startswith("eager/")):
         for b in cfg["budgets"]:
             name = f"{ex}/mlem/{b:g}"
             e = err[name]
@@ -651,14 +692,17 @@ def summary_lines(res: dict) -> List[str]:
         f"digits ladder, {d['n']} samples, {res['threads']} thread(s), medians of {d['repeats']}: ML-EM / EM-top "
         "seconds per counted top-level equivalent, wall / cpu"
     ]
-    out.append(f"{'budget':>8}" + "".join(f"{ex:>18}" for ex in d["ratio"]["wall"]))
-    for b in d["ratio"]["wall"]["eager"]:
+    budgets = list(d["ratio"]["wall"]["eager"])
+    out.append(f"{'execution':>26}" + "".join(f"{'budget ' + b:>16}" for b in budgets))
+    for ex in d["ratio"]["wall"]:
         out.append(
-            f"{b:>8}"
-            + "".join(
-                f"{d['ratio']['wall'][ex][b]:>11.2f} / {d['ratio']['cpu'][ex][b]:.2f}" for ex in d["ratio"]["wall"]
-            )
+            f"{ex:>26}"
+            + "".join(f"{d['ratio']['wall'][ex][b]:>9.2f} / {d['ratio']['cpu'][ex][b]:.2f}" for b in budgets)
         )
+    out.append("the same, each run's evaluations counted in the wall plan's units (measured seconds per level)")
+    for ex in d["ratio_in_wall_units"]["wall"]:
+        rw, rc = d["ratio_in_wall_units"]["wall"][ex], d["ratio_in_wall_units"]["cpu"][ex]
+        out.append(f"{ex:>26}" + "".join(f"{rw[b]:>9.2f} / {rc[b]:.2f}" for b in budgets))
     out.append(
         f"MLP ladder, batch {m['batch']}, {m['steps']} steps, medians of {m['repeats']}: ML-EM / EM-top, wall / cpu"
     )

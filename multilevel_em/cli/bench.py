@@ -170,9 +170,10 @@ def bench_diffusion(
 @click.option(
     "--ladder",
     "ladder_path",
-    default=None,
-    type=click.Path(file_okay=False, exists=True),
-    help="A ladder folder with a calibration (default: the shipped digits ladder).",
+    default="digits",
+    show_default=True,
+    help="A shipped ladder's name (digits, fashion) or a ladder folder with a calibration. Default outputs: "
+    "results/images.json for digits, results/images_fashion.json for fashion.",
 )
 @click.option("--n", "n", default=None, type=int, help="Samples per run, >= 64 (default 2000; 128 with --quick).")
 @click.option(
@@ -182,28 +183,66 @@ def bench_diffusion(
 @click.option(
     "--seed", default=0, show_default=True, type=SEED, help="Noise seed (sample i: sample_generators(seed, i))."
 )
+@click.option(
+    "--data-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Fashion-MNIST ladders: the folder of the IDX files (default: Debian's dataset-fashion-mnist folder).",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(),
+    help="Keep every finished run here, so that an interrupted benchmark resumes (and --shard can fill it).",
+)
+@click.option(
+    "--shard",
+    default=None,
+    help="'i/k': compute only the i-th of k shares of the runs into --cache-dir (one process per core), "
+    "then run again without --shard to analyse and write the results.",
+)
 @output_options("images")
-def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path, overwrite):
+def bench_images_cmd(ladder_path, n, quick, boot, seed, data_dir, cache_dir, shard, out, plot_path, overwrite):
     """Cost (top-level equivalents, CPU seconds) against KID and FD (bootstrap CIs, paired on shared noise) and the
-    pathwise error of EM-top, DDPM, DDIM, DPM-Solver++, T-Stitch and ML-EM inside EM / DPM-Solver++ / DDPM on a
-    UNet ladder: one JSON, one plot."""
+    pathwise error of every sampler with the top UNet, T-Stitch, ML-EM inside each sampler and the planner's
+    choice on a UNet ladder, scored with the extractor and reference set of the ladder's data set: one JSON,
+    one plot."""
+    from ..bench.cache import check_shard
     from ..bench.images import N_MIN
 
     if n is not None and n < N_MIN:
         raise click.BadParameter(f"expected at least {N_MIN} samples per run, got {n}", param_hint="--n")
     if boot is not None and boot < 20:
         raise click.BadParameter(f"expected at least 20 bootstrap resamples, got {boot}", param_hint="--boot")
-    out, plot_path = resolve_outputs(
-        "images", quick, out, plot_path, overwrite, out_suffixes=(".json",), plot_suffixes=(".png",)
-    )
-    from ..bench.common import DIGITS_LADDER
+    try:
+        check_shard(shard)
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
+    if shard is not None and cache_dir is None:
+        raise click.UsageError("--shard writes its runs to --cache-dir; give --cache-dir too")
+    from ..images.ladder import SHIPPED_LADDERS, resolve_ladder
+
+    name = ladder_path
+    try:
+        ladder_path = resolve_ladder(ladder_path)
+    except ValueError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1], param_hint="--ladder") from None
+    if shard is None:
+        if name != "digits" and name in SHIPPED_LADDERS:  # another shipped ladder: its own default files
+            stem = "_quick" if quick else ""
+            out = out or f"results/images_{name}{stem}.json"
+            plot_path = plot_path or f"results/images_{name}{stem}.png"
+        out, plot_path = resolve_outputs(
+            "images", quick, out, plot_path, overwrite, out_suffixes=(".json",), plot_suffixes=(".png",)
+        )
+    else:
+        out = plot_path = None  # a shard writes only into --cache-dir
     from ..bench.images import run_images_bench
     from ..images import CheckpointError
 
-    ladder_path = ladder_path or DIGITS_LADDER
     try:
         run_images_bench(
-            os.path.normpath(ladder_path),
+            ladder_path,
             quick=quick,
             n=n,
             boot=boot,
@@ -212,10 +251,17 @@ def bench_images_cmd(ladder_path, n, quick, boot, seed, out, plot_path, overwrit
             plot_path=plot_path,
             command=command_line(),
             echo=click.echo,
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            shard=shard,
         )
     except (ValueError, FloatingPointError, CheckpointError) as e:
+        for arg, option in (("cache_dir: ", "--cache-dir"), ("dataset: ", "--ladder"), ("n: ", "--n")):
+            if str(e).startswith(arg):
+                raise click.BadParameter(str(e)[len(arg) :], param_hint=option) from None
         raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {out} and {plot_path}")
+    if out is not None:
+        click.echo(f"wrote {out} and {plot_path}")
 
 
 @click.command("samplers")

@@ -9,6 +9,7 @@ import sys
 import click
 
 from .._text import plural
+from ..diffusion.registry import measurable_samplers
 from ._common import given_options
 from ._errors import user_error
 from ._paths import POSITIVE, SEED, check_output_file, inside_package
@@ -171,7 +172,7 @@ def _calibrate_ladder(
 @click.option(
     "--samplers",
     default=None,
-    help="With --ladder: also measure these samplers (comma-separated: em, ddim, euler_ode, dpmpp_2m), "
+    help=f"With --ladder: also measure these samplers (comma-separated: {', '.join(measurable_samplers())}), "
     "so that plans inside them compare ML-EM with the top model alone in every measured sampler "
     "(a few minutes per sampler on a CPU); --budget then plans inside the first.",
 )

@@ -12,7 +12,7 @@ from ._errors import user_error
 from ._paths import SEED, check_output_file, check_output_folder
 
 _HTMC_ONLY = ("n_paths", "out")
-_IMAGES_ONLY = ("out_dir", "n")
+_IMAGES_ONLY = ("out_dir", "n", "ladder")
 
 
 @click.command()
@@ -21,7 +21,7 @@ _IMAGES_ONLY = ("out_dir", "n")
     type=click.Choice(["images", "htmc"]),
     default="images",
     show_default=True,
-    help="images: EM vs ML-EM on the shipped digits UNet ladder (grids, cost table, cost-quality plot). "
+    help="images: EM vs ML-EM on a shipped UNet ladder (--ladder; grids, cost table, cost-quality plot). "
     "htmc: calibrate a gamma = 4 synthetic ladder, plan ML-EM, compare with EM at equal error.",
 )
 @click.option(
@@ -43,10 +43,18 @@ _IMAGES_ONLY = ("out_dir", "n")
     "--overwrite", is_flag=True, help="Replace existing outputs (images: in --out-dir; htmc: the --out file)."
 )
 @click.option(
+    "--ladder",
+    default="digits",
+    show_default=True,
+    help="images: a shipped ladder's name (digits, fashion) or a ladder folder with a calibration.",
+)
+@click.option(
     "--paths", "n_paths", default=256, show_default=True, type=click.IntRange(min=2), help="htmc: sample paths."
 )
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="htmc: also write the table as JSON here.")
-def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwrite: bool, n_paths: int, out) -> None:
+def demo(
+    problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwrite: bool, ladder: str, n_paths: int, out
+) -> None:
     """The main job. Default (--problem images): sample the shipped digits ladder with EM on the top
     UNet and with ML-EM planned by budget, from one seed; print a cost table and write side-by-side
     grids, a cost-quality plot and a JSON of everything into --out-dir (about a minute on 2 CPU cores).
@@ -59,6 +67,12 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
         check_output_file(out, "--out", overwrite=overwrite)
     else:
         check_output_folder(out_dir, "--out-dir")
+        from ..images.ladder import resolve_ladder
+
+        try:
+            ladder = resolve_ladder(ladder)
+        except ValueError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[1], param_hint="--ladder") from None
     echo = (lambda *_: None) if as_json else click.echo
     if problem == "htmc":
         from .._io import write_json
@@ -78,6 +92,7 @@ def demo(problem: str, quick: bool, seed: int, as_json: bool, out_dir, n, overwr
                 seed=seed,
                 quick=quick,
                 overwrite=overwrite,
+                ladder=ladder,
                 progress=not as_json,
                 command=command_line(ctx),
                 echo=echo,

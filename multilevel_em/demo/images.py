@@ -1,4 +1,5 @@
-"""The image main job (``mlem demo``): EM with the top UNet against ML-EM on the shipped digits ladder.
+"""The image main job (``mlem demo``): EM with the top UNet against ML-EM on a shipped ladder (digits by
+default; ``--ladder fashion``).
 
 Every run samples the same ``n`` images from one seed: the same initial noise and, for the SDE
 samplers (EM and ML-EM), the same Brownian path (the "em" sampler's virtual Brownian tree is
@@ -11,7 +12,8 @@ consistent across step counts). That makes two kinds of quality measurable at de
   error, estimated as the path distance between EM at half its steps and the reference; errors
   near that floor are not resolved, and EM runs with many steps share part of the reference's
   error (they are understated more than ML-EM's random error is).
-* **KID** against all 1797 digits on the shipped digit classifier's features (unbiased, in the units of ``mlem bench images``)
+* **KID** against the ladder's reference set on the shipped classifier's features (digits: all 1797
+  digits; Fashion-MNIST: the 10,000 test images; unbiased, in the units of ``mlem bench images``)
   and the classifier's mean confidence (max softmax): distributional checks, also for the ODE
   sampler DPM-Solver++ (whose noise-to-image map differs, so it has no path error). Standard
   errors are delete-one jackknife over the samples; differences between runs use the paired
@@ -54,6 +56,8 @@ SETTINGS = {
     "quick": {"n": 8, "ref_steps": 64, "em_steps": (8, 16, 32), "budgets": (4, 8), "dpm_steps": (5,)},
 }
 GRID_MAX = 48  # images per grid
+#: How the demo names the data set of a ladder (``model_index.json``'s training data set).
+_TITLES = {"digits": "Digits", "fashion-mnist": "Fashion-MNIST"}
 Z_NOISE = 2.0  # differences within Z_NOISE paired standard errors are called noise
 
 
@@ -140,7 +144,7 @@ def run_image_demo(
     command: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Sample the sweeps of :data:`SETTINGS` on the digits ladder, print the cost table, and write
+    """Sample the sweeps of :data:`SETTINGS` on ``ladder`` (a shipped ladder's name or a folder), print the cost table, and write
     ``grids.png`` (EM-top and ML-EM at about equal path error, side by side), ``cost_quality.png``
     and ``demo.json`` into ``out_dir`` (atomically; existing outputs are refused unless ``overwrite``).
     Returns what ``demo.json`` holds."""
@@ -153,20 +157,23 @@ def run_image_demo(
         raise TypeError(f"seed: expected an int, got {seed!r}")
     paths = _check_outputs(os.fspath(out_dir), overwrite)  # before any sampling
 
-    from ..images.data import load_digits
-    from ..images.metrics import load_digit_classifier
+    from ..images.ladder import ladder_dataset, resolve_ladder
+    from ..images.metrics import quality_reference
     from ..images.pipeline import MultilevelPipeline
 
     t_start = time.perf_counter()
+    ladder = resolve_ladder(ladder)
     pipe = MultilevelPipeline.from_pretrained(ladder)
     if pipe.calibration is None:
         raise ValueError(f"ladder {ladder}: no calibration.json, which ML-EM's budget plans need")
-    clf = load_digit_classifier()
-    ref_data = load_digits(pipe.ladder.sample_size).x
+    quality = quality_reference(ladder_dataset(pipe.ladder) or "digits", pipe.ladder.sample_size)
+    clf, ref_data = quality.classifier, quality.reference
+    title = _TITLES.get(quality.dataset, quality.dataset)
     with single_thread():
         with torch.no_grad():
-            kid = _KID(clf.features(ref_data))
-        result = _run(pipe, clf, kid, cfg, seed, progress, echo)
+            kid = _KID(quality.features(ref_data))
+        result = _run(pipe, clf, kid, cfg, seed, progress, echo, title)
+    result["dataset"], result["title"] = quality.dataset, title
     cal = pipe.calibration
     result.update(
         {
@@ -182,16 +189,18 @@ def run_image_demo(
             "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",
             "metrics": {
                 "path_error": (
-                    "RMS over samples of the L2 distance (256 pixels, data scale [-1, 1], unclipped) to EM with "
+                    f"RMS over samples of the L2 distance ({math.prod(pipe.ladder.shape)} pixels, data scale "
+                    "[-1, 1], unclipped) to EM with "
                     f"the top model at {cfg['ref_steps']} steps on the same initial noise and Brownian path; "
                     "se by the delta method over samples; paired se for differences"
                 ),
                 "kid": (
-                    "unbiased KID (unscaled, as in mlem bench images), cubic polynomial kernel on the 64-d digit-classifier features, against "
-                    f"all {len(ref_data)} digits; se: delete-one jackknife; kid_diff: minus the reference run's "
+                    "unbiased KID (unscaled, as in mlem bench images), cubic polynomial kernel on the features of "
+                    f"{quality.extractor}, against {quality.reference_name}; se: delete-one jackknife; kid_diff: "
+                    "minus the reference run's "
                     "KID, with the paired jackknife se (same noise)"
                 ),
-                "confidence": "mean max-softmax probability of the digit classifier; se over samples; paired se for diffs",
+                "confidence": "mean max-softmax probability of the classifier; se over samples; paired se for diffs",
                 "noise_rule": f"a difference is called noise when it is within {Z_NOISE:g} paired standard errors",
             },
         }
@@ -204,7 +213,7 @@ def run_image_demo(
     return result
 
 
-def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Callable) -> dict:
+def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Callable, title: str = "Digits") -> dict:
     from .._progress import progress_bar
 
     n = cfg["n"]
@@ -257,7 +266,7 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         return row
 
     echo(
-        f"Digits ladder {pipe.ladder.names} ({', '.join(f'{c / 1e6:.1f}' for c in pipe.ladder.costs)} MFLOPs per "
+        f"{title} ladder {pipe.ladder.names} ({', '.join(f'{c / 1e6:.1f}' for c in pipe.ladder.costs)} MFLOPs per "
         f"sample); {n} samples per run, seed {seed}; all runs share the initial noise (and the SDE runs the Brownian path)"
     )
     ref = run(f"EM top {cfg['ref_steps']} (reference)", "em", steps=cfg["ref_steps"])
@@ -453,7 +462,7 @@ def _table(runs: list[dict], ref_floor) -> list[str]:
         )
     )
     lines.append(
-        "KID (digit-classifier features vs all digits) ± jackknife se; in brackets: minus the reference's KID "
+        "KID (classifier features vs the reference set: see demo.json) ± jackknife se; in brackets: minus the reference's KID "
         "± paired se. confidence: the classifier's mean max-softmax ± se."
     )
     return lines
@@ -535,7 +544,7 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
             fontsize=11,
         )
     fig.suptitle(
-        f"Digits ladder, same seed ({result['n']} samples, same initial noise and Brownian path); "
+        f"{result.get('title', 'Digits')} ladder, same seed ({result['n']} samples, same initial noise and Brownian path); "
         f"error difference ML-EM - EM: {grid['path_error_diff']:+.3f} ± {grid['path_error_diff_se']:.3f}",
         fontsize=11,
     )
@@ -614,7 +623,7 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     a2.set_xscale("log")
     a2.set_xlabel("cost: top-level equivalents per sample")
     a2.set_ylabel("KID minus the reference's, ± paired jackknife se")
-    a2.set_title(f"Distributional check (KID vs all digits, n = {result['n']}): noisy")
+    a2.set_title(f"Distributional check (KID vs the reference set, n = {result['n']}): noisy")
     a2.legend(fontsize=9)
     for ax in (a1, a2):
         ax.grid(alpha=0.3, which="both")

@@ -410,7 +410,9 @@ def scheduler_loop(
     opts = {} if opts is None else opts
     if scheduler is None:
         scheduler = make_scheduler(spec.name, schedule, **(overrides or {}))
-    step_kwargs = {"generator": generator}
+    accepted = inspect.signature(scheduler.step).parameters
+    # UniPC's step draws no noise and takes no generator
+    step_kwargs = {"generator": generator} if "generator" in accepted else {}
     if "eta" in spec.options:
         eta = float(opts.pop("eta", 0.0))
         if not (math.isfinite(eta) and eta >= 0):

@@ -41,7 +41,36 @@ __all__ = [
     "schedule_from_dict",
     "INDEX",
     "WEIGHTS",
+    "SHIPPED_LADDERS",
+    "resolve_ladder",
+    "ladder_dataset",
 ]
+
+#: The ladders that ship with the package, by the name ``--ladder NAME`` accepts.
+SHIPPED_LADDERS = {name: os.path.join(os.path.dirname(__file__), "pretrained", name) for name in ("digits", "fashion")}
+
+
+def resolve_ladder(name_or_path: str) -> str:
+    """The folder of a shipped ladder's name (:data:`SHIPPED_LADDERS`), else ``name_or_path`` itself.
+
+    A folder of that name in the working directory wins over a shipped ladder only when written as a path
+    (``./digits``). Raises ValueError naming ``ladder`` when the result is not a folder."""
+    path = SHIPPED_LADDERS.get(name_or_path, name_or_path)
+    if not os.path.isdir(path):
+        names = ", ".join(SHIPPED_LADDERS)
+        raise ValueError(
+            f"ladder: expected a ladder folder or one of the shipped ladders ({names}), got {name_or_path!r}"
+        )
+    return os.path.normpath(path)
+
+
+def ladder_dataset(ladder: "UNetLadder") -> Optional[str]:
+    """The data set a ladder was trained (or distilled) on, as ``load_dataset`` names it, or None when its
+    ``model_index.json`` does not say (``training.dataset``; a distilled ladder's ``training.x0``)."""
+    training = ladder.info.get("training") or {}
+    name = training.get("dataset") or training.get("x0")
+    return name if isinstance(name, str) else None
+
 
 INDEX = "model_index.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"

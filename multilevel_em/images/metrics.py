@@ -18,6 +18,7 @@ trained on the 60,000 training images, accuracy measured on the 10,000 test imag
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -43,6 +44,8 @@ __all__ = [
     "train_fashion_classifier",
     "load_fashion_classifier",
     "FASHION_CLASSIFIER",
+    "QualityReference",
+    "quality_reference",
 ]
 
 DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(__file__), "pretrained", "digit_classifier.safetensors")
@@ -398,3 +401,68 @@ def percentile_ci(replicates: torch.Tensor, level: float = 0.95, center: Optiona
         r = r - (r.mean() - float(center))
     q = torch.quantile(r, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return float(q[0]), float(q[1])
+
+
+@dataclass
+class QualityReference:
+    """What generated images of one data set are scored against: the protocol stated beside every number.
+
+    Attributes:
+        dataset: ``"digits"`` or ``"fashion-mnist"``.
+        classifier: the feature extractor (its ``features(x)`` are scored).
+        extractor: one line naming it (layer, dimension, weights file).
+        reference: the fixed reference images ``(m, 1, H, W)`` in [-1, 1].
+        reference_name: one line naming them (split, count).
+        floor_pool: held-out real images the floor draws ``n`` from (the training split), or None when the
+            reference set is the training set itself (digits: all 1797 images are the reference).
+    """
+
+    dataset: str
+    classifier: torch.nn.Module
+    extractor: str
+    reference: torch.Tensor
+    reference_name: str
+    floor_pool: Optional[torch.Tensor] = None
+
+    def features(self, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+        """float64 features of images ``x`` ``(n, 1, H, W)`` (clipped to [-1, 1]), in batches."""
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    self.classifier.features(x[i : i + batch].float().clamp(-1, 1)).double()
+                    for i in range(0, len(x), batch)
+                ]
+            )
+
+
+def quality_reference(dataset: str, size: int, data_dir: Optional[str] = None) -> QualityReference:
+    """The shipped extractor and reference set of ``dataset`` for images of ``size`` pixels.
+
+    ``"digits"``: the 64-d :class:`DigitClassifier` features against all 1797 scikit-learn digits;
+    ``"fashion-mnist"``: the 128-d :class:`FashionClassifier` features against the 10,000 test images,
+    the floor drawn from the 60,000 training images (IDX files in ``data_dir``, default the Debian package's
+    folder). Raises ValueError naming ``dataset`` for any other data set or a size the extractor was not
+    trained at."""
+    if dataset == "digits":
+        ref = load_digits(size).x
+        return QualityReference(
+            "digits",
+            load_digit_classifier(),
+            "DigitClassifier penultimate layer (64-d), digit_classifier.safetensors",
+            ref,
+            f"all {len(ref)} scikit-learn digits at {size}x{size} (fixed; also the training set)",
+        )
+    if dataset in ("fashion-mnist", "fashion-mnist-test"):
+        if size != 32:
+            raise ValueError(f"dataset: the Fashion-MNIST classifier scores 32x32 images, got {size}x{size}")
+        test = load_fashion_mnist("test", size=32, data_dir=data_dir).x
+        train = load_fashion_mnist("train", size=32, data_dir=data_dir).x
+        return QualityReference(
+            "fashion-mnist",
+            load_fashion_classifier(),
+            "FashionClassifier penultimate layer (128-d), fashion_classifier.safetensors",
+            test,
+            f"the {len(test)} Fashion-MNIST test images (fixed)",
+            floor_pool=train,
+        )
+    raise ValueError(f"dataset: no shipped quality reference for {dataset!r} (expected 'digits' or 'fashion-mnist')")

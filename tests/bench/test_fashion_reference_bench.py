@@ -9,27 +9,15 @@ from click.testing import CliRunner
 
 pytest.importorskip("safetensors")
 
+from conftest import write_fashion_files
+
 from multilevel_em.bench.fashion_reference import gaussian_blur
 from multilevel_em.cli.main import main
 
 
-def _write_idx(path, array):
-    import struct
-
-    array = np.asarray(array, dtype=np.uint8)
-    path.write_bytes(
-        bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
-    )
-
-
 @pytest.fixture
 def tiny_fashion(tmp_path):
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "fashion"
-    folder.mkdir()
-    for prefix, n in (("train", 40), ("t10k", 30)):
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    folder = write_fashion_files(tmp_path / "fashion", 40, 30)
     clf = tmp_path / "clf.safetensors"
     r = CliRunner().invoke(
         main,

@@ -7,6 +7,7 @@ nothing is downloaded.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -34,8 +35,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 LINEAR, COSINE = VPSchedule.linear(), VPSchedule.cosine()
 # (sampler, extra options): every sampler, DDIM both deterministic and stochastic.
-SAMPLER_CASES = [("em", {}), ("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 0.5}), ("euler_ode", {}), ("dpmpp_2m", {})]
-SAMPLER_IDS = ["em", "ddpm", "ddim", "ddim-eta0.5", "euler_ode", "dpmpp_2m"]
+SAMPLER_CASES = [
+    ("em", {}),
+    ("ddpm", {}),
+    ("ddim", {}),
+    ("ddim", {"eta": 0.5}),
+    ("euler_ode", {}),
+    ("dpmpp_2m", {}),
+    ("dpmpp_sde", {}),
+    ("unipc", {}),
+]
+SAMPLER_IDS = ["em", "ddpm", "ddim", "ddim-eta0.5", "euler_ode", "dpmpp_2m", "dpmpp_sde", "unipc"]
 
 
 def gen(seed: int) -> torch.Generator:
@@ -187,7 +197,9 @@ def test_samplers_on_a_mixture_match_exact_samples(sampler, steps):
 def _diffusers_loop(unet, scheduler, x, steps, generator, **step_kwargs):
     scheduler.set_timesteps(steps)
     for k in scheduler.timesteps:
-        x = scheduler.step(unet(x, k).sample, k, x, generator=generator, **step_kwargs).prev_sample
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs = dict(step_kwargs, generator=generator)
+        x = scheduler.step(unet(x, k).sample, k, x, **step_kwargs).prev_sample
     return x
 
 
@@ -198,8 +210,10 @@ def _diffusers_loop(unet, scheduler, x, steps, generator, **step_kwargs):
         ("ddim", "DDIMScheduler", {"clip_sample": False}, {}),
         ("ddim", "DDIMScheduler", {"clip_sample": False}, {"eta": 0.7}),
         ("dpmpp_2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, {}),
+        ("dpmpp_sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, {}),
+        ("unipc", "UniPCMultistepScheduler", {"predict_x0": True, "solver_order": 2, "solver_type": "bh2"}, {}),
     ],
-    ids=["ddpm", "ddim", "ddim-eta0.7", "dpmpp_2m"],
+    ids=["ddpm", "ddim", "ddim-eta0.7", "dpmpp_2m", "dpmpp_sde", "unipc"],
 )
 @pytest.mark.parametrize("schedule", [LINEAR, COSINE], ids=["linear", "cosine"])
 def test_scheduler_samplers_match_diffusers_loops(sampler, cls, config, step_kwargs, schedule):

@@ -34,7 +34,7 @@ def test_every_list_reads_the_registry():
     from multilevel_em.jobs import job
 
     assert exported is SAMPLERS and from_samplers is SAMPLERS
-    assert SAMPLERS == ("em", "ddpm", "ddim", "euler_ode", "dpmpp_2m")
+    assert SAMPLERS == ("em", "ddpm", "ddim", "euler_ode", "dpmpp_2m", "dpmpp_sde", "unipc")
     assert METHODS == ("mlem",) + SAMPLERS + ("stitch", "auto")
     assert pipeline.METHODS is METHODS and job._METHODS is METHODS
     assert dict(pipeline.DEFAULT_STEPS) == {
@@ -43,11 +43,24 @@ def test_every_list_reads_the_registry():
         "ddim": 50,
         "euler_ode": 100,
         "dpmpp_2m": 20,
+        "dpmpp_sde": 25,
+        "unipc": 20,
         "stitch": 50,
     }
-    assert sampler_calibration.MEASURABLE == {"em": "sde", "ddim": "ode", "euler_ode": "ode", "dpmpp_2m": "ode"}
-    assert distill.SAMPLERS == ("em", "ddim", "dpmpp_2m")
-    assert distill.CONDITIONAL_SCHEDULERS == {"em": "ddpm", "ddim": "ddim", "dpmpp_2m": "dpmpp_2m"}
+    assert sampler_calibration.MEASURABLE == {
+        "em": "sde",
+        "ddim": "ode",
+        "euler_ode": "ode",
+        "dpmpp_2m": "ode",
+        "unipc": "ode",
+    }
+    assert distill.SAMPLERS == ("em", "ddim", "dpmpp_2m", "unipc")
+    assert distill.CONDITIONAL_SCHEDULERS == {
+        "em": "ddpm",
+        "ddim": "ddim",
+        "dpmpp_2m": "dpmpp_2m",
+        "unipc": "unipc",
+    }
 
 
 def test_bench_labels_and_styles_come_from_the_registry():
@@ -57,7 +70,7 @@ def test_bench_labels_and_styles_come_from_the_registry():
     assert bench.FAMILY_NAMES["mlem:ddpm"] == "ML-EM in DDPM (EM plan)"
     assert bench._label("dpmpp_2m", {"steps": 10}) == "DPM++ 10"
     assert bench._label("stitch", {"steps": 50}) == "T-Stitch 50"
-    assert set(bench.ODE_SAMPLERS) == {"ddim", "euler_ode", "dpmpp_2m"}
+    assert set(bench.ODE_SAMPLERS) == {"ddim", "euler_ode", "dpmpp_2m", "unipc"}
 
 
 def test_every_registry_entry_resolves():

@@ -1,21 +1,14 @@
 """The Fashion-MNIST loader on tiny IDX files the test writes (the Debian package is not needed)."""
 
-import gzip
 import struct
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_idx as _write_idx
 
 from multilevel_em.images.data import load_dataset, load_fashion_mnist, read_idx
-
-
-def _write_idx(path, array, compress):
-    array = np.asarray(array, dtype=np.uint8)
-    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
-    with (gzip.open if compress else open)(path, "wb") as f:
-        f.write(raw)
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""``mlem bench images`` on a Fashion-MNIST ladder: the test-split reference, the floor and blurred references
+beside the runs, the new samplers, the half-cost summary, and the resumable --cache-dir / --shard path, on a
+tiny 32x32 ladder trained on IDX files the test writes (the Debian package is not needed)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_fashion_files
+
+pytest.importorskip("diffusers")
+
+from multilevel_em.bench.images import run_images_bench
+from multilevel_em.cli.main import main
+from multilevel_em.images.data import load_fashion_mnist
+from multilevel_em.images.ladder import ladder_dataset, load_ladder, resolve_ladder
+
+RUNS = [
+    ("dpmpp_2m", {"steps": 2}),
+    ("unipc", {"steps": 2}),
+    ("dpmpp_sde", {"steps": 2}),
+    ("em", {"steps": 3}),
+    ("stitch", {"steps": 2, "sampler": "dpmpp_2m", "fractions": [0.5]}),
+]
+SMALL = dict(n=64, boot=30, pathwise_n=8, em_ref_steps=6, ode_ref_steps=4, batch=64)
+
+
+@pytest.fixture(scope="module")
+def fashion_ladder(tmp_path_factory):
+    """A 2-level 32x32 ladder (widths 4, 8) trained for 2 iterations on 80 random "Fashion-MNIST" images,
+    calibrated (8 paths of 18 steps)."""
+    from multilevel_em.images import MultilevelPipeline, train_ladder
+
+    root = tmp_path_factory.mktemp("fashion")
+    data_dir = write_fashion_files(root / "idx", 80, 30)
+    out = str(root / "ladder")
+    ladder = train_ladder(
+        load_fashion_mnist("train", data_dir=data_dir), out, widths=[4, 8], iters=2, batch=4, loss_plot=False
+    )
+    pipe = MultilevelPipeline(ladder)
+    pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
+    pipe.save_calibration(out)
+    return out, data_dir
+
+
+def test_the_ladder_says_its_data_set_and_shipped_names_resolve(fashion_ladder):
+    out, _ = fashion_ladder
+    assert ladder_dataset(load_ladder(out)) == "fashion-mnist"
+    assert resolve_ladder("digits").endswith("pretrained/digits") and resolve_ladder(out) == out
+    with pytest.raises(ValueError, match="ladder: expected a ladder folder or one of the shipped ladders"):
+        resolve_ladder("no-such-ladder")
+
+
+def test_fashion_runs_are_scored_against_the_test_split_with_the_floor_beside_them(fashion_ladder, tmp_path):
+    out, data_dir = fashion_ladder
+    res = run_images_bench(
+        out, runs=RUNS, data_dir=data_dir, out=str(tmp_path / "r.json"), plot_path=str(tmp_path / "r.png"), **SMALL
+    )
+    assert res["dataset"] == "fashion-mnist" and "30 Fashion-MNIST test images" in res["reference_set"]
+    assert "FashionClassifier" in res["extractor"] and "n = 64" in res["protocol"]
+    names = [r["images"] for r in res["references"]]
+    assert names == [
+        "training images (the floor)",
+        "training images blurred, sigma 1 px",
+        "training images blurred, sigma 2 px",
+    ]
+    for r in res["references"]:
+        assert r["n"] == 64 and r["fd_ci"][0] <= r["fd_ci"][1]
+    rows = {r["label"]: r for r in res["runs"]}
+    assert set(rows) == {"DPM++ 2", "UniPC 2", "DPM++ SDE 2", "EM-top 3", "T-Stitch DPM++ 2 (level 1 50%)"}
+    assert rows["UniPC 2"]["pathwise_error"] is not None  # an ODE sampler: scored against the ODE reference
+    assert rows["DPM++ SDE 2"]["pathwise_error"] is None  # fresh noise per step count
+    assert rows["T-Stitch DPM++ 2 (level 1 50%)"]["top_equivalents"] < 2  # half its steps on the cheap level
+    best = res["summary"]["best_fd"]
+    assert best["run"] in rows and best["cheapest_within_noise"] in best["within_noise"]
+    assert json.load(open(tmp_path / "r.json"))["references"][0]["images"] == "training images (the floor)"
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_sharded_cached_runs_give_the_same_numbers_and_resume(fashion_ladder, tmp_path):
+    out, data_dir = fashion_ladder
+    runs = RUNS[:3]
+    direct = run_images_bench(out, runs=runs, data_dir=data_dir, out=None, plot_path=None, **SMALL)
+    cache = str(tmp_path / "cache")
+    parts = [
+        run_images_bench(out, runs=runs, data_dir=data_dir, cache_dir=cache, shard=s, out=None, plot_path=None, **SMALL)
+        for s in ("1/2", "2/2")
+    ]
+    assert sorted(parts[0]["units"] + parts[1]["units"]) == sorted(
+        ["DPM++ 2", "UniPC 2", "DPM++ SDE 2", "reference - DPM++ ODE"]
+    )
+    said = []
+    merged = run_images_bench(
+        out, runs=runs, data_dir=data_dir, cache_dir=cache, out=None, plot_path=None, echo=said.append, **SMALL
+    )
+    assert any("4 of 4 units done" in line for line in said)  # nothing recomputed
+    for a, b in zip(direct["runs"], merged["runs"]):
+        assert a["label"] == b["label"] and a["fd"] == pytest.approx(b["fd"], rel=1e-9)
+        assert a["kid_ci"] == pytest.approx(b["kid_ci"], rel=1e-9)
+    with pytest.raises(ValueError, match="cache_dir: .* other settings"):
+        run_images_bench(
+            out, runs=runs, data_dir=data_dir, cache_dir=cache, out=None, plot_path=None, **dict(SMALL, n=65)
+        )
+
+
+def test_cli_bad_inputs_name_their_options(fashion_ladder, tmp_path):
+    out, data_dir = fashion_ladder
+    base = ["bench", "images", "--ladder", out, "--data-dir", data_dir, "--out", str(tmp_path / "a.json")]
+    r = CliRunner().invoke(main, base + ["--shard", "3/2", "--cache-dir", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--shard" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, base + ["--shard", "1/2"])
+    assert r.exit_code == 2 and "--cache-dir" in r.output
+    r = CliRunner().invoke(main, ["bench", "images", "--ladder", "no-such", "--out", str(tmp_path / "b.json")])
+    assert r.exit_code == 2 and "--ladder" in r.output and "shipped ladders (digits, fashion)" in r.output
+    (tmp_path / "c2").mkdir()
+    (tmp_path / "c2" / "x.txt").write_text("not a cache")
+    r = CliRunner().invoke(main, base + ["--quick", "--cache-dir", str(tmp_path / "c2")])
+    assert r.exit_code == 2 and "--cache-dir" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "a.json").exists()
