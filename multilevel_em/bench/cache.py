@@ -58,7 +58,7 @@ def _slug(key: str) -> str:
 
 
 class RunCache:
-    """Finished units of one benchmark: ``put(key, tensors, meta)``, ``key in cache``, ``get(key)``.
+    """Finished units of one benchmark: ``put(key, tensors, meta, depends)``, ``fresh(key, depends)``, ``get(key)``.
 
     Args:
         folder: where units are kept (created); None keeps them in memory only (no resuming).
@@ -107,9 +107,17 @@ class RunCache:
         stem = self.path(key)[: -len(".safetensors")]
         return os.path.isfile(stem + ".safetensors") and os.path.isfile(stem + ".json")
 
-    def put(self, key: str, tensors: Dict[str, torch.Tensor], meta: Dict) -> None:
-        """Keep a finished unit (on disk: tensors first, then the JSON that marks it complete)."""
-        meta = jsonable(dict(meta, key=key))
+    def fresh(self, key: str, depends: Optional[Dict] = None) -> bool:
+        """Whether a finished unit ``key`` is kept and was made from the same ``depends`` (what it was computed
+        from: weights digests, a calibration's hash); a stale unit is recomputed and replaced."""
+        if key not in self:
+            return False
+        return self.get(key)[1].get("depends") == jsonable(depends)
+
+    def put(self, key: str, tensors: Dict[str, torch.Tensor], meta: Dict, depends: Optional[Dict] = None) -> None:
+        """Keep a finished unit (on disk: tensors first, then the JSON that marks it complete); ``depends``:
+        what it was computed from (:meth:`fresh`)."""
+        meta = jsonable(dict(meta, key=key, depends=depends))
         self._memory[key] = (tensors, meta)
         if self.folder is None:
             return

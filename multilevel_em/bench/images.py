@@ -36,6 +36,8 @@ pipeline's report) and single-thread CPU wall-clock seconds per sample (sampling
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import platform
@@ -49,7 +51,7 @@ from ..calibration.samplers import squared_distances
 from ..diffusion import registry
 from ..diffusion.registry import SAMPLERS
 from ..engine.random import sample_generators
-from ..images.ladder import ladder_dataset
+from ..images.ladder import ladder_dataset, schedule_to_dict
 from ..images.metrics import (
     bootstrap_counts,
     frechet_bootstrap,
@@ -167,7 +169,8 @@ ODE_SAMPLERS = tuple(name for name in SAMPLERS if registry.family(name) == "ode"
 
 #: Cache keys of the two reference units (the runs' keys are their labels).
 ODE_REF = "reference - DPM++ ODE"
-EM_PATHWISE = "pathwise - EM family"
+EM_REF = "reference - EM-top, one generator"
+EM_PATHWISE = "pathwise - "
 
 
 def _sampler(method: str, knob: Dict) -> Optional[str]:
@@ -307,15 +310,17 @@ def em_pathwise_sq(pipe, runs, pn: int, ref_steps: int, seed: int, echo: Callabl
     are the same in every run, whatever its step count) against EM-top with ``ref_steps`` steps on them.
     Returns ``{label: (pn,) float64 tensor}``."""
 
-    def run(method, knob):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pipe(pn, method=method, generator=torch.Generator().manual_seed(int(seed)), **knob).x
-
     with torch.no_grad():
         echo(f"pathwise reference: EM-top {ref_steps} steps on {pn} samples (one generator: shared Brownian tree)")
-        ref = run("em", {"steps": ref_steps})
-        return {_label(m, k): squared_distances(run(m, k), ref) for m, k in runs}
+        ref = _one_generator_run(pipe, "em", {"steps": ref_steps}, pn, seed)
+        return {_label(m, k): squared_distances(_one_generator_run(pipe, m, k, pn, seed), ref) for m, k in runs}
+
+
+def _one_generator_run(pipe, method: str, knob: Dict, pn: int, seed: int) -> torch.Tensor:
+    """``pn`` samples from one ``Generator(seed)``: the same x_T and virtual Brownian tree whatever the step count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipe(pn, method=method, generator=torch.Generator().manual_seed(int(seed)), **knob).x
 
 
 def _em_pathwise_rows(sq: Dict, counts: torch.Tensor, ref_steps: int, seed: int, pn: int) -> Dict[str, Dict]:
@@ -378,21 +383,16 @@ def repair_em_pathwise(path: str, ladder: str, echo: Callable[[str], None] = pri
     return d
 
 
-def _fingerprint(pipe, ladder: str, quality, cfg: Dict, n: int, pn: int, seed: int, boot_seed: int) -> Dict:
-    """What a cached run depends on: the ladder's weights and calibration, the scoring, and the sampling settings
-    (not ``boot``: the bootstrap is redone at analysis)."""
-    files = sorted(
-        os.path.join(root, f)
-        for root, _, names in os.walk(ladder)
-        for f in names
-        if f.endswith(".safetensors") and not f.startswith("training_state") or f == "calibration.json"
-    )
+def _fingerprint(pipe, quality, cfg: Dict, n: int, pn: int, seed: int) -> Dict:
+    """What every cached unit shares: the scoring and the sampling settings (not ``boot``: the bootstrap is redone
+    at analysis; not the weights: each unit records the levels it ran, :func:`_depends`)."""
+    L = pipe.ladder
     return {
-        "ladder": os.path.abspath(ladder),
-        "files_sha256": {os.path.relpath(f, ladder): file_sha256(f) for f in files},
         "dataset": quality.dataset,
         "reference": quality.reference_name,
         "extractor": quality.extractor,
+        "schedule": schedule_to_dict(L.schedule),
+        "shape": list(L.shape),
         "n": n,
         "pathwise_n": pn,
         "seed": int(seed),
@@ -403,17 +403,43 @@ def _fingerprint(pipe, ladder: str, quality, cfg: Dict, n: int, pn: int, seed: i
     }
 
 
+def _weights_digest(unet) -> str:
+    """sha256 of a UNet's weights (names, dtypes, shapes, bytes) and its config: the same for a copy of the level in
+    another ladder folder (the distilled ladder's top is its teacher)."""
+    h = hashlib.sha256(json.dumps(jsonable(dict(unet.config)), sort_keys=True, default=str).encode())
+    for k, v in sorted(unet.state_dict().items()):
+        t = v.detach().contiguous().cpu()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _depends(pipe, ladder: str, method: Optional[str], knob: Dict, digests: List[str]) -> Dict:
+    """The inputs a unit is computed from: the levels it runs (their weights digests) and, for plans, the
+    calibration file. A unit of the top model alone stays valid when only the cheaper levels change."""
+    if method is None or method in SAMPLERS:
+        return {"levels": [digests[-1]]}
+    if method == "stitch":
+        fr = knob.get("fractions") or [0.4] + [0.0] * (len(digests) - 2)
+        return {"levels": [d for d, f in zip(digests, list(fr) + [1.0]) if f > 0]}
+    cal = os.path.join(ladder, "calibration.json")
+    return {"levels": list(digests), "calibration": file_sha256(cal) if os.path.isfile(cal) else None}
+
+
 def _unit_costs(units, est: Dict, pn: int, cfg: Dict) -> List[float]:
     """Estimated seconds of each unit (for balancing shards)."""
-    per_run = {r["run"]: r["seconds"] for r in est["per_run"]}
+    per_run = {r["run"]: r for r in est["per_run"]}
+    unit = est["seconds_per_top_equivalent"]
     out = []
-    for key, kind, _payload in units:
+    for key, kind, payload, _ in units:
         if kind == "run":
-            out.append(per_run[key])
+            out.append(per_run[key]["seconds"])
         elif kind == "ode_ref":
-            out.append(pn * cfg["ode_ref_steps"] * est["seconds_per_top_equivalent"])
+            out.append(pn * cfg["ode_ref_steps"] * unit)
+        elif kind == "em_ref":
+            out.append(pn * cfg["em_ref_steps"] * unit)
         else:
-            out.append(est["references_seconds"])
+            out.append(pn * per_run[_label(*payload)]["predicted_top_equivalents"] * unit)
     return out
 
 
@@ -540,15 +566,20 @@ def run_images_bench(
     kinds = {_pathwise_kind(m, k) for m, k in plan_runs}
     em_runs = [(m, k) for m, k in plan_runs if _pathwise_kind(m, k) == "em"]
     # Units of work, each cached on its own: every run (features, costs, its first pn samples), the ODE
-    # reference (pn samples), and the EM-family pathwise batch (one reference and every EM-family run on it).
-    units = [(_label(m, k), "run", (m, k)) for m, k in plan_runs]
+    # reference (pn samples), EM's pathwise reference (pn samples from one generator) and every EM-family run's
+    # squared distances to it on those samples. Each records the levels (and calibration) it was computed from.
+    digests = [_weights_digest(u) for u in pipe.ladder.unets]
+    units = [(_label(m, k), "run", (m, k), _depends(pipe, ladder, m, k, digests)) for m, k in plan_runs]
     if "ode" in kinds or "auto" in {m for m, _ in plan_runs}:
-        units.append((ODE_REF, "ode_ref", None))
+        units.append((ODE_REF, "ode_ref", None, _depends(pipe, ladder, None, {}, digests)))
     if em_runs:
-        units.append((EM_PATHWISE, "em_pathwise", em_runs))
-    cache = RunCache(cache_dir, _fingerprint(pipe, ladder, quality, cfg, n, pn, seed, boot_seed))
+        units.append((EM_REF, "em_ref", None, _depends(pipe, ladder, None, {}, digests)))
+        for m, k in em_runs:
+            units.append((EM_PATHWISE + _label(m, k), "em_pathwise", (m, k), _depends(pipe, ladder, m, k, digests)))
+    cache = RunCache(cache_dir, _fingerprint(pipe, quality, cfg, n, pn, seed))
     if cache_dir is not None:
-        echo(f"cache: {cache_dir} ({sum(key in cache for key, _, _ in units)} of {len(units)} units done)")
+        done = sum(cache.fresh(key, dep) for key, _, _, dep in units)
+        echo(f"cache: {cache_dir} ({done} of {len(units)} units done)")
     started = time.perf_counter()
 
     def sample(method, knob, count):
@@ -571,9 +602,12 @@ def run_images_bench(
         if kind == "ode_ref":
             echo(f"pathwise reference: DPM++ {cfg['ode_ref_steps']} steps on the first {pn} samples")
             return {"x": sample("dpmpp_2m", {"steps": cfg["ode_ref_steps"]}, pn)[0]}, {}
+        if kind == "em_ref":
+            echo(f"pathwise reference: EM-top {cfg['em_ref_steps']} steps on {pn} samples (one generator)")
+            return {"x": _one_generator_run(pipe, "em", {"steps": cfg["em_ref_steps"]}, pn, seed)}, {}
         if kind == "em_pathwise":
-            sq = em_pathwise_sq(pipe, payload, pn, cfg["em_ref_steps"], seed, echo)
-            return {f"sq{i}": v for i, v in enumerate(sq.values())}, {"labels": list(sq)}
+            ref = cache.get(EM_REF)[0]["x"]
+            return {"sq": squared_distances(_one_generator_run(pipe, *payload, pn, seed), ref)}, {}
         method, knob = payload
         x, top, wall, rep = sample(method, knob, n)
         f = quality.features(x)
@@ -583,15 +617,18 @@ def run_images_bench(
         return {"features": f, "x_head": x[:pn].clone()}, meta
 
     mine = units if shard is None else shard_units(units, _unit_costs(units, est, pn, cfg), shard_i, shard_k)
+    if shard is not None and any(kind == "em_pathwise" for _, kind, _, _ in mine):
+        # the EM-family pathwise units need EM's reference: the shard that has them computes it first
+        mine = [u for u in units if u[1] == "em_ref"] + [u for u in mine if u[1] != "em_ref"]
     with single_thread(), torch.no_grad():
-        for key, kind, payload in mine:
-            if key in cache:
+        for key, kind, payload, dep in mine:
+            if cache.fresh(key, dep):
                 echo(f"{key}: from the cache ({cache.path(key)})")
                 continue
             tensors, meta = compute(key, kind, payload)
-            cache.put(key, tensors, meta)
+            cache.put(key, tensors, meta, dep)
     if shard is not None:
-        done = [key for key, _, _ in mine]
+        done = [key for key, _, _, _ in mine]
         echo(f"shard {shard_i + 1}/{shard_k}: {len(done)} units in {cache_dir}; run without --shard to analyse")
         return {"shard": [shard_i + 1, shard_k], "units": done, "cache_dir": cache_dir}
     ref_feats = quality.features(quality.reference)
@@ -600,11 +637,11 @@ def run_images_bench(
     references = _reference_rows(quality, ref_feats, counts, n, seed)
     rows: List[Dict] = []
     reps: Dict[str, Dict[str, torch.Tensor]] = {}
-    em_path = {}
-    if em_runs:
-        t, meta = cache.get(EM_PATHWISE)
-        sq = {label: t[f"sq{i}"] for i, label in enumerate(meta["labels"])}
-        em_path = _em_pathwise_rows(sq, counts_p, cfg["em_ref_steps"], seed, pn)
+    missing = [key for key, _, _, dep in units if not cache.fresh(key, dep)]
+    if missing:  # only when another process changed the cache meanwhile
+        raise ValueError(f"cache_dir: {cache_dir} lacks finished units {missing}; run again to compute them")
+    sq = {_label(m, k): cache.get(EM_PATHWISE + _label(m, k))[0]["sq"] for m, k in em_runs}
+    em_path = _em_pathwise_rows(sq, counts_p, cfg["em_ref_steps"], seed, pn)
     ode_ref = cache.get(ODE_REF)[0]["x"] if ODE_REF in cache else None
     for method, knob in plan_runs:
         label = _label(method, knob)

@@ -17,7 +17,15 @@ def test_units_round_trip_through_the_folder_and_a_new_cache_finds_them(tmp_path
     assert "run a" in again and "run b" not in again
     tensors, meta = again.get("run a")
     assert torch.equal(tensors["features"], torch.arange(6.0).reshape(3, 2))
-    assert meta == {"top": 2.5, "report": {"steps": 3}, "key": "run a"}
+    assert meta == {"top": 2.5, "report": {"steps": 3}, "key": "run a", "depends": None}
+
+
+def test_a_unit_made_from_other_inputs_is_stale(tmp_path):
+    c = RunCache(str(tmp_path / "cache"), {})
+    c.put("run a", {"x": torch.ones(1)}, {}, depends={"levels": ["abc"]})
+    again = RunCache(str(tmp_path / "cache"), {})
+    assert again.fresh("run a", {"levels": ["abc"]})
+    assert not again.fresh("run a", {"levels": ["abd"]}) and not again.fresh("run b", {"levels": ["abc"]})
 
 
 def test_a_folder_of_other_settings_or_foreign_files_is_refused(tmp_path):

@@ -118,3 +118,24 @@ def test_cli_bad_inputs_name_their_options(fashion_ladder, tmp_path):
     r = CliRunner().invoke(main, base + ["--quick", "--cache-dir", str(tmp_path / "c2")])
     assert r.exit_code == 2 and "--cache-dir" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "a.json").exists()
+
+
+def test_a_cached_top_model_run_survives_a_change_of_the_cheaper_levels(fashion_ladder, tmp_path):
+    """Units record the levels they ran: retraining level 1 recomputes T-Stitch's run, not the top model's."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out, data_dir = fashion_ladder
+    runs = [RUNS[0], RUNS[4]]  # DPM++ (top only) and T-Stitch on level 1
+    cache = str(tmp_path / "cache")
+    kw = dict(runs=runs, data_dir=data_dir, cache_dir=cache, out=None, plot_path=None, **SMALL)
+    run_images_bench(out, **kw)
+    copy = str(tmp_path / "ladder")
+    shutil.copytree(out, copy)
+    w = f"{copy}/level_1/diffusion_pytorch_model.safetensors"
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(w).items()}, w, {"format": "pt"})
+    said = []
+    run_images_bench(copy, echo=said.append, **kw)
+    assert any(line.startswith("DPM++ 2: from the cache") for line in said)
+    assert not any(line.startswith("T-Stitch") and "from the cache" in line for line in said)
