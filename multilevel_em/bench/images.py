@@ -552,6 +552,11 @@ def run_images_bench(
     plan_runs = _check_runs(cfg["runs"])
     if any(m in ("mlem", "auto") for m, _ in plan_runs) and pipe.calibration is None:
         raise ValueError(f"{ladder}: ML-EM and auto runs need a calibration (mlem calibrate --ladder {ladder})")
+    if any(m == "auto" for m, _ in plan_runs) and not pipe.calibration.samplers:
+        raise ValueError(
+            f"{ladder}: the planner's choice (auto runs) needs a calibration with sampler fits "
+            f"(mlem calibrate --ladder {ladder} --samplers {','.join(registry.measurable_samplers())})"
+        )
     shard_i, shard_k = check_shard(shard)
     if shard is not None and cache_dir is None:
         raise ValueError("shard: a shard writes its runs to cache_dir; give cache_dir too")
@@ -651,7 +656,8 @@ def run_images_bench(
         f, x_head, top, wall, rep = tensors["features"], tensors["x_head"], meta["top"], meta["wall"], meta["report"]
         kid, fd = kid_unbiased(f, ref_feats), frechet_distance(f, ref_feats)
         kb, fb = kid_bootstrap(f, ref_feats, counts), frechet_bootstrap(f, ref_feats, counts)
-        sampler_run = _sampler(method, knob) if method != "auto" else (rep.get("auto") or {}).get("sampler")
+        choice = rep.get("auto") or {}
+        sampler_run = _sampler(method, knob) if method != "auto" else choice.get("sampler") or choice.get("method")
         row = {
             "label": label,
             "family": _family(method, knob),

@@ -18,7 +18,17 @@ levels:
 * ``traced+wallplan`` (digits): traced levels, ML-EM planned with wall-time level costs (the traced
   levels' measured seconds per sample at the full batch, as ``pipe.calibrate(timing="wall",
   trace=True)`` would give) instead of FLOPs: the budget is then in top-level seconds, and the
-  plan avoids levels that are cheap in FLOPs only.
+  plan avoids levels that are cheap in FLOPs only;
+* ``traced+static`` and ``traced+static+wallplan`` (digits): ``draws="static"`` (per-sample coins drawn
+  on the host, each level's sub-batch padded to a bucket size: shapes known before the call);
+* ``compiled+static+wallplan`` (digits): the levels through ``torch.compile`` (``compile=True``) with
+  static draws, against EM-top compiled the same way; every (level, bucket) is compiled before the timed
+  repeats (``compile_warm_up_seconds``).
+
+Each ML-EM run is compared with EM-top at ``floor(budget)`` steps run the same way. Two ratios: per
+counted top-level equivalent in FLOPs (``ratio``), and with each run's evaluations counted in the wall
+plan's units, the levels' measured seconds (``ratio_in_wall_units``): for a plan made in seconds, the
+second is the honest one (its budget was spent in those units).
 
 Two ladders:
 

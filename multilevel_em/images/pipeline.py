@@ -376,7 +376,7 @@ class MultilevelPipeline:
         if self.calibration is None or not self.calibration.samplers:
             raise ValueError(
                 "method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
-                "(`mlem calibrate --ladder DIR --samplers em,ddim,euler_ode,dpmpp_2m`)"
+                f"(`mlem calibrate --ladder DIR --samplers {','.join(measurable_samplers())}`)"
             )
         self._check_budget(budget)
         return planning.choose(self.calibration, budget)

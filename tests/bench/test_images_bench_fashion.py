@@ -40,6 +40,7 @@ def fashion_ladder(tmp_path_factory):
     )
     pipe = MultilevelPipeline(ladder)
     pipe.calibrate(n=8, steps=18, generator=torch.Generator().manual_seed(0))
+    pipe.calibrate_samplers(["em", "dpmpp_2m"], n=4, steps=(2, 3, 4), ref_steps=8, gain_steps=(3,))
     pipe.save_calibration(out)
     return out, data_dir
 
@@ -139,3 +140,21 @@ def test_a_cached_top_model_run_survives_a_change_of_the_cheaper_levels(fashion_
     run_images_bench(copy, echo=said.append, **kw)
     assert any(line.startswith("DPM++ 2: from the cache") for line in said)
     assert not any(line.startswith("T-Stitch") and "from the cache" in line for line in said)
+
+
+def test_the_planners_choice_and_mlem_are_compared_with_the_best_single_model(fashion_ladder, tmp_path):
+    out, data_dir = fashion_ladder
+    runs = [("dpmpp_2m", {"steps": 2}), ("em", {"steps": 6}), ("auto", {"budget": 3}), ("mlem", {"budget": 3})]
+    res = run_images_bench(out, runs=runs, data_dir=data_dir, out=None, plot_path=None, **SMALL)
+    rows = {r["label"]: r for r in res["runs"]}
+    auto = rows["planner's choice, budget 3"]
+    assert auto["auto"]["method"] in ("mlem", "em", "ddim", "euler_ode", "dpmpp_2m", "unipc")
+    assert auto["sampler"] is not None and auto["top_equivalents"] <= 3 * 1.5
+    target = res["summary"]["half_cost_target"]
+    assert target["best_single"] in ("DPM++ 2", "EM-top 6")
+    assert {c["run"] for c in target["runs"]} == {"planner's choice, budget 3", "ML-EM in em, budget 3"}
+    for c in target["runs"]:
+        lo, hi = c["fd_diff_ci"]
+        assert lo <= c["fd_diff"] <= hi or not c["not_resolved_worse"] or lo <= 0
+        assert c["not_resolved_worse"] == (lo <= 0)
+    assert any(e["mlem"] == "planner's choice, budget 3" for e in res["equal_cost"])
