@@ -2,8 +2,9 @@
 
 A long benchmark (``mlem bench images`` on Fashion-MNIST: tens of runs of 2000 samples) is a list of
 independent units. :class:`RunCache` stores each unit when it finishes, so that a run interrupted by
-the end of a session resumes where it stopped, and k processes (``--shard i/k``, one per core) can fill
-one folder in parallel before a last process analyses everything (:func:`shard_units`).
+the end of a session resumes where it stopped. Several processes can fill one folder at once (one per
+core): each claims a unit before computing it (:meth:`RunCache.claim`, a lock file with its pid) and
+skips the units others hold; ``--shard i/k`` splits the units statically instead (:func:`shard_units`).
 
 The folder's ``settings.json`` holds the fingerprint of what produced it (the ladder's weights, the
 settings that change the numbers); a folder of other settings is refused, naming it, so a stale unit
@@ -128,6 +129,54 @@ class RunCache:
         atomic_write(path, lambda tmp: save_file(flat, tmp))
         write_json(path[: -len(".safetensors")] + ".json", meta)
 
+    def _lock(self, key: str) -> str:
+        return self.path(key)[: -len(".safetensors")] + ".lock"
+
+    def claim(self, key: str) -> bool:
+        """Take unit ``key`` for this process (a lock file holding its pid), so that other processes filling the
+        same folder skip it; False when a live process holds it. A lock of a dead process (same machine) is
+        taken over. Without a folder, always True."""
+        if self.folder is None:
+            return True
+        lock = self._lock(key)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self.holder(key)
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    return False
+                try:
+                    os.remove(lock)  # stale: its process is gone (or it is ours)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        return False
+
+    def holder(self, key: str) -> Optional[int]:
+        """The pid holding unit ``key``'s lock, or None."""
+        try:
+            with open(self._lock(key)) as f:
+                return int(f.read().strip() or -1)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def claimed_elsewhere(self, key: str) -> bool:
+        """Whether a live process other than this one holds unit ``key``."""
+        holder = self.holder(key)
+        return holder is not None and holder != os.getpid() and _alive(holder)
+
+    def release(self, key: str) -> None:
+        """Drop this process's lock on ``key`` (after :meth:`put`, or when its computation failed)."""
+        if self.folder is not None and self.holder(key) == os.getpid():
+            try:
+                os.remove(self._lock(key))
+            except FileNotFoundError:
+                pass
+
     def get(self, key: str) -> Tuple[Dict[str, torch.Tensor], Dict]:
         """``(tensors, meta)`` of a finished unit; ValueError naming the file when it is missing or corrupt."""
         if key in self._memory:
@@ -147,6 +196,19 @@ class RunCache:
             raise ValueError(f"cache_dir: {path} holds {meta.get('key')!r}, not {key!r}; delete it to recompute")
         self._memory[key] = (tensors, meta)
         return tensors, meta
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_shard(shard: Optional[str]) -> Tuple[Optional[int], Optional[int]]:

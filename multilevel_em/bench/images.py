@@ -577,8 +577,9 @@ def run_images_bench(
     units = [(_label(m, k), "run", (m, k), _depends(pipe, ladder, m, k, digests)) for m, k in plan_runs]
     if "ode" in kinds or "auto" in {m for m, _ in plan_runs}:
         units.append((ODE_REF, "ode_ref", None, _depends(pipe, ladder, None, {}, digests)))
+    ref_dep = _depends(pipe, ladder, None, {}, digests)  # the references run the top level alone
     if em_runs:
-        units.append((EM_REF, "em_ref", None, _depends(pipe, ladder, None, {}, digests)))
+        units.append((EM_REF, "em_ref", None, ref_dep))
         for m, k in em_runs:
             units.append((EM_PATHWISE + _label(m, k), "em_pathwise", (m, k), _depends(pipe, ladder, m, k, digests)))
     cache = RunCache(cache_dir, _fingerprint(pipe, quality, cfg, n, pn, seed))
@@ -611,6 +612,14 @@ def run_images_bench(
             echo(f"pathwise reference: EM-top {cfg['em_ref_steps']} steps on {pn} samples (one generator)")
             return {"x": _one_generator_run(pipe, "em", {"steps": cfg["em_ref_steps"]}, pn, seed)}, {}
         if kind == "em_pathwise":
+            while not cache.fresh(EM_REF, ref_dep) and cache.claimed_elsewhere(EM_REF):
+                time.sleep(10)  # another process is computing EM's reference
+            if not cache.fresh(EM_REF, ref_dep):
+                cache.claim(EM_REF)
+                try:
+                    cache.put(EM_REF, *compute(EM_REF, "em_ref", None), ref_dep)
+                finally:
+                    cache.release(EM_REF)
             ref = cache.get(EM_REF)[0]["x"]
             return {"sq": squared_distances(_one_generator_run(pipe, *payload, pn, seed), ref)}, {}
         method, knob = payload
@@ -622,16 +631,26 @@ def run_images_bench(
         return {"features": f, "x_head": x[:pn].clone()}, meta
 
     mine = units if shard is None else shard_units(units, _unit_costs(units, est, pn, cfg), shard_i, shard_k)
-    if shard is not None and any(kind == "em_pathwise" for _, kind, _, _ in mine):
-        # the EM-family pathwise units need EM's reference: the shard that has them computes it first
-        mine = [u for u in units if u[1] == "em_ref"] + [u for u in mine if u[1] != "em_ref"]
     with single_thread(), torch.no_grad():
         for key, kind, payload, dep in mine:
             if cache.fresh(key, dep):
                 echo(f"{key}: from the cache ({cache.path(key)})")
                 continue
-            tensors, meta = compute(key, kind, payload)
-            cache.put(key, tensors, meta, dep)
+            if not cache.claim(key):
+                echo(f"{key}: being computed by process {cache.holder(key)}; skipped")
+                continue
+            try:
+                tensors, meta = compute(key, kind, payload)
+                cache.put(key, tensors, meta, dep)
+            finally:
+                cache.release(key)
+        if shard is None:  # wait for the units other processes are computing
+            waiting = [key for key, _, _, dep in units if not cache.fresh(key, dep) and cache.claimed_elsewhere(key)]
+            if waiting:
+                echo(f"waiting for {len(waiting)} units other processes are computing: {', '.join(waiting)}")
+            while waiting:
+                time.sleep(10)
+                waiting = [key for key in waiting if cache.claimed_elsewhere(key)]
     if shard is not None:
         done = [key for key, _, _, _ in mine]
         echo(f"shard {shard_i + 1}/{shard_k}: {len(done)} units in {cache_dir}; run without --shard to analyse")

@@ -100,3 +100,23 @@ def test_jsonable_turns_tensors_and_numpy_into_plain_json():
     out = jsonable({"a": torch.tensor([1.0, 2.0]), "b": np.float64(0.5), "c": (1, np.int64(2)), 3: None})
     assert out == {"a": [1.0, 2.0], "b": 0.5, "c": [1, 2], "3": None}
     json.dumps(out)
+
+
+def test_claims_let_processes_share_a_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    c = RunCache(str(tmp_path / "cache"), {})
+    assert c.claim("a") and c.holder("a") == os.getpid() and not c.claimed_elsewhere("a")
+    c.release("a")
+    assert c.holder("a") is None
+    lock = c.path("b")[: -len(".safetensors")] + ".lock"
+    with open(lock, "w") as f:
+        f.write("1")  # a live process that is not this one (init)
+    assert c.claimed_elsewhere("b") and not c.claim("b")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with open(lock, "w") as f:
+        f.write(dead.stdout.strip())  # a process that has exited: its lock is stale
+    assert not c.claimed_elsewhere("b") and c.claim("b") and c.holder("b") == os.getpid()
+    assert RunCache(None, {}).claim("x")
