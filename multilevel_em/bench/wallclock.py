@@ -115,6 +115,15 @@ CONFIGS = {
         "mlp_repeats": 1,
     },
 }
+#: ``--compiled-only``: the same ladder and plan (wall-time costs, static draws) run eager, traced and compiled,
+#: each against EM-top run the same way, at the issue's two budgets.
+COMPILED_ONLY = {
+    "budgets": (8, 32),
+    "extra_em_steps": (),
+    "dpm_steps": (),
+    "compiled": True,
+    "executions": ("eager+static+wallplan", "traced+static+wallplan", "compiled+static+wallplan"),
+}
 #: Sub-batch buckets for the padded-execution measurement (a sub-batch is padded to the next one).
 BUCKETS = (1, 2, 4, 8, 16, 32, 48)
 SEED = 0
@@ -135,6 +144,7 @@ MLEM_EXECUTIONS = (
     ("traced+exact", "traced", "exact", "flops"),
     ("traced+wallplan", "traced", "per_sample", "wall"),
     ("traced+static", "traced", "static", "flops"),
+    ("eager+static+wallplan", "eager", "static", "wall"),
     ("traced+static+wallplan", "traced", "static", "wall"),
     ("compiled+static+wallplan", "compiled", "static", "wall"),
 )
@@ -146,6 +156,8 @@ def _digits_runs(cfg: dict) -> List[dict]:
     """The timed runs: (execution, method, knobs), in the order of an even repeat."""
     runs = []
     executions = [e for e in MLEM_EXECUTIONS if cfg["compiled"] or e[1] != "compiled"]
+    if cfg.get("executions"):
+        executions = [e for e in executions if e[0] in cfg["executions"]]
     for b in cfg["budgets"]:
         for name, ex, draws, plan in executions:
             runs.append(
@@ -627,9 +639,12 @@ def mlp_wallclock(cfg: dict, echo: Callable) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def run(*, quick: bool = False, threads: int = 1, echo: Callable = print) -> dict:
-    """Run the benchmark; returns the results (JSON-serialisable)."""
-    cfg = CONFIGS["quick" if quick else "full"]
+def run(*, quick: bool = False, threads: int = 1, echo: Callable = print, compiled_only: bool = False) -> dict:
+    """Run the benchmark; returns the results (JSON-serialisable). ``compiled_only``: the digits ladder's
+    compiled-against-eager comparison alone (:data:`COMPILED_ONLY`; no MLP ladder, no profile)."""
+    cfg = dict(CONFIGS["quick" if quick else "full"])
+    if compiled_only:
+        cfg.update(COMPILED_ONLY)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -639,10 +654,14 @@ def run(*, quick: bool = False, threads: int = 1, echo: Callable = print) -> dic
         micro = digits_microbench(pipe, cfg)
         wall = wall_calibration(pipe, micro, cfg["n"])
         digits = digits_wallclock({"flops": pipe, "wall": wall}, cfg, echo)
-        digits["profile"] = [
-            digits_profile(pipe, cfg["budgets"][0], cfg["n"], trace=True),
-            digits_profile(pipe, cfg["budgets"][-1], cfg["n"], trace=True),
-        ]
+        digits["profile"] = (
+            []
+            if compiled_only
+            else [
+                digits_profile(pipe, cfg["budgets"][0], cfg["n"], trace=True),
+                digits_profile(pipe, cfg["budgets"][-1], cfg["n"], trace=True),
+            ]
+        )
         digits["microbench"] = micro
         digits["wall_costs_seconds_per_sample"] = [float(c) for c in wall.calibration.costs]
         digits["wall_plans"] = {
@@ -669,8 +688,9 @@ def run(*, quick: bool = False, threads: int = 1, echo: Callable = print) -> dic
                 },
             }
         )
-        mlp = mlp_wallclock(cfg, echo)
-        mlp["repeats"] = cfg["mlp_repeats"]
+        mlp = None if compiled_only else mlp_wallclock(cfg, echo)
+        if mlp is not None:
+            mlp["repeats"] = cfg["mlp_repeats"]
     finally:
         torch.set_num_threads(old_threads)
     res = {
@@ -702,7 +722,7 @@ def summary_lines(res: dict) -> List[str]:
         f"digits ladder, {d['n']} samples, {res['threads']} thread(s), medians of {d['repeats']}: ML-EM / EM-top "
         "seconds per counted top-level equivalent, wall / cpu"
     ]
-    budgets = list(d["ratio"]["wall"]["eager"])
+    budgets = list(next(iter(d["ratio"]["wall"].values())))
     out.append(f"{'execution':>26}" + "".join(f"{'budget ' + b:>16}" for b in budgets))
     for ex in d["ratio"]["wall"]:
         out.append(
@@ -713,6 +733,16 @@ def summary_lines(res: dict) -> List[str]:
     for ex in d["ratio_in_wall_units"]["wall"]:
         rw, rc = d["ratio_in_wall_units"]["wall"][ex], d["ratio_in_wall_units"]["cpu"][ex]
         out.append(f"{ex:>26}" + "".join(f"{rw[b]:>9.2f} / {rc[b]:.2f}" for b in budgets))
+    same_plan = ("eager+static+wallplan", "traced+static+wallplan", "compiled+static+wallplan")
+    if all(f"{ex}/mlem/{budgets[0]}" in d["runs"] for ex in same_plan):
+        out.append(
+            "one plan (wall-time costs, static draws), three executions: CPU ms per sample, eager / traced / compiled"
+        )
+        for b in budgets:
+            ms = [1e3 * d["runs"][f"{ex}/mlem/{b}"]["cpu_seconds_per_sample"] for ex in same_plan]
+            out.append(f"  budget {b}: " + " / ".join(f"{v:.2f}" for v in ms))
+    if m is None:
+        return out
     out.append(
         f"MLP ladder, batch {m['batch']}, {m['steps']} steps, medians of {m['repeats']}: ML-EM / EM-top, wall / cpu"
     )
@@ -746,11 +776,20 @@ def main(argv: Optional[Sequence[str]] = None, *, command: Optional[str] = None)
         default=None,
         help="JSON output path (default results/wallclock.json; results/wallclock_quick.json with --quick)",
     )
+    p.add_argument(
+        "--compiled-only",
+        action="store_true",
+        help="only the digits ladder's eager / traced / compiled ML-EM (static draws, wall-time plan) and EM-top at "
+        "budgets 8 and 32 (about 10 min, most of it compiling); default output results/wallclock_compiled.json",
+    )
     add_overwrite_argument(p)
     args = p.parse_args(argv)
-    out = args.out or default_outputs("wallclock", args.quick)[0]
+    if args.compiled_only and args.out is None:
+        out = "results/wallclock_compiled" + ("_quick" if args.quick else "") + ".json"
+    else:
+        out = args.out or default_outputs("wallclock", args.quick)[0]
     check_outputs(p, [out], args.overwrite)
-    res = run(quick=args.quick, threads=args.threads)
+    res = run(quick=args.quick, threads=args.threads, compiled_only=args.compiled_only)
     write_json(out, res)
     print(f"wrote {out}")
     return res
