@@ -65,7 +65,15 @@ from ..images.pipeline import MultilevelPipeline
 from .cache import RunCache, check_shard, file_sha256, jsonable, shard_units
 from .common import device_name, pareto_front, single_thread, write_json
 
-__all__ = ["SETTINGS", "N_MIN", "run_images_bench", "estimate_seconds", "em_pathwise", "repair_em_pathwise"]
+__all__ = [
+    "SETTINGS",
+    "N_MIN",
+    "run_images_bench",
+    "estimate_seconds",
+    "em_pathwise",
+    "repair_em_pathwise",
+    "markdown_tables",
+]
 
 #: Runs: (method, knobs). T-Stitch uses the pipeline's default: level 1 for 40% of DDIM's steps.
 FULL_RUNS = (
@@ -1014,6 +1022,30 @@ def _headline(rows: List[Dict], reps: Dict, analysis: Dict) -> List[str]:
             f"{c['cost_ratio_top_equivalents']:.2f}x the top-level equivalents, {c['cost_ratio_seconds']:.2f}x the seconds"
         )
     return lines
+
+
+def markdown_tables(res: Dict) -> str:
+    """The results as the docs quote them: one table of every run (cost in top-level equivalents and
+    milliseconds, KID, FD, path error, with intervals) and the real-image references below it."""
+
+    def ci(v, lo_hi, fmt="{:.4g}"):
+        return f"{fmt.format(v)} [{fmt.format(lo_hi[0])}, {fmt.format(lo_hi[1])}]"
+
+    lines = [
+        "| run | top-eq | ms/sample | KID [95% CI] | FD [95% CI] | path error [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(res["runs"], key=lambda r: (r["family"], r["top_equivalents"])):
+        pw = "—" if r.get("pathwise_error") is None else ci(r["pathwise_error"], r["pathwise_error_ci"], "{:.3g}")
+        lines.append(
+            f"| {r['label']} | {r['top_equivalents']:.1f} | {r['wall_seconds_per_sample'] * 1e3:.1f} | "
+            f"{ci(r['kid'], r['kid_ci'])} | {ci(r['fd'], r['fd_ci'])} | {pw} |"
+        )
+    for ref in res.get("references", []):
+        lines.append(
+            f"| {ref['images']} (real images) | — | — | {ci(ref['kid'], ref['kid_ci'])} | {ci(ref['fd'], ref['fd_ci'])} | — |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def annotate_equal_cost(rows: List[Dict], equal: List[Dict]) -> None:

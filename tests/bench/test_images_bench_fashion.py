@@ -11,7 +11,7 @@ from conftest import write_fashion_files
 
 pytest.importorskip("diffusers")
 
-from multilevel_em.bench.images import run_images_bench
+from multilevel_em.bench.images import markdown_tables, run_images_bench
 from multilevel_em.cli.main import main
 from multilevel_em.images.data import load_fashion_mnist
 from multilevel_em.images.ladder import ladder_dataset, load_ladder, resolve_ladder
@@ -76,6 +76,10 @@ def test_fashion_runs_are_scored_against_the_test_split_with_the_floor_beside_th
     best = res["summary"]["best_fd"]
     assert best["run"] in rows and best["cheapest_within_noise"] in best["within_noise"]
     assert json.load(open(tmp_path / "r.json"))["references"][0]["images"] == "training images (the floor)"
+    table = markdown_tables(res).splitlines()
+    assert len(table) == 2 + len(RUNS) + 3 and table[0].startswith("| run | top-eq | ms/sample")
+    assert any(line.startswith("| UniPC 2 | 2.0 |") for line in table)
+    assert table[-3].startswith("| training images (the floor) (real images) | — |")
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
