@@ -740,6 +740,13 @@ def run_images_bench(
         )
     for r in references:
         echo(f"{r['images']:>28}: FD {r['fd']:8.4g} [{r['fd_ci'][0]:.3f}, {r['fd_ci'][1]:.3f}]")
+    levels = level_timings(pipe)
+    for lv in levels:
+        echo(
+            f"level {lv['level']} (width {lv['width']}): {lv['seconds_per_sample'] * 1e3:.2f} ms/sample at batch 64, "
+            f"seconds share {lv['seconds_share']:.3f} against FLOP share {lv['flop_share']:.3f} "
+            f"({lv['seconds_over_flop_share']:.2f}x)"
+        )
     total_wall = time.perf_counter() - started
     analysis = _analyse(rows, reps)
     analysis["lines"] += _headline(rows, reps, analysis)
@@ -781,6 +788,7 @@ def run_images_bench(
             f"{LEVEL:.0%} paired bootstrap intervals ({cfg['boot']} resamples)"
         ),
         "references": references,
+        "levels": levels,
         "metrics": {
             "kid": f"unbiased MMD^2, cubic polynomial kernel, features of {quality.extractor} (unscaled)",
             "fd": f"Fréchet distance of Gaussians fitted to the features of {quality.extractor} (eigh square roots)",
@@ -1022,6 +1030,40 @@ def _headline(rows: List[Dict], reps: Dict, analysis: Dict) -> List[str]:
             f"{c['cost_ratio_top_equivalents']:.2f}x the top-level equivalents, {c['cost_ratio_seconds']:.2f}x the seconds"
         )
     return lines
+
+
+def level_timings(pipe, batch: int = 64, repeats: int = 7) -> List[Dict]:
+    """Each level's single-thread seconds per sample at ``batch`` (medians of ``repeats`` calls, the levels
+    interleaved so that machine load hits them alike) against its FLOP share: how far a level is from cheap
+    in seconds. CPU time of this process (one thread: its cost, also on a shared machine)."""
+    import statistics
+
+    L = pipe.ladder
+    models = L.eps_models()
+    x = torch.randn(batch, *L.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((batch,), 0.5)
+    times: List[List[float]] = [[] for _ in models]
+    with single_thread(), torch.no_grad():
+        for m in models:
+            m(x, t)  # warm-up
+        for _ in range(repeats):
+            for i, m in enumerate(models):
+                t0 = time.process_time()
+                m(x, t)
+                times[i].append((time.process_time() - t0) / batch)
+    sec = [statistics.median(v) for v in times]
+    return [
+        {
+            "level": i + 1,
+            "width": L.widths[i],
+            "flops": L.costs[i],
+            "flop_share": L.costs[i] / L.costs[-1],
+            "seconds_per_sample": sec[i],
+            "seconds_share": sec[i] / sec[-1],
+            "seconds_over_flop_share": (sec[i] / sec[-1]) / (L.costs[i] / L.costs[-1]),
+        }
+        for i in range(len(models))
+    ]
 
 
 def markdown_tables(res: Dict) -> str:

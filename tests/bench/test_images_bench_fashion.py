@@ -76,6 +76,8 @@ def test_fashion_runs_are_scored_against_the_test_split_with_the_floor_beside_th
     best = res["summary"]["best_fd"]
     assert best["run"] in rows and best["cheapest_within_noise"] in best["within_noise"]
     assert json.load(open(tmp_path / "r.json"))["references"][0]["images"] == "training images (the floor)"
+    assert [lv["level"] for lv in res["levels"]] == [1, 2] and res["levels"][1]["seconds_share"] == 1.0
+    assert all(lv["seconds_per_sample"] > 0 and lv["flop_share"] <= 1 for lv in res["levels"])
     table = markdown_tables(res).splitlines()
     assert len(table) == 2 + len(RUNS) + 3 and table[0].startswith("| run | top-eq | ms/sample")
     assert any(line.startswith("| UniPC 2 | 2.0 |") for line in table)
