@@ -256,7 +256,12 @@ def bench_images_cmd(ladder_path, n, quick, boot, seed, data_dir, cache_dir, sha
             shard=shard,
         )
     except (ValueError, FloatingPointError, CheckpointError) as e:
-        for arg, option in (("cache_dir: ", "--cache-dir"), ("dataset: ", "--ladder"), ("n: ", "--n")):
+        for arg, option in (
+            ("cache_dir: ", "--cache-dir"),
+            ("dataset: ", "--ladder"),
+            ("data_dir: ", "--data-dir"),
+            ("n: ", "--n"),
+        ):
             if str(e).startswith(arg):
                 raise click.BadParameter(str(e)[len(arg) :], param_hint=option) from None
         raise click.ClickException(str(e)) from None

@@ -114,6 +114,7 @@ def test_sharded_cached_runs_give_the_same_numbers_and_resume(fashion_ladder, tm
 def test_cli_bad_inputs_name_their_options(fashion_ladder, tmp_path):
     out, data_dir = fashion_ladder
     base = ["bench", "images", "--ladder", out, "--data-dir", data_dir, "--out", str(tmp_path / "a.json")]
+    base += ["--plot", str(tmp_path / "a.png")]
     r = CliRunner().invoke(main, base + ["--shard", "3/2", "--cache-dir", str(tmp_path / "c")])
     assert r.exit_code == 2 and "--shard" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, base + ["--shard", "1/2"])
@@ -124,6 +125,13 @@ def test_cli_bad_inputs_name_their_options(fashion_ladder, tmp_path):
     (tmp_path / "c2" / "x.txt").write_text("not a cache")
     r = CliRunner().invoke(main, base + ["--quick", "--cache-dir", str(tmp_path / "c2")])
     assert r.exit_code == 2 and "--cache-dir" in r.output and "Traceback" not in r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(
+        main,
+        ["bench", "images", "--ladder", out, "--data-dir", str(tmp_path / "empty")]
+        + ["--out", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")],
+    )
+    assert r.exit_code == 2 and "--data-dir" in r.output and "apt-get install dataset-fashion-mnist" in r.output
     assert not (tmp_path / "a.json").exists()
 
 
