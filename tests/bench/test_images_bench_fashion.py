@@ -79,7 +79,7 @@ def test_fashion_runs_are_scored_against_the_test_split_with_the_floor_beside_th
     assert [lv["level"] for lv in res["levels"]] == [1, 2] and res["levels"][1]["seconds_share"] == 1.0
     assert all(lv["seconds_per_sample"] > 0 and lv["flop_share"] <= 1 for lv in res["levels"])
     table = markdown_tables(res).splitlines()
-    assert len(table) == 2 + len(RUNS) + 3 and table[0].startswith("| run | top-eq | ms/sample")
+    assert len(table) == 2 + len(RUNS) + 3 and table[0].startswith("| run | top-eq | CPU ms/sample")
     assert any(line.startswith("| UniPC 2 | 2.0 |") for line in table)
     assert table[-3].startswith("| training images (the floor) (real images) | — |")
     assert (tmp_path / "r.png").stat().st_size > 0
@@ -123,7 +123,7 @@ def test_cli_bad_inputs_name_their_options(fashion_ladder, tmp_path):
     assert r.exit_code == 2 and "--ladder" in r.output and "shipped ladders (digits, fashion)" in r.output
     (tmp_path / "c2").mkdir()
     (tmp_path / "c2" / "x.txt").write_text("not a cache")
-    r = CliRunner().invoke(main, base + ["--quick", "--cache-dir", str(tmp_path / "c2")])
+    r = CliRunner().invoke(main, base + ["--quick", "--n", "64", "--cache-dir", str(tmp_path / "c2")])
     assert r.exit_code == 2 and "--cache-dir" in r.output and "Traceback" not in r.output
     (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(
