@@ -414,7 +414,8 @@ def _fingerprint(pipe, quality, cfg: Dict, n: int, pn: int, seed: int) -> Dict:
 def _weights_digest(unet) -> str:
     """sha256 of a UNet's weights (names, dtypes, shapes, bytes) and its config: the same for a copy of the level in
     another ladder folder (the distilled ladder's top is its teacher)."""
-    h = hashlib.sha256(json.dumps(jsonable(dict(unet.config)), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}  # not _name_or_path (a folder)
+    h = hashlib.sha256(json.dumps(jsonable(config), sort_keys=True, default=str).encode())
     for k, v in sorted(unet.state_dict().items()):
         t = v.detach().contiguous().cpu()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
