@@ -370,6 +370,10 @@ def _compare(ml: dict, em_curve, em_rows, path_u, n) -> dict:
     """ML-EM against EM-top at the same path error (cost ratio) and at the same cost (error ratio)."""
     c_ml, e_ml = ml["top_equivalents_per_sample"], ml["path_error"]
     em_cost = em_cost_at(em_curve, e_ml)
+    cheapest = min(em_curve)  # (cost, error) of the sweep's cheapest EM run
+    above_sweep = e_ml > max(e for _, e in em_curve)
+    if above_sweep:  # every EM run is more accurate: EM needs less than its cheapest run, by an unknown amount
+        em_cost = None
     # EM-top's error at ML-EM's cost: log-log interpolation on the (cost, error) curve.
     pts = sorted(em_curve)
     em_err = None
@@ -390,6 +394,8 @@ def _compare(ml: dict, em_curve, em_rows, path_u, n) -> dict:
         "predicted_path_error": ml["plan"]["predicted_path_error"],
         "predicted_speedup": ml["plan"]["predicted_speedup"],
         "em_top_equivalents_at_same_error": em_cost,
+        "error_above_em_sweep": above_sweep,
+        "em_cheapest": {"top_equivalents_per_sample": cheapest[0], "path_error": cheapest[1]},
         "speedup_top_equivalents": None if em_cost is None else em_cost / c_ml,
         "speedup_wall": None if em_cost is None else em_cost * ms_per_top / ml["wall_seconds_per_sample"],
         "em_path_error_at_same_cost": em_err,
@@ -477,7 +483,14 @@ def _summary(comparisons, grid, ref, ref_floor, runs) -> list[str]:
             f"top-eq/sample measured vs {c['predicted_top_equivalents']:.2f} planned ({dev:+.2f}); path error "
             f"{c['path_error']:.3f} (plan predicted {c['predicted_path_error']:.3f} against the exact top-model path). "
         )
-        if c["speedup_top_equivalents"] is None:
+        if c.get("error_above_em_sweep"):
+            ch = c["em_cheapest"]
+            s += (
+                f"Every EM-top run of the sweep is more accurate (the cheapest, {ch['top_equivalents_per_sample']:.0f} "
+                f"top-eq, reaches {ch['path_error']:.3f}): EM-top needs less than that for this error, so there is no "
+                "equal-error saving to report."
+            )
+        elif c["speedup_top_equivalents"] is None:
             s += "Its error is outside the EM sweep's range: no equal-error comparison."
         else:
             s += (

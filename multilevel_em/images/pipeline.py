@@ -435,8 +435,9 @@ class MultilevelPipeline:
         """Sample ``batch_size`` images.
 
         Args:
-            method: ``"mlem"`` (all levels, randomized telescoping eps), ``"em"`` / ``"ddpm"`` / ``"ddim"`` /
-                ``"euler_ode"`` / ``"dpmpp_2m"`` (the top level alone with that sampler), ``"auto"`` (for
+            method: ``"mlem"`` (all levels, randomized telescoping eps), a sampler's name (``"em"``, ``"ddpm"``,
+                ``"ddim"``, ``"euler_ode"``, ``"dpmpp_2m"``, ``"dpmpp_sde"``, ``"unipc"``: the registry's
+                :data:`~multilevel_em.diffusion.SAMPLERS`; the top level alone with that sampler), ``"auto"`` (for
                 ``budget``, whichever of those the calibration predicts most accurate: :meth:`choose`;
                 ``report["auto"]`` says what ran and why), ``"stitch"`` (T-Stitch:
                 the cheapest level for ``fractions`` of the steps, default 40%, then the top).
