@@ -85,6 +85,7 @@ from ..engine import (
     tensor_version,
 )
 from ..engine.buckets import bucket_sizes
+from ..engine.call_schedule import CallSchedule, schedule_estimate
 from ..engine.compiled import CompiledLevel, check_compile_buckets
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import check_buckets
@@ -369,7 +370,11 @@ class MultilevelModel(torch.nn.Module):
         rates: instead of probabilities: lambda_2..lambda_K per unit of t (numbers or
             callables of t; a plan's or a :class:`~multilevel_em.Calibration`'s ``rates``),
             with ``scheduler``: p = min(1, lambda(t) span) (module docstring).
-        scheduler: the pipeline's scheduler (``pipe.scheduler``): needed by ``rates``,
+        schedule: instead of probabilities or rates: a :class:`~multilevel_em.engine.CallSchedule` (which levels
+            each of the pipeline's model calls uses and how often each correction fires; the top model alone,
+            a deterministic switch such as T-Stitch's, ML-EM and hybrids are all schedules), with ``scheduler``:
+            call n is the call at ``scheduler.timesteps[n]``, so the schedule must have one entry per timestep.
+        scheduler: the pipeline's scheduler (``pipe.scheduler``): needed by ``rates``, ``schedule``,
             :meth:`calibrate` and :meth:`plan`. Replacing ``pipe.scheduler`` later needs
             ``model.scheduler = pipe.scheduler`` too.
         draws: ``"per_sample"`` (each image draws its own B's; a level runs only on the
@@ -418,6 +423,7 @@ class MultilevelModel(torch.nn.Module):
         costs: Optional[Sequence[float]] = None,
         probabilities: Optional[Sequence] = None,
         rates: Optional[Sequence] = None,
+        schedule: Optional[CallSchedule] = None,
         scheduler=None,
         draws: str = "per_sample",
         generator=None,
@@ -473,12 +479,15 @@ class MultilevelModel(torch.nn.Module):
         self.check_finite = bool(check_finite)
         self.probabilities = None
         self.rates = None
-        if probabilities is not None and rates is not None:
-            raise ValueError("give at most one of probabilities= and rates=")
+        self.schedule: Optional[CallSchedule] = None
+        if sum(v is not None for v in (probabilities, rates, schedule)) > 1:
+            raise ValueError("give at most one of probabilities=, rates= and schedule=")
         if probabilities is not None:
             self.set_probabilities(probabilities)
         if rates is not None:
             self.set_rates(rates)
+        if schedule is not None:
+            self.set_schedule(schedule)
         self.calibration: Optional[Calibration] = None
         self.call_plan: Optional[CallPlan] = None
         self._call_grid: Optional[Tuple[List[float], List[float]]] = None
@@ -486,6 +495,7 @@ class MultilevelModel(torch.nn.Module):
         self._out_shape: Optional[Tuple[int, ...]] = None
         self._out_like: Optional[tuple] = None
         self._spans_cache: Optional[tuple] = None  # (scheduler.timesteps, their spans)
+        self._index_cache: Optional[tuple] = None  # (scheduler.timesteps, {timestep key: call index})
         self.reset()
 
     # ------------------------------------------------------------------ checks
@@ -563,12 +573,43 @@ class MultilevelModel(torch.nn.Module):
         for j, p in enumerate(probabilities):
             if not callable(p):
                 self._probability(j, p, None)
-        self.probabilities, self.rates = probabilities, None
+        self.probabilities, self.rates, self.schedule = probabilities, None, None
 
     def set_rates(self, rates: Sequence) -> None:
         """lambda_2..lambda_K per unit of t: numbers >= 0 or callables of t (replaces probabilities)."""
         rates = check_rates(self._sequence("rates", rates), len(self.models), None)
-        self.probabilities, self.rates = None, rates
+        self.probabilities, self.rates, self.schedule = None, rates, None
+
+    def set_schedule(self, schedule: CallSchedule) -> None:
+        """Run ``schedule`` (a :class:`~multilevel_em.engine.CallSchedule` for this ladder; replaces probabilities
+        and rates): call n of a pipeline run, the one at ``scheduler.timesteps[n]``, uses the sub-ladder and
+        probabilities of the schedule's call n."""
+        if not isinstance(schedule, CallSchedule):
+            raise TypeError(f"schedule: expected a CallSchedule, got {type(schedule).__name__}")
+        schedule.check_ladder(len(self.models))
+        self.probabilities, self.rates, self.schedule = None, None, schedule
+
+    def call_index(self, timestep: float) -> int:
+        """The 0-based position of a call at ``timestep`` in the scheduler's timesteps (what a schedule's call
+        n refers to); refuses schedulers that call the model twice per timestep (Heun, KDPM2)."""
+        self._spans()  # the scheduler is set and its timesteps are numbers
+        ts = self.scheduler.timesteps
+        cache = self._index_cache
+        if cache is None or cache[0] is not ts:
+            keys = [_key(float(v)) for v in ts]
+            if len(set(keys)) != len(keys):
+                raise ValueError(
+                    "schedule: this scheduler calls the model more than once per timestep (a second-order "
+                    f"scheduler such as {type(self.scheduler).__name__}); schedules need one call per timestep"
+                )
+            cache = self._index_cache = (ts, {k: n for n, k in enumerate(keys)})
+        k = _key(timestep)
+        if k not in cache[1]:
+            raise ValueError(
+                f"timestep {timestep:g} is not in the scheduler's timesteps ({len(cache[1])} of them); pass the "
+                "scheduler the pipeline uses (model.scheduler = pipe.scheduler)"
+            )
+        return cache[1][k]
 
     def _sequence(self, name: str, values) -> list:
         K = len(self.models)
@@ -834,7 +875,6 @@ class MultilevelModel(torch.nn.Module):
         if self._recording is not None:
             est = self._record(evaluator, call, tau)
         else:
-            probs = self.probabilities_at(tau)
             generator = self.generator
             if self.draws in ("per_sample", "static"):
                 check_generators(generator, call.images)
@@ -842,16 +882,13 @@ class MultilevelModel(torch.nn.Module):
                 raise ValueError("generator: a list of per-image generators needs draws='per_sample' or 'static'")
             if self.compile_levels and self.draws == "static":
                 check_compile_buckets(bucket_sizes(call.images, self.buckets))
-            est = telescoping_estimate(
-                evaluator,
-                call.state,
-                tau,
-                probs,
-                draws=self.draws,
-                generator=generator,
-                check_finite=self.check_finite,
-                buckets=self.buckets,
-            )
+            options = dict(draws=self.draws, generator=generator, check_finite=self.check_finite, buckets=self.buckets)
+            if self.schedule is not None:
+                n_call = self.call_index(tau)  # checks the scheduler first
+                self.schedule.check_calls(len(self.scheduler.timesteps), "the scheduler's timestep grid")
+                est = schedule_estimate(self.schedule, n_call, evaluator, call.state, tau, **options)
+            else:
+                est = telescoping_estimate(evaluator, call.state, tau, self.probabilities_at(tau), **options)
         for j in range(K):
             self.evaluations[j] += evaluator.evaluations[j] * call.groups
         self.calls += 1
@@ -978,6 +1015,8 @@ class MultilevelModel(torch.nn.Module):
         return plan
 
     def extra_repr(self) -> str:
-        mode = "probabilities" if self.probabilities is not None else ("rates" if self.rates is not None else "unset")
+        mode = next(
+            (name for name in ("probabilities", "rates", "schedule") if getattr(self, name) is not None), "unset"
+        )
         extra = ", compile=True" if self.compile_levels else ""
         return f"levels={len(self.models)}, draws={self.draws!r}, pair_guidance={self.pair_guidance!r}, {mode}{extra}"

@@ -5,6 +5,7 @@ Knows nothing of calibration, diffusion models or the command line.
 
 from .brownian import BrownianPath
 from .buckets import Bucketed, bucket_sizes, bucketed
+from .call_schedule import CallSchedule, SubLadderEvaluator, schedule_estimate
 from .checks import all_finite, modified_input_error, non_finite_error, tensor_version
 from .compiled import CompiledLevel
 from .ladder import Drift, Ladder
@@ -16,6 +17,9 @@ __all__ = [
     "BrownianPath",
     "Bucketed",
     "bucket_sizes",
+    "CallSchedule",
+    "SubLadderEvaluator",
+    "schedule_estimate",
     "CompiledLevel",
     "Drift",
     "all_finite",
