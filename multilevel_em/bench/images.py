@@ -1175,7 +1175,7 @@ def _plot(rows: List[Dict], path: str, dataset: str = "digits", references: Sequ
 
     from .._io import atomic_write
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.6))
     panels = (
         (axes[0], "kid", "KID", "top_equivalents", "top-level equivalents per sample"),
         (axes[1], "fd", "FD", "top_equivalents", "top-level equivalents per sample"),
@@ -1189,6 +1189,8 @@ def _plot(rows: List[Dict], path: str, dataset: str = "digits", references: Sequ
             # bars span the CI; where the point lies outside it (a biased bootstrap) the bar on that side is 0
             err = [[max(0.0, r[m] - r[f"{m}_ci"][0]) for r in rs], [max(0.0, r[f"{m}_ci"][1] - r[m]) for r in rs]]
             label = FAMILY_NAMES.get(fam, fam)
+            # the planner's choice often is another run (the same samples): open, larger markers keep both visible
+            auto = fam == "auto"
             ax.errorbar(
                 [r[xkey] for r in rs],
                 y,
@@ -1197,7 +1199,9 @@ def _plot(rows: List[Dict], path: str, dataset: str = "digits", references: Sequ
                 color=color,
                 label=label,
                 capsize=2,
-                markersize=5,
+                markersize=9 if auto else 5,
+                markerfacecolor="none" if auto else color,
+                linewidth=1 if auto else 1.5,
             )
         for ref, ls in zip(references, (":", "-.", "--")):
             ax.axhline(ref[m], color="0.4", linestyle=ls, linewidth=1, label=ref["images"])
@@ -1210,7 +1214,8 @@ def _plot(rows: List[Dict], path: str, dataset: str = "digits", references: Sequ
         )
         ax.set_title(f"{name} ({LEVEL:.0%} bootstrap CIs, paired noise)")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * ((len(labels) + 5) // 6), 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

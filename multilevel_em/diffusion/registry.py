@@ -159,7 +159,7 @@ _SAMPLER_SPECS = (
         title="DDPM",
         style=("C1", "v"),
         mlem_title="ML-EM in DDPM (EM plan)",
-        mlem_style=("C8", "s"),
+        mlem_style=("saddlebrown", "s"),
     ),
     SamplerSpec(
         "ddim",
@@ -210,7 +210,7 @@ _SAMPLER_SPECS = (
         title="DPM-Solver++ 2M SDE",
         style=("tab:olive", "h"),
         mlem_title="ML-EM in DPM++ SDE (EM plan)",
-        mlem_style=("tab:olive", "s"),
+        mlem_style=("darkolivegreen", "s"),
     ),
     SamplerSpec(
         "unipc",
@@ -224,9 +224,9 @@ _SAMPLER_SPECS = (
         conditional="unipc",
         label="UniPC",
         title="UniPC (bh2, order 2)",
-        style=("tab:brown", "p"),
+        style=("navy", "p"),
         mlem_title="ML-EM in UniPC",
-        mlem_style=("tab:pink", "s"),
+        mlem_style=("magenta", "s"),
     ),
 )
 
