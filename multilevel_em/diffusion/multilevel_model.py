@@ -66,6 +66,7 @@ that ran, as the wrapped models' outputs would.
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from numbers import Real
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -75,6 +76,7 @@ import torch
 
 from .._fit import loglog_slope
 from ..calibration import Calibration, CallPlan
+from ..calibration.schedules import PipelineMeasurements, SchedulePlan, plan_schedules
 from ..engine import (
     Ladder,
     LevelEvaluator,
@@ -90,6 +92,7 @@ from ..engine.compiled import CompiledLevel, check_compile_buckets
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import check_buckets
 from .outputs import model_output, single_time
+from .pipeline_calibration import calibrate_pipeline, takes_steps
 
 __all__ = ["MultilevelModel", "scheduler_spans"]
 
@@ -492,6 +495,9 @@ class MultilevelModel(torch.nn.Module):
         self.call_plan: Optional[CallPlan] = None
         self._call_grid: Optional[Tuple[List[float], List[float]]] = None
         self._recording: Optional[list] = None
+        self._forward_hook: Optional[Callable] = None  # calibration runs: est = hook(evaluator, call, tau)
+        self.pipeline_measurements: Optional[PipelineMeasurements] = None
+        self.schedule_plan: Optional[SchedulePlan] = None
         self._out_shape: Optional[Tuple[int, ...]] = None
         self._out_like: Optional[tuple] = None
         self._spans_cache: Optional[tuple] = None  # (scheduler.timesteps, their spans)
@@ -588,6 +594,17 @@ class MultilevelModel(torch.nn.Module):
             raise TypeError(f"schedule: expected a CallSchedule, got {type(schedule).__name__}")
         schedule.check_ladder(len(self.models))
         self.probabilities, self.rates, self.schedule = None, None, schedule
+
+    def call_grid(self, calls: int) -> Tuple[List[float], List[float]]:
+        """(times, spans) of the calls the scheduler makes with ``calls`` inference steps, in call order (set on a
+        copy: the pipeline's scheduler is not touched)."""
+        if self.scheduler is None:
+            self._spans()  # fails, saying why
+        sch = copy.deepcopy(self.scheduler)
+        sch.set_timesteps(int(calls))
+        table = scheduler_spans(sch)
+        grid = [table[_key(float(v))] for v in sch.timesteps]
+        return [t for t, _ in grid], [span for _, span in grid]
 
     def call_index(self, timestep: float) -> int:
         """The 0-based position of a call at ``timestep`` in the scheduler's timesteps (what a schedule's call
@@ -874,6 +891,8 @@ class MultilevelModel(torch.nn.Module):
         evaluator = _RowEvaluator(self._ladder, call, self._out_shape, self._out_like)
         if self._recording is not None:
             est = self._record(evaluator, call, tau)
+        elif self._forward_hook is not None:
+            est = self._forward_hook(evaluator, call, tau)
         else:
             generator = self.generator
             if self.draws in ("per_sample", "static"):
@@ -921,8 +940,29 @@ class MultilevelModel(torch.nn.Module):
         return outs[-1]
 
     @torch.no_grad()
-    def calibrate(self, run: Callable[[], Any]) -> Calibration:
-        """Measure the ladder along the pipeline's own trajectories: ``run()`` calls the pipeline.
+    def calibrate(
+        self,
+        run: Callable[..., Any],
+        *,
+        steps: Sequence[int] = (5, 10, 20),
+        reference_steps: Optional[int] = None,
+        blocks: int = 4,
+        fractions: Sequence[float] = (0.2, 0.4),
+        perturbation: float = 0.05,
+        seed: int = 0,
+    ) -> Calibration:
+        """Measure the ladder along the pipeline's own trajectories: ``run()`` or ``run(num_inference_steps)``
+        calls the pipeline.
+
+        With ``run(num_inference_steps)`` (one parameter; the user seeds the pipeline's generator inside, so
+        every run starts from the same noise), the pipeline is measured too, for :meth:`plan` to compare
+        schedules by predicted error (:mod:`multilevel_em.diffusion.pipeline_calibration`): the top model
+        alone at each of ``steps`` calls and at ``reference_steps`` (default twice the largest), every level
+        at every call at the largest of ``steps`` (the level differences, as below), ``blocks`` runs with
+        random-sign perturbations of relative size ``perturbation`` on blocks of calls (the output's
+        sensitivity; ``seed`` seeds the signs), and a switch to each cheaper level for each of ``fractions``
+        of the first calls. Errors are RMS over images and elements of what ``run`` returns; the
+        measurements are kept in ``self.pipeline_measurements`` (``.runs``: the pipeline runs they took).
 
         During ``run()`` every level runs on every row at every call and the top model's output
         is returned, so the trajectory is the top model's, with the pipeline's scheduler,
@@ -935,6 +975,20 @@ class MultilevelModel(torch.nn.Module):
         """
         if len(self.models) < 2:
             raise ValueError("calibrate: needs at least 2 models")
+        if callable(run) and takes_steps(run):
+            cal, meas = calibrate_pipeline(
+                self,
+                run,
+                steps=steps,
+                reference_steps=reference_steps,
+                blocks=blocks,
+                fractions=fractions,
+                perturbation=perturbation,
+                seed=seed,
+            )
+            self.pipeline_measurements = meas
+            return cal
+        self.pipeline_measurements = None
         if not callable(run):
             raise TypeError("run: expected a callable that runs the pipeline once, e.g. lambda: pipe(prompt, ...)")
         if self._recording is not None:
@@ -994,8 +1048,17 @@ class MultilevelModel(torch.nn.Module):
         self._call_grid = ([r[0] for r in records], [r[1] for r in records])
         return cal
 
-    def plan(self, budget: float, *, levels: Optional[Sequence[int]] = None) -> CallPlan:
-        """Size the calibration's closed-form rates to ``budget`` top-level equivalents per image.
+    def plan(self, budget: float, *, levels: Optional[Sequence[int]] = None):
+        """Plan for ``budget`` top-level equivalents per image.
+
+        After ``calibrate(run)`` with ``run(num_inference_steps)``: compares schedules at that cost (the top model
+        alone at floor(budget) calls, the best deterministic switch, ML-EM with closed-form rates over call
+        counts; :func:`~multilevel_em.calibration.schedules.plan_schedules`), sets ``self.schedule`` to the one
+        with the lowest predicted error and returns the :class:`~multilevel_em.calibration.schedules.SchedulePlan`
+        (``.candidates``, ``.choice``, ``.message``, ``.pipeline_kwargs``: pass them to the pipeline call).
+
+        After ``calibrate(run)`` with a zero-argument ``run``: sizes the calibration's closed-form rates to the
+        budget.
 
         Uses the call grid recorded by :meth:`calibrate` (the same pipeline settings should be
         used to sample: another step count changes the cost); sets ``rates`` and returns the
@@ -1004,6 +1067,19 @@ class MultilevelModel(torch.nn.Module):
         """
         if self.calibration is None or self._call_grid is None:
             raise ValueError("plan: run calibrate(lambda: pipe(...)) first")
+        if self.pipeline_measurements is not None:
+            if levels is not None:
+                raise ValueError("levels: a schedule plan chooses its levels itself; leave levels out")
+            measured, now = self.pipeline_measurements.scheduler, type(self.scheduler).__name__
+            if measured and measured != now:
+                raise ValueError(
+                    f"plan: the calibration was measured with {measured}, but the scheduler is now {now}; "
+                    "calibrate again with this scheduler"
+                )
+            plan = plan_schedules(self.calibration, self.pipeline_measurements, budget, self.call_grid)
+            self.set_schedule(plan.choice.schedule)
+            self.schedule_plan = plan
+            return plan
         plan = self.calibration.plan_calls(budget, *self._call_grid, levels=levels)
         if len(plan.levels) != len(self.models):
             raise ValueError(

@@ -1,0 +1,193 @@
+"""Calibration of a :class:`~multilevel_em.diffusion.MultilevelModel` on the user's own pipeline runs.
+
+``run(num_inference_steps)`` runs the user's pipeline once from the same initial noise (the user seeds a
+generator inside) and returns its output. :func:`calibrate_pipeline` runs it with the top model alone at
+several call counts and at a reference count, once with every level at every call (the level differences
+delta_l(t), :meth:`MultilevelModel.calibrate`'s recording), with random-sign perturbations of the model output
+on blocks of calls (the output's sensitivity), and with deterministic switches to each cheaper level; the
+planning side is :mod:`multilevel_em.calibration.schedules`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..calibration.schedules import PipelineMeasurements
+
+__all__ = ["calibrate_pipeline", "takes_steps", "output_array"]
+
+
+def takes_steps(run: Callable) -> bool:
+    """Whether ``run`` takes the number of inference steps (one required positional parameter)."""
+    try:
+        params = list(inspect.signature(run).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p
+        for p in params
+        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(required) == 1
+
+
+def output_array(out: Any) -> np.ndarray:
+    """What ``run`` returned as a float64 array: a tensor, an array, or a pipeline output with ``.images``
+    (``output_type="np"``) or ``.latents``; a NaN or Inf is an error."""
+    for name in ("images", "latents", "sample"):
+        if not isinstance(out, (torch.Tensor, np.ndarray)) and hasattr(out, name):
+            out = getattr(out, name)
+            break
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], (torch.Tensor, np.ndarray)):
+        out = out[0]
+    if isinstance(out, torch.Tensor):
+        arr = out.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(out, np.ndarray) and np.issubdtype(out.dtype, np.number):
+        arr = out.astype(np.float64)
+    else:
+        raise TypeError(
+            "run: expected it to return the pipeline's output as a tensor, an array, or an output with .images "
+            f"(output_type='np'), got {type(out).__name__}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise FloatingPointError("run: the pipeline's output contains NaN or Inf")
+    return arr
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        raise ValueError(f"run: outputs of different shapes across runs ({a.shape} and {b.shape})")
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def calibrate_pipeline(
+    model,
+    run: Callable[[int], Any],
+    *,
+    steps: Sequence[int],
+    reference_steps: Optional[int],
+    blocks: int,
+    fractions: Sequence[float],
+    perturbation: float,
+    seed: int,
+):
+    """Measure the ladder and the pipeline (module docstring); returns ``(calibration, measurements)``."""
+    steps = sorted({int(s) for s in steps})
+    if not steps or steps[0] < 1:
+        raise ValueError(f"steps: expected call counts >= 1, got {steps}")
+    ref = 2 * steps[-1] if reference_steps is None else int(reference_steps)
+    if ref <= steps[-1]:
+        raise ValueError(f"reference_steps: expected more than the largest of steps ({steps[-1]}), got {ref}")
+    if not (isinstance(blocks, int) and 1 <= blocks <= steps[-1]):
+        raise ValueError(
+            f"blocks: expected an integer in [1, {steps[-1]}] (the calls of the largest count), got {blocks}"
+        )
+    fractions = [float(f) for f in fractions]
+    if any(not 0.0 < f < 1.0 for f in fractions):
+        raise ValueError(f"fractions: expected fractions in (0, 1), got {fractions}")
+    if not (math.isfinite(perturbation) and perturbation > 0):
+        raise ValueError(f"perturbation: expected a relative size > 0, got {perturbation}")
+    K = len(model.models)
+    N = steps[-1]
+    runs = 0
+
+    def call_run(n: int, hook) -> np.ndarray:
+        nonlocal runs
+        before = model.calls
+        model._forward_hook = hook
+        try:
+            out = output_array(run(n))
+        finally:
+            model._forward_hook = None
+        runs += 1
+        made = model.calls - before
+        if made != n:
+            raise ValueError(
+                f"run: {n} inference steps made {made} model calls; the calibration needs one call per step "
+                f"(a scheduler that calls the model {made} times for {n} steps cannot run a schedule)"
+            )
+        return out
+
+    groups = []
+
+    def top_alone(evaluator, call, tau):
+        groups.append(call.groups)
+        return evaluator(K - 1, call.state, tau)
+
+    outs = {n: call_run(n, top_alone) for n in steps[:-1]}
+    reference = call_run(ref, top_alone)
+    # every level at every call at N calls (the level differences), returning the top model's output
+    recorded: List[np.ndarray] = []
+    before = model.calls
+    cal = model.calibrate(lambda: recorded.append(output_array(run(N))))
+    runs += 1
+    if model.calls - before != N:
+        raise ValueError(f"run: {N} inference steps made {model.calls - before} model calls; expected {N}")
+    outs[N] = recorded[0]
+    step_errors = [_rms(outs[n], reference) for n in steps]
+    # sensitivity: random-sign perturbations of the model output on blocks of calls
+    sizes = [(N // blocks) + (1 if b < N % blocks else 0) for b in range(blocks)]
+    bounds = np.cumsum([0] + sizes)
+    gen = torch.Generator().manual_seed(int(seed))
+    per_block = []
+    for b in range(blocks):
+        lo, hi = int(bounds[b]), int(bounds[b + 1])
+        record = []  # (t, span, sigma) of the perturbed calls
+
+        def perturbed(evaluator, call, tau, lo=lo, hi=hi, record=record):
+            out = evaluator(K - 1, call.state, tau)
+            n = model.call_index(tau)
+            if lo <= n < hi:
+                sigma = perturbation * float(out.double().pow(2).mean().sqrt())
+                # out: (images, groups, ...); the copies of a guidance pair share their signs, as they share
+                # their level draws, so the perturbation moves the guided output as a correction does
+                shape = (out.shape[0], 1, *out.shape[2:])
+                signs = (torch.randint(0, 2, shape, generator=gen).to(out) * 2 - 1).expand_as(out)
+                t, span = model.time_and_span(tau)
+                record.append((t, span, sigma))
+                return out + sigma * signs
+            return out
+
+        d = _rms(call_run(N, perturbed), outs[N])
+        denom = sum((span * sigma) ** 2 for _, span, sigma in record)
+        ts = [t for t, _, _ in record]
+        per_block.append((min(ts), max(ts), math.sqrt(d**2 / denom) if denom > 0 else 0.0))
+    per_block.sort()
+    edges = [0.0] + [(per_block[i][1] + per_block[i + 1][0]) / 2 for i in range(blocks - 1)] + [1.0 + 1e-9]
+    edges[0] = min(0.0, per_block[0][0])
+    edges[-1] = max(edges[-1], per_block[-1][1] + 1e-9)
+    # deterministic switches: each cheaper level for the first fraction of the calls
+    switches = []
+    for level in range(K - 1):
+        for f in fractions:
+            first = int(round(f * N))
+            if first < 1:
+                continue
+
+            def switched(evaluator, call, tau, level=level, first=first):
+                j = level if model.call_index(tau) < first else K - 1
+                return evaluator(j, call.state, tau)
+
+            switches.append((level, first / N, _rms(call_run(N, switched), outs[N])))
+    # the level differences are L2 norms over an image's rows (its guidance copies) and output elements
+    elements = max(groups) * int(np.prod(model._out_shape))
+    meas = PipelineMeasurements(
+        steps=tuple(steps),
+        step_errors=tuple(step_errors),
+        reference_steps=ref,
+        sensitivity_edges=tuple(edges),
+        sensitivity=tuple(s for _, _, s in per_block),
+        switch_steps=N,
+        switches=tuple(switches),
+        elements=elements,
+        runs=runs,
+        scheduler=type(model.scheduler).__name__,
+        num_levels=K,
+    )
+    model.reset()
+    return cal, meas
