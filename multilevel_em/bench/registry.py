@@ -148,6 +148,14 @@ BENCHMARKS: Dict[str, Benchmark] = {
             options="argv",
         ),
         Benchmark(
+            "pipeline-plan",
+            "pipeline_plan",
+            "Schedule plans on a stock DDPMPipeline running the digits ladder: every candidate's predicted error "
+            "against its measured error, the pick against the top model alone and T-Stitch's default.",
+            ("results/pipeline_plan.json",),
+            options="argv",
+        ),
+        Benchmark(
             "real-ladders",
             "real_ladders",
             "SD 1.4 + BK-SDM and DiT S/B/XL from their configs: FLOP share against seconds share per level, "

@@ -177,6 +177,7 @@ WORK = {
     "distill": ("multilevel_em.bench.distill", "run"),
     "cfg-pairing": ("multilevel_em.bench.cfg_pairing", "unet"),
     "real-ladders": ("multilevel_em.bench.real_ladders", "count_flops"),
+    "pipeline-plan": ("multilevel_em.bench.pipeline_plan", "run_scheduler"),
     "fashion-reference": ("multilevel_em.bench.fashion_reference", "fashion_reference"),
 }
 

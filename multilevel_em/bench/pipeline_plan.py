@@ -1,0 +1,239 @@
+"""Schedule plans on a stock diffusers pipeline running trained UNets: predicted error against measured.
+
+The shipped digits ladder (four ``UNet2DModel`` levels) as one ``MultilevelModel`` inside the stock
+``DDPMPipeline``, with DDIM and DPM-Solver++ 2M (the deterministic schedulers whose ``step`` the pipeline
+can drive; ``output_type="np"`` images in [0, 1]). For each scheduler: ``model.calibrate(run)`` with
+``run(num_inference_steps)`` once, then at each budget ``model.plan(budget)`` and every candidate it
+reports is run: its measured error (RMS over images and pixels against the top model with
+``reference_steps`` calls from the same noise; ML-EM over several draws of its levels) beside the predicted
+one; the pick against the top model alone at floor(budget) calls (paired difference of per-image mean
+squared errors, with its standard error); T-Stitch's published default (the cheapest level for the first
+40% of the calls) at the same budget; and the calls the top model alone needs for the pick's error (on the
+measured step-error curve).
+
+    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about 10 minutes on one thread)
+    mlem bench pipeline-plan --quick  # 8 images, small step counts (the test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .._io import write_json
+from ..calibration.schedules import step_error
+from ..diffusion import MultilevelModel
+from ..diffusion.samplers import make_scheduler
+from ..engine import CallSchedule
+from ..images.ladder import load_ladder, resolve_ladder
+from .common import device_name
+from .outputs import add_overwrite_argument, check_outputs, default_outputs
+
+SETTINGS = {
+    "full": {
+        "n": 64,
+        "steps": (4, 8, 16, 32),
+        "reference_steps": 64,
+        "budgets": (5, 10, 20),
+        "repeats": 4,
+        "blocks": 4,
+        "schedulers": ("ddim", "dpmpp_2m"),
+    },
+    "quick": {
+        "n": 8,
+        "steps": (2, 4),
+        "reference_steps": 8,
+        "budgets": (3,),
+        "repeats": 2,
+        "blocks": 2,
+        "schedulers": ("dpmpp_2m",),
+    },
+}
+#: T-Stitch's published default: the cheapest level for the first 40% of the calls.
+TSTITCH_FRACTION = 0.4
+
+
+def _calls_for_error(meas, error: float) -> Optional[float]:
+    """The calls at which the top model alone's measured curve reaches ``error`` (log-log interpolation);
+    None outside the measured range."""
+    n = np.log(np.asarray(meas.steps, dtype=np.float64))
+    e = np.asarray(meas.step_errors, dtype=np.float64)
+    if np.any(e <= 0) or np.any(np.diff(e) >= 0):  # not a decreasing curve: no inverse
+        return None
+    le = np.log(e)
+    if not le[-1] <= math.log(error) <= le[0]:
+        return None
+    return float(np.exp(np.interp(math.log(error), le[::-1], n[::-1])))
+
+
+def _per_image_mse(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return ((images - ref) ** 2).reshape(images.shape[0], -1).mean(1)
+
+
+def run_scheduler(name: str, ladder, cfg: Dict, echo=print) -> Dict:
+    """Calibrate, plan and measure on one scheduler; returns its results."""
+    from diffusers import DDPMPipeline
+
+    scheduler = make_scheduler(name, ladder.schedule)
+    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    K = len(ladder.unets)
+    model = MultilevelModel(ladder.unets, costs=ladder.costs, names=ladder.names, scheduler=pipe.scheduler)
+    pipe.unet = model
+    n = cfg["n"]
+
+    def run(num_inference_steps):
+        return pipe(
+            batch_size=n,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=num_inference_steps,
+            output_type="np",
+        ).images
+
+    t0 = time.process_time()
+    model.calibrate(run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"])
+    meas = model.pipeline_measurements
+    calib_seconds = time.process_time() - t0
+    echo(f"{name}: calibrated in {calib_seconds:.0f} CPU s ({meas.runs} pipeline runs)")
+
+    def measure(schedule: CallSchedule, calls: int, repeats: int):
+        model.set_schedule(schedule)
+        per = []
+        cost = []
+        for r in range(repeats):
+            model.generator = torch.Generator().manual_seed(1000 + r)
+            model.reset()
+            per.append(_per_image_mse(run(calls), ref))
+            cost.append(model.report()["top_equivalents_per_image"])
+        per = np.mean(per, 0)
+        return per, float(np.sqrt(per.mean())), float(np.mean(cost))
+
+    model.set_schedule(CallSchedule.top_alone(cfg["reference_steps"], K))
+    ref = run(cfg["reference_steps"])
+    budgets = []
+    for budget in cfg["budgets"]:
+        plan = model.plan(budget)
+        rows = []
+        per_image = {}
+        for c in plan.candidates:
+            random = any(len(s) > 1 for s in c.schedule.levels)
+            per, err, cost = measure(c.schedule, c.num_inference_steps, cfg["repeats"] if random else 1)
+            per_image[c.name] = per
+            rows.append(
+                {
+                    "name": c.name,
+                    "num_inference_steps": c.num_inference_steps,
+                    "predicted_error": c.predicted_error,
+                    "measured_error": err,
+                    "ratio_predicted_over_measured": c.predicted_error / err if err > 0 else None,
+                    "predicted_cost": c.predicted_cost,
+                    "measured_cost": cost,
+                    "repeats": cfg["repeats"] if random else 1,
+                }
+            )
+        # T-Stitch's default at the same budget: the most calls whose switch fits it
+        ts = None
+        for calls in range(int(cfg["reference_steps"]), 0, -1):
+            s = CallSchedule.switch(calls, K, 0, TSTITCH_FRACTION)
+            if s.expected_cost(model.costs) <= budget * (1 + 1e-12):
+                per, err, cost = measure(s, calls, 1)
+                ts = {"num_inference_steps": calls, "measured_error": err, "measured_cost": cost}
+                break
+        choice = next(r for r in rows if r["name"] == plan.choice.name)
+        top = next((r for r in rows if r["name"].startswith("top model alone")), None)
+        comparison = None
+        if top is not None:
+            d = per_image[plan.choice.name] - per_image[top["name"]]
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+            comparison = {
+                "pick_minus_top_alone_mse": float(d.mean()),
+                "se": se,
+                "worse_by_more_than_2_se": bool(d.mean() > 2 * se),
+            }
+        if plan.choice.name.startswith("top model alone"):
+            speedup = 1.0
+            calls_needed = float(plan.choice.num_inference_steps)
+        else:
+            calls_needed = _calls_for_error(meas, choice["measured_error"])
+            speedup = None if calls_needed is None else calls_needed / choice["measured_cost"]
+        budgets.append(
+            {
+                "budget": budget,
+                "message": plan.message,
+                "choice": plan.choice.name,
+                "candidates": rows,
+                "tstitch_default": ts,
+                "pick_vs_top_alone": comparison,
+                "top_alone_calls_for_pick_error": calls_needed,
+                "speedup": speedup,
+            }
+        )
+        ratios = ", ".join(f"{r['name']}: {r['ratio_predicted_over_measured']:.2f}" for r in rows)
+        echo(f"{name} budget {budget}: picked {plan.choice.name}; predicted/measured {ratios}")
+    return {
+        "scheduler": name,
+        "scheduler_class": type(pipe.scheduler).__name__,
+        "calibration_cpu_seconds": calib_seconds,
+        "measurements": meas.to_dict(),
+        "top_alone_step_errors": dict(zip(map(str, meas.steps), meas.step_errors)),
+        "interpolated_top_alone_error": {str(b): step_error(meas, int(b)) for b in cfg["budgets"]},
+        "budgets": budgets,
+    }
+
+
+def main(argv=None, *, command: Optional[str] = None) -> dict:
+    """``mlem bench pipeline-plan [ARGS]``: the argument list (default ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(
+        prog="mlem bench pipeline-plan",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--quick", action="store_true", help="8 images, steps 2 and 4, one budget (seconds; the test)")
+    ap.add_argument(
+        "--out", default=None, help="JSON (default results/pipeline_plan.json; results/pipeline_plan_quick.json)"
+    )
+    add_overwrite_argument(ap)
+    args = ap.parse_args(argv)
+    out = args.out or default_outputs("pipeline-plan", args.quick)[0]
+    check_outputs(ap, [out], args.overwrite)
+    torch.set_num_threads(1)
+    cfg = SETTINGS["quick" if args.quick else "full"]
+    ladder = load_ladder(resolve_ladder("digits"))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        per = [run_scheduler(name, ladder, cfg, echo=lambda s: print(s, file=sys.stderr)) for name in cfg["schedulers"]]
+    result = {
+        "benchmark": "pipeline_plan",
+        "command": command or shlex.join(["mlem", "bench", "pipeline-plan", *argv]),
+        "quick": bool(args.quick),
+        "ladder": "digits (shipped)",
+        "pipeline": "diffusers DDPMPipeline, output_type='np' (images in [0, 1]); the ladder as pipe.unet",
+        "error": "RMS over images and pixels against the top model alone with reference_steps calls, same noise",
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "device": "cpu",
+        "device_name": device_name(torch.device("cpu")),
+        "threads": 1,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "wall_seconds": time.perf_counter() - t0,
+        "schedulers": per,
+    }
+    write_json(out, result, indent=1)
+    json.dump({k: v for k, v in result.items() if k != "schedulers"}, sys.stdout, indent=1)
+    print()
+    return result
+
+
+if __name__ == "__main__":
+    main()

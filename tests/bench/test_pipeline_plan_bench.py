@@ -1,0 +1,48 @@
+"""``mlem bench pipeline-plan`` (multilevel_em/bench/pipeline_plan.py) through the command line with --quick: the
+shipped digits UNets in a stock DDPMPipeline, calibrate(run(N)) -> plan -> every candidate measured. Checks the
+JSON's structure and its internal consistency (deterministic schedules cost exactly what they predict; the pick
+is the candidate with the lowest predicted error); the prediction's accuracy is the full run's result, not judged
+on 8 images."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from click.testing import CliRunner
+
+from multilevel_em.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pp") / "pipeline_plan.json"
+    r = CliRunner().invoke(main, ["bench", "pipeline-plan", "--quick", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return json.loads(out.read_text())
+
+
+def test_quick_run_structure(quick):
+    assert quick["quick"] and quick["benchmark"] == "pipeline_plan" and quick["command"].startswith("mlem bench")
+    (sched,) = quick["schedulers"]
+    assert sched["scheduler"] == "dpmpp_2m" and sched["scheduler_class"] == "DPMSolverMultistepScheduler"
+    m = sched["measurements"]
+    assert m["steps"] == [2, 4] and m["reference_steps"] == 8 and m["num_levels"] == 4
+    (b,) = sched["budgets"]
+    names = [c["name"] for c in b["candidates"]]
+    assert names[0] == "top model alone, 3 calls" and b["choice"] in names
+    best = min(b["candidates"], key=lambda c: c["predicted_error"])
+    assert b["choice"] == best["name"]
+    for c in b["candidates"]:
+        assert c["measured_error"] > 0 and math.isfinite(c["ratio_predicted_over_measured"])
+        assert c["predicted_cost"] <= 3 * (1 + 1e-9)
+        if "ML-EM" not in c["name"]:  # deterministic: the counted cost is the predicted one
+            assert c["measured_cost"] == pytest.approx(c["predicted_cost"], rel=1e-9)
+    top = b["candidates"][0]  # at a measured call count? 3 is interpolated between 2 and 4
+    assert top["predicted_error"] == pytest.approx(sched["interpolated_top_alone_error"]["3"])
+    assert b["tstitch_default"]["measured_cost"] <= 3 * (1 + 1e-9)
+    assert b["pick_vs_top_alone"] is not None and b["speedup"] is None or b["speedup"] > 0
