@@ -9,12 +9,13 @@ output with ``reference_steps`` calls from the same noise. Predicted error of a 
 
 - the top model alone: e(N), the measured step-error curve (log-log interpolation between the measured
   call counts; no extrapolation beyond them);
-- a deterministic switch (level j for the first fraction f of the calls): sqrt(e(N)^2 + b_{j,f}^2), with
-  b_{j,f} the switch's distance to the top model alone, measured by running it at ``switch_steps`` calls;
+- a deterministic switch (level j for the first fraction f of the calls): its own error, measured by running it
+  at each of the measured call counts and interpolated the same way;
 - ML-EM with the closed-form rates sized to the budget (:func:`~multilevel_em.calibration.planning.plan_calls`):
   sqrt(e(N)^2 + V), V = sum_n g_n^2 sum_l (1 / p_{n,l} - 1) delta_l(t_n)^2 the variance the draws add,
   propagated to the output by the measured sensitivity g_n = s(t_n) span_n of the output to a perturbation of
-  the model output at call n (random-sign perturbations on blocks of calls; delta_l per element).
+  the model output at call n (perturbations along the ladder's difference f^K - f^1 with a random sign per image
+  and call, on blocks of calls; delta_l per element).
 
 No fitted fudge factor enters; each term is measured on the user's pipeline.
 """
@@ -77,9 +78,10 @@ class PipelineMeasurements:
         reference_steps: the call count of the reference run (the top model alone).
         sensitivity_edges: time edges of the blocks of calls perturbed (increasing, in t = (timestep + 1) / T).
         sensitivity: s per block (output RMS per unit of model-output RMS per unit of span), one per block.
-        switch_steps: the call count at which the switches were run.
-        switches: ``(level, fraction, error)`` per switch run: 0-based level, fraction of the first calls on it,
-            RMS distance of its output to the top model alone at ``switch_steps`` calls.
+        switch_steps: unused (kept for the JSON format: the largest measured count).
+        switches: ``(level, fraction, errors)`` per switch: 0-based level, fraction of the first calls on it (the
+            first round(fraction N) of N calls), and its RMS error against the reference at each of ``steps``
+            (None where that count switched no call).
         elements: elements per image of the model output, guidance copies included (the level differences are
             L2 norms over them).
         runs: pipeline runs the calibration took.
@@ -93,7 +95,7 @@ class PipelineMeasurements:
     sensitivity_edges: Tuple[float, ...]
     sensitivity: Tuple[float, ...]
     switch_steps: int
-    switches: Tuple[Tuple[int, float, float], ...] = field(default=())
+    switches: Tuple[Tuple[int, float, Tuple[Optional[float], ...]], ...] = field(default=())
     elements: int = 1
     runs: int = 0
     scheduler: str = ""
@@ -119,13 +121,18 @@ class PipelineMeasurements:
         switches = []
         for i, s in enumerate(self.switches):
             try:
-                level, frac, err = s
-                level, frac, err = int(level), float(frac), float(err)
+                level, frac, errs = s
+                level, frac = int(level), float(frac)
+                errs = tuple(None if e is None else float(e) for e in errs)
             except (TypeError, ValueError):
-                raise ValueError(f"switches[{i}]: expected (level, fraction, error), got {s!r}") from None
-            if level < 0 or not 0.0 < frac <= 1.0 or not (math.isfinite(err) and err >= 0):
-                raise ValueError(f"switches[{i}]: expected level >= 0, fraction in (0, 1], error >= 0, got {s!r}")
-            switches.append((level, frac, err))
+                raise ValueError(f"switches[{i}]: expected (level, fraction, errors per call count), got {s!r}") from None
+            if level < 0 or not 0.0 < frac < 1.0:
+                raise ValueError(f"switches[{i}]: expected level >= 0 and a fraction in (0, 1), got {s!r}")
+            if len(errs) != len(steps) or any(e is not None and not (math.isfinite(e) and e >= 0) for e in errs):
+                raise ValueError(
+                    f"switches[{i}]: expected {len(steps)} errors >= 0 (or null), one per call count, got {list(errs)}"
+                )
+            switches.append((level, frac, errs))
         (elements,) = _positive_ints("elements", [self.elements])
         runs = int(self.runs)
         if runs < 0:
@@ -165,7 +172,7 @@ class PipelineMeasurements:
             "sensitivity_edges": list(self.sensitivity_edges),
             "sensitivity": list(self.sensitivity),
             "switch_steps": self.switch_steps,
-            "switches": [list(s) for s in self.switches],
+            "switches": [[lv, f, list(e)] for lv, f, e in self.switches],
             "elements": self.elements,
             "runs": self.runs,
             "scheduler": self.scheduler,
@@ -193,16 +200,22 @@ class PipelineMeasurements:
         return cls(**{k: d[k] for k in _FIELDS})
 
 
+def _interpolate(steps: Sequence[int], errors: Sequence[Optional[float]], calls: int) -> Optional[float]:
+    """Log-log interpolation of measured errors over call counts (entries None are skipped); None outside the
+    measured counts (no extrapolation)."""
+    pts = [(n, e) for n, e in zip(steps, errors) if e is not None]
+    if not pts or not pts[0][0] <= calls <= pts[-1][0]:
+        return None
+    n, e = (np.asarray(v, dtype=np.float64) for v in zip(*pts))
+    if np.any(e <= 0):
+        return float(np.interp(calls, n, e))
+    return float(np.exp(np.interp(np.log(calls), np.log(n), np.log(e))))
+
+
 def step_error(meas: PipelineMeasurements, calls: int) -> Optional[float]:
     """e(calls): the top model alone's measured error, log-log interpolated between measured call counts; None
     outside them (no extrapolation)."""
-    steps = np.asarray(meas.steps, dtype=np.float64)
-    errs = np.asarray(meas.step_errors, dtype=np.float64)
-    if not steps[0] <= calls <= steps[-1]:
-        return None
-    if np.any(errs <= 0):
-        return float(np.interp(calls, steps, errs))
-    return float(np.exp(np.interp(np.log(calls), np.log(steps), np.log(errs))))
+    return _interpolate(meas.steps, meas.step_errors, calls)
 
 
 @dataclass(frozen=True)
@@ -303,19 +316,19 @@ def plan_schedules(
             )
     if meas.num_levels and meas.num_levels != K:
         raise ValueError(f"calibration: measured on a ladder of {meas.num_levels} levels, this one has {K}")
-    for level, frac, bias in meas.switches:
+    for level, frac, errors in meas.switches:
         if level >= K - 1:
             continue
         # the most calls whose switch fits the budget
         for n in range(int(meas.steps[-1]), 0, -1):
             s = CallSchedule.switch(n, K, level, frac)
             if s.expected_cost(costs) <= budget * (1 + 1e-12):
-                e = step_error(meas, n)
-                if e is not None:
+                e = _interpolate(meas.steps, errors, n)
+                if e is not None and s.biased_calls:
                     kinds["switch"].append(
                         ScheduleCandidate(
                             f"level {level + 1} for the first {len(s.biased_calls)} of {n} calls, then the top model",
-                            math.sqrt(e**2 + bias**2),
+                            e,
                             s.expected_cost(costs),
                             n,
                             s,

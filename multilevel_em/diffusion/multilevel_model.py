@@ -948,7 +948,7 @@ class MultilevelModel(torch.nn.Module):
         reference_steps: Optional[int] = None,
         blocks: int = 4,
         fractions: Sequence[float] = (0.2, 0.4),
-        perturbation: float = 0.05,
+        perturbation: float = 0.5,
         seed: int = 0,
     ) -> Calibration:
         """Measure the ladder along the pipeline's own trajectories: ``run()`` or ``run(num_inference_steps)``
@@ -958,10 +958,11 @@ class MultilevelModel(torch.nn.Module):
         every run starts from the same noise), the pipeline is measured too, for :meth:`plan` to compare
         schedules by predicted error (:mod:`multilevel_em.diffusion.pipeline_calibration`): the top model
         alone at each of ``steps`` calls and at ``reference_steps`` (default twice the largest), every level
-        at every call at the largest of ``steps`` (the level differences, as below), ``blocks`` runs with
-        random-sign perturbations of relative size ``perturbation`` on blocks of calls (the output's
-        sensitivity; ``seed`` seeds the signs), and a switch to each cheaper level for each of ``fractions``
-        of the first calls. Errors are RMS over images and elements of what ``run`` returns; the
+        at every call at the largest of ``steps`` (the level differences, as below), ``blocks`` runs with the
+        model output perturbed by ``perturbation`` times the ladder's difference f^K - f^1, with a random sign per
+        image and call, on one block of calls each (the output's sensitivity; ``seed`` seeds the signs), and a
+        switch to each cheaper level for each of ``fractions`` of the first calls at each of ``steps`` (so
+        ``len(steps) + 1 + blocks + (K - 1) len(fractions) len(steps)`` runs in all). Errors are RMS over images and elements of what ``run`` returns; the
         measurements are kept in ``self.pipeline_measurements`` (``.runs``: the pipeline runs they took).
 
         During ``run()`` every level runs on every row at every call and the top model's output

@@ -91,7 +91,7 @@ def calibrate_pipeline(
     if any(not 0.0 < f < 1.0 for f in fractions):
         raise ValueError(f"fractions: expected fractions in (0, 1), got {fractions}")
     if not (math.isfinite(perturbation) and perturbation > 0):
-        raise ValueError(f"perturbation: expected a relative size > 0, got {perturbation}")
+        raise ValueError(f"perturbation: expected a size > 0 (in units of the ladder's difference), got {perturbation}")
     K = len(model.models)
     N = steps[-1]
     runs = 0
@@ -143,14 +143,16 @@ def calibrate_pipeline(
             out = evaluator(K - 1, call.state, tau)
             n = model.call_index(tau)
             if lo <= n < hi:
-                sigma = perturbation * float(out.double().pow(2).mean().sqrt())
-                # out: (images, groups, ...); the copies of a guidance pair share their signs, as they share
-                # their level draws, so the perturbation moves the guided output as a correction does
-                shape = (out.shape[0], 1, *out.shape[2:])
-                signs = (torch.randint(0, 2, shape, generator=gen).to(out) * 2 - 1).expand_as(out)
+                # along the ladder's own difference f^K - f^1 (shaped like the corrections ML-EM adds, which a
+                # later call propagates as it would that error; white noise would be partly denoised away),
+                # times a random sign per image and call, shared by an image's guidance copies as its draws are
+                diff = out - evaluator(0, call.state, tau)
+                shape = (out.shape[0],) + (1,) * (out.ndim - 1)
+                signs = torch.randint(0, 2, shape, generator=gen).to(out) * 2 - 1
+                sigma = perturbation * float(diff.double().pow(2).mean().sqrt())
                 t, span = model.time_and_span(tau)
                 record.append((t, span, sigma))
-                return out + sigma * signs
+                return out + perturbation * signs * diff
             return out
 
         d = _rms(call_run(N, perturbed), outs[N])
@@ -161,19 +163,23 @@ def calibrate_pipeline(
     edges = [0.0] + [(per_block[i][1] + per_block[i + 1][0]) / 2 for i in range(blocks - 1)] + [1.0 + 1e-9]
     edges[0] = min(0.0, per_block[0][0])
     edges[-1] = max(edges[-1], per_block[-1][1] + 1e-9)
-    # deterministic switches: each cheaper level for the first fraction of the calls
+    # deterministic switches: each cheaper level for the first fraction of the calls, at every measured count
     switches = []
     for level in range(K - 1):
         for f in fractions:
-            first = int(round(f * N))
-            if first < 1:
-                continue
+            errors = []
+            for n in steps:
+                first = int(round(f * n))
+                if first < 1:
+                    errors.append(None)
+                    continue
 
-            def switched(evaluator, call, tau, level=level, first=first):
-                j = level if model.call_index(tau) < first else K - 1
-                return evaluator(j, call.state, tau)
+                def switched(evaluator, call, tau, level=level, first=first):
+                    j = level if model.call_index(tau) < first else K - 1
+                    return evaluator(j, call.state, tau)
 
-            switches.append((level, first / N, _rms(call_run(N, switched), outs[N])))
+                errors.append(_rms(call_run(n, switched), reference))
+            switches.append((level, f, tuple(errors)))
     # the level differences are L2 norms over an image's rows (its guidance copies) and output elements
     elements = max(groups) * int(np.prod(model._out_shape))
     meas = PipelineMeasurements(

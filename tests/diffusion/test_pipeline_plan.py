@@ -57,10 +57,12 @@ def calibrated(ladder):
 def test_calibration_measures_the_pipeline(calibrated):
     pipe, run = calibrated
     m = pipe.unet.pipeline_measurements
-    # top alone at 2 and 3, the reference, the recording at 4, 2 perturbed blocks, 2 levels x 2 fractions
-    assert m.runs == 2 + 1 + 1 + 2 + 4 and m.steps == (2, 3, 4) and m.reference_steps == 8
+    # top alone at 2 and 3, the reference, the recording at 4, 2 perturbed blocks, 2 levels x 2 fractions x 3 counts
+    # but round(0.2 x 2) = 0: no run for 20% of 2 calls
+    assert m.runs == 2 + 1 + 1 + 2 + 10 and m.steps == (2, 3, 4) and m.reference_steps == 8
     assert all(e > 0 for e in m.step_errors) and all(s > 0 for s in m.sensitivity)
-    assert [(lv, f) for lv, f, _ in m.switches] == [(0, 0.25), (0, 0.5), (1, 0.25), (1, 0.5)]
+    assert [(lv, f) for lv, f, _ in m.switches] == [(0, 0.2), (0, 0.4), (1, 0.2), (1, 0.4)]
+    assert m.switches[0][2][0] is None and all(e > 0 for e in m.switches[1][2])  # round(0.2 x 2) = 0 calls switched
     # the top model alone at a measured count: its error is the measured one
     assert pipe.unet.calibration is not None and pipe.unet.schedule is None
     pipe.unet.set_schedule(CallSchedule.top_alone(3, 3))
@@ -149,8 +151,9 @@ def test_measurements_are_validated_when_loaded(calibrated):
         ("step_errors", [0.1], "one error per call count"),
         ("reference_steps", 3, "more calls than every measured count"),
         ("sensitivity", [float("nan"), 1.0], "finite"),
-        ("switches", [[0, 2.0, 0.1]], "fraction in"),
-        ("switches", [[2, 0.5, 0.1]], "below the top of the 3 levels"),
+        ("switches", [[0, 2.0, [0.1, 0.1, 0.1]]], "fraction in"),
+        ("switches", [[0, 0.5, [0.1]]], "one per call count"),
+        ("switches", [[2, 0.5, [0.1, 0.1, 0.1]]], "below the top of the 3 levels"),
     ):
         with pytest.raises(ValueError, match=match):
             PipelineMeasurements.from_dict({**d, key: bad})
