@@ -125,7 +125,9 @@ class PipelineMeasurements:
                 level, frac = int(level), float(frac)
                 errs = tuple(None if e is None else float(e) for e in errs)
             except (TypeError, ValueError):
-                raise ValueError(f"switches[{i}]: expected (level, fraction, errors per call count), got {s!r}") from None
+                raise ValueError(
+                    f"switches[{i}]: expected (level, fraction, errors per call count), got {s!r}"
+                ) from None
             if level < 0 or not 0.0 < frac < 1.0:
                 raise ValueError(f"switches[{i}]: expected level >= 0 and a fraction in (0, 1), got {s!r}")
             if len(errs) != len(steps) or any(e is not None and not (math.isfinite(e) and e >= 0) for e in errs):
