@@ -961,9 +961,10 @@ class MultilevelModel(torch.nn.Module):
         at every call at the largest of ``steps`` (the level differences, as below), ``blocks`` runs with the
         model output perturbed by ``perturbation`` times the ladder's difference f^K - f^1, with a random sign per
         image and call, on one block of calls each (the output's sensitivity; ``seed`` seeds the signs), and a
-        switch to each cheaper level for each of ``fractions`` of the first calls at each of ``steps`` (so
-        ``len(steps) + 1 + blocks + (K - 1) len(fractions) len(steps)`` runs in all). Errors are RMS over images and elements of what ``run`` returns; the
-        measurements are kept in ``self.pipeline_measurements`` (``.runs``: the pipeline runs they took).
+        switch to each cheaper level for each of ``fractions`` of the first calls at each of ``steps`` (so at most
+        ``len(steps) + 1 + blocks + (K - 1) len(fractions) len(steps)`` runs in all). Errors are RMS over images
+        and elements of what ``run`` returns; the measurements are kept in ``self.pipeline_measurements``
+        (``.runs``: the pipeline runs they took). If a run fails, the model's earlier calibration is kept.
 
         During ``run()`` every level runs on every row at every call and the top model's output
         is returned, so the trajectory is the top model's, with the pipeline's scheduler,
@@ -977,16 +978,21 @@ class MultilevelModel(torch.nn.Module):
         if len(self.models) < 2:
             raise ValueError("calibrate: needs at least 2 models")
         if callable(run) and takes_steps(run):
-            cal, meas = calibrate_pipeline(
-                self,
-                run,
-                steps=steps,
-                reference_steps=reference_steps,
-                blocks=blocks,
-                fractions=fractions,
-                perturbation=perturbation,
-                seed=seed,
-            )
+            before = (self.calibration, self._call_grid, self.pipeline_measurements)
+            try:
+                cal, meas = calibrate_pipeline(
+                    self,
+                    run,
+                    steps=steps,
+                    reference_steps=reference_steps,
+                    blocks=blocks,
+                    fractions=fractions,
+                    perturbation=perturbation,
+                    seed=seed,
+                )
+            except BaseException:
+                self.calibration, self._call_grid, self.pipeline_measurements = before
+                raise
             self.pipeline_measurements = meas
             return cal
         self.pipeline_measurements = None

@@ -77,9 +77,13 @@ def calibrate_pipeline(
     seed: int,
 ):
     """Measure the ladder and the pipeline (module docstring); returns ``(calibration, measurements)``."""
-    steps = sorted({int(s) for s in steps})
-    if not steps or steps[0] < 1:
-        raise ValueError(f"steps: expected call counts >= 1, got {steps}")
+    try:
+        given = list(steps)
+    except TypeError:
+        raise TypeError(f"steps: expected a sequence of step counts, got {steps!r}") from None
+    if not given or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in given):
+        raise ValueError(f"steps: expected integer step counts >= 1, got {given!r}")
+    steps = sorted({int(s) for s in given})
     ref = 2 * steps[-1] if reference_steps is None else int(reference_steps)
     if ref <= steps[-1]:
         raise ValueError(f"reference_steps: expected more than the largest of steps ({steps[-1]}), got {ref}")

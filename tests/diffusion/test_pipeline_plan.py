@@ -123,6 +123,9 @@ def test_plan_and_calibrate_bad_inputs(ladder, calibrated):
         pipe.unet.calibrate(run, steps=(2,), blocks=1, fractions=(1.5,))
     with pytest.raises(TypeError, match="run: expected it to return the pipeline's output"):
         pipe.unet.calibrate(lambda n: "images", steps=(2,), blocks=1)
+    for bad in ((), (2.5,), (0, 2), (True,)):
+        with pytest.raises(ValueError, match="steps: expected integer step counts >= 1"):
+            pipe.unet.calibrate(run, steps=bad, blocks=1)
     cal_pipe, _ = calibrated
     with pytest.raises(ValueError, match="below one call of the cheapest schedule"):
         cal_pipe.unet.plan(0.001)
@@ -137,6 +140,8 @@ def test_plan_and_calibrate_bad_inputs(ladder, calibrated):
             cal_pipe.unet.plan(3)
     finally:
         cal_pipe.unet.scheduler = sched
+    # a failed calibration keeps the earlier one (here: none)
+    assert pipe.unet.calibration is None and pipe.unet.pipeline_measurements is None
     heun, heun_run = _pipe(ladder, HeunDiscreteScheduler, n=1)
     with pytest.raises(
         ValueError, match=r"run: \d+ inference steps made \d+ model calls; the calibration needs one call per step"
@@ -159,3 +164,21 @@ def test_measurements_are_validated_when_loaded(calibrated):
             PipelineMeasurements.from_dict({**d, key: bad})
     with pytest.raises(ValueError, match="missing field.*runs"):
         PipelineMeasurements.from_dict({k: v for k, v in d.items() if k != "runs"})
+
+
+def test_a_calibration_that_fails_midway_keeps_the_earlier_one(ladder):
+    pipe, run = _pipe(ladder, n=1)
+    cal = pipe.unet.calibrate(run, steps=(2,), reference_steps=3, blocks=1, fractions=(0.5,))
+    meas = pipe.unet.pipeline_measurements
+    calls = []
+
+    def failing(num_inference_steps):
+        calls.append(num_inference_steps)
+        if len(calls) == 3:  # after the reference and the recording run: in the perturbed runs
+            raise RuntimeError("the pipeline broke")
+        return run(num_inference_steps)
+
+    with pytest.raises(RuntimeError, match="the pipeline broke"):
+        pipe.unet.calibrate(failing, steps=(2,), reference_steps=3, blocks=1, fractions=(0.5,))
+    assert pipe.unet.calibration is cal and pipe.unet.pipeline_measurements is meas
+    assert pipe.unet._forward_hook is None
