@@ -30,6 +30,7 @@ import numpy as np
 
 from ..engine.call_schedule import CallSchedule
 from .model import Calibration
+from .planning import plan_calls  # the one planner of closed-form rates for a fixed call grid
 
 __all__ = ["PipelineMeasurements", "ScheduleCandidate", "SchedulePlan", "plan_schedules", "step_error"]
 
@@ -39,7 +40,6 @@ _FIELDS = (
     "reference_steps",
     "sensitivity_edges",
     "sensitivity",
-    "switch_steps",
     "switches",
     "elements",
     "runs",
@@ -78,7 +78,6 @@ class PipelineMeasurements:
         reference_steps: the call count of the reference run (the top model alone).
         sensitivity_edges: time edges of the blocks of calls perturbed (increasing, in t = (timestep + 1) / T).
         sensitivity: s per block (output RMS per unit of model-output RMS per unit of span), one per block.
-        switch_steps: unused (kept for the JSON format: the largest measured count).
         switches: ``(level, fraction, errors)`` per switch: 0-based level, fraction of the first calls on it (the
             first round(fraction N) of N calls), and its RMS error against the reference at each of ``steps``
             (None where that count switched no call).
@@ -94,7 +93,6 @@ class PipelineMeasurements:
     reference_steps: int
     sensitivity_edges: Tuple[float, ...]
     sensitivity: Tuple[float, ...]
-    switch_steps: int
     switches: Tuple[Tuple[int, float, Tuple[Optional[float], ...]], ...] = field(default=())
     elements: int = 1
     runs: int = 0
@@ -117,7 +115,6 @@ class PipelineMeasurements:
             raise ValueError(
                 f"sensitivity_edges: expected {len(sens) + 1} increasing edges for {len(sens)} blocks, got {list(edges)}"
             )
-        (sw,) = _positive_ints("switch_steps", [self.switch_steps])
         switches = []
         for i, s in enumerate(self.switches):
             try:
@@ -150,7 +147,6 @@ class PipelineMeasurements:
             ("reference_steps", ref),
             ("sensitivity_edges", edges),
             ("sensitivity", sens),
-            ("switch_steps", sw),
             ("switches", tuple(switches)),
             ("elements", elements),
             ("runs", runs),
@@ -173,7 +169,6 @@ class PipelineMeasurements:
             "reference_steps": self.reference_steps,
             "sensitivity_edges": list(self.sensitivity_edges),
             "sensitivity": list(self.sensitivity),
-            "switch_steps": self.switch_steps,
             "switches": [[lv, f, list(e)] for lv, f, e in self.switches],
             "elements": self.elements,
             "runs": self.runs,
@@ -249,8 +244,6 @@ Grid = Callable[[int], Tuple[Sequence[float], Sequence[float]]]
 
 
 def _mlem_candidate(cal: Calibration, meas, budget: float, calls: int, grid: Grid) -> Optional[ScheduleCandidate]:
-    from .planning import plan_calls  # the one planner of closed-form rates for a fixed call grid
-
     e = step_error(meas, calls)
     if e is None:
         return None
@@ -264,8 +257,9 @@ def _mlem_candidate(cal: Calibration, meas, budget: float, calls: int, grid: Gri
     d = np.stack([np.interp(times, cal.times, delta[:, k]) for k in range(delta.shape[1])], 1)
     d = d / math.sqrt(meas.elements)  # per-row L2 norm -> RMS per element
     p = np.asarray(plan.probabilities, dtype=np.float64).reshape(calls, -1)
-    with np.errstate(divide="ignore"):
-        var_calls = np.where(p > 0, (1.0 / np.maximum(p, 1e-300) - 1.0) * d**2, np.inf).sum(1)
+    # a correction that never fires (p = 0) adds no variance when its levels agree there, and a bias otherwise
+    safe = np.maximum(p, 1e-300)
+    var_calls = np.where(p > 0, (1.0 / safe - 1.0) * d**2, np.where(d > 0, np.inf, 0.0)).sum(1)
     g = meas.sensitivity_at(times) * spans
     V = float((g**2 * var_calls).sum())
     sched = CallSchedule.mlem([tuple(row) for row in p], cal.n_levels, levels=lv)
@@ -306,6 +300,8 @@ def plan_schedules(
             f"budget: {budget:g} top-level equivalents per image is below one call of the cheapest schedule "
             f"(one call of level 1, {cheapest:.3g})"
         )
+    if meas.num_levels and meas.num_levels != K:
+        raise ValueError(f"calibration: measured on a ladder of {meas.num_levels} levels, this one has {K}")
     kinds: Dict[str, List[ScheduleCandidate]] = {"top": [], "switch": [], "mlem": []}
     n_top = int(math.floor(budget + 1e-9))
     if n_top >= 1:
@@ -316,8 +312,6 @@ def plan_schedules(
                     f"top model alone, {n_top} calls", e, float(n_top), n_top, CallSchedule.top_alone(n_top, K)
                 )
             )
-    if meas.num_levels and meas.num_levels != K:
-        raise ValueError(f"calibration: measured on a ladder of {meas.num_levels} levels, this one has {K}")
     for level, frac, errors in meas.switches:
         if level >= K - 1:
             continue

@@ -192,7 +192,6 @@ def calibrate_pipeline(
         reference_steps=ref,
         sensitivity_edges=tuple(edges),
         sensitivity=tuple(s for _, _, s in per_block),
-        switch_steps=N,
         switches=tuple(switches),
         elements=elements,
         runs=runs,
