@@ -1,7 +1,7 @@
 """Schedule plans on a stock diffusers pipeline running trained UNets: predicted error against measured.
 
-The shipped digits ladder (four ``UNet2DModel`` levels) as one ``MultilevelModel`` inside the stock
-``DDPMPipeline``, with DDIM and DPM-Solver++ 2M (the deterministic schedulers whose ``step`` the pipeline
+Each shipped ladder (digits and Fashion-MNIST: four ``UNet2DModel`` levels each) as one ``MultilevelModel``
+inside the stock ``DDPMPipeline``, with DDIM and DPM-Solver++ 2M (the deterministic schedulers whose ``step`` the pipeline
 can drive; ``output_type="np"`` images in [0, 1]). For each scheduler: ``model.calibrate(run)`` with
 ``run(num_inference_steps)`` once, then at each budget ``model.plan(budget)`` and every candidate it
 reports is run: its measured error (RMS over images and pixels against the top model with
@@ -11,7 +11,7 @@ squared errors, with its standard error); T-Stitch's published default (the chea
 40% of the calls) at the same budget; and the calls the top model alone needs for the pick's error (on the
 measured step-error curve).
 
-    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about 10 minutes on one thread)
+    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about 12 minutes on one thread)
     mlem bench pipeline-plan --quick  # 8 images, small step counts (the test)
 """
 
@@ -47,6 +47,7 @@ SETTINGS = {
         "repeats": 4,
         "blocks": 4,
         "schedulers": ("ddim", "dpmpp_2m"),
+        "ladders": ("digits", "fashion"),
     },
     "quick": {
         "n": 8,
@@ -56,6 +57,7 @@ SETTINGS = {
         "repeats": 2,
         "blocks": 2,
         "schedulers": ("dpmpp_2m",),
+        "ladders": ("digits",),
     },
 }
 #: T-Stitch's published default: the cheapest level for the first 40% of the calls.
@@ -79,7 +81,7 @@ def _per_image_mse(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ((images - ref) ** 2).reshape(images.shape[0], -1).mean(1)
 
 
-def run_scheduler(name: str, ladder, cfg: Dict, echo=print) -> Dict:
+def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> Dict:
     """Calibrate, plan and measure on one scheduler; returns its results."""
     from diffusers import DDPMPipeline
 
@@ -103,7 +105,7 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print) -> Dict:
     model.calibrate(run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"])
     meas = model.pipeline_measurements
     calib_seconds = time.process_time() - t0
-    echo(f"{name}: calibrated in {calib_seconds:.0f} CPU s ({meas.runs} pipeline runs)")
+    echo(f"{label} {name}: calibrated in {calib_seconds:.0f} CPU s ({meas.runs} pipeline runs)")
 
     def measure(schedule: CallSchedule, calls: int, repeats: int):
         model.set_schedule(schedule)
@@ -178,8 +180,9 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print) -> Dict:
             }
         )
         ratios = ", ".join(f"{r['name']}: {r['ratio_predicted_over_measured']:.2f}" for r in rows)
-        echo(f"{name} budget {budget}: picked {plan.choice.name}; predicted/measured {ratios}")
+        echo(f"{label} {name} budget {budget}: picked {plan.choice.name}; predicted/measured {ratios}")
     return {
+        "ladder": label,
         "scheduler": name,
         "scheduler_class": type(pipe.scheduler).__name__,
         "calibration_cpu_seconds": calib_seconds,
@@ -209,15 +212,18 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
     check_outputs(ap, [out], args.overwrite)
     torch.set_num_threads(1)
     cfg = SETTINGS["quick" if args.quick else "full"]
-    ladder = load_ladder(resolve_ladder("digits"))
     t0 = time.perf_counter()
+    per = []
     with torch.no_grad():
-        per = [run_scheduler(name, ladder, cfg, echo=lambda s: print(s, file=sys.stderr)) for name in cfg["schedulers"]]
+        for label in cfg["ladders"]:
+            ladder = load_ladder(resolve_ladder(label))
+            for name in cfg["schedulers"]:
+                per.append(run_scheduler(name, ladder, cfg, echo=lambda s: print(s, file=sys.stderr), label=label))
     result = {
         "benchmark": "pipeline_plan",
         "command": command or shlex.join(["mlem", "bench", "pipeline-plan", *argv]),
         "quick": bool(args.quick),
-        "ladder": "digits (shipped)",
+        "ladders": [f"{name} (shipped)" for name in cfg["ladders"]],
         "pipeline": "diffusers DDPMPipeline, output_type='np' (images in [0, 1]); the ladder as pipe.unet",
         "error": "RMS over images and pixels against the top model alone with reference_steps calls, same noise",
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},

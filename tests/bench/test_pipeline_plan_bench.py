@@ -29,7 +29,8 @@ def quick(tmp_path_factory):
 def test_quick_run_structure(quick):
     assert quick["quick"] and quick["benchmark"] == "pipeline_plan" and quick["command"].startswith("mlem bench")
     (sched,) = quick["schedulers"]
-    assert sched["scheduler"] == "dpmpp_2m" and sched["scheduler_class"] == "DPMSolverMultistepScheduler"
+    assert sched["ladder"] == "digits" and sched["scheduler"] == "dpmpp_2m"
+    assert sched["scheduler_class"] == "DPMSolverMultistepScheduler"
     m = sched["measurements"]
     assert m["steps"] == [2, 4] and m["reference_steps"] == 8 and m["num_levels"] == 4
     (b,) = sched["budgets"]
