@@ -23,7 +23,14 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..diffusion.metrics import sliced_wasserstein
+from ..diffusion.metrics import (
+    bootstrap_counts,
+    frechet_bootstrap,
+    frechet_distance,
+    frechet_gaussian,
+    percentile_ci,
+    sliced_wasserstein,
+)
 from .data import load_digits, load_fashion_mnist
 from .ladder import load_tensors, save_tensors
 
@@ -278,76 +285,6 @@ def image_metrics(
 # ---------------------------------------------------------------------------- Fréchet distance
 
 
-def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric positive semi-definite matrix (eigh; negative rounding clipped to 0)."""
-    w, v = torch.linalg.eigh((a + a.transpose(-1, -2)) / 2)
-    return (v * w.clamp(min=0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
-
-
-def frechet_gaussian(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
-    """Fréchet (2-Wasserstein squared) distance between N(mu1, cov1) and N(mu2, cov2).
-
-    ``|mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr((cov1^1/2 cov2 cov1^1/2)^1/2)``, the square roots by
-    eigh (so exact for any symmetric PSD matrices, no complex parts as with ``scipy.linalg.sqrtm``).
-
-    Args:
-        mu1, mu2: means, shape (d,) or batched (B, d).
-        cov1, cov2: covariances, shape (d, d) or batched (B, d, d); symmetric PSD.
-
-    Returns: a float64 tensor, shape () or (B,), in squared feature units. Raises ValueError on shape
-    mismatch and FloatingPointError if the inputs are not finite.
-    """
-    mu1, mu2, cov1, cov2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, mu2, cov1, cov2))
-    d = mu1.shape[-1]
-    if mu2.shape[-1] != d or cov1.shape[-2:] != (d, d) or cov2.shape[-2:] != (d, d):
-        raise ValueError(
-            f"frechet: expected means (..., d) and covariances (..., d, d) with one d, got "
-            f"{tuple(mu1.shape)}, {tuple(cov1.shape)}, {tuple(mu2.shape)}, {tuple(cov2.shape)}"
-        )
-    if not all(bool(torch.isfinite(t).all()) for t in (mu1, mu2, cov1, cov2)):
-        raise FloatingPointError("frechet: the means or covariances are NaN or Inf")
-    r = _sqrt_psd(cov1)
-    cross = torch.linalg.eigvalsh(r @ cov2 @ r).clamp(min=0).sqrt().sum(-1)
-    diag = lambda c: c.diagonal(dim1=-2, dim2=-1).sum(-1)  # noqa: E731
-    return (mu1 - mu2).pow(2).sum(-1) + diag(cov1) + diag(cov2) - 2 * cross
-
-
-def frechet_distance(fx: torch.Tensor, fy: torch.Tensor) -> float:
-    """Fréchet distance of two feature sets (n, d), (m, d): Gaussians fitted by the sample mean and the
-    unbiased (n - 1) covariance, then :func:`frechet_gaussian`. Biased upward at finite n (the fitted
-    covariances are noisy), so compare values at equal sample sizes. Needs n, m >= 2."""
-    fx, fy = fx.double(), fy.double()
-    if fx.ndim != 2 or fy.ndim != 2 or fx.shape[1] != fy.shape[1]:
-        raise ValueError(
-            f"frechet_distance: expected (n, d) and (m, d) features, got {tuple(fx.shape)} and {tuple(fy.shape)}"
-        )
-    if fx.shape[0] < 2 or fy.shape[0] < 2:
-        raise ValueError(
-            f"frechet_distance: expected at least 2 samples in each set, got {fx.shape[0]} and {fy.shape[0]}"
-        )
-    out = float(frechet_gaussian(fx.mean(0), torch.cov(fx.T), fy.mean(0), torch.cov(fy.T)))
-    if out != out:
-        raise FloatingPointError("frechet_distance: NaN (are the features finite?)")
-    return out
-
-
-# ---------------------------------------------------------------------------- bootstrap over samples
-
-
-def bootstrap_counts(n: int, replicates: int, seed: int = 0) -> torch.Tensor:
-    """Multiplicities of ``replicates`` bootstrap resamples of ``n`` samples, float64 (replicates, n), each
-    row summing to n (row b: how often sample i was drawn, with replacement). One seeded draw, so runs
-    that share their samples' noise can share the resamples: differences of their replicates are
-    paired bootstrap replicates of the difference."""
-    if n < 2 or replicates < 1:
-        raise ValueError(f"bootstrap: expected n >= 2 samples and >= 1 replicate, got n={n}, replicates={replicates}")
-    g = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, n, (replicates, n), generator=g)
-    counts = torch.zeros(replicates, n, dtype=torch.float64)
-    counts.scatter_add_(1, idx, torch.ones(replicates, n, dtype=torch.float64))
-    return counts
-
-
 def kid_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """:func:`kid_unbiased` of each bootstrap resample of ``fx`` (rows of ``counts``, (B, n)) against the
     whole of ``fy`` (held fixed: it is the reference set). Within a resample, only pairs of two different
@@ -366,41 +303,6 @@ def kid_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor) -> t
     quad = ((c @ kxx) * c).sum(1) - (c * c) @ kxx.diagonal()
     pairs = n * n - (c * c).sum(1)
     return quad / pairs + yy - 2 * (c @ kxy_rows) / n
-
-
-def frechet_bootstrap(fx: torch.Tensor, fy: torch.Tensor, counts: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """:func:`frechet_distance` of each bootstrap resample of ``fx`` (rows of ``counts``, (B, n)) against
-    the whole of ``fy`` (fixed). Returns float64 (B,); ``chunk`` resamples at a time bound the memory
-    (chunk x n x d doubles)."""
-    fx, fy = fx.double(), fy.double()
-    n = fx.shape[0]
-    if counts.shape[-1] != n:
-        raise ValueError(f"frechet_bootstrap: counts are for {counts.shape[-1]} samples, the features have {n}")
-    mu_y, cov_y = fy.mean(0), torch.cov(fy.T)
-    out = []
-    for c in torch.split(counts.double(), chunk):
-        mu = c @ fx / n  # (b, d)
-        xw = c.sqrt().unsqueeze(-1) * fx  # (b, n, d)
-        second = xw.transpose(1, 2) @ xw / n
-        cov = (second - mu.unsqueeze(2) * mu.unsqueeze(1)) * (n / (n - 1))
-        out.append(frechet_gaussian(mu, cov, mu_y.expand_as(mu), cov_y.expand_as(cov)))
-    return torch.cat(out)
-
-
-def percentile_ci(replicates: torch.Tensor, level: float = 0.95, center: Optional[float] = None) -> Tuple[float, float]:
-    """The percentile-method interval of bootstrap ``replicates`` (B,): their (1 - level)/2 and
-    (1 + level)/2 quantiles (linear interpolation). With ``center`` (the point estimate), the replicates
-    are first shifted so that their mean is ``center``: the bootstrap's bias estimate
-    ``mean(replicates) - center`` is removed (FD's replicates sit above the point estimate, since a
-    resample repeats samples and the plug-in FD's finite-n bias grows). FloatingPointError if any
-    replicate is NaN."""
-    r = torch.as_tensor(replicates, dtype=torch.float64)
-    if not bool(torch.isfinite(r).all()):
-        raise FloatingPointError("bootstrap: a replicate is NaN or Inf")
-    if center is not None:
-        r = r - (r.mean() - float(center))
-    q = torch.quantile(r, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return float(q[0]), float(q[1])
 
 
 @dataclass
