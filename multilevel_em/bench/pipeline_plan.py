@@ -9,9 +9,12 @@ reports is run: its measured error (RMS over images and pixels against the top m
 one; the pick against the top model alone at floor(budget) calls (paired difference of per-image mean
 squared errors, with its standard error); T-Stitch's published default (the cheapest level for the first
 40% of the calls) at the same budget; and the calls the top model alone needs for the pick's error (on the
-measured step-error curve).
+measured step-error curve). Then the distributional criterion on the digits ladder with DPM-Solver++ on a
+larger batch: ``model.calibrate(run, features=...)`` with the shipped digit classifier's features and
+``model.plan(budget, criterion="distribution")``: every candidate and switch scored by the Frechet distance of
+its features to the reference run's, with paired bootstrap intervals.
 
-    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about 12 minutes on one thread)
+    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about 20 minutes on one thread)
     mlem bench pipeline-plan --quick  # 8 images, small step counts (the test)
 """
 
@@ -58,6 +61,29 @@ SETTINGS = {
         "blocks": 2,
         "schedulers": ("dpmpp_2m",),
         "ladders": ("digits",),
+    },
+}
+#: The distributional criterion's run: one ladder and scheduler, a batch large enough for a Frechet distance.
+DISTRIBUTION = {
+    "full": {
+        "ladder": "digits",
+        "scheduler": "dpmpp_2m",
+        "n": 512,
+        "steps": (4, 8, 16),
+        "reference_steps": 32,
+        "budgets": (5, 10),
+        "boot": 500,
+        "blocks": 4,
+    },
+    "quick": {
+        "ladder": "digits",
+        "scheduler": "dpmpp_2m",
+        "n": 16,
+        "steps": (2, 4),
+        "reference_steps": 8,
+        "budgets": (3,),
+        "boot": 50,
+        "blocks": 2,
     },
 }
 #: T-Stitch's published default: the cheapest level for the first 40% of the calls.
@@ -193,6 +219,87 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
     }
 
 
+def run_distribution(cfg: Dict, echo=print) -> Dict:
+    """The distributional criterion on the digits ladder (module docstring)."""
+    from diffusers import DDPMPipeline
+
+    from ..images.metrics import load_digit_classifier
+
+    ladder = load_ladder(resolve_ladder(cfg["ladder"]))
+    classifier = load_digit_classifier()
+
+    def features(images):  # (n, H, W, 1) in [0, 1] -> the classifier's (n, 64) penultimate features
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
+        return classifier.features(x).double()
+
+    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=make_scheduler(cfg["scheduler"], ladder.schedule))
+    pipe.set_progress_bar_config(disable=True)
+    model = MultilevelModel(ladder.unets, costs=ladder.costs, names=ladder.names, scheduler=pipe.scheduler)
+    pipe.unet = model
+    n = cfg["n"]
+
+    def run(num_inference_steps):
+        return pipe(
+            batch_size=n,
+            generator=torch.Generator().manual_seed(0),
+            num_inference_steps=num_inference_steps,
+            output_type="np",
+        ).images
+
+    t0 = time.process_time()
+    model.calibrate(
+        run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"], features=features
+    )
+    echo(f"distribution: calibrated in {time.process_time() - t0:.0f} CPU s")
+    budgets = []
+    for budget in cfg["budgets"]:
+        pathwise = model.plan(budget)
+        plan = model.plan(budget, criterion="distribution", boot=cfg["boot"])
+        rows = [
+            {
+                "name": c.name,
+                "num_inference_steps": c.num_inference_steps,
+                "predicted_cost": c.predicted_cost,
+                "predicted_error": c.predicted_error,
+                "fd": c.fd,
+                "fd_ci": list(c.fd_ci),
+                "fd_minus_top": c.fd_minus_top,
+                "fd_minus_top_ci": None if c.fd_minus_top_ci is None else list(c.fd_minus_top_ci),
+            }
+            for c in list(plan.candidates)
+            + [c for c in plan.switches if c.name not in {p.name for p in plan.candidates}]
+        ]
+        top = next(r for r in rows if r["name"].startswith("top model alone"))
+        # where a schedule reaches the top model alone's distance at a lower cost: the saving, with the interval
+        cheaper_not_worse = [
+            {
+                "name": r["name"],
+                "cost_over_top_alone": r["predicted_cost"] / top["predicted_cost"],
+                "fd_minus_top": r["fd_minus_top"],
+                "fd_minus_top_ci": r["fd_minus_top_ci"],
+            }
+            for r in rows
+            if r["predicted_cost"] < top["predicted_cost"] and r["fd_minus_top_ci"][0] <= 0  # not resolved worse
+        ]
+        budgets.append(
+            {
+                "budget": budget,
+                "pathwise_choice": pathwise.choice.name,
+                "choice": plan.choice.name,
+                "message": plan.message,
+                "candidates": rows,
+                "cheaper_than_top_alone_and_not_resolved_worse": cheaper_not_worse,
+            }
+        )
+        echo(f"distribution budget {budget}: {plan.message}")
+    return {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "features": "shipped digit classifier, penultimate layer (64-d), of the images mapped to [-1, 1]",
+        "reference": "the top model alone with reference_steps steps on the same noise (the calibration batch)",
+        "budgets": budgets,
+    }
+
+
 def main(argv=None, *, command: Optional[str] = None) -> dict:
     """``mlem bench pipeline-plan [ARGS]``: the argument list (default ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -219,6 +326,9 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
             ladder = load_ladder(resolve_ladder(label))
             for name in cfg["schedulers"]:
                 per.append(run_scheduler(name, ladder, cfg, echo=lambda s: print(s, file=sys.stderr), label=label))
+        distribution = run_distribution(
+            DISTRIBUTION["quick" if args.quick else "full"], echo=lambda s: print(s, file=sys.stderr)
+        )
     result = {
         "benchmark": "pipeline_plan",
         "command": command or shlex.join(["mlem", "bench", "pipeline-plan", *argv]),
@@ -234,9 +344,10 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
         "python": platform.python_version(),
         "wall_seconds": time.perf_counter() - t0,
         "schedulers": per,
+        "distribution": distribution,
     }
     write_json(out, result, indent=1)
-    json.dump({k: v for k, v in result.items() if k != "schedulers"}, sys.stdout, indent=1)
+    json.dump({k: v for k, v in result.items() if k not in ("schedulers", "distribution")}, sys.stdout, indent=1)
     print()
     return result
 

@@ -218,26 +218,38 @@ def step_error(meas: PipelineMeasurements, calls: int) -> Optional[float]:
 @dataclass(frozen=True)
 class ScheduleCandidate:
     """One schedule a plan compared: ``name``, ``predicted_error`` (RMS per element against the reference),
-    ``predicted_cost`` (top-level equivalents per image), ``num_inference_steps`` and the ``schedule``."""
+    ``predicted_cost`` (top-level equivalents per image), ``num_inference_steps`` and the ``schedule``.
+
+    With the distributional criterion also: ``fd`` (Frechet distance of its output features to the
+    reference outputs' on the calibration batch, measured by running it), ``fd_ci`` (bootstrap interval),
+    ``fd_minus_top`` and ``fd_minus_top_ci`` (paired difference to the top model alone at floor(budget) steps)."""
 
     name: str
     predicted_error: float
     predicted_cost: float
     num_inference_steps: int
     schedule: CallSchedule = field(repr=False)
+    fd: Optional[float] = None
+    fd_ci: Optional[Tuple[float, float]] = None
+    fd_minus_top: Optional[float] = None
+    fd_minus_top_ci: Optional[Tuple[float, float]] = None
 
 
 @dataclass(frozen=True)
 class SchedulePlan:
-    """What :func:`plan_schedules` compared and picked: ``candidates`` (best of each kind), ``choice``, ``budget``,
-    ``message`` (what it picked and what the top model alone would give) and ``pipeline_kwargs`` (pass them to
-    the pipeline call: ``num_inference_steps``)."""
+    """What :func:`plan_schedules` compared and picked: ``candidates`` (best of each kind by predicted error),
+    ``choice``, ``budget``, ``message`` (what it picked and what the top model alone would give),
+    ``pipeline_kwargs`` (pass them to the pipeline call: ``num_inference_steps``), ``criterion``
+    (``"pathwise"`` or ``"distribution"``) and ``switches`` (every switch that fits the budget, the
+    distributional criterion's extra candidates)."""
 
     candidates: Tuple[ScheduleCandidate, ...]
     choice: ScheduleCandidate
     budget: float
     message: str
     pipeline_kwargs: Dict = field(default_factory=dict)
+    criterion: str = "pathwise"
+    switches: Tuple[ScheduleCandidate, ...] = ()
 
 
 Grid = Callable[[int], Tuple[Sequence[float], Sequence[float]]]
@@ -357,4 +369,11 @@ def plan_schedules(
         f"Picked {choice.name}: predicted error {choice.predicted_error:.4g} (RMS against the top model with "
         f"{meas.reference_steps} calls) for {choice.predicted_cost:.3g} top-level equivalents per image; {tail}"
     )
-    return SchedulePlan(candidates, choice, budget, message, {"num_inference_steps": choice.num_inference_steps})
+    return SchedulePlan(
+        candidates,
+        choice,
+        budget,
+        message,
+        {"num_inference_steps": choice.num_inference_steps},
+        switches=tuple(kinds["switch"]),
+    )

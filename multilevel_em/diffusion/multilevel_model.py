@@ -92,7 +92,7 @@ from ..engine.compiled import CompiledLevel, check_compile_buckets
 from ..engine.random import check_generators, is_per_sample
 from ..engine.solver import check_buckets
 from .outputs import model_output, single_time
-from .pipeline_calibration import calibrate_pipeline, takes_steps
+from .pipeline_calibration import calibrate_pipeline, output_features, score_distribution, takes_steps
 
 __all__ = ["MultilevelModel", "scheduler_spans"]
 
@@ -497,6 +497,7 @@ class MultilevelModel(torch.nn.Module):
         self._recording: Optional[list] = None
         self._forward_hook: Optional[Callable] = None  # calibration runs: est = hook(evaluator, call, tau)
         self.pipeline_measurements: Optional[PipelineMeasurements] = None
+        self._pipeline: Optional[tuple] = None  # (run, features, reference features) of calibrate(run(n))
         self.schedule_plan: Optional[SchedulePlan] = None
         self._out_shape: Optional[Tuple[int, ...]] = None
         self._out_like: Optional[tuple] = None
@@ -950,6 +951,7 @@ class MultilevelModel(torch.nn.Module):
         fractions: Sequence[float] = (0.2, 0.4),
         perturbation: float = 0.5,
         seed: int = 0,
+        features: Optional[Callable[[Any], Any]] = None,
     ) -> Calibration:
         """Measure the ladder along the pipeline's own trajectories: ``run()`` or ``run(num_inference_steps)``
         calls the pipeline.
@@ -965,6 +967,10 @@ class MultilevelModel(torch.nn.Module):
         ``len(steps) + 1 + blocks + (K - 1) len(fractions) len(steps)`` runs in all). Errors are RMS over images
         and elements of what ``run`` returns; the measurements are kept in ``self.pipeline_measurements``
         (``.runs``: the pipeline runs they took). If a run fails, the model's earlier calibration is kept.
+        ``features``: optionally, a function of what ``run`` returns (as a float64 array) to an ``(images, d)``
+        array of features (a classifier's penultimate layer, CLIP or Inception embeddings): then
+        ``plan(budget, criterion="distribution")`` can score schedules by the Frechet distance of their
+        features to the reference run's.
 
         During ``run()`` every level runs on every row at every call and the top model's output
         is returned, so the trajectory is the top model's, with the pipeline's scheduler,
@@ -977,10 +983,12 @@ class MultilevelModel(torch.nn.Module):
         """
         if len(self.models) < 2:
             raise ValueError("calibrate: needs at least 2 models")
+        if features is not None and not callable(features):
+            raise TypeError(f"features: expected a function of the pipeline's output, got {type(features).__name__}")
         if callable(run) and takes_steps(run):
             before = (self.calibration, self._call_grid, self.pipeline_measurements)
             try:
-                cal, meas = calibrate_pipeline(
+                cal, meas, reference = calibrate_pipeline(
                     self,
                     run,
                     steps=steps,
@@ -990,12 +998,16 @@ class MultilevelModel(torch.nn.Module):
                     perturbation=perturbation,
                     seed=seed,
                 )
+                ref_features = None if features is None else output_features(features, reference)
             except BaseException:
                 self.calibration, self._call_grid, self.pipeline_measurements = before
                 raise
             self.pipeline_measurements = meas
+            self._pipeline = (run, features, ref_features)
             return cal
-        self.pipeline_measurements = None
+        elif features is not None:
+            raise ValueError("features: needs run(num_inference_steps) (a run that takes the number of steps)")
+        self.pipeline_measurements, self._pipeline = None, None
         if not callable(run):
             raise TypeError("run: expected a callable that runs the pipeline once, e.g. lambda: pipe(prompt, ...)")
         if self._recording is not None:
@@ -1055,7 +1067,15 @@ class MultilevelModel(torch.nn.Module):
         self._call_grid = ([r[0] for r in records], [r[1] for r in records])
         return cal
 
-    def plan(self, budget: float, *, levels: Optional[Sequence[int]] = None):
+    def plan(
+        self,
+        budget: float,
+        *,
+        levels: Optional[Sequence[int]] = None,
+        criterion: str = "pathwise",
+        boot: int = 200,
+        seed: int = 0,
+    ):
         """Plan for ``budget`` top-level equivalents per image.
 
         After ``calibrate(run)`` with ``run(num_inference_steps)``: compares schedules at that cost (the top model
@@ -1063,6 +1083,11 @@ class MultilevelModel(torch.nn.Module):
         counts; :func:`~multilevel_em.calibration.schedules.plan_schedules`), sets ``self.schedule`` to the one
         with the lowest predicted error and returns the :class:`~multilevel_em.calibration.schedules.SchedulePlan`
         (``.candidates``, ``.choice``, ``.message``, ``.pipeline_kwargs``: pass them to the pipeline call).
+        ``criterion="distribution"`` (needs ``calibrate(run, features=f)``) runs each candidate and every switch
+        that fits the budget once (the level draws seeded by ``seed``) and picks the lowest Frechet distance of
+        their features to the reference run's, with ``boot`` bootstrap resamples for the intervals and the
+        paired differences to the top model alone (each candidate's ``fd``, ``fd_ci``, ``fd_minus_top``,
+        ``fd_minus_top_ci``); the pathwise criterion, the default, needs no features and no runs.
 
         After ``calibrate(run)`` with a zero-argument ``run``: sizes the calibration's closed-form rates to the
         budget.
@@ -1072,8 +1097,12 @@ class MultilevelModel(torch.nn.Module):
         :class:`~multilevel_em.calibration.CallPlan` (also ``self.call_plan``).  ``levels``: an
         optional 0-based sub-ladder with the top level (the other models are then not run).
         """
+        if criterion not in ("pathwise", "distribution"):
+            raise ValueError(f"criterion: expected 'pathwise' or 'distribution', got {criterion!r}")
         if self.calibration is None or self._call_grid is None:
             raise ValueError("plan: run calibrate(lambda: pipe(...)) first")
+        if criterion != "pathwise" and self.pipeline_measurements is None:
+            raise ValueError("criterion: needs calibrate(run) with run(num_inference_steps) first")
         if self.pipeline_measurements is not None:
             if levels is not None:
                 raise ValueError("levels: a schedule plan chooses its levels itself; leave levels out")
@@ -1084,6 +1113,16 @@ class MultilevelModel(torch.nn.Module):
                     "calibrate again with this scheduler"
                 )
             plan = plan_schedules(self.calibration, self.pipeline_measurements, budget, self.call_grid)
+            if criterion == "distribution":
+                run, features, ref_features = self._pipeline or (None, None, None)
+                if features is None:
+                    raise ValueError(
+                        "criterion: 'distribution' needs features; calibrate(run, features=f) with f mapping the "
+                        "pipeline's output to (images, d) features"
+                    )
+                if isinstance(boot, bool) or not isinstance(boot, int) or boot < 20:
+                    raise ValueError(f"boot: expected an integer >= 20 bootstrap resamples, got {boot!r}")
+                plan = score_distribution(self, run, features, ref_features, plan, boot=boot, seed=seed)
             self.set_schedule(plan.choice.schedule)
             self.schedule_plan = plan
             return plan

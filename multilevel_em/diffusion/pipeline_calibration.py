@@ -17,9 +17,10 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..calibration.schedules import PipelineMeasurements
+from ..calibration.schedules import PipelineMeasurements, SchedulePlan
+from .metrics import bootstrap_counts, frechet_bootstrap, frechet_distance, percentile_ci
 
-__all__ = ["calibrate_pipeline", "takes_steps", "output_array"]
+__all__ = ["calibrate_pipeline", "takes_steps", "output_array", "output_features", "score_distribution"]
 
 
 def takes_steps(run: Callable) -> bool:
@@ -199,4 +200,92 @@ def calibrate_pipeline(
         num_levels=K,
     )
     model.reset()
-    return cal, meas
+    return cal, meas, reference
+
+
+def output_features(features: Callable, out: np.ndarray, n: Optional[int] = None) -> torch.Tensor:
+    """``features(out)`` as a float64 tensor (n, d), checked: one finite row per image."""
+    f = features(out)
+    if isinstance(f, np.ndarray):
+        f = torch.from_numpy(np.asarray(f, dtype=np.float64))
+    if not isinstance(f, torch.Tensor) or f.ndim != 2:
+        got = tuple(f.shape) if isinstance(f, (torch.Tensor, np.ndarray)) else type(f).__name__
+        raise ValueError(f"features: expected it to return an (images, d) array or tensor, got {got}")
+    f = f.detach().to("cpu", torch.float64)
+    if n is not None and f.shape[0] != n:
+        raise ValueError(f"features: expected one row per image ({n}), got {f.shape[0]}")
+    if f.shape[0] < 2:
+        raise ValueError(f"features: the Frechet distance needs at least 2 images, got {f.shape[0]}")
+    if not bool(torch.isfinite(f).all()):
+        raise FloatingPointError("features: NaN or Inf in the features")
+    return f
+
+
+def score_distribution(
+    model,
+    run: Callable[[int], Any],
+    features: Callable,
+    reference: torch.Tensor,
+    plan: SchedulePlan,
+    *,
+    boot: int,
+    seed: int,
+) -> SchedulePlan:
+    """Run every candidate of ``plan`` and its switches once (the model's level draws seeded by ``seed``), score
+    each by the Frechet distance of its output features to ``reference`` (the reference run's features) with
+    a bootstrap interval (``boot`` resamples of the images, the same for every candidate, so the differences
+    to the top model alone are paired), and pick the lowest distance."""
+    from dataclasses import replace
+
+    pool = list(plan.candidates) + [c for c in plan.switches if c not in plan.candidates]
+    n = reference.shape[0]
+    counts = bootstrap_counts(n, boot, seed)
+    scored, reps = [], {}
+    saved = model.schedule, model.generator
+    try:
+        for c in pool:
+            model.set_schedule(c.schedule)
+            model.generator = torch.Generator().manual_seed(int(seed))
+            f = output_features(features, output_array(run(c.num_inference_steps)), n)
+            fd = frechet_distance(f, reference)
+            r = frechet_bootstrap(f, reference, counts)
+            reps[c.name] = (fd, r)
+            scored.append(replace(c, fd=fd, fd_ci=percentile_ci(r, center=fd)))
+    finally:
+        model.schedule, model.generator = saved
+    top = next((c for c in scored if c.name.startswith("top model alone")), None)
+    if top is not None:
+        fd_top, r_top = reps[top.name]
+        scored = [
+            replace(
+                c,
+                fd_minus_top=c.fd - fd_top,
+                fd_minus_top_ci=percentile_ci(reps[c.name][1] - r_top, center=c.fd - fd_top),
+            )
+            for c in scored
+        ]
+    choice = min(scored, key=lambda c: (c.fd, c.predicted_cost))
+    if top is None:
+        tail = "the top model alone has no measured error at this budget."
+    elif choice.name == top.name:
+        tail = "no other schedule measured a lower distance at this cost."
+    else:
+        lo, hi = choice.fd_minus_top_ci
+        tail = (
+            f"the top model alone with {top.num_inference_steps} steps: {top.fd:.4g}; difference "
+            f"{choice.fd_minus_top:+.4g} [{lo:+.4g}, {hi:+.4g}] ({'resolved' if hi < 0 else 'within the noise'})."
+        )
+    lo, hi = choice.fd_ci
+    message = (
+        f"Picked {choice.name} by Frechet distance to the reference run's features: {choice.fd:.4g} "
+        f"[{lo:.4g}, {hi:.4g}] on {n} images, for {choice.predicted_cost:.3g} top-level equivalents per image; {tail}"
+    )
+    return replace(
+        plan,
+        candidates=tuple(c for c in scored if c.name in {p.name for p in plan.candidates}),
+        switches=tuple(c for c in scored if c.name in {p.name for p in plan.switches}),
+        choice=choice,
+        message=message,
+        pipeline_kwargs={"num_inference_steps": choice.num_inference_steps},
+        criterion="distribution",
+    )

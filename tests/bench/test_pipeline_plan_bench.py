@@ -47,3 +47,21 @@ def test_quick_run_structure(quick):
     assert top["predicted_error"] == pytest.approx(sched["interpolated_top_alone_error"]["3"])
     assert b["tstitch_default"]["measured_cost"] <= 3 * (1 + 1e-9)
     assert b["pick_vs_top_alone"] is not None and b["speedup"] is None or b["speedup"] > 0
+
+
+def test_quick_distribution_section(quick):
+    """The distributional criterion's section: every scored schedule has a distance and an interval, the pick
+    has the lowest distance, the top model alone's paired difference to itself is 0, and the cheaper schedules
+    listed as not worse are those whose paired interval does not lie above 0."""
+    dist = quick["distribution"]
+    assert dist["settings"]["ladder"] == "digits" and dist["settings"]["n"] == 16
+    (b,) = dist["budgets"]
+    rows = b["candidates"]
+    assert all(r["fd"] is not None and r["fd_ci"][0] <= r["fd_ci"][1] for r in rows)
+    assert b["choice"] == min(rows, key=lambda r: r["fd"])["name"]
+    top = next(r for r in rows if r["name"].startswith("top model alone"))
+    assert top["fd_minus_top"] == 0
+    listed = {c["name"] for c in b["cheaper_than_top_alone_and_not_resolved_worse"]}
+    assert listed == {
+        r["name"] for r in rows if r["predicted_cost"] < top["predicted_cost"] and r["fd_minus_top_ci"][0] <= 0
+    }

@@ -182,3 +182,48 @@ def test_a_calibration_that_fails_midway_keeps_the_earlier_one(ladder):
         pipe.unet.calibrate(failing, steps=(2,), reference_steps=3, blocks=1, fractions=(0.5,))
     assert pipe.unet.calibration is cal and pipe.unet.pipeline_measurements is meas
     assert pipe.unet._forward_hook is None
+
+
+def _features(images):
+    """Per-image channel means and standard deviations of the (n, H, W, 3) images: (n, 6) features."""
+    x = np.asarray(images).reshape(images.shape[0], -1, images.shape[-1])
+    return np.concatenate([x.mean(1), x.std(1)], 1)
+
+
+def test_distribution_criterion_scores_every_candidate_and_switch(ladder):
+    """criterion="distribution": every candidate and every switch that fits the budget is run and scored by the
+    Frechet distance of its features to the reference run's (bootstrap intervals, paired differences to the top
+    model alone); the pick has the lowest distance; the pathwise plan is unchanged by the features."""
+    pipe, run = _pipe(ladder, n=8)
+    pipe.unet.calibrate(run, steps=(2, 3, 4), reference_steps=8, blocks=2, features=_features)
+    pathwise = pipe.unet.plan(3)
+    assert pathwise.criterion == "pathwise" and all(c.fd is None for c in pathwise.candidates)
+    plan = pipe.unet.plan(3, criterion="distribution", boot=50)
+    assert plan.criterion == "distribution" and len(plan.switches) == 4  # 2 levels x 2 fractions
+    scored = list(plan.candidates) + list(plan.switches)
+    assert all(c.fd is not None and c.fd_ci[0] <= c.fd_ci[1] for c in scored)
+    assert plan.choice.fd == min(c.fd for c in scored) and pipe.unet.schedule is plan.choice.schedule
+    top = plan.candidates[0]
+    assert top.name.startswith("top model alone") and top.fd_minus_top == 0 and top.fd_minus_top_ci == (0.0, 0.0)
+    assert "Frechet distance" in plan.message and plan.pipeline_kwargs["num_inference_steps"] >= 1
+    # the measurement is reproducible: the same seed gives the same distances
+    again = pipe.unet.plan(3, criterion="distribution", boot=50)
+    assert [c.fd for c in again.candidates] == [c.fd for c in plan.candidates]
+
+
+def test_distribution_criterion_bad_inputs(ladder, calibrated):
+    cal_pipe, _ = calibrated
+    with pytest.raises(ValueError, match="criterion: 'distribution' needs features"):
+        cal_pipe.unet.plan(3, criterion="distribution")
+    with pytest.raises(ValueError, match="criterion: expected 'pathwise' or 'distribution'"):
+        cal_pipe.unet.plan(3, criterion="fid")
+    pipe, run = _pipe(ladder, n=4)
+    with pytest.raises(TypeError, match="features: expected a function"):
+        pipe.unet.calibrate(run, steps=(2,), blocks=1, features="clip")
+    with pytest.raises(ValueError, match=r"features: expected it to return an \(images, d\)"):
+        pipe.unet.calibrate(run, steps=(2,), blocks=1, features=lambda images: images.mean())
+    with pytest.raises(ValueError, match="features: needs run"):
+        pipe.unet.calibrate(lambda: run(2), features=_features)
+    pipe.unet.calibrate(run, steps=(2, 3), reference_steps=4, blocks=1, features=_features)
+    with pytest.raises(ValueError, match="boot: expected an integer >= 20"):
+        pipe.unet.plan(2, criterion="distribution", boot=5)
