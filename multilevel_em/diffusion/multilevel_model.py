@@ -986,7 +986,7 @@ class MultilevelModel(torch.nn.Module):
         if features is not None and not callable(features):
             raise TypeError(f"features: expected a function of the pipeline's output, got {type(features).__name__}")
         if callable(run) and takes_steps(run):
-            before = (self.calibration, self._call_grid, self.pipeline_measurements)
+            before = (self.calibration, self._call_grid, self.pipeline_measurements, self._pipeline)
             try:
                 cal, meas, reference = calibrate_pipeline(
                     self,
@@ -1000,7 +1000,7 @@ class MultilevelModel(torch.nn.Module):
                 )
                 ref_features = None if features is None else output_features(features, reference)
             except BaseException:
-                self.calibration, self._call_grid, self.pipeline_measurements = before
+                self.calibration, self._call_grid, self.pipeline_measurements, self._pipeline = before
                 raise
             self.pipeline_measurements = meas
             self._pipeline = (run, features, ref_features)

@@ -77,7 +77,8 @@ def calibrate_pipeline(
     perturbation: float,
     seed: int,
 ):
-    """Measure the ladder and the pipeline (module docstring); returns ``(calibration, measurements)``."""
+    """Measure the ladder and the pipeline (module docstring); returns ``(calibration, measurements, reference)``,
+    the last the reference run's output (the top model alone with ``reference_steps`` steps)."""
     try:
         given = list(steps)
     except TypeError:
@@ -92,7 +93,13 @@ def calibrate_pipeline(
         raise ValueError(
             f"blocks: expected an integer in [1, {steps[-1]}] (the calls of the largest count), got {blocks}"
         )
-    fractions = [float(f) for f in fractions]
+    try:
+        fractions = [float(f) for f in fractions]
+        perturbation = float(perturbation)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"fractions, perturbation: expected numbers, got fractions={fractions!r}, perturbation={perturbation!r}"
+        ) from None
     if any(not 0.0 < f < 1.0 for f in fractions):
         raise ValueError(f"fractions: expected fractions in (0, 1), got {fractions}")
     if not (math.isfinite(perturbation) and perturbation > 0):

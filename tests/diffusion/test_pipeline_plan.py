@@ -121,6 +121,8 @@ def test_plan_and_calibrate_bad_inputs(ladder, calibrated):
         pipe.unet.calibrate(run, steps=(2,), blocks=3)
     with pytest.raises(ValueError, match="fractions"):
         pipe.unet.calibrate(run, steps=(2,), blocks=1, fractions=(1.5,))
+    with pytest.raises(ValueError, match="fractions, perturbation: expected numbers"):
+        pipe.unet.calibrate(run, steps=(2,), blocks=1, fractions=("a",))
     with pytest.raises(TypeError, match="run: expected it to return the pipeline's output"):
         pipe.unet.calibrate(lambda n: "images", steps=(2,), blocks=1)
     for bad in ((), (2.5,), (0, 2), (True,)):
@@ -167,8 +169,8 @@ def test_measurements_are_validated_when_loaded(calibrated):
 
 
 def test_a_calibration_that_fails_midway_keeps_the_earlier_one(ladder):
-    pipe, run = _pipe(ladder, n=1)
-    cal = pipe.unet.calibrate(run, steps=(2,), reference_steps=3, blocks=1, fractions=(0.5,))
+    pipe, run = _pipe(ladder, n=2)
+    cal = pipe.unet.calibrate(run, steps=(2,), reference_steps=3, blocks=1, fractions=(0.5,), features=_features)
     meas = pipe.unet.pipeline_measurements
     calls = []
 
@@ -182,6 +184,7 @@ def test_a_calibration_that_fails_midway_keeps_the_earlier_one(ladder):
         pipe.unet.calibrate(failing, steps=(2,), reference_steps=3, blocks=1, fractions=(0.5,))
     assert pipe.unet.calibration is cal and pipe.unet.pipeline_measurements is meas
     assert pipe.unet._forward_hook is None
+    assert pipe.unet.plan(2, criterion="distribution", boot=20).criterion == "distribution"  # features kept
 
 
 def _features(images):
