@@ -107,17 +107,15 @@ def _per_image_mse(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ((images - ref) ** 2).reshape(images.shape[0], -1).mean(1)
 
 
-def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> Dict:
-    """Calibrate, plan and measure on one scheduler; returns its results."""
+def stock_pipeline(ladder, scheduler: str, n: int):
+    """The stock ``DDPMPipeline`` with ``ladder`` as one MultilevelModel and ``run(num_inference_steps)``: n images
+    from the same noise every time, ``output_type="np"``. Returns ``(pipe, model, run)``."""
     from diffusers import DDPMPipeline
 
-    scheduler = make_scheduler(name, ladder.schedule)
-    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=scheduler)
+    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=make_scheduler(scheduler, ladder.schedule))
     pipe.set_progress_bar_config(disable=True)
-    K = len(ladder.unets)
     model = MultilevelModel(ladder.unets, costs=ladder.costs, names=ladder.names, scheduler=pipe.scheduler)
     pipe.unet = model
-    n = cfg["n"]
 
     def run(num_inference_steps):
         return pipe(
@@ -127,6 +125,13 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
             output_type="np",
         ).images
 
+    return pipe, model, run
+
+
+def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> Dict:
+    """Calibrate, plan and measure on one scheduler; returns its results."""
+    pipe, model, run = stock_pipeline(ladder, name, cfg["n"])
+    K = len(ladder.unets)
     t0 = time.process_time()
     model.calibrate(run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"])
     meas = model.pipeline_measurements
@@ -221,8 +226,6 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
 
 def run_distribution(cfg: Dict, echo=print) -> Dict:
     """The distributional criterion on the digits ladder (module docstring)."""
-    from diffusers import DDPMPipeline
-
     from ..images.metrics import load_digit_classifier
 
     ladder = load_ladder(resolve_ladder(cfg["ladder"]))
@@ -232,20 +235,7 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
         return classifier.features(x).double()
 
-    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=make_scheduler(cfg["scheduler"], ladder.schedule))
-    pipe.set_progress_bar_config(disable=True)
-    model = MultilevelModel(ladder.unets, costs=ladder.costs, names=ladder.names, scheduler=pipe.scheduler)
-    pipe.unet = model
-    n = cfg["n"]
-
-    def run(num_inference_steps):
-        return pipe(
-            batch_size=n,
-            generator=torch.Generator().manual_seed(0),
-            num_inference_steps=num_inference_steps,
-            output_type="np",
-        ).images
-
+    _, model, run = stock_pipeline(ladder, cfg["scheduler"], cfg["n"])
     t0 = time.process_time()
     model.calibrate(
         run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"], features=features
