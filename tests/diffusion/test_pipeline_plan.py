@@ -230,3 +230,34 @@ def test_distribution_criterion_bad_inputs(ladder, calibrated):
     pipe.unet.calibrate(run, steps=(2, 3), reference_steps=4, blocks=1, features=_features)
     with pytest.raises(ValueError, match="boot: expected an integer >= 20"):
         pipe.unet.plan(2, criterion="distribution", boot=5)
+
+
+def test_a_users_own_scheduler_loop_with_unipc(ladder):
+    """Item 6: schedulers a stock pipeline cannot drive (UniPC's step takes no generator) run in a short loop of the
+    user's own, as users write one; calibrate(run(n)) -> plan -> apply works the same, and the applied plan
+    costs what it predicted (deterministic schedules) or about that (ML-EM)."""
+    from diffusers import UniPCMultistepScheduler
+
+    from multilevel_em.testing import tiny_unet
+
+    unets = [tiny_unet(4, 1), tiny_unet(8, 2), tiny_unet(16, 3)]
+    sched = UniPCMultistepScheduler()
+    model = MultilevelModel(unets, scheduler=sched, generator=torch.Generator().manual_seed(3))
+
+    @torch.no_grad()
+    def run(num_inference_steps):
+        sched.set_timesteps(num_inference_steps)
+        x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            eps = model(sched.scale_model_input(x, t), t).sample
+            x = sched.step(eps, t, x).prev_sample
+        return x
+
+    model.calibrate(run, steps=(2, 3, 4), reference_steps=8, blocks=2)
+    plan = model.plan(3)
+    assert plan.choice in plan.candidates and model.schedule is plan.choice.schedule
+    model.reset()
+    out = run(**plan.pipeline_kwargs)
+    assert torch.isfinite(out).all()
+    got = model.report()["top_equivalents_per_image"]
+    assert got == pytest.approx(plan.choice.predicted_cost, rel=0 if "ML-EM" not in plan.choice.name else 0.5)
