@@ -1,20 +1,21 @@
 """Schedule plans on a stock diffusers pipeline running trained UNets: predicted error against measured.
 
 Each shipped ladder (digits and Fashion-MNIST: four ``UNet2DModel`` levels each) as one ``MultilevelModel``
-inside the stock ``DDPMPipeline``, with DDIM and DPM-Solver++ 2M (the deterministic schedulers whose ``step`` the pipeline
-can drive; ``output_type="np"`` images in [0, 1]). For each scheduler: ``model.calibrate(run)`` with
+inside the stock ``DDPMPipeline`` with DDIM and DPM-Solver++ 2M (the deterministic schedulers whose ``step`` the
+pipeline can drive), and with UniPC in a short scheduler loop of the kind users write (its ``step`` takes no
+generator, so the stock pipeline cannot drive it); ``output_type="np"`` images in [0, 1]. For each scheduler: ``model.calibrate(run)`` with
 ``run(num_inference_steps)`` once, then at each budget ``model.plan(budget)`` and every candidate it
 reports is run: its measured error (RMS over images and pixels against the top model with
 ``reference_steps`` calls from the same noise; ML-EM over several draws of its levels) beside the predicted
 one; the pick against the top model alone at floor(budget) calls (paired difference of per-image mean
 squared errors, with its standard error); T-Stitch's published default (the cheapest level for the first
 40% of the calls) at the same budget; and the calls the top model alone needs for the pick's error (on the
-measured step-error curve). Then the distributional criterion on the digits ladder with DPM-Solver++ on a
-larger batch: ``model.calibrate(run, features=...)`` with the shipped digit classifier's features and
+measured step-error curve). Then the distributional criterion with DPM-Solver++ on a larger batch, on each
+ladder: ``model.calibrate(run, features=...)`` with the shipped classifier's features and
 ``model.plan(budget, criterion="distribution")``: every candidate and switch scored by the Frechet distance of
 its features to the reference run's, with paired bootstrap intervals.
 
-    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about 20 minutes on one thread)
+    mlem bench pipeline-plan          # writes results/pipeline_plan.json (about an hour on one thread)
     mlem bench pipeline-plan --quick  # 8 images, small step counts (the test)
 """
 
@@ -49,7 +50,7 @@ SETTINGS = {
         "budgets": (5, 10, 20),
         "repeats": 4,
         "blocks": 4,
-        "schedulers": ("ddim", "dpmpp_2m"),
+        "schedulers": ("ddim", "dpmpp_2m", "unipc"),
         "ladders": ("digits", "fashion"),
     },
     "quick": {
@@ -59,32 +60,37 @@ SETTINGS = {
         "budgets": (3,),
         "repeats": 2,
         "blocks": 2,
-        "schedulers": ("dpmpp_2m",),
+        "schedulers": ("dpmpp_2m", "unipc"),
         "ladders": ("digits",),
     },
 }
 #: The distributional criterion's run: one ladder and scheduler, a batch large enough for a Frechet distance.
 DISTRIBUTION = {
-    "full": {
-        "ladder": "digits",
-        "scheduler": "dpmpp_2m",
-        "n": 512,
-        "steps": (4, 8, 16),
-        "reference_steps": 32,
-        "budgets": (5, 10),
-        "boot": 500,
-        "blocks": 4,
-    },
-    "quick": {
-        "ladder": "digits",
-        "scheduler": "dpmpp_2m",
-        "n": 16,
-        "steps": (2, 4),
-        "reference_steps": 8,
-        "budgets": (3,),
-        "boot": 50,
-        "blocks": 2,
-    },
+    "full": tuple(
+        {
+            "ladder": name,
+            "scheduler": "dpmpp_2m",
+            "n": 512,
+            "steps": (4, 8, 16),
+            "reference_steps": 32,
+            "budgets": (5, 10),
+            "boot": 500,
+            "blocks": 4,
+        }
+        for name in ("digits", "fashion")
+    ),
+    "quick": (
+        {
+            "ladder": "digits",
+            "scheduler": "dpmpp_2m",
+            "n": 16,
+            "steps": (2, 4),
+            "reference_steps": 8,
+            "budgets": (3,),
+            "boot": 50,
+            "blocks": 2,
+        },
+    ),
 }
 #: T-Stitch's published default: the cheapest level for the first 40% of the calls.
 TSTITCH_FRACTION = 0.4
@@ -107,14 +113,34 @@ def _per_image_mse(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ((images - ref) ** 2).reshape(images.shape[0], -1).mean(1)
 
 
+#: Schedulers whose ``step`` takes a generator: the stock ``DDPMPipeline`` drives them.
+STOCK = ("ddim", "dpmpp_2m", "ddpm")
+
+
 def stock_pipeline(ladder, scheduler: str, n: int):
-    """The stock ``DDPMPipeline`` with ``ladder`` as one MultilevelModel and ``run(num_inference_steps)``: n images
-    from the same noise every time, ``output_type="np"``. Returns ``(pipe, model, run)``."""
+    """``ladder`` as one MultilevelModel in a pipeline and ``run(num_inference_steps)``: n images from the same noise
+    every time, as ``output_type="np"`` gives them ((n, H, W, C) in [0, 1]). Schedulers in :data:`STOCK` run in the
+    stock ``DDPMPipeline``; the others (UniPC: its ``step`` takes no generator) in a short scheduler loop written
+    as a user writes one. Returns ``(pipe, model, run)`` (``pipe`` is None for the loop)."""
     from diffusers import DDPMPipeline
 
-    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=make_scheduler(scheduler, ladder.schedule))
+    sched = make_scheduler(scheduler, ladder.schedule)
+    model = MultilevelModel(ladder.unets, costs=ladder.costs, names=ladder.names, scheduler=sched)
+    if scheduler not in STOCK:
+        unet = ladder.unets[-1]
+        shape = (n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+
+        @torch.no_grad()
+        def run(num_inference_steps):
+            sched.set_timesteps(num_inference_steps)
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+            for t in sched.timesteps:
+                x = sched.step(model(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+            return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+        return None, model, run
+    pipe = DDPMPipeline(unet=ladder.unets[-1], scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
-    model = MultilevelModel(ladder.unets, costs=ladder.costs, names=ladder.names, scheduler=pipe.scheduler)
     pipe.unet = model
 
     def run(num_inference_steps):
@@ -164,6 +190,7 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
             rows.append(
                 {
                     "name": c.name,
+                    "kind": c.kind,
                     "num_inference_steps": c.num_inference_steps,
                     "predicted_error": c.predicted_error,
                     "measured_error": err,
@@ -182,7 +209,7 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
                 ts = {"num_inference_steps": calls, "measured_error": err, "measured_cost": cost}
                 break
         choice = next(r for r in rows if r["name"] == plan.choice.name)
-        top = next((r for r in rows if r["name"].startswith("top model alone")), None)
+        top = next((r for r in rows if r["kind"] == "top"), None)
         comparison = None
         if top is not None:
             d = per_image[plan.choice.name] - per_image[top["name"]]
@@ -192,7 +219,7 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
                 "se": se,
                 "worse_by_more_than_2_se": bool(d.mean() > 2 * se),
             }
-        if plan.choice.name.startswith("top model alone"):
+        if plan.choice.kind == "top":
             speedup = 1.0
             calls_needed = float(plan.choice.num_inference_steps)
         else:
@@ -215,7 +242,7 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
     return {
         "ladder": label,
         "scheduler": name,
-        "scheduler_class": type(pipe.scheduler).__name__,
+        "scheduler_class": type(model.scheduler).__name__,
         "calibration_cpu_seconds": calib_seconds,
         "measurements": meas.to_dict(),
         "top_alone_step_errors": dict(zip(map(str, meas.steps), meas.step_errors)),
@@ -225,13 +252,14 @@ def run_scheduler(name: str, ladder, cfg: Dict, echo=print, label: str = "") -> 
 
 
 def run_distribution(cfg: Dict, echo=print) -> Dict:
-    """The distributional criterion on the digits ladder (module docstring)."""
-    from ..images.metrics import load_digit_classifier
+    """The distributional criterion on one shipped ladder (module docstring)."""
+    from ..images.metrics import load_digit_classifier, load_fashion_classifier
 
     ladder = load_ladder(resolve_ladder(cfg["ladder"]))
-    classifier = load_digit_classifier()
+    classifier = load_digit_classifier() if cfg["ladder"] == "digits" else load_fashion_classifier()
+    width = 64 if cfg["ladder"] == "digits" else 128
 
-    def features(images):  # (n, H, W, 1) in [0, 1] -> the classifier's (n, 64) penultimate features
+    def features(images):  # (n, H, W, 1) in [0, 1] -> the classifier's (n, width) penultimate features
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
         return classifier.features(x).double()
 
@@ -240,7 +268,7 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
     model.calibrate(
         run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"], features=features
     )
-    echo(f"distribution: calibrated in {time.process_time() - t0:.0f} CPU s")
+    echo(f"distribution, {cfg['ladder']}: calibrated in {time.process_time() - t0:.0f} CPU s")
     budgets = []
     for budget in cfg["budgets"]:
         pathwise = model.plan(budget)
@@ -248,6 +276,7 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
         rows = [
             {
                 "name": c.name,
+                "kind": c.kind,
                 "num_inference_steps": c.num_inference_steps,
                 "predicted_cost": c.predicted_cost,
                 "predicted_error": c.predicted_error,
@@ -259,7 +288,7 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
             for c in list(plan.candidates)
             + [c for c in plan.switches if c.name not in {p.name for p in plan.candidates}]
         ]
-        top = next(r for r in rows if r["name"].startswith("top model alone"))
+        top = next(r for r in rows if r["kind"] == "top")
         # where a schedule reaches the top model alone's distance at a lower cost: the saving, with the interval
         cheaper_not_worse = [
             {
@@ -281,10 +310,11 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
                 "cheaper_than_top_alone_and_not_resolved_worse": cheaper_not_worse,
             }
         )
-        echo(f"distribution budget {budget}: {plan.message}")
+        echo(f"distribution, {cfg['ladder']}, budget {budget}: {plan.message}")
     return {
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "features": "shipped digit classifier, penultimate layer (64-d), of the images mapped to [-1, 1]",
+        "features": f"the shipped {cfg['ladder']} classifier's penultimate layer ({width}-d), of the images "
+        "mapped to [-1, 1]",
         "reference": "the top model alone with reference_steps steps on the same noise (the calibration batch)",
         "budgets": budgets,
     }
@@ -316,9 +346,10 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
             ladder = load_ladder(resolve_ladder(label))
             for name in cfg["schedulers"]:
                 per.append(run_scheduler(name, ladder, cfg, echo=lambda s: print(s, file=sys.stderr), label=label))
-        distribution = run_distribution(
-            DISTRIBUTION["quick" if args.quick else "full"], echo=lambda s: print(s, file=sys.stderr)
-        )
+        distribution = [
+            run_distribution(c, echo=lambda s: print(s, file=sys.stderr))
+            for c in DISTRIBUTION["quick" if args.quick else "full"]
+        ]
     result = {
         "benchmark": "pipeline_plan",
         "command": command or shlex.join(["mlem", "bench", "pipeline-plan", *argv]),

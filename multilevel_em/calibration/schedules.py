@@ -15,7 +15,9 @@ output with ``reference_steps`` calls from the same noise. Predicted error of a 
   sqrt(e(N)^2 + V), V = sum_n g_n^2 sum_l (1 / p_{n,l} - 1) delta_l(t_n)^2 the variance the draws add,
   propagated to the output by the measured sensitivity g_n = s(t_n) span_n of the output to a perturbation of
   the model output at call n (perturbations along the ladder's difference f^K - f^1 with a random sign per image
-  and call, on blocks of calls; delta_l per element).
+  and call, on blocks of calls; delta_l per element);
+- a hybrid (a cheaper level alone for the first calls, as a measured switch, then ML-EM with closed-form rates
+  sized to the rest of the budget): sqrt(e_switch(N)^2 + V_tail), V summed over the ML-EM calls only.
 
 No fitted fudge factor enters; each term is measured on the user's pipeline.
 """
@@ -222,7 +224,10 @@ class ScheduleCandidate:
 
     With the distributional criterion also: ``fd`` (Frechet distance of its output features to the
     reference outputs' on the calibration batch, measured by running it), ``fd_ci`` (bootstrap interval),
-    ``fd_minus_top`` and ``fd_minus_top_ci`` (paired difference to the top model alone at floor(budget) steps)."""
+    ``fd_minus_top`` and ``fd_minus_top_ci`` (paired difference to the top model alone at floor(budget) steps).
+    ``kind`` says which family it is: ``"top"`` (the top model alone), ``"switch"`` (a cheaper level for the
+    first calls, the top model after), ``"mlem"`` (ML-EM at every call) or ``"hybrid"`` (a cheaper level for
+    the first calls, ML-EM after)."""
 
     name: str
     predicted_error: float
@@ -233,6 +238,7 @@ class ScheduleCandidate:
     fd_ci: Optional[Tuple[float, float]] = None
     fd_minus_top: Optional[float] = None
     fd_minus_top_ci: Optional[Tuple[float, float]] = None
+    kind: str = "schedule"
 
 
 @dataclass(frozen=True)
@@ -255,11 +261,12 @@ class SchedulePlan:
 Grid = Callable[[int], Tuple[Sequence[float], Sequence[float]]]
 
 
-def _mlem_candidate(cal: Calibration, meas, budget: float, calls: int, grid: Grid) -> Optional[ScheduleCandidate]:
-    e = step_error(meas, calls)
-    if e is None:
-        return None
-    times, spans = (np.asarray(a, dtype=np.float64) for a in grid(calls))
+def _mlem_calls(cal: Calibration, meas, budget: float, times: np.ndarray, spans: np.ndarray):
+    """Closed-form ML-EM rates sized to ``budget`` over the given calls, and the variance they add at the output.
+
+    Returns ``(levels, p, V)``: the sub-ladder, p of shape (calls, corrections), and
+    V = sum_n g_n^2 sum_l (1 / p_{n,l} - 1) delta_l(t_n)^2 (RMS per element, squared); None where the budget
+    does not cover the base level at every call."""
     try:
         plan = plan_calls(cal, budget, times, spans)
     except ValueError:  # the budget does not cover the base level at every call
@@ -268,12 +275,23 @@ def _mlem_candidate(cal: Calibration, meas, budget: float, calls: int, grid: Gri
     delta, _ = cal.corrections(lv)
     d = np.stack([np.interp(times, cal.times, delta[:, k]) for k in range(delta.shape[1])], 1)
     d = d / math.sqrt(meas.elements)  # per-row L2 norm -> RMS per element
-    p = np.asarray(plan.probabilities, dtype=np.float64).reshape(calls, -1)
+    p = np.asarray(plan.probabilities, dtype=np.float64).reshape(len(times), -1)
     # a correction that never fires (p = 0) adds no variance when its levels agree there, and a bias otherwise
     safe = np.maximum(p, 1e-300)
     var_calls = np.where(p > 0, (1.0 / safe - 1.0) * d**2, np.where(d > 0, np.inf, 0.0)).sum(1)
     g = meas.sensitivity_at(times) * spans
-    V = float((g**2 * var_calls).sum())
+    return lv, p, float((g**2 * var_calls).sum())
+
+
+def _mlem_candidate(cal: Calibration, meas, budget: float, calls: int, grid: Grid) -> Optional[ScheduleCandidate]:
+    e = step_error(meas, calls)
+    if e is None:
+        return None
+    times, spans = (np.asarray(a, dtype=np.float64) for a in grid(calls))
+    out = _mlem_calls(cal, meas, budget, times, spans)
+    if out is None:
+        return None
+    lv, p, V = out
     sched = CallSchedule.mlem([tuple(row) for row in p], cal.n_levels, levels=lv)
     return ScheduleCandidate(
         f"ML-EM, {calls} calls (levels {', '.join(str(l + 1) for l in lv)})",
@@ -281,6 +299,46 @@ def _mlem_candidate(cal: Calibration, meas, budget: float, calls: int, grid: Gri
         sched.expected_cost(cal.costs),
         calls,
         sched,
+        kind="mlem",
+    )
+
+
+def _hybrid_candidate(
+    cal: Calibration, meas, budget: float, calls: int, grid: Grid, level: int, fraction: float, errors
+) -> Optional[ScheduleCandidate]:
+    """Level ``level`` alone for the first round(fraction * calls) calls (a measured switch), then ML-EM with
+    closed-form rates sized to the rest of the budget. Predicted error: sqrt(e_switch^2 + V_tail), the switch's
+    measured error (its bias and the discretization) and the variance the tail's draws add."""
+    e = _interpolate(meas.steps, errors, calls)
+    first = int(round(fraction * calls))
+    if e is None or not 0 < first < calls:
+        return None
+    costs = np.asarray(cal.costs, dtype=np.float64)
+    tail_budget = budget - first * costs[level] / costs[-1]
+    if tail_budget <= 0:
+        return None
+    times, spans = (np.asarray(a, dtype=np.float64) for a in grid(calls))
+    out = _mlem_calls(cal, meas, tail_budget, times[first:], spans[first:])
+    if out is None:
+        return None
+    lv, p, V = out
+    if np.all(p >= 1.0):  # every correction fires: this is the plain switch, already a candidate
+        return None
+    K = cal.n_levels
+    sched = CallSchedule(
+        ((level,),) * first + (tuple(lv),) * (calls - first),
+        ((),) * first + tuple(tuple(row) for row in p),
+        K,
+        "hybrid",
+    )
+    return ScheduleCandidate(
+        f"level {level + 1} for the first {first} of {calls} calls, then ML-EM (levels "
+        f"{', '.join(str(l + 1) for l in lv)})",
+        math.sqrt(e**2 + V),
+        sched.expected_cost(costs),
+        calls,
+        sched,
+        kind="hybrid",
     )
 
 
@@ -298,7 +356,8 @@ def plan_schedules(
 
     Returns:
         A :class:`SchedulePlan`: the top model alone at floor(budget) calls, the best deterministic switch,
-        the best ML-EM over call counts, each the lowest predicted error of its kind, and the lowest of all.
+        the best ML-EM over call counts and the best hybrid (switch first, ML-EM after), each the lowest
+        predicted error of its kind, and the lowest of all.
     """
     try:
         budget = float(budget)
@@ -314,14 +373,19 @@ def plan_schedules(
         )
     if meas.num_levels and meas.num_levels != K:
         raise ValueError(f"calibration: measured on a ladder of {meas.num_levels} levels, this one has {K}")
-    kinds: Dict[str, List[ScheduleCandidate]] = {"top": [], "switch": [], "mlem": []}
+    kinds: Dict[str, List[ScheduleCandidate]] = {"top": [], "switch": [], "mlem": [], "hybrid": []}
     n_top = int(math.floor(budget + 1e-9))
     if n_top >= 1:
         e = step_error(meas, n_top)
         if e is not None:
             kinds["top"].append(
                 ScheduleCandidate(
-                    f"top model alone, {n_top} calls", e, float(n_top), n_top, CallSchedule.top_alone(n_top, K)
+                    f"top model alone, {n_top} calls",
+                    e,
+                    float(n_top),
+                    n_top,
+                    CallSchedule.top_alone(n_top, K),
+                    kind="top",
                 )
             )
     for level, frac, errors in meas.switches:
@@ -340,6 +404,7 @@ def plan_schedules(
                             s.expected_cost(costs),
                             n,
                             s,
+                            kind="switch",
                         )
                     )
                 break
@@ -348,6 +413,13 @@ def plan_schedules(
         c = _mlem_candidate(cal, meas, budget, n, grid)
         if c is not None:
             kinds["mlem"].append(c)
+    for level, frac, errors in meas.switches:
+        if level >= K - 1:
+            continue
+        for n in range(1, top_calls + 1):
+            c = _hybrid_candidate(cal, meas, budget, n, grid, level, frac, errors)
+            if c is not None:
+                kinds["hybrid"].append(c)
     candidates = tuple(min(v, key=lambda c: c.predicted_error) for v in kinds.values() if v)
     if not candidates:
         raise ValueError(
@@ -355,7 +427,7 @@ def plan_schedules(
             f"counts ({meas.steps[0]}..{meas.steps[-1]}); calibrate with steps= that cover it"
         )
     choice = min(candidates, key=lambda c: (c.predicted_error, c.predicted_cost))
-    top = next((c for c in candidates if c.name.startswith("top model alone")), None)
+    top = next((c for c in candidates if c.kind == "top"), None)
     if top is None:
         tail = "the top model alone has no measured error at this budget."
     elif top is choice:

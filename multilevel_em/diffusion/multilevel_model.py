@@ -1080,7 +1080,7 @@ class MultilevelModel(torch.nn.Module):
 
         After ``calibrate(run)`` with ``run(num_inference_steps)``: compares schedules at that cost (the top model
         alone at floor(budget) calls, the best deterministic switch, ML-EM with closed-form rates over call
-        counts; :func:`~multilevel_em.calibration.schedules.plan_schedules`), sets ``self.schedule`` to the one
+        counts, and the best hybrid: a cheaper level for the first calls, ML-EM after; :func:`~multilevel_em.calibration.schedules.plan_schedules`), sets ``self.schedule`` to the one
         with the lowest predicted error and returns the :class:`~multilevel_em.calibration.schedules.SchedulePlan`
         (``.candidates``, ``.choice``, ``.message``, ``.pipeline_kwargs``: pass them to the pipeline call).
         ``criterion="distribution"`` (needs ``calibrate(run, features=f)``) runs each candidate and every switch

@@ -260,7 +260,7 @@ def score_distribution(
             scored.append(replace(c, fd=fd, fd_ci=percentile_ci(r, center=fd)))
     finally:
         model.schedule, model.generator = saved
-    top = next((c for c in scored if c.name.startswith("top model alone")), None)
+    top = next((c for c in scored if c.kind == "top"), None)
     if top is not None:
         fd_top, r_top = reps[top.name]
         scored = [

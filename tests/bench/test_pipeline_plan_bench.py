@@ -26,22 +26,26 @@ def quick(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def test_quick_run_structure(quick):
+@pytest.mark.parametrize("which", [0, 1])
+def test_quick_run_structure(quick, which):
+    """DPM-Solver++ in the stock pipeline, UniPC in a user-written scheduler loop: the same checks on each."""
     assert quick["quick"] and quick["benchmark"] == "pipeline_plan" and quick["command"].startswith("mlem bench")
-    (sched,) = quick["schedulers"]
-    assert sched["ladder"] == "digits" and sched["scheduler"] == "dpmpp_2m"
-    assert sched["scheduler_class"] == "DPMSolverMultistepScheduler"
+    sched = quick["schedulers"][which]
+    assert [s["scheduler"] for s in quick["schedulers"]] == ["dpmpp_2m", "unipc"]
+    assert sched["ladder"] == "digits"
+    assert sched["scheduler_class"] == ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"][which]
     m = sched["measurements"]
     assert m["steps"] == [2, 4] and m["reference_steps"] == 8 and m["num_levels"] == 4
     (b,) = sched["budgets"]
     names = [c["name"] for c in b["candidates"]]
     assert names[0] == "top model alone, 3 calls" and b["choice"] in names
+    assert b["candidates"][0]["kind"] == "top"
     best = min(b["candidates"], key=lambda c: c["predicted_error"])
     assert b["choice"] == best["name"]
     for c in b["candidates"]:
         assert c["measured_error"] > 0 and math.isfinite(c["ratio_predicted_over_measured"])
         assert c["predicted_cost"] <= 3 * (1 + 1e-9)
-        if "ML-EM" not in c["name"]:  # deterministic: the counted cost is the predicted one
+        if c["kind"] in ("top", "switch"):  # deterministic: the counted cost is the predicted one
             assert c["measured_cost"] == pytest.approx(c["predicted_cost"], rel=1e-9)
     top = b["candidates"][0]  # at a measured call count? 3 is interpolated between 2 and 4
     assert top["predicted_error"] == pytest.approx(sched["interpolated_top_alone_error"]["3"])
@@ -53,13 +57,13 @@ def test_quick_distribution_section(quick):
     """The distributional criterion's section: every scored schedule has a distance and an interval, the pick
     has the lowest distance, the top model alone's paired difference to itself is 0, and the cheaper schedules
     listed as not worse are those whose paired interval does not lie above 0."""
-    dist = quick["distribution"]
+    (dist,) = quick["distribution"]
     assert dist["settings"]["ladder"] == "digits" and dist["settings"]["n"] == 16
     (b,) = dist["budgets"]
     rows = b["candidates"]
     assert all(r["fd"] is not None and r["fd_ci"][0] <= r["fd_ci"][1] for r in rows)
     assert b["choice"] == min(rows, key=lambda r: r["fd"])["name"]
-    top = next(r for r in rows if r["name"].startswith("top model alone"))
+    top = next(r for r in rows if r["kind"] == "top")
     assert top["fd_minus_top"] == 0
     listed = {c["name"] for c in b["cheaper_than_top_alone_and_not_resolved_worse"]}
     assert listed == {
