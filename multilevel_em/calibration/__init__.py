@@ -9,11 +9,12 @@ choice of levels, rate scale and steps. Imports the engine; the engine does not 
 Modules: :mod:`.measure` (calibrate), :mod:`.model` (the Calibration data and its JSON file),
 :mod:`.rates` (the rate math and rate callables, one home), :mod:`.prediction`, :mod:`.planning`,
 :mod:`.verdicts`, :mod:`.samplers` (sampler step-error curves: the SamplerFit model and its
-measurement), :mod:`.plot`.
+measurement), :mod:`.pipeline_measurements` and :mod:`.schedules` (schedules of models planned from
+measurements along a pipeline's own calls), :mod:`.plot`.
 """
 
 from .measure import MIN_STATES, MIN_TIMES, calibrate
-from .model import Calibration, CallPlan, PiecewiseLinearRate, Plan, Prediction
+from .model import Calibration, CallPlan, PiecewiseLinearRate, Plan, Prediction, ScheduleCalibration
 from .planning import budget_steps
 from .rates import ReverseTimeRate
 from .samplers import SamplerFit
@@ -26,6 +27,7 @@ __all__ = [
     "Prediction",
     "PiecewiseLinearRate",
     "SamplerFit",
+    "ScheduleCalibration",
     "MIN_STATES",
     "MIN_TIMES",
     "ReverseTimeRate",

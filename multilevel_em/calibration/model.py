@@ -31,13 +31,14 @@ import numpy as np
 from .._io import write_json
 from . import planning, prediction
 from .fields import FieldError, check_keys, integer, integers, join, optional_real, real, real_array, text
+from .pipeline_measurements import PipelineMeasurements
 from .planning import CallPlan, Plan
 from .plot import plot_calibration
 from .prediction import Prediction
 from .rates import PiecewiseLinearRate
 from .samplers import SamplerFit
 
-__all__ = ["CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate"]
+__all__ = ["CallPlan", "Calibration", "Plan", "Prediction", "PiecewiseLinearRate", "ScheduleCalibration"]
 
 FORMAT = "multilevel_em.Calibration"
 FORMAT_VERSION = 1
@@ -77,6 +78,8 @@ class Calibration:
         samplers: measured step-error curves of samplers, ``{name: SamplerFit}``
             (:mod:`multilevel_em.calibration.samplers`), used by ``plan(..., sampler=name)``;
             empty unless measured (e.g. ``MultilevelPipeline.calibrate_samplers``).
+        schedules: measurements along each sampler's own calls for the schedule planner,
+            ``{name: ScheduleCalibration}``; empty unless measured (``MultilevelPipeline.calibrate_schedules``).
     """
 
     t0: float
@@ -100,6 +103,7 @@ class Calibration:
     top_bias: Optional[float] = None
     top_bias_source: str = "none"
     samplers: dict = field(default_factory=dict)
+    schedules: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived quantities
 
@@ -263,6 +267,7 @@ class Calibration:
             "top_bias": _none_if_nan(self.top_bias),
             "top_bias_source": self.top_bias_source,
             "samplers": {k: v.to_dict() for k, v in self.samplers.items()},
+            "schedules": {k: v.to_dict() for k, v in self.schedules.items()},
         }
 
     @classmethod
@@ -335,6 +340,7 @@ _OPTIONAL = (
     "top_bias",
     "top_bias_source",
     "samplers",
+    "schedules",
 )
 
 
@@ -479,6 +485,12 @@ def _from_dict(cls, d) -> "Calibration":
             )
         fits[name] = fit
 
+    schedules = d.get("schedules")
+    schedules = {} if schedules is None else schedules
+    if not isinstance(schedules, dict):
+        raise FieldError("schedules", f"expected an object {{sampler: measurements}}, got {schedules!r:.80}")
+    measured = {name: ScheduleCalibration.from_dict(v, join("schedules", name), K) for name, v in schedules.items()}
+
     return cls(
         t0=t0,
         t1=t1,
@@ -501,7 +513,58 @@ def _from_dict(cls, d) -> "Calibration":
         top_bias=top_bias,
         top_bias_source=top_bias_source,
         samplers=fits,
+        schedules=measured,
     )
+
+
+@dataclass(frozen=True)
+class ScheduleCalibration:
+    """What the schedule planner (:func:`~multilevel_em.calibration.schedules.plan_schedules`) needs for one
+    sampler, measured along that sampler's own calls from fixed noise (``MultilevelPipeline.calibrate_schedules``
+    or :meth:`multilevel_em.diffusion.MultilevelModel.calibrate` with ``run(num_inference_steps)``).
+
+    Attributes:
+        calls: the level differences delta_l(t) at the sampler's calls and the levels' costs (a
+            :class:`Calibration` in the model's time t = (timestep + 1) / T).
+        pipeline: the step-error curve, the sensitivity and the switches (:class:`PipelineMeasurements`).
+    """
+
+    calls: Calibration
+    pipeline: PipelineMeasurements
+
+    def __post_init__(self):
+        if not isinstance(self.calls, Calibration):
+            raise TypeError(f"calls: expected a Calibration, got {type(self.calls).__name__}")
+        if not isinstance(self.pipeline, PipelineMeasurements):
+            raise TypeError(f"pipeline: expected PipelineMeasurements, got {type(self.pipeline).__name__}")
+        if self.calls.schedules:
+            raise ValueError("calls: a sampler's calibration along its calls holds no schedules of its own")
+        if self.pipeline.num_levels and self.pipeline.num_levels != self.calls.n_levels:
+            raise ValueError(
+                f"pipeline: measured on {self.pipeline.num_levels} levels, the calls' calibration has "
+                f"{self.calls.n_levels}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"calls": self.calls.to_dict(), "pipeline": self.pipeline.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d, where: str = "schedules", n_levels: Optional[int] = None) -> "ScheduleCalibration":
+        """Inverse of :meth:`to_dict`, every field checked; errors start with ``where`` and the field."""
+        if not isinstance(d, dict):
+            raise FieldError(where, f"expected an object with calls and pipeline, got {d!r:.80}")
+        check_keys(d, where, ("calls", "pipeline"), ())
+        try:
+            calls = Calibration.from_dict(d["calls"])
+        except FieldError as e:
+            raise e.within(join(where, "calls")) from None
+        if n_levels is not None and calls.n_levels != n_levels:
+            raise FieldError(join(where, "calls"), f"expected {n_levels} levels, got {calls.n_levels}")
+        try:
+            pipeline = PipelineMeasurements.from_dict(d["pipeline"])
+            return cls(calls, pipeline)
+        except (TypeError, ValueError) as e:
+            raise FieldError(join(where, "pipeline"), str(e)) from None
 
 
 def _check_nondecreasing(name: str, c: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import sys
 import click
 
 from .._text import plural
-from ..diffusion.registry import measurable_samplers
+from ..diffusion.registry import measurable_samplers, schedule_samplers
 from ._common import given_options
 from ._errors import user_error
 from ._paths import POSITIVE, SEED, check_output_file, inside_package
@@ -20,7 +20,7 @@ STEADY_SAMPLER_IMAGES = 16
 
 #: Options of the synthetic HTMC ladder only (refused with --ladder), and of an image ladder only.
 _HTMC_ONLY = ("problem", "gamma", "levels", "n_paths", "target")
-_LADDER_ONLY = ("n_images", "samplers", "sampler_images", "trace")
+_LADDER_ONLY = ("n_images", "samplers", "sampler_images", "schedules", "trace")
 
 
 def _write_calibration(cal, plan, out, plot_path, as_json) -> None:
@@ -55,10 +55,13 @@ def _calibrate_ladder(
     timing="given",
     trace=False,
     overwrite=False,
+    schedules=None,
 ) -> None:
     """mlem calibrate --ladder DIR: MultilevelPipeline.calibrate on a ladder folder, saved beside it (or to --out);
-    with --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it. The samplers
-    that the ladder's calibration measured before and that this run does not measure again are kept."""
+    with --samplers, then each sampler's step-error curve and ML-EM's randomization gain inside it; with
+    --schedules, the schedule planner's measurements inside each of those samplers. The samplers (and schedule
+    measurements) that the ladder's calibration measured before and that this run does not measure again are
+    kept."""
     import torch
 
     from ..images import CheckpointError, MultilevelPipeline
@@ -109,6 +112,17 @@ def _calibrate_ladder(
                 "(default 32) give steadier ones",
                 err=True,
             )
+    if schedules is not None:
+        from ..diffusion.registry import schedule_samplers
+
+        schedules = tuple(s.strip() for s in schedules.split(",") if s.strip())
+        bad = [s for s in schedules if s not in schedule_samplers()]
+        if bad or not schedules:
+            raise click.BadParameter(
+                f"expected comma-separated names among {', '.join(schedule_samplers())}, got "
+                f"{', '.join(bad) or 'none'}",
+                param_hint="--schedules",
+            )
     torch.set_num_threads(1)
     # The ladder's declared costs are its FLOPs: "given" and "flops" are the same here.
     cal = pipe.calibrate(
@@ -128,6 +142,24 @@ def _calibrate_ladder(
                 samplers, n=sampler_images, seed=seed, progress=lambda what: (bar.set_postfix_str(what), bar.update())
             )
         click.echo(fit_table(fits))
+    if schedules is not None:
+        from .._progress import progress_bar
+
+        with progress_bar(total=len(schedules), desc="schedules", unit="sampler") as bar:
+            measured = pipe.calibrate_schedules(
+                schedules, n=sampler_images, seed=seed, progress=lambda what: (bar.set_postfix_str(what), bar.update())
+            )
+        for name, m in measured.items():
+            click.echo(f"schedules in {name}: {m.pipeline.runs} pipeline runs of {sampler_images} images measured")
+    kept_schedules = {} if earlier is None else {k: v for k, v in earlier.schedules.items() if k not in cal.schedules}
+    if kept_schedules:
+        cal.schedules.update(kept_schedules)
+        click.echo(
+            f"kept the schedule measurements of {', '.join(kept_schedules)} from "
+            f"{os.path.join(ladder_dir, 'calibration.json')} (--schedules {','.join(kept_schedules)} measures them "
+            "again)",
+            err=True,
+        )
     kept = {} if earlier is None else {k: v for k, v in earlier.samplers.items() if k not in cal.samplers}
     if kept:  # measured before (minutes each) and not measured again: a new level calibration does not void them
         cal.samplers.update(kept)
@@ -177,11 +209,19 @@ def _calibrate_ladder(
     "(a few minutes per sampler on a CPU); --budget then plans inside the first.",
 )
 @click.option(
+    "--schedules",
+    default=None,
+    help=f"With --ladder: also measure, inside these samplers (comma-separated: {', '.join(schedule_samplers())}), "
+    "what the schedule planner needs (the top model alone's step-error curve, the output's sensitivity, "
+    "switches to cheaper levels; about 20 runs per sampler), so that `mlem sample --method auto` picks among "
+    "the top model alone, switches, ML-EM and hybrids in every measured sampler.",
+)
+@click.option(
     "--sampler-images",
     default=32,
     show_default=True,
     type=click.IntRange(min=2),
-    help="With --samplers: noise images per run.",
+    help="With --samplers or --schedules: noise images per run.",
 )
 @click.option("--gamma", default=4.0, show_default=True, type=POSITIVE, help="Without --ladder: the cost exponent.")
 @click.option(
@@ -243,6 +283,7 @@ def calibrate(
     ladder_dir,
     n_images,
     samplers,
+    schedules,
     sampler_images,
     gamma,
     levels,
@@ -276,8 +317,10 @@ def calibrate(
         wrong = given_options(_LADDER_ONLY)
         if wrong:
             raise click.UsageError(f"{', '.join(wrong)}: only with --ladder (a trained image ladder)")
-    if samplers is None and given_options(("sampler_images",)):
-        raise click.UsageError("--sampler-images: only with --samplers (the images of each sampler's runs)")
+    if samplers is None and schedules is None and given_options(("sampler_images",)):
+        raise click.UsageError(
+            "--sampler-images: only with --samplers or --schedules (the images of each sampler's runs)"
+        )
     check_output_file(out, "--out", overwrite=overwrite)
     check_output_file(plot_path, "--plot", suffixes=(".png",), overwrite=overwrite)
     if out is not None and plot_path is not None and os.path.abspath(out) == os.path.abspath(plot_path):
@@ -296,6 +339,7 @@ def calibrate(
             timing,
             trace,
             overwrite,
+            schedules,
         )
         return
     if gamma * (levels - 1) > 1000:  # level l costs 2^(gamma (l - 1)): beyond 2^1000 floats overflow

@@ -236,8 +236,10 @@ def _say_if_calibration_removed(out, samplers) -> None:
     default="mlem",
     show_default=True,
     help="mlem: the ladder; em, ddpm, ddim, euler_ode, dpmpp_2m: the top UNet alone with that sampler; "
-    "stitch: T-Stitch; auto: for --budget, whichever of mlem (inside each measured sampler) and the "
-    "top UNet alone the calibration predicts most accurate (needs mlem calibrate --samplers).",
+    "stitch: T-Stitch; auto: for --budget, what the calibration predicts most accurate: with schedule "
+    "measurements (mlem calibrate --schedules) the best of the top UNet alone, switches, ML-EM and hybrids in "
+    "each measured sampler; otherwise mlem (inside each measured sampler) or the top UNet alone (needs mlem "
+    "calibrate --samplers).",
 )
 @click.option(
     "--sampler",
@@ -640,7 +642,12 @@ def _sample_grid(
         click.echo(f"  level {lv['level']} ({lv['name']}): {lv['evaluations_per_sample']:.4g} evaluations per sample")
     if "auto" in r:
         a = r["auto"]
-        ran = f"mlem inside {a['sampler']}" if a["method"] == "mlem" else f"{a['method']}, {a['steps']} steps"
+        if a["method"] == "schedule":
+            ran = f"{a['schedule']} in {a['sampler']}"
+        elif a["method"] == "mlem":
+            ran = f"mlem inside {a['sampler']}"
+        else:
+            ran = f"{a['method']}, {a['steps']} steps"
         click.echo(
             f"auto: ran {ran} (predicted error {a['predicted_error']:.4g}, the smallest of "
             f"{len(a['candidates'])} measured options at this budget)"

@@ -76,6 +76,7 @@ import torch
 
 from .._fit import loglog_slope
 from ..calibration import Calibration, CallPlan
+from ..calibration.model import ScheduleCalibration
 from ..calibration.schedules import PipelineMeasurements, SchedulePlan, plan_schedules
 from ..engine import (
     Ladder,
@@ -1135,6 +1136,37 @@ class MultilevelModel(torch.nn.Module):
         self.set_rates(plan.rates)
         self.call_plan = plan
         return plan
+
+    @property
+    def schedule_calibration(self):
+        """What :meth:`calibrate` with ``run(num_inference_steps)`` measured, as one
+        :class:`~multilevel_em.calibration.ScheduleCalibration` (``.to_dict()`` is JSON; a
+        :class:`~multilevel_em.Calibration` files it under ``schedules``); None before such a calibration."""
+        if self.pipeline_measurements is None or self.calibration is None:
+            return None
+        return ScheduleCalibration(self.calibration, self.pipeline_measurements)
+
+    def load_schedule_calibration(self, measured) -> None:
+        """Use a saved :attr:`schedule_calibration` (a :class:`~multilevel_em.calibration.ScheduleCalibration` or
+        its dict, validated completely): :meth:`plan` then works without calibrating again. Refuses one measured
+        on another number of levels or with another scheduler class, naming both. Features for
+        ``criterion="distribution"`` are not saved: that criterion needs ``calibrate(run, features=f)``."""
+        if isinstance(measured, dict):
+            measured = ScheduleCalibration.from_dict(measured, "schedule_calibration")
+        if not isinstance(measured, ScheduleCalibration):
+            raise TypeError(f"measured: expected a ScheduleCalibration or its dict, got {type(measured).__name__}")
+        K = len(self.models)
+        if measured.calls.n_levels != K:
+            raise ValueError(f"measured: made on a ladder of {measured.calls.n_levels} levels, this model has {K}")
+        if self.scheduler is None:
+            self._spans()  # fails, saying why a scheduler is needed
+        was, now = measured.pipeline.scheduler, type(self.scheduler).__name__
+        if was and was != now:
+            raise ValueError(f"measured: made with the scheduler {was}, this model's is {now}")
+        self.calibration = measured.calls
+        self.pipeline_measurements = measured.pipeline
+        self._call_grid = tuple(self.call_grid(measured.pipeline.steps[-1]))
+        self._pipeline = None
 
     def extra_repr(self) -> str:
         mode = next(

@@ -35,6 +35,7 @@ __all__ = [
     "measurable_samplers",
     "teacher_samplers",
     "scheduler_samplers",
+    "schedule_samplers",
     "family",
     "label",
     "title",
@@ -286,6 +287,12 @@ def teacher_samplers() -> Tuple[str, ...]:
 def scheduler_samplers() -> Tuple[str, ...]:
     """The samplers that drive a diffusers scheduler."""
     return tuple(s.name for s in _SAMPLER_SPECS if s.scheduler is not None)
+
+
+def schedule_samplers() -> Tuple[str, ...]:
+    """The samplers a schedule of models can be planned in from fixed noise (the schedule planner): those
+    that drive a diffusers scheduler deterministically (the "ode" family), one model call per timestep."""
+    return tuple(s.name for s in _SAMPLER_SPECS if s.scheduler is not None and s.family == "ode")
 
 
 def family(name: str) -> Optional[str]:

@@ -29,13 +29,15 @@ import numpy as np
 import torch
 
 from ..calibration import Calibration, calibrate, planning
+from ..calibration.model import ScheduleCalibration
 from ..calibration.planning import BUDGET_TOLERANCE as _BUDGET_TOLERANCE
 from ..calibration.planning import budget_steps
 from ..calibration.rates import ReverseTimeRate
 from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, check_samplers, measure_samplers
-from ..diffusion import MultilevelDenoiser, TStitchDenoiser, sample
-from ..diffusion.registry import DEFAULT_STEPS, METHOD_SPECS, METHODS, measurable_samplers
-from ..engine import Ladder, all_finite, randn
+from ..diffusion import MultilevelDenoiser, MultilevelModel, TStitchDenoiser, sample
+from ..diffusion.registry import DEFAULT_STEPS, METHOD_SPECS, METHODS, measurable_samplers, schedule_samplers
+from ..diffusion.samplers import make_scheduler
+from ..engine import CallSchedule, Ladder, all_finite, randn
 from ..engine.random import Generators, check_generators, is_per_sample
 from .ladder import CheckpointError, UNetLadder, load_ladder
 
@@ -365,21 +367,190 @@ class MultilevelPipeline:
         self._check_budget(budget)
         return planning.sampling_plan(self.calibration, budget, steps=steps, sampler=sampler, stacklevel=4)
 
-    def choose(self, budget: float) -> Dict:
-        """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample: among ML-EM planned inside
-        each measured sampler and the top level alone with each measured sampler at ``floor(budget)`` steps, the
-        one with the smallest predicted error (:func:`multilevel_em.calibration.planning.choose`;
-        :meth:`calibrate_samplers` measures the samplers).
+    # ------------------------------------------------------------------ schedules of models
 
-        Returns ``{"method", "sampler", "steps", "predicted_error", "predicted_top_equivalents", "candidates"}``
-        (``sampler`` None for a one-model method, ``steps`` None for ML-EM: its plan's)."""
+    def schedule_runner(self, sampler: str, n: int, generator: Generators = None):
+        """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in ``sampler``'s diffusers scheduler
+        (one of :func:`~multilevel_em.diffusion.registry.schedule_samplers`), and ``run(num_inference_steps)``: a
+        scheduler loop of the kind users write, from the same ``n`` noise images every time (drawn from a copy
+        of ``generator``'s noise stream), returning the raw samples ``(n, C, H, W)``. What
+        :meth:`calibrate_schedules` measures and what a schedule that :meth:`choose` picks runs.
+        Returns ``(model, run)``; ``model.schedule`` decides which levels each call uses."""
+        if sampler not in schedule_samplers():
+            raise ValueError(
+                f"sampler: expected one of {', '.join(schedule_samplers())} (deterministic schedulers, one model call "
+                f"per step), got {sampler!r}"
+            )
+        L = self.ladder
+        g_noise, g_draws = _split_generator(generator, n)
+        x_T = randn((n, *L.shape), g_noise, device=self.device)
+        scheduler = make_scheduler(sampler, L.schedule)
+        model = MultilevelModel(L.unets, costs=L.costs, names=L.names, scheduler=scheduler, generator=g_draws)
+
+        @torch.no_grad()
+        def run(num_inference_steps: int, progress=None) -> torch.Tensor:
+            scheduler.set_timesteps(int(num_inference_steps))
+            x = x_T * scheduler.init_noise_sigma
+            for t in scheduler.timesteps:
+                x = scheduler.step(model(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+                if progress is not None:
+                    progress(1)
+            return x
+
+        return model, run
+
+    def calibrate_schedules(
+        self,
+        samplers: Optional[Sequence[str]] = None,
+        *,
+        n: int = 32,
+        steps: Sequence[int] = (4, 8, 16, 32),
+        reference_steps: int = 64,
+        blocks: int = 4,
+        seed: int = 0,
+        progress: Optional[Callable[[str], None]] = None,
+    ) -> Dict[str, ScheduleCalibration]:
+        """Measure what the schedule planner needs inside each sampler (default: every one of
+        :func:`~multilevel_em.diffusion.registry.schedule_samplers`), along that sampler's own calls from ``n``
+        fixed noise images (``seed``): :meth:`multilevel_em.diffusion.MultilevelModel.calibrate` with
+        :meth:`schedule_runner`'s ``run`` (the top model alone at ``steps`` and ``reference_steps`` calls, the
+        level differences at every call, the sensitivity on ``blocks`` blocks of calls, the switches). Stored in
+        ``self.calibration.schedules`` (saved with the calibration); :meth:`choose` and ``method="auto"`` then
+        plan with them. Needs :meth:`calibrate` first. ``progress(sampler)`` is called after each sampler.
+        Returns the new measurements ``{sampler: ScheduleCalibration}``."""
+        if self.calibration is None:
+            raise ValueError("calibrate_schedules: run pipe.calibrate() first (the calibration holds the measurements)")
+        names = list(schedule_samplers()) if samplers is None else list(samplers)
+        bad = [s for s in names if s not in schedule_samplers()]
+        if bad or not names:
+            raise ValueError(
+                f"samplers: expected names among {', '.join(schedule_samplers())}, got {', '.join(map(str, bad)) or 'none'}"
+            )
+        out = {}
+        for name in names:
+            model, run = self.schedule_runner(name, n, torch.Generator().manual_seed(seed))
+            model.calibrate(run, steps=steps, reference_steps=reference_steps, blocks=blocks, seed=seed)
+            out[name] = model.schedule_calibration
+            if progress is not None:
+                progress(name)
+        self.calibration.schedules.update(out)
+        return out
+
+    def plan_schedule(self, budget: float, sampler: str):
+        """The schedule plan inside ``sampler`` for ``budget`` top-level equivalents per sample, from
+        :meth:`calibrate_schedules`' measurements (:func:`~multilevel_em.calibration.schedules.plan_schedules`:
+        the top model alone at floor(budget) steps, the best switch, the best ML-EM, the best hybrid, each
+        with predicted error and cost). Returns the :class:`~multilevel_em.calibration.schedules.SchedulePlan`."""
+        if self.calibration is None or sampler not in self.calibration.schedules:
+            have = ", ".join(sorted(self.calibration.schedules)) if self.calibration is not None else ""
+            raise ValueError(
+                f"sampler: no schedule measurements for {sampler!r} (measured: {have or 'none'}); run "
+                f"pipe.calibrate_schedules([{sampler!r}]) or `mlem calibrate --ladder DIR --schedules {sampler}`"
+            )
+        self._check_budget(budget)
+        model, _ = self.schedule_runner(sampler, 1)
+        model.load_schedule_calibration(self.calibration.schedules[sampler])
+        return model.plan(budget)
+
+    def _choose_schedule(self, budget: float) -> Dict:
+        cands = []
+        for name in sorted(self.calibration.schedules):
+            try:
+                plan = self.plan_schedule(budget, name)
+            except ValueError:  # no schedule of this sampler fits the budget within its measured call counts
+                continue
+            for c in plan.candidates:
+                cands.append(
+                    {
+                        "method": "schedule",
+                        "sampler": name,
+                        "steps": c.num_inference_steps,
+                        "schedule": c.name,
+                        "kind": c.kind,
+                        "predicted_error": c.predicted_error,
+                        "predicted_top_equivalents": c.predicted_cost,
+                        "call_schedule": c.schedule.to_dict(),
+                    }
+                )
+        if not cands:
+            raise ValueError(
+                f"budget: no schedule at {budget:g} top-level equivalents per sample falls within the measured call "
+                "counts of any sampler; calibrate_schedules with steps= that cover it"
+            )
+        best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
+        return {**best, "planner": "schedules", "candidates": cands}
+
+    def _run_schedule(self, batch_size: int, choice: Dict, generator: Generators, progress) -> PipelineOutput:
+        """Run the schedule ``choice`` (from :meth:`choose`) on ``batch_size`` images."""
+        L = self.ladder
+        model, run = self.schedule_runner(choice["sampler"], batch_size, generator)
+        model.set_schedule(CallSchedule.from_dict(choice["call_schedule"]))
+        tick = None
+        if progress is not None:
+            if hasattr(progress, "update"):  # a tqdm bar: its total is the step count
+                progress.total = choice["steps"]
+                progress.refresh()
+            tick = progress.update if hasattr(progress, "update") else progress
+        start = time.perf_counter()
+        x = run(choice["steps"], progress=tick)
+        wall = time.perf_counter() - start
+        if not all_finite(x):
+            raise FloatingPointError(
+                f"method='auto': the samples of {choice['schedule']} are NaN or Inf after {choice['steps']} steps"
+            )
+        images = to_numpy_images(x)
+        evals = [float(e) / batch_size for e in model.evaluations]
+        per_level = [
+            {
+                "level": i + 1,
+                "name": L.names[i],
+                "width": L.widths[i],
+                "flops": L.costs[i],
+                "evaluations_per_sample": e,
+                "top_equivalents": e * L.costs[i] / L.costs[-1],
+            }
+            for i, e in enumerate(evals)
+        ]
+        flops = sum(e * c for e, c in zip(evals, L.costs))
+        report = {
+            "method": "schedule",
+            "sampler": choice["sampler"],
+            "steps": choice["steps"],
+            "n": batch_size,
+            "levels": per_level,
+            "top_equivalents_per_sample": flops / L.costs[-1],
+            "flops_per_sample": flops,
+            "wall_seconds": wall,
+            "wall_seconds_per_sample": wall / batch_size,
+        }
+        return PipelineOutput(images=images, pil=to_pil(images), x=x, report=report)
+
+    def choose(self, budget: float) -> Dict:
+        """What ``method="auto"`` runs for ``budget`` top-level equivalents per sample.
+
+        With schedule measurements (:meth:`calibrate_schedules`; the one planner shared with
+        :meth:`multilevel_em.diffusion.MultilevelModel.plan`): every candidate of :meth:`plan_schedule` in every
+        measured sampler (the top model alone at floor(budget) steps, the best switch, the best ML-EM, the best
+        hybrid), the smallest predicted error (pathwise RMS per element against that sampler's top model with
+        many steps from the same noise; the deterministic samplers' references agree closely). Returns
+        ``{"method": "schedule", "sampler", "steps", "schedule" (its name), "kind", "predicted_error",
+        "predicted_top_equivalents", "call_schedule", "planner": "schedules", "candidates"}``.
+
+        Otherwise, with measured sampler fits only (:meth:`calibrate_samplers`): among ML-EM planned inside each
+        measured sampler and the top level alone with each at ``floor(budget)`` steps, the smallest predicted
+        error (:func:`multilevel_em.calibration.planning.choose`); returns ``{"method", "sampler", "steps",
+        "predicted_error", "predicted_top_equivalents", "candidates", "planner": "samplers"}`` (``sampler`` None
+        for a one-model method, ``steps`` None for ML-EM: its plan's)."""
+        if self.calibration is not None and self.calibration.schedules:
+            self._check_budget(budget)
+            return self._choose_schedule(budget)
         if self.calibration is None or not self.calibration.samplers:
             raise ValueError(
                 "method='auto' needs a calibration that measured samplers: run pipe.calibrate_samplers() "
                 f"(`mlem calibrate --ladder DIR --samplers {','.join(measurable_samplers())}`)"
             )
         self._check_budget(budget)
-        return planning.choose(self.calibration, budget)
+        return {**planning.choose(self.calibration, budget), "planner": "samplers"}
 
     def _require_calibration(self) -> None:
         if self.calibration is None:
@@ -536,7 +707,9 @@ class MultilevelPipeline:
         """``method="auto"``: run what :meth:`choose` predicts most accurate for ``budget``; ``report["auto"]``
         says what ran and why (``kw``: the other sampling options)."""
         choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
-        if choice["method"] == "mlem":
+        if choice["method"] == "schedule":
+            out = self._run_schedule(batch_size, choice, kw["generator"], kw["progress"])
+        elif choice["method"] == "mlem":
             out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
         else:
             out = self(batch_size, method=choice["method"], steps=choice["steps"], **kw)

@@ -1,0 +1,151 @@
+"""One planner (issue 22, item 4): MultilevelPipeline measures and plans schedules of models with the same machinery
+as MultilevelModel.plan (calibrate_schedules -> choose / method="auto"), stores the measurements in the calibration
+file (validated when it loads), and `mlem calibrate --schedules` / `mlem sample --method auto` use them. The tiny
+2-level ladder of conftest (widths 4 and 8, 16x16)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from multilevel_em.calibration import Calibration, ScheduleCalibration
+from multilevel_em.calibration.fields import FieldError
+from multilevel_em.cli.main import main
+from multilevel_em.engine import CallSchedule
+from multilevel_em.images import MultilevelPipeline
+
+SETTINGS = dict(n=4, steps=(2, 3, 4), reference_steps=8, blocks=2)
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_ladder):
+    pipe = MultilevelPipeline.from_pretrained(tiny_ladder)
+    out = pipe.calibrate_schedules(["dpmpp_2m", "unipc"], **SETTINGS)
+    return pipe, out
+
+
+def test_calibrate_schedules_measures_each_sampler_and_saves_it(measured, tmp_path):
+    pipe, out = measured
+    assert sorted(out) == ["dpmpp_2m", "unipc"] and pipe.calibration.schedules == out
+    for name, m in out.items():
+        assert isinstance(m, ScheduleCalibration) and m.pipeline.steps == (2, 3, 4) and m.pipeline.runs > 0
+        assert (
+            m.pipeline.scheduler
+            == {"dpmpp_2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}[name]
+        )
+        assert m.calls.n_levels == 2
+    # saved with the calibration and loaded back equal (validated on the way)
+    pipe.save_calibration(str(tmp_path))
+    back = Calibration.load(str(tmp_path / "calibration.json"))
+    assert sorted(back.schedules) == ["dpmpp_2m", "unipc"]
+    for name in out:
+        assert back.schedules[name].pipeline == out[name].pipeline
+        assert back.schedules[name].to_dict() == json.loads(json.dumps(out[name].to_dict()))
+
+
+def test_choose_plans_with_the_schedule_planner_and_auto_runs_the_pick(measured):
+    pipe, _ = measured
+    choice = pipe.choose(3)
+    assert choice["planner"] == "schedules" and choice["method"] == "schedule"
+    assert {c["sampler"] for c in choice["candidates"]} == {"dpmpp_2m", "unipc"}
+    best = min(choice["candidates"], key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
+    assert choice["schedule"] == best["schedule"] and choice["sampler"] == best["sampler"]
+    assert all(c["predicted_top_equivalents"] <= 3 * (1 + 1e-9) for c in choice["candidates"])
+    # the same candidates as MultilevelModel.plan inside that sampler: one planner
+    plan = pipe.plan_schedule(3, choice["sampler"])
+    assert {c.name for c in plan.candidates} == {
+        c["schedule"] for c in choice["candidates"] if c["sampler"] == choice["sampler"]
+    }
+    out = pipe(4, method="auto", budget=3, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (4, 16, 16, 1) and np.isfinite(out.images).all()
+    r = out.report
+    assert r["method"] == "schedule" and r["auto"]["planner"] == "schedules" and r["steps"] == choice["steps"]
+    expected = CallSchedule.from_dict(choice["call_schedule"]).expected_cost(pipe.ladder.costs)
+    deterministic = choice["kind"] in ("top", "switch")
+    assert r["top_equivalents_per_sample"] == pytest.approx(expected, rel=1e-9 if deterministic else 0.5)
+    # the same generator gives the same images
+    again = pipe(4, method="auto", budget=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.x, out.x)
+
+
+def test_a_model_loads_saved_measurements_and_plans_the_same(measured):
+    pipe, out = measured
+    model, _ = pipe.schedule_runner("dpmpp_2m", 2)
+    model.load_schedule_calibration(json.loads(json.dumps(out["dpmpp_2m"].to_dict())))
+    a = model.plan(3)
+    b = pipe.plan_schedule(3, "dpmpp_2m")
+    assert [(c.name, c.predicted_error, c.predicted_cost) for c in a.candidates] == [
+        (c.name, c.predicted_error, c.predicted_cost) for c in b.candidates
+    ]
+    other, _ = pipe.schedule_runner("unipc", 2)
+    with pytest.raises(ValueError, match="DPMSolverMultistepScheduler.*UniPCMultistepScheduler"):
+        other.load_schedule_calibration(out["dpmpp_2m"])
+    with pytest.raises(TypeError, match="measured"):
+        other.load_schedule_calibration("calibration.json")
+
+
+def test_schedule_bad_inputs(measured, tiny_ladder):
+    pipe, _ = measured
+    with pytest.raises(ValueError, match="sampler: no schedule measurements for 'ddim'.*calibrate_schedules"):
+        pipe.plan_schedule(3, "ddim")
+    with pytest.raises(ValueError, match="samplers: expected names among ddim, dpmpp_2m, unipc, got em"):
+        pipe.calibrate_schedules(["em"], **SETTINGS)
+    with pytest.raises(ValueError, match="sampler: expected one of"):
+        pipe.schedule_runner("ddpm", 2)
+    with pytest.raises(ValueError, match="budget"):
+        pipe.choose(0.01)
+    bare = MultilevelPipeline.from_pretrained(tiny_ladder)
+    bare.calibration = None
+    with pytest.raises(ValueError, match="calibrate_schedules: run pipe.calibrate"):
+        bare.calibrate_schedules(["ddim"], **SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda s: s["pipeline"].update(steps=[4, 3, 2]), r"schedules\.dpmpp_2m\.pipeline: steps: expected increasing"),
+        (lambda s: s["pipeline"].update(step_errors=[0.1, float("nan"), 0.1]), r"schedules\.dpmpp_2m\.pipeline"),
+        (lambda s: s["pipeline"].pop("sensitivity"), r"schedules\.dpmpp_2m\.pipeline: .*missing field"),
+        (lambda s: s["calls"].update(names=["a"]), r"schedules\.dpmpp_2m\.calls.*names"),
+        (lambda s: s.update(extra=1), r"schedules\.dpmpp_2m\.extra: unknown field"),
+        (lambda s: s.pop("calls"), r"schedules\.dpmpp_2m: missing field calls"),
+    ],
+)
+def test_schedule_measurements_are_validated_when_the_calibration_loads(measured, edit, match):
+    pipe, _ = measured
+    d = copy.deepcopy(json.loads(json.dumps(pipe.calibration.to_dict())))
+    edit(d["schedules"]["dpmpp_2m"])
+    with pytest.raises(FieldError, match=match):
+        Calibration.from_dict(d)
+
+
+def test_cli_calibrate_schedules_then_sample_auto(tiny_ladder, tmp_path):
+    folder = tmp_path / "ladder"
+    shutil.copytree(tiny_ladder, folder)
+    r = CliRunner().invoke(main, ["calibrate", "--ladder", str(folder), "--overwrite", "--schedules", "ddim,euler"])
+    assert r.exit_code == 2 and "--schedules" in r.output and "euler" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["calibrate", "--schedules", "ddim"])
+    assert r.exit_code == 2 and "--schedules" in r.output and "only with --ladder" in r.output
+    args = ["calibrate", "--ladder", str(folder), "--overwrite", "--images", "8", "--schedules", "ddim"]
+    r = CliRunner().invoke(main, [*args, "--sampler-images", "4"])
+    assert r.exit_code == 0, r.output
+    assert sorted(Calibration.load(str(folder / "calibration.json")).schedules) == ["ddim"]
+    out = tmp_path / "auto.png"
+    r = CliRunner().invoke(
+        main, ["sample", "--ladder", str(folder), "--method", "auto", "--budget", "3", "--n", "4", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "auto: ran" in r.output and "in ddim" in r.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["method"] == "schedule" and report["auto"]["planner"] == "schedules"
+    # a later calibration without --schedules keeps the measured schedules, and says so
+    r = CliRunner().invoke(main, ["calibrate", "--ladder", str(folder), "--overwrite", "--images", "8"])
+    assert r.exit_code == 0, r.output
+    assert "kept the schedule measurements of ddim" in r.output
+    assert sorted(Calibration.load(str(folder / "calibration.json")).schedules) == ["ddim"]
