@@ -267,7 +267,8 @@ class Calibration:
             "top_bias": _none_if_nan(self.top_bias),
             "top_bias_source": self.top_bias_source,
             "samplers": {k: v.to_dict() for k, v in self.samplers.items()},
-            "schedules": {k: v.to_dict() for k, v in self.schedules.items()},
+            # only when measured: calibrations without schedule measurements keep their earlier file format
+            **({"schedules": {k: v.to_dict() for k, v in self.schedules.items()}} if self.schedules else {}),
         }
 
     @classmethod
