@@ -52,9 +52,23 @@ SETTINGS = {
         "em_steps": (16, 32, 64, 128),
         "budgets": (8, 16, 32, 64),
         "dpm_steps": (10, 20),
+        "schedule_n": 32,
+        "schedule_steps": (4, 8, 16, 32, 64),
+        "ode_ref_steps": 128,
     },
-    "quick": {"n": 8, "ref_steps": 64, "em_steps": (8, 16, 32), "budgets": (4, 8), "dpm_steps": (5,)},
+    "quick": {
+        "n": 8,
+        "ref_steps": 64,
+        "em_steps": (8, 16, 32),
+        "budgets": (4, 8),
+        "dpm_steps": (5,),
+        "schedule_n": 8,
+        "schedule_steps": (2, 4, 8),
+        "ode_ref_steps": 16,
+    },
 }
+#: The sampler the honest comparison plans in (the schedule planner's measurements are taken inside it).
+PLANNER_SAMPLER = "dpmpp_2m"
 GRID_MAX = 48  # images per grid
 #: How the demo names the data set of a ladder (``model_index.json``'s training data set).
 _TITLES = {"digits": "Digits", "fashion-mnist": "Fashion-MNIST"}
@@ -252,6 +266,12 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
                 for lv in rep["levels"][1:]
             )
             row["top_equivalents_se"] = math.sqrt(var) / n
+        if method == "auto":
+            a = rep["auto"]
+            row["auto"] = {
+                k: a[k]
+                for k in ("schedule", "sampler", "kind", "steps", "predicted_error", "predicted_top_equivalents")
+            }
         samples[label] = out.x
         with torch.no_grad():
             x = out.x.clamp(-1, 1)
@@ -277,6 +297,7 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         run(f"ML-EM budget {b:g}", "mlem", budget=b)
     for s in cfg["dpm_steps"]:
         run(f"DPM-Solver++ {s}", "dpmpp_2m", steps=s)
+    honest_rows = _planner_runs(pipe, run, runs, cfg, seed, echo)
 
     x_ref = samples[ref["label"]]
     path_u = {}
@@ -318,6 +339,7 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         row["confidence_diff_se"] = _sd(row["_conf"] - ref["_conf"]) / math.sqrt(n)
 
     comparisons = [_compare(r, em_curve, em_rows, path_u, n) for r in runs if r["method"] == "mlem"]
+    honest = _honest(honest_rows, samples, pipe)
     grid = {
         "em": _grid_entry(em_show),
         "mlem": _grid_entry(ml_show),
@@ -330,7 +352,8 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
     grid["_images"] = {"em": samples[em_show["label"]], "mlem": samples[ml_show["label"]]}
     table = _table(runs, ref_floor)
     summary = _summary(comparisons, grid, ref, ref_floor, runs)
-    for line in table + [""] + summary:
+    honest_lines = _honest_lines(honest)
+    for line in honest_lines + [""] + table + [""] + summary:
         echo(line)
     for row in runs:
         for k in [k for k in row if k.startswith("_")]:
@@ -344,10 +367,140 @@ def _run(pipe, clf, kid: _KID, cfg: dict, seed: int, progress: bool, echo: Calla
         },
         "runs": runs,
         "comparisons": comparisons,
+        "planner": honest,
+        "planner_lines": honest_lines,
         "grid": grid,
         "table_lines": table,
         "summary_lines": summary,
     }
+
+
+def _planner_runs(pipe, run, runs: list[dict], cfg: dict, seed: int, echo: Callable) -> dict:
+    """The honest comparison's runs: the schedule planner's measurements inside DPM-Solver++, its reference, and at
+    each budget the planner's pick, DPM-Solver++ and EM with the top model alone at floor(budget) steps (runs of
+    the sweeps reused). Returns ``{"reference": row, "budgets": [(budget, pick, dpm, em)], "calibration": {...}}``."""
+    from ..calibration import budget_steps
+
+    t0 = time.perf_counter()
+    measured = pipe.calibrate_schedules(
+        [PLANNER_SAMPLER],
+        n=cfg["schedule_n"],
+        steps=cfg["schedule_steps"],
+        reference_steps=cfg["ode_ref_steps"],
+        seed=seed,
+    )[PLANNER_SAMPLER]
+    seconds = time.perf_counter() - t0
+    echo(
+        f"  schedule planner: measured inside DPM-Solver++ in {seconds:.0f} s ({measured.pipeline.runs} runs of "
+        f"{cfg['schedule_n']} images)"
+    )
+    by_label = {r["label"]: r for r in runs}
+
+    def reuse(label, method, steps):
+        return by_label.get(label) or run(label, method, steps=steps)
+
+    reference = run(f"DPM-Solver++ {cfg['ode_ref_steps']} (ODE reference)", "dpmpp_2m", steps=cfg["ode_ref_steps"])
+    out = []
+    for b in cfg["budgets"]:
+        s = budget_steps(b)
+        pick = run(f"planner's pick, budget {b:g}", "auto", budget=b)
+        out.append((b, pick, reuse(f"DPM-Solver++ {s}", "dpmpp_2m", s), reuse(f"EM top {s}", "em", s)))
+    return {
+        "reference": reference,
+        "budgets": out,
+        "calibration": {
+            "sampler": PLANNER_SAMPLER,
+            "images": cfg["schedule_n"],
+            "steps": list(cfg["schedule_steps"]),
+            "reference_steps": cfg["ode_ref_steps"],
+            "pipeline_runs": measured.pipeline.runs,
+            "seconds": seconds,
+        },
+    }
+
+
+def _honest(h: dict, samples: dict, pipe) -> dict:
+    """At each budget: the planner's pick, DPM-Solver++ and EM (top model alone), in cost (top-level equivalents,
+    seconds), in ODE path error (pick and DPM-Solver++ against DPM-Solver++ with many steps on the same noise,
+    paired) and in KID (all three, paired jackknife)."""
+    x_ref = samples[h["reference"]["label"]]
+    scale = math.sqrt(math.prod(pipe.ladder.shape))  # the planner's RMS per element -> L2 per sample
+    rows = []
+
+    def entry(r, ode: bool) -> dict:
+        e = {
+            "label": r["label"],
+            "steps": r["steps"],
+            "top_equivalents_per_sample": r["top_equivalents_per_sample"],
+            "wall_seconds_per_sample": r["wall_seconds_per_sample"],
+            "kid": r["kid"],
+            "kid_se": r["kid_se"],
+        }
+        if ode:
+            e["ode_path_error"], e["ode_path_error_se"], _ = _path_stats(samples[r["label"]], x_ref)
+        return e
+
+    for b, pick, dpm, em in h["budgets"]:
+        _, _, u_pick = _path_stats(samples[pick["label"]], x_ref)
+        _, _, u_dpm = _path_stats(samples[dpm["label"]], x_ref)
+        p = entry(pick, True)
+        p.update(pick["auto"])
+        p["predicted_ode_path_error"] = pick["auto"]["predicted_error"] * scale
+        d = entry(dpm, True)
+        rows.append(
+            {
+                "budget": b,
+                "pick": p,
+                "dpm_top": d,
+                "em_top": entry(em, False),
+                "pick_minus_dpm_ode_path_error": p["ode_path_error"] - d["ode_path_error"],
+                "pick_minus_dpm_ode_path_error_se": _paired_se(u_pick, u_dpm),
+                "pick_minus_dpm_kid": pick["kid"] - dpm["kid"],
+                "pick_minus_dpm_kid_se": _jackknife_se(pick["_kid_loo"] - dpm["_kid_loo"]),
+                "pick_minus_em_kid": pick["kid"] - em["kid"],
+                "pick_minus_em_kid_se": _jackknife_se(pick["_kid_loo"] - em["_kid_loo"]),
+            }
+        )
+    return {
+        "what": (
+            "at each budget, the schedule planner's pick inside DPM-Solver++ (MultilevelPipeline.choose: the top model "
+            "alone, the best switch, ML-EM, the best hybrid) next to the top model alone with DPM-Solver++ and with EM "
+            "at floor(budget) steps"
+        ),
+        "ode_reference": h["reference"]["label"],
+        "ode_path_error": (
+            "RMS over samples of the L2 distance to the ODE reference on the same noise; predicted: the planner's "
+            "RMS per element times sqrt(pixels)"
+        ),
+        "calibration": h["calibration"],
+        "budgets": rows,
+    }
+
+
+def _honest_lines(h: dict) -> list[str]:
+    """The honest comparison, printed first."""
+    lines = [
+        "The honest comparison: at each budget (top-level equivalents per sample), the schedule planner's pick "
+        "inside DPM-Solver++ next to the top model alone with DPM-Solver++ and with EM at floor(budget) steps.",
+        f"ODE path error: L2 distance to {h['ode_reference']} on the same noise (± se); KID ± jackknife se; "
+        "differences paired (same noise), ± paired se.",
+    ]
+    for r in h["budgets"]:
+        p, d, e = r["pick"], r["dpm_top"], r["em_top"]
+        pe, pse = r["pick_minus_dpm_ode_path_error"], r["pick_minus_dpm_ode_path_error_se"]
+        verdict = "within noise" if abs(pe) <= Z_NOISE * pse else ("pick better" if pe < 0 else "DPM-Solver++ better")
+        lines.append(
+            f"  budget {r['budget']:g}: pick = {p['schedule']} ({p['top_equivalents_per_sample']:.1f} top-eq, "
+            f"{p['wall_seconds_per_sample'] * 1e3:.1f} ms/sample): ODE path error {p['ode_path_error']:.3f} "
+            f"(predicted {p['predicted_ode_path_error']:.3f}), KID {p['kid']:.1f} ± {p['kid_se']:.1f}; "
+            f"DPM-Solver++ {d['steps']} steps ({d['top_equivalents_per_sample']:.1f} top-eq, "
+            f"{d['wall_seconds_per_sample'] * 1e3:.1f} ms/sample): {d['ode_path_error']:.3f}, KID {d['kid']:.1f} "
+            f"± {d['kid_se']:.1f}; EM {e['steps']} steps: KID {e['kid']:.1f} ± {e['kid_se']:.1f}. "
+            f"Pick minus DPM-Solver++: path {pe:+.3f} ± {pse:.3f} ({verdict}), KID {r['pick_minus_dpm_kid']:+.1f} ± "
+            f"{r['pick_minus_dpm_kid_se']:.1f}; pick minus EM: KID {r['pick_minus_em_kid']:+.1f} ± "
+            f"{r['pick_minus_em_kid_se']:.1f}."
+        )
+    return lines
 
 
 def _grid_entry(r: dict) -> dict:
@@ -412,7 +565,7 @@ def _fmt(v, spec, none="–"):
 
 def _table(runs: list[dict], ref_floor) -> list[str]:
     cols = [
-        ("method", "<", 24),
+        ("method", "<", 31),
         ("steps", ">", 5),
         ("top-eq/sample", ">", 18),
         ("evals/sample by level", "<", 21),
@@ -567,11 +720,12 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
 
     runs = result["runs"]
     ref = next(r for r in runs if r.get("role") == "reference")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(19, 5.4))
     styles = {
         "em": ("EM top", "o-", "C0"),
         "mlem": ("ML-EM (budget plans)", "s-", "C3"),
         "dpmpp_2m": ("DPM-Solver++ 2M (top)", "^-", "C2"),
+        "auto": ("planner's pick (DPM-Solver++)", "D-", "C4"),
     }
     for method, (name, fmt, color) in styles.items():
         rs = sorted(
@@ -580,7 +734,7 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
         if not rs:
             continue
         c = [r["top_equivalents_per_sample"] for r in rs]
-        if method != "dpmpp_2m":
+        if method in ("em", "mlem"):
             a1.errorbar(
                 c,
                 [r["path_error"] for r in rs],
@@ -629,6 +783,36 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     a1.set_ylabel(f"path error vs EM top {ref['steps']} steps (RMS L2), ± se")
     a1.set_title("Error against the top model's sample on the same noise")
     a1.legend(fontsize=9)
+    # the honest comparison: the planner's pick against DPM-Solver++ with the top model alone, on the ODE's own path
+    h = result["planner"]
+    for key, (name, fmt, color) in (("dpm_top", styles["dpmpp_2m"]), ("pick", styles["auto"])):
+        es = [r[key] for r in h["budgets"]]
+        a3.errorbar(
+            [e["top_equivalents_per_sample"] for e in es],
+            [e["ode_path_error"] for e in es],
+            yerr=[e["ode_path_error_se"] for e in es],
+            fmt=fmt,
+            color=color,
+            capsize=3,
+            label=name,
+        )
+    a3.plot(
+        [r["pick"]["predicted_top_equivalents"] for r in h["budgets"]],
+        [r["pick"]["predicted_ode_path_error"] for r in h["budgets"]],
+        "D",
+        mfc="none",
+        color="C4",
+        alpha=0.6,
+        label="the pick's predicted error",
+    )
+    a3.set_xscale("log")
+    a3.set_yscale("log")
+    a3.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    a3.set_xlabel("cost: top-level equivalents per sample")
+    a3.set_ylabel(f"ODE path error vs {h['ode_reference']} (RMS L2), ± se")
+    a3.set_title("The honest comparison: the planner's pick vs DPM-Solver++ alone")
+    a3.legend(fontsize=9)
+    a3.grid(alpha=0.3, which="both")
     a2.axhline(0, color="gray", lw=1)
     a2.errorbar(
         [ref["top_equivalents_per_sample"]], [0], fmt="o", color="k", label=f"reference (EM top {ref['steps']})"
