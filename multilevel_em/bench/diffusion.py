@@ -74,6 +74,9 @@ SETTINGS = {
         mlem_ode_steps=(10, 15, 20, 30, 50, 100),
         top_fires=(0.5, 1, 2, 4, 8, 16, 32, 64, 128),
         stitch_fractions=(0.2, 0.4, 0.6),
+        planned_budgets=(5, 8, 10, 15, 20, 30, 50),
+        planned_steps=(5, 10, 20, 40, 80),
+        planned_reference_steps=160,
     ),
     "quick": dict(
         dim=8,
@@ -88,6 +91,9 @@ SETTINGS = {
         mlem_ode_steps=(10, 20),
         top_fires=(1, 4, 16, 64),
         stitch_fractions=(0.4,),
+        planned_budgets=(5, 10, 20),
+        planned_steps=(5, 10, 20, 40),
+        planned_reference_steps=80,
     ),
 }
 WIDTHS = (32, 64, 128, 256)
@@ -103,7 +109,11 @@ LABELS = {
     "tstitch_dpmpp": "T-Stitch (DPM++)",
     "mlem_em": "ML-EM (EM)",
     "mlem_dpmpp": "ML-EM (DPM++)",
+    "planned_dpmpp": "planned schedule (DPM++)",
 }
+#: The multilevel methods whose speedups the tables report: ML-EM with swept rates, and the schedule planner's
+#: pick per budget (``MultilevelModel.calibrate(run) -> plan(budget)`` inside DPM-Solver++).
+MULTILEVEL = ("mlem_em", "mlem_dpmpp", "planned_dpmpp")
 
 
 class InterpolatedRate:
@@ -157,6 +167,58 @@ def _saturated(rates, steps: int, times: Sequence[float], *, t_start: float = 1.
 
 
 # ----------------------------------------------------------------------------- one problem
+
+
+class _TimestepEps(torch.nn.Module):
+    """An eps(x, t) model called as a diffusers model is: ``(x, k)`` with the integer timestep k, t = schedule.time(k)."""
+
+    def __init__(self, model, schedule):
+        super().__init__()
+        self.model, self.schedule = model, schedule
+
+    def forward(self, x, k):
+        return self.model(x, float(self.schedule.time(float(k))))
+
+
+def schedule_model(models, costs, schedule, x_T: torch.Tensor, *, seed: int):
+    """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in DPM-Solver++ 2M's diffusers scheduler,
+    and ``run(num_inference_steps)``: the scheduler loop from ``x_T`` (the same every run). Returns ``(model, run)``."""
+    from ..diffusion import MultilevelModel
+    from ..diffusion.outputs import model_output
+    from ..diffusion.samplers import make_scheduler
+
+    scheduler = make_scheduler("dpmpp_2m", schedule)
+    model = MultilevelModel(
+        [_TimestepEps(m, schedule) for m in models],
+        costs=list(costs),
+        scheduler=scheduler,
+        generator=torch.Generator().manual_seed(seed),
+        pair_guidance=False,
+    )
+
+    @torch.no_grad()
+    def run(num_inference_steps: int) -> torch.Tensor:
+        scheduler.set_timesteps(int(num_inference_steps))
+        x = x_T
+        for k in scheduler.timesteps:
+            x = scheduler.step(model_output(model(x, k)), k, x).prev_sample
+        return x
+
+    return model, run
+
+
+def _planned_run(model, run, steps: int):
+    """One run of the model's schedule, as :func:`~multilevel_em.diffusion.sample` reports one: ``.x``,
+    ``.top_equivalents`` per sample and ``.evaluations`` (sample-evaluations of each level)."""
+    from types import SimpleNamespace
+
+    model.reset()
+    x = run(steps)
+    return SimpleNamespace(
+        x=x,
+        top_equivalents=model.report()["top_equivalents_per_image"],
+        evaluations=[int(e) for e in model.evaluations],
+    )
 
 
 def run_problem(
@@ -329,6 +391,26 @@ def run_problem(
                     break  # every correction fires at every step: larger R only repeats EM-top
     progress(f"{kind}: ML-EM done ({time.perf_counter() - t_start:.0f} s)")
 
+    # The schedule planner inside DPM-Solver++: calibrate(run(N)) once on this x_T, then one pick per budget.
+    if settings.get("planned_budgets"):
+        model, run = schedule_model(models, costs, sched, x_T, seed=seed + 18)
+        model.calibrate(
+            run, steps=settings["planned_steps"], reference_steps=settings["planned_reference_steps"], seed=seed + 19
+        )
+        for budget in settings["planned_budgets"]:
+            plan = model.plan(budget)
+            record(
+                "planned_dpmpp",
+                "ode",
+                lambda: _planned_run(model, run, plan.pipeline_kwargs["num_inference_steps"]),
+                budget=budget,
+                pick_steps=plan.choice.num_inference_steps,  # not a knob: the pick may differ between seeds
+                pick=plan.choice.name,
+                kind=plan.choice.kind,
+                predicted_cost=plan.choice.predicted_cost,
+            )
+        progress(f"{kind}: planned schedules done ({time.perf_counter() - t_start:.0f} s)")
+
     methods = list(LABELS)
     fronts = {m: pareto_front((r["cost"], r["error"]) for r in runs if r["method"] == m) for m in methods}
     fronts_s = {m: pareto_front((r["seconds"], r["error"]) for r in runs if r["method"] == m) for m in methods}
@@ -362,7 +444,7 @@ def run_problem(
         }
         reached = [m for m in SINGLE if row["cost"][m] is not None]
         best_single = min(row["cost"][m] for m in reached) if reached else None
-        for ml in ("mlem_em", "mlem_dpmpp"):
+        for ml in MULTILEVEL:
             c = row["cost"][ml]
             row[f"{ml}_speedup_vs_em_top"] = _ratio(row["cost"]["em_top"], c)
             row[f"{ml}_speedup_vs_best_single"] = _ratio(best_single, c)
@@ -459,7 +541,7 @@ BAND = (
     "95% Student-t interval over seeds: mean ± t_{0.975, K-1} se, se = sd / sqrt(K) (sd with ddof = 1, "
     "K = the number of seeds); none for K = 1"
 )
-KNOBS = ("steps", "fraction", "top_fires")
+KNOBS = ("steps", "fraction", "top_fires", "budget")
 
 
 def t_quantile_975(df: int) -> float:
@@ -601,7 +683,7 @@ def reach_table(per_seed_runs: Sequence[Sequence[Dict]], targets: Sequence, fiel
             reached = [c for c in (cost_to_reach(f[m], value) for m in SINGLE) if c is not None]
             best.append(min(reached) if reached else None)
         row["best_single_cost"] = reach_summary(best)
-        for ml in ("mlem_em", "mlem_dpmpp"):
+        for ml in MULTILEVEL:
             for ref in ("em_top", "dpmpp_top", "best_single"):
                 row[f"{ml}_speedup_vs_{ref}"] = speedup_summary(cost.get(ref, row["best_single_cost"]), cost[ml])
         rows.append(row)
@@ -652,7 +734,7 @@ def _add_front_reach(rows: List[Dict], settings: Sequence[Dict], field: str) -> 
     """Add ``front_cost`` (:func:`front_reach` per method) and ML-EM's ``*_front_speedup_vs_*`` to the rows."""
     for row in rows:
         row["front_cost"] = {m: front_reach(settings, m, row[field], field) for m in LABELS}
-        for ml in ("mlem_em", "mlem_dpmpp"):
+        for ml in MULTILEVEL:
             for ref in ("em_top", "dpmpp_top"):
                 row[f"{ml}_front_speedup_vs_{ref}"] = front_speedup(row["front_cost"][ref], row["front_cost"][ml])
 
@@ -736,7 +818,7 @@ def target_check(table: Sequence[Dict], factor: float = 2.0) -> List[Dict]:
     on the fronts of the means, the costs where their bands reach the error (:func:`front_speedup`)."""
     out = []
     for row in table:
-        for ml in ("mlem_em", "mlem_dpmpp"):
+        for ml in MULTILEVEL:
             sp = row[f"{ml}_speedup_vs_dpmpp_top"]
             met = bool(
                 sp["resolved"]
@@ -781,6 +863,7 @@ STYLES = {
     "tstitch_dpmpp": ("tab:pink", "+--"),
     "mlem_em": ("tab:red", "o-"),
     "mlem_dpmpp": ("tab:orange", "^-"),
+    "planned_dpmpp": ("tab:brown", "P-"),
 }
 
 
@@ -905,21 +988,17 @@ def table_lines(results: Dict) -> List[str]:
                 lines.append("    " + "; ".join(f"{LABELS[m]} {_fmt_reach(row['cost'][m])}" for m in LABELS))
                 lines.append(
                     "    fronts of the means, cost [band]: "
-                    + "; ".join(
-                        f"{LABELS[m]} {_fmt_front(row['front_cost'][m])}"
-                        for m in ("dpmpp_top", "mlem_em", "mlem_dpmpp")
-                    )
+                    + "; ".join(f"{LABELS[m]} {_fmt_front(row['front_cost'][m])}" for m in ("dpmpp_top", *MULTILEVEL))
                     + "; speedup vs DPM++: "
                     + "; ".join(
-                        f"{LABELS[ml]} {_fmt_speedup(row[f'{ml}_front_speedup_vs_dpmpp_top'])}"
-                        for ml in ("mlem_em", "mlem_dpmpp")
+                        f"{LABELS[ml]} {_fmt_speedup(row[f'{ml}_front_speedup_vs_dpmpp_top'])}" for ml in MULTILEVEL
                     )
                 ) if "front_cost" in row else None
                 lines.append(
                     "    speedup: "
                     + "; ".join(
                         f"{LABELS[ml]} vs {name} {_fmt_speedup(row[f'{ml}_speedup_vs_{ref}'])}"
-                        for ml in ("mlem_em", "mlem_dpmpp")
+                        for ml in MULTILEVEL
                         for ref, name in (("dpmpp_top", "DPM++"), ("best_single", "best single"))
                     )
                 )
