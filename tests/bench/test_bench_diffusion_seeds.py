@@ -254,7 +254,7 @@ def test_reaggregate_reproduces_the_aggregate(tmp_path):
         assert json.dumps(a["table"], sort_keys=True) == json.dumps(b["table"], sort_keys=True)
         assert a["target_check"] == b["target_check"] and len(a["seeds"]) == 3
         # the schedule planner's pick inside DPM-Solver++, one per budget, in every seed (grouped by budget)
-        planned = [e for e in a["runs"] if e["method"] == "planned_dpmpp"]
+        planned = [e for e in a["settings"] if e["method"] == "planned_dpmpp"]
         assert [e["budget"] for e in planned] == [5, 10, 20] and all(e["seeds"] == 3 for e in planned)
         assert {r["target"] for r in a["target_check"] if r["method"] == "planned_dpmpp"} == {
             r["target"] for r in a["table"]
