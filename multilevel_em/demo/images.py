@@ -485,6 +485,14 @@ def _honest_lines(h: dict) -> list[str]:
         f"ODE path error: L2 distance to {h['ode_reference']} on the same noise (± se); KID ± jackknife se; "
         "differences paired (same noise), ± paired se.",
     ]
+    tops = [r["budget"] for r in h["budgets"] if r["pick"]["kind"] == "top"]
+    if len(tops) == len(h["budgets"]):
+        lines.append(
+            "  Verdict: at every budget the planner picks the top model alone with DPM-Solver++: on this ladder no "
+            "schedule of cheaper models is predicted to beat it (ML-EM's gains below are against EM)."
+        )
+    elif tops:
+        lines.append(f"  The planner picks the top model alone at budget(s) {', '.join(f'{b:g}' for b in tops)}.")
     for r in h["budgets"]:
         p, d, e = r["pick"], r["dpm_top"], r["em_top"]
         pe, pse = r["pick_minus_dpm_ode_path_error"], r["pick_minus_dpm_ode_path_error_se"]
