@@ -290,21 +290,11 @@ class Calibration:
     def load(cls, path) -> "Calibration":
         """Read a file written by :meth:`save`, checking every field (:meth:`from_dict`); ValueError
         ``"PATH: field: what is wrong"`` if it is not a valid calibration, OSError if it cannot be read."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            raise ValueError(f"{path}: is a folder, not a calibration file")
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            data = json.loads(text)
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not a calibration file: not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a calibration file: invalid JSON ({e})") from None
+        data = _read_json(path, "calibration")
         try:
             return cls.from_dict(data)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ValueError(f"{os.fspath(path)}: {e}") from None
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Calibration):
@@ -549,6 +539,19 @@ class ScheduleCalibration:
     def to_dict(self) -> dict:
         return {"calls": self.calls.to_dict(), "pipeline": self.pipeline.to_dict()}
 
+    def save(self, path) -> None:
+        """Write :meth:`to_dict` as JSON, atomically."""
+        write_json(path, self.to_dict(), indent=1, allow_nan=False)
+
+    @classmethod
+    def load(cls, path) -> "ScheduleCalibration":
+        """Read a file written by :meth:`save`, checking every field; ValueError ``"PATH: field: what is wrong"``."""
+        data = _read_json(path, "schedule calibration")
+        try:
+            return cls.from_dict(data, "schedule calibration")
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)}: {e}") from None
+
     @classmethod
     def from_dict(cls, d, where: str = "schedules", n_levels: Optional[int] = None) -> "ScheduleCalibration":
         """Inverse of :meth:`to_dict`, every field checked; errors start with ``where`` and the field."""
@@ -579,3 +582,20 @@ def _check_nondecreasing(name: str, c: np.ndarray) -> None:
 
 def _none_if_nan(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _read_json(path, what: str):
+    """The JSON in ``path``; ValueError ``"PATH: ..."`` naming ``what`` the file should be, OSError if it cannot be
+    read."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not a {what} file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a {what} file: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a {what} file: invalid JSON ({e})") from None
+    return data

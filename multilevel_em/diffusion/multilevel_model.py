@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import warnings
 from numbers import Real
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -1147,17 +1148,27 @@ class MultilevelModel(torch.nn.Module):
         return ScheduleCalibration(self.calibration, self.pipeline_measurements)
 
     def load_schedule_calibration(self, measured) -> None:
-        """Use a saved :attr:`schedule_calibration` (a :class:`~multilevel_em.calibration.ScheduleCalibration` or
-        its dict, validated completely): :meth:`plan` then works without calibrating again. Refuses one measured
-        on another number of levels or with another scheduler class, naming both. Features for
+        """Use a saved :attr:`schedule_calibration` (a :class:`~multilevel_em.calibration.ScheduleCalibration`, its
+        dict, or the path of a file ``ScheduleCalibration.save`` wrote; validated completely): :meth:`plan` then
+        works without calibrating again. Refuses one measured on another number of levels, on levels of other
+        relative costs (when this model's costs are known) or with another scheduler class, naming both. Features for
         ``criterion="distribution"`` are not saved: that criterion needs ``calibrate(run, features=f)``."""
         if isinstance(measured, dict):
             measured = ScheduleCalibration.from_dict(measured, "schedule_calibration")
+        elif isinstance(measured, (str, os.PathLike)):
+            measured = ScheduleCalibration.load(measured)
         if not isinstance(measured, ScheduleCalibration):
             raise TypeError(f"measured: expected a ScheduleCalibration or its dict, got {type(measured).__name__}")
         K = len(self.models)
         if measured.calls.n_levels != K:
             raise ValueError(f"measured: made on a ladder of {measured.calls.n_levels} levels, this model has {K}")
+        if self.costs is not None:  # the same number of levels but other models: their costs differ
+            mine, theirs = np.asarray(self.costs, dtype=np.float64), np.asarray(measured.calls.costs, dtype=np.float64)
+            if not np.allclose(mine / mine[-1], theirs / theirs[-1], rtol=1e-6):
+                raise ValueError(
+                    f"measured: made on a ladder with relative costs {np.round(theirs / theirs[-1], 4).tolist()}, "
+                    f"this model's are {np.round(mine / mine[-1], 4).tolist()}: another ladder"
+                )
         if self.scheduler is None:
             self._spans()  # fails, saying why a scheduler is needed
         was, now = measured.pipeline.scheduler, type(self.scheduler).__name__

@@ -87,7 +87,34 @@ def test_a_model_loads_saved_measurements_and_plans_the_same(measured):
     with pytest.raises(ValueError, match="DPMSolverMultistepScheduler.*UniPCMultistepScheduler"):
         other.load_schedule_calibration(out["dpmpp_2m"])
     with pytest.raises(TypeError, match="measured"):
-        other.load_schedule_calibration("calibration.json")
+        other.load_schedule_calibration(3)
+    # another ladder with as many levels: its levels' relative costs differ
+    from multilevel_em.diffusion import MultilevelModel
+    from multilevel_em.diffusion.samplers import make_scheduler
+
+    L = pipe.ladder
+    alien = MultilevelModel(
+        L.unets, costs=[L.costs[0] * 3, L.costs[1]], scheduler=make_scheduler("dpmpp_2m", L.schedule)
+    )
+    with pytest.raises(ValueError, match="relative costs .* another ladder"):
+        alien.load_schedule_calibration(out["dpmpp_2m"])
+
+
+def test_a_schedule_calibration_file_round_trips_and_is_validated(measured, tmp_path):
+    pipe, out = measured
+    path = tmp_path / "schedules.json"
+    out["dpmpp_2m"].save(path)
+    model, _ = pipe.schedule_runner("dpmpp_2m", 2)
+    model.load_schedule_calibration(str(path))
+    assert model.schedule_calibration.to_dict() == json.loads(json.dumps(out["dpmpp_2m"].to_dict()))
+    d = json.loads(path.read_text())
+    d["pipeline"]["reference_steps"] = 2
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"schedules\.json: schedule calibration\.pipeline: reference_steps"):
+        model.load_schedule_calibration(str(path))
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a schedule calibration file: invalid JSON"):
+        ScheduleCalibration.load(path)
 
 
 def test_schedule_bad_inputs(measured, tiny_ladder):
