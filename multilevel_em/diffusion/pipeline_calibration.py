@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
@@ -142,6 +143,16 @@ def calibrate_pipeline(
         raise ValueError(f"run: {N} inference steps made {model.calls - before} model calls; expected {N}")
     outs[N] = recorded[0]
     step_errors = [_rms(outs[n], reference) for n in steps]
+    if len(steps) > 1 and step_errors[-1] >= 0.9 * step_errors[0]:
+        warnings.warn(
+            f"steps: the top model's error against {ref} calls does not fall with more calls ({step_errors[0]:.4g} at "
+            f"{steps[0]} calls, {step_errors[-1]:.4g} at {N}): the pipeline's output does not converge from the same "
+            "noise (a scheduler that draws fresh noise at every step, such as DDPM or Euler ancestral?), so the "
+            "pathwise predictions of plan() mean little; calibrate(run, features=f) and plan(budget, "
+            "criterion='distribution') score schedules by their output distribution instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     # sensitivity: random-sign perturbations of the model output on blocks of calls
     sizes = [(N // blocks) + (1 if b < N % blocks else 0) for b in range(blocks)]
     bounds = np.cumsum([0] + sizes)

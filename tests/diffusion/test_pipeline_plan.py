@@ -284,3 +284,34 @@ def test_a_users_own_scheduler_loop_with_unipc(ladder):
     assert torch.isfinite(out).all()
     got = model.report()["top_equivalents_per_image"]
     assert got == pytest.approx(plan.choice.predicted_cost, rel=0 if "ML-EM" not in plan.choice.name else 0.5)
+
+
+def test_a_stochastic_scheduler_warns_and_the_distribution_criterion_still_plans():
+    """Item 6: Euler ancestral (fresh noise at every step) in a user's loop with scale_model_input, on the shipped
+    digits UNets: runs with 4, 8 and 16 calls do not converge to one output from the same noise (RMS error against
+    32 calls about 0.5 at each), so calibrate(run) says that the pathwise predictions mean little; the
+    distributional criterion still scores the schedules by running them."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from multilevel_em.diffusion.samplers import make_scheduler
+    from multilevel_em.images.ladder import load_ladder, resolve_ladder
+
+    L = load_ladder(resolve_ladder("digits"))
+    sched = EulerAncestralDiscreteScheduler.from_config(make_scheduler("ddim", L.schedule).config)
+    model = MultilevelModel(L.unets, costs=L.costs, scheduler=sched, generator=torch.Generator().manual_seed(3))
+
+    @torch.no_grad()
+    def run(num_inference_steps):
+        sched.set_timesteps(num_inference_steps)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(8, 1, 16, 16, generator=g) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            eps = model(sched.scale_model_input(x, t), t).sample
+            x = sched.step(eps, t, x, generator=g).prev_sample
+        return x
+
+    with pytest.warns(RuntimeWarning, match="does not fall with more calls"):
+        model.calibrate(run, steps=(4, 8, 16), reference_steps=32, blocks=2, fractions=(0.4,), features=_features)
+    plan = model.plan(5, criterion="distribution", boot=20)
+    assert plan.criterion == "distribution" and all(c.fd is not None for c in plan.candidates)
+    assert plan.choice.fd == min(c.fd for c in plan.candidates + plan.switches)
