@@ -369,12 +369,15 @@ class MultilevelPipeline:
 
     # ------------------------------------------------------------------ schedules of models
 
-    def schedule_runner(self, sampler: str, n: int, generator: Generators = None):
+    def schedule_runner(
+        self, sampler: str, n: int, generator: Generators = None, *, draws: str = "per_sample", compile: bool = False
+    ):
         """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in ``sampler``'s diffusers scheduler
         (one of :func:`~multilevel_em.diffusion.registry.schedule_samplers`), and ``run(num_inference_steps)``: a
         scheduler loop of the kind users write, from the same ``n`` noise images every time (drawn from a copy
         of ``generator``'s noise stream), returning the raw samples ``(n, C, H, W)``. What
-        :meth:`calibrate_schedules` measures and what a schedule that :meth:`choose` picks runs.
+        :meth:`calibrate_schedules` measures and what a schedule that :meth:`choose` picks runs. ``draws`` and
+        ``compile`` are :class:`~multilevel_em.diffusion.MultilevelModel`'s.
         Returns ``(model, run)``; ``model.schedule`` decides which levels each call uses."""
         if sampler not in schedule_samplers():
             raise ValueError(
@@ -385,7 +388,15 @@ class MultilevelPipeline:
         g_noise, g_draws = _split_generator(generator, n)
         x_T = randn((n, *L.shape), g_noise, device=self.device)
         scheduler = make_scheduler(sampler, L.schedule)
-        model = MultilevelModel(L.unets, costs=L.costs, names=L.names, scheduler=scheduler, generator=g_draws)
+        model = MultilevelModel(
+            L.unets,
+            costs=L.costs,
+            names=L.names,
+            scheduler=scheduler,
+            generator=g_draws,
+            draws=draws,
+            compile=compile,
+        )
 
         @torch.no_grad()
         def run(num_inference_steps: int, progress=None) -> torch.Tensor:
@@ -480,10 +491,24 @@ class MultilevelPipeline:
         best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
         return {**best, "planner": "schedules", "candidates": cands}
 
-    def _run_schedule(self, batch_size: int, choice: Dict, generator: Generators, progress) -> PipelineOutput:
-        """Run the schedule ``choice`` (from :meth:`choose`) on ``batch_size`` images."""
+    def _run_schedule(self, batch_size: int, choice: Dict, kw: Dict) -> PipelineOutput:
+        """Run the schedule ``choice`` (from :meth:`choose`) on ``batch_size`` images (``kw``: the call's options)."""
+        for name in ("trace", "batch_invariant"):
+            if kw.get(name):
+                raise ValueError(
+                    f"{name}: not supported when method='auto' picks a schedule of models ({choice['schedule']}); "
+                    f"leave {name} out"
+                )
+        if kw.get("buckets") is not None:
+            raise ValueError("buckets: not supported when method='auto' picks a schedule of models")
+        draws = kw.get("draws") or "per_sample"
+        if draws not in ("per_sample", "shared", "static"):
+            raise ValueError(f"draws: a schedule of models takes 'per_sample', 'shared' or 'static', got {draws!r}")
         L = self.ladder
-        model, run = self.schedule_runner(choice["sampler"], batch_size, generator)
+        progress = kw.get("progress")
+        model, run = self.schedule_runner(
+            choice["sampler"], batch_size, kw.get("generator"), draws=draws, compile=bool(kw.get("compile"))
+        )
         model.set_schedule(CallSchedule.from_dict(choice["call_schedule"]))
         tick = None
         if progress is not None:
@@ -708,7 +733,7 @@ class MultilevelPipeline:
         says what ran and why (``kw``: the other sampling options)."""
         choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
         if choice["method"] == "schedule":
-            out = self._run_schedule(batch_size, choice, kw["generator"], kw["progress"])
+            out = self._run_schedule(batch_size, choice, kw)
         elif choice["method"] == "mlem":
             out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
         else:

@@ -69,9 +69,11 @@ def test_choose_plans_with_the_schedule_planner_and_auto_runs_the_pick(measured)
     expected = CallSchedule.from_dict(choice["call_schedule"]).expected_cost(pipe.ladder.costs)
     deterministic = choice["kind"] in ("top", "switch")
     assert r["top_equivalents_per_sample"] == pytest.approx(expected, rel=1e-9 if deterministic else 0.5)
-    # the same generator gives the same images
+    # the same generator gives the same images; static draws run the same schedule
     again = pipe(4, method="auto", budget=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.x, out.x)
+    static = pipe(4, method="auto", budget=3, draws="static", generator=torch.Generator().manual_seed(0))
+    assert static.report["steps"] == r["steps"] and np.isfinite(static.images).all()
 
 
 def test_a_model_loads_saved_measurements_and_plans_the_same(measured):
@@ -127,6 +129,10 @@ def test_schedule_bad_inputs(measured, tiny_ladder):
         pipe.schedule_runner("ddpm", 2)
     with pytest.raises(ValueError, match="budget"):
         pipe.choose(0.01)
+    with pytest.raises(ValueError, match="trace: not supported when method='auto' picks a schedule"):
+        pipe(2, method="auto", budget=3, trace=True)
+    with pytest.raises(ValueError, match="draws: a schedule of models takes"):
+        pipe(2, method="auto", budget=3, draws="exact")
     bare = MultilevelPipeline.from_pretrained(tiny_ladder)
     bare.calibration = None
     with pytest.raises(ValueError, match="calibrate_schedules: run pipe.calibrate"):
