@@ -180,9 +180,10 @@ class _TimestepEps(torch.nn.Module):
         return self.model(x, float(self.schedule.time(float(k))))
 
 
-def schedule_model(models, costs, schedule, x_T: torch.Tensor, *, seed: int):
+def schedule_model(models, costs, schedule, *, seed: int):
     """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in DPM-Solver++ 2M's diffusers scheduler,
-    and ``run(num_inference_steps)``: the scheduler loop from ``x_T`` (the same every run). Returns ``(model, run)``."""
+    and ``runner(x_T)``, which returns ``run(num_inference_steps)``: the scheduler loop from ``x_T`` (the same every
+    run). Returns ``(model, runner)``."""
     from ..diffusion import MultilevelModel
     from ..diffusion.outputs import model_output
     from ..diffusion.samplers import make_scheduler
@@ -196,15 +197,18 @@ def schedule_model(models, costs, schedule, x_T: torch.Tensor, *, seed: int):
         pair_guidance=False,
     )
 
-    @torch.no_grad()
-    def run(num_inference_steps: int) -> torch.Tensor:
-        scheduler.set_timesteps(int(num_inference_steps))
-        x = x_T
-        for k in scheduler.timesteps:
-            x = scheduler.step(model_output(model(x, k)), k, x).prev_sample
-        return x
+    def runner(x_T: torch.Tensor):
+        @torch.no_grad()
+        def run(num_inference_steps: int) -> torch.Tensor:
+            scheduler.set_timesteps(int(num_inference_steps))
+            x = x_T
+            for k in scheduler.timesteps:
+                x = scheduler.step(model_output(model(x, k)), k, x).prev_sample
+            return x
 
-    return model, run
+        return run
+
+    return model, runner
 
 
 def _planned_run(model, run, steps: int):
@@ -391,12 +395,18 @@ def run_problem(
                     break  # every correction fires at every step: larger R only repeats EM-top
     progress(f"{kind}: ML-EM done ({time.perf_counter() - t_start:.0f} s)")
 
-    # The schedule planner inside DPM-Solver++: calibrate(run(N)) once on this x_T, then one pick per budget.
+    # The schedule planner inside DPM-Solver++: calibrate(run(N)) once on its own noise batch (independent of the
+    # x_T the runs are scored on, so the pick is not fitted to them), then one pick per budget, run from x_T.
     if settings.get("planned_budgets"):
-        model, run = schedule_model(models, costs, sched, x_T, seed=seed + 18)
+        model, runner = schedule_model(models, costs, sched, seed=seed + 18)
+        x_cal = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(seed + 20), dtype=x_T.dtype)
         model.calibrate(
-            run, steps=settings["planned_steps"], reference_steps=settings["planned_reference_steps"], seed=seed + 19
+            runner(x_cal),
+            steps=settings["planned_steps"],
+            reference_steps=settings["planned_reference_steps"],
+            seed=seed + 19,
         )
+        run = runner(x_T)
         for budget in settings["planned_budgets"]:
             plan = model.plan(budget)
             record(

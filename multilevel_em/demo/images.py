@@ -382,6 +382,9 @@ def _planner_runs(pipe, run, runs: list[dict], cfg: dict, seed: int, echo: Calla
     from ..calibration import budget_steps
 
     t0 = time.perf_counter()
+    # The comparison is inside DPM-Solver++ only: drop schedule measurements a ladder folder may carry for other
+    # samplers (in memory; the demo never writes the calibration), so that method="auto" picks inside DPM-Solver++.
+    pipe.calibration.schedules.clear()
     measured = pipe.calibrate_schedules(
         [PLANNER_SAMPLER],
         n=cfg["schedule_n"],

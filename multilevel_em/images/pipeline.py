@@ -35,8 +35,15 @@ from ..calibration.planning import budget_steps
 from ..calibration.rates import ReverseTimeRate
 from ..calibration.samplers import CURVE_STEPS, GAIN_STEPS, SamplerFit, check_samplers, measure_samplers
 from ..diffusion import MultilevelDenoiser, MultilevelModel, TStitchDenoiser, sample
-from ..diffusion.registry import DEFAULT_STEPS, METHOD_SPECS, METHODS, measurable_samplers, schedule_samplers
-from ..diffusion.samplers import make_scheduler
+from ..diffusion.registry import (
+    DEFAULT_STEPS,
+    METHOD_SPECS,
+    METHODS,
+    measurable_samplers,
+    sampler_spec,
+    schedule_samplers,
+)
+from ..diffusion.samplers import make_scheduler, scheduler_loop
 from ..engine import CallSchedule, Ladder, all_finite, randn
 from ..engine.random import Generators, check_generators, is_per_sample
 from .ladder import CheckpointError, UNetLadder, load_ladder
@@ -46,6 +53,10 @@ __all__ = ["MultilevelPipeline", "PipelineOutput", "ReverseTimeRate", "image_gri
 CALIBRATION = "calibration.json"
 #: ML-EM's budget (top-level equivalents per sample) when neither rates nor budget is given.
 DEFAULT_MLEM_BUDGET = 100.0
+#: calibrate_schedules' defaults: step counts that divide the 1000 training timesteps (DDIM stays on its grid).
+SCHEDULE_STEPS = (5, 10, 20, 40)
+SCHEDULE_REFERENCE_STEPS = 100
+_SCHEDULE_SAMPLERS = dict.fromkeys(schedule_samplers(), "ode")
 T_MIN = 1e-3  # where the continuous-time samplers stop
 #: "mlem" with budget= and steps=: the plan may fall this far (relative) below the budget, no more
 #: (:data:`multilevel_em.calibration.planning.BUDGET_TOLERANCE`).
@@ -230,6 +241,17 @@ class MultilevelPipeline:
     def _check_calibration(self, cal: Calibration) -> None:
         if cal.n_levels != len(self.ladder) or list(cal.names) != self.ladder.names:
             raise ValueError(f"calibration: made for levels {list(cal.names)}, but the ladder has {self.ladder.names}")
+        for name, measured in cal.schedules.items():  # filed by sampler name: each must be one this pipeline runs
+            if name not in _SCHEDULE_SAMPLERS:
+                raise ValueError(
+                    f"calibration: schedules.{name}: not a sampler a schedule can run in here (expected "
+                    f"{', '.join(_SCHEDULE_SAMPLERS)})"
+                )
+            want = type(make_scheduler(name, self.ladder.schedule)).__name__
+            if measured.pipeline.scheduler and measured.pipeline.scheduler != want:
+                raise ValueError(
+                    f"calibration: schedules.{name}: measured with {measured.pipeline.scheduler}, but {name} runs {want}"
+                )
 
     # ------------------------------------------------------------------ calibration
 
@@ -369,43 +391,55 @@ class MultilevelPipeline:
 
     # ------------------------------------------------------------------ schedules of models
 
-    def schedule_runner(
-        self, sampler: str, n: int, generator: Generators = None, *, draws: str = "per_sample", compile: bool = False
-    ):
+    def _schedule_model(self, sampler: str, generator=None, *, draws: str = "per_sample", compile: bool = False):
         """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in ``sampler``'s diffusers scheduler
-        (one of :func:`~multilevel_em.diffusion.registry.schedule_samplers`), and ``run(num_inference_steps)``: a
-        scheduler loop of the kind users write, from the same ``n`` noise images every time (drawn from a copy
-        of ``generator``'s noise stream), returning the raw samples ``(n, C, H, W)``. What
-        :meth:`calibrate_schedules` measures and what a schedule that :meth:`choose` picks runs. ``draws`` and
-        ``compile`` are :class:`~multilevel_em.diffusion.MultilevelModel`'s.
-        Returns ``(model, run)``; ``model.schedule`` decides which levels each call uses."""
-        if sampler not in schedule_samplers():
-            raise ValueError(
-                f"sampler: expected one of {', '.join(schedule_samplers())} (deterministic schedulers, one model call "
-                f"per step), got {sampler!r}"
-            )
+        (no noise drawn). Returns ``(model, scheduler)``."""
+        check_samplers([sampler], _SCHEDULE_SAMPLERS)
         L = self.ladder
-        g_noise, g_draws = _split_generator(generator, n)
-        x_T = randn((n, *L.shape), g_noise, device=self.device)
         scheduler = make_scheduler(sampler, L.schedule)
         model = MultilevelModel(
             L.unets,
             costs=L.costs,
             names=L.names,
             scheduler=scheduler,
-            generator=g_draws,
+            generator=generator,
             draws=draws,
             compile=compile,
         )
+        return model, scheduler
+
+    def schedule_runner(
+        self, sampler: str, n: int, generator: Generators = None, *, draws: str = "per_sample", compile: bool = False
+    ):
+        """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in ``sampler``'s diffusers scheduler
+        (one of :func:`~multilevel_em.diffusion.registry.schedule_samplers`), and ``run(num_inference_steps)``:
+        the package's scheduler loop (:func:`~multilevel_em.diffusion.samplers.scheduler_loop`, driving the
+        model as a diffusers pipeline does) from the same ``n`` noise images every time (drawn once here from
+        ``generator``'s noise stream, which this advances), returning the raw samples ``(n, C, H, W)``. What
+        :meth:`calibrate_schedules` measures and what a schedule that :meth:`choose` picks runs. ``draws`` and
+        ``compile`` are :class:`~multilevel_em.diffusion.MultilevelModel`'s.
+        Returns ``(model, run)``; ``model.schedule`` decides which levels each call uses."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected an int >= 1 (images per run), got {n!r}")
+        g_noise, g_draws = _split_generator(generator, n)
+        model, scheduler = self._schedule_model(sampler, g_draws, draws=draws, compile=compile)
+        L = self.ladder
+        x_T = randn((n, *L.shape), g_noise, device=self.device)
+        spec = sampler_spec(sampler)
 
         @torch.no_grad()
         def run(num_inference_steps: int, progress=None) -> torch.Tensor:
-            scheduler.set_timesteps(int(num_inference_steps))
-            x = x_T * scheduler.init_noise_sigma
-            for t in scheduler.timesteps:
-                x = scheduler.step(model(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
-                if progress is not None:
-                    progress(1)
+            x, _ = scheduler_loop(
+                model,
+                x_T * scheduler.init_noise_sigma,
+                L.schedule,
+                int(num_inference_steps),
+                spec=spec,
+                generator=None,
+                scheduler=scheduler,
+                model_kwargs={},
+                callback=None if progress is None else (lambda i, total: progress(1)),
+            )
             return x
 
         return model, run
@@ -415,8 +449,8 @@ class MultilevelPipeline:
         samplers: Optional[Sequence[str]] = None,
         *,
         n: int = 32,
-        steps: Sequence[int] = (4, 8, 16, 32),
-        reference_steps: int = 64,
+        steps: Sequence[int] = SCHEDULE_STEPS,
+        reference_steps: int = SCHEDULE_REFERENCE_STEPS,
         blocks: int = 4,
         seed: int = 0,
         progress: Optional[Callable[[str], None]] = None,
@@ -425,18 +459,21 @@ class MultilevelPipeline:
         :func:`~multilevel_em.diffusion.registry.schedule_samplers`), along that sampler's own calls from ``n``
         fixed noise images (``seed``): :meth:`multilevel_em.diffusion.MultilevelModel.calibrate` with
         :meth:`schedule_runner`'s ``run`` (the top model alone at ``steps`` and ``reference_steps`` calls, the
-        level differences at every call, the sensitivity on ``blocks`` blocks of calls, the switches). Stored in
+        level differences at every call, the sensitivity on ``blocks`` blocks of calls, the switches). The
+        defaults divide the 1000 training timesteps, so DDIM stays on its own grid. Stored in
         ``self.calibration.schedules`` (saved with the calibration); :meth:`choose` and ``method="auto"`` then
-        plan with them. Needs :meth:`calibrate` first. ``progress(sampler)`` is called after each sampler.
-        Returns the new measurements ``{sampler: ScheduleCalibration}``."""
+        plan with them, for budgets up to the largest of ``steps``. Needs :meth:`calibrate` first.
+        ``progress(sampler)`` is called after each sampler. Returns the new measurements
+        ``{sampler: ScheduleCalibration}``."""
         if self.calibration is None:
             raise ValueError("calibrate_schedules: run pipe.calibrate() first (the calibration holds the measurements)")
-        names = list(schedule_samplers()) if samplers is None else list(samplers)
-        bad = [s for s in names if s not in schedule_samplers()]
-        if bad or not names:
-            raise ValueError(
-                f"samplers: expected names among {', '.join(schedule_samplers())}, got {', '.join(map(str, bad)) or 'none'}"
-            )
+        if isinstance(samplers, str):
+            raise TypeError(f"samplers: expected a list of names, got the string {samplers!r}")
+        names = list(
+            check_samplers(list(_SCHEDULE_SAMPLERS) if samplers is None else list(samplers), _SCHEDULE_SAMPLERS)
+        )
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected an int >= 1 (images per run), got {n!r}")
         out = {}
         for name in names:
             model, run = self.schedule_runner(name, n, torch.Generator().manual_seed(seed))
@@ -451,7 +488,9 @@ class MultilevelPipeline:
         """The schedule plan inside ``sampler`` for ``budget`` top-level equivalents per sample, from
         :meth:`calibrate_schedules`' measurements (:func:`~multilevel_em.calibration.schedules.plan_schedules`:
         the top model alone at floor(budget) steps, the best switch, the best ML-EM, the best hybrid, each
-        with predicted error and cost). Returns the :class:`~multilevel_em.calibration.schedules.SchedulePlan`."""
+        with predicted error and cost). Refuses a budget whose floor is beyond the measured call counts (the
+        top model alone would have no measured error there, and the plan would compare cheaper schedules
+        only). Returns the :class:`~multilevel_em.calibration.schedules.SchedulePlan`."""
         if self.calibration is None or sampler not in self.calibration.schedules:
             have = ", ".join(sorted(self.calibration.schedules)) if self.calibration is not None else ""
             raise ValueError(
@@ -459,17 +498,28 @@ class MultilevelPipeline:
                 f"pipe.calibrate_schedules([{sampler!r}]) or `mlem calibrate --ladder DIR --schedules {sampler}`"
             )
         self._check_budget(budget)
-        model, _ = self.schedule_runner(sampler, 1)
-        model.load_schedule_calibration(self.calibration.schedules[sampler])
+        measured = self.calibration.schedules[sampler]
+        top, low = measured.pipeline.steps[-1], measured.pipeline.steps[0]
+        if 1 <= budget_steps(budget) < low:
+            raise ValueError(
+                f"budget: {budget:g} top-level equivalents per sample is below what was measured in {sampler} (the "
+                f"top model alone at {low} steps or more), so the plan could not compare with the top model alone; "
+                f"calibrate_schedules with steps= down to {budget_steps(budget)}, or a budget of at least {low}"
+            )
+        if budget_steps(budget) > top:
+            raise ValueError(
+                f"budget: {budget:g} top-level equivalents per sample is beyond what was measured in {sampler} (the "
+                f"top model alone at up to {top} steps); calibrate_schedules with steps= reaching "
+                f"{budget_steps(budget)} (`mlem calibrate --schedules`), or a budget of at most {top}"
+            )
+        model, _ = self._schedule_model(sampler)
+        model.load_schedule_calibration(measured)
         return model.plan(budget)
 
     def _choose_schedule(self, budget: float) -> Dict:
         cands = []
         for name in sorted(self.calibration.schedules):
-            try:
-                plan = self.plan_schedule(budget, name)
-            except ValueError:  # no schedule of this sampler fits the budget within its measured call counts
-                continue
+            plan = self.plan_schedule(budget, name)
             for c in plan.candidates:
                 cands.append(
                     {
@@ -483,11 +533,6 @@ class MultilevelPipeline:
                         "call_schedule": c.schedule.to_dict(),
                     }
                 )
-        if not cands:
-            raise ValueError(
-                f"budget: no schedule at {budget:g} top-level equivalents per sample falls within the measured call "
-                "counts of any sampler; calibrate_schedules with steps= that cover it"
-            )
         best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
         return {**best, "planner": "schedules", "candidates": cands}
 
@@ -501,6 +546,11 @@ class MultilevelPipeline:
                 )
         if kw.get("buckets") is not None:
             raise ValueError("buckets: not supported when method='auto' picks a schedule of models")
+        if kw.get("t_min", T_MIN) != T_MIN:
+            raise ValueError(
+                "t_min: a schedule of models runs its sampler's diffusers scheduler, which sets its own end time; "
+                "leave t_min out"
+            )
         draws = kw.get("draws") or "per_sample"
         if draws not in ("per_sample", "shared", "static"):
             raise ValueError(f"draws: a schedule of models takes 'per_sample', 'shared' or 'static', got {draws!r}")
@@ -677,6 +727,7 @@ class MultilevelPipeline:
         if method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
         if method == "auto":
+            _check_batch_size(batch_size)
             if rates is not None or steps is not None or sampler is not None:
                 raise ValueError("method='auto' chooses the sampler, steps and rates from budget=; pass budget= only")
             return self._auto(
@@ -734,6 +785,7 @@ class MultilevelPipeline:
         choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
         if choice["method"] == "schedule":
             out = self._run_schedule(batch_size, choice, kw)
+            out.report["budget"] = DEFAULT_MLEM_BUDGET if budget is None else budget
         elif choice["method"] == "mlem":
             out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
         else:
@@ -743,8 +795,7 @@ class MultilevelPipeline:
 
     def _check_call(self, batch_size, method, steps, rates, budget, sampler, levels) -> None:
         """Check that ``__call__``'s arguments fit together (ValueError saying which do not)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        _check_batch_size(batch_size)
         if rates is not None and budget is not None:
             raise ValueError("give at most one of rates= and budget=")
         if rates is not None and method != "mlem":
@@ -873,6 +924,11 @@ class MultilevelPipeline:
 
     def __repr__(self) -> str:
         return f"MultilevelPipeline({self.ladder!r}, calibrated={self.calibration is not None})"
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
 
 
 def _progress_callback(progress):

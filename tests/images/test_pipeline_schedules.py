@@ -49,6 +49,28 @@ def test_calibrate_schedules_measures_each_sampler_and_saves_it(measured, tmp_pa
         assert back.schedules[name].to_dict() == json.loads(json.dumps(out[name].to_dict()))
 
 
+def test_choose_leaves_the_global_random_state_alone(measured):
+    pipe, _ = measured
+    before = torch.random.get_rng_state()
+    pipe.choose(3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_calibration_file_with_schedules_for_an_unknown_sampler_is_refused_on_load(measured, tiny_ladder, tmp_path):
+    pipe, _ = measured
+    folder = tmp_path / "ladder"
+    shutil.copytree(tiny_ladder, folder)
+    d = pipe.calibration.to_dict()
+    d["schedules"] = {"bogus": d["schedules"]["dpmpp_2m"]}
+    (folder / "calibration.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="schedules.bogus: not a sampler a schedule can run in"):
+        MultilevelPipeline.from_pretrained(str(folder))
+    d["schedules"] = {"ddim": pipe.calibration.to_dict()["schedules"]["dpmpp_2m"]}
+    (folder / "calibration.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="schedules.ddim: measured with DPMSolverMultistepScheduler"):
+        MultilevelPipeline.from_pretrained(str(folder))
+
+
 def test_choose_plans_with_the_schedule_planner_and_auto_runs_the_pick(measured):
     pipe, _ = measured
     choice = pipe.choose(3)
@@ -123,10 +145,22 @@ def test_schedule_bad_inputs(measured, tiny_ladder):
     pipe, _ = measured
     with pytest.raises(ValueError, match="sampler: no schedule measurements for 'ddim'.*calibrate_schedules"):
         pipe.plan_schedule(3, "ddim")
-    with pytest.raises(ValueError, match="samplers: expected names among ddim, dpmpp_2m, unipc, got em"):
+    with pytest.raises(ValueError, match="samplers: expected some of ddim, dpmpp_2m, unipc, got 'em'"):
         pipe.calibrate_schedules(["em"], **SETTINGS)
-    with pytest.raises(ValueError, match="sampler: expected one of"):
+    with pytest.raises(TypeError, match="samplers: expected a list of names, got the string"):
+        pipe.calibrate_schedules("ddim", **SETTINGS)
+    with pytest.raises(ValueError, match="n: expected an int >= 1"):
+        pipe.calibrate_schedules(["ddim"], **{**SETTINGS, "n": 0})
+    with pytest.raises(ValueError, match="samplers: 'ddpm' cannot be measured pathwise"):
         pipe.schedule_runner("ddpm", 2)
+    with pytest.raises(ValueError, match="budget: 9 top-level equivalents .* beyond what was measured in dpmpp_2m"):
+        pipe.plan_schedule(9, "dpmpp_2m")
+    with pytest.raises(ValueError, match="budget: 1 top-level equivalents .* below what was measured"):
+        pipe.choose(1)
+    with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
+        pipe("2", method="auto", budget=3)
+    with pytest.raises(ValueError, match="t_min: a schedule of models"):
+        pipe(2, method="auto", budget=3, t_min=0.01)
     with pytest.raises(ValueError, match="budget"):
         pipe.choose(0.01)
     with pytest.raises(ValueError, match="trace: not supported when method='auto' picks a schedule"):
@@ -162,7 +196,7 @@ def test_cli_calibrate_schedules_then_sample_auto(tiny_ladder, tmp_path):
     folder = tmp_path / "ladder"
     shutil.copytree(tiny_ladder, folder)
     r = CliRunner().invoke(main, ["calibrate", "--ladder", str(folder), "--overwrite", "--schedules", "ddim,euler"])
-    assert r.exit_code == 2 and "--schedules" in r.output and "euler" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "--schedules" in r.output and "'euler'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["calibrate", "--schedules", "ddim"])
     assert r.exit_code == 2 and "--schedules" in r.output and "only with --ladder" in r.output
     args = ["calibrate", "--ladder", str(folder), "--overwrite", "--images", "8", "--schedules", "ddim"]
@@ -171,12 +205,33 @@ def test_cli_calibrate_schedules_then_sample_auto(tiny_ladder, tmp_path):
     assert sorted(Calibration.load(str(folder / "calibration.json")).schedules) == ["ddim"]
     out = tmp_path / "auto.png"
     r = CliRunner().invoke(
-        main, ["sample", "--ladder", str(folder), "--method", "auto", "--budget", "3", "--n", "4", "--out", str(out)]
+        main, ["sample", "--ladder", str(folder), "--method", "auto", "--budget", "5", "--n", "4", "--out", str(out)]
     )
     assert r.exit_code == 0, r.output
     assert "auto: ran" in r.output and "in ddim" in r.output
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["method"] == "schedule" and report["auto"]["planner"] == "schedules"
+    assert report["method"] == "schedule" and report["auto"]["planner"] == "schedules" and report["budget"] == 5
+    # budgets the measurements do not cover (5 to 40 steps by default) are refused in one line, nothing written
+    for budget in ("3", "100"):
+        r = CliRunner().invoke(
+            main,
+            [
+                "sample",
+                "--ladder",
+                str(folder),
+                "--method",
+                "auto",
+                "--budget",
+                budget,
+                "--n",
+                "4",
+                "--out",
+                str(out),
+                "--overwrite",
+            ],
+        )
+        assert r.exit_code != 0 and "budget" in r.output and "measured in ddim" in r.output, r.output
+        assert "Traceback" not in r.output
     # a later calibration without --schedules keeps the measured schedules, and says so
     r = CliRunner().invoke(main, ["calibrate", "--ladder", str(folder), "--overwrite", "--images", "8"])
     assert r.exit_code == 0, r.output
