@@ -355,7 +355,8 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
         "command": command or shlex.join(["mlem", "bench", "pipeline-plan", *argv]),
         "quick": bool(args.quick),
         "ladders": [f"{name} (shipped)" for name in cfg["ladders"]],
-        "pipeline": "diffusers DDPMPipeline, output_type='np' (images in [0, 1]); the ladder as pipe.unet",
+        "pipeline": "diffusers DDPMPipeline (DDIM, DPM-Solver++ 2M) or a user-written scheduler loop (UniPC), "
+        "output_type='np' (images in [0, 1]); the ladder as one MultilevelModel",
         "error": "RMS over images and pixels against the top model alone with reference_steps calls, same noise",
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "device": "cpu",
