@@ -268,7 +268,8 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
     model.calibrate(
         run, steps=cfg["steps"], reference_steps=cfg["reference_steps"], blocks=cfg["blocks"], features=features
     )
-    echo(f"distribution, {cfg['ladder']}: calibrated in {time.process_time() - t0:.0f} CPU s")
+    calib_seconds = time.process_time() - t0
+    echo(f"distribution, {cfg['ladder']}: calibrated in {calib_seconds:.0f} CPU s")
     budgets = []
     for budget in cfg["budgets"]:
         pathwise = model.plan(budget)
@@ -316,6 +317,7 @@ def run_distribution(cfg: Dict, echo=print) -> Dict:
         "features": f"the shipped {cfg['ladder']} classifier's penultimate layer ({width}-d), of the images "
         "mapped to [-1, 1]",
         "reference": "the top model alone with reference_steps steps on the same noise (the calibration batch)",
+        "calibration_cpu_seconds": calib_seconds,
         "budgets": budgets,
     }
 
@@ -333,12 +335,47 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
     ap.add_argument(
         "--out", default=None, help="JSON (default results/pipeline_plan.json; results/pipeline_plan_quick.json)"
     )
+    ap.add_argument(
+        "--ladders",
+        default=None,
+        help="comma-separated shipped ladders to run (default: digits,fashion; quick: digits)",
+    )
+    ap.add_argument(
+        "--schedulers", default=None, help="comma-separated: ddim, dpmpp_2m, unipc (default all three; quick: 2)"
+    )
+    ap.add_argument(
+        "--steps",
+        default=None,
+        help="comma-separated call counts the calibration measures the top model alone at (default 4,8,16,32), "
+        "each below the reference's 64",
+    )
+    ap.add_argument(
+        "--no-distribution", action="store_true", help="skip the distributional criterion's runs (512 images)"
+    )
     add_overwrite_argument(ap)
     args = ap.parse_args(argv)
+    cfg = dict(SETTINGS["quick" if args.quick else "full"])
+    for key, known in (("ladders", ("digits", "fashion")), ("schedulers", ("ddim", "dpmpp_2m", "unipc"))):
+        given = getattr(args, key)
+        if given is not None:
+            names = tuple(dict.fromkeys(v.strip() for v in given.split(",") if v.strip()))
+            bad = [v for v in names if v not in known]
+            if bad or not names:
+                ap.error(f"--{key}: expected comma-separated names among {', '.join(known)}, got {given!r}")
+            cfg[key] = names
+    if args.steps is not None:
+        try:
+            steps = tuple(sorted({int(v) for v in args.steps.split(",") if v.strip()}))
+        except ValueError:
+            ap.error(f"--steps: expected comma-separated integers, got {args.steps!r}")
+        if not steps or steps[0] < 1 or steps[-1] >= cfg["reference_steps"] or len(steps) < 2:
+            ap.error(
+                f"--steps: expected 2 or more call counts in [1, {cfg['reference_steps'] - 1}], got {args.steps!r}"
+            )
+        cfg["steps"] = steps
     out = args.out or default_outputs("pipeline-plan", args.quick)[0]
     check_outputs(ap, [out], args.overwrite)
     torch.set_num_threads(1)
-    cfg = SETTINGS["quick" if args.quick else "full"]
     t0 = time.perf_counter()
     per = []
     with torch.no_grad():
@@ -348,7 +385,7 @@ def main(argv=None, *, command: Optional[str] = None) -> dict:
                 per.append(run_scheduler(name, ladder, cfg, echo=lambda s: print(s, file=sys.stderr), label=label))
         distribution = [
             run_distribution(c, echo=lambda s: print(s, file=sys.stderr))
-            for c in DISTRIBUTION["quick" if args.quick else "full"]
+            for c in ([] if args.no_distribution else DISTRIBUTION["quick" if args.quick else "full"])
         ]
     result = {
         "benchmark": "pipeline_plan",

@@ -69,3 +69,20 @@ def test_quick_distribution_section(quick):
     assert listed == {
         r["name"] for r in rows if r["predicted_cost"] < top["predicted_cost"] and r["fd_minus_top_ci"][0] <= 0
     }
+
+
+@pytest.mark.parametrize(
+    "args, what",
+    [
+        (["--schedulers", "euler"], "--schedulers"),
+        (["--ladders", "cifar"], "--ladders"),
+        (["--steps", "4,64"], "--steps"),
+        (["--steps", "4,x"], "--steps"),
+        (["--steps", "8"], "--steps"),
+    ],
+)
+def test_bad_selection_options_are_refused_before_any_work(args, what, tmp_path):
+    out = tmp_path / "pp.json"
+    r = CliRunner().invoke(main, ["bench", "pipeline-plan", *args, "--out", str(out)])
+    assert r.exit_code == 2 and what in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists()
