@@ -828,7 +828,7 @@ def target_check(table: Sequence[Dict], factor: float = 2.0) -> List[Dict]:
     on the fronts of the means, the costs where their bands reach the error (:func:`front_speedup`)."""
     out = []
     for row in table:
-        for ml in MULTILEVEL:
+        for ml in (m for m in MULTILEVEL if f"{m}_speedup_vs_dpmpp_top" in row):  # the methods this table has
             sp = row[f"{ml}_speedup_vs_dpmpp_top"]
             met = bool(
                 sp["resolved"]

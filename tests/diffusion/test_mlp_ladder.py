@@ -195,6 +195,7 @@ def test_bench_diffusion_quick(tmp_path):
             "tstitch_dpmpp",
             "mlem_em",
             "mlem_dpmpp",
+            "planned_dpmpp",
         }
         for run in p["runs"]:
             assert math.isfinite(run["error"]) and run["error"] >= 0 and run["cost"] > 0
@@ -203,6 +204,10 @@ def test_bench_diffusion_quick(tmp_path):
             elif run["method"].startswith("mlem"):
                 c = p["ladder"]["costs_flops"]
                 assert run["cost"] >= run["steps"] * c[0] / c[-1] * (1 - 1e-9)  # level 1 runs at every step
+            elif run["method"] == "planned_dpmpp":  # the planner's pick for a budget: its expected cost fits it
+                assert run["predicted_cost"] <= run["budget"] * (1 + 1e-9) and run["pick"] and run["kind"]
+                if run["kind"] in ("top", "switch"):  # deterministic: counted = expected
+                    assert run["cost"] == pytest.approx(run["predicted_cost"])
         for row in p["table"]:
             assert set(row["cost"]) == set(p["fronts"])
     assert data["seeds"] == [0, 1000] and "x_T" in data["seed_varies"] and "95%" in data["band"]  # quick: 2 seeds
@@ -214,7 +219,7 @@ def test_bench_diffusion_quick(tmp_path):
                 run["error"]
                 for run in p["runs"]
                 if run["method"] == e["method"]
-                and all(run.get(k) == e.get(k) for k in ("steps", "fraction", "top_fires"))
+                and all(run.get(k) == e.get(k) for k in ("steps", "fraction", "top_fires", "budget"))
             ]
             assert len(vals) == 2 and e["error"]["mean"] == pytest.approx(sum(vals) / 2, rel=1e-12)
             for f in ("error", "cost"):
@@ -226,7 +231,7 @@ def test_bench_diffusion_quick(tmp_path):
                 assert c["n"] == 2 and (c["mean"] is None) == (c["reached"] < 2)
                 if c["lo"] is not None:
                     assert c["lo"] <= c["mean"] <= c["hi"]
-        assert {c["method"] for c in p["target_check"]} == {"mlem_em", "mlem_dpmpp"}
+        assert {c["method"] for c in p["target_check"]} == {"mlem_em", "mlem_dpmpp", "planned_dpmpp"}
     mix = data["problems"][1]
     assert len(mix["statistical_floor"]["per_seed"]) == 2 and mix["statistical_floor"]["sw_mean"] > 0
     gauss = data["problems"][0]
