@@ -74,8 +74,8 @@ SETTINGS = {
         mlem_ode_steps=(10, 15, 20, 30, 50, 100),
         top_fires=(0.5, 1, 2, 4, 8, 16, 32, 64, 128),
         stitch_fractions=(0.2, 0.4, 0.6),
-        planned_budgets=(5, 8, 10, 15, 20, 30, 50),
-        planned_steps=(5, 10, 20, 40, 80),
+        planned_budgets=(2, 3, 5, 8, 10, 15, 20, 30, 50),
+        planned_steps=(2, 5, 10, 20, 40, 80),
         planned_reference_steps=160,
     ),
     "quick": dict(
