@@ -182,11 +182,11 @@ class _TimestepEps(torch.nn.Module):
 
 def schedule_model(models, costs, schedule, *, seed: int):
     """The ladder as one :class:`~multilevel_em.diffusion.MultilevelModel` in DPM-Solver++ 2M's diffusers scheduler,
-    and ``runner(x_T)``, which returns ``run(num_inference_steps)``: the scheduler loop from ``x_T`` (the same every
-    run). Returns ``(model, runner)``."""
+    and ``runner(x_T)``, which returns ``run(num_inference_steps)``: the package's scheduler loop from ``x_T`` (the same
+    every run). Returns ``(model, runner)``."""
     from ..diffusion import MultilevelModel
-    from ..diffusion.outputs import model_output
-    from ..diffusion.samplers import make_scheduler
+    from ..diffusion.registry import sampler_spec
+    from ..diffusion.samplers import make_scheduler, scheduler_loop
 
     scheduler = make_scheduler("dpmpp_2m", schedule)
     model = MultilevelModel(
@@ -197,13 +197,21 @@ def schedule_model(models, costs, schedule, *, seed: int):
         pair_guidance=False,
     )
 
+    spec = sampler_spec("dpmpp_2m")
+
     def runner(x_T: torch.Tensor):
         @torch.no_grad()
         def run(num_inference_steps: int) -> torch.Tensor:
-            scheduler.set_timesteps(int(num_inference_steps))
-            x = x_T
-            for k in scheduler.timesteps:
-                x = scheduler.step(model_output(model(x, k)), k, x).prev_sample
+            x, _ = scheduler_loop(
+                model,
+                x_T,
+                schedule,
+                int(num_inference_steps),
+                spec=spec,
+                generator=None,
+                scheduler=scheduler,
+                model_kwargs={},
+            )
             return x
 
         return run

@@ -24,6 +24,7 @@ No fitted fudge factor enters; each term is measured on the user's pipeline.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -202,6 +203,7 @@ def plan_schedules(
         budget = float(budget)
     except (TypeError, ValueError):
         raise TypeError(f"budget: expected a number of top-level equivalents per image, got {budget!r}") from None
+    grid = functools.lru_cache(maxsize=None)(grid)  # each call count's grid once (ML-EM and every hybrid use it)
     costs = np.asarray(cal.costs, dtype=np.float64)
     K = len(costs)
     cheapest = costs[0] / costs[-1]

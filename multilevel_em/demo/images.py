@@ -691,6 +691,11 @@ def _summary(comparisons, grid, ref, ref_floor, runs) -> list[str]:
 # ----------------------------------------------------------------------------- files
 
 
+def _errorbars(ax, xs, ys, se, fmt: str, color: str, label: str) -> None:
+    """One method's points with their standard errors on a cost-quality panel."""
+    ax.errorbar(xs, ys, yerr=se, fmt=fmt, color=color, capsize=3, label=label)
+
+
 def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     import matplotlib
 
@@ -746,24 +751,8 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
             continue
         c = [r["top_equivalents_per_sample"] for r in rs]
         if method in ("em", "mlem"):
-            a1.errorbar(
-                c,
-                [r["path_error"] for r in rs],
-                yerr=[r["path_error_se"] for r in rs],
-                fmt=fmt,
-                color=color,
-                capsize=3,
-                label=name,
-            )
-        a2.errorbar(
-            c,
-            [r["kid_diff"] for r in rs],
-            yerr=[r["kid_diff_se"] for r in rs],
-            fmt=fmt,
-            color=color,
-            capsize=3,
-            label=name,
-        )
+            _errorbars(a1, c, [r["path_error"] for r in rs], [r["path_error_se"] for r in rs], fmt, color, name)
+        _errorbars(a2, c, [r["kid_diff"] for r in rs], [r["kid_diff_se"] for r in rs], fmt, color, name)
     ml = [r for r in runs if r["method"] == "mlem"]
     a1.plot(
         [r["plan"]["predicted_top_equivalents"] for r in ml],
@@ -798,14 +787,14 @@ def _write_outputs(result: dict, paths: dict[str, str], pipe) -> None:
     h = result["planner"]
     for key, (name, fmt, color) in (("dpm_top", styles["dpmpp_2m"]), ("pick", styles["auto"])):
         es = [r[key] for r in h["budgets"]]
-        a3.errorbar(
+        _errorbars(
+            a3,
             [e["top_equivalents_per_sample"] for e in es],
             [e["ode_path_error"] for e in es],
-            yerr=[e["ode_path_error_se"] for e in es],
-            fmt=fmt,
-            color=color,
-            capsize=3,
-            label=name,
+            [e["ode_path_error_se"] for e in es],
+            fmt,
+            color,
+            name,
         )
     a3.plot(
         [r["pick"]["predicted_top_equivalents"] for r in h["budgets"]],

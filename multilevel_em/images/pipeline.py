@@ -23,6 +23,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -247,7 +248,7 @@ class MultilevelPipeline:
                     f"calibration: schedules.{name}: not a sampler a schedule can run in here (expected "
                     f"{', '.join(_SCHEDULE_SAMPLERS)})"
                 )
-            want = type(make_scheduler(name, self.ladder.schedule)).__name__
+            want = sampler_spec(name).scheduler
             if measured.pipeline.scheduler and measured.pipeline.scheduler != want:
                 raise ValueError(
                     f"calibration: schedules.{name}: measured with {measured.pipeline.scheduler}, but {name} runs {want}"
@@ -428,7 +429,7 @@ class MultilevelPipeline:
         spec = sampler_spec(sampler)
 
         @torch.no_grad()
-        def run(num_inference_steps: int, progress=None) -> torch.Tensor:
+        def run(num_inference_steps: int, callback=None) -> torch.Tensor:
             x, _ = scheduler_loop(
                 model,
                 x_T * scheduler.init_noise_sigma,
@@ -438,7 +439,7 @@ class MultilevelPipeline:
                 generator=None,
                 scheduler=scheduler,
                 model_kwargs={},
-                callback=None if progress is None else (lambda i, total: progress(1)),
+                callback=callback,
             )
             return x
 
@@ -472,8 +473,6 @@ class MultilevelPipeline:
         names = list(
             check_samplers(list(_SCHEDULE_SAMPLERS) if samplers is None else list(samplers), _SCHEDULE_SAMPLERS)
         )
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected an int >= 1 (images per run), got {n!r}")
         out = {}
         for name in names:
             model, run = self.schedule_runner(name, n, torch.Generator().manual_seed(seed))
@@ -536,8 +535,9 @@ class MultilevelPipeline:
         best = min(cands, key=lambda c: (c["predicted_error"], c["predicted_top_equivalents"]))
         return {**best, "planner": "schedules", "candidates": cands}
 
-    def _run_schedule(self, batch_size: int, choice: Dict, kw: Dict) -> PipelineOutput:
-        """Run the schedule ``choice`` (from :meth:`choose`) on ``batch_size`` images (``kw``: the call's options)."""
+    def _run_schedule(self, batch_size: int, choice: Dict, budget: float, kw: Dict) -> PipelineOutput:
+        """Run the schedule ``choice`` (from :meth:`choose` for ``budget``) on ``batch_size`` images (``kw``: the
+        call's options)."""
         for name in ("trace", "batch_invariant"):
             if kw.get(name):
                 raise ValueError(
@@ -554,50 +554,22 @@ class MultilevelPipeline:
         draws = kw.get("draws") or "per_sample"
         if draws not in ("per_sample", "shared", "static"):
             raise ValueError(f"draws: a schedule of models takes 'per_sample', 'shared' or 'static', got {draws!r}")
-        L = self.ladder
-        progress = kw.get("progress")
         model, run = self.schedule_runner(
             choice["sampler"], batch_size, kw.get("generator"), draws=draws, compile=bool(kw.get("compile"))
         )
         model.set_schedule(CallSchedule.from_dict(choice["call_schedule"]))
-        tick = None
-        if progress is not None:
-            if hasattr(progress, "update"):  # a tqdm bar: its total is the step count
-                progress.total = choice["steps"]
-                progress.refresh()
-            tick = progress.update if hasattr(progress, "update") else progress
         start = time.perf_counter()
-        x = run(choice["steps"], progress=tick)
+        x = run(choice["steps"], callback=_progress_callback(kw.get("progress")))
         wall = time.perf_counter() - start
         if not all_finite(x):
             raise FloatingPointError(
                 f"method='auto': the samples of {choice['schedule']} are NaN or Inf after {choice['steps']} steps"
             )
         images = to_numpy_images(x)
-        evals = [float(e) / batch_size for e in model.evaluations]
-        per_level = [
-            {
-                "level": i + 1,
-                "name": L.names[i],
-                "width": L.widths[i],
-                "flops": L.costs[i],
-                "evaluations_per_sample": e,
-                "top_equivalents": e * L.costs[i] / L.costs[-1],
-            }
-            for i, e in enumerate(evals)
-        ]
-        flops = sum(e * c for e, c in zip(evals, L.costs))
-        report = {
-            "method": "schedule",
-            "sampler": choice["sampler"],
-            "steps": choice["steps"],
-            "n": batch_size,
-            "levels": per_level,
-            "top_equivalents_per_sample": flops / L.costs[-1],
-            "flops_per_sample": flops,
-            "wall_seconds": wall,
-            "wall_seconds_per_sample": wall / batch_size,
-        }
+        counted = SimpleNamespace(evaluations=list(model.evaluations), steps=choice["steps"])
+        report = self._report(
+            "schedule", choice["sampler"], counted, range(len(self.ladder)), wall, batch_size, None, budget
+        )
         return PipelineOutput(images=images, pil=to_pil(images), x=x, report=report)
 
     def choose(self, budget: float) -> Dict:
@@ -784,8 +756,7 @@ class MultilevelPipeline:
         says what ran and why (``kw``: the other sampling options)."""
         choice = self.choose(DEFAULT_MLEM_BUDGET if budget is None else budget)
         if choice["method"] == "schedule":
-            out = self._run_schedule(batch_size, choice, kw)
-            out.report["budget"] = DEFAULT_MLEM_BUDGET if budget is None else budget
+            out = self._run_schedule(batch_size, choice, DEFAULT_MLEM_BUDGET if budget is None else budget, kw)
         elif choice["method"] == "mlem":
             out = self(batch_size, method="mlem", sampler=choice["sampler"], budget=budget, **kw)
         else:
